@@ -1,0 +1,256 @@
+"""Loading viash 0.9 component configs: `__merge__` resolution and argument normalisation.
+
+Mirrors viash's `RichJson.inherit` / `concatDeepMerge` (objects merge by key, arrays concatenate,
+scalars are replaced) and the argument defaults of `config/arguments/*.scala`.
+"""
+from __future__ import annotations
+
+import copy
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+PACKAGE_FILE = "_viash.yaml"
+CONFIG_FILE = "config.vsh.yaml"
+NAME_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+COMPONENT_TYPES = ("dataset_loader", "task", "method", "control_method", "metric")
+
+
+class ConfigError(ValueError):
+    """A config cannot be loaded or is not a valid component config."""
+
+
+def find_package_root(start: str | os.PathLike) -> Path | None:
+    """The nearest directory at or above `start` that holds `_viash.yaml`."""
+    path = Path(start).resolve()
+    if path.is_file():
+        path = path.parent
+    for candidate in (path, *path.parents):
+        if (candidate / PACKAGE_FILE).exists():
+            return candidate
+    return None
+
+
+def _concat_deep_merge(base, override):
+    if isinstance(base, dict) and isinstance(override, dict):
+        merged = dict(base)
+        for key, value in override.items():
+            merged[key] = _concat_deep_merge(base[key], value) if key in base else value
+        return merged
+    if isinstance(base, list) and isinstance(override, list):
+        return base + override
+    return override
+
+
+def _load_yaml(path: Path):
+    try:
+        with open(path) as handle:
+            return yaml.safe_load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file does not exist") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
+
+
+def _resolve_path(reference: str, current_file: Path, package_root: Path | None) -> Path:
+    """viash paths: `/x` is relative to the package root, anything else to the current file."""
+    if reference.startswith("/"):
+        if package_root is None:
+            raise ConfigError(f"{current_file}: '{reference}' is package-relative but no {PACKAGE_FILE} was found")
+        return package_root / reference.lstrip("/")
+    return current_file.parent / reference
+
+
+def resolve_merges(node, current_file: Path, package_root: Path | None):
+    """Resolve every `__merge__` in `node` recursively (the listed files first, the node itself last)."""
+    if isinstance(node, list):
+        return [resolve_merges(item, current_file, package_root) for item in node]
+    if not isinstance(node, dict):
+        return node
+    if "__merge__" in node:
+        includes = node["__merge__"]
+        includes = [includes] if isinstance(includes, str) else list(includes)
+        if "." not in includes:
+            includes.append(".")
+        own = {key: value for key, value in node.items() if key != "__merge__"}
+        parts = []
+        for include in includes:
+            if include == ".":
+                parts.append(own)
+            else:
+                path = _resolve_path(include, current_file, package_root)
+                parts.append(resolve_merges(_load_yaml(path) or {}, path, package_root))
+        node = parts[0]
+        for part in parts[1:]:
+            node = _concat_deep_merge(node, part)
+    return {key: resolve_merges(value, current_file, package_root) for key, value in node.items()}
+
+
+@dataclass
+class Argument:
+    """One argument with viash's defaults filled in."""
+
+    name: str
+    type: str
+    direction: str = "input"
+    required: bool = False
+    multiple: bool = False
+    multiple_sep: str = ";"
+    alternatives: list[str] = field(default_factory=list)
+    default: list | None = None
+    must_exist: bool = True
+    create_parent: bool = True
+    min: float | None = None
+    max: float | None = None
+    choices: list | None = None
+    description: str = ""
+    example: list | None = None
+    info: dict = field(default_factory=dict)
+
+    @property
+    def flags(self) -> str:
+        return re.match(r"^(-*)", self.name).group(1)
+
+    @property
+    def plain_name(self) -> str:
+        return re.match(r"^-*(.*)$", self.name).group(1)
+
+    @property
+    def env_name(self) -> str:
+        return "VIASH_PAR_" + self.plain_name.upper()
+
+    @property
+    def is_boolean_flag(self) -> bool:
+        return self.type in ("boolean_true", "boolean_false")
+
+    @property
+    def flag_value(self) -> str | None:
+        return {"boolean_true": "true", "boolean_false": "false"}.get(self.type)
+
+    @property
+    def reaches_script(self) -> bool:
+        # viash `getArgumentLikes(filterInputs = true)`: inputs and every file argument
+        return self.direction == "input" or self.type == "file"
+
+    @property
+    def file_format(self) -> dict:
+        return (self.info or {}).get("format") or {}
+
+    @classmethod
+    def from_dict(cls, raw: dict, where: str) -> "Argument":
+        if "name" not in raw or "type" not in raw:
+            raise ConfigError(f"{where}: every argument needs `name` and `type` (got {sorted(raw)})")
+        as_list = lambda value: None if value is None else (list(value) if isinstance(value, list) else [value])
+        argument = cls(
+            name=raw["name"], type=raw["type"], direction=raw.get("direction", "input"),
+            required=bool(raw.get("required", False)), multiple=bool(raw.get("multiple", False)),
+            multiple_sep=str(raw.get("multiple_sep", ";")), alternatives=as_list(raw.get("alternatives")) or [],
+            default=as_list(raw.get("default")), must_exist=bool(raw.get("must_exist", True)),
+            create_parent=bool(raw.get("create_parent", True)), min=raw.get("min"), max=raw.get("max"),
+            choices=raw.get("choices"), description=str(raw.get("description", "") or ""),
+            example=as_list(raw.get("example")), info=raw.get("info") or {},
+        )
+        if argument.is_boolean_flag:
+            # viash forces these off for boolean_true/boolean_false
+            argument.required, argument.multiple = False, False
+        return argument
+
+
+@dataclass
+class ComponentConfig:
+    """A component config after `__merge__` resolution."""
+
+    path: Path
+    package_root: Path | None
+    raw: dict
+    arguments: list[Argument]
+
+    @property
+    def name(self) -> str:
+        return self.raw["name"]
+
+    @property
+    def namespace(self) -> str | None:
+        return self.raw.get("namespace")
+
+    @property
+    def version(self) -> str | None:
+        version = self.raw.get("version")
+        return None if version is None else str(version)
+
+    @property
+    def info(self) -> dict:
+        return self.raw.get("info") or {}
+
+    @property
+    def component_type(self) -> str | None:
+        return self.info.get("type")
+
+    @property
+    def directory(self) -> Path:
+        return self.path.parent
+
+    def argument(self, plain_name: str) -> Argument | None:
+        return next((a for a in self.arguments if a.plain_name == plain_name), None)
+
+    def resources(self, key: str = "resources") -> list[dict]:
+        return list(self.raw.get(key) or [])
+
+    def resolve_resource(self, resource: dict) -> Path:
+        return _resolve_path(resource["path"], self.path, self.package_root)
+
+    @property
+    def main_script(self) -> dict:
+        scripts = self.resources()
+        if not scripts or "path" not in scripts[0]:
+            raise ConfigError(f"{self.path}: the first resource must be the component's script (`path:`)")
+        return scripts[0]
+
+    def requirements(self) -> dict:
+        return self.raw.get("requirements") or {}
+
+
+def load_package_config(package_root: Path | None) -> dict:
+    if package_root is None:
+        return {}
+    return _load_yaml(package_root / PACKAGE_FILE) or {}
+
+
+def load_config(path: str | os.PathLike) -> ComponentConfig:
+    """Load `config.vsh.yaml` (or the directory holding one) with merges resolved and arguments normalised."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / CONFIG_FILE
+    path = path.resolve()
+    if not path.exists():
+        raise ConfigError(f"{path}: no viash config here (expected a component directory with {CONFIG_FILE})")
+    package_root = find_package_root(path)
+    raw = resolve_merges(_load_yaml(path) or {}, path, package_root)
+    if not isinstance(raw, dict) or "name" not in raw:
+        raise ConfigError(f"{path}: a component config needs a `name`")
+    if not NAME_PATTERN.match(str(raw["name"])):
+        raise ConfigError(f"{path}: name '{raw['name']}' must match {NAME_PATTERN.pattern}")
+    package = load_package_config(package_root)
+    if "version" not in raw and package.get("version") is not None:
+        raw["version"] = str(package["version"])
+    # viash moves top-level `arguments` into an argument group named "Arguments"
+    groups = copy.deepcopy(raw.get("argument_groups") or [])
+    if raw.get("arguments"):
+        groups.insert(0, {"name": "Arguments", "arguments": raw.pop("arguments")})
+    raw["argument_groups"] = groups
+    arguments = [Argument.from_dict(arg, str(path)) for group in groups for arg in group.get("arguments") or []]
+    seen = set()
+    for argument in arguments:
+        if argument.plain_name in seen:
+            raise ConfigError(f"{path}: argument '{argument.name}' is defined twice")
+        seen.add(argument.plain_name)
+    return ComponentConfig(path=path, package_root=package_root, raw=raw, arguments=arguments)
+
+
+def discover_components(package_root: Path) -> list[ComponentConfig]:
+    """Every component config under `src/`, sorted by path (the API and utils folders hold none)."""
+    configs = sorted((package_root / "src").glob(f"*/*/{CONFIG_FILE}"))
+    return [load_config(path) for path in configs]

@@ -1,0 +1,80 @@
+"""The `benchmark` command: plan, run, aggregate, print the leaderboard."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from .config import find_package_root
+
+
+def _names(values):
+    if values is None:
+        return None
+    return [name for value in values for name in value.split(",") if name]
+
+
+def add_commands(commands):
+    bench = commands.add_parser(
+        "benchmark", help="run the whole benchmark on this machine",
+        description="Run datasets -> tasks -> methods and controls -> metrics (the DAG of main.nf) with a pool "
+                    "of workers. Finished steps are cached in the output directory, so a re-run resumes; a "
+                    "failing component is recorded and the rest completes. With no selection it runs the "
+                    "default datasets (those that need no network) with every task, method and metric.")
+    bench.add_argument("--output", default="output/benchmark", help="results directory (default: %(default)s)")
+    for kind in ("datasets", "tasks", "methods", "metrics"):
+        bench.add_argument(f"--{kind}", nargs="+", metavar="ID",
+                           help=f"only these {kind} (space or comma separated); default: all" +
+                                (" defaults" if kind == "datasets" else ""))
+    bench.add_argument("--seeds", nargs="+", type=int, default=[0], help="split seeds (default: 0)")
+    bench.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
+                       help="steps run at once (default: number of CPUs, %(default)s)")
+    bench.add_argument("--dry-run", action="store_true", help="list the jobs (component, inputs, outputs) and stop")
+    bench.add_argument("--fail-on-error", action="store_true", help="exit 1 if any step failed")
+    bench.add_argument("--project", default=".", help="project root (holding _viash.yaml); default: current directory")
+    bench.set_defaults(handler=benchmark)
+
+
+def benchmark(args) -> int:
+    from . import engine, scoring
+
+    root = find_package_root(args.project)
+    if root is None:
+        print(f"[error] no _viash.yaml at or above '{args.project}': run from the perturbcast project", file=sys.stderr)
+        return 1
+    output = Path(args.output).resolve()
+    selection = engine.Selection(datasets=_names(args.datasets), tasks=_names(args.tasks),
+                                 methods=_names(args.methods), metrics=_names(args.metrics), seeds=args.seeds)
+    try:
+        steps, declared = engine.plan(root, output, selection)
+    except ValueError as error:
+        print(f"[error] {error}", file=sys.stderr)
+        return 1
+    if args.dry_run:
+        for step in steps:
+            inputs = " ".join(f"--{k} {v}" for k, v in step.inputs.items())
+            outputs = " ".join(f"--{k} {v}" for k, v in step.outputs.items())
+            extra = " ".join(f"--{k} {v}" for k, v in step.arguments.items())
+            print(f"{step.id}\t{step.component.namespace}/{step.component.name}\t{inputs}\t{outputs}\t{extra}".rstrip())
+        for record in declared:
+            print(f"{record.id}\tnot applicable: {record.reason}")
+        return 0
+    output.mkdir(parents=True, exist_ok=True)
+    print(f"perturbcast benchmark: {len(steps)} steps, {args.jobs} at once, results in {output}", file=sys.stderr)
+    records = engine.execute(steps, jobs=args.jobs) + declared
+    engine.write_trace(records, output / "trace.tsv")
+    per_condition = scoring.per_condition_table(records)
+    results = scoring.results_table(per_condition)
+    scoring.write_results(per_condition, results, output)
+    board = scoring.leaderboard(results)
+    text = scoring.format_leaderboard(board)
+    (output / "leaderboard.txt").write_text(text + "\n")
+    failed = [r for r in records if r.status == "failed"]
+    print("\nLeaderboard (calibrated: 0 = train_mean, 1 = replicate_ceiling; raw metric means over datasets x tasks)")
+    print(text)
+    counts = {status: sum(r.status == status for r in records) for status in ("ok", "failed", "not_applicable", "skipped")}
+    print(f"\nsteps: {counts['ok']} ok, {counts['failed']} failed, {counts['not_applicable']} not applicable, "
+          f"{counts['skipped']} skipped; tables in {output}")
+    for record in failed:
+        print(f"  failed: {record.id}: {record.reason}  (log: {Path(record.outputs.get('output', output)).parent / 'log.txt'})")
+    return 1 if (failed and args.fail_on_error) else 0

@@ -1,0 +1,210 @@
+"""`perturbcast run` and `perturbcast test`: viash's `run` and `test` commands for Python components.
+
+`run` builds the component into a temporary directory the way `viash run` does (processed
+`.config.vsh.yaml`, the non-main resources; the main script is only injected, never copied), runs it
+with the current Python, checks `must_exist` outputs, and then validates every h5ad output against its
+API format. Invalid outputs are removed so that nothing half-right is left behind.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from . import formats, viash
+from .config import Argument, ComponentConfig, load_config
+
+VIASH_VERSION = "0.9.4"
+
+
+@dataclass
+class RunResult:
+    exit_code: int
+    wall_seconds: float = 0.0
+    peak_rss_bytes: int = 0
+    values: dict = field(default_factory=dict)
+    problems: dict = field(default_factory=dict)
+
+
+def _copy_resource(config: ComponentConfig, resource: dict, target_dir: Path):
+    if "path" not in resource:  # inline `text:` resources
+        destination = target_dir / resource["dest"]
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        destination.write_text(resource.get("text", ""))
+        return
+    source = config.resolve_resource(resource)
+    if not source.exists():
+        raise FileNotFoundError(f"{config.path}: resource '{resource['path']}' does not exist ({source})")
+    destination = target_dir / resource.get("dest", source.name)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    if source.is_dir():
+        shutil.copytree(source, destination, dirs_exist_ok=True)
+    else:
+        shutil.copy2(source, destination)
+
+
+def processed_config(config: ComponentConfig, build_dir: Path, runner: str = "executable") -> dict:
+    """The `.config.vsh.yaml` viash writes beside an executable: merged config plus `build_info`."""
+    processed = dict(config.raw)
+    processed["resources"] = [
+        {**r, "path": r.get("dest", Path(r["path"]).name)} if "path" in r else r for r in config.resources()]
+    processed["build_info"] = {
+        "config": str(config.path), "runner": runner, "engine": "native",
+        "output": str(build_dir), "executable": str(build_dir / config.name), "viash_version": VIASH_VERSION,
+    }
+    return processed
+
+
+def build(config: ComponentConfig, build_dir: Path, resources: bool = True) -> Path:
+    """Write the processed config and the non-main resources into `build_dir` (viash's build layout)."""
+    build_dir.mkdir(parents=True, exist_ok=True)
+    with open(build_dir / ".config.vsh.yaml", "w") as handle:
+        yaml.safe_dump(processed_config(config, build_dir), handle, sort_keys=False)
+    if resources:
+        for resource in config.resources()[1:]:
+            _copy_resource(config, resource, build_dir)
+    executable = build_dir / config.name
+    # The executable lets test scripts call the component as viash's built wrapper would be called.
+    executable.write_text(
+        "#!/usr/bin/env bash\n"
+        f"# {config.name}: built by perturbcast from {config.path}\n"
+        f'exec "{sys.executable}" -m perturbcast exec "$(dirname "${{BASH_SOURCE[0]}}")" "$@"\n')
+    executable.chmod(0o755)
+    return build_dir
+
+
+def execute(config: ComponentConfig, argv: list[str], resources_dir: Path, *, name: str | None = None,
+            cwd: str | None = None, stdout=None, stderr=None, validate: bool = True) -> RunResult:
+    """Parse `argv`, run the main script with `par`/`meta` injected, check outputs. Never raises ViashExit."""
+    try:
+        invocation = viash.parse(config, argv)
+        meta = viash.meta_values(config, Path(resources_dir), name)
+        script_path = config.resolve_resource(config.main_script)
+        script = viash.inject(script_path.read_text(), viash.injection_block(config, invocation, meta))
+        if config.raw.get("set_wd_to_resources_dir"):
+            cwd = str(resources_dir)
+        execution = viash.run_script(script, meta, cwd=cwd, stdout=stdout, stderr=stderr)
+        result = RunResult(execution.exit_code, execution.wall_seconds, execution.peak_rss_bytes, invocation.values)
+        if execution.exit_code != 0:
+            return result
+        viash.check_outputs_exist(config, invocation)
+    except viash.ViashExit as stop:
+        return RunResult(stop.code)
+    if validate:
+        result.problems = formats.output_problems(config, _absolute(invocation.values, cwd))
+        if result.problems:
+            _report_invalid_outputs(config, result, stderr)
+    return result
+
+
+def _absolute(values: dict, cwd: str | None) -> dict:
+    if not cwd:
+        return values
+    return {key: (os.path.join(cwd, value) if isinstance(value, str) and value and not os.path.isabs(value)
+                  and os.path.exists(os.path.join(cwd, value)) else value) for key, value in values.items()}
+
+
+def _report_invalid_outputs(config: ComponentConfig, result: RunResult, stderr):
+    out = stderr if stderr not in (None, -1) and hasattr(stderr, "write") else None
+    for name, problems in result.problems.items():
+        path = result.values.get(name.lstrip("-"))
+        message = f"[error] {config.name}: output {name} file '{path}' does not match its API format: " + "; ".join(problems[:5])
+        print(message, file=out or sys.stderr, flush=True)
+    for argument in config.arguments:
+        path = result.values.get(argument.plain_name)
+        if argument.type == "file" and argument.direction == "output" and path and os.path.isfile(path):
+            os.remove(path)  # no partial or invalid output is left behind
+    print(f"[error] {config.name}: removed its outputs", file=out or sys.stderr, flush=True)
+    result.exit_code = 1
+
+
+def run_component(component: str | os.PathLike, argv: list[str], *, keep: bool = False, stdout=None,
+                  stderr=None, cpus: int | None = None, memory: str | None = None, validate: bool = True) -> RunResult:
+    """`viash run COMPONENT -- ARGS`: build into `$VIASH_TEMP/viash_<name>XXXX`, run, clean up on success."""
+    config = load_config(component)
+    argv = list(argv) + ([f"---cpus={cpus}"] if cpus else []) + ([f"---memory={memory}"] if memory else [])
+    temp_root = viash.viash_temp_dir()
+    os.makedirs(temp_root, exist_ok=True)
+    build_dir = Path(tempfile.mkdtemp(prefix=f"viash_{config.name}", dir=temp_root))
+    try:
+        build(config, build_dir)
+        result = execute(config, argv, build_dir, stdout=stdout, stderr=stderr, validate=validate)
+    except BaseException:
+        shutil.rmtree(build_dir, ignore_errors=True)
+        raise
+    if result.exit_code == 0 and not keep:
+        shutil.rmtree(build_dir, ignore_errors=True)
+    return result
+
+
+def exec_built(build_dir: str, argv: list[str]) -> int:
+    """Entry point of a built executable (`<dir>/<name>`): run with `resources_dir = <dir>`."""
+    build_dir = Path(build_dir).resolve()
+    with open(build_dir / ".config.vsh.yaml") as handle:
+        processed = yaml.safe_load(handle)
+    config = load_config(processed["build_info"]["config"])
+    return execute(config, argv, build_dir).exit_code
+
+
+# ---------------------------------------------------------------- viash test
+
+def _test_executable_config(config: ComponentConfig, test_resource: dict) -> ComponentConfig:
+    """The wrapper viash builds around a test script: same name, one positional output `dir`."""
+    raw = {"name": config.name, "namespace": config.namespace, "version": "test",
+           "resources": [test_resource], "set_wd_to_resources_dir": True,
+           "argument_groups": [{"name": "Arguments", "arguments": [
+               {"name": "dir", "type": "file", "direction": "output", "must_exist": False, "create_parent": False}]}]}
+    dir_argument = Argument.from_dict(raw["argument_groups"][0]["arguments"][0], str(config.path))
+    return ComponentConfig(path=config.path, package_root=config.package_root, raw=raw, arguments=[dir_argument])
+
+
+@dataclass
+class TestReport:
+    passed: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    directory: Path | None = None
+
+
+def test_component(component: str | os.PathLike, *, keep: bool = False, cpus: int | None = None,
+                   memory: str | None = None, stdout=None, stderr=None) -> TestReport:
+    """`viash test`: every script in `test_resources` runs in its own folder next to a built component."""
+    config = load_config(component)
+    config.raw["version"] = "test"
+    temp_root = Path(viash.viash_temp_dir())
+    temp_root.mkdir(parents=True, exist_ok=True)
+    test_root = Path(tempfile.mkdtemp(prefix=f"viash_test_{config.name}_", dir=temp_root))
+    (test_root / ".build.yaml").write_text("")
+    report = TestReport(directory=test_root)
+    test_resources = config.resources("test_resources")
+    scripts = [r for r in test_resources if str(r.get("type", "file")).endswith("_script")]
+    plain_files = [r for r in test_resources if r not in scripts]
+    for test in scripts:
+        test_name = Path(test["path"]).stem
+        folder = test_root / f"test_{test_name}"
+        build(config, folder)
+        for resource in plain_files:
+            _copy_resource(config, resource, folder)
+        (folder / "tmp").mkdir(exist_ok=True)
+        test_config = _test_executable_config(config, {**test, "path": str(config.resolve_resource(test))})
+        extra = [f"---cpus={cpus}"] if cpus else []
+        extra += [f"---memory={memory}"] if memory else []
+        previous = os.environ.get("VIASH_TEMP")
+        os.environ["VIASH_TEMP"] = str(folder / "tmp")
+        try:
+            result = execute(test_config, [str(test_root), *extra], folder, name=config.name,
+                             stdout=stdout, stderr=stderr, validate=False)
+        finally:
+            if previous is None:
+                os.environ.pop("VIASH_TEMP", None)
+            else:
+                os.environ["VIASH_TEMP"] = previous
+        (report.passed if result.exit_code == 0 else report.failed).append(test_name)
+    if not report.failed and not keep:
+        shutil.rmtree(test_root, ignore_errors=True)
+        report.directory = None
+    return report

@@ -1,0 +1,120 @@
+"""Reading, validating and writing a component's files, with one-line errors instead of tracebacks.
+
+Included as a viash resource by every component:
+
+    sys.path.append(meta["resources_dir"])
+    from component_io import ComponentIO
+    io = ComponentIO(par, meta)
+    train = io.read("input_train")          # checked against its API format
+    ...
+    io.write("output", prediction)          # checked, then written atomically
+
+Formats come from the processed config viash writes beside the executable (`meta["config"]`), where
+each file argument carries the `info.format` of its `src/api/file_*.yaml`.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+
+from formats import FormatError, alignment_problems, check_anndata, read_h5ad
+
+# Exit code of a task (or method) that cannot be applied to a dataset. The engine records the pair
+# as "not applicable" instead of as a failure.
+NOT_APPLICABLE_EXIT_CODE = 99
+
+
+def fail(message: str, exit_code: int = 1):
+    """Stop the component with one clear line on stderr and no traceback."""
+    print(f"[error] {message}", file=sys.stderr, flush=True)
+    raise SystemExit(exit_code)
+
+
+def not_applicable(reason: str):
+    """Stop because the component cannot be applied to this input (exit code 99)."""
+    print(f"[not applicable] {reason}", file=sys.stderr, flush=True)
+    raise SystemExit(NOT_APPLICABLE_EXIT_CODE)
+
+
+def log(message: str):
+    print(message, file=sys.stderr, flush=True)
+
+
+def _argument_specs(meta: dict) -> dict:
+    """Argument name (no dashes) -> argument mapping, from the processed config if there is one."""
+    config_path = (meta or {}).get("config")
+    if not config_path or not os.path.exists(config_path):
+        return {}
+    import yaml
+
+    with open(config_path) as handle:
+        config = yaml.safe_load(handle) or {}
+    arguments = list(config.get("arguments", []) or [])
+    for group in config.get("argument_groups", []) or []:
+        arguments += group.get("arguments", []) or []
+    return {arg["name"].lstrip("-"): arg for arg in arguments if "name" in arg}
+
+
+class ComponentIO:
+    """Reads a component's input files and writes its outputs, validated against the API formats."""
+
+    def __init__(self, par: dict, meta: dict | None = None):
+        self.par = par
+        self.specs = _argument_specs(meta or {})
+        self._read: dict = {}
+
+    def _format(self, name: str) -> dict:
+        return ((self.specs.get(name) or {}).get("info") or {}).get("format") or {}
+
+    def _alignment(self, name: str, adata) -> list[str]:
+        info = (self.specs.get(name) or {}).get("info") or {}
+        problems = []
+        for axis in ("obs", "var"):
+            reference = info.get(f"same_{axis}_names_as")
+            if reference in self._read:
+                problems += alignment_problems(
+                    getattr(adata, f"{axis}_names"), getattr(self._read[reference], f"{axis}_names"),
+                    "genes (var_names)" if axis == "var" else "rows (obs_names)", f"--{reference}")
+        return problems
+
+    def read(self, name: str, required_obs: tuple = ()):
+        """Read the file given as `--name` and check it; stop with a clear message if it does not conform."""
+        path = self.par.get(name)
+        if path is None:
+            fail(f"--{name} was not given")
+        try:
+            adata = read_h5ad(path)
+            problems = check_anndata(adata, self._format(name)) + self._alignment(name, adata)
+            problems += [f"obs['{column}'] is missing (this component needs it)"
+                         for column in required_obs if column not in adata.obs.columns]
+            if problems:
+                raise FormatError(path, problems)
+        except FormatError as error:
+            fail(f"--{name} {error}")
+        self._read[name] = adata
+        return adata
+
+    def write(self, name: str, adata):
+        """Check `adata` against the format of output `--name`, then write it atomically."""
+        path = self.par.get(name)
+        problems = check_anndata(adata, self._format(name)) + self._alignment(name, adata)
+        if problems:
+            fail(f"--{name} output would not conform, nothing written: {FormatError(path, problems)}")
+        write_h5ad_atomic(adata, path)
+        self._read[name] = adata
+
+
+def write_h5ad_atomic(adata, path: str):
+    """Write to a temporary file beside `path` and rename it, so a crash never leaves a partial file."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    handle, tmp_path = tempfile.mkstemp(prefix=".partial-", suffix=".h5ad", dir=directory)
+    os.close(handle)
+    try:
+        adata.write_h5ad(tmp_path, compression="gzip")
+        os.replace(tmp_path, path)
+    except BaseException:
+        if os.path.exists(tmp_path):
+            os.remove(tmp_path)
+        raise

@@ -1,0 +1,172 @@
+"""Checks an AnnData object against a file format of `src/api/file_*.yaml` (`info.format`).
+
+This is the one implementation of the contract. Components include it as a viash resource (it needs
+only numpy, pandas and anndata); the perturbcast runner loads the same file to validate outputs.
+Every problem is a short sentence naming the slot and what was expected, so that a caller can print
+`file '<path>': <problem>` and stop.
+"""
+from __future__ import annotations
+
+import numbers
+import os
+
+import numpy as np
+import pandas as pd
+
+SLOTS = ("obs", "var", "uns", "layers", "obsm")
+# Rows per block when scanning a matrix for non-finite values: bounds memory on backed files.
+_ROW_BLOCK = 2048
+
+
+class FormatError(ValueError):
+    """An input or output file does not match its API format."""
+
+    def __init__(self, path: str, problems: list[str]):
+        self.path = path
+        self.problems = list(problems)
+        shown = "; ".join(self.problems[:5])
+        more = f" (and {len(self.problems) - 5} more)" if len(self.problems) > 5 else ""
+        super().__init__(f"file '{path}': {shown}{more}")
+
+
+def read_h5ad(path: str, backed: bool = False):
+    """Read an h5ad file, turning every low-level failure into a FormatError naming the file."""
+    import anndata as ad
+
+    if not os.path.exists(path):
+        raise FormatError(path, ["file does not exist"])
+    if os.path.isdir(path):
+        raise FormatError(path, ["is a directory, expected an .h5ad file"])
+    if os.path.getsize(path) == 0:
+        raise FormatError(path, ["file is empty, expected an .h5ad file"])
+    with open(path, "rb") as handle:
+        signature = handle.read(8)
+    if signature != b"\x89HDF\r\n\x1a\n":
+        raise FormatError(path, ["not an HDF5/h5ad file (no HDF5 signature); expected AnnData written by write_h5ad"])
+    try:
+        return ad.read_h5ad(path, backed="r" if backed else None)
+    except Exception as error:  # anndata raises many types for damaged files
+        detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise FormatError(path, [f"cannot be read as AnnData ({detail})"]) from None
+
+
+def _is_string_column(series: pd.Series) -> bool:
+    if isinstance(series.dtype, pd.CategoricalDtype):
+        return all(isinstance(v, str) for v in series.cat.categories)
+    if pd.api.types.is_string_dtype(series.dtype):
+        return all(isinstance(v, str) for v in series.to_numpy())
+    return False
+
+
+def _column_problems(frame: pd.DataFrame, slot: str, spec: dict) -> list[str]:
+    name = spec["name"]
+    if name not in frame.columns:
+        return [f"{slot}['{name}'] is missing (expected {spec.get('type')}: {spec.get('description', '').strip()})"] \
+            if spec.get("required", False) else []
+    series = frame[name]
+    kind = spec.get("type")
+    where = f"{slot}['{name}']"
+    if series.isna().any() and kind != "double":
+        return [f"{where} has {int(series.isna().sum())} missing values (expected {kind} in every row)"]
+    if kind == "string" and not _is_string_column(series):
+        return [f"{where} has dtype {series.dtype}, expected strings"]
+    if kind == "integer" and not pd.api.types.is_integer_dtype(series.dtype):
+        return [f"{where} has dtype {series.dtype}, expected integers"]
+    if kind == "boolean" and not pd.api.types.is_bool_dtype(series.dtype):
+        return [f"{where} has dtype {series.dtype}, expected booleans"]
+    if kind == "double" and not (pd.api.types.is_numeric_dtype(series.dtype) and not pd.api.types.is_bool_dtype(series.dtype)):
+        return [f"{where} has dtype {series.dtype}, expected numbers"]
+    if "choices" in spec:
+        unexpected = sorted(set(map(str, series.unique())) - set(map(str, spec["choices"])))
+        if unexpected:
+            return [f"{where} has values {unexpected[:5]}, expected one of {spec['choices']}"]
+    return []
+
+
+def _matrix_problems(matrix, where: str, spec: dict) -> list[str]:
+    if matrix is None:
+        return [f"{where} is missing (expected {spec.get('type', 'double')} matrix)"] if spec.get("required", False) else []
+    dtype = matrix.dtype
+    if not (np.issubdtype(dtype, np.number) and not np.issubdtype(dtype, np.bool_)):
+        return [f"{where} has dtype {dtype}, expected numbers"]
+    if np.issubdtype(dtype, np.integer) or spec.get("allow_nonfinite", False):
+        return []
+    n_nan = n_inf = 0
+    for start in range(0, matrix.shape[0], _ROW_BLOCK):
+        block = matrix[start:start + _ROW_BLOCK]
+        values = block.data if hasattr(block, "data") and not isinstance(block, np.ndarray) else np.asarray(block)
+        n_nan += int(np.isnan(values).sum())
+        n_inf += int(np.isinf(values).sum())
+    problems = []
+    if n_nan:
+        problems.append(f"{where} has {n_nan} NaN values, expected finite numbers")
+    if n_inf:
+        problems.append(f"{where} has {n_inf} infinite values, expected finite numbers")
+    return problems
+
+
+def _uns_problems(uns, spec: dict) -> list[str]:
+    name, kind = spec["name"], spec.get("type")
+    if name not in uns:
+        return [f"uns['{name}'] is missing (expected {kind}: {spec.get('description', '').strip()})"] \
+            if spec.get("required", False) else []
+    value = uns[name]
+    values = list(np.atleast_1d(value)) if spec.get("multiple", False) else [value]
+    if spec.get("multiple", False) and isinstance(value, (str, bytes)):
+        return [f"uns['{name}'] is a single string, expected a list of {kind}"]
+    checks = {
+        "string": lambda v: isinstance(v, str),
+        "integer": lambda v: isinstance(v, numbers.Integral) and not isinstance(v, (bool, np.bool_)),
+        "double": lambda v: isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_)),
+        "boolean": lambda v: isinstance(v, (bool, np.bool_)),
+    }
+    check = checks.get(kind)
+    if check is not None and not all(check(v) for v in values):
+        bad = next(v for v in values if not check(v))
+        return [f"uns['{name}'] holds {bad!r} ({type(bad).__name__}), expected {kind}"]
+    return []
+
+
+def check_anndata(adata, file_format: dict) -> list[str]:
+    """Problems of `adata` against `file_format` (the `info.format` mapping); empty when it conforms."""
+    problems: list[str] = []
+    if adata.n_obs == 0:
+        problems.append("has no rows (obs), expected at least one")
+    if not adata.var_names.is_unique:
+        dup = adata.var_names[adata.var_names.duplicated()].unique()[:3].tolist()
+        problems.append(f"var_names are not unique (e.g. {dup}), expected one row per gene")
+    if not adata.obs_names.is_unique:
+        dup = adata.obs_names[adata.obs_names.duplicated()].unique()[:3].tolist()
+        problems.append(f"obs_names are not unique (e.g. {dup})")
+    if "X" in file_format:
+        problems += _matrix_problems(adata.X, "X", file_format["X"])
+    for spec in file_format.get("layers", []) or []:
+        layer = adata.layers[spec["name"]] if spec["name"] in adata.layers else None
+        problems += _matrix_problems(layer, f"layers['{spec['name']}']", spec)
+    for slot in ("obs", "var"):
+        for spec in file_format.get(slot, []) or []:
+            problems += _column_problems(getattr(adata, slot), slot, spec)
+    for spec in file_format.get("uns", []) or []:
+        problems += _uns_problems(adata.uns, spec)
+        other = spec.get("same_length_as")
+        if other and spec["name"] in adata.uns and other in adata.uns:
+            if len(np.atleast_1d(adata.uns[spec["name"]])) != len(np.atleast_1d(adata.uns[other])):
+                problems.append(f"uns['{spec['name']}'] and uns['{other}'] differ in length, expected one value per id")
+    return problems
+
+
+def alignment_problems(names: pd.Index, expected: pd.Index, what: str, reference: str) -> list[str]:
+    """Problems when `names` is not exactly `expected` in the same order (e.g. genes of a prediction)."""
+    if len(names) == len(expected) and (names == expected).all():
+        return []
+    missing, extra = expected.difference(names), names.difference(expected)
+    if len(missing) or len(extra):
+        parts = []
+        if len(missing):
+            parts.append(f"{len(missing)} missing (e.g. {list(missing[:3])})")
+        if len(extra):
+            parts.append(f"{len(extra)} unexpected (e.g. {list(extra[:3])})")
+        return [f"{what} do not match {reference}: " + ", ".join(parts)]
+    position = int(np.flatnonzero(np.asarray(names) != np.asarray(expected))[0])
+    return [f"{what} are in another order than {reference} (first difference at position {position}: "
+            f"'{names[position]}' where '{expected[position]}' was expected)"]
