@@ -86,10 +86,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _test(args) -> int:
-    from .runner import test_component
+    from .runner import run_component_tests
     passed = failed = 0
     for component in args.components:
-        report = test_component(component, keep=args.keep, cpus=args.cpus, memory=args.memory)
+        report = run_component_tests(component, keep=args.keep, cpus=args.cpus, memory=args.memory)
         passed += len(report.passed)
         failed += len(report.failed)
         status = "ok" if not report.failed else f"FAILED ({', '.join(report.failed)}; kept {report.directory})"

@@ -164,14 +164,14 @@ def _test_executable_config(config: ComponentConfig, test_resource: dict) -> Com
 
 
 @dataclass
-class TestReport:
+class ComponentTestReport:
     passed: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     directory: Path | None = None
 
 
-def test_component(component: str | os.PathLike, *, keep: bool = False, cpus: int | None = None,
-                   memory: str | None = None, stdout=None, stderr=None) -> TestReport:
+def run_component_tests(component: str | os.PathLike, *, keep: bool = False, cpus: int | None = None,
+                   memory: str | None = None, stdout=None, stderr=None) -> ComponentTestReport:
     """`viash test`: every script in `test_resources` runs in its own folder next to a built component."""
     config = load_config(component)
     config.raw["version"] = "test"
@@ -179,7 +179,7 @@ def test_component(component: str | os.PathLike, *, keep: bool = False, cpus: in
     temp_root.mkdir(parents=True, exist_ok=True)
     test_root = Path(tempfile.mkdtemp(prefix=f"viash_test_{config.name}_", dir=temp_root))
     (test_root / ".build.yaml").write_text("")
-    report = TestReport(directory=test_root)
+    report = ComponentTestReport(directory=test_root)
     test_resources = config.resources("test_resources")
     scripts = [r for r in test_resources if str(r.get("type", "file")).endswith("_script")]
     plain_files = [r for r in test_resources if r not in scripts]
@@ -190,7 +190,7 @@ def test_component(component: str | os.PathLike, *, keep: bool = False, cpus: in
         for resource in plain_files:
             _copy_resource(config, resource, folder)
         (folder / "tmp").mkdir(exist_ok=True)
-        test_config = _test_executable_config(config, {**test, "path": str(config.resolve_resource(test))})
+        test_config = _test_executable_config(config, test)
         extra = [f"---cpus={cpus}"] if cpus else []
         extra += [f"---memory={memory}"] if memory else []
         previous = os.environ.get("VIASH_TEMP")
