@@ -97,12 +97,18 @@ class ComponentIO:
 
     def write(self, name: str, adata):
         """Check `adata` against the format of output `--name`, then write it atomically."""
-        path = self.par.get(name)
-        problems = check_anndata(adata, self._format(name)) + self._alignment(name, adata)
-        if problems:
-            fail(f"--{name} output would not conform, nothing written: {FormatError(path, problems)}")
-        write_h5ad_atomic(adata, path)
-        self._read[name] = adata
+        self.write_all({name: adata})
+
+    def write_all(self, outputs: dict):
+        """Check every output first, then write them all: a bad one means none is written."""
+        for name, adata in outputs.items():
+            self._read[name] = adata  # later outputs may align with earlier ones
+        for name, adata in outputs.items():
+            problems = check_anndata(adata, self._format(name)) + self._alignment(name, adata)
+            if problems:
+                fail(f"--{name} output would not conform, nothing written: {FormatError(self.par.get(name), problems)}")
+        for name, adata in outputs.items():
+            write_h5ad_atomic(adata, self.par.get(name))
 
 
 def write_h5ad_atomic(adata, path: str):
@@ -112,7 +118,7 @@ def write_h5ad_atomic(adata, path: str):
     handle, tmp_path = tempfile.mkstemp(prefix=".partial-", suffix=".h5ad", dir=directory)
     os.close(handle)
     try:
-        adata.write_h5ad(tmp_path, compression="gzip")
+        adata.write_h5ad(tmp_path)
         os.replace(tmp_path, path)
     except BaseException:
         if os.path.exists(tmp_path):

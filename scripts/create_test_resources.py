@@ -1,0 +1,58 @@
+#!/usr/bin/env python3
+"""Make the tiny test data in resources_test/ from the simulator, through the real components.
+
+    python scripts/create_test_resources.py [--force]
+
+resources_test/simulated_grn/
+  common_dataset.h5ad                     simulated_grn with its small `info.test_arguments`
+  unseen_perturbation/{train,test,solution}.h5ad
+  unseen_perturbation/prediction.h5ad     train_mean
+  unseen_perturbation/score.h5ad          delta_error
+Nothing is downloaded. Component tests (`perturbcast test`) read these files.
+"""
+import argparse
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from perturbcast.config import load_config  # noqa: E402
+from perturbcast.runner import run_component  # noqa: E402
+
+OUT = ROOT / "resources_test" / "simulated_grn"
+SPLIT = OUT / "unseen_perturbation"
+
+
+def step(component: str, args: list[str]):
+    print(f"create_test_resources: {component}", file=sys.stderr, flush=True)
+    result = run_component(ROOT / component, [str(a) for a in args])
+    if result.exit_code != 0:
+        sys.exit(f"[error] {component} failed with exit code {result.exit_code}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--force", action="store_true", help="remake files that already exist")
+    args = parser.parse_args()
+    if (SPLIT / "score.h5ad").exists() and not args.force:
+        print(f"create_test_resources: {OUT} is complete (use --force to remake)", file=sys.stderr)
+        return 0
+    SPLIT.mkdir(parents=True, exist_ok=True)
+    loader = load_config(ROOT / "src/datasets/simulated_grn")
+    small = [x for key, value in (loader.info.get("test_arguments") or {}).items() for x in (f"--{key}", value)]
+    step("src/datasets/simulated_grn", ["--output", OUT / "common_dataset.h5ad", *small])
+    step("src/tasks/unseen_perturbation", ["--input", OUT / "common_dataset.h5ad", "--seed", 0,
+                                           "--output_train", SPLIT / "train.h5ad", "--output_test", SPLIT / "test.h5ad",
+                                           "--output_solution", SPLIT / "solution.h5ad"])
+    step("src/control_methods/train_mean", ["--input_train", SPLIT / "train.h5ad", "--input_test", SPLIT / "test.h5ad",
+                                            "--input_solution", SPLIT / "solution.h5ad",
+                                            "--output", SPLIT / "prediction.h5ad"])
+    step("src/metrics/delta_error", ["--input_solution", SPLIT / "solution.h5ad",
+                                     "--input_prediction", SPLIT / "prediction.h5ad", "--output", SPLIT / "score.h5ad"])
+    print(f"create_test_resources: wrote {OUT}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
