@@ -1,0 +1,466 @@
+"""Tests of the `unseen_perturbation` task component and the shared split helpers (src/utils/splits.py).
+
+The component runs as a subprocess with its VIASH START..END block replaced by concrete `par`/`meta`,
+as viash would run it. Common datasets are built here as small AnnData objects that follow
+src/api/file_common_dataset.yaml.
+"""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+UTILS = ROOT / "src" / "utils"
+COMPONENT = ROOT / "src" / "tasks" / "unseen_perturbation"
+API = ROOT / "src" / "api"
+DEVEL = ROOT.parent / "shared" / "data" / "perturbench_devel.h5ad"
+
+sys.path.insert(0, str(UTILS))
+import formats  # noqa: E402
+import splits  # noqa: E402
+
+TASK_ID = "unseen_perturbation"
+
+
+# --------------------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------------------
+
+def file_format(name: str) -> dict:
+    with open(API / f"file_{name}.yaml") as handle:
+        return yaml.safe_load(handle)["info"]["format"]
+
+
+def processed_config(path: Path) -> Path:
+    """A minimal stand-in for the config viash writes beside the executable: the component's arguments
+    with each file argument's `info.format` resolved from its `__merge__`d src/api/file_*.yaml."""
+    with open(API / "comp_task.yaml") as handle:
+        comp = yaml.safe_load(handle)
+    arguments = []
+    for argument in comp["arguments"]:
+        argument = dict(argument)
+        merge = argument.pop("__merge__", None)
+        if merge:
+            with open(API / merge) as handle:
+                merged = yaml.safe_load(handle)
+            argument["info"] = {**(merged.get("info") or {}), **(argument.get("info") or {})}
+        arguments.append(argument)
+    path.write_text(yaml.safe_dump({"name": TASK_ID, "arguments": arguments}))
+    return path
+
+
+def run_task(input_path, out_dir: Path, seed=0, test_size=0.25, config=None):
+    """Run script.py with concrete par/meta; returns (CompletedProcess, {name: path})."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    outputs = {name: str(out_dir / f"{name}.h5ad") for name in ("train", "test", "solution")}
+    par = {"input": str(input_path), "output_train": outputs["train"], "output_test": outputs["test"],
+           "output_solution": outputs["solution"], "seed": seed, "test_size": test_size}
+    meta = {"resources_dir": str(UTILS), "config": None if config is None else str(config), "name": TASK_ID}
+    source = (COMPONENT / "script.py").read_text()
+    block = f"## VIASH START\npar = {par!r}\nmeta = {meta!r}\n## VIASH END"
+    script, n = re.subn(r"## VIASH START.*?## VIASH END", lambda _: block, source, flags=re.S)
+    assert n == 1
+    script_path = out_dir / "script.py"
+    script_path.write_text(script)
+    result = subprocess.run([sys.executable, str(script_path)], capture_output=True, text=True, timeout=120,
+                            cwd=out_dir)
+    return result, outputs
+
+
+def read_outputs(outputs):
+    return {name: ad.read_h5ad(path) for name, path in outputs.items()}
+
+
+def make_common(perturbations, cell_types=("K562", "RPE1"), genes=None, replicates=("r1", "r2"), seed=0,
+                sparse=False, skip=(), dataset_id="synthetic", perturbation_type="knockdown"):
+    """A common dataset: one profile per perturbation x cell_type x 'none' x replicate (+ controls).
+
+    `skip`: (perturbation, cell_type) pairs that are not measured."""
+    rng = np.random.default_rng(seed)
+    genes = list(genes) if genes is not None else [f"G{i:02d}" for i in range(30)]
+    records = []
+    for cell_type in cell_types:
+        for perturbation in ["control", *perturbations]:
+            if (perturbation, cell_type) in skip:
+                continue
+            for replicate in replicates:
+                n_targets = 0 if perturbation == "control" else len(perturbation.split("+"))
+                records.append({
+                    "perturbation": perturbation, "is_control": perturbation == "control",
+                    "perturbation_type": perturbation_type, "n_targets": n_targets, "cell_type": cell_type,
+                    "condition": "none", "replicate": replicate, "n_cells": int(rng.integers(20, 200)),
+                })
+    obs = pd.DataFrame(records)
+    obs.index = [f"{r.perturbation}|{r.cell_type}|{r.condition}|{r.replicate}" for r in obs.itertuples()]
+    X = rng.gamma(2.0, 0.5, size=(len(obs), len(genes))).astype(np.float32)
+    X[rng.random(X.shape) < 0.3] = 0
+    counts = np.round(np.expm1(X) * 10).astype(np.float32)
+    var = pd.DataFrame(index=genes)
+    var["gene_id"] = [f"ENSG{i:011d}" for i in range(len(genes))]
+    var["highly_variable_rank"] = np.argsort(np.argsort(-X.var(axis=0))).astype(np.int64)
+    var["mean_expression"] = X.mean(axis=0).astype(np.float64)
+    uns = {"dataset_id": dataset_id, "dataset_name": "Synthetic", "dataset_summary": "Synthetic screen.",
+           "dataset_description": "Random profiles for tests.", "dataset_url": "https://example.org",
+           "dataset_reference": "10.0000/none", "dataset_organism": "homo_sapiens",
+           "normalization_id": "log_cp10k", "source_sha256": "0" * 64}
+    adata = ad.AnnData(X=sp.csr_matrix(X) if sparse else X, obs=obs, var=var, uns=uns)
+    adata.layers["counts"] = counts
+    return adata
+
+
+def targets_of(obs):
+    return [() if p == "control" else tuple(p.split("+")) for p in obs["perturbation"].astype(str)]
+
+
+def row_mean(common, rows):
+    X = common.X[rows]
+    X = X.toarray() if sp.issparse(X) else np.asarray(X)
+    return X.astype(np.float64).mean(axis=0)
+
+
+# --------------------------------------------------------------------------------------------------
+# the main synthetic dataset
+# --------------------------------------------------------------------------------------------------
+
+MAIN_GENES = [f"T{i:02d}" for i in range(1, 12)] + [f"G{i:02d}" for i in range(25)]
+MAIN_PERTURBATIONS = (
+    [f"T{i:02d}" for i in range(1, 12)]
+    + ["T01+T02", "T01+T03", "T02+T05", "T03+T04", "T04+T06", "T05+T07", "T06+T08", "T07+T09", "T08+T10",
+       "T09+T11", "T10+T12", "T11+T12", "T02+T09", "T01+T10"]
+)
+
+
+@pytest.fixture(scope="module")
+def main_common(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("main")
+    common = make_common(MAIN_PERTURBATIONS, genes=MAIN_GENES, sparse=True,
+                         skip={("T03+T04", "RPE1"), ("T11", "RPE1")})
+    path = directory / "common_dataset.h5ad"
+    common.write_h5ad(path)
+    return common, path
+
+
+@pytest.fixture(scope="module")
+def main_run(main_common, tmp_path_factory):
+    common, path = main_common
+    result, outputs = run_task(path, tmp_path_factory.mktemp("run_seed0"), seed=0)
+    assert result.returncode == 0, result.stderr
+    return common, outputs, read_outputs(outputs), result
+
+
+def check_split_properties(common, out):
+    """The properties every unseen_perturbation split must have; returns the held-out genes."""
+    train, test, solution = out["train"], out["test"], out["solution"]
+    held = set(solution.uns["held_out_targets"])
+    assert held
+    common_targets = targets_of(common.obs)
+    all_genes = {g for t in common_targets for g in t}
+    assert held < all_genes  # at least one target gene left in training
+    # no held-out target gene in any training perturbation; every test perturbation touches one
+    for targets in targets_of(train.obs):
+        assert held.isdisjoint(targets)
+    for targets in targets_of(test.obs):
+        assert not held.isdisjoint(targets)
+    # controls all in train, none in test
+    controls = common.obs_names[common.obs["is_control"].to_numpy()]
+    assert set(controls) <= set(train.obs_names)
+    assert "control" not in set(test.obs["perturbation"])
+    # partition: every common row is in train or is a replicate of a test condition
+    test_keys = set(zip(test.obs["perturbation"], test.obs["cell_type"], test.obs["condition"]))
+    for name, row in common.obs.iterrows():
+        key = (row["perturbation"], row["cell_type"], row["condition"])
+        assert (name in train.obs_names) != (key in test_keys)
+    # train = common rows unchanged; same genes in the same order everywhere
+    assert list(train.var_names) == list(common.var_names)
+    assert list(test.var_names) == list(common.var_names) == list(solution.var_names)
+    assert list(test.obs_names) == list(solution.obs_names)
+    rows = common.obs_names.get_indexer(train.obs_names)
+    dense = lambda m: m.toarray() if sp.issparse(m) else np.asarray(m)  # noqa: E731
+    np.testing.assert_array_equal(dense(train.X), dense(common.X[rows]))
+    # the test file reveals no expression
+    assert sp.issparse(test.X) and test.X.nnz == 0 and test.X.shape == (test.n_obs, test.n_vars)
+    # ids
+    for adata in (train, test, solution):
+        assert adata.uns["task_id"] == TASK_ID
+        assert adata.uns["dataset_id"] == common.uns["dataset_id"]
+        assert adata.uns["normalization_id"] == common.uns["normalization_id"]
+    # readable obs ids
+    for name, row in test.obs.iterrows():
+        assert name == f"{row['perturbation']}|{row['cell_type']}|{row['condition']}"
+    # strata follow the definitions
+    seen = {g for t in targets_of(train.obs) for g in t}
+    for row in test.obs.itertuples():
+        targets = row.perturbation.split("+")
+        n_seen = sum(g in seen for g in targets)
+        expected = "single" if len(targets) == 1 else "combo_seen0" if n_seen == 0 else "combo_seen1"
+        assert row.stratum == expected, row
+        assert row.n_targets == len(targets)
+    # solution: X = mean over replicates = mean of the two replicate layers (2 replicates each here)
+    for k, row in enumerate(solution.obs.itertuples()):
+        mask = ((common.obs["perturbation"] == row.perturbation) & (common.obs["cell_type"] == row.cell_type)
+                & (common.obs["condition"] == row.condition)).to_numpy()
+        np.testing.assert_allclose(solution.X[k], row_mean(common, np.flatnonzero(mask)), rtol=1e-5, atol=1e-6)
+        assert row.n_cells == int(common.obs["n_cells"][mask].sum())
+        control_mask = (common.obs["is_control"] & (common.obs["cell_type"] == row.cell_type)
+                        & (common.obs["condition"] == row.condition)).to_numpy()
+        np.testing.assert_allclose(solution.layers["control"][k], row_mean(common, np.flatnonzero(control_mask)),
+                                   rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(solution.X, (solution.layers["replicate_1"] + solution.layers["replicate_2"]) / 2,
+                               rtol=1e-5, atol=1e-6)
+    for matrix in (solution.X, *solution.layers.values()):
+        assert isinstance(matrix, np.ndarray) and matrix.dtype == np.float32
+    # target_expression = solution X at each target gene, `nan` when the target is not measured
+    genes = list(common.var_names)
+    for k, row in enumerate(solution.obs.itertuples()):
+        levels = row.target_expression.split("+")
+        for gene, level in zip(row.perturbation.split("+"), levels):
+            if gene in genes:
+                assert float(level) == pytest.approx(float(solution.X[k, genes.index(gene)]), rel=1e-5, abs=1e-6)
+            else:
+                assert level == "nan"
+    assert list(test.obs["target_expression"]) == list(solution.obs["target_expression"])
+    # formats
+    for name in ("train", "test", "solution"):
+        assert formats.check_anndata(out[name], file_format(name)) == []
+    return held
+
+
+def test_split_properties_on_synthetic_data(main_run):
+    common, _, out, result = main_run
+    held = check_split_properties(common, out)
+    # 12 target genes (T12 only in combinations) -> round(0.25 * 12) = 3 held out
+    all_genes = {g for t in targets_of(common.obs) for g in t}
+    assert len(held) == int(np.floor(0.25 * len(all_genes) + 0.5))
+    assert "counts" in out["train"].layers
+    assert set(out["test"].obs["stratum"]) <= {"single", "combo_seen1", "combo_seen0"}
+    assert out["solution"].uns["n_single_replicate_conditions"] == 0
+    # one line of summary on stderr
+    assert "held out" in result.stderr
+
+
+def test_train_mean_expression_does_not_leak_test_profiles(main_run):
+    common, _, out, _ = main_run
+    train = out["train"]
+    np.testing.assert_allclose(train.var["mean_expression"].to_numpy(),
+                               row_mean(train, np.arange(train.n_obs)), rtol=1e-5, atol=1e-6)
+
+
+def test_same_seed_same_split(main_common, main_run, tmp_path):
+    common, path = main_common
+    _, first_paths, first, _ = main_run
+    result, outputs = run_task(path, tmp_path / "again", seed=0)
+    assert result.returncode == 0, result.stderr
+    second = read_outputs(outputs)
+    for name in ("train", "test", "solution"):
+        a, b = first[name], second[name]
+        assert list(a.obs_names) == list(b.obs_names)
+        pd.testing.assert_frame_equal(a.obs, b.obs)
+        dense = lambda m: m.toarray() if sp.issparse(m) else np.asarray(m)  # noqa: E731
+        np.testing.assert_array_equal(dense(a.X), dense(b.X))
+        for layer in a.layers:
+            np.testing.assert_array_equal(dense(a.layers[layer]), dense(b.layers[layer]))
+        # and byte-identical files
+        assert Path(first_paths[name]).read_bytes() == Path(outputs[name]).read_bytes(), name
+
+
+def test_different_seed_differs_and_outputs_pass_the_config_formats(main_common, main_run, tmp_path):
+    common, path = main_common
+    first = main_run[2]
+    config = processed_config(tmp_path / "config.yaml")
+    result, outputs = run_task(path, tmp_path / "seed1", seed=1, config=config)
+    assert result.returncode == 0, result.stderr
+    other = read_outputs(outputs)
+    assert other["solution"].uns["split_seed"] == 1
+    assert set(other["solution"].uns["held_out_targets"]) != set(first["solution"].uns["held_out_targets"])
+    assert set(other["test"].obs_names) != set(first["test"].obs_names)
+    check_split_properties(common, other)
+
+
+# --------------------------------------------------------------------------------------------------
+# hand-made cases
+# --------------------------------------------------------------------------------------------------
+
+def test_strata_on_a_hand_made_case(tmp_path):
+    # Target genes A, B, C, D, E and Z (Z is not among the measured genes). E is only perturbed
+    # together with A. Pick the seed that holds out exactly {A, Z} (2 of 6 at test_size 1/3).
+    perturbations = ["A", "B", "C", "Z", "A+B", "A+C", "A+E", "A+Z", "B+D", "C+D"]
+    genes = ["A", "B", "C", "D", "E", "G1", "G2", "G3", "G4", "G5"]
+    all_targets = ["A", "B", "C", "D", "E", "Z"]
+    seed = next(s for s in range(10_000) if splits.choose_held_out(all_targets, 1 / 3, s) == ["A", "Z"])
+    common = make_common(perturbations, cell_types=("K562",), genes=genes, seed=3)
+    path = tmp_path / "common.h5ad"
+    common.write_h5ad(path)
+    result, outputs = run_task(path, tmp_path / "out", seed=seed, test_size=1 / 3)
+    assert result.returncode == 0, result.stderr
+    out = read_outputs(outputs)
+    check_split_properties(common, out)
+    test, solution = out["test"], out["solution"]
+    assert dict(zip(test.obs["perturbation"], test.obs["stratum"])) == {
+        "A": "single", "Z": "single",
+        "A+B": "combo_seen1", "A+C": "combo_seen1",
+        "A+Z": "combo_seen0",   # both targets held out
+        "A+E": "combo_seen0",   # E is not held out but no training perturbation targets it
+    }
+    assert list(test.obs_names) == ["A|K562|none", "A+B|K562|none", "A+C|K562|none", "A+E|K562|none",
+                                    "A+Z|K562|none", "Z|K562|none"]
+    assert sorted(out["train"].obs["perturbation"].unique()) == ["B", "B+D", "C", "C+D", "control"]
+    # target_expression by hand: mean of the two replicate profiles at the target's column
+    a_rows = np.flatnonzero((common.obs["perturbation"] == "A+B").to_numpy())
+    level_a, level_b = row_mean(common, a_rows)[[genes.index("A"), genes.index("B")]]
+    assert test.obs.loc["A+B|K562|none", "target_expression"] == f"{level_a:.6g}+{level_b:.6g}"
+    assert test.obs.loc["Z|K562|none", "target_expression"] == "nan"
+    assert test.obs.loc["A+Z|K562|none", "target_expression"].endswith("+nan")
+    k = list(solution.obs_names).index("A+B|K562|none")
+    assert float(test.obs.loc["A+B|K562|none", "target_expression"].split("+")[0]) == pytest.approx(
+        float(solution.X[k, genes.index("A")]), rel=1e-5)
+    # control layer = mean of the two training control profiles of K562 x none
+    control_rows = np.flatnonzero(common.obs["is_control"].to_numpy())
+    np.testing.assert_allclose(solution.layers["control"][k], row_mean(common, control_rows), rtol=1e-5)
+
+
+def test_single_target_gene_is_not_applicable(tmp_path):
+    common = make_common(["G01"], cell_types=("K562",))
+    path = tmp_path / "common.h5ad"
+    common.write_h5ad(path)
+    result, outputs = run_task(path, tmp_path / "out")
+    assert result.returncode == 99, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("[not applicable]") and "target gene" in lines[0]
+    assert not any(os.path.exists(p) for p in outputs.values())
+
+
+def test_missing_perturbation_column_fails_with_one_line(tmp_path):
+    common = make_common(["G01", "G02", "G01+G02"], cell_types=("K562",))
+    del common.obs["perturbation"]
+    path = tmp_path / "common.h5ad"
+    common.write_h5ad(path)
+    result, outputs = run_task(path, tmp_path / "out")
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("[error]") and "obs['perturbation']" in lines[0]
+    assert "Traceback" not in result.stderr
+    assert not any(os.path.exists(p) for p in outputs.values())
+    assert not [f for f in os.listdir(tmp_path / "out") if f.endswith(".h5ad")]
+
+
+# --------------------------------------------------------------------------------------------------
+# shared helpers, in process
+# --------------------------------------------------------------------------------------------------
+
+def test_choose_held_out_share_and_bounds():
+    genes = [f"G{i}" for i in range(10)]
+    assert len(splits.choose_held_out(genes, 0.25, 0)) == 3
+    assert len(splits.choose_held_out(genes, 0.0, 0)) == 1
+    assert len(splits.choose_held_out(genes, 1.0, 0)) == 9
+    assert splits.choose_held_out(genes, 0.25, 5) == splits.choose_held_out(list(reversed(genes)), 0.25, 5)
+    with pytest.raises(splits.SplitNotApplicable):
+        splits.choose_held_out(["G1"], 0.25, 0)
+
+
+def test_replicate_halves_and_single_replicate_conditions():
+    common = make_common(["A", "B", "C"], cell_types=("K562",), genes=["A", "B", "C", "G1"],
+                         replicates=("r1", "r2", "r3"))
+    # drop r2 and r3 of A: A has one replicate left
+    keep = ~((common.obs["perturbation"] == "A") & (common.obs["replicate"] != "r1")).to_numpy()
+    common = common[keep].copy()
+    targets = splits.row_targets(common.obs)
+    is_test = splits.touches(targets, ["A", "B"])
+    stratum = np.where(is_test, "single", "")
+    train, test, solution = splits.build_split(common, is_test, stratum, task_id="t", seed=0)
+    assert solution.uns["n_single_replicate_conditions"] == 1
+    k = list(solution.obs_names).index("A|K562|none")
+    np.testing.assert_array_equal(solution.layers["replicate_1"][k], solution.layers["replicate_2"][k])
+    b = list(solution.obs_names).index("B|K562|none")
+    b_rows = np.flatnonzero((common.obs["perturbation"] == "B").to_numpy())
+    np.testing.assert_allclose(solution.X[b], row_mean(common, b_rows), rtol=1e-6)
+    # three replicates: one half is a single profile, the other the mean of two
+    halves = {tuple(solution.layers[layer][b]) for layer in ("replicate_1", "replicate_2")}
+    singles = {tuple(common.X[r].astype(np.float32)) for r in b_rows}
+    assert len(halves & singles) == 1
+    again = splits.build_split(common, is_test, stratum, task_id="t", seed=0)[2]
+    np.testing.assert_array_equal(again.layers["replicate_1"], solution.layers["replicate_1"])
+
+
+def test_context_without_controls_is_not_applicable():
+    common = make_common(["A", "B", "A+B"], cell_types=("K562", "RPE1"), genes=["A", "B", "G1"],
+                         skip={("control", "RPE1")})
+    targets = splits.row_targets(common.obs)
+    is_test = splits.touches(targets, ["A"])
+    with pytest.raises(splits.SplitNotApplicable, match="no control profiles for cell_type 'RPE1'"):
+        splits.build_split(common, is_test, np.where(is_test, "x", ""), task_id="t", seed=0)
+
+
+def test_unsorted_or_inconsistent_perturbations_are_input_errors():
+    common = make_common(["A", "B"], cell_types=("K562",), genes=["A", "B", "G1"])
+    bad = common.obs.copy()
+    bad["perturbation"] = bad["perturbation"].replace({"A": "B+A"})
+    bad.loc[bad["perturbation"] == "B+A", "n_targets"] = 2
+    with pytest.raises(splits.SplitInputError, match="sorted"):
+        splits.row_targets(bad)
+    bad = common.obs.copy()
+    bad.loc[bad["perturbation"] == "A", "is_control"] = True
+    with pytest.raises(splits.SplitInputError, match="is_control"):
+        splits.row_targets(bad)
+
+
+# --------------------------------------------------------------------------------------------------
+# real data: Norman et al. 2019 subset of the PerturBench development file
+# --------------------------------------------------------------------------------------------------
+
+def norman19_common(seed: int = 0):
+    """Common dataset from the norman19 cells: mean log-expression per condition and seeded cell half."""
+    cells = ad.read_h5ad(DEVEL)
+    cells = cells[(cells.obs["dataset"] == "norman19").to_numpy()]
+    labels = cells.obs["condition"].astype(str).to_numpy()
+    perturbations = np.array(["control" if label in ("control", "ctrl") else
+                              "+".join(sorted(t for t in label.split("+") if t != "ctrl")) for label in labels])
+    X = sp.csr_matrix(cells.X)
+    rng = np.random.default_rng(seed)
+    profiles, records = [], []
+    for perturbation in sorted(set(perturbations)):
+        idx = rng.permutation(np.flatnonzero(perturbations == perturbation))
+        for replicate, half in (("r1", idx[: len(idx) // 2]), ("r2", idx[len(idx) // 2:])):
+            profiles.append(np.asarray(X[np.sort(half)].mean(axis=0)).ravel())
+            n_targets = 0 if perturbation == "control" else len(perturbation.split("+"))
+            records.append({"perturbation": perturbation, "is_control": perturbation == "control",
+                            "perturbation_type": "activation", "n_targets": n_targets, "cell_type": "K562",
+                            "condition": "none", "replicate": replicate, "n_cells": len(half)})
+    obs = pd.DataFrame(records)
+    obs.index = [f"{r.perturbation}|K562|none|{r.replicate}" for r in obs.itertuples()]
+    matrix = np.vstack(profiles).astype(np.float32)
+    var = pd.DataFrame(index=cells.var_names.astype(str))
+    var["highly_variable_rank"] = np.argsort(np.argsort(-matrix.var(axis=0), kind="stable")).astype(np.int64)
+    var["mean_expression"] = matrix.mean(axis=0).astype(np.float64)
+    uns = {"dataset_id": "norman19_devel", "dataset_name": "Norman 2019 (PerturBench devel subset)",
+           "dataset_summary": "K562 CRISPRa singles and pairs.", "dataset_description": "Test subset.",
+           "dataset_url": "https://github.com/altoslabs/perturbench", "dataset_reference": "10.1126/science.aax4438",
+           "dataset_organism": "homo_sapiens", "normalization_id": "log1p", "source_sha256": "0" * 64}
+    return ad.AnnData(X=matrix, obs=obs, var=var, uns=uns)
+
+
+@pytest.mark.skipif(not DEVEL.exists(), reason=f"{DEVEL} is absent (real data only on project machines)")
+def test_norman19_devel(tmp_path):
+    common = norman19_common()
+    assert formats.check_anndata(common, file_format("common_dataset")) == []
+    path = tmp_path / "norman19.h5ad"
+    common.write_h5ad(path)
+    result, outputs = run_task(path, tmp_path / "out", seed=0)
+    assert result.returncode == 0, result.stderr
+    out = read_outputs(outputs)
+    held = check_split_properties(common, out)
+    genes = {g for t in targets_of(common.obs) for g in t}
+    assert len(held) == int(np.floor(0.25 * len(genes) + 0.5))
+    strata = out["test"].obs["stratum"].value_counts().to_dict()
+    assert strata.get("single", 0) >= 1
+    print(f"norman19 devel: {len(genes)} target genes, held out {sorted(held)}; train {out['train'].n_obs} "
+          f"profiles; test {out['test'].n_obs} conditions {strata}")
