@@ -34,9 +34,43 @@ def add_commands(commands):
     bench.add_argument("--project", default=".", help="project root (holding _viash.yaml); default: current directory")
     bench.set_defaults(handler=benchmark)
 
+    agg = commands.add_parser(
+        "aggregate", help="build the result tables from a results directory",
+        description="Read the published step folders of a results directory (from `perturbcast benchmark` or "
+                    "`nextflow run .`) and write results.parquet, results_per_condition.parquet and the leaderboard.")
+    agg.add_argument("results", help="results directory (holding scores/)")
+    agg.add_argument("--project", default=".", help="project root (holding _viash.yaml)")
+    agg.set_defaults(handler=aggregate)
+
+
+def aggregate_results(root: Path, output: Path, only: set | None = None) -> str:
+    """Tables from the published step folders (both engines write the same layout); returns the leaderboard text."""
+    from . import scoring
+    from .config import discover_components
+
+    method_types = {c.name: c.component_type for c in discover_components(root)}
+    per_condition = scoring.per_condition_table(output, method_types, only)
+    results = scoring.results_table(per_condition)
+    scoring.write_results(per_condition, results, output)
+    text = scoring.format_leaderboard(scoring.leaderboard(results))
+    (output / "leaderboard.txt").write_text(text + "\n")
+    return ("\nLeaderboard (calibrated: 0 = train_mean, 1 = replicate_ceiling; raw metric means over datasets x tasks)\n"
+            + text)
+
+
+def aggregate(args) -> int:
+    root = find_package_root(args.project)
+    output = Path(args.results).resolve()
+    if root is None or not output.is_dir():
+        print(f"[error] need the project root (_viash.yaml) and an existing results directory '{args.results}'",
+              file=sys.stderr)
+        return 1
+    print(aggregate_results(root, output))
+    return 0
+
 
 def benchmark(args) -> int:
-    from . import engine, scoring
+    from . import engine
 
     root = find_package_root(args.project)
     if root is None:
@@ -63,14 +97,9 @@ def benchmark(args) -> int:
     print(f"perturbcast benchmark: {len(steps)} steps, {args.jobs} at once, results in {output}", file=sys.stderr)
     records = engine.execute(steps, jobs=args.jobs) + declared
     engine.write_trace(records, output / "trace.tsv")
-    per_condition = scoring.per_condition_table(records)
-    results = scoring.results_table(per_condition)
-    scoring.write_results(per_condition, results, output)
-    board = scoring.leaderboard(results)
-    text = scoring.format_leaderboard(board)
-    (output / "leaderboard.txt").write_text(text + "\n")
+    this_run = {Path(r.outputs["output"]).resolve() for r in records if r.stage == "score" and r.status == "ok"}
+    text = aggregate_results(root, output, this_run)
     failed = [r for r in records if r.status == "failed"]
-    print("\nLeaderboard (calibrated: 0 = train_mean, 1 = replicate_ceiling; raw metric means over datasets x tasks)")
     print(text)
     counts = {status: sum(r.status == status for r in records) for status in ("ok", "failed", "not_applicable", "skipped")}
     print(f"\nsteps: {counts['ok']} ok, {counts['failed']} failed, {counts['not_applicable']} not applicable, "

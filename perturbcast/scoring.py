@@ -20,21 +20,36 @@ KEYS = ["dataset_id", "task_id", "seed", "metric_id", "stratum"]
 MIN_DYNAMIC_RANGE = 1e-12
 
 
-def per_condition_table(records) -> pd.DataFrame:
-    """One row per (score file, test condition, metric id) from every successful score step."""
+def score_files(output_dir: Path) -> list[tuple[dict, Path]]:
+    """Every `scores/<dataset>/<task>/seed_<s>/<method>/<metric>/score.h5ad` below `output_dir`.
+
+    Both engines publish this layout, so the labels come from the path and need no step records.
+    """
+    found = []
+    for path in sorted(Path(output_dir).glob("scores/*/*/seed_*/*/*/score.h5ad")):
+        metric, method, seed, task, dataset = path.parts[-2], path.parts[-3], path.parts[-4], path.parts[-5], path.parts[-6]
+        found.append(({"dataset_id": dataset, "task_id": task, "seed": int(seed.removeprefix("seed_")),
+                       "method_id": method, "metric_component": metric}, path))
+    return found
+
+
+def per_condition_table(output_dir: Path, method_types: dict[str, str] | None = None,
+                        only: set | None = None) -> pd.DataFrame:
+    """One row per (score file, test condition, metric id); `only` restricts to these score files."""
     import anndata as ad
 
     frames = []
-    for record in records:
-        if record.stage != "score" or record.status != "ok":
+    for labels, path in score_files(output_dir):
+        if only is not None and path.resolve() not in only:
             continue
-        score = ad.read_h5ad(record.outputs["output"])
+        score = ad.read_h5ad(path)
         metric_ids = [str(m) for m in np.atleast_1d(score.uns["metric_ids"])]
         obs = score.obs.reset_index(names="condition")
         long = obs.melt(id_vars=["condition", "stratum"], value_vars=[m for m in metric_ids if m in obs.columns],
                         var_name="metric_id", value_name="value")
-        for key in ("dataset_id", "task_id", "seed", "method_id", "method_type", "metric_component"):
-            long[key] = record.labels.get(key)
+        for key, value in labels.items():
+            long[key] = value
+        long["method_type"] = (method_types or {}).get(labels["method_id"], "method")
         frames.append(long)
     columns = ["dataset_id", "task_id", "seed", "method_id", "method_type", "metric_component", "metric_id",
                "condition", "stratum", "value"]

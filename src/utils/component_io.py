@@ -119,6 +119,10 @@ def write_h5ad_atomic(adata, path: str):
     os.close(handle)
     try:
         adata.write_h5ad(tmp_path)
+        # mkstemp creates 0600; give the file the mode a plain open() would (other users, e.g. in containers)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp_path, 0o666 & ~umask)
         os.replace(tmp_path, path)
     except BaseException:
         if os.path.exists(tmp_path):

@@ -1,0 +1,30 @@
+"""Shared fixtures: the repository root, the generated test resources and the real data in ../shared."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATA = ROOT.parent / "shared" / "data"
+RESOURCES = ROOT / "resources_test" / "simulated_grn"
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return ROOT
+
+
+@pytest.fixture(scope="session")
+def test_resources() -> Path:
+    """resources_test/simulated_grn, made once by scripts/create_test_resources.py through the components."""
+    if not (RESOURCES / "unseen_perturbation" / "score.h5ad").exists():
+        subprocess.run([sys.executable, str(ROOT / "scripts" / "create_test_resources.py")], check=True, cwd=ROOT)
+    return RESOURCES
+
+
+def shared_file(name: str) -> Path:
+    path = SHARED_DATA / name
+    if not path.exists():
+        pytest.skip(f"{path} is absent (the real data subsets live in ../shared/data beside the repository)")
+    return path

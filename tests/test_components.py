@@ -1,0 +1,40 @@
+"""Every component passes `perturbcast test` (its config metadata, and a run on the test data whose
+outputs conform to the API formats) and the viash schema check."""
+import subprocess
+import sys
+
+import pytest
+
+from perturbcast.config import discover_components
+from perturbcast.runner import run_component_tests
+
+from conftest import ROOT
+
+COMPONENTS = discover_components(ROOT)
+
+
+def test_components_are_discovered():
+    types = {c.component_type for c in COMPONENTS}
+    assert {"dataset_loader", "task", "control_method", "metric"} <= types
+
+
+@pytest.mark.parametrize("component", COMPONENTS, ids=[f"{c.namespace}/{c.name}" for c in COMPONENTS])
+def test_component(component, test_resources, tmp_path, monkeypatch):
+    monkeypatch.setenv("VIASH_TEMP", str(tmp_path))
+    report = run_component_tests(component.directory)
+    assert report.failed == [], f"failed test scripts: {report.failed} (kept in {report.directory})"
+    assert len(report.passed) >= 2
+
+
+def test_folder_name_is_component_name():
+    for component in COMPONENTS:
+        assert component.directory.name == component.name, component.path
+
+
+def test_every_config_passes_the_viash_schema():
+    validator = ROOT.parent / "shared" / "tools" / "validate-viash-config"
+    if not validator.exists():
+        pytest.skip("../shared/tools/validate-viash-config is absent")
+    configs = [str(c.path) for c in COMPONENTS]
+    completed = subprocess.run([sys.executable, str(validator), *configs], capture_output=True, text=True)
+    assert completed.returncode == 0, completed.stdout + completed.stderr

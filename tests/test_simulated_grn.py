@@ -1,0 +1,213 @@
+"""Tests of the simulated_grn dataset loader (src/datasets/simulated_grn).
+
+The script is run as viash would run it: a copy with the VIASH block replaced by `par` (config defaults
+plus the test's arguments) and `meta`, executed by the current Python in a subprocess.
+"""
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+COMPONENT = ROOT / "src" / "datasets" / "simulated_grn"
+UTILS = ROOT / "src" / "utils"
+sys.path.insert(0, str(UTILS))
+from formats import check_anndata  # noqa: E402
+
+SMALL = {"n_genes": 60, "n_regulators": 12, "n_perturbed_genes": 12, "n_combos": 6,
+         "cells_per_perturbation": 20, "n_control_cells": 60}
+
+
+def config_defaults() -> dict:
+    config = yaml.safe_load((COMPONENT / "config.vsh.yaml").read_text())
+    return {arg["name"].lstrip("-"): arg["default"] for arg in config["arguments"] if "default" in arg}
+
+
+def common_dataset_format() -> dict:
+    return yaml.safe_load((ROOT / "src" / "api" / "file_common_dataset.yaml").read_text())["info"]["format"]
+
+
+def run_loader(tmp_path: Path, **arguments) -> tuple[subprocess.CompletedProcess, Path]:
+    """Run script.py with the VIASH block replaced, as the runner does; returns the process and output path."""
+    output = tmp_path / "dataset.h5ad"
+    par = {**config_defaults(), **arguments, "output": str(output)}
+    meta = {"name": "simulated_grn", "resources_dir": str(UTILS), "config": None}
+    text = (COMPONENT / "script.py").read_text()
+    start = text.index("## VIASH START")
+    end = text.index("## VIASH END")
+    script = tmp_path / "script.py"
+    script.write_text(f"{text[:start]}## VIASH START\npar = {par!r}\nmeta = {meta!r}\n{text[end:]}")
+    completed = subprocess.run([sys.executable, "-B", str(script)], capture_output=True, text=True,
+                               cwd=tmp_path, timeout=120)
+    return completed, output
+
+
+def load(tmp_path_factory, name: str, **arguments) -> ad.AnnData:
+    tmp_path = tmp_path_factory.mktemp(name)
+    completed, output = run_loader(tmp_path, **arguments)
+    assert completed.returncode == 0, completed.stderr
+    return ad.read_h5ad(output)
+
+
+@pytest.fixture(scope="module")
+def knockdown(tmp_path_factory):
+    return load(tmp_path_factory, "knockdown", **SMALL)
+
+
+@pytest.fixture(scope="module")
+def knockout(tmp_path_factory):
+    return load(tmp_path_factory, "knockout", **SMALL, perturbation_type="knockout", model="linear")
+
+
+@pytest.fixture(scope="module")
+def activation(tmp_path_factory):
+    return load(tmp_path_factory, "activation", **SMALL, perturbation_type="activation", dispersion=0.0)
+
+
+def profile_means(adata: ad.AnnData, cell_type: str) -> dict[str, np.ndarray]:
+    """Mean X over replicates per perturbation in one cell type."""
+    in_type = (adata.obs["cell_type"] == cell_type).to_numpy()
+    return {p: np.asarray(adata.X[in_type & (adata.obs["perturbation"] == p).to_numpy()]).mean(axis=0)
+            for p in adata.obs["perturbation"][in_type].unique()}
+
+
+def test_viash_block_matches_config_defaults():
+    text = (COMPONENT / "script.py").read_text()
+    block = text[text.index("## VIASH START"):text.index("## VIASH END")]
+    namespace: dict = {}
+    exec(compile(ast.parse(block), "viash_block", "exec"), namespace)
+    defaults = config_defaults()
+    assert set(namespace["par"]) == set(defaults) | {"output"}
+    assert {key: namespace["par"][key] for key in defaults} == defaults
+
+
+@pytest.mark.parametrize("name", ["knockdown", "knockout", "activation"])
+def test_output_conforms_to_common_dataset_format(name, request):
+    adata = request.getfixturevalue(name)
+    assert check_anndata(adata, common_dataset_format()) == []
+    assert adata.X.dtype == np.float32
+    assert set(adata.obs["perturbation_type"]) == {name}
+    assert set(adata.obs["condition"]) == {"none"}
+    assert adata.uns["dataset_id"] == "simulated_grn"
+    assert adata.uns["normalization_id"] == "log_cp10k"
+    assert adata.uns["dataset_organism"] == "synthetic"
+    assert len(adata.uns["source_sha256"]) == 64
+    assert adata.uns["simulation"]["perturbation_type"] == name
+    assert list(adata.var_names[:2]) == ["G0001", "G0002"]
+    assert list(adata.var["gene_id"][:2]) == ["SIM0001", "SIM0002"]
+
+
+def test_design_singles_combos_cell_types_replicates(knockdown):
+    obs = knockdown.obs
+    perturbations = set(obs["perturbation"])
+    singles = {p for p in perturbations if p != "control" and "+" not in p}
+    combos = {p for p in perturbations if "+" in p}
+    assert len(singles) == SMALL["n_perturbed_genes"] and len(combos) == SMALL["n_combos"]
+    for combo in combos:
+        genes = combo.split("+")
+        assert genes == sorted(genes) and len(genes) == 2
+        assert set(genes) <= singles
+    assert set(obs["cell_type"]) == {"type_A", "type_B"}
+    groups = obs.groupby(["perturbation", "cell_type"], observed=True)["replicate"].apply(sorted)
+    assert len(groups) == 2 * (1 + len(singles) + len(combos))
+    assert all(replicates == ["r1", "r2"] for replicates in groups)
+    assert (obs["n_targets"] == obs["perturbation"].map(lambda p: 0 if p == "control" else p.count("+") + 1)).all()
+    assert (obs["n_cells"] >= 1).all()
+    assert list(obs.index[:2]) == ["control|type_A|none|r1", "control|type_A|none|r2"]
+    assert all(name == "|".join(row) for name, row in
+               zip(obs.index, obs[["perturbation", "cell_type", "condition", "replicate"]].itertuples(index=False)))
+
+
+def test_controls(knockdown):
+    obs = knockdown.obs
+    controls = obs[obs["perturbation"] == "control"]
+    assert controls["is_control"].all() and (controls["n_targets"] == 0).all()
+    assert not obs.loc[obs["perturbation"] != "control", "is_control"].any()
+    # every control cell of a cell type lands in exactly one replicate half
+    assert (controls.groupby("cell_type", observed=True)["n_cells"].sum() == SMALL["n_control_cells"]).all()
+    assert set(controls["perturbation_type"]) == {"knockdown"}
+
+
+def test_counts_and_normalisation(knockdown):
+    counts = np.asarray(knockdown.layers["counts"], dtype=np.float64)
+    assert (counts >= 0).all() and np.array_equal(counts, np.round(counts))
+    expected = np.log1p(counts / counts.sum(axis=1, keepdims=True) * 1e4)
+    np.testing.assert_allclose(np.asarray(knockdown.X), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_var_columns(knockdown):
+    X = np.asarray(knockdown.X, dtype=np.float64)
+    rank = knockdown.var["highly_variable_rank"].to_numpy()
+    assert sorted(rank) == list(range(knockdown.n_vars))
+    variance = X.var(axis=0)
+    assert variance[rank == 0][0] == pytest.approx(variance.max())
+    assert np.all(np.diff(variance[np.argsort(rank)]) <= 1e-12)
+    np.testing.assert_allclose(knockdown.var["mean_expression"], X.mean(axis=0), rtol=1e-6)
+
+
+def test_same_seed_identical_other_seed_different(knockdown, tmp_path_factory):
+    again = load(tmp_path_factory, "again", **SMALL)
+    np.testing.assert_array_equal(np.asarray(again.X), np.asarray(knockdown.X))
+    np.testing.assert_array_equal(np.asarray(again.layers["counts"]), np.asarray(knockdown.layers["counts"]))
+    assert list(again.obs_names) == list(knockdown.obs_names)
+    assert again.uns["source_sha256"] == knockdown.uns["source_sha256"]
+    other = load(tmp_path_factory, "other_seed", **SMALL, seed=1)
+    assert other.uns["source_sha256"] != knockdown.uns["source_sha256"]
+    assert other.shape[1] == knockdown.shape[1]
+    assert set(other.obs["perturbation"]) != set(knockdown.obs["perturbation"]) or \
+        not np.array_equal(np.asarray(other.X), np.asarray(knockdown.X))
+
+
+@pytest.mark.parametrize("name, direction", [("knockout", -1), ("knockdown", -1), ("activation", 1)])
+def test_target_expression_moves_in_the_perturbation_direction(name, direction, request):
+    adata = request.getfixturevalue(name)
+    for cell_type in ("type_A", "type_B"):
+        means = profile_means(adata, cell_type)
+        for perturbation, profile in means.items():
+            if perturbation == "control" or "+" in perturbation:
+                continue
+            gene = adata.var_names.get_loc(perturbation)
+            change = profile[gene] - means["control"][gene]
+            assert direction * change > 0.3, f"{name} {perturbation} in {cell_type}: target changed by {change:.2f}"
+
+
+def test_effects_propagate_beyond_the_target_and_differ_by_cell_type(knockout):
+    # Replicate noise sets the bar: a real downstream effect must clearly exceed the split-half spread.
+    controls = knockout[knockout.obs["is_control"].to_numpy()]
+    noise = max(np.abs(np.diff(np.asarray(controls[controls.obs["cell_type"] == t].X), axis=0)).max()
+                for t in ("type_A", "type_B"))
+    deltas = {}
+    for cell_type in ("type_A", "type_B"):
+        means = profile_means(knockout, cell_type)
+        for perturbation, profile in means.items():
+            if perturbation == "control":
+                continue
+            delta = profile - means["control"]
+            delta[[knockout.var_names.get_loc(g) for g in perturbation.split("+")]] = 0.0
+            deltas[perturbation, cell_type] = delta
+    n_propagating = sum(np.abs(delta).max() > max(1.0, 2 * noise) for delta in deltas.values())
+    assert n_propagating >= 3, f"only {n_propagating} perturbations change a non-target gene clearly"
+    differences = [np.abs(deltas[p, "type_A"] - deltas[p, "type_B"]).max()
+                   for p, cell_type in deltas if cell_type == "type_A"]
+    assert max(differences) > 1.0
+
+
+@pytest.mark.parametrize("arguments, message", [
+    ({"n_genes": 10, "n_regulators": 3, "n_perturbed_genes": 11}, "--n_perturbed_genes"),
+    ({**SMALL, "n_perturbed_genes": 3, "n_combos": 4}, "--n_combos"),
+    ({**SMALL, "n_regulators": 60}, "--n_regulators"),
+    ({**SMALL, "model": "quadratic"}, "--model"),
+])
+def test_bad_arguments_fail_with_one_line_and_no_output(arguments, message, tmp_path):
+    completed, output = run_loader(tmp_path, **arguments)
+    assert completed.returncode == 1
+    lines = completed.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("[error] ") and message in lines[0], completed.stderr
+    assert not output.exists()
