@@ -30,6 +30,8 @@ def add_commands(commands):
     bench.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
                        help="steps run at once (default: number of CPUs, %(default)s)")
     bench.add_argument("--dry-run", action="store_true", help="list the jobs (component, inputs, outputs) and stop")
+    bench.add_argument("--n-resamples", type=int, default=1000,
+                       help="bootstrap resamples of test conditions for the intervals (default: %(default)s)")
     bench.add_argument("--fail-on-error", action="store_true", help="exit 1 if any step failed")
     bench.add_argument("--project", default=".", help="project root (holding _viash.yaml); default: current directory")
     bench.set_defaults(handler=benchmark)
@@ -40,22 +42,29 @@ def add_commands(commands):
                     "`nextflow run .`) and write results.parquet, results_per_condition.parquet and the leaderboard.")
     agg.add_argument("results", help="results directory (holding scores/)")
     agg.add_argument("--project", default=".", help="project root (holding _viash.yaml)")
+    agg.add_argument("--n-resamples", type=int, default=1000, help="bootstrap resamples (default: %(default)s)")
     agg.set_defaults(handler=aggregate)
 
 
-def aggregate_results(root: Path, output: Path, only: set | None = None) -> str:
+def aggregate_results(root: Path, output: Path, only: set | None = None, n_resamples: int = 1000) -> str:
     """Tables from the published step folders (both engines write the same layout); returns the leaderboard text."""
     from . import scoring
     from .config import discover_components
+    from .openproblems import write_openproblems_files
 
-    method_types = {c.name: c.component_type for c in discover_components(root)}
+    components = discover_components(root)
+    method_types = {c.name: c.component_type for c in components}
+    maximize = {m["name"]: bool(m.get("maximize")) for c in components if c.component_type == "metric"
+                for m in c.info.get("metrics") or [] if "name" in m}
     per_condition = scoring.per_condition_table(output, method_types, only)
-    results = scoring.results_table(per_condition)
-    scoring.write_results(per_condition, results, output)
-    text = scoring.format_leaderboard(scoring.leaderboard(results))
+    results, summary = scoring.results_table(per_condition, n_resamples=n_resamples, maximize=maximize)
+    scoring.write_results(per_condition, results, summary, output)
+    paths = [path for _, path in scoring.score_files(output) if only is None or path.resolve() in only]
+    write_openproblems_files(root, output, components, paths)
+    text = scoring.format_leaderboard(scoring.leaderboard(results, summary))
     (output / "leaderboard.txt").write_text(text + "\n")
-    return ("\nLeaderboard (calibrated: 0 = train_mean, 1 = replicate_ceiling; raw metric means over datasets x tasks)\n"
-            + text)
+    return ("\nLeaderboard: calibrated score (0 = train_mean, 1 = replicate_ceiling) averaged over datasets x tasks x "
+            "metrics with its bootstrap 95% interval; wins/ties/losses against train_mean; raw metric means\n" + text)
 
 
 def aggregate(args) -> int:
@@ -65,7 +74,7 @@ def aggregate(args) -> int:
         print(f"[error] need the project root (_viash.yaml) and an existing results directory '{args.results}'",
               file=sys.stderr)
         return 1
-    print(aggregate_results(root, output))
+    print(aggregate_results(root, output, n_resamples=args.n_resamples))
     return 0
 
 
@@ -98,7 +107,7 @@ def benchmark(args) -> int:
     records = engine.execute(steps, jobs=args.jobs) + declared
     engine.write_trace(records, output / "trace.tsv")
     this_run = {Path(r.outputs["output"]).resolve() for r in records if r.stage == "score" and r.status == "ok"}
-    text = aggregate_results(root, output, this_run)
+    text = aggregate_results(root, output, this_run, n_resamples=args.n_resamples)
     failed = [r for r in records if r.status == "failed"]
     print(text)
     counts = {status: sum(r.status == status for r in records) for status in ("ok", "failed", "not_applicable", "skipped")}

@@ -7,6 +7,7 @@ metric with no headroom is visible rather than hidden in a ratio.
 """
 from __future__ import annotations
 
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -61,47 +62,122 @@ def per_condition_table(output_dir: Path, method_types: dict[str, str] | None = 
     return table
 
 
-def results_table(per_condition: pd.DataFrame) -> pd.DataFrame:
-    """Mean over conditions per stratum and over all conditions, with calibrated scores."""
-    group = ["dataset_id", "task_id", "seed", "method_id", "method_type", "metric_component", "metric_id"]
+def _bootstrap_counts(n_conditions: int, n_resamples: int, rng) -> np.ndarray:
+    """How often each condition is drawn in each resample (resamples x conditions)."""
+    draws = rng.integers(0, n_conditions, size=(n_resamples, n_conditions))
+    counts = np.zeros((n_resamples, n_conditions))
+    np.add.at(counts, (np.arange(n_resamples)[:, None], draws), 1.0)
+    return counts
+
+
+def _interval(samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    with np.errstate(all="ignore"):
+        return np.nanpercentile(samples, 2.5, axis=0), np.nanpercentile(samples, 97.5, axis=0)
+
+
+def results_table(per_condition: pd.DataFrame, n_resamples: int = 1000, seed: int = 0,
+                  maximize: dict | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Raw mean per stratum and overall, calibrated score, and paired bootstrap 95% intervals.
+
+    Within one dataset x task x seed x metric x stratum every method is scored on the same test
+    conditions, so every method sees the same resamples: the intervals of differences are paired.
+    Returns the long results table and the per-method summary across datasets, tasks and metrics.
+    """
+    columns = KEYS + ["method_id", "method_type", "metric_component", "n_conditions", "value", "value_low",
+                      "value_high", "baseline", "ceiling", "dynamic_range", "score", "score_low", "score_high",
+                      "diff_from_baseline", "diff_low", "diff_high", "outcome"]
     if per_condition.empty:
-        return pd.DataFrame(columns=group + ["stratum", "n_conditions", "value", "baseline", "ceiling",
-                                             "dynamic_range", "score"])
-    overall = per_condition.assign(stratum=ALL_STRATA)
-    both = pd.concat([overall, per_condition], ignore_index=True)
-    table = (both.groupby(group + ["stratum"], dropna=False, observed=True)["value"]
-             .agg(value="mean", n_conditions="size").reset_index())
-    return calibrate(table)
+        return pd.DataFrame(columns=columns), pd.DataFrame()
+    both = pd.concat([per_condition.assign(stratum=ALL_STRATA), per_condition], ignore_index=True)
+    rows, score_samples = [], {}
+    for key, group in both.groupby(KEYS, sort=True, observed=True):
+        matrix = group.pivot_table(index=["method_id", "method_type", "metric_component"], columns="condition",
+                                   values="value", aggfunc="mean")
+        values = matrix.to_numpy(dtype=float)
+        present = np.isfinite(values)
+        n = values.shape[1]
+        rng = np.random.default_rng([seed, zlib.crc32("|".join(map(str, key)).encode())])
+        counts = _bootstrap_counts(n, n_resamples, rng)
+        filled = np.where(present, values, 0.0)
+        with np.errstate(all="ignore"):
+            means = filled.sum(axis=1) / present.sum(axis=1)
+            boot = (counts @ filled.T) / (counts @ present.T.astype(float))  # resamples x methods
+        methods = list(matrix.index.get_level_values("method_id"))
+        base = methods.index(BASELINE_METHOD) if BASELINE_METHOD in methods else None
+        ceil = methods.index(CEILING_METHOD) if CEILING_METHOD in methods else None
+        low, high = _interval(boot)
+        nan = np.full(len(methods), np.nan)
+        baseline = means[base] if base is not None else np.nan
+        ceiling = means[ceil] if ceil is not None else np.nan
+        dynamic = ceiling - baseline
+        score = score_low = score_high = diff = diff_low = diff_high = nan
+        if base is not None:
+            diff_boot = boot - boot[:, [base]]
+            diff = means - baseline
+            diff_low, diff_high = _interval(diff_boot)
+            if ceil is not None and abs(dynamic) > MIN_DYNAMIC_RANGE:
+                with np.errstate(all="ignore"):
+                    score_boot = diff_boot / (boot[:, [ceil]] - boot[:, [base]])
+                score = diff / dynamic
+                score_low, score_high = _interval(score_boot)
+                if key[-1] == ALL_STRATA:
+                    for index, method in enumerate(methods):
+                        score_samples.setdefault(method, []).append(score_boot[:, index])
+        better = (maximize or {}).get(key[3], None)
+        for index, (method, method_type, component) in enumerate(matrix.index):
+            outcome = ""
+            if base is not None and method != BASELINE_METHOD:
+                # the metric's direction decides; without it, the calibrated score (oriented by the ceiling) does
+                if better is not None:
+                    lo, hi = (diff_low[index], diff_high[index]) if better else (-diff_high[index], -diff_low[index])
+                else:
+                    lo, hi = score_low[index], score_high[index]
+                if np.isfinite(lo) and np.isfinite(hi):
+                    outcome = "win" if lo > 0 else "loss" if hi < 0 else "tie"
+            rows.append([*key, method, method_type, component, int(present[index].sum()), means[index], low[index],
+                         high[index], baseline, ceiling, dynamic, score[index], score_low[index], score_high[index],
+                         diff[index], diff_low[index], diff_high[index], outcome])
+    results = pd.DataFrame(rows, columns=columns)
+    return results, _summary(results, score_samples)
 
 
-def calibrate(table: pd.DataFrame) -> pd.DataFrame:
-    reference = table.set_index(KEYS + ["method_id"])["value"]
+def _summary(results: pd.DataFrame, score_samples: dict) -> pd.DataFrame:
+    """Per method: mean calibrated score over datasets x tasks x seeds x metrics, its interval, and outcomes."""
+    overall = results[results["stratum"] == ALL_STRATA]
+    rows = []
+    for (method, method_type), group in overall.groupby(["method_id", "method_type"], sort=False):
+        samples = score_samples.get(method)
+        low = high = np.nan
+        if samples:
+            with np.errstate(all="ignore"):
+                mean_samples = np.nanmean(np.vstack(samples), axis=0)
+            low, high = np.nanpercentile(mean_samples, [2.5, 97.5]) if np.isfinite(mean_samples).any() else (np.nan, np.nan)
+        outcomes = group["outcome"].value_counts()
+        rows.append({"method_id": method, "method_type": method_type, "calibrated": group["score"].mean(),
+                     "calibrated_low": low, "calibrated_high": high, "n_scores": int(group["score"].notna().sum()),
+                     "wins": int(outcomes.get("win", 0)), "ties": int(outcomes.get("tie", 0)),
+                     "losses": int(outcomes.get("loss", 0))})
+    summary = pd.DataFrame(rows)
+    if summary.empty:
+        return summary
+    return summary.sort_values(["calibrated", "method_id"], ascending=[False, True], na_position="last").reset_index(drop=True)
 
-    def lookup(method: str) -> pd.Series:
-        index = pd.MultiIndex.from_frame(table[KEYS].assign(method_id=method))
-        return pd.Series(reference.reindex(index).to_numpy(), index=table.index)
 
-    table = table.copy()
-    table["baseline"] = lookup(BASELINE_METHOD)
-    table["ceiling"] = lookup(CEILING_METHOD)
-    table["dynamic_range"] = table["ceiling"] - table["baseline"]
-    usable = table["dynamic_range"].abs() > MIN_DYNAMIC_RANGE
-    table["score"] = np.where(usable, (table["value"] - table["baseline"]) / table["dynamic_range"].where(usable), np.nan)
-    return table
-
-
-def leaderboard(results: pd.DataFrame, metric_ids: list[str] | None = None) -> pd.DataFrame:
-    """Per method: mean calibrated score over datasets, tasks and metrics (all strata), and raw means."""
+def leaderboard(results: pd.DataFrame, summary: pd.DataFrame, metric_ids: list[str] | None = None) -> pd.DataFrame:
+    """The summary with the raw mean of each metric (all strata) beside it."""
     overall = results[results["stratum"] == ALL_STRATA]
     if metric_ids:
         overall = overall[overall["metric_id"].isin(metric_ids)]
-    if overall.empty:
+    if overall.empty or summary.empty:
         return pd.DataFrame()
-    raw = overall.pivot_table(index=["method_id", "method_type"], columns="metric_id", values="value", aggfunc="mean")
-    board = raw.copy()
-    board.insert(0, "calibrated", overall.groupby(["method_id", "method_type"])["score"].mean())
-    board = board.reset_index().sort_values(["calibrated", "method_id"], ascending=[False, True], na_position="last")
-    return board.reset_index(drop=True)
+    raw = overall.pivot_table(index="method_id", columns="metric_id", values="value", aggfunc="mean")
+    board = summary.merge(raw, left_on="method_id", right_index=True, how="left")
+    board["interval"] = [f"[{lo:.2f}, {hi:.2f}]" if np.isfinite(lo) else "-"
+                         for lo, hi in zip(board["calibrated_low"], board["calibrated_high"])]
+    board["vs train_mean"] = [f"{w}/{t}/{l}" if m != BASELINE_METHOD else "-"
+                              for m, w, t, l in zip(board["method_id"], board["wins"], board["ties"], board["losses"])]
+    front = ["method_id", "method_type", "calibrated", "interval", "vs train_mean"]
+    return board[front + list(raw.columns)]
 
 
 def format_leaderboard(board: pd.DataFrame) -> str:
@@ -113,6 +189,7 @@ def format_leaderboard(board: pd.DataFrame) -> str:
         return shown.to_string(index=False, na_rep="-")
 
 
-def write_results(per_condition: pd.DataFrame, results: pd.DataFrame, output_dir: Path):
+def write_results(per_condition: pd.DataFrame, results: pd.DataFrame, summary: pd.DataFrame, output_dir: Path):
     results.to_parquet(output_dir / "results.parquet", index=False)
     per_condition.to_parquet(output_dir / "results_per_condition.parquet", index=False)
+    summary.to_parquet(output_dir / "summary.parquet", index=False)

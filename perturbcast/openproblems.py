@@ -1,0 +1,59 @@
+"""The OpenProblems result files written next to results.parquet.
+
+`task_info.yaml`, `dataset_uns.yaml`, `method_configs.yaml`, `metric_configs.yaml`, `score_uns.yaml`:
+the files the OpenProblems website reads, from the package config, the datasets, the component
+configs and the score files of a results directory.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from .config import ComponentConfig, load_package_config
+
+
+def _plain(value):
+    """numpy and pandas values as plain YAML scalars and lists."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _write(path: Path, payload):
+    path.write_text(yaml.safe_dump(_plain(payload), sort_keys=False, allow_unicode=True))
+
+
+def write_openproblems_files(root: Path, output: Path, components: list[ComponentConfig], score_paths: list[Path]):
+    import anndata as ad
+
+    package = load_package_config(root)
+    _write(output / "task_info.yaml", {
+        "task_id": package.get("name"), "task_name": package.get("label"), "task_summary": package.get("summary"),
+        "task_description": package.get("description"), "version": package.get("version"),
+        "references": package.get("references"), "links": package.get("links")})
+    datasets = []
+    for path in sorted(output.glob("datasets/*/dataset.h5ad")):
+        adata = ad.read_h5ad(path, backed="r")
+        datasets.append({k: v for k, v in adata.uns.items() if not isinstance(v, dict) or k == "dataset_report"})
+        adata.file.close()
+    _write(output / "dataset_uns.yaml", datasets)
+    configs = {"method": [], "metric": []}
+    for component in components:
+        kind = "metric" if component.component_type == "metric" else "method" \
+            if component.component_type in ("method", "control_method") else None
+        if kind:
+            configs[kind].append({**component.raw, "config_path": str(component.path.relative_to(root))})
+    _write(output / "method_configs.yaml", configs["method"])
+    _write(output / "metric_configs.yaml", configs["metric"])
+    scores = []
+    for path in score_paths:
+        uns = ad.read_h5ad(path, backed="r").uns
+        scores.append({key: uns[key] for key in ("dataset_id", "task_id", "method_id", "metric_ids", "metric_values")
+                       if key in uns} | {"split_seed": int(Path(path).parts[-4].removeprefix("seed_"))})
+    _write(output / "score_uns.yaml", scores)

@@ -1,0 +1,90 @@
+"""Calibration, paired bootstrap intervals and the per-method summary on hand-made score tables."""
+import numpy as np
+import pandas as pd
+import pytest
+
+from perturbcast import scoring
+
+
+def table(values: dict, metric="pearson_delta", strata=None) -> pd.DataFrame:
+    """values: method -> per-condition values (same conditions for every method)."""
+    rows = []
+    for method, per_condition in values.items():
+        for index, value in enumerate(per_condition):
+            rows.append({"dataset_id": "d", "task_id": "t", "seed": 0, "method_id": method,
+                         "method_type": "method" if method == "m" else "control_method",
+                         "metric_component": "delta_error", "metric_id": metric, "condition": f"c{index}",
+                         "stratum": (strata or ["single"] * len(per_condition))[index], "value": value})
+    return pd.DataFrame(rows)
+
+
+def test_calibrated_score_is_zero_at_baseline_and_one_at_ceiling():
+    per_condition = table({"train_mean": [0.2, 0.4], "replicate_ceiling": [0.8, 1.0], "m": [0.5, 0.7],
+                           "ground_truth": [1.0, 1.0]})
+    results, summary = scoring.results_table(per_condition, n_resamples=200, maximize={"pearson_delta": True})
+    overall = results[results.stratum == "all"].set_index("method_id")
+    assert overall.loc["m", "value"] == pytest.approx(0.6)
+    assert overall.loc["m", "baseline"] == pytest.approx(0.3) and overall.loc["m", "ceiling"] == pytest.approx(0.9)
+    assert overall.loc["m", "dynamic_range"] == pytest.approx(0.6)
+    assert overall.loc["m", "score"] == pytest.approx(0.5)
+    assert overall.loc["train_mean", "score"] == pytest.approx(0.0)
+    assert overall.loc["replicate_ceiling", "score"] == pytest.approx(1.0)
+    assert overall.loc["ground_truth", "score"] > 1.0
+    # m is better than the baseline on every condition by exactly 0.3: a degenerate, certain interval
+    assert overall.loc["m", "diff_low"] == pytest.approx(0.3) and overall.loc["m", "diff_high"] == pytest.approx(0.3)
+    assert overall.loc["m", "outcome"] == "win"
+
+
+def test_lower_is_better_metrics_calibrate_the_same_way():
+    per_condition = table({"train_mean": [4.0, 4.0], "replicate_ceiling": [1.0, 1.0], "m": [2.5, 2.5]}, metric="mse_delta")
+    results, _ = scoring.results_table(per_condition, n_resamples=50, maximize={"mse_delta": False})
+    overall = results[results.stratum == "all"].set_index("method_id")
+    assert overall.loc["m", "score"] == pytest.approx(0.5)
+    assert overall.loc["m", "outcome"] == "win"  # lower error than train_mean on every resample
+
+
+def test_intervals_cover_the_mean_and_are_seeded():
+    rng = np.random.default_rng(1)
+    per_condition = table({"train_mean": rng.normal(0.3, 0.1, 40), "replicate_ceiling": rng.normal(0.9, 0.05, 40),
+                           "m": rng.normal(0.32, 0.2, 40)})
+    first, _ = scoring.results_table(per_condition, n_resamples=500, seed=3)
+    second, _ = scoring.results_table(per_condition, n_resamples=500, seed=3)
+    pd.testing.assert_frame_equal(first, second)
+    row = first[(first.stratum == "all") & (first.method_id == "m")].iloc[0]
+    assert row.value_low < row.value < row.value_high
+    assert row.score_low < row.score < row.score_high
+    assert row.diff_low < 0.0 < row.diff_high or row.outcome in ("win", "loss")
+    assert row.outcome == "tie" or row.diff_low > 0 or row.diff_high < 0
+
+
+def test_strata_are_reported_beside_all():
+    per_condition = table({"train_mean": [0.0, 0.2, 0.4], "replicate_ceiling": [1.0, 1.0, 1.0], "m": [0.5, 0.6, 0.4]},
+                          strata=["single", "single", "combo_seen1"])
+    results, _ = scoring.results_table(per_condition, n_resamples=50)
+    single = results[(results.stratum == "single") & (results.method_id == "m")].iloc[0]
+    combo = results[(results.stratum == "combo_seen1") & (results.method_id == "m")].iloc[0]
+    assert single.value == pytest.approx(0.55) and single.n_conditions == 2
+    assert combo.value == pytest.approx(0.4) and combo.n_conditions == 1
+    assert set(results.stratum) == {"all", "single", "combo_seen1"}
+
+
+def test_no_ceiling_gives_no_calibrated_score_rather_than_a_wrong_one():
+    per_condition = table({"train_mean": [0.2, 0.4], "m": [0.5, 0.7]})
+    results, summary = scoring.results_table(per_condition, n_resamples=20)
+    assert results["score"].isna().all()
+    assert results.set_index("method_id").loc["m"].iloc[0]["diff_from_baseline"] == pytest.approx(0.3)
+
+
+def test_summary_counts_outcomes_and_averages_scores():
+    per_condition = pd.concat([
+        table({"train_mean": [0.2, 0.4], "replicate_ceiling": [0.8, 1.0], "m": [0.5, 0.7]}, metric="pearson_delta"),
+        table({"train_mean": [4.0, 4.0], "replicate_ceiling": [1.0, 1.0], "m": [5.0, 5.0]}, metric="mse_delta"),
+    ])
+    results, summary = scoring.results_table(per_condition, n_resamples=100,
+                                             maximize={"pearson_delta": True, "mse_delta": False})
+    m = summary.set_index("method_id").loc["m"]
+    assert m.calibrated == pytest.approx((0.5 + (-1 / 3)) / 2)
+    assert (m.wins, m.ties, m.losses) == (1, 0, 1)
+    board = scoring.leaderboard(results, summary)
+    assert list(board.columns[:5]) == ["method_id", "method_type", "calibrated", "interval", "vs train_mean"]
+    assert "m" in scoring.format_leaderboard(board)
