@@ -49,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     test.add_argument("--cpus", type=int)
     test.add_argument("--memory")
 
+    commands.add_parser("check-split", help="check a task split for leakage (see `perturbcast check-split -h`)",
+                        add_help=False)
+
     exec_ = commands.add_parser("exec", help=argparse.SUPPRESS)
     exec_.add_argument("build_dir")
 
@@ -59,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["check-split"]:
+        from .leakage import main as check_split_main
+        return check_split_main(argv[1:])
     if argv[:1] == ["exec"]:
         from .runner import exec_built
         return exec_built(argv[1], argv[2:])

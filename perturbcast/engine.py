@@ -6,7 +6,8 @@ Stages (each a component type, discovered under `src/`):
   predict  method/control   -> predictions/<dataset>/<task>/seed_<s>/<method>/prediction.h5ad
   score    metric           -> scores/<dataset>/<task>/seed_<s>/<method>/<metric>/score.h5ad
 
-Every step runs through the viash-compatible runner in its own process. A finished step leaves
+Every step runs through the viash-compatible runner in its own process; every split is checked
+for leakage (perturbcast.leakage) before methods see it. A finished step leaves
 `step.json` (status, cache key, wall time, peak memory) so a re-run skips it; a failing step is
 recorded and only its own downstream steps are skipped.
 """
@@ -25,6 +26,7 @@ from pathlib import Path
 
 from . import __version__
 from .config import ComponentConfig, discover_components
+from .leakage import check_split
 from .runner import run_component
 
 NOT_APPLICABLE_EXIT_CODE = 99
@@ -229,11 +231,19 @@ def run_step(step: Step, cache_key: str) -> StepRecord:
             log.write(f"[error] {type(error).__name__}: {error}\n")
             exit_code, wall, peak = 1, 0.0, 0
     status = "ok" if exit_code == 0 else "not_applicable" if exit_code == NOT_APPLICABLE_EXIT_CODE else "failed"
+    reason = "" if status == "ok" else _last_error(log_path)
+    if status == "ok" and step.stage == "split":
+        # every split is checked for leakage before any method sees it
+        problems = check_split(step.outputs["output_train"], step.outputs["output_test"],
+                               step.outputs["output_solution"], common_path=step.inputs["input"])
+        if problems:
+            status, reason = "failed", "leakage: " + "; ".join(problems[:3])
+            with open(log_path, "a") as log:
+                log.writelines(f"[error] leakage: {problem}\n" for problem in problems)
     record = StepRecord(
         id=step.id, stage=step.stage, component=step.component.name, status=status, cache_key=cache_key,
         exit_code=exit_code, wall_seconds=round(wall, 3), peak_rss_bytes=peak,
-        reason="" if status == "ok" else _last_error(log_path), labels=step.labels,
-        outputs={k: str(v) for k, v in step.outputs.items()})
+        reason=reason, labels=step.labels, outputs={k: str(v) for k, v in step.outputs.items()})
     _write_json_atomic(record_path, asdict(record))
     return record
 

@@ -1,0 +1,37 @@
+import sys
+
+## VIASH START
+par = {
+    "input_train": "resources_test/simulated_grn/unseen_perturbation/train.h5ad",
+    "input_test": "resources_test/simulated_grn/unseen_perturbation/test.h5ad",
+    "input_solution": "resources_test/simulated_grn/unseen_perturbation/solution.h5ad",
+    "output": "prediction.h5ad",
+}
+meta = {"name": "no_change", "resources_dir": "src/utils", "config": None}
+## VIASH END
+
+sys.path.append(meta["resources_dir"])
+
+import numpy as np  # noqa: E402
+
+import baselines  # noqa: E402
+from component_io import ComponentIO, fail, log  # noqa: E402
+
+io = ComponentIO(par, meta)
+train = io.read("input_train")
+test = io.read("input_test")
+
+try:
+    baselines.check_genes_match(train, test)
+    profiles = baselines.TrainingProfiles(train)  # holds the mean control profile of every context
+    contexts = baselines.test_contexts(test)
+except baselines.InputError as error:
+    fail(f"--input_train/--input_test: {error}")
+
+X = np.vstack([profiles.control_of(c) for c in contexts])
+fallback = sorted({c for c in contexts if c not in profiles.controls})
+log(f"no_change: {test.n_obs} test conditions predicted as the mean training control profile of their context")
+if fallback:
+    log(f"no_change: {sum(c in fallback for c in contexts)} test rows in contexts without training controls "
+        f"({', '.join('/'.join(c) for c in fallback)}) use the mean of all training controls")
+io.write("output", baselines.prediction(train, test, X, meta["name"]))

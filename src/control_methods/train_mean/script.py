@@ -1,0 +1,43 @@
+import sys
+
+## VIASH START
+par = {
+    "input_train": "resources_test/simulated_grn/unseen_perturbation/train.h5ad",
+    "input_test": "resources_test/simulated_grn/unseen_perturbation/test.h5ad",
+    "input_solution": "resources_test/simulated_grn/unseen_perturbation/solution.h5ad",
+    "output": "prediction.h5ad",
+}
+meta = {"name": "train_mean", "resources_dir": "src/utils", "config": None}
+## VIASH END
+
+sys.path.append(meta["resources_dir"])
+
+import numpy as np  # noqa: E402
+
+import baselines  # noqa: E402
+from component_io import ComponentIO, fail, log  # noqa: E402
+
+io = ComponentIO(par, meta)
+train = io.read("input_train")
+test = io.read("input_test")
+
+try:
+    baselines.check_genes_match(train, test)
+    profiles = baselines.TrainingProfiles(train)  # one replicate-averaged profile per training perturbation
+    contexts = baselines.test_contexts(test)
+except baselines.InputError as error:
+    fail(f"--input_train/--input_test: {error}")
+
+means, fallback = {}, []
+for context in sorted(set(contexts)):
+    rows, fell_back = profiles.rows_or_all(context)
+    if fell_back:
+        fallback.append(context)
+    means[context] = profiles.X[rows].mean(axis=0)
+X = np.vstack([means[c] for c in contexts])
+log(f"train_mean: {test.n_obs} test conditions from {profiles.n_conditions} training perturbation profiles "
+    f"in {len(profiles.contexts)} contexts")
+if fallback:
+    log(f"train_mean: {sum(c in fallback for c in contexts)} test rows in contexts without training "
+        f"perturbations ({', '.join('/'.join(c) for c in fallback)}) use the mean over all contexts")
+io.write("output", baselines.prediction(train, test, X, meta["name"]))

@@ -1,0 +1,105 @@
+"""Deltas to the control profile, target-gene exclusion and row-wise masked statistics for metrics.
+
+Included as a viash resource by metric components; needs only numpy (and scipy for sparse input).
+
+    control = as_dense(solution.layers["control"])
+    observed = as_dense(solution.X) - control
+    predicted = as_dense(prediction.X) - control
+    keep = ~target_mask(solution.obs["perturbation"], solution.var_names)   # True = gene is scored
+    errors = masked_errors(predicted, observed, keep)                       # mse / mae / rmse per row
+    r, undefined = masked_rowwise_pearson(predicted, observed, keep,
+                                          atol=float32_tolerance(solution.X, control, prediction.X))
+
+Everything is computed for all rows at once on (rows x genes) arrays; `keep` is a boolean matrix of the
+same shape. A row is one test condition.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+CONTROL = "control"
+TARGET_SEPARATOR = "+"
+
+
+def as_dense(matrix) -> np.ndarray:
+    """A float64 ndarray copy of a dense, sparse or backed matrix."""
+    if hasattr(matrix, "toarray"):
+        matrix = matrix.toarray()
+    return np.array(matrix, dtype=np.float64)
+
+
+def targets_of(perturbation) -> list[str]:
+    """Target symbols of a perturbation string: split on `+`; `control` has none."""
+    perturbation = str(perturbation)
+    if perturbation == CONTROL:
+        return []
+    return [t.strip() for t in perturbation.split(TARGET_SEPARATOR) if t.strip()]
+
+
+def target_mask(perturbations, var_names) -> np.ndarray:
+    """Boolean (rows x genes) matrix, True where the gene is a target of the row's perturbation.
+
+    Targets that are not among `var_names` exclude nothing.
+    """
+    position = {str(gene): j for j, gene in enumerate(var_names)}
+    perturbations = [str(p) for p in perturbations]
+    mask = np.zeros((len(perturbations), len(position)), dtype=bool)
+    pairs = [(i, position[t]) for i, p in enumerate(perturbations) for t in targets_of(p) if t in position]
+    if pairs:
+        rows, cols = np.array(pairs).T
+        mask[rows, cols] = True
+    return mask
+
+
+def _row_counts(keep: np.ndarray) -> np.ndarray:
+    return keep.sum(axis=1).astype(np.float64)
+
+
+def masked_mean(values: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """Mean of each row over its kept entries (NaN for a row with none kept)."""
+    n = _row_counts(keep)
+    total = np.where(keep, values, 0.0).sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return total / n
+
+
+def masked_errors(predicted: np.ndarray, observed: np.ndarray, keep: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-row mean squared error, mean absolute error and root mean squared error over kept genes."""
+    difference = predicted - observed
+    mse = masked_mean(difference ** 2, keep)
+    return {"mse": mse, "mae": masked_mean(np.abs(difference), keep), "rmse": np.sqrt(mse)}
+
+
+def float32_tolerance(*matrices, factor: float = 4.0) -> np.ndarray:
+    """Per-row spread below which a delta counts as constant: `factor` float32 epsilons times the largest
+    absolute value of the row in any of `matrices` (the resolution at which the profiles are stored)."""
+    scale = np.max([np.abs(as_dense(m)).max(axis=1, initial=0.0) for m in matrices], axis=0)
+    return factor * float(np.finfo(np.float32).eps) * scale
+
+
+def masked_rowwise_pearson(a: np.ndarray, b: np.ndarray, keep: np.ndarray, atol=0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Pearson correlation of each row of `a` with the same row of `b`, over that row's kept entries.
+
+    Returns `(r, undefined)`. The correlation is undefined when a row keeps fewer than two entries or
+    when either vector is constant, i.e. its standard deviation over the kept entries is at most `atol`
+    (scalar or one value per row; a floor of 64 float64 epsilons of the row's magnitude always applies).
+    Undefined rows get r = 0.0, never NaN; `undefined` flags them.
+    """
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    keep = np.asarray(keep, dtype=bool)
+    n = _row_counts(keep)
+    safe_n = np.maximum(n, 1.0)
+    centred_a = np.where(keep, a - (np.where(keep, a, 0.0).sum(axis=1) / safe_n)[:, None], 0.0)
+    centred_b = np.where(keep, b - (np.where(keep, b, 0.0).sum(axis=1) / safe_n)[:, None], 0.0)
+    ss_a = (centred_a ** 2).sum(axis=1)
+    ss_b = (centred_b ** 2).sum(axis=1)
+    cross = (centred_a * centred_b).sum(axis=1)
+    atol = np.broadcast_to(np.asarray(atol, dtype=np.float64), n.shape)
+    eps = 64 * np.finfo(np.float64).eps
+    tol_a = np.maximum(atol, eps * np.abs(np.where(keep, a, 0.0)).max(axis=1, initial=0.0))
+    tol_b = np.maximum(atol, eps * np.abs(np.where(keep, b, 0.0)).max(axis=1, initial=0.0))
+    undefined = (n < 2) | (np.sqrt(ss_a / safe_n) <= tol_a) | (np.sqrt(ss_b / safe_n) <= tol_b)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = np.where(undefined, 0.0, cross / np.sqrt(ss_a * ss_b))
+    return np.clip(r, -1.0, 1.0), undefined
