@@ -1,0 +1,360 @@
+"""Leakage checks of a task split: `check_split(train, test, solution)` and `perturbcast check-split`.
+
+A split leaks when a method could read a held-out condition's expression (in the training file, in the
+test file) or when training shows a perturbation the task promises is unseen. The checks:
+
+Every task
+- the three files agree on `uns` task_id / dataset_id / split_seed and on the genes (same order);
+  test and solution have identical obs_names (same order);
+- the test file reveals only what DESIGN §3 allows: `X` all zero, no layers / obsm / obsp, obs columns
+  only `perturbation, perturbation_type, n_targets, cell_type, condition, stratum, target_expression`,
+  var columns only `gene_id, highly_variable_rank`;
+- no control among the test conditions; no training row with the (perturbation, cell_type, condition) of a
+  test row; as a content check, no training profile equal (to 4 decimals) to a solution profile (`X`,
+  `replicate_1`, `replicate_2`), whatever its labels;
+- `train.var['mean_expression']`, when present, is the mean over the training profiles only;
+- with `common_path`: every control profile of the common dataset is in training.
+
+Per task (`task_id`, else `train.uns['task_id']`)
+- `unseen_perturbation`: no training perturbation targets a held-out gene (`solution.uns['held_out_targets']`;
+  without it, the targets of `single` and `combo_seen0` test rows) and every test perturbation targets one;
+- `unseen_combination`: test rows are combinations absent from training in every context; the stratum
+  `combo_seen<k>` of each has exactly k targets whose single perturbation is in training; no training
+  perturbation targets a gene of `solution.uns['held_out_singles']`;
+- `cell_type_transfer`: all test rows are in one context (`solution.uns['heldout_context']` when given) and
+  every test perturbation is in training in another context.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+CONTROL = "control"
+SEPARATOR = "+"
+ALLOWED_TEST_OBS = ("perturbation", "perturbation_type", "n_targets", "cell_type", "condition", "stratum",
+                    "target_expression")
+ALLOWED_TEST_VAR = ("gene_id", "highly_variable_rank")
+SPLIT_FILES = ("train", "test", "solution")
+# decimals of the profile comparison: a copy survives float32/float64 round trips at this precision
+DECIMALS = 4
+_BLOCK = 1024
+
+
+def _load(value, role: str):
+    """An AnnData object as given, or read from a path; (adata, problem)."""
+    if value is None:
+        return None, f"{role}: no file given"
+    if not isinstance(value, (str, os.PathLike)):
+        return value, None
+    import anndata as ad
+
+    path = os.fspath(value)
+    if not os.path.isfile(path):
+        return None, f"{role}: '{path}' does not exist"
+    try:
+        return ad.read_h5ad(path), None
+    except Exception as error:  # damaged files raise many types
+        detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        return None, f"{role}: '{path}' cannot be read as AnnData ({detail})"
+
+
+def _strings(frame: pd.DataFrame, column: str) -> np.ndarray:
+    if column not in frame.columns:
+        return np.array([""] * len(frame), dtype=object)
+    return frame[column].astype(str).to_numpy()
+
+
+def _targets(perturbation: str) -> tuple[str, ...]:
+    return () if perturbation == CONTROL else tuple(perturbation.split(SEPARATOR))
+
+
+def _examples(items, n: int = 3) -> str:
+    items = sorted(set(map(str, items)))
+    more = f" and {len(items) - n} more" if len(items) > n else ""
+    return ", ".join(repr(i) for i in items[:n]) + more
+
+
+def _dense_rows(matrix, start: int, stop: int) -> np.ndarray:
+    block = matrix[start:stop]
+    block = block.toarray() if sp.issparse(block) else np.asarray(block)
+    return block.astype(np.float64)
+
+
+def _profile_keys(matrix) -> list[bytes | None]:
+    """A hashable key per row: the profile rounded to DECIMALS (None for an all-zero row)."""
+    keys: list[bytes | None] = []
+    if matrix is None:
+        return keys
+    for start in range(0, matrix.shape[0], _BLOCK):
+        block = np.round(_dense_rows(matrix, start, start + _BLOCK), DECIMALS) + 0.0  # -0.0 -> 0.0
+        for row in block:
+            keys.append(row.tobytes() if np.any(row) else None)
+    return keys
+
+
+def _column_mean(matrix) -> np.ndarray:
+    total = np.zeros(matrix.shape[1], dtype=np.float64)
+    for start in range(0, matrix.shape[0], _BLOCK):
+        total += _dense_rows(matrix, start, start + _BLOCK).sum(axis=0)
+    return total / max(matrix.shape[0], 1)
+
+
+def _general_problems(train, test, solution) -> list[str]:
+    problems = []
+    for key in ("task_id", "dataset_id", "split_seed"):
+        values = {role: adata.uns.get(key) for role, adata in zip(SPLIT_FILES, (train, test, solution))}
+        if len({str(v) for v in values.values()}) > 1:
+            problems.append(f"uns['{key}'] differs between the files: "
+                            + ", ".join(f"{role} {value!r}" for role, value in values.items()))
+    for role, adata in (("test", test), ("solution", solution)):
+        if list(adata.var_names) != list(train.var_names):
+            problems.append(f"{role}: genes (var_names) differ from train's or are in another order")
+    if list(test.obs_names) != list(solution.obs_names):
+        problems.append("test and solution obs_names are not identical (same conditions in the same order)")
+
+    # the test file reveals nothing of the held-out expression
+    X = test.X
+    if X is not None:
+        nonzero = int(X.count_nonzero()) if sp.issparse(X) else int(np.count_nonzero(np.asarray(X)))
+        if nonzero:
+            problems.append(f"test: X holds {nonzero} nonzero values (held-out expression revealed); "
+                            f"expected an all-zero X")
+    for slot in ("layers", "obsm", "obsp"):
+        names = list(getattr(test, slot).keys())
+        if names:
+            problems.append(f"test: {slot} {_examples(names)} present; the test file may carry no expression")
+    extra = [c for c in test.obs.columns if c not in ALLOWED_TEST_OBS]
+    if extra:
+        problems.append(f"test: obs columns {_examples(extra)} are not allowed (only {', '.join(ALLOWED_TEST_OBS)})")
+    extra = [c for c in test.var.columns if c not in ALLOWED_TEST_VAR]
+    if extra:
+        problems.append(f"test: var columns {_examples(extra)} are not allowed (only {', '.join(ALLOWED_TEST_VAR)}); "
+                        f"e.g. a mean over all profiles includes the held-out ones")
+
+    # controls stay in training
+    test_perturbations = _strings(test.obs, "perturbation")
+    if (test_perturbations == CONTROL).any():
+        problems.append(f"test: {int((test_perturbations == CONTROL).sum())} control conditions are held out; "
+                        f"all controls must stay in training")
+
+    # no held-out condition's rows in training, by labels ...
+    keys = lambda adata: set(zip(*(_strings(adata.obs, c) for c in ("perturbation", "cell_type", "condition"))))  # noqa: E731
+    shared = keys(train) & keys(test)
+    if shared:
+        problems.append(f"train: {len(shared)} held-out conditions have rows in training, e.g. "
+                        f"{_examples('|'.join(k) for k in shared)}")
+    # ... and by content
+    train_keys = _profile_keys(train.X)
+    index: dict[bytes, int] = {}
+    for i, key in enumerate(train_keys):
+        if key is not None:
+            index.setdefault(key, i)
+    leaked = {}
+    for slot in ("X", "replicate_1", "replicate_2"):
+        matrix = solution.X if slot == "X" else solution.layers[slot] if slot in solution.layers else None
+        for k, key in enumerate(_profile_keys(matrix)):
+            if key is not None and key in index:
+                leaked.setdefault(str(solution.obs_names[k]), (slot, str(train.obs_names[index[key]])))
+    if leaked:
+        name, (slot, row) = sorted(leaked.items())[0]
+        problems.append(f"train: {len(leaked)} held-out conditions have their profile in training, e.g. solution "
+                        f"{slot} of '{name}' equals train row '{row}'")
+
+    # statistics of the training file are computed on training rows only
+    if "mean_expression" in train.var.columns and train.n_obs:
+        observed = train.var["mean_expression"].to_numpy(dtype=np.float64)
+        expected = _column_mean(train.X)
+        if not np.allclose(observed, expected, rtol=1e-4, atol=1e-5):
+            worst = int(np.argmax(np.abs(observed - expected)))
+            problems.append(f"train: var['mean_expression'] is not the mean of the training profiles (gene "
+                            f"'{train.var_names[worst]}': {observed[worst]:.6g} vs {expected[worst]:.6g}); it may "
+                            f"average held-out profiles")
+    return problems
+
+
+def _train_targets(train) -> tuple[set[str], set[str]]:
+    """(perturbation strings, target genes) of the training perturbations (controls excluded)."""
+    perturbations = {p for p in _strings(train.obs, "perturbation") if p != CONTROL}
+    genes = {g for p in perturbations for g in _targets(p)}
+    return perturbations, genes
+
+
+def _unseen_perturbation_problems(train, test, solution) -> list[str]:
+    problems = []
+    train_perturbations, train_genes = _train_targets(train)
+    test_perturbations = _strings(test.obs, "perturbation")
+    strata = _strings(test.obs, "stratum")
+    again = sorted(set(test_perturbations) & train_perturbations)
+    if again:
+        problems.append(f"train: test perturbations {_examples(again)} are also in training")
+    if "held_out_targets" in solution.uns:
+        held = {str(g) for g in np.atleast_1d(solution.uns["held_out_targets"])}
+        touching = sorted(p for p in train_perturbations if not held.isdisjoint(_targets(p)))
+        if touching:
+            problems.append(f"train: {len(touching)} training perturbations target a held-out gene, e.g. "
+                            f"{_examples(touching)}")
+        untouched = sorted({p for p in test_perturbations if held.isdisjoint(_targets(p))})
+        if untouched:
+            problems.append(f"test: perturbations {_examples(untouched)} target no held-out gene")
+    else:
+        unseen = {g for p, s in zip(test_perturbations, strata) if s in ("single", "combo_seen0") for g in _targets(p)}
+        seen_unseen = sorted(unseen & train_genes)
+        if seen_unseen:
+            problems.append(f"train: held-out genes {_examples(seen_unseen)} (targets of single / combo_seen0 test "
+                            f"rows) are perturbed in training")
+        no_unseen = sorted({p for p, s in zip(test_perturbations, strata)
+                            if s == "combo_seen1" and set(_targets(p)) <= train_genes})
+        if no_unseen:
+            problems.append(f"train: every target of combo_seen1 test perturbations {_examples(no_unseen)} is "
+                            f"perturbed in training")
+    return problems
+
+
+def _unseen_combination_problems(train, test, solution) -> list[str]:
+    problems = []
+    train_perturbations, _ = _train_targets(train)
+    train_singles = {p for p in train_perturbations if len(_targets(p)) == 1}
+    test_perturbations = _strings(test.obs, "perturbation")
+    singles = sorted({p for p in test_perturbations if len(_targets(p)) < 2})
+    if singles:
+        problems.append(f"test: {_examples(singles)} are not combinations (need two or more targets)")
+    again = sorted(set(test_perturbations) & train_perturbations)
+    if again:
+        problems.append(f"train: held-out combinations {_examples(again)} are in training (in some context)")
+    wrong = []
+    for perturbation, stratum in zip(test_perturbations, _strings(test.obs, "stratum")):
+        n_seen = sum(1 for g in _targets(perturbation) if g in train_singles)
+        if stratum != f"combo_seen{n_seen}":
+            wrong.append(f"{perturbation} ({stratum}, {n_seen} single(s) in training)")
+    if wrong:
+        problems.append(f"test: {len(wrong)} strata disagree with the singles in training, e.g. {_examples(wrong)}")
+    if "held_out_singles" in solution.uns:
+        held = {str(g) for g in np.atleast_1d(solution.uns["held_out_singles"])}
+        touching = sorted(p for p in train_perturbations if not held.isdisjoint(_targets(p)))
+        if touching:
+            problems.append(f"train: {len(touching)} training perturbations target a withheld single's gene, e.g. "
+                            f"{_examples(touching)}")
+    return problems
+
+
+def _cell_type_transfer_problems(train, test, solution) -> list[str]:
+    problems = []
+    contexts = {f"{c}|{d}" for c, d in zip(_strings(test.obs, "cell_type"), _strings(test.obs, "condition"))}
+    if len(contexts) > 1:
+        problems.append(f"test: rows from {len(contexts)} contexts ({_examples(contexts)}), expected one held-out context")
+    declared = solution.uns.get("heldout_context")
+    if declared is not None and contexts and contexts != {str(declared)}:
+        problems.append(f"test: rows are in {_examples(contexts)}, not in the declared held-out context {str(declared)!r}")
+    observed: dict[tuple[str, str], set[str]] = {}
+    for p, t, c, d in zip(*(_strings(train.obs, col) for col in ("perturbation", "perturbation_type", "cell_type",
+                                                                  "condition"))):
+        if p != CONTROL:
+            observed.setdefault((p, t), set()).add(f"{c}|{d}")
+    lonely = []
+    for p, t, c, d in zip(*(_strings(test.obs, col) for col in ("perturbation", "perturbation_type", "cell_type",
+                                                                 "condition"))):
+        if not (observed.get((p, t), set()) - {f"{c}|{d}"}):
+            lonely.append(f"{p} ({t}) in {c}|{d}")
+    if lonely:
+        problems.append(f"train: {len(lonely)} test perturbations are not observed in another context, e.g. "
+                        f"{_examples(lonely)}")
+    return problems
+
+
+TASK_CHECKS = {
+    "unseen_perturbation": _unseen_perturbation_problems,
+    "unseen_combination": _unseen_combination_problems,
+    "cell_type_transfer": _cell_type_transfer_problems,
+}
+
+
+def check_split(train_path, test_path, solution_path, task_id: str | None = None,
+                common_path=None) -> list[str]:
+    """Leakage problems of a split (one sentence each); empty when the split is clean.
+
+    Each argument is a path to an .h5ad file or an AnnData object. `task_id` defaults to
+    `train.uns['task_id']`; `common_path` (optional) is the common dataset the split was made from.
+    """
+    loaded, problems = [], []
+    for role, value in zip(SPLIT_FILES, (train_path, test_path, solution_path)):
+        adata, problem = _load(value, role)
+        loaded.append(adata)
+        if problem:
+            problems.append(problem)
+    if problems:
+        return problems
+    train, test, solution = loaded
+    problems += _general_problems(train, test, solution)
+    task_id = task_id or train.uns.get("task_id")
+    check = TASK_CHECKS.get(str(task_id))
+    if check is not None:
+        problems += check(train, test, solution)
+    if common_path is not None:
+        common, problem = _load(common_path, "common")
+        if problem:
+            problems.append(problem)
+        else:
+            is_control = common.obs["is_control"].to_numpy().astype(bool) if "is_control" in common.obs else \
+                _strings(common.obs, "perturbation") == CONTROL
+            missing = sorted(set(common.obs_names[is_control]) - set(train.obs_names))
+            if missing:
+                problems.append(f"train: {len(missing)} control profiles of the common dataset are missing, e.g. "
+                                f"{_examples(missing)}")
+    return problems
+
+
+def split_paths(paths: list[str]) -> tuple[str, str, str]:
+    """One split directory (holding train.h5ad, test.h5ad, solution.h5ad) or the three files in that order."""
+    if len(paths) == 1:
+        directory = paths[0]
+        if not os.path.isdir(directory):
+            raise ValueError(f"'{directory}' is not a directory; give a split directory or the train, test and "
+                             f"solution files")
+        return tuple(os.path.join(directory, f"{role}.h5ad") for role in SPLIT_FILES)
+    if len(paths) == 3:
+        return tuple(paths)
+    raise ValueError(f"got {len(paths)} paths; give a split directory or the train, test and solution files")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="perturbcast check-split",
+        description="Check a task split for leakage of held-out conditions into training or test. Exit 0 when "
+                    "clean, 1 when a problem is found, 2 on bad arguments.")
+    parser.add_argument("paths", nargs="+", metavar="SPLIT_DIR_or_TRAIN_TEST_SOLUTION",
+                        help="a split directory with train.h5ad, test.h5ad, solution.h5ad, or the three files")
+    parser.add_argument("--task_id", help="task whose promises to check (default: train.uns['task_id'])")
+    parser.add_argument("--common", help="the common dataset, to check that every control is in training")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:
+        return int(exit_.code or 0)
+    try:
+        train, test, solution = split_paths(args.paths)
+    except ValueError as error:
+        print(f"[error] {error}", file=sys.stderr)
+        return 2
+    problems = check_split(train, test, solution, task_id=args.task_id, common_path=args.common)
+    where = args.paths[0] if len(args.paths) == 1 else os.path.dirname(os.path.abspath(train)) or "."
+    for problem in problems:
+        print(f"[leak] {problem}")
+    if problems:
+        print(f"check-split: {len(problems)} problem(s) in {where}", file=sys.stderr)
+        return 1
+    print(f"check-split: {where}: no leakage found")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
