@@ -28,6 +28,7 @@ DEVEL = ROOT.parent / "shared" / "data" / "perturbench_devel.h5ad"
 sys.path.insert(0, str(UTILS))
 import formats  # noqa: E402
 import splits  # noqa: E402
+from realdata import norman19_common  # noqa: E402
 
 TASK_ID = "unseen_perturbation"
 
@@ -416,37 +417,6 @@ def test_unsorted_or_inconsistent_perturbations_are_input_errors():
 # --------------------------------------------------------------------------------------------------
 # real data: Norman et al. 2019 subset of the PerturBench development file
 # --------------------------------------------------------------------------------------------------
-
-def norman19_common(seed: int = 0):
-    """Common dataset from the norman19 cells: mean log-expression per condition and seeded cell half."""
-    cells = ad.read_h5ad(DEVEL)
-    cells = cells[(cells.obs["dataset"] == "norman19").to_numpy()]
-    labels = cells.obs["condition"].astype(str).to_numpy()
-    perturbations = np.array(["control" if label in ("control", "ctrl") else
-                              "+".join(sorted(t for t in label.split("+") if t != "ctrl")) for label in labels])
-    X = sp.csr_matrix(cells.X)
-    rng = np.random.default_rng(seed)
-    profiles, records = [], []
-    for perturbation in sorted(set(perturbations)):
-        idx = rng.permutation(np.flatnonzero(perturbations == perturbation))
-        for replicate, half in (("r1", idx[: len(idx) // 2]), ("r2", idx[len(idx) // 2:])):
-            profiles.append(np.asarray(X[np.sort(half)].mean(axis=0)).ravel())
-            n_targets = 0 if perturbation == "control" else len(perturbation.split("+"))
-            records.append({"perturbation": perturbation, "is_control": perturbation == "control",
-                            "perturbation_type": "activation", "n_targets": n_targets, "cell_type": "K562",
-                            "condition": "none", "replicate": replicate, "n_cells": len(half)})
-    obs = pd.DataFrame(records)
-    obs.index = [f"{r.perturbation}|K562|none|{r.replicate}" for r in obs.itertuples()]
-    matrix = np.vstack(profiles).astype(np.float32)
-    var = pd.DataFrame(index=cells.var_names.astype(str))
-    var["highly_variable_rank"] = np.argsort(np.argsort(-matrix.var(axis=0), kind="stable")).astype(np.int64)
-    var["mean_expression"] = matrix.mean(axis=0).astype(np.float64)
-    uns = {"dataset_id": "norman19_devel", "dataset_name": "Norman 2019 (PerturBench devel subset)",
-           "dataset_summary": "K562 CRISPRa singles and pairs.", "dataset_description": "Test subset.",
-           "dataset_url": "https://github.com/altoslabs/perturbench", "dataset_reference": "10.1126/science.aax4438",
-           "dataset_organism": "homo_sapiens", "normalization_id": "log1p", "source_sha256": "0" * 64}
-    return ad.AnnData(X=matrix, obs=obs, var=var, uns=uns)
-
 
 @pytest.mark.skipif(not DEVEL.exists(), reason=f"{DEVEL} is absent (real data only on project machines)")
 def test_norman19_devel(tmp_path):

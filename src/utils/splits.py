@@ -9,6 +9,9 @@ row; `build_split` does the rest the same way for every task:
     is_test = touches(targets, held)
     train, test, solution = build_split(common, is_test, stratum, task_id="...", seed=seed)
 
+The other tasks choose their rows with `combination_split` (unseen_combination: held-out combinations,
+withheld singles passed to `build_split(..., exclude=...)`) and `transfer_split` (cell_type_transfer).
+
 Problems of the input raise `SplitInputError` (the component turns it into `fail`, exit 1); a split
 that cannot be made on this dataset raises `SplitNotApplicable` (the component calls `not_applicable`,
 exit 99). Everything is ordered deterministically (sorted, never by set or dict iteration order).
@@ -168,12 +171,15 @@ def _format_level(value) -> str:
     return "nan" if not np.isfinite(value) else f"{float(value):.6g}"
 
 
-def build_split(common, is_test, stratum, task_id: str, seed: int, extra_solution_uns: dict | None = None):
+def build_split(common, is_test, stratum, task_id: str, seed: int, extra_solution_uns: dict | None = None,
+                exclude=None):
     """Train, test and solution AnnData objects of a split of `common`.
 
     `is_test`: boolean per common-dataset row (whole conditions: every replicate of a perturbation x
     cell_type x condition is on the same side; controls never). `stratum`: string per row (read for test
     rows only; one value per condition). Test conditions are sorted by perturbation, cell_type, condition.
+    `exclude` (optional, boolean per row): whole conditions that go neither to training nor to test, e.g.
+    the single perturbations `unseen_combination` withholds so that combinations lose a seen target.
     """
     import anndata as ad
 
@@ -183,15 +189,18 @@ def build_split(common, is_test, stratum, task_id: str, seed: int, extra_solutio
         raise SplitInputError("var['highly_variable_rank'] is missing (expected integer)")
     is_test = np.asarray(is_test, dtype=bool)
     stratum = np.asarray(stratum, dtype=object)
-    if is_test.shape != (n_rows,) or stratum.shape != (n_rows,):
-        raise ValueError("is_test and stratum need one value per row of the common dataset")
+    exclude = np.zeros(n_rows, dtype=bool) if exclude is None else np.asarray(exclude, dtype=bool)
+    if is_test.shape != (n_rows,) or stratum.shape != (n_rows,) or exclude.shape != (n_rows,):
+        raise ValueError("is_test, stratum and exclude need one value per row of the common dataset")
+    if (is_test & exclude).any():
+        raise ValueError("a row cannot be both held out for testing and excluded")
     targets = row_targets(obs)
     is_control = obs["is_control"].to_numpy().astype(bool)
-    if (is_test & is_control).any():
+    if ((is_test | exclude) & is_control).any():
         raise ValueError("controls must stay in training")
     if not is_test.any():
         raise SplitNotApplicable("the split holds out no condition")
-    if not (~is_test & ~is_control).any():
+    if not (~is_test & ~exclude & ~is_control).any():
         raise SplitNotApplicable("the split leaves no perturbation in training (only controls)")
 
     columns = {name: obs[name].astype(str).to_numpy() for name in
@@ -200,10 +209,11 @@ def build_split(common, is_test, stratum, task_id: str, seed: int, extra_solutio
                          ("perturbation", "cell_type", "condition", "perturbation_type")})
     group_codes = keys.groupby(list(keys.columns), sort=True, observed=True).ngroup().to_numpy()
     test_groups = np.unique(group_codes[is_test])
-    split_groups = np.unique(group_codes[~is_test])
-    mixed = np.intersect1d(test_groups, split_groups)
-    if len(mixed):
-        raise ValueError("a condition has rows both in training and in test; hold out whole conditions")
+    train_groups = np.unique(group_codes[~is_test & ~exclude])
+    excluded_groups = np.unique(group_codes[exclude])
+    if (len(np.intersect1d(test_groups, train_groups)) or len(np.intersect1d(test_groups, excluded_groups))
+            or len(np.intersect1d(excluded_groups, train_groups))):
+        raise ValueError("a condition has rows on two sides (training, test, excluded); split whole conditions")
 
     # one record per test condition, in sorted key order
     conditions = []
@@ -274,7 +284,7 @@ def build_split(common, is_test, stratum, task_id: str, seed: int, extra_solutio
 
     # train: the common-dataset rows that stay, X and layers as given. mean_expression is recomputed on
     # these rows: the common dataset's value averages over held-out profiles too and would leak them.
-    train = common[~is_test].copy()
+    train = common[~is_test & ~exclude].copy()
     train.uns = dict(uns)
     if "mean_expression" in train.var.columns:
         train.var["mean_expression"] = _group_mean(train.X, [np.arange(train.n_obs)])[0].astype(np.float64)
@@ -284,6 +294,7 @@ def build_split(common, is_test, stratum, task_id: str, seed: int, extra_solutio
     solution = ad.AnnData(X=mean, obs=solution_obs, var=var.copy(),
                           layers={"replicate_1": replicate_1, "replicate_2": replicate_2, "control": control},
                           uns={**uns, "n_single_replicate_conditions": int(n_single_replicate),
+                               **({"n_excluded_profiles": int(exclude.sum())} if exclude.any() else {}),
                                **(extra_solution_uns or {})})
     return train, test, solution
 
@@ -292,3 +303,194 @@ def stratum_counts(test) -> str:
     """`single: 3, combo_seen1: 2` in sorted stratum order, for log lines."""
     counts = test.obs["stratum"].value_counts()
     return ", ".join(f"{name}: {int(counts[name])}" for name in sorted(counts.index))
+
+
+# --------------------------------------------------------------------------------------------------
+# unseen_combination: held-out multi-gene perturbations, stratified by their singles in training
+# --------------------------------------------------------------------------------------------------
+
+# Largest number of candidate sets of held-out singles that `choose_held_out_singles` examines.
+MAX_SINGLE_SETS = 2000
+
+
+def combination_stratum(n_seen: int) -> str:
+    """`combo_seen2` etc.: a combination with `n_seen` of its targets perturbed alone in training."""
+    return f"combo_seen{int(n_seen)}"
+
+
+def _n_seen(targets: tuple[str, ...], seen) -> int:
+    return sum(1 for gene in targets if gene in seen)
+
+
+def _share(n: int, test_size: float) -> int:
+    return int(math.floor(float(test_size) * n + 0.5))
+
+
+def choose_held_out_singles(candidates, combinations, single_genes, test_size: float, seed: int) -> list[str]:
+    """Which single perturbations to withhold from training so that combinations lose seen targets.
+
+    `candidates`: genes perturbed alone whose gene also occurs in a combination. A share `test_size` of
+    them (at least 1 and at least 1 kept when there are 2 or more; none when there are fewer than 2, because
+    withholding the only one can never add a stratum) is withheld. Among the sets of that size, the first in
+    a seeded order that realises the most distinct strata `combo_seen<k>` over all combinations is taken:
+    the first set tried is the plain seeded draw; every set is tried when there are at most
+    `MAX_SINGLE_SETS`, otherwise that many seeded draws.
+    """
+    import itertools
+
+    candidates = sorted(set(candidates))
+    n = len(candidates)
+    if n < 2:
+        return []
+    k = min(max(_share(n, test_size), 1), n - 1)
+    combinations = [tuple(t) for t in combinations]
+    single_genes = set(single_genes)
+    # an upper bound of the distinct strata: combination c can reach 0..(its targets perturbed alone)
+    reachable = set()
+    for t in combinations:
+        reachable.update(range(_n_seen(t, single_genes) + 1))
+
+    def strata(held: tuple) -> int:
+        seen = single_genes.difference(held)
+        return len({_n_seen(t, seen) for t in combinations})
+
+    rng = np.random.default_rng(int(seed))
+    plain = tuple(sorted(candidates[i] for i in rng.permutation(n)[:k]))
+    if math.comb(n, k) <= MAX_SINGLE_SETS:
+        every = [tuple(candidates[i] for i in index) for index in itertools.combinations(range(n), k)]
+        tries = [plain] + [every[i] for i in rng.permutation(len(every)) if every[i] != plain]
+    else:
+        tries = [plain] + [tuple(sorted(candidates[i] for i in rng.permutation(n)[:k]))
+                           for _ in range(MAX_SINGLE_SETS - 1)]
+    best, best_count = plain, -1
+    for held in tries:
+        count = strata(held)
+        if count > best_count:
+            best, best_count = held, count
+            if count == len(reachable):
+                break
+    return list(best)
+
+
+def combination_split(obs: pd.DataFrame, test_size: float, seed: int):
+    """Rows of an `unseen_combination` split: (is_test, stratum, exclude, info) per common-dataset row.
+
+    1. Singles whose gene occurs in a combination are candidates; a seeded share `test_size` of them is
+       withheld (`choose_held_out_singles`): their profiles leave training and are not tested (`exclude`).
+    2. Every combination touching a withheld gene leaves training and is tested: keeping it would show
+       the withheld gene perturbed and contradict its stratum.
+    3. The other combinations are grouped by how many of their targets are perturbed alone in training;
+       a seeded share `test_size` of each group is tested (at least one when the group's stratum is not
+       yet in test, at least one kept in training when the group has two or more).
+    A combination is held out in every cell_type x condition where it was measured. Its stratum is
+    `combo_seen<k>`, k = number of its targets whose single perturbation is in training (any context).
+    """
+    targets = row_targets(obs)
+    is_control = obs["is_control"].to_numpy().astype(bool)
+    perturbations = obs["perturbation"].astype(str).to_numpy()
+    by_perturbation = {p: t for p, t, c in zip(perturbations, targets, is_control) if not c}
+    combinations = sorted(p for p, t in by_perturbation.items() if len(t) >= 2)
+    if not combinations:
+        raise SplitNotApplicable("dataset has no multi-gene perturbations (combinations) to hold out")
+    single_genes = sorted({t[0] for t in by_perturbation.values() if len(t) == 1})
+    combination_genes = {g for p in combinations for g in by_perturbation[p]}
+    candidates = sorted(set(single_genes) & combination_genes)
+    held_singles = choose_held_out_singles(candidates, [by_perturbation[p] for p in combinations],
+                                           single_genes, test_size, seed)
+    seen = set(single_genes).difference(held_singles)
+    held_set = set(held_singles)
+    test_combinations = {p for p in combinations if not held_set.isdisjoint(by_perturbation[p])}
+    present = {_n_seen(by_perturbation[p], seen) for p in test_combinations}
+    groups: dict[int, list[str]] = {}
+    for p in combinations:
+        if p not in test_combinations:
+            groups.setdefault(_n_seen(by_perturbation[p], seen), []).append(p)
+    for n_seen in sorted(groups):
+        members = sorted(groups[n_seen])
+        m = len(members)
+        low = 0 if n_seen in present else 1
+        high = m - 1 if m >= 2 else m
+        k = min(max(_share(m, test_size), low), high)
+        order = np.random.default_rng([int(seed), 2, n_seen]).permutation(m)
+        test_combinations.update(members[i] for i in order[:k])
+    is_test = np.array([p in test_combinations for p in perturbations]) & ~is_control
+    exclude = np.array([len(t) == 1 and t[0] in held_set for t in targets]) & ~is_control
+    stratum = np.array([combination_stratum(_n_seen(t, seen)) if is_test[i] else ""
+                        for i, t in enumerate(targets)], dtype=object)
+    info = {"held_out_singles": sorted(held_singles), "n_combinations": len(combinations),
+            "n_single_candidates": len(candidates)}
+    return is_test, stratum, exclude, info
+
+
+# --------------------------------------------------------------------------------------------------
+# cell_type_transfer: perturbations held out in one context and observed in the others
+# --------------------------------------------------------------------------------------------------
+
+TRANSFER_STRATUM = "transfer"
+
+
+def contexts_of(obs: pd.DataFrame) -> list[tuple[str, str]]:
+    """Sorted distinct (cell_type, condition) pairs that hold at least one perturbation (not only controls)."""
+    is_control = obs["is_control"].to_numpy().astype(bool)
+    cell_types = obs["cell_type"].astype(str).to_numpy()[~is_control]
+    conditions = obs["condition"].astype(str).to_numpy()[~is_control]
+    return sorted(set(zip(cell_types, conditions)))
+
+
+def context_label(context: tuple[str, str]) -> str:
+    return ID_SEPARATOR.join(context)
+
+
+def parse_context(text: str) -> tuple[str, str]:
+    """`"K562|none"` -> ("K562", "none"); a bare cell type means condition `none`."""
+    parts = str(text).split(ID_SEPARATOR)
+    if len(parts) == 1:
+        parts.append("none")
+    if len(parts) != 2 or not all(parts):
+        raise SplitInputError(f"--heldout_context is {text!r}, expected 'cell_type{ID_SEPARATOR}condition'")
+    return parts[0], parts[1]
+
+
+def transfer_split(obs: pd.DataFrame, test_size: float, seed: int, heldout_context: str | None = None):
+    """Rows of a `cell_type_transfer` split: (is_test, stratum, info) per common-dataset row.
+
+    The held-out context is `heldout_context` or, by default, context number `seed mod n_contexts` of the
+    sorted (cell_type, condition) pairs. Its perturbations (perturbation x perturbation_type) that are also
+    measured in another context are eligible; a seeded `floor(test_size * n)` of its n perturbations (at
+    least 1, at most the eligible ones, and at most n - 1 so the context keeps an observed perturbation when
+    it has two or more) is held out there and stays in training everywhere else.
+    """
+    row_targets(obs)  # validates perturbation strings, is_control and n_targets
+    contexts = contexts_of(obs)
+    if len(contexts) < 2:
+        shown = ", ".join(context_label(c) for c in contexts) or "none"
+        raise SplitNotApplicable(f"dataset has {len(contexts)} cell_type x condition context(s) with "
+                                 f"perturbations ({shown}); transfer needs at least 2")
+    if heldout_context:
+        context = parse_context(heldout_context)
+        if context not in contexts:
+            raise SplitInputError(
+                f"--heldout_context {heldout_context!r} is not a context with perturbations; the dataset has "
+                f"{', '.join(repr(context_label(c)) for c in contexts)}")
+    else:
+        context = contexts[int(seed) % len(contexts)]
+    is_control = obs["is_control"].to_numpy().astype(bool)
+    keys = list(zip(obs["perturbation"].astype(str), obs["perturbation_type"].astype(str)))
+    in_context = ((obs["cell_type"].astype(str).to_numpy() == context[0])
+                  & (obs["condition"].astype(str).to_numpy() == context[1]) & ~is_control)
+    here = sorted({keys[i] for i in np.flatnonzero(in_context)})
+    elsewhere = {keys[i] for i in np.flatnonzero(~in_context & ~is_control)}
+    eligible = [key for key in here if key in elsewhere]
+    label = context_label(context)
+    if not eligible:
+        raise SplitNotApplicable(f"none of the {len(here)} perturbations of context '{label}' is measured in "
+                                 f"another context; nothing can be transferred")
+    n = len(here)
+    k = min(max(int(math.floor(float(test_size) * n + 1e-9)), 1), len(eligible), max(n - 1, 1))
+    order = np.random.default_rng([int(seed), zlib.crc32(label.encode("utf-8"))]).permutation(len(eligible))
+    held = {eligible[i] for i in order[:k]}
+    is_test = in_context & np.array([key in held for key in keys], dtype=bool)
+    stratum = np.where(is_test, TRANSFER_STRATUM, "").astype(object)
+    info = {"heldout_context": label, "contexts": [context_label(c) for c in contexts],
+            "n_context_perturbations": n, "n_eligible": len(eligible)}
+    return is_test, stratum, info

@@ -1,0 +1,50 @@
+import sys
+
+## VIASH START
+par = {
+    "input": "resources_test/simulated_grn/common_dataset.h5ad",
+    "output_train": "output/cell_type_transfer/train.h5ad",
+    "output_test": "output/cell_type_transfer/test.h5ad",
+    "output_solution": "output/cell_type_transfer/solution.h5ad",
+    "seed": 0,
+    "test_size": 0.25,
+    "heldout_context": None,
+}
+meta = {"name": "cell_type_transfer", "resources_dir": "src/utils", "config": None}
+## VIASH END
+
+sys.path.append(meta["resources_dir"])
+
+import numpy as np  # noqa: E402
+
+import splits  # noqa: E402
+from component_io import ComponentIO, fail, log, not_applicable  # noqa: E402
+
+TASK_ID = "cell_type_transfer"
+
+io = ComponentIO(par, meta)
+common = io.read("input", required_obs=splits.REQUIRED_OBS)
+
+seed = par.get("seed")
+seed = 0 if seed is None else seed
+test_size = par.get("test_size")
+test_size = 0.25 if test_size is None else test_size
+if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+    fail(f"--seed is {seed!r}, expected a non-negative integer")
+if not 0.0 <= float(test_size) <= 1.0:
+    fail(f"--test_size is {test_size!r}, expected a share between 0 and 1")
+
+try:
+    is_test, stratum, info = splits.transfer_split(common.obs, test_size, seed, par.get("heldout_context"))
+    train, test, solution = splits.build_split(
+        common, is_test, stratum, task_id=TASK_ID, seed=seed,
+        extra_solution_uns={"heldout_context": info["heldout_context"]})
+except splits.SplitInputError as error:
+    fail(str(error) if str(error).startswith("--heldout_context") else f"--input file '{par['input']}': {error}")
+except splits.SplitNotApplicable as error:
+    not_applicable(str(error))
+
+log(f"{TASK_ID}: held-out context '{info['heldout_context']}' of {len(info['contexts'])}; held out "
+    f"{test.n_obs} of its {info['n_context_perturbations']} perturbations ({info['n_eligible']} measured "
+    f"elsewhere); train {train.n_obs} profiles")
+io.write_all({"output_train": train, "output_test": test, "output_solution": solution})
