@@ -50,6 +50,9 @@ def contexts_of(obs: pd.DataFrame) -> list[tuple[str, str]]:
     return list(zip(obs["cell_type"].astype(str), obs["condition"].astype(str)))
 
 
+_GENE_BLOCK = 1024
+
+
 def group_mean(matrix, groups: list[np.ndarray]) -> np.ndarray:
     """Dense float64 matrix whose row g is the mean of `matrix` rows `groups[g]` (dense or sparse input)."""
     if not groups:
@@ -63,7 +66,12 @@ def group_mean(matrix, groups: list[np.ndarray]) -> np.ndarray:
     if sp.issparse(matrix):
         result = indicator @ matrix
         return np.asarray(result.toarray() if sp.issparse(result) else result, dtype=np.float64)
-    return np.asarray(indicator @ np.asarray(matrix, dtype=np.float64), dtype=np.float64)
+    # dense: in float64, a block of genes at a time, so no float64 copy of the whole matrix is made
+    result = np.empty((len(groups), matrix.shape[1]), dtype=np.float64)
+    for start in range(0, matrix.shape[1], _GENE_BLOCK):
+        block = np.asarray(matrix[:, start:start + _GENE_BLOCK], dtype=np.float64)
+        result[:, start:start + _GENE_BLOCK] = indicator @ block
+    return result
 
 
 class TrainingProfiles:
@@ -90,10 +98,11 @@ class TrainingProfiles:
         control_rows: dict[tuple[str, str], list[int]] = {}
         for r in np.flatnonzero(is_control):
             control_rows.setdefault(contexts[r], []).append(int(r))
+        matrix = train.X
         keys = sorted(control_rows)
-        means = group_mean(train.X, [np.array(control_rows[k]) for k in keys]) if keys else None
+        means = group_mean(matrix, [np.array(control_rows[k]) for k in keys])
         self.controls = {k: means[i] for i, k in enumerate(keys)}
-        self.overall_control = group_mean(train.X, [np.flatnonzero(is_control)])[0]
+        self.overall_control = group_mean(matrix, [np.flatnonzero(is_control)])[0]
 
         keyframe = pd.DataFrame({
             "perturbation": perturbation, "perturbation_type": obs["perturbation_type"].astype(str).to_numpy(),
@@ -115,7 +124,7 @@ class TrainingProfiles:
         })
         self.obs["targets"] = [targets_of(p) for p in self.obs["perturbation"]]
         self.obs["context"] = list(zip(self.obs["cell_type"], self.obs["condition"]))
-        self.X = group_mean(train.X, groups)
+        self.X = group_mean(matrix, groups)
         self._rows: dict[tuple[str, str], np.ndarray] = {}
         for i, context in enumerate(self.obs["context"]):
             self._rows.setdefault(context, []).append(i)

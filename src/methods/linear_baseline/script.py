@@ -1,0 +1,127 @@
+import sys
+
+## VIASH START
+par = {
+    "input_train": "resources_test/simulated_grn/unseen_perturbation/train.h5ad",
+    "input_test": "resources_test/simulated_grn/unseen_perturbation/test.h5ad",
+    "input_prior": None,
+    "output": "prediction.h5ad",
+    "n_components": 10,
+    "ridge_penalty": 0.1,
+    "min_context_perturbations": 20,
+}
+meta = {"name": "linear_baseline", "resources_dir": "src/utils", "config": None}
+## VIASH END
+
+sys.path.append(meta["resources_dir"])
+
+import numpy as np  # noqa: E402
+
+import baselines  # noqa: E402
+from component_io import ComponentIO, fail, log  # noqa: E402
+
+
+def argument(name, default, kind, low):
+    value = par.get(name)
+    value = default if value is None else value
+    ok = isinstance(value, (int, np.integer)) if kind is int else isinstance(value, (int, float, np.number))
+    if isinstance(value, bool) or not ok or not np.isfinite(value) or value < low:
+        fail(f"--{name} is {value!r}, expected {'an integer' if kind is int else 'a number'} >= {low}")
+    return kind(value)
+
+
+n_components = argument("n_components", 10, int, 1)
+ridge_penalty = argument("ridge_penalty", 0.1, float, 0.0)
+min_context = argument("min_context_perturbations", 20, int, 2)
+
+io = ComponentIO(par, meta)
+train = io.read("input_train")
+test = io.read("input_test")
+prior = None
+if par.get("input_prior"):
+    try:
+        prior = baselines.read_prior(par["input_prior"], need_embedding=True)
+    except baselines.InputError as error:
+        fail(f"--input_prior file '{par['input_prior']}': {error}")
+
+try:
+    baselines.check_genes_match(train, test)
+    profiles = baselines.TrainingProfiles(train)
+    contexts = baselines.test_contexts(test)
+    targets = baselines.test_targets(test)
+except baselines.InputError as error:
+    fail(f"--input_train/--input_test: {error}")
+
+genes = profiles.genes
+gene_position = {g: i for i, g in enumerate(genes)}
+if prior is not None:
+    try:
+        n_train_overlap, n_test_overlap, n_test_targets = baselines.check_prior_overlap(
+            prior, profiles.obs["targets"], targets, genes)
+    except baselines.InputError as error:
+        fail(f"--input_prior file '{par['input_prior']}': {error}")
+    log(f"linear_baseline: prior with {len(prior.genes)} genes x {prior.embedding.shape[1]} dimensions covers "
+        f"{n_train_overlap} training targets and {n_test_overlap} of {n_test_targets} test targets")
+    if n_test_overlap == 0:
+        log("linear_baseline: [warning] the prior has no test target: every test condition gets the training "
+            "mean (b + baseline)")
+
+deltas = profiles.deltas()                      # conditions x genes: profile - control of its context
+context_mean = {c: deltas[profiles.rows_in(c)].mean(axis=0) for c in profiles.contexts}
+pooled_mean = deltas.mean(axis=0)
+
+
+class Model:
+    """One fit of Y ~ G W P on the training conditions `rows` (one or several contexts)."""
+
+    def __init__(self, rows, label):
+        # Y: genes x conditions, each condition's delta minus the mean delta of its own context (b).
+        Y = (deltas[rows] - np.vstack([context_mean[c] for c in profiles.obs["context"].iloc[rows]])).T
+        self.G = baselines.gene_pca(Y, n_components)
+        if prior is None:
+            self.embedding, self.position = self.G, gene_position
+        else:
+            self.embedding, self.position = prior.embedding, prior.position
+        columns = [baselines.embed_targets(t, self.position, self.embedding)[0]
+                   for t in profiles.obs["targets"].iloc[rows]]
+        self.n_without = sum(1 for p in columns if p is None)
+        width = self.embedding.shape[1]
+        P = np.column_stack([np.zeros(width) if p is None else p for p in columns])
+        self.W = baselines.ridge_bilinear(self.G, Y, P, ridge_penalty)
+        self.label, self.n = label, len(rows)
+        log(f"linear_baseline: model '{label}': {len(rows)} training conditions, K = {self.G.shape[1]}, "
+            f"P width {width}; {self.n_without} training conditions have no target embedding (P = 0)")
+        if self.n_without == len(rows):
+            log(f"linear_baseline: [warning] model '{label}': no training perturbation targets a gene with an "
+                "embedding, so W = 0 and every prediction is the training mean (b + baseline)")
+
+
+models, pooled = {}, None
+for context in sorted(set(contexts)):
+    rows = profiles.rows_in(context)
+    if len(rows) >= min_context:
+        models[context] = Model(rows, "|".join(context))
+    else:
+        if pooled is None:
+            pooled = Model(np.arange(profiles.n_conditions), "pooled")
+        models[context] = pooled
+        log(f"linear_baseline: context {'|'.join(context)} has {len(rows)} training perturbations "
+            f"(< --min_context_perturbations {min_context}); using the model pooled over all contexts")
+
+X = np.empty((test.n_obs, len(genes)), dtype=np.float64)
+n_fallback = n_partial = 0
+for i, (context, row_targets) in enumerate(zip(contexts, targets)):
+    model = models[context]
+    b = context_mean.get(context, pooled_mean)
+    X[i] = profiles.control_of(context) + b
+    p, missing = baselines.embed_targets(row_targets, model.position, model.embedding)
+    if p is None:
+        n_fallback += 1
+        continue
+    n_partial += missing > 0
+    X[i] += model.G @ (model.W @ p)
+
+log(f"linear_baseline: predicted {test.n_obs} test conditions; {n_fallback} have no target with an embedding "
+    f"and get the training mean (b + baseline)" + (f"; {n_partial} combinations use only their targets that "
+                                                    f"have one" if n_partial else ""))
+io.write("output", baselines.prediction(train, test, X, meta["name"]))
