@@ -28,6 +28,7 @@ from . import __version__
 from .config import ComponentConfig, discover_components
 from .leakage import check_split
 from .runner import run_component
+from .spawner import Spawner
 
 NOT_APPLICABLE_EXIT_CODE = 99
 STAGES = ("dataset", "split", "predict", "score")
@@ -214,6 +215,16 @@ def _last_error(log_path: Path) -> str:
     return (errors[-1] if errors else (lines[-1] if lines else "")).strip()[:500]
 
 
+_worker = threading.local()
+
+
+def _spawner() -> Spawner:
+    """This worker thread's fork server (so each step's peak memory is its own, not the engine's)."""
+    if getattr(_worker, "spawner", None) is None:
+        _worker.spawner = Spawner()
+    return _worker.spawner
+
+
 def run_step(step: Step, cache_key: str) -> StepRecord:
     """Run one step in a fresh process; its outputs and log stay in the step's directory."""
     record_path = step.directory / "step.json"
@@ -225,7 +236,7 @@ def run_step(step: Step, cache_key: str) -> StepRecord:
         log.write(f"$ perturbcast run {step.component.directory} -- {' '.join(step.argv())}\n")
         log.flush()
         try:
-            result = run_component(step.component.path, step.argv(), stdout=log, stderr=log)
+            result = run_component(step.component.path, step.argv(), stdout=log, stderr=log, spawner=_spawner())
             exit_code, wall, peak = result.exit_code, result.wall_seconds, result.peak_rss_bytes
         except Exception as error:  # a broken config or resource must not stop the other steps
             log.write(f"[error] {type(error).__name__}: {error}\n")

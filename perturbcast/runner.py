@@ -79,7 +79,7 @@ def build(config: ComponentConfig, build_dir: Path, resources: bool = True) -> P
 
 
 def execute(config: ComponentConfig, argv: list[str], resources_dir: Path, *, name: str | None = None,
-            cwd: str | None = None, stdout=None, stderr=None, validate: bool = True) -> RunResult:
+            cwd: str | None = None, stdout=None, stderr=None, validate: bool = True, spawner=None) -> RunResult:
     """Parse `argv`, run the main script with `par`/`meta` injected, check outputs. Never raises ViashExit."""
     try:
         invocation = viash.parse(config, argv)
@@ -88,7 +88,7 @@ def execute(config: ComponentConfig, argv: list[str], resources_dir: Path, *, na
         script = viash.inject(script_path.read_text(), viash.injection_block(config, invocation, meta))
         if config.raw.get("set_wd_to_resources_dir"):
             cwd = str(resources_dir)
-        execution = viash.run_script(script, meta, cwd=cwd, stdout=stdout, stderr=stderr)
+        execution = viash.run_script(script, meta, cwd=cwd, stdout=stdout, stderr=stderr, spawner=spawner)
         result = RunResult(execution.exit_code, execution.wall_seconds, execution.peak_rss_bytes, invocation.values)
         if execution.exit_code != 0:
             return result
@@ -124,7 +124,8 @@ def _report_invalid_outputs(config: ComponentConfig, result: RunResult, stderr):
 
 
 def run_component(component: str | os.PathLike, argv: list[str], *, keep: bool = False, stdout=None,
-                  stderr=None, cpus: int | None = None, memory: str | None = None, validate: bool = True) -> RunResult:
+                  stderr=None, cpus: int | None = None, memory: str | None = None, validate: bool = True,
+                  spawner=None) -> RunResult:
     """`viash run COMPONENT -- ARGS`: build into `$VIASH_TEMP/viash_<name>XXXX`, run, clean up on success."""
     config = load_config(component)
     argv = list(argv) + ([f"---cpus={cpus}"] if cpus else []) + ([f"---memory={memory}"] if memory else [])
@@ -133,7 +134,7 @@ def run_component(component: str | os.PathLike, argv: list[str], *, keep: bool =
     build_dir = Path(tempfile.mkdtemp(prefix=f"viash_{config.name}", dir=temp_root))
     try:
         build(config, build_dir)
-        result = execute(config, argv, build_dir, stdout=stdout, stderr=stderr, validate=validate)
+        result = execute(config, argv, build_dir, stdout=stdout, stderr=stderr, validate=validate, spawner=spawner)
     except BaseException:
         shutil.rmtree(build_dir, ignore_errors=True)
         raise

@@ -416,15 +416,24 @@ def meta_values(config: ComponentConfig, resources_dir: Path, name: str | None =
 
 
 def run_script(script_text: str, meta: dict, cwd: str | None = None, stdout=None, stderr=None,
-               env: dict | None = None) -> Execution:
+               env: dict | None = None, spawner=None) -> Execution:
     """Write the injected script to `$VIASH_META_TEMP_DIR/viash-run-<name>-XXXXXX.py` and run `python -B` on it.
 
-    Peak memory is the child's maximum resident set size from `wait4`, so it is the component's own.
+    Peak memory is the child's maximum resident set size from `wait4`. Forked from a large process that
+    figure includes the parent's size, so the engine passes a `spawner` (perturbcast.spawner) to fork
+    from a small one; it then needs `stdout` to be a log file, which also takes stderr.
     """
     os.makedirs(meta["temp_dir"], exist_ok=True)
     handle, script_path = tempfile.mkstemp(prefix=f"viash-run-{meta['name']}-", suffix=".py", dir=meta["temp_dir"])
     with os.fdopen(handle, "w") as script_file:
         script_file.write(script_text)
+    if spawner is not None and env is None and hasattr(stdout, "name") and stderr is stdout:
+        stdout.flush()
+        try:
+            reply = spawner.run([sys.executable, "-B", script_path], cwd, stdout.name)
+        finally:
+            os.remove(script_path)
+        return Execution(reply["exit_code"], reply["wall_seconds"], reply["peak_rss_bytes"])
     started = time.perf_counter()
     process = subprocess.Popen([sys.executable, "-B", script_path], cwd=cwd, stdout=stdout, stderr=stderr, env=env)
     try:

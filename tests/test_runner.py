@@ -329,3 +329,25 @@ def test_viash_test_layout(tmp_path, monkeypatch, capsys):
     folder = report.directory / "test_check"
     assert (folder / "comp").exists() and (folder / ".config.vsh.yaml").exists()
     assert (report.directory / ".build.yaml").exists()
+
+
+def test_peak_memory_is_the_components_own_through_the_spawner(tmp_path):
+    """Forked from a large parent, ru_maxrss would include the parent; the fork server avoids that."""
+    import numpy as np
+
+    from perturbcast.spawner import Spawner
+
+    ballast = np.ones(300_000_000 // 8)  # the parent holds 300 MB
+    meta = {"name": "m", "temp_dir": str(tmp_path)}
+    spawner = Spawner()
+    with open(tmp_path / "log.txt", "w") as log:
+        small = viash.run_script("print('small')", meta, stdout=log, stderr=log, spawner=spawner)
+        large = viash.run_script("import numpy as np; a = np.ones(200_000_000 // 8); print(a.sum())", meta,
+                                 stdout=log, stderr=log, spawner=spawner)
+        failing = viash.run_script("raise SystemExit(7)", meta, stdout=log, stderr=log, spawner=spawner)
+    spawner.close()
+    assert ballast.sum() > 0
+    assert small.peak_rss_bytes < 100 * 2**20
+    assert 190 * 2**20 < large.peak_rss_bytes < 300 * 2**20
+    assert failing.exit_code == 7 and small.exit_code == 0
+    assert "small" in (tmp_path / "log.txt").read_text()
