@@ -55,8 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     exec_ = commands.add_parser("exec", help=argparse.SUPPRESS)
     exec_.add_argument("build_dir")
 
-    from . import engine_cli  # the benchmark and report commands live with the engine
+    from . import engine_cli, report  # the benchmark, aggregate and report commands
     engine_cli.add_commands(commands)
+    report.add_command(commands)
     return parser
 
 

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from .config import find_package_root
+from .report import write_report
 
 
 def _names(values):
@@ -75,6 +76,7 @@ def aggregate(args) -> int:
               file=sys.stderr)
         return 1
     print(aggregate_results(root, output, n_resamples=args.n_resamples))
+    print(f"report: {write_report(output)}")
     return 0
 
 
@@ -110,6 +112,7 @@ def benchmark(args) -> int:
     text = aggregate_results(root, output, this_run, n_resamples=args.n_resamples)
     failed = [r for r in records if r.status == "failed"]
     print(text)
+    print(f"\nreport: {write_report(output)}")
     counts = {status: sum(r.status == status for r in records) for status in ("ok", "failed", "not_applicable", "skipped")}
     print(f"\nsteps: {counts['ok']} ok, {counts['failed']} failed, {counts['not_applicable']} not applicable, "
           f"{counts['skipped']} skipped; tables in {output}")

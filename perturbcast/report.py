@@ -1009,7 +1009,9 @@ def _stage_counts(steps: list[str]) -> str:
 def section_failures(inputs: Inputs, output: Path) -> str:
     trace = inputs.trace
     if trace.empty or "status" not in trace:
-        return ""
+        return ('<section id="failures"><h2>Failures and not-applicable pairs</h2><p class="empty">No trace.tsv in '
+                'the results directory, so no step records (Nextflow keeps its own trace and logs in its work '
+                'directory).</p></section>')
     bad = trace[trace["status"].isin(["failed", "not_applicable", "skipped"])]
     if bad.empty:
         return ('<section id="failures"><h2>Failures and not-applicable pairs</h2>'
@@ -1319,7 +1321,7 @@ def write_report(results_dir: Path, output: Path | None = None) -> Path:
     if not results_dir.is_dir():
         raise FileNotFoundError(f"results directory '{results_dir}' does not exist")
     output = Path(output) if output is not None else results_dir / REPORT_NAME
-    inputs = Inputs(results_dir)
+    inputs = Inputs(results_dir.resolve())
     text = render(inputs, output.resolve())
     output.parent.mkdir(parents=True, exist_ok=True)
     temporary = output.with_name(output.name + ".tmp")

@@ -1,0 +1,425 @@
+"""report.html: written from a real benchmark output and from hand-made tables, opened in headless Chromium.
+
+The browser tests need /usr/bin/chromium (installed in CI by scripts/install_browser.sh) and skip without it.
+They check that the page's scripts run without a JavaScript error, that the leaderboard and the Plotly plots are
+in the DOM after the scripts ran, and that a screenshot (kept in test_artifacts/) is not blank.
+"""
+import json
+import os
+import re
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+import zlib
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from perturbcast import report
+from perturbcast.cli import main as cli_main
+
+from conftest import ROOT
+
+CHROMIUM = Path(os.environ.get("PERTURBCAST_CHROMIUM", "/usr/bin/chromium"))
+ARTIFACTS = ROOT / "test_artifacts"
+METHODS = ["ground_truth", "replicate_ceiling", "no_change", "train_mean"]
+# Installed at the very top of a copy of the page: records every uncaught error, rejected promise and
+# console.error into an attribute of <html>, which --dump-dom then shows.
+ERROR_PROBE = """<script>(function () {
+  var errors = [];
+  function note(text) { errors.push(String(text)); document.documentElement.setAttribute('data-js-errors', JSON.stringify(errors)); }
+  window.addEventListener('error', function (e) { note('error: ' + (e.message || e)); });
+  window.addEventListener('unhandledrejection', function (e) { note('rejection: ' + (e.reason && e.reason.message || e.reason)); });
+  var original = console.error;
+  console.error = function () { note('console.error: ' + Array.prototype.join.call(arguments, ' ')); return original.apply(console, arguments); };
+  document.documentElement.setAttribute('data-js-errors', '[]');
+})();</script>"""
+
+
+# ----------------------------------------------------------------------------------------------- fixtures
+
+@pytest.fixture(scope="module")
+def benchmark_output(tmp_path_factory) -> Path:
+    """A real `perturbcast benchmark` on the small simulated dataset with the four controls."""
+    output = tmp_path_factory.mktemp("report_benchmark")
+    code = cli_main(["benchmark", "--project", str(ROOT), "--output", str(output), "--datasets", "simulated_grn_small",
+                     "--tasks", "unseen_perturbation", "unseen_combination", "--metrics", "delta_error",
+                     "--methods", *METHODS, "--jobs", "2", "--n-resamples", "200"])
+    assert code == 0
+    assert (output / "results.parquet").exists() and (output / "trace.tsv").exists()
+    return output
+
+
+@pytest.fixture(scope="module")
+def benchmark_report(benchmark_output) -> Path:
+    path = report.write_report(benchmark_output)
+    assert path == benchmark_output / "report.html"
+    return path
+
+
+def _rows(dataset_id, task_id, seed, strata, metric, maximize, values):
+    """results.parquet rows for one dataset x task x seed x metric: `values` maps method -> raw value."""
+    rows = []
+    base, ceiling = values["train_mean"], values["replicate_ceiling"]
+    dynamic = ceiling - base
+    for stratum in strata:
+        for method, value in values.items():
+            diff = value - base
+            score = diff / dynamic
+            better = diff if maximize else -diff
+            outcome = "" if method == "train_mean" else "win" if better > 0.01 else "loss" if better < -0.01 else "tie"
+            rows.append({"dataset_id": dataset_id, "task_id": task_id, "seed": seed, "metric_id": metric,
+                         "stratum": stratum, "method_id": method,
+                         "method_type": "method" if method == "my_method" else "control_method",
+                         "metric_component": "delta_error", "n_conditions": 12, "value": value,
+                         "value_low": value - 0.01, "value_high": value + 0.01, "baseline": base, "ceiling": ceiling,
+                         "dynamic_range": dynamic, "score": score, "score_low": score - 0.1, "score_high": score + 0.1,
+                         "diff_from_baseline": diff, "diff_low": diff - 0.005, "diff_high": diff + 0.005,
+                         "outcome": outcome})
+    return rows
+
+
+@pytest.fixture
+def constructed_output(tmp_path) -> Path:
+    """A results directory written by hand: two datasets (one with a dataset report), two seeds, a method with a
+    far-off score, a failed dataset with skipped steps after it, a not-applicable task and its follow-ons."""
+    output = tmp_path / "constructed"
+    output.mkdir()
+    rows = []
+    for seed in (0, 1):
+        for dataset_id in ("toy_a", "toy_b"):
+            rows += _rows(dataset_id, "unseen_combination", seed, ["all", "combo_seen1", "combo_seen0"], "mse_delta",
+                          False, {"train_mean": 0.04, "replicate_ceiling": 0.01, "ground_truth": 0.0,
+                                  "my_method": 0.03 + 0.002 * seed, "random_perturbation": 0.2})
+            rows += _rows(dataset_id, "unseen_combination", seed, ["all", "combo_seen1", "combo_seen0"],
+                          "pearson_delta", True, {"train_mean": 0.2, "replicate_ceiling": 0.8, "ground_truth": 1.0,
+                                                  "my_method": 0.35, "random_perturbation": 0.01})
+    results = pd.DataFrame(rows)
+    results.to_parquet(output / "results.parquet", index=False)
+    overall = results[results.stratum == "all"]
+    summary = overall.groupby(["method_id", "method_type"], as_index=False)["score"].mean().rename(
+        columns={"score": "calibrated"})
+    summary["calibrated_low"] = summary["calibrated"] - 0.05
+    summary["calibrated_high"] = summary["calibrated"] + 0.05
+    summary["n_scores"] = 8
+    counts = overall.groupby("method_id")["outcome"].value_counts().unstack(fill_value=0)
+    for outcome, column in (("win", "wins"), ("tie", "ties"), ("loss", "losses")):
+        summary[column] = [int(counts.get(outcome, pd.Series(dtype=int)).get(m, 0)) for m in summary["method_id"]]
+    summary.sort_values("calibrated", ascending=False).to_parquet(output / "summary.parquet", index=False)
+
+    trace = [
+        {"step": "dataset/toy_a", "stage": "dataset", "component": "toy", "status": "ok", "wall_seconds": 1.0,
+         "peak_rss_mib": 100.0, "reason": ""},
+        {"step": "dataset/broken", "stage": "dataset", "component": "toy", "status": "failed", "exit_code": 1,
+         "wall_seconds": 0.5, "peak_rss_mib": 90.0, "reason": "[error] cannot download the source <file>"},
+        {"step": "split/broken/unseen_combination/seed_0", "stage": "split", "component": "unseen_combination",
+         "status": "skipped", "reason": "upstream dataset/broken failed"},
+        {"step": "predict/broken/unseen_combination/seed_0/my_method", "stage": "predict", "component": "my_method",
+         "status": "skipped", "reason": "upstream split/broken/unseen_combination/seed_0 skipped"},
+        {"step": "split/toy_a/cell_type_transfer/seed_0", "stage": "split", "component": "cell_type_transfer",
+         "status": "not_applicable", "reason": "toy_a has one cell type: no cell type to transfer to"},
+        {"step": "predict/toy_a/cell_type_transfer/seed_0/my_method", "stage": "predict", "component": "my_method",
+         "status": "not_applicable", "reason": "upstream split/toy_a/cell_type_transfer/seed_0 not applicable"},
+    ]
+    for method in ("train_mean", "replicate_ceiling", "ground_truth", "my_method", "random_perturbation"):
+        for seed in (0, 1):
+            trace.append({"step": f"predict/toy_a/unseen_combination/seed_{seed}/{method}", "stage": "predict",
+                          "component": method, "status": "ok", "cached": seed == 1, "exit_code": 0,
+                          "wall_seconds": 2.0 + seed + (5 if method == "my_method" else 0),
+                          "peak_rss_mib": 150.0 + (200 if method == "my_method" else 0), "reason": ""})
+    pd.DataFrame(trace).to_csv(output / "trace.tsv", sep="\t", index=False)
+    (output / "datasets" / "broken").mkdir(parents=True)
+    (output / "datasets" / "broken" / "log.txt").write_text("$ perturbcast run ...\nTraceback: something\n"
+                                                             "[error] cannot download the source <file>\n")
+
+    (output / "task_info.yaml").write_text(yaml.safe_dump({
+        "task_id": "task_expression_forecasting", "task_name": "Expression forecasting",
+        "task_summary": "Forecast <unseen> perturbations.", "version": "test",
+        "references": {"doi": ["10.1186/s13059-025-03840-y"]}, "links": {"repository": "https://example.org/repo"}}))
+    (output / "dataset_uns.yaml").write_text(yaml.safe_dump([
+        {"dataset_id": "toy_a", "dataset_name": "Toy A", "dataset_summary": "A toy screen.",
+         "dataset_organism": "homo_sapiens", "normalization_id": "log_cp10k", "dataset_reference": "10.1016/x.y",
+         "dataset_url": "https://example.org/toy_a",
+         "dataset_report": {"n_profiles": 120, "n_genes": 500, "n_cells": 5961, "n_conditions": 60,
+                            "n_perturbations": 58, "n_combinations": 15,
+                            "perturbations_per_type": {"activation": 58}, "n_cell_types": 1,
+                            "cell_types": {"K562": 59}, "n_condition_values": 1, "conditions": {"none": 59},
+                            "cells_per_profile_median": 48.0, "cells_per_profile_min": 20,
+                            "replicate_reproducibility": 0.4321, "replicate_reproducibility_per_context": {},
+                            "median_pairwise_delta_correlation": 0.2468,
+                            "median_pairwise_delta_correlation_per_context": {}}},
+        {"dataset_id": "toy_b", "dataset_name": "Toy B", "dataset_summary": "Without a report."}]))
+    (output / "method_configs.yaml").write_text(yaml.safe_dump([
+        {"name": "my_method", "label": "My method", "summary": "Predicts `things`.", "description": "Long text.",
+         "references": {"doi": ["10.1000/my.method"], "bibtex": ["@misc{x, title = {A {Bib} title}, year = {2024},\n"
+                                                                  "  url = {https://example.org/paper}\n}"]},
+         "info": {}, "namespace": "methods"},
+        {"name": "train_mean", "label": "Training mean", "summary": "Baseline.",
+         "info": {"control_type": "baseline"}, "namespace": "control_methods"},
+        {"name": "replicate_ceiling", "label": "Replicate ceiling", "summary": "Ceiling.",
+         "info": {"control_type": "positive"}, "namespace": "control_methods"},
+        {"name": "ground_truth", "label": "Ground truth", "summary": "Oracle.",
+         "info": {"control_type": "positive"}, "namespace": "control_methods"},
+        {"name": "random_perturbation", "label": "Random perturbation", "summary": "Random.",
+         "info": {"control_type": "negative"}, "namespace": "control_methods"}]))
+    (output / "metric_configs.yaml").write_text(yaml.safe_dump([
+        {"name": "delta_error", "label": "Delta error", "summary": "Errors of deltas.",
+         "info": {"metrics": [
+             {"name": "mse_delta", "label": "MSE of deltas", "summary": "Squared error.", "min": 0, "max": "+inf",
+              "maximize": False, "references": {"doi": ["10.1038/s41592-025-02772-6"]}},
+             {"name": "pearson_delta", "label": "Pearson delta", "summary": "Correlation.", "min": -1, "max": 1,
+              "maximize": True}]}}]))
+    return output
+
+
+# ----------------------------------------------------------------------------------------------- browser
+
+@pytest.fixture(scope="session")
+def chromium() -> Path:
+    """Headless Chromium, or a skip with the reason (listed first so no benchmark runs for a skipped test)."""
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} is absent: install Chromium with scripts/install_browser.sh to run the browser test")
+    return CHROMIUM
+
+
+def _chromium(*args: str, timeout: int = 180) -> subprocess.CompletedProcess:
+    profile = tempfile.mkdtemp(prefix="perturbcast-chromium-")
+    try:
+        return subprocess.run(
+            [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             "--disable-extensions", "--hide-scrollbars", "--enable-logging=stderr", "--v=0",
+             "--host-resolver-rules=MAP * ~NOTFOUND",  # no host resolves: the page must work offline
+             f"--user-data-dir={profile}", "--virtual-time-budget=15000", *args],
+            capture_output=True, text=True, timeout=timeout)
+    finally:
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def _console_errors(stderr: str) -> list[str]:
+    """Chromium's log lines for console errors and uncaught exceptions of the page."""
+    return [line for line in stderr.splitlines()
+            if "CONSOLE" in line and re.search(r"uncaught|error", line, re.IGNORECASE)]
+
+
+def render_dom(page: Path, work: Path, after: str = "") -> tuple[str, list[str]]:
+    """The DOM after the page's scripts (and the script `after`) ran, in a probed copy of the page, and every
+    JavaScript error seen."""
+    text = page.read_text(encoding="utf-8")
+    probed = work / f"probed_{page.name}"
+    text = text.replace("<head>", "<head>" + ERROR_PROBE, 1)
+    if after:
+        text = text.replace("</body>", f"<script>{after}</script></body>")
+    probed.write_text(text, encoding="utf-8")
+    done = _chromium("--dump-dom", probed.resolve().as_uri())
+    assert done.returncode == 0, done.stderr[-2000:]
+    match = re.search(r'data-js-errors="([^"]*)"', done.stdout)
+    assert match, "the error probe did not run: scripts are not executing"
+    errors = json.loads(match.group(1).replace("&quot;", '"').replace("&amp;", "&")) + _console_errors(done.stderr)
+    return done.stdout, errors
+
+
+def screenshot(page: Path, target: Path) -> Path:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.unlink(missing_ok=True)
+    done = _chromium(f"--screenshot={target}", "--window-size=1400,2000", page.resolve().as_uri())
+    assert done.returncode == 0 and target.exists(), done.stderr[-2000:]
+    return target
+
+
+def read_png(path: Path) -> tuple[int, int, list[bytes]]:
+    """A minimal PNG decoder (8-bit RGB/RGBA, not interlaced, as Chromium writes): width, height, pixel rows."""
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
+    position, idat, header = 8, [], None
+    while position < len(data):
+        length, kind = struct.unpack(">I4s", data[position:position + 8])
+        chunk = data[position + 8:position + 8 + length]
+        if kind == b"IHDR":
+            header = struct.unpack(">IIBBBBB", chunk)
+        elif kind == b"IDAT":
+            idat.append(chunk)
+        position += 12 + length
+    width, height, depth, colour_type, _, _, interlace = header
+    assert depth == 8 and colour_type in (2, 6) and interlace == 0, f"unsupported PNG layout {header}"
+    channels = 3 if colour_type == 2 else 4
+    raw = zlib.decompress(b"".join(idat))
+    stride = width * channels
+    rows, previous = [], bytearray(stride)
+    for y in range(height):
+        offset = y * (stride + 1)
+        kind, line = raw[offset], bytearray(raw[offset + 1:offset + 1 + stride])
+        for i in range(stride):
+            left = line[i - channels] if i >= channels else 0
+            up = previous[i]
+            corner = previous[i - channels] if i >= channels else 0
+            if kind == 1:
+                line[i] = (line[i] + left) & 0xFF
+            elif kind == 2:
+                line[i] = (line[i] + up) & 0xFF
+            elif kind == 3:
+                line[i] = (line[i] + ((left + up) >> 1)) & 0xFF
+            elif kind == 4:
+                p = left + up - corner
+                pa, pb, pc = abs(p - left), abs(p - up), abs(p - corner)
+                line[i] = (line[i] + (left if pa <= pb and pa <= pc else up if pb <= pc else corner)) & 0xFF
+        rows.append(bytes(line[i] for i in range(stride) if channels == 3 or i % 4 != 3))
+        previous = line
+    return width, height, rows
+
+
+def assert_not_blank(path: Path):
+    width, height, rows = read_png(path)
+    assert (width, height) == (1400, 2000)
+    pixels = [row[x:x + 3] for row in rows[::7] for x in range(0, len(row), 3 * 5)]
+    colours = set(pixels)
+    non_white = sum(p != b"\xff\xff\xff" for p in pixels) / len(pixels)
+    assert len(colours) > 200, f"only {len(colours)} colours: the screenshot looks blank"
+    assert non_white > 0.2, f"only {non_white:.0%} of the screenshot is not white"
+
+
+# ----------------------------------------------------------------------------------------------- tests
+
+def test_report_of_a_benchmark_is_one_offline_file(benchmark_output, benchmark_report):
+    text = benchmark_report.read_text(encoding="utf-8")
+    assert text.startswith("<!DOCTYPE html>")
+    # self-contained: plotly.js inline, and outside it no external script, stylesheet, font or CDN
+    # (the library itself names tile servers and a topojson CDN for map traces, which the report does not use)
+    start = text.index("<script>/**\n* plotly.js v")
+    own = text[:start] + text[text.index("</script>", start):]
+    assert not re.search(r"<script[^>]+src=", own)
+    assert not re.search(r"<link[^>]+rel=.?stylesheet", own)
+    assert not re.search(r"cdn|@import|url\(", own, re.IGNORECASE)
+    results = pd.read_parquet(benchmark_output / "results.parquet")
+    summary = pd.read_parquet(benchmark_output / "summary.parquet")
+    # every section, and the calibration explained at the top
+    for anchor in ("calibration", "leaderboard", "heatmap", "details", "datasets", "cost", "failures", "components"):
+        assert f'id="{anchor}"' in text, anchor
+    assert text.index('id="calibration"') < text.index('id="leaderboard"')
+    assert "0 = no better than the training mean" in text and "can exceed 1" in text
+    # leaderboard sorted by calibrated score, methods named, wins/ties/losses shown
+    board = text[text.index('<table class="data board">'):text.index("</table>", text.index('<table class="data board">'))]
+    order = re.findall(r'class="method">[^<]*</a><br><span class="id">([^<]+)</span>', board)
+    assert order == list(summary.sort_values("calibrated", ascending=False, na_position="last")["method_id"])
+    assert set(order) == set(METHODS)
+    assert order[0] == "ground_truth" and order.index("replicate_ceiling") < order.index("train_mean")
+    assert "W / T / L" in board and "reference" in board  # train_mean is the reference
+    # per dataset x task selector over both tasks; the components with their doi links
+    for task in ("unseen_perturbation", "unseen_combination"):
+        assert f"simulated_grn_small|{task}|0" in text
+    assert "https://doi.org/10." in text and 'id="component-train_mean"' in text and "MSE of deltas" in text
+    # every stratum of the results is plotted
+    for stratum in set(results["stratum"]):
+        assert f'"name":"{stratum}"' in text
+
+
+def test_report_renders_in_headless_chromium(chromium, benchmark_report, tmp_path):
+    dom, errors = render_dom(benchmark_report, tmp_path)
+    assert errors == [], errors
+    assert 'data-rendered="true"' in dom, "the report's script did not finish"
+    # the leaderboard table and the Plotly figures are in the DOM after the scripts ran
+    assert 'class="data board"' in dom
+    for figure in ("fig-leaderboard", "fig-heatmap", "fig-strata", "fig-raw", "fig-forest", "fig-cost"):
+        block = re.search(rf'<div id="{figure}" class="plot[^"]*js-plotly-plot', dom)
+        assert block, f"{figure} was not drawn"
+    assert dom.count('class="main-svg"') >= 12  # two svg layers per figure
+    assert "cartesianlayer" in dom and "heatmaplayer" in dom
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = screenshot(benchmark_report, ARTIFACTS / "report_benchmark.png")
+    assert_not_blank(shot)
+
+
+def test_dataset_task_picker_redraws_the_views(chromium, benchmark_report, tmp_path):
+    """Choosing another dataset x task in the picker redraws the three views and the slice table."""
+    pick = ("var s = document.getElementById('slice-select');"
+            "s.value = 'simulated_grn_small|unseen_perturbation|0';"
+            "s.dispatchEvent(new Event('change'));"
+            "var fig = document.getElementById('fig-strata');"
+            "document.body.setAttribute('data-picked', fig.data.map(function (t) { return t.name; }).join(','));")
+    dom, errors = render_dom(benchmark_report, tmp_path, after=pick)
+    assert errors == [], errors
+    picked = re.search(r'data-picked="([^"]*)"', dom).group(1).split(",")
+    assert "single" in picked and "combo_seen2" not in picked  # the strata of unseen_perturbation
+    table = dom[dom.index('id="slice-table"'):dom.index('id="strata"')]
+    assert ">single<" in table
+
+
+def test_browser_check_sees_a_script_error(chromium, benchmark_report, tmp_path):
+    """The error probe is not vacuous: a page whose script throws is reported."""
+    broken = tmp_path / "broken.html"
+    broken.write_text(benchmark_report.read_text(encoding="utf-8").replace(
+        "</body>", "<script>undefinedFunctionOfTheTest();</script></body>"), encoding="utf-8")
+    _, errors = render_dom(broken, tmp_path)
+    assert any("undefinedFunctionOfTheTest" in e for e in errors), errors
+
+
+def test_report_of_hand_made_tables(constructed_output, tmp_path):
+    target = tmp_path / "elsewhere" / "page.html"
+    assert report.main(["report", str(constructed_output), "--output", str(target)]) == 0
+    text = target.read_text(encoding="utf-8")
+    assert not (constructed_output / "report.html").exists()
+    # text from the yaml files is escaped
+    assert "Forecast &lt;unseen&gt; perturbations." in text and "<unseen>" not in text
+    # two seeds: one selector entry per dataset x task x seed
+    for dataset_id in ("toy_a", "toy_b"):
+        for seed in (0, 1):
+            assert f"{dataset_id} · unseen_combination · seed {seed}" in text
+    # far-off scores are drawn at the edge of the axis with their value as text
+    assert '"triangle-right"' in text or '"triangle-left"' in text
+    # dataset cards: the dataset report where there is one, uns otherwise
+    assert "0.432" in text and "0.247" in text and "activation (58)" in text and "K562 (59)" in text
+    assert "The loader wrote no dataset report" in text
+    # cost per method from trace.tsv
+    cost = text[text.index('id="cost"'):text.index('id="failures"')]
+    assert "My method" in cost and "350" in cost
+    # failures with reasons and a log link relative to the page; skips grouped by their first cause
+    failures = text[text.index('id="failures"'):text.index('id="components"')]
+    assert "dataset/broken" in failures and "cannot download the source &lt;file&gt;" in failures
+    assert 'href="../constructed/datasets/broken/log.txt"' in failures
+    assert "Traceback: something" in failures
+    assert re.search(r"<code>dataset/broken</code> <span class='status-failed'>failed</span></td>"
+                     r"<td class='num'>2</td>", failures)
+    assert "toy_a has one cell type" in failures
+    assert "upstream split/toy_a/cell_type_transfer/seed_0 not applicable" not in failures.split("<details>")[0]
+    # bibtex references become a titled link; dois link to doi.org
+    assert '<a href="https://example.org/paper">A Bib title (2024)</a>' in text
+    assert 'href="https://doi.org/10.1000/my.method"' in text
+
+
+def test_hand_made_report_renders_in_headless_chromium(chromium, constructed_output, tmp_path):
+    page = report.write_report(constructed_output)
+    dom, errors = render_dom(page, tmp_path)
+    assert errors == [], errors
+    assert 'data-rendered="true"' in dom and 'class="main-svg"' in dom
+    ARTIFACTS.mkdir(exist_ok=True)
+    assert_not_blank(screenshot(page, ARTIFACTS / "report_constructed.png"))
+
+
+def test_report_of_a_run_without_scores(tmp_path):
+    """Every step failed: the page still says so rather than failing."""
+    pd.DataFrame([{"step": "dataset/x", "stage": "dataset", "component": "x", "status": "failed", "cached": False,
+                   "exit_code": 1, "wall_seconds": 0.1, "peak_rss_mib": 10.0, "reason": "no network"}]).to_csv(
+        tmp_path / "trace.tsv", sep="\t", index=False)
+    page = report.write_report(tmp_path)
+    text = page.read_text(encoding="utf-8")
+    assert "No scores yet" in text and "no network" in text
+
+
+def test_report_command_needs_a_results_directory(tmp_path, capsys):
+    assert report.main(["report", str(tmp_path / "missing")]) == 1
+    assert "neither results.parquet nor trace.tsv" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        report.main(["report", "--help"])
+    assert "self-contained" in capsys.readouterr().out
+
+
+def test_report_module_stays_above_the_engine():
+    """The report reads files only: importing it must not pull in the engine or the runner."""
+    probe = ("import sys, perturbcast.report; "
+             "bad = [m for m in ('perturbcast.engine', 'perturbcast.runner', 'perturbcast.engine_cli') if m in sys.modules]; "
+             "sys.exit(1 if bad else 0)")
+    assert subprocess.run([sys.executable, "-c", probe], cwd=ROOT).returncode == 0
