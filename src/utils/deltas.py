@@ -103,3 +103,20 @@ def masked_rowwise_pearson(a: np.ndarray, b: np.ndarray, keep: np.ndarray, atol=
     with np.errstate(invalid="ignore", divide="ignore"):
         r = np.where(undefined, 0.0, cross / np.sqrt(ss_a * ss_b))
     return np.clip(r, -1.0, 1.0), undefined
+
+
+def label_match_mask(perturbations, var_names) -> np.ndarray:
+    """Boolean (rows x genes) matrix, True where the gene's name equals the row's whole perturbation label.
+
+    Not used by any metric: it reproduces cell-eval's target exclusion (`discrimination_score` leaves out
+    the gene named like the perturbation, so a single-gene perturbation loses its target and a
+    combination `A+B` loses nothing), for tests that compare our metrics with cell-eval on equal terms.
+    Our metrics exclude every target of a combination (`target_mask`).
+    """
+    position = {str(gene): j for j, gene in enumerate(var_names)}
+    mask = np.zeros((len(perturbations), len(position)), dtype=bool)
+    for i, label in enumerate(perturbations):
+        j = position.get(str(label))
+        if j is not None:
+            mask[i, j] = True
+    return mask

@@ -1,0 +1,180 @@
+#!/usr/bin/env python3
+"""Time every metric component on a large synthetic split, next to cell-eval (not part of the test suite).
+
+    python benchmarks/metrics.py [--n_conditions 2000] [--n_genes 8000] [--n_contexts 1] [--skip_cell_eval] [--keep DIR]
+
+Generates a solution (`--n_conditions` held-out perturbations in `--n_contexts` cell types, each a single
+or double knock-down of measured genes, with replicate halves and a control layer) and a prediction (the
+truth shrunk towards the context mean plus noise: a decent, not perfect, method), in the API formats.
+Every component of src/metrics runs through `perturbcast.runner.run_component`, so its wall time covers
+the whole component: Python start, reading and validating the inputs, computing, validating and writing
+the score. cell-eval then scores the same profiles with `MetricsEvaluator(..., skip_de=True)` and
+`compute(profile="anndata")` (its AnnData metrics: pearson_delta, mse, mae, mse_delta, mae_delta,
+discrimination_score_l1/l2/cosine, pearson_edistance, clustering_agreement), one evaluator per context
+(cell-eval has no contexts), with file paths as inputs so that it reads its files as our components do.
+Prints one line per component with wall time and peak memory, the totals, and the speed-up.
+"""
+from __future__ import annotations
+
+import argparse
+import resource
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from perturbcast.config import discover_components  # noqa: E402
+from perturbcast.runner import run_component  # noqa: E402
+
+
+def synthetic_split(directory: Path, n_conditions: int, n_genes: int, n_contexts: int, seed: int = 0):
+    """Write solution.h5ad and prediction.h5ad; returns the cell-eval input paths per context."""
+    import anndata as ad
+
+    rng = np.random.default_rng(seed)
+    genes = np.array([f"G{i:05d}" for i in range(n_genes)], dtype=object)
+    rank = 20
+    loadings = rng.normal(0, 0.12, size=(n_genes, rank))
+    contexts = [f"cell_{c}" for c in range(n_contexts)]
+    per_context = np.array_split(np.arange(n_conditions), n_contexts)
+    rows, truth, rep1, rep2, control, guess = [], [], [], [], [], []
+    for context, members in zip(contexts, per_context):
+        base = rng.gamma(2.0, 0.6, size=n_genes)
+        shared = rng.normal(0, 0.15, size=n_genes)  # systematic perturbed-vs-control shift
+        n = len(members)
+        first = rng.choice(n_genes, size=n, replace=n > n_genes)
+        second = np.where(rng.random(n) < 0.1, rng.integers(0, n_genes, size=n), -1)
+        effects = (loadings[first] + np.where(second[:, None] >= 0, loadings[np.maximum(second, 0)], 0.0)) \
+            @ loadings.T * 4.0 + shared
+        effects[np.arange(n), first] -= 1.5
+        hit = second >= 0
+        effects[np.flatnonzero(hit), second[hit]] -= 1.5
+        mean = np.clip(base + effects, 0.0, None)
+        halves = [np.clip(mean + rng.normal(0, 0.08, size=mean.shape), 0.0, None) for _ in range(2)]
+        observed = (halves[0] + halves[1]) / 2
+        centre = observed.mean(axis=0)
+        predicted = np.clip(0.5 * observed + 0.5 * centre + rng.normal(0, 0.05, size=mean.shape), 0.0, None)
+        for i in range(n):
+            targets = sorted({genes[first[i]]} | ({genes[second[i]]} if second[i] >= 0 else set()))
+            rows.append({"perturbation": "+".join(targets), "cell_type": context})
+        truth.append(observed), rep1.append(halves[0]), rep2.append(halves[1]), guess.append(predicted)
+        control.append(np.repeat(base[None, :], n, axis=0))
+    obs = pd.DataFrame(rows)
+    obs["perturbation_type"] = "knockdown"
+    obs["n_targets"] = obs["perturbation"].str.count(r"\+").astype(np.int64) + 1
+    obs["condition"] = "none"
+    obs["stratum"] = np.where(obs["n_targets"] > 1, "combo_seen0", "single")
+    obs["n_cells"] = np.int64(100)
+    obs.index = pd.Index([f"{p}|{c}|none|{i}" for i, (p, c) in enumerate(zip(obs.perturbation, obs.cell_type))],
+                         dtype=object)
+    var = pd.DataFrame(index=pd.Index(genes, dtype=object))
+    uns = {"dataset_id": "synthetic_metrics", "task_id": "unseen_perturbation", "split_seed": seed,
+           "normalization_id": "log1p"}
+    f32 = lambda blocks: np.vstack(blocks).astype(np.float32)  # noqa: E731
+    solution = ad.AnnData(X=f32(truth), obs=obs, var=var, uns=dict(uns),
+                          layers={"replicate_1": f32(rep1), "replicate_2": f32(rep2), "control": f32(control)})
+    prediction = ad.AnnData(X=f32(guess), obs=pd.DataFrame(index=obs.index.copy()), var=var.copy(),
+                            uns={"dataset_id": uns["dataset_id"], "task_id": uns["task_id"], "method_id": "synthetic"})
+    solution.write_h5ad(directory / "solution.h5ad")
+    prediction.write_h5ad(directory / "prediction.h5ad")
+
+    # cell-eval inputs: per context, one AnnData of pseudobulk "cells" with the control profile as the
+    # control group (the same control for the observation and the prediction, as in our deltas)
+    paths = []
+    for context in contexts:
+        rows_ = np.flatnonzero((obs["cell_type"] == context).to_numpy())
+        labels = ["non-targeting"] + [f"{p}#{i}" for i, p in zip(rows_, obs["perturbation"].iloc[rows_])]
+        cell_obs = pd.DataFrame({"target": labels}, index=[f"c{i}" for i in range(len(labels))])
+        for name, matrix in (("real", solution.X), ("pred", prediction.X)):
+            X = np.vstack([solution.layers["control"][rows_[0]][None, :], matrix[rows_]]).astype(np.float32)
+            path = directory / f"celleval_{name}_{context}.h5ad"
+            ad.AnnData(X=X, obs=cell_obs.copy(), var=var.copy()).write_h5ad(path)
+        paths.append((directory / f"celleval_real_{context}.h5ad", directory / f"celleval_pred_{context}.h5ad"))
+    return paths
+
+
+def time_cell_eval(paths, outdir: Path) -> tuple[float, float, str]:
+    """Wall and CPU seconds of cell-eval's AnnData metrics on the same profiles (after its import)."""
+    try:
+        from importlib.metadata import version
+
+        from cell_eval import MetricsEvaluator
+    except ImportError:
+        return float("nan"), float("nan"), "cell-eval is not installed (pip install cell-eval)"
+    import contextlib
+    import io
+    import logging
+
+    logging.disable(logging.WARNING)
+    start, start_cpu = time.perf_counter(), time.process_time()
+    with contextlib.redirect_stderr(io.StringIO()):  # cell-eval's progress bars
+        for real, pred in paths:
+            evaluator = MetricsEvaluator(adata_pred=str(pred), adata_real=str(real), control_pert="non-targeting",
+                                         pert_col="target", skip_de=True, outdir=str(outdir), num_threads=1)
+            evaluator.compute(profile="anndata", write_csv=False)
+    return time.perf_counter() - start, time.process_time() - start_cpu, f"cell-eval {version('cell-eval')}"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n_conditions", type=int, default=2000)
+    parser.add_argument("--n_genes", type=int, default=8000)
+    parser.add_argument("--n_contexts", type=int, default=1)
+    parser.add_argument("--skip_cell_eval", action="store_true")
+    parser.add_argument("--keep", type=Path, help="keep the generated files in this directory")
+    args = parser.parse_args()
+
+    directory = args.keep or Path(tempfile.mkdtemp(prefix="perturbcast-metrics-"))
+    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        start = time.perf_counter()
+        paths = synthetic_split(directory, args.n_conditions, args.n_genes, args.n_contexts)
+        print(f"generated {args.n_conditions} conditions x {args.n_genes} genes in {args.n_contexts} context(s) "
+              f"in {time.perf_counter() - start:.1f} s", flush=True)
+        metrics = [c for c in discover_components(ROOT) if c.component_type == "metric"]
+        total = total_cpu = 0.0
+        print(f"{'component':<20} {'wall s':>8} {'CPU s':>7} {'peak MiB':>9}  metric ids", flush=True)
+        for component in metrics:
+            output = directory / f"score_{component.name}.h5ad"
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
+            with open(directory / f"{component.name}.log", "w") as log:
+                result = run_component(component.directory, [
+                    "--input_solution", str(directory / "solution.h5ad"),
+                    "--input_prediction", str(directory / "prediction.h5ad"), "--output", str(output)],
+                    stdout=log, stderr=log)
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+            if result.exit_code != 0:
+                print(f"{component.name:<20} failed (exit {result.exit_code}); see {directory / component.name}.log")
+                continue
+            import anndata as ad
+
+            ids = list(ad.read_h5ad(output).uns["metric_ids"])
+            total += result.wall_seconds
+            total_cpu += cpu
+            print(f"{component.name:<20} {result.wall_seconds:8.1f} {cpu:7.1f} {result.peak_rss_bytes / 2**20:9.0f}  "
+                  f"{', '.join(ids)}", flush=True)
+        print(f"{'all our metrics':<20} {total:8.1f} {total_cpu:7.1f}", flush=True)
+        if args.skip_cell_eval:
+            return 0
+        seconds, cpu, label = time_cell_eval(paths, directory / "cell-eval-out")
+        if not np.isfinite(seconds):
+            print(label)
+            return 0
+        print(f"{label + ', profile anndata':<20} {seconds:8.1f} {cpu:7.1f}")
+        print(f"speed-up: {seconds / total:.1f}x wall, {cpu / total_cpu:.1f}x CPU")
+        return 0
+    finally:
+        if args.keep is None:
+            shutil.rmtree(directory, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,503 @@
+"""Source files in the perturbcast cache: download with resume and retry, verify, write atomically.
+
+Included as a viash resource by every loader that downloads (standard library only):
+
+    from download import DownloadError, fetch, zenodo_checksum
+    path, sha256 = fetch(url, sha256=PINNED_OR_NONE, published=zenodo_checksum(13350497, "X.h5ad"), log=log)
+
+Layout: a URL is cached at `$PERTURBCAST_CACHE/<host>/<url path>` (default cache `~/.cache/perturbcast`),
+e.g. `zenodo.org/records/13350497/files/DatlingerBock2017.h5ad`. Beside every completed file lies a record
+`<file>.checksum.json` (url, sha256, size, what the file was verified against).
+
+Life of a download:
+1. A cached file is reused only if its sha256 matches the pinned sha256 (when the loader pins one) or else the
+   sha256 recorded when it was downloaded; it is hashed again on every reuse. A cached file that does not
+   match, or has no record and no pin, is downloaded again.
+2. Otherwise the file is fetched into `<file>.part`. A connection that breaks is retried with exponential
+   backoff and resumed with an HTTP Range request from the bytes already there (also across runs). A host
+   that cannot be reached fails after `retries` attempts without progress.
+3. The finished `.part` is checked against the pinned sha256, else against the checksum the host publishes
+   (Zenodo's record API, Dataverse's file API: md5), else its sha256 is recorded on this first download.
+   On a mismatch the `.part` is deleted and nothing is cached. Then the record is written and the `.part` is
+   renamed to the file, so the file only ever appears complete and verified.
+Concurrent processes fetching the same URL wait for each other (a lock file in `<cache>/.locks`).
+
+`extract_member` unpacks one file from a downloaded archive (zip, tar, tar.gz) into the cache the same way.
+"""
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import os
+import re
+import socket
+import sys
+import tarfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import zipfile
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+CACHE_ENV = "PERTURBCAST_CACHE"
+RECORD_SUFFIX = ".checksum.json"
+PART_SUFFIX = ".part"
+USER_AGENT = "perturbcast-loader/1 (+https://github.com/openproblems-bio/task_expression_forecasting)"
+BLOCK_SIZE = 1 << 20
+# HTTP statuses worth retrying: the host is busy or briefly broken. Every other error status is final.
+RETRY_STATUSES = {408, 425, 429, 500, 502, 503, 504}
+PROGRESS_EVERY_SECONDS = 30.0
+
+ZENODO_API = "https://zenodo.org/api/records"
+DATAVERSE_API = "https://dataverse.harvard.edu/api/files"
+
+
+class DownloadError(Exception):
+    """A source could not be fetched or verified; the message says which and why, in one line."""
+
+
+@dataclass(frozen=True)
+class Checksum:
+    algorithm: str  # a hashlib name: md5, sha1, sha256, ...
+    value: str      # lower-case hex digest
+    source: str     # where the value comes from, for messages and the record
+
+
+def _stderr(message: str):
+    print(message, file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------------------------------ cache layout
+
+def cache_root() -> str:
+    """`$PERTURBCAST_CACHE`, else `~/.cache/perturbcast`."""
+    return os.path.abspath(os.path.expanduser(os.environ.get(CACHE_ENV) or os.path.join("~", ".cache", "perturbcast")))
+
+
+def _safe_part(text: str) -> str:
+    text = re.sub(r"[^A-Za-z0-9._+=@-]", "_", text)
+    return "_" if text in ("", ".", "..") else text
+
+
+def cache_path(url: str, root: str | None = None) -> str:
+    """Where `url` is cached: `<root>/<host>/<path segments>` (a query string is folded into the name)."""
+    parsed = urllib.parse.urlsplit(url)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise DownloadError(f"'{url}' is not an http(s) URL")
+    parts = [_safe_part(parsed.netloc)]
+    parts += [_safe_part(urllib.parse.unquote(p)) for p in parsed.path.split("/") if p]
+    if len(parts) == 1:
+        parts.append("index")
+    if parsed.query:
+        parts[-1] += "_" + _safe_part(parsed.query)
+    return os.path.join(root or cache_root(), *parts)
+
+
+def record_path(path: str) -> str:
+    return path + RECORD_SUFFIX
+
+
+def read_record(path: str) -> dict | None:
+    """The checksum record of a cached file, or None if there is none (or it is unreadable)."""
+    try:
+        with open(record_path(path)) as handle:
+            record = json.load(handle)
+        return record if isinstance(record, dict) and isinstance(record.get("sha256"), str) else None
+    except (OSError, ValueError):
+        return None
+
+
+def write_record(path: str, *, sha256: str, url: str | None = None, size: int | None = None,
+                 verified_against: str = "recorded on first download", **extra) -> str:
+    """Write `<path>.checksum.json` atomically. Loaders never need this; tests use it to place files in the cache."""
+    record = {"url": url, "sha256": sha256.lower(), "size": size if size is not None else _size(path),
+              "verified_against": verified_against,
+              "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **extra}
+    target = record_path(path)
+    tmp = f"{target}.tmp{os.getpid()}"
+    with open(tmp, "w") as handle:
+        json.dump(record, handle, indent=2)
+    os.replace(tmp, target)
+    return target
+
+
+def _size(path: str) -> int | None:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return None
+
+
+def file_digests(path: str, algorithms=("sha256",)) -> dict:
+    """Hex digests of a file for each hashlib algorithm, in one streaming pass."""
+    hashers = {name: hashlib.new(name) for name in dict.fromkeys(algorithms)}
+    with open(path, "rb") as handle:
+        while True:
+            block = handle.read(BLOCK_SIZE * 8)
+            if not block:
+                break
+            for hasher in hashers.values():
+                hasher.update(block)
+    return {name: hasher.hexdigest() for name, hasher in hashers.items()}
+
+
+def sha256_file(path: str) -> str:
+    return file_digests(path, ("sha256",))["sha256"]
+
+
+@contextmanager
+def _lock(path: str, log):
+    """An exclusive lock on `path` for this process (waits for another process fetching the same file)."""
+    try:
+        import fcntl
+    except ImportError:  # no POSIX locks (Windows): proceed without
+        yield
+        return
+    root = cache_root()
+    inside = os.path.abspath(path).startswith(root + os.sep)
+    lock_dir = os.path.join(root if inside else os.path.dirname(os.path.abspath(path)), ".locks")
+    os.makedirs(lock_dir, exist_ok=True)
+    name = hashlib.sha1(os.path.abspath(path).encode()).hexdigest()[:16] + ".lock"
+    with open(os.path.join(lock_dir, name), "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            log(f"waiting for another process that is fetching {path}")
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+# -------------------------------------------------------------------------------- published checksums
+
+def _get_json(url: str, timeout: float):
+    request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT, "Accept": "application/json"})
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return json.loads(response.read().decode("utf-8"))
+
+
+def _split_checksum(text: str, default_algorithm: str = "md5") -> tuple[str, str]:
+    algorithm, _, value = text.partition(":") if ":" in text else (default_algorithm, "", text)
+    return algorithm.strip().lower().replace("-", ""), value.strip().lower()
+
+
+def zenodo_checksum(record_id, filename: str, api: str = ZENODO_API, timeout: float = 30.0):
+    """A lookup of the checksum Zenodo publishes for `filename` of record `record_id` (`checksum: md5:...`)."""
+    def lookup() -> Checksum | None:
+        record = _get_json(f"{api.rstrip('/')}/{record_id}", timeout)
+        files = record.get("files") or []
+        if isinstance(files, dict):  # newer API shape: {"entries": {name: {...}}} or {"entries": [...]}
+            files = files.get("entries") or []
+            files = list(files.values()) if isinstance(files, dict) else files
+        for entry in files:
+            if entry.get("key") == filename or entry.get("filename") == filename:
+                if entry.get("checksum"):
+                    algorithm, value = _split_checksum(str(entry["checksum"]))
+                    return Checksum(algorithm, value, f"Zenodo record {record_id}")
+        return None
+    return lookup
+
+
+def dataverse_checksum(file_id, api: str = DATAVERSE_API, timeout: float = 30.0):
+    """A lookup of the checksum Harvard Dataverse publishes for datafile `file_id` (md5)."""
+    def lookup() -> Checksum | None:
+        data = (_get_json(f"{api.rstrip('/')}/{file_id}", timeout).get("data") or {})
+        datafile = data.get("dataFile") or data
+        checksum = datafile.get("checksum") or {}
+        if isinstance(checksum, dict) and checksum.get("value"):
+            algorithm = str(checksum.get("type") or "md5").lower().replace("-", "")
+            return Checksum(algorithm, str(checksum["value"]).lower(), f"Dataverse file {file_id}")
+        if datafile.get("md5"):
+            return Checksum("md5", str(datafile["md5"]).lower(), f"Dataverse file {file_id}")
+        return None
+    return lookup
+
+
+# ------------------------------------------------------------------------------------------ fetching
+
+def fetch(url: str, *, sha256: str | None = None, published=None, path: str | None = None, retries: int = 4,
+          delay: float = 2.0, backoff: float = 2.0, timeout: float = 60.0, log=_stderr, sleep=time.sleep):
+    """Return `(path, sha256)` of the verified local copy of `url`, downloading it if needed.
+
+    sha256: pinned checksum (wins over everything). published: a callable returning the host's `Checksum`
+    (see `zenodo_checksum`, `dataverse_checksum`), called only when a download happens. retries: attempts
+    without progress after the first one; delay * backoff**k seconds between them. Raises DownloadError.
+    """
+    path = os.path.abspath(path or cache_path(url))
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    pinned = sha256.lower() if sha256 else None
+    with _lock(path, log):
+        cached = _verified_cached(path, url, pinned, log)
+        if cached:
+            return path, cached
+        expected = Checksum("sha256", pinned, "pinned sha256") if pinned else _published(published, url, log)
+        part = path + PART_SUFFIX
+        resumed = _size(part) or 0
+        options = dict(retries=retries, delay=delay, backoff=backoff, timeout=timeout, log=log, sleep=sleep)
+        _download(url, part, **options)
+        digests = _check(part, url, expected, restartable=resumed > 0, log=log)
+        if digests is None:  # a .part left by an earlier run did not belong to this file: start over once
+            _download(url, part, **options)
+            digests = _check(part, url, expected, restartable=False, log=log)
+        verified = f"{expected.algorithm} {expected.value} ({expected.source})" if expected else "recorded on first download"
+        write_record(path, url=url, sha256=digests["sha256"], size=_size(part), verified_against=verified)
+        os.replace(part, path)
+        log(f"downloaded {url} -> {path} ({_size(path)} bytes, sha256 {digests['sha256']}; "
+            f"{'verified against ' + expected.source if expected else 'sha256 recorded for later runs'})")
+        return path, digests["sha256"]
+
+
+def _published(published, url: str, log) -> Checksum | None:
+    if published is None:
+        return None
+    try:
+        checksum = published()
+    except Exception as error:  # a metadata API that is down must not stop a download that works
+        log(f"[warning] could not read the published checksum for {url} ({_reason(error)}); "
+            "its sha256 will be recorded on this first download instead")
+        return None
+    if checksum is None:
+        log(f"[warning] the host publishes no checksum for {url}; its sha256 will be recorded on this first download")
+    elif checksum.algorithm not in hashlib.algorithms_available:
+        log(f"[warning] unknown checksum type '{checksum.algorithm}' published for {url}; recording sha256 instead")
+        return None
+    return checksum
+
+
+def _verified_cached(path: str, url: str, pinned: str | None, log) -> str | None:
+    """The sha256 of the cached file if it can be trusted; otherwise remove it and return None."""
+    if not os.path.exists(path):
+        return None
+    record = read_record(path)
+    if record is None and pinned is None:
+        log(f"cached file {path} has no checksum record (interrupted or copied in by hand); downloading it again")
+        _remove(path)
+        return None
+    actual = sha256_file(path)
+    expected = pinned or record["sha256"]
+    if actual == expected:
+        if record is None or record.get("sha256") != actual:
+            write_record(path, url=url, sha256=actual, verified_against="pinned sha256")
+        log(f"using cached {path} (sha256 {actual} verified against the "
+            f"{'pinned' if pinned else 'recorded'} checksum)")
+        return actual
+    log(f"cached file {path} has sha256 {actual}, but the {'pinned' if pinned else 'recorded'} sha256 is "
+        f"{expected}; downloading it again")
+    _remove(path)
+    _remove(record_path(path))
+    return None
+
+
+def _check(part: str, url: str, expected: Checksum | None, *, restartable: bool, log) -> dict | None:
+    algorithms = ["sha256"] + ([expected.algorithm] if expected else [])
+    digests = file_digests(part, algorithms)
+    if expected is None or digests[expected.algorithm] == expected.value:
+        return digests
+    _remove(part)
+    if restartable:
+        log(f"the download of {url}, resumed from an earlier run, does not match the {expected.source} "
+            f"{expected.algorithm}; downloading it again from the start")
+        return None
+    raise DownloadError(
+        f"checksum mismatch for {url}: the {expected.source} {expected.algorithm} is {expected.value} but the "
+        f"downloaded file has {digests[expected.algorithm]}; the partial file was removed and nothing was cached")
+
+
+def _remove(path: str):
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass
+
+
+def _reason(error: BaseException) -> str:
+    if isinstance(error, urllib.error.HTTPError):
+        return f"HTTP {error.code} {error.reason}"
+    if isinstance(error, urllib.error.URLError):
+        return str(error.reason)
+    return str(error) or type(error).__name__
+
+
+class _Retry(Exception):
+    """An attempt ended early but a new attempt may succeed."""
+
+
+def _download(url: str, part: str, *, retries: int, delay: float, backoff: float, timeout: float, log, sleep):
+    failures = 0
+    while True:
+        offset = _size(part) or 0
+        try:
+            if _attempt(url, part, offset, timeout, log):
+                return
+            reason = "the connection closed before the end of the file"
+        except urllib.error.HTTPError as error:
+            if error.code not in RETRY_STATUSES:
+                raise DownloadError(f"cannot download {url}: the server answered HTTP {error.code} {error.reason}") from None
+            reason = f"HTTP {error.code} {error.reason}"
+        except urllib.error.URLError as error:
+            if isinstance(error.reason, socket.gaierror):
+                raise DownloadError(f"cannot download {url}: the host name does not resolve ({error.reason}); "
+                                    "is there a network connection?") from None
+            reason = _reason(error)
+        except (_Retry, OSError, http.client.HTTPException) as error:
+            reason = _reason(error)
+        progressed = (_size(part) or 0) > offset
+        failures = 0 if progressed else failures + 1
+        if failures > retries:
+            raise DownloadError(f"cannot download {url}: {reason} (gave up after {failures} attempts in a row "
+                                "without progress)")
+        wait = delay * backoff ** max(0, failures - 1)
+        log(f"download of {url} interrupted ({reason}); retrying in {wait:g} s from byte {_size(part) or 0}")
+        sleep(wait)
+
+
+def _content_range(value: str | None) -> tuple[int | None, int | None]:
+    """(first byte, total size) of a `Content-Range: bytes a-b/total` header."""
+    match = re.match(r"\s*bytes\s+(\d+|\*)(?:-(\d+))?/(\d+|\*)", value or "")
+    if not match:
+        return None, None
+    start = None if match.group(1) == "*" else int(match.group(1))
+    total = None if match.group(3) == "*" else int(match.group(3))
+    return start, total
+
+
+def _attempt(url: str, part: str, offset: int, timeout: float, log) -> bool:
+    """One request; True when the `.part` now holds the whole file."""
+    headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
+    if offset:
+        headers["Range"] = f"bytes={offset}-"
+    try:
+        response = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
+    except urllib.error.HTTPError as error:
+        if error.code == 416 and offset:  # nothing left to send: complete, or the .part is not this file
+            _, total = _content_range(error.headers.get("Content-Range"))
+            if total == offset:
+                return True
+            _remove(part)
+            raise _Retry("the server refused to resume the partial file; starting over") from None
+        raise
+    with response:
+        total = None
+        if offset and response.status == 206:
+            start, total = _content_range(response.headers.get("Content-Range"))
+            if start != offset:
+                _remove(part)
+                raise _Retry(f"the server resumed at byte {start} instead of {offset}; starting over")
+            mode = "ab"
+        else:
+            if offset:
+                log(f"the server of {url} does not resume downloads; starting over")
+            offset, mode = 0, "wb"
+            length = response.headers.get("Content-Length")
+            total = int(length) if length and length.isdigit() else None
+        if offset == 0:
+            log(f"downloading {url}" + (f" ({total / 1e6:.1f} MB)" if total else ""))
+        last_report = time.monotonic()
+        with open(part, mode) as out:
+            while True:
+                block = response.read(BLOCK_SIZE)
+                if not block:
+                    break
+                out.write(block)
+                if time.monotonic() - last_report > PROGRESS_EVERY_SECONDS:
+                    last_report = time.monotonic()
+                    done = out.tell()
+                    log(f"  {done / 1e6:.0f} MB" + (f" of {total / 1e6:.0f} MB" if total else ""))
+    size = _size(part) or 0
+    if total is None:
+        return True  # no length announced: a clean end of stream is the end of the file
+    if size > total:
+        _remove(part)
+        raise _Retry(f"received {size} bytes but the file has {total}; starting over")
+    return size == total
+
+
+# ------------------------------------------------------------------------------------------ archives
+
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def archive_kind(path: str) -> str:
+    """'hdf5', 'zip', 'tar' (plain or compressed) or 'unknown', from the file's first bytes."""
+    with open(path, "rb") as handle:
+        head = handle.read(512)
+    if head.startswith(HDF5_SIGNATURE):
+        return "hdf5"
+    if head[:4] in (b"PK\x03\x04", b"PK\x05\x06"):
+        return "zip"
+    if head[:2] == b"\x1f\x8b" or head[:3] == b"BZh" or head[:6] == b"\xfd7zXZ\x00" or head[257:262] == b"ustar":
+        return "tar"
+    return "unknown"
+
+
+def extract_member(archive: str, archive_sha256: str, member: str, destination: str, log=_stderr) -> tuple[str, str]:
+    """Unpack the archive entry whose name is `member` (in any folder) to `destination`; return (path, sha256).
+
+    The extracted file gets a record naming the archive's sha256; it is reused while both still match.
+    Raises DownloadError if the archive is not a zip or tar file or holds no such entry.
+    """
+    destination = os.path.abspath(destination)
+    os.makedirs(os.path.dirname(destination), exist_ok=True)
+    with _lock(destination, log):
+        record = read_record(destination)
+        if os.path.exists(destination) and record and record.get("source_sha256") == archive_sha256:
+            actual = sha256_file(destination)
+            if actual == record["sha256"]:
+                log(f"using {destination}, extracted earlier from {archive} (sha256 verified)")
+                return destination, actual
+        _remove(destination)
+        kind = archive_kind(archive)
+        part = destination + PART_SUFFIX
+        try:
+            if kind == "zip":
+                _extract_zip(archive, member, part)
+            elif kind == "tar":
+                _extract_tar(archive, member, part)
+            else:
+                raise DownloadError(f"file '{archive}' is neither a zip nor a tar archive (nor an h5ad file)")
+        except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError) as error:
+            _remove(part)
+            raise DownloadError(f"file '{archive}': cannot unpack the {kind} archive ({error})") from None
+        actual = sha256_file(part)
+        write_record(destination, sha256=actual, size=_size(part), verified_against="extracted from a verified archive",
+                     source=archive, source_sha256=archive_sha256, member=member)
+        os.replace(part, destination)
+        log(f"extracted {member} from {archive} -> {destination}")
+        return destination, actual
+
+
+def _matching(names: list[str], member: str, archive: str) -> str:
+    found = sorted((n for n in names if n == member or n.endswith("/" + member)), key=lambda n: (n.count("/"), n))
+    if not found:
+        shown = ", ".join(names[:8]) + (" ..." if len(names) > 8 else "")
+        raise DownloadError(f"file '{archive}': the archive holds no '{member}' (entries: {shown or 'none'})")
+    return found[0]
+
+
+def _extract_zip(archive: str, member: str, part: str):
+    with zipfile.ZipFile(archive) as bundle:
+        name = _matching([i.filename for i in bundle.infolist() if not i.is_dir()], member, archive)
+        with bundle.open(name) as source, open(part, "wb") as out:
+            while True:
+                block = source.read(BLOCK_SIZE * 8)
+                if not block:
+                    break
+                out.write(block)
+
+
+def _extract_tar(archive: str, member: str, part: str):
+    with tarfile.open(archive, "r:*") as bundle:
+        members = [m for m in bundle.getmembers() if m.isfile()]
+        name = _matching([m.name for m in members], member, archive)
+        source = bundle.extractfile(next(m for m in members if m.name == name))
+        with source, open(part, "wb") as out:
+            while True:
+                block = source.read(BLOCK_SIZE * 8)
+                if not block:
+                    break
+                out.write(block)
