@@ -1,7 +1,8 @@
 """From score files to the results tables: raw values per stratum and calibrated scores.
 
 Calibrated score (VCC 2026): `(u - b) / (r - b)` with `b` the `train_mean` control and `r` the
-`replicate_ceiling` control on the same dataset x task x seed x stratum x metric. 0 means no better
+`replicate_ceiling` control on the same dataset x task x seed x stratum x metric. Where the ceiling is
+not better than the baseline in the metric's direction there is no scale, and the score is left empty. 0 means no better
 than the training mean, 1 as good as a replicate experiment; `r - b` (the dynamic range) is kept so a
 metric with no headroom is visible rather than hidden in a ratio.
 """
@@ -115,7 +116,10 @@ def results_table(per_condition: pd.DataFrame, n_resamples: int = 1000, seed: in
             diff_boot = boot - boot[:, [base]]
             diff = means - baseline
             diff_low, diff_high = _interval(diff_boot)
-            if ceil is not None and abs(dynamic) > MIN_DYNAMIC_RANGE:
+            direction = (maximize or {}).get(key[3])
+            # a ceiling no better than the baseline leaves no scale to calibrate on (ratio would explode or flip)
+            headroom = abs(dynamic) > MIN_DYNAMIC_RANGE and (direction is None or (dynamic > 0) == direction)
+            if ceil is not None and headroom:
                 with np.errstate(all="ignore"):
                     score_boot = diff_boot / (boot[:, [ceil]] - boot[:, [base]])
                 score = diff / dynamic

@@ -3,6 +3,7 @@
 
     python scripts/create_test_resources.py [--force]
 
+resources_test/loaders/                   small sources for perturbench_devel, scperturb, gears
 resources_test/simulated_grn/
   common_dataset.h5ad                     simulated_grn with its small `info.test_arguments`
   unseen_perturbation/{train,test,solution}.h5ad
@@ -35,6 +36,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--force", action="store_true", help="remake files that already exist")
     args = parser.parse_args()
+    loaders = ROOT / "resources_test" / "loaders"
+    if not loaders.exists() or args.force:
+        # small source files in the layouts the real loaders download (for their component tests)
+        import subprocess
+        subprocess.run([sys.executable, str(ROOT / "benchmarks" / "pseudobulk.py"), "test-sources",
+                        "--output", str(loaders)], check=True)
     if (SPLIT / "score.h5ad").exists() and not args.force:
         print(f"create_test_resources: {OUT} is complete (use --force to remake)", file=sys.stderr)
         return 0

@@ -99,3 +99,12 @@ def test_invalid_output_is_removed(split, tmp_path, capfd, monkeypatch):
     assert result.exit_code == 1
     assert "does not match its API format" in err
     assert not (tmp_path / "prediction.h5ad").exists()
+
+
+def test_prediction_in_raw_counts_is_rejected(split, tmp_path, capfd):
+    prediction = ad.read_h5ad(split / "prediction.h5ad")
+    prediction.X = (np.expm1(np.asarray(prediction.X)) * 100).astype(np.float32)
+    prediction.write_h5ad(tmp_path / "counts.h5ad")
+    result, err = run("src/metrics/delta_error", score_args(split, tmp_path, tmp_path / "counts.h5ad"), capfd)
+    assert_one_clear_line(result, err, "counts.h5ad", "looks like raw counts")
+    assert not (tmp_path / "score.h5ad").exists()

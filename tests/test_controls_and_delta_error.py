@@ -171,9 +171,9 @@ def test_delta_error_hand_values(tmp_path):
     assert result.exit_code == 0
     assert list(scored.obs_names) == ["c0", "c1"]
     assert list(scored.obs["stratum"]) == ["single", "combo_seen0"]
-    assert list(scored.uns["metric_ids"]) == ["mse_delta", "mae_delta", "rmse_delta", "pearson_delta"]
+    assert list(scored.uns["metric_ids"])[:4] == ["mse_delta", "mae_delta", "rmse_delta", "pearson_delta"]
     assert scored.uns["method_id"] == "m" and scored.uns["dataset_id"] == "hand"
-    for metric_id, value in zip(scored.uns["metric_ids"], scored.uns["metric_values"]):
+    for metric_id, value in list(zip(scored.uns["metric_ids"], scored.uns["metric_values"]))[:4]:
         np.testing.assert_allclose(scored.obs[metric_id], HAND_EXPECTED[metric_id], atol=1e-6)
         assert value == pytest.approx(np.mean(HAND_EXPECTED[metric_id]), abs=1e-6)
 

@@ -88,3 +88,10 @@ def test_summary_counts_outcomes_and_averages_scores():
     board = scoring.leaderboard(results, summary)
     assert list(board.columns[:5]) == ["method_id", "method_type", "calibrated", "interval", "vs train_mean"]
     assert "m" in scoring.format_leaderboard(board)
+
+
+def test_no_calibrated_score_when_the_ceiling_is_not_better_than_the_baseline():
+    per_condition = table({"train_mean": [0.5, 0.5], "replicate_ceiling": [0.4, 0.4], "m": [0.9, 0.9]})
+    results, _ = scoring.results_table(per_condition, n_resamples=20, maximize={"pearson_delta": True})
+    assert results["score"].isna().all()
+    assert results.set_index("method_id").loc["m"].iloc[0]["outcome"] == "win"  # the raw comparison stays

@@ -92,12 +92,19 @@ def _matrix_problems(matrix, where: str, spec: dict) -> list[str]:
     if np.issubdtype(dtype, np.integer) or spec.get("allow_nonfinite", False):
         return []
     n_nan = n_inf = 0
+    largest = -np.inf
     for start in range(0, matrix.shape[0], _ROW_BLOCK):
         block = matrix[start:start + _ROW_BLOCK]
         values = block.data if hasattr(block, "data") and not isinstance(block, np.ndarray) else np.asarray(block)
         n_nan += int(np.isnan(values).sum())
         n_inf += int(np.isinf(values).sum())
+        finite = values[np.isfinite(values)]
+        if finite.size:
+            largest = max(largest, float(finite.max()))
     problems = []
+    if "max_value" in spec and largest > float(spec["max_value"]):
+        problems.append(f"{where} reaches {largest:.4g}, above {spec['max_value']}: this looks like raw counts, "
+                        f"expected log-normalized expression")
     if n_nan:
         problems.append(f"{where} has {n_nan} NaN values, expected finite numbers")
     if n_inf:

@@ -36,6 +36,7 @@ import scipy.sparse as sp  # noqa: E402
 import scipy.sparse.linalg as spla  # noqa: E402
 
 from component_io import ComponentIO, fail, log  # noqa: E402
+from dataset_report import dataset_report  # noqa: E402
 
 DATASET_ID = par.get("dataset_id") or "simulated_grn"
 # Bumped whenever the simulation algorithm changes, so that source_sha256 (and any cache keyed on it)
@@ -309,4 +310,5 @@ if not par.get("output"):
 adata = simulate(args)
 log(f"{DATASET_ID}: {adata.n_obs} profiles x {adata.n_vars} genes ({args['n_perturbed_genes']} single + "
     f"{args['n_combos']} double perturbations, {args['n_cell_types']} cell types)")
+adata.uns["dataset_report"] = dataset_report(adata, log=log)
 ComponentIO(par, meta).write("output", adata)
