@@ -48,6 +48,17 @@ class SplitNotApplicable(Exception):
 # Perturbations and targets
 # --------------------------------------------------------------------------------------------------
 
+def split_arguments(par: dict, fail) -> tuple[int, float]:
+    """`--seed` and `--test_size` of every task, checked; `fail(message)` stops the component."""
+    seed = 0 if par.get("seed") is None else par["seed"]
+    test_size = 0.25 if par.get("test_size") is None else par["test_size"]
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        fail(f"--seed is {seed!r}, expected a non-negative integer")
+    if not 0.0 <= float(test_size) <= 1.0:
+        fail(f"--test_size is {test_size!r}, expected a share between 0 and 1")
+    return int(seed), float(test_size)
+
+
 def parse_targets(perturbation: str) -> tuple[str, ...]:
     """Target symbols of a perturbation string, in string order (`control` -> no targets)."""
     if perturbation == CONTROL:

@@ -15,8 +15,6 @@ meta = {"name": "cell_type_transfer", "resources_dir": "src/utils", "config": No
 
 sys.path.append(meta["resources_dir"])
 
-import numpy as np  # noqa: E402
-
 import splits  # noqa: E402
 from component_io import ComponentIO, fail, log, not_applicable  # noqa: E402
 
@@ -25,14 +23,7 @@ TASK_ID = "cell_type_transfer"
 io = ComponentIO(par, meta)
 common = io.read("input", required_obs=splits.REQUIRED_OBS)
 
-seed = par.get("seed")
-seed = 0 if seed is None else seed
-test_size = par.get("test_size")
-test_size = 0.25 if test_size is None else test_size
-if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-    fail(f"--seed is {seed!r}, expected a non-negative integer")
-if not 0.0 <= float(test_size) <= 1.0:
-    fail(f"--test_size is {test_size!r}, expected a share between 0 and 1")
+seed, test_size = splits.split_arguments(par, fail)
 
 try:
     is_test, stratum, info = splits.transfer_split(common.obs, test_size, seed, par.get("heldout_context"))

@@ -24,14 +24,7 @@ TASK_ID = "unseen_perturbation"
 io = ComponentIO(par, meta)
 common = io.read("input", required_obs=splits.REQUIRED_OBS)
 
-seed = par.get("seed")
-seed = 0 if seed is None else seed
-test_size = par.get("test_size")
-test_size = 0.25 if test_size is None else test_size
-if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-    fail(f"--seed is {seed!r}, expected a non-negative integer")
-if not 0.0 <= float(test_size) <= 1.0:
-    fail(f"--test_size is {test_size!r}, expected a share between 0 and 1")
+seed, test_size = splits.split_arguments(par, fail)
 
 try:
     targets = splits.row_targets(common.obs)
