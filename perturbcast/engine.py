@@ -218,10 +218,14 @@ def _last_error(log_path: Path) -> str:
 _worker = threading.local()
 
 
+# imported by every component; loaded once per worker instead of once per step (~0.6 s each)
+PRELOADED_MODULES = ("numpy", "scipy.sparse", "pandas", "h5py", "anndata")
+
+
 def _spawner() -> Spawner:
     """This worker thread's fork server (so each step's peak memory is its own, not the engine's)."""
     if getattr(_worker, "spawner", None) is None:
-        _worker.spawner = Spawner()
+        _worker.spawner = Spawner(preload=PRELOADED_MODULES)
     return _worker.spawner
 
 

@@ -430,7 +430,7 @@ def run_script(script_text: str, meta: dict, cwd: str | None = None, stdout=None
     if spawner is not None and env is None and hasattr(stdout, "name") and stderr is stdout:
         stdout.flush()
         try:
-            reply = spawner.run([sys.executable, "-B", script_path], cwd, stdout.name)
+            reply = spawner.run_python(script_path, cwd, stdout.name)
         finally:
             os.remove(script_path)
         return Execution(reply["exit_code"], reply["wall_seconds"], reply["peak_rss_bytes"])

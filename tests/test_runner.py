@@ -351,3 +351,32 @@ def test_peak_memory_is_the_components_own_through_the_spawner(tmp_path):
     assert 190 * 2**20 < large.peak_rss_bytes < 300 * 2**20
     assert failing.exit_code == 7 and small.exit_code == 0
     assert "small" in (tmp_path / "log.txt").read_text()
+
+
+def test_a_preloaded_spawner_runs_scripts_as_python_would(tmp_path):
+    """The engine's spawner imports numpy/pandas/anndata once and runs each script in a forked child:
+    exit codes, output, sys.argv, sys.path and stdin must be what `python -B script` gives."""
+    from perturbcast.engine import PRELOADED_MODULES
+    from perturbcast.spawner import Spawner
+
+    meta = {"name": "m", "temp_dir": str(tmp_path)}
+    (tmp_path / "formats.py").write_text("WHERE = 'beside the script'\n")  # perturbcast/formats.py must not win
+    spawner = Spawner(preload=PRELOADED_MODULES)
+    runs = {}
+    with open(tmp_path / "log.txt", "w") as log:
+        for name, text in {
+            "ok": "import sys, formats; print('argv', sys.argv[0].endswith('.py'), formats.WHERE, sys.stdin.read() == '')",
+            "preloaded": "import sys; print('preloaded', 'anndata' in sys.modules, __name__)",
+            "code": "raise SystemExit(7)",
+            "message": "import sys; sys.exit('stopped with a message')",
+            "crash": "def broken():\n    raise ValueError('broken input')\nbroken()",
+            "atexit": "import atexit; atexit.register(lambda: print('at exit ran'))",
+        }.items():
+            runs[name] = viash.run_script(text, meta, cwd=str(tmp_path), stdout=log, stderr=log, spawner=spawner)
+    spawner.close()
+    text = (tmp_path / "log.txt").read_text()
+    assert {name: run.exit_code for name, run in runs.items()} == {
+        "ok": 0, "preloaded": 0, "code": 7, "message": 1, "crash": 1, "atexit": 0}
+    assert "argv True beside the script True" in text
+    assert "preloaded True __main__" in text
+    assert "stopped with a message" in text and "ValueError: broken input" in text and "at exit ran" in text
