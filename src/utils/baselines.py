@@ -16,6 +16,8 @@ perturbation with more replicates weighs no more than one with fewer). Problems 
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
@@ -182,6 +184,39 @@ def prediction(train, test, X, method_id: str):
            "task_id": str(test.uns.get("task_id", train.uns.get("task_id", "unknown"))),
            "method_id": str(method_id)}
     return ad.AnnData(X=X.astype(np.float32), obs=obs, var=var, uns=uns)
+
+
+class MethodInputs(NamedTuple):
+    train: object
+    test: object
+    profiles: TrainingProfiles
+    contexts: list  # (cell_type, condition) of every test row
+    targets: list   # target genes of every test row
+
+
+def read_method_inputs(io) -> MethodInputs:
+    """`--input_train` and `--input_test` of a method or control, checked against their formats and
+    against each other, with the replicate-averaged training profiles; one-line error (exit 1) otherwise."""
+    from component_io import fail
+
+    train, test = io.read("input_train"), io.read("input_test")
+    try:
+        check_genes_match(train, test)
+        return MethodInputs(train, test, TrainingProfiles(train), test_contexts(test), test_targets(test))
+    except InputError as error:
+        fail(f"--input_train/--input_test: {error}")
+
+
+def read_prior_argument(par: dict, need_embedding: bool = False) -> Prior | None:
+    """The `--input_prior` file if one was given (see `read_prior`); one-line error (exit 1) if unusable."""
+    from component_io import fail
+
+    if not par.get("input_prior"):
+        return None
+    try:
+        return read_prior(par["input_prior"], need_embedding=need_embedding)
+    except InputError as error:
+        fail(f"--input_prior file '{par['input_prior']}': {error}")
 
 
 def check_genes_match(train, test):

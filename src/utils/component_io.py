@@ -41,6 +41,26 @@ def log(message: str):
     print(message, file=sys.stderr, flush=True)
 
 
+def number_argument(par: dict, name: str, default, kind=int, low=None, high=None, high_open: bool = False):
+    """`par[name]` (or `default` when unset) as `kind`, within [low, high] (or [low, high) with
+    `high_open`). Viash checks type and range already; this also covers runs from the VIASH START block
+    and ranges a config cannot state. One-line error otherwise."""
+    import math
+    from numbers import Integral, Real
+
+    value = default if par.get(name) is None else par[name]
+    is_kind = isinstance(value, Integral) if kind is int else isinstance(value, Real)
+    in_range = (is_kind and not isinstance(value, bool) and math.isfinite(value)
+                and (low is None or value >= low)
+                and (high is None or (value < high if high_open else value <= high)))
+    if not in_range:
+        what = "an integer" if kind is int else "a number"
+        bounds = [f">= {low}"] if low is not None else []
+        bounds += [f"{'<' if high_open else '<='} {high}"] if high is not None else []
+        fail(f"--{name} is {value!r}, expected {what}" + (f" {' and '.join(bounds)}" if bounds else ""))
+    return kind(value)
+
+
 def _argument_specs(meta: dict) -> dict:
     """Argument name (no dashes) -> argument mapping, from the processed config if there is one."""
     config_path = (meta or {}).get("config")

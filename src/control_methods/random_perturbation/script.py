@@ -16,24 +16,13 @@ sys.path.append(meta["resources_dir"])
 import numpy as np  # noqa: E402
 
 import baselines  # noqa: E402
-from component_io import ComponentIO, fail, log  # noqa: E402
+from component_io import ComponentIO, log, number_argument  # noqa: E402
 
+seed = number_argument(par, "seed", 0, int, low=0)
 io = ComponentIO(par, meta)
-seed = par.get("seed")
-seed = 0 if seed is None else seed
-if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-    fail(f"--seed is {seed!r}, expected a non-negative integer")
-train = io.read("input_train")
-test = io.read("input_test")
+train, test, profiles, contexts, _ = baselines.read_method_inputs(io)
 
-try:
-    baselines.check_genes_match(train, test)
-    profiles = baselines.TrainingProfiles(train)
-    contexts = baselines.test_contexts(test)
-except baselines.InputError as error:
-    fail(f"--input_train/--input_test: {error}")
-
-rng = np.random.default_rng(int(seed))
+rng = np.random.default_rng(seed)
 drawn, n_fallback = np.empty(test.n_obs, dtype=np.int64), 0
 for i, context in enumerate(contexts):
     rows, fell_back = profiles.rows_or_all(context)

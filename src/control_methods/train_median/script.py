@@ -15,18 +15,10 @@ sys.path.append(meta["resources_dir"])
 import numpy as np  # noqa: E402
 
 import baselines  # noqa: E402
-from component_io import ComponentIO, fail, log  # noqa: E402
+from component_io import ComponentIO, log  # noqa: E402
 
 io = ComponentIO(par, meta)
-train = io.read("input_train")
-test = io.read("input_test")
-
-try:
-    baselines.check_genes_match(train, test)
-    profiles = baselines.TrainingProfiles(train)
-    contexts = baselines.test_contexts(test)
-except baselines.InputError as error:
-    fail(f"--input_train/--input_test: {error}")
+train, test, profiles, contexts, _ = baselines.read_method_inputs(io)
 
 medians, n_fallback = {}, 0
 for context in sorted(set(contexts)):

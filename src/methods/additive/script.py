@@ -15,21 +15,12 @@ sys.path.append(meta["resources_dir"])
 import numpy as np  # noqa: E402
 
 import baselines  # noqa: E402
-from component_io import ComponentIO, fail, log  # noqa: E402
+from component_io import ComponentIO, log  # noqa: E402
 
 io = ComponentIO(par, meta)
-train = io.read("input_train")
-test = io.read("input_test")
+train, test, profiles, contexts, targets = baselines.read_method_inputs(io)
 if par.get("input_prior"):
     log("additive: --input_prior is ignored (the additive model uses no prior knowledge)")
-
-try:
-    baselines.check_genes_match(train, test)
-    profiles = baselines.TrainingProfiles(train)
-    contexts = baselines.test_contexts(test)
-    targets = baselines.test_targets(test)
-except baselines.InputError as error:
-    fail(f"--input_train/--input_test: {error}")
 
 # single-perturbation profiles per (context, gene): prefer the test row's perturbation type, else any type
 singles: dict = {}

@@ -17,37 +17,15 @@ sys.path.append(meta["resources_dir"])
 import numpy as np  # noqa: E402
 
 import baselines  # noqa: E402
-from component_io import ComponentIO, fail, log  # noqa: E402
+from component_io import ComponentIO, fail, log, number_argument  # noqa: E402
 
 
-def integer_argument(name, default):
-    value = par.get(name)
-    value = default if value is None else value
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        fail(f"--{name} is {value!r}, expected an integer >= 1")
-    return int(value)
-
-
-n_neighbors = integer_argument("n_neighbors", 10)
-n_components = integer_argument("n_components", 10)
+n_neighbors = number_argument(par, "n_neighbors", 10, int, low=1)
+n_components = number_argument(par, "n_components", 10, int, low=1)
 
 io = ComponentIO(par, meta)
-train = io.read("input_train")
-test = io.read("input_test")
-prior = None
-if par.get("input_prior"):
-    try:
-        prior = baselines.read_prior(par["input_prior"], need_embedding=True)
-    except baselines.InputError as error:
-        fail(f"--input_prior file '{par['input_prior']}': {error}")
-
-try:
-    baselines.check_genes_match(train, test)
-    profiles = baselines.TrainingProfiles(train)
-    contexts = baselines.test_contexts(test)
-    targets = baselines.test_targets(test)
-except baselines.InputError as error:
-    fail(f"--input_train/--input_test: {error}")
+train, test, profiles, contexts, targets = baselines.read_method_inputs(io)
+prior = baselines.read_prior_argument(par, need_embedding=True)
 
 deltas = profiles.deltas()
 context_mean = {c: deltas[profiles.rows_in(c)].mean(axis=0) for c in profiles.contexts}

@@ -35,7 +35,7 @@ import pandas as pd  # noqa: E402
 import scipy.sparse as sp  # noqa: E402
 
 import baselines  # noqa: E402
-from component_io import ComponentIO, fail, log  # noqa: E402
+from component_io import ComponentIO, fail, log, number_argument  # noqa: E402
 
 NAME = meta.get("name") or "latent_additive"
 DEFAULTS = {"max_epochs": 200, "patience": 20, "latent_dim": 64, "hidden_dim": 256, "learning_rate": 1e-3,
@@ -44,23 +44,14 @@ DEFAULTS = {"max_epochs": 200, "patience": 20, "latent_dim": 64, "hidden_dim": 2
 MIN_PERTURBATIONS_FOR_VALIDATION = 5
 
 
-def option(name):
-    value = par.get(name)
-    return DEFAULTS[name] if value is None else value
-
-
 def check_options() -> dict:
-    options = {name: option(name) for name in DEFAULTS}
-    for name in ("max_epochs", "patience", "latent_dim", "hidden_dim", "batch_size", "seed", "n_gene_features"):
-        value = options[name]
-        if isinstance(value, bool) or int(value) != value or value < (0 if name in ("seed", "n_gene_features") else 1):
-            fail(f"--{name} is {value!r}, expected a {'non-negative' if name in ('seed', 'n_gene_features') else 'positive'} integer")
-        options[name] = int(value)
-    if not float(options["learning_rate"]) > 0:
-        fail(f"--learning_rate is {options['learning_rate']!r}, expected a positive number")
+    options = {name: number_argument(par, name, default, int, low=0 if name in ("seed", "n_gene_features") else 1)
+               for name, default in DEFAULTS.items() if isinstance(default, int)}
+    options["learning_rate"] = number_argument(par, "learning_rate", DEFAULTS["learning_rate"], float, low=0.0)
+    if options["learning_rate"] == 0:
+        fail("--learning_rate is 0.0, expected a positive number")
     for name in ("embedding_dropout", "validation_share"):
-        if not 0.0 <= float(options[name]) < 1.0:
-            fail(f"--{name} is {options[name]!r}, expected a share in [0, 1)")
+        options[name] = number_argument(par, name, DEFAULTS[name], float, low=0.0, high=1.0, high_open=True)
     return options
 
 
@@ -149,14 +140,9 @@ try:
 except baselines.InputError as error:
     fail(f"--input_train/--input_test: {error}")
 
-prior = None
-if par.get("input_prior"):
-    try:
-        prior = baselines.read_prior(par["input_prior"])
-    except baselines.InputError as error:
-        fail(f"--input_prior file '{par['input_prior']}': {error}")
-    if prior.embedding is None:
-        log(f"{NAME}: the prior has no varm['gene_embedding']; it is not used")
+prior = baselines.read_prior_argument(par)
+if prior is not None and prior.embedding is None:
+    log(f"{NAME}: the prior has no varm['gene_embedding']; it is not used")
 
 X = dense(train.X)
 is_control = train.obs["is_control"].to_numpy().astype(bool)

@@ -18,39 +18,16 @@ sys.path.append(meta["resources_dir"])
 import numpy as np  # noqa: E402
 
 import baselines  # noqa: E402
-from component_io import ComponentIO, fail, log  # noqa: E402
+from component_io import ComponentIO, fail, log, number_argument  # noqa: E402
 
 
-def argument(name, default, kind, low):
-    value = par.get(name)
-    value = default if value is None else value
-    ok = isinstance(value, (int, np.integer)) if kind is int else isinstance(value, (int, float, np.number))
-    if isinstance(value, bool) or not ok or not np.isfinite(value) or value < low:
-        fail(f"--{name} is {value!r}, expected {'an integer' if kind is int else 'a number'} >= {low}")
-    return kind(value)
-
-
-n_components = argument("n_components", 10, int, 1)
-ridge_penalty = argument("ridge_penalty", 0.1, float, 0.0)
-min_context = argument("min_context_perturbations", 20, int, 2)
+n_components = number_argument(par, "n_components", 10, int, low=1)
+ridge_penalty = number_argument(par, "ridge_penalty", 0.1, float, low=0.0)
+min_context = number_argument(par, "min_context_perturbations", 20, int, low=2)
 
 io = ComponentIO(par, meta)
-train = io.read("input_train")
-test = io.read("input_test")
-prior = None
-if par.get("input_prior"):
-    try:
-        prior = baselines.read_prior(par["input_prior"], need_embedding=True)
-    except baselines.InputError as error:
-        fail(f"--input_prior file '{par['input_prior']}': {error}")
-
-try:
-    baselines.check_genes_match(train, test)
-    profiles = baselines.TrainingProfiles(train)
-    contexts = baselines.test_contexts(test)
-    targets = baselines.test_targets(test)
-except baselines.InputError as error:
-    fail(f"--input_train/--input_test: {error}")
+train, test, profiles, contexts, targets = baselines.read_method_inputs(io)
+prior = baselines.read_prior_argument(par, need_embedding=True)
 
 genes = profiles.genes
 gene_position = {g: i for i, g in enumerate(genes)}

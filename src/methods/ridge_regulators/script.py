@@ -186,11 +186,8 @@ except baselines.InputError as error:
 perturbed = sorted({t for ts in train_targets + test_targets for t in ts if t in position})
 regulator_genes = set(perturbed)
 network = None
-if par.get("input_prior"):
-    try:
-        prior = baselines.read_prior(par["input_prior"])
-    except baselines.InputError as error:
-        fail(f"--input_prior file '{par['input_prior']}': {error}")
+prior = baselines.read_prior_argument(par)
+if prior is not None:
     shared = [g for g in prior.genes if g in position]
     if not shared:
         fail(f"--input_prior file '{par['input_prior']}': none of its {len(prior.genes)} genes "
