@@ -224,7 +224,8 @@ PRELOADED_MODULES = ("numpy", "scipy.sparse", "pandas", "h5py", "anndata")
 
 def _spawner() -> Spawner:
     """This worker thread's fork server (so each step's peak memory is its own, not the engine's)."""
-    if getattr(_worker, "spawner", None) is None:
+    spawner = getattr(_worker, "spawner", None)
+    if spawner is None or spawner.process.poll() is not None:  # none yet, or it died (killed, out of memory)
         _worker.spawner = Spawner(preload=PRELOADED_MODULES)
     return _worker.spawner
 

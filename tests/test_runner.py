@@ -380,3 +380,14 @@ def test_a_preloaded_spawner_runs_scripts_as_python_would(tmp_path):
     assert "argv True beside the script True" in text
     assert "preloaded True __main__" in text
     assert "stopped with a message" in text and "ValueError: broken input" in text and "at exit ran" in text
+
+
+def test_the_engine_replaces_a_fork_server_that_died():
+    from perturbcast import engine
+
+    first = engine._spawner()
+    assert engine._spawner() is first  # one per worker thread, reused
+    first.process.kill()
+    first.process.wait()
+    second = engine._spawner()
+    assert second is not first and second.process.poll() is None
