@@ -688,7 +688,8 @@ So <b>0 = no better than the training mean</b>, <b>1 = as good as repeating the 
 scores are worse than the training mean. <code>ground_truth</code> (the observed profile itself) can exceed 1,
 because the ceiling is a replicate experiment with its own noise, not perfection. The dynamic range
 <i>r</i> − <i>b</i> is shown beside the raw values: where it is close to 0 the metric has no headroom on that
-dataset and its calibrated score is noisy (blank when it is 0). Brackets are paired bootstrap 95% intervals over
+dataset and its calibrated score is noisy; it is blank where the ceiling does not beat the baseline beyond
+resampling noise (the bootstrap interval of <i>r</i> − <i>b</i> includes 0). Brackets are paired bootstrap 95% intervals over
 test conditions; a <span class="win">win</span> or <span class="loss">loss</span> against <code>train_mean</code>
 means the interval of the difference excludes 0. All metrics exclude the perturbed target genes.</p>
 {dynamic}

@@ -1,13 +1,15 @@
 """From score files to the results tables: raw values per stratum and calibrated scores.
 
 Calibrated score (VCC 2026): `(u - b) / (r - b)` with `b` the `train_mean` control and `r` the
-`replicate_ceiling` control on the same dataset x task x seed x stratum x metric. Where the ceiling is
-not better than the baseline in the metric's direction there is no scale, and the score is left empty. 0 means no better
-than the training mean, 1 as good as a replicate experiment; `r - b` (the dynamic range) is kept so a
-metric with no headroom is visible rather than hidden in a ratio.
+`replicate_ceiling` control on the same dataset x task x seed x stratum x metric. 0 means no better than
+the training mean, 1 as good as a replicate experiment. Where the ceiling does not beat the baseline in
+the metric's direction beyond resampling noise (the paired bootstrap interval of `r - b` includes 0)
+there is no scale, and the score is left empty; `r - b` (the dynamic range) is kept so a metric with no
+headroom is visible rather than hidden in a ratio.
 """
 from __future__ import annotations
 
+import warnings
 import zlib
 from pathlib import Path
 
@@ -76,6 +78,19 @@ def _interval(samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return np.nanpercentile(samples, 2.5, axis=0), np.nanpercentile(samples, 97.5, axis=0)
 
 
+def _significant_headroom(dynamic: float, range_boot: np.ndarray, maximize: bool | None) -> bool:
+    """Whether the ceiling beats the baseline, in the metric's direction, beyond resampling noise (the
+    2.5th percentile of the resampled `r - b` is above 0). Otherwise there is no scale to calibrate on:
+    the ratio would flip sign or explode (a range of 0.001 turns a difference of 0.03 into a score of 30)."""
+    if not np.isfinite(dynamic) or abs(dynamic) <= MIN_DYNAMIC_RANGE:
+        return False
+    sign = np.sign(dynamic) if maximize is None else (1.0 if maximize else -1.0)
+    if np.sign(dynamic) != sign:
+        return False
+    with np.errstate(all="ignore"):
+        return bool(np.nanpercentile(range_boot * sign, 2.5) > 0)
+
+
 def results_table(per_condition: pd.DataFrame, n_resamples: int = 1000, seed: int = 0,
                   maximize: dict | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Raw mean per stratum and overall, calibrated score, and paired bootstrap 95% intervals.
@@ -116,12 +131,11 @@ def results_table(per_condition: pd.DataFrame, n_resamples: int = 1000, seed: in
             diff_boot = boot - boot[:, [base]]
             diff = means - baseline
             diff_low, diff_high = _interval(diff_boot)
-            direction = (maximize or {}).get(key[3])
-            # a ceiling no better than the baseline leaves no scale to calibrate on (ratio would explode or flip)
-            headroom = abs(dynamic) > MIN_DYNAMIC_RANGE and (direction is None or (dynamic > 0) == direction)
-            if ceil is not None and headroom:
+            if ceil is not None and _significant_headroom(dynamic, diff_boot[:, ceil], (maximize or {}).get(key[3])):
+                range_boot = diff_boot[:, [ceil]]
                 with np.errstate(all="ignore"):
-                    score_boot = diff_boot / (boot[:, [ceil]] - boot[:, [base]])
+                    # a resample whose ceiling falls to or below its baseline has no scale: left out, not +-inf
+                    score_boot = np.where(range_boot * np.sign(dynamic) > MIN_DYNAMIC_RANGE, diff_boot / range_boot, np.nan)
                 score = diff / dynamic
                 score_low, score_high = _interval(score_boot)
                 if key[-1] == ALL_STRATA:
@@ -153,7 +167,8 @@ def _summary(results: pd.DataFrame, score_samples: dict) -> pd.DataFrame:
         samples = score_samples.get(method)
         low = high = np.nan
         if samples:
-            with np.errstate(all="ignore"):
+            with warnings.catch_warnings():  # a resample with no calibrated value anywhere has no mean: NaN
+                warnings.simplefilter("ignore", RuntimeWarning)
                 mean_samples = np.nanmean(np.vstack(samples), axis=0)
             low, high = np.nanpercentile(mean_samples, [2.5, 97.5]) if np.isfinite(mean_samples).any() else (np.nan, np.nan)
         outcomes = group["outcome"].value_counts()

@@ -95,3 +95,30 @@ def test_no_calibrated_score_when_the_ceiling_is_not_better_than_the_baseline():
     results, _ = scoring.results_table(per_condition, n_resamples=20, maximize={"pearson_delta": True})
     assert results["score"].isna().all()
     assert results.set_index("method_id").loc["m"].iloc[0]["outcome"] == "win"  # the raw comparison stays
+
+
+def test_no_calibrated_score_where_the_ceiling_is_not_clearly_above_the_baseline():
+    """The ceiling beats train_mean by 0.01 on average but not on every resample: a ratio over that range
+    would turn m's difference of 0.2 into a score of about 20 and its resamples into +-inf."""
+    ceiling = np.array([0.9, 0.1, 0.52, 0.5])
+    per_condition = table({"train_mean": [0.5, 0.5, 0.5, 0.5], "replicate_ceiling": ceiling,
+                           "m": [0.7, 0.7, 0.7, 0.7]})
+    results, summary = scoring.results_table(per_condition, n_resamples=400, maximize={"pearson_delta": True})
+    overall = results[results.stratum == "all"].set_index("method_id")
+    assert overall.loc["m", "dynamic_range"] == pytest.approx(ceiling.mean() - 0.5)
+    assert overall.loc["m", "outcome"] == "win"  # the raw comparison with train_mean stands
+    assert overall[["score", "score_low", "score_high"]].isna().all().all()
+    assert summary.set_index("method_id")["n_scores"].eq(0).all()
+
+
+def test_calibrated_intervals_stay_finite_when_some_resamples_lose_the_headroom():
+    rng = np.random.default_rng(5)
+    base = rng.normal(0.3, 0.05, 30)
+    ceiling = base + np.r_[np.full(27, 0.4), np.full(3, -1.5)]  # 3 conditions where the replicate fails badly
+    per_condition = table({"train_mean": base, "replicate_ceiling": ceiling, "m": base + 0.1})
+    results, summary = scoring.results_table(per_condition, n_resamples=2000, maximize={"pearson_delta": True})
+    row = results[(results.stratum == "all") & (results.method_id == "m")].iloc[0]
+    assert np.isfinite([row.score, row.score_low, row.score_high]).all()
+    assert row.score_low < row.score < row.score_high < 10
+    m = summary.set_index("method_id").loc["m"]
+    assert np.isfinite([m.calibrated_low, m.calibrated_high]).all()
