@@ -2,8 +2,10 @@
 linear_baseline, knn_perturbation): replicate-averaged training profiles per context, control means,
 target parsing, gene embeddings, the prior-knowledge file and the prediction file.
 
-Included as a viash resource; needs only numpy, pandas, scipy and anndata.
+Included as a viash resource; needs numpy, pandas, scipy and anndata, and component_io for the readers.
 
+    train, test, profiles, contexts, targets = read_method_inputs(io)   # checked; one-line error otherwise
+    prior = read_prior_argument(par)              # None unless --input_prior was given
     profiles = TrainingProfiles(train)            # one row per training perturbation x context x type
     rows = profiles.rows_in(context)              # that context's conditions (may be empty)
     control = profiles.control_of(context)        # its mean control profile
