@@ -13,9 +13,9 @@
  * | stage   | perturbcast/engine.py (Step.stage) | main.nf process | component type(s)       | published to (publish_dir/...)
  * |---------|------------------------------------|-----------------|-------------------------|------------------------------------------------------------
  * | dataset | "dataset"  one per dataset id      | LOADER          | dataset_loader          | datasets/<dataset>/dataset.h5ad
- * | split   | "split"    dataset x task x seed   | SPLIT           | task                    | tasks/<dataset>/<task>/seed_<s>/{train,test,solution}.h5ad
- * | predict | "predict"  split x method          | PREDICT         | control_method, method  | predictions/<dataset>/<task>/seed_<s>/<method>/prediction.h5ad
- * | score   | "score"    prediction x metric     | SCORE           | metric                  | scores/<dataset>/<task>/seed_<s>/<method>/<metric>/score.h5ad
+ * | split   | "split"    dataset x task x seed x fold | SPLIT      | task                    | tasks/<dataset>/<task>/seed_<s>/fold_<f>/{train,test,solution}.h5ad
+ * | predict | "predict"  split x method          | PREDICT         | control_method, method  | predictions/<dataset>/<task>/seed_<s>/fold_<f>/<method>/prediction.h5ad
+ * | score   | "score"    prediction x metric     | SCORE           | metric                  | scores/<dataset>/<task>/seed_<s>/fold_<f>/<method>/<metric>/score.h5ad
  * | results | aggregate_results (engine_cli.py)  | AGGREGATE       | - (perturbcast tooling) | results.parquet, leaderboard.txt, ... (perturbcast aggregate)
  *
  * | rule                       | engine.py                                     | main.nf
@@ -187,7 +187,7 @@ workflow {
           tasks      ${plan.tasks*.name.join(', ') ?: '-'}
           methods    ${plan.predictors*.name.join(', ') ?: '-'}
           metrics    ${plan.metrics*.name.join(', ') ?: '-'}
-          seeds      ${plan.seeds.join(', ')}
+          seeds      ${plan.seeds.join(', ')} (folds ${plan.folds.join(', ')} of ${plan.n_folds} each)
           steps      ${planned.steps.size()} planned, ${planned.not_applicable.size()} not applicable by declaration
           results    ${params.publish_dir}
         """.stripIndent()
@@ -200,18 +200,20 @@ workflow {
     def project_files = Channel.value([file("${projectDir}/_viash.yaml"), file("${projectDir}/perturbcast")])
     def shared_src = Channel.value([file("${projectDir}/src/api"), file("${projectDir}/src/utils")])
     def datasets = params.dry_run ? [] : plan.datasets
-    def task_seeds = plan.tasks.collectMany { task -> plan.seeds.collect { seed -> [task, seed] } }
+    def task_seeds = plan.tasks.collectMany { task ->
+        plan.seeds.collectMany { seed -> foldsOf(plan, task).collect { fold -> [task, seed, fold] } } }
 
     // dataset: one task per selected dataset id
     LOADER(
         Channel.fromList(datasets.collect { dataset -> [datasetMeta(dataset), dataset.loader, file(dataset.loader.path)] }),
         project_files, shared_src)
 
-    // split: dataset x task x seed
+    // split: dataset x task x seed x fold (every fold of each partition)
     SPLIT(
         LOADER.out.dataset
             .combine(Channel.fromList(task_seeds))
-            .map { dataset_meta, dataset, task, seed -> [splitMeta(dataset_meta, task, seed), task, file(task.path), dataset] },
+            .map { dataset_meta, dataset, task, seed, fold ->
+                [splitMeta(dataset_meta, task, seed, fold, plan.n_folds), task, file(task.path), dataset] },
         project_files, shared_src)
 
     // predict: split x (control) method, where the method supports the task
@@ -401,6 +403,21 @@ List<Integer> parseSeeds(value) {
     return seeds ? seeds : [0]
 }
 
+// folds of a partition: the ones given (default all of 0 .. n_folds - 1); a task without --fold runs once
+List foldsOf(Map plan, Map task) {
+    return takesArgument(task, 'fold') ? plan.folds : [null]
+}
+
+List<Integer> parseFolds(value, int nFolds) {
+    def items = value == null || value instanceof Boolean ? [] : (value instanceof Collection ? value : value.toString().split(','))
+    def folds = items.collect { it.toString().trim() }.findAll { it }.collect { it as Integer }
+    def wrong = folds.findAll { it < 0 || it >= nFolds }
+    if (nFolds < 2 || wrong) {
+        throw new IllegalArgumentException("--n_folds ${nFolds} and --folds ${folds}: expected n_folds >= 2 and folds between 0 and ${nFolds - 1}")
+    }
+    return folds ? folds : (0..<nFolds).toList()
+}
+
 // include (null = all) minus exclude; an unknown name in either list is an error
 List<Map> chooseComponents(List<Map> available, include, exclude, String kind) {
     def known = available.collect { it.name }
@@ -464,6 +481,8 @@ Map planBenchmark(File root, Map p) {
         predictors  : chooseComponents(ofType('control_method') + ofType('method'), p.methods, p.exclude_methods, 'method'),
         metrics     : chooseComponents(ofType('metric'), p.metrics, p.exclude_metrics, 'metric'),
         seeds       : parseSeeds(p.seeds),
+        n_folds     : (p.n_folds ?: 5) as Integer,
+        folds       : parseFolds(p.folds, (p.n_folds ?: 5) as Integer),
     ]
 }
 
@@ -475,16 +494,16 @@ Map datasetMeta(Map dataset) {
             arguments: dataset.arguments, dir: "datasets/${key}".toString()]
 }
 
-Map splitMeta(Map datasetMeta, Map task, seed) {
-    def key = "${datasetMeta.dataset_id}/${task.name}/seed_${seed}".toString()
+Map splitMeta(Map datasetMeta, Map task, seed, fold = null, nFolds = null) {
+    def key = "${datasetMeta.dataset_id}/${task.name}/seed_${seed}".toString() + (fold == null ? '' : "/fold_${fold}")
     return [id: "split/${key}".toString(), stage: 'split', key: key, dataset_id: datasetMeta.dataset_id,
-            task_id: task.name, seed: seed as Integer, dir: "tasks/${key}".toString()]
+            task_id: task.name, seed: seed as Integer, fold: fold, n_folds: nFolds, dir: "tasks/${key}".toString()]
 }
 
 Map predictMeta(Map splitMeta, Map method) {
     def key = "${splitMeta.key}/${method.name}".toString()
     return [id: "predict/${key}".toString(), stage: 'predict', key: key, split_id: splitMeta.id,
-            dataset_id: splitMeta.dataset_id, task_id: splitMeta.task_id, seed: splitMeta.seed,
+            dataset_id: splitMeta.dataset_id, task_id: splitMeta.task_id, seed: splitMeta.seed, fold: splitMeta.fold,
             method_id: method.name, method_type: method.type, dir: "predictions/${key}".toString()]
 }
 
@@ -492,7 +511,7 @@ Map scoreMeta(Map predictMeta, Map metric) {
     def key = "${predictMeta.key}/${metric.name}".toString()
     return [id: "score/${key}".toString(), stage: 'score', key: key, split_id: predictMeta.split_id,
             dataset_id: predictMeta.dataset_id, task_id: predictMeta.task_id, seed: predictMeta.seed,
-            method_id: predictMeta.method_id, method_type: predictMeta.method_type,
+            fold: predictMeta.fold, method_id: predictMeta.method_id, method_type: predictMeta.method_type,
             metric_component: metric.name, dir: "scores/${key}".toString()]
 }
 
@@ -506,8 +525,8 @@ Map plannedSteps(Map plan) {
         def datasetStep = datasetMeta(dataset)
         steps << [id: datasetStep.id, meta: datasetStep, component: dataset.loader]
         plan.tasks.each { Map task ->
-            plan.seeds.each { seed ->
-                def splitStep = splitMeta(datasetStep, task, seed)
+            plan.seeds.collectMany { seed -> foldsOf(plan, task).collect { fold -> [seed, fold] } }.each { seed, fold ->
+                def splitStep = splitMeta(datasetStep, task, seed, fold, plan.n_folds)
                 steps << [id: splitStep.id, meta: splitStep, component: task]
                 plan.predictors.each { Map method ->
                     def predictStep = predictMeta(splitStep, method)
@@ -539,7 +558,7 @@ Map splitArguments(Map meta) {
             output_train   : "${meta.dir}/train.h5ad".toString(),
             output_test    : "${meta.dir}/test.h5ad".toString(),
             output_solution: "${meta.dir}/solution.h5ad".toString(),
-            seed           : meta.seed]
+            seed           : meta.seed] + (meta.fold == null ? [:] : [n_folds: meta.n_folds, fold: meta.fold])
 }
 
 Map predictArguments(Map meta, Map method) {

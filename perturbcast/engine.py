@@ -2,9 +2,12 @@
 
 Stages (each a component type, discovered under `src/`):
   dataset  loader           -> datasets/<dataset>/dataset.h5ad
-  split    task x seed      -> tasks/<dataset>/<task>/seed_<s>/{train,test,solution}.h5ad
-  predict  method/control   -> predictions/<dataset>/<task>/seed_<s>/<method>/prediction.h5ad
-  score    metric           -> scores/<dataset>/<task>/seed_<s>/<method>/<metric>/score.h5ad
+  split    task x seed x fold -> tasks/<dataset>/<task>/seed_<s>/fold_<f>/{train,test,solution}.h5ad
+  predict  method/control     -> predictions/<dataset>/<task>/seed_<s>/fold_<f>/<method>/prediction.h5ad
+  score    metric             -> scores/<dataset>/<task>/seed_<s>/fold_<f>/<method>/<metric>/score.h5ad
+
+A seed is one K-fold partition of the held-out units; every fold of it is run, so the folds together test
+every eligible perturbation once.
 
 Every step runs through the viash-compatible runner in its own process; every split is checked
 for leakage (perturbcast.leakage) before methods see it. A finished step leaves
@@ -78,6 +81,11 @@ class Selection:
     methods: list[str] | None = None
     metrics: list[str] | None = None
     seeds: list[int] = field(default_factory=lambda: [0])
+    n_folds: int = 5
+    folds: list[int] | None = None   # None: every fold of each partition
+
+    def fold_list(self) -> list[int]:
+        return list(range(self.n_folds)) if self.folds is None else list(self.folds)
 
 
 def _file_digest(path: Path) -> str:
@@ -153,16 +161,21 @@ def plan(package_root: Path, output_dir: Path, selection: Selection) -> tuple[li
             labels={"dataset_id": dataset_id})
         steps.append(dataset_step)
         for task in tasks:
-            for seed in selection.seeds:
-                split = f"{dataset_id}/{task.name}/seed_{seed}"
+            # tasks that partition take --n_folds/--fold; one without them is run once per seed
+            folds = selection.fold_list() if task.argument("fold") else [None]
+            for seed, fold in ((seed, fold) for seed in selection.seeds for fold in folds):
+                split = f"{dataset_id}/{task.name}/seed_{seed}" + (f"/fold_{fold}" if fold is not None else "")
                 split_dir = output_dir / "tasks" / split
+                split_arguments = {"seed": seed} if fold is None else {"seed": seed, "n_folds": selection.n_folds,
+                                                                        "fold": fold}
+                split_labels = {"dataset_id": dataset_id, "task_id": task.name, "seed": seed,
+                                **({"fold": fold} if fold is not None else {})}
                 split_step = Step(
                     id=f"split/{split}", stage="split", component=task, directory=split_dir,
                     inputs={"input": dataset_step.outputs["output"]},
                     outputs={"output_train": split_dir / "train.h5ad", "output_test": split_dir / "test.h5ad",
                              "output_solution": split_dir / "solution.h5ad"},
-                    arguments={"seed": seed}, depends=[dataset_step.id],
-                    labels={"dataset_id": dataset_id, "task_id": task.name, "seed": seed})
+                    arguments=split_arguments, depends=[dataset_step.id], labels=split_labels)
                 steps.append(split_step)
                 for method in predictors:
                     labels = {**split_step.labels, "method_id": method.name, "method_type": method.component_type}

@@ -27,7 +27,15 @@ def add_commands(commands):
         bench.add_argument(f"--{kind}", nargs="+", metavar="ID",
                            help=f"only these {kind} (space or comma separated); default: all" +
                                 (" defaults" if kind == "datasets" else ""))
-    bench.add_argument("--seeds", nargs="+", type=int, default=[0], help="split seeds (default: 0)")
+    bench.add_argument("--seeds", nargs="+", type=int, default=[0],
+                       help="partition seeds: each seed is one K-fold partition of the held-out units, and every "
+                            "fold of it is run (default: 0)")
+    bench.add_argument("--n-folds", type=int, default=5,
+                       help="folds per partition; across them every eligible perturbation is tested once "
+                            "(default: %(default)s)")
+    bench.add_argument("--folds", nargs="+", type=int, metavar="F",
+                       help="run only these folds (0-based) of each partition, e.g. for a quick look; results then "
+                            "cover only part of each dataset (default: all)")
     bench.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
                        help="steps run at once (default: number of CPUs, %(default)s)")
     bench.add_argument("--dry-run", action="store_true", help="list the jobs (component, inputs, outputs) and stop")
@@ -60,12 +68,15 @@ def aggregate_results(root: Path, output: Path, only: set | None = None, n_resam
     per_condition = scoring.per_condition_table(output, method_types, only)
     results, summary = scoring.results_table(per_condition, n_resamples=n_resamples, maximize=maximize)
     scoring.write_results(per_condition, results, summary, output)
-    paths = [path for _, path in scoring.score_files(output) if only is None or path.resolve() in only]
+    paths = [path for path in scoring.score_files(output) if only is None or path.resolve() in only]
     write_openproblems_files(root, output, components, paths)
     text = scoring.format_leaderboard(scoring.leaderboard(results, summary))
     (output / "leaderboard.txt").write_text(text + "\n")
-    return ("\nLeaderboard: calibrated score (0 = train_mean, 1 = replicate_ceiling) averaged over datasets x tasks x "
-            "metrics with its bootstrap 95% interval; wins/ties/losses against train_mean; raw metric means\n" + text)
+    panel = ", ".join(scoring.HEADLINE_PANEL)
+    return ("\nLeaderboard. headline: mean calibrated score (0 = train_mean, 1 = replicate_ceiling; each clamped to "
+            f"[-1, 1]) over the panel {panel}, averaged over folds pooled per partition, partitions and datasets x "
+            "tasks, with its paired bootstrap 95% interval. vs train_mean: wins/ties/losses on the panel metrics "
+            "(bootstrap tests, Holm-corrected at 0.05). Then the panel's raw means.\n" + text)
 
 
 def aggregate(args) -> int:
@@ -87,9 +98,14 @@ def benchmark(args) -> int:
     if root is None:
         print(f"[error] no _viash.yaml at or above '{args.project}': run from the perturbcast project", file=sys.stderr)
         return 1
+    if args.n_folds < 2 or any(not 0 <= f < args.n_folds for f in args.folds or []):
+        print(f"[error] --n-folds is {args.n_folds} and --folds {args.folds}: expected --n-folds >= 2 and folds "
+              f"between 0 and {args.n_folds - 1}", file=sys.stderr)
+        return 2
     output = Path(args.output).resolve()
     selection = engine.Selection(datasets=_names(args.datasets), tasks=_names(args.tasks),
-                                 methods=_names(args.methods), metrics=_names(args.metrics), seeds=args.seeds)
+                                 methods=_names(args.methods), metrics=_names(args.metrics), seeds=args.seeds,
+                                 n_folds=args.n_folds, folds=args.folds)
     try:
         steps, declared = engine.plan(root, output, selection)
     except ValueError as error:

@@ -12,6 +12,7 @@ import numpy as np
 import yaml
 
 from .config import ComponentConfig, load_package_config
+from .scoring import score_labels
 
 
 def _plain(value):
@@ -54,6 +55,7 @@ def write_openproblems_files(root: Path, output: Path, components: list[Componen
     scores = []
     for path in score_paths:
         uns = ad.read_h5ad(path, backed="r").uns
+        labels = score_labels(Path(path), uns)
         scores.append({key: uns[key] for key in ("dataset_id", "task_id", "method_id", "metric_ids", "metric_values")
-                       if key in uns} | {"split_seed": int(Path(path).parts[-4].removeprefix("seed_"))})
+                       if key in uns} | {"split_seed": labels["seed"], "fold": labels["fold"]})
     _write(output / "score_uns.yaml", scores)

@@ -335,7 +335,8 @@ def embed(perturbation, position, embedding):
 
 
 def reference_linear(train, test, K=10, lam=0.1, prior=None):
-    """The Ahlmann-Eltze model re-derived independently: numpy SVD for the gene PCA, and W from an
+    """The Ahlmann-Eltze model re-derived independently: numpy SVD for the gene PCA (of the expression
+    pseudobulk including the control, as their code does), and W from an
     iterative least-squares solve (lsqr) of ||Y - GWP||^2 + lam||GW||^2 + lam||WP||^2 + lam^2||W||^2,
     the objective whose normal equations (G'G + lam I) W (PP' + lam I) = G'YP' the closed form solves."""
     X = np.asarray(train.X, dtype=np.float64)
@@ -346,7 +347,9 @@ def reference_linear(train, test, K=10, lam=0.1, prior=None):
     Y = (pseudobulk - baseline).T                                    # genes x conditions
     b = Y.mean(axis=1)
     Y = Y - b[:, None]
-    U, S, _ = np.linalg.svd(Y - Y.mean(axis=0), full_matrices=False)  # PCA: genes are the observations
+    # the authors' gene PCA: the training pseudobulk expression with the control column, genes as observations
+    expression = np.vstack([pseudobulk, baseline]).T
+    U, S, _ = np.linalg.svd(expression - expression.mean(axis=0), full_matrices=False)
     G = U[:, :K] * S[:K]
     if prior is None:
         position, embedding = {g: j for j, g in enumerate(train.var_names)}, G
@@ -416,6 +419,18 @@ def test_linear_baseline_with_prior_matches_iterative_least_squares(small):
     # G21 is not in the prior (only even genes are): training mean
     row = list(test.obs["perturbation"]).index("G21")
     np.testing.assert_allclose(predicted[row], train_mean_prediction(train, test)[row], atol=1e-5)
+
+
+def test_additive_is_not_applicable_without_combinations(small, tmp_path):
+    """On single perturbations only, the additive model is train_mean under another name: exit 99."""
+    out, _, test, _, _ = small
+    singles = test[test.obs["n_targets"].astype(int) == 1].copy()
+    singles.write_h5ad(tmp_path / "test.h5ad")
+    code, err = run("src/methods/additive", {"input_train": out / "train.h5ad", "input_test": tmp_path / "test.h5ad",
+                                             "output": tmp_path / "additive.h5ad"}, tmp_path / "additive.log")
+    assert code == 99, err
+    assert f"none of the {singles.n_obs} test conditions is a combination" in err
+    assert not (tmp_path / "additive.h5ad").exists()
 
 
 def test_additive_on_seen_and_unseen_singles(small):

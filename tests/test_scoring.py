@@ -122,3 +122,77 @@ def test_calibrated_intervals_stay_finite_when_some_resamples_lose_the_headroom(
     assert row.score_low < row.score < row.score_high < 10
     m = summary.set_index("method_id").loc["m"]
     assert np.isfinite([m.calibrated_low, m.calibrated_high]).all()
+
+
+def test_holm_adjusts_step_down_and_keeps_order():
+    # hand-computed: sorted p 0.01, 0.02, 0.04 with m = 3 -> 0.03, 0.04, 0.04 (monotone), NaN is no test
+    adjusted = scoring.holm([0.04, 0.01, np.nan, 0.02])
+    assert adjusted[1] == pytest.approx(0.03)
+    assert adjusted[3] == pytest.approx(0.04)
+    assert adjusted[0] == pytest.approx(0.04)
+    assert np.isnan(adjusted[2])
+    assert scoring.holm([0.5, 0.9]).tolist() == [1.0, 1.0]
+
+
+def test_a_difference_significant_alone_becomes_a_tie_among_many_tests():
+    """One noisy small gain among several metrics: unadjusted it would be a win; Holm makes it a tie."""
+    rng = np.random.default_rng(0)
+    base = rng.normal(0.3, 0.2, 25)
+    frames = []
+    for metric in scoring.HEADLINE_PANEL:
+        frames.append(table({"train_mean": base, "replicate_ceiling": base + 1.0,
+                             "m": base + rng.normal(0.09, 0.2, 25)}, metric=metric))
+    per_condition = pd.concat(frames)
+    results, summary = scoring.results_table(per_condition, n_resamples=2000,
+                                             maximize={m: True for m in scoring.HEADLINE_PANEL})
+    m = results[(results.method_id == "m") & (results.stratum == "all")]
+    assert (m["p_holm"] >= m["p_value"]).all()
+    raw_wins = int(((m["p_value"] < 0.05) & (m["diff_from_baseline"] > 0)).sum())
+    holm_wins = int((m["outcome"] == "win").sum())
+    assert holm_wins <= raw_wins
+    row = summary.set_index("method_id").loc["m"]
+    assert row.wins + row.ties + row.losses == len(scoring.HEADLINE_PANEL)
+
+
+def test_headline_clamps_each_calibrated_score_and_ignores_metrics_outside_the_panel():
+    per_condition = pd.concat([
+        # a calibrated score of 5 (tiny dynamic range) is clamped to 1; -3 to -1
+        table({"train_mean": [0.50, 0.50], "replicate_ceiling": [0.60, 0.60], "m": [1.00, 1.00]}, metric="pearson_delta"),
+        table({"train_mean": [4.0, 4.0], "replicate_ceiling": [3.0, 3.0], "m": [7.0, 7.0]}, metric="mse_delta"),
+        # not in the panel: a huge score that must not move the headline
+        table({"train_mean": [0.0, 0.0], "replicate_ceiling": [0.01, 0.01], "m": [1.0, 1.0]}, metric="cosine_delta"),
+    ])
+    results, summary = scoring.results_table(per_condition, n_resamples=100,
+                                             maximize={"pearson_delta": True, "mse_delta": False, "cosine_delta": True})
+    overall = results[results.stratum == "all"].set_index(["method_id", "metric_id"])
+    assert overall.loc[("m", "pearson_delta"), "score"] == pytest.approx(5.0)
+    assert overall.loc[("m", "mse_delta"), "score"] == pytest.approx(-3.0)
+    assert overall.loc[("m", "cosine_delta"), "score"] == pytest.approx(100.0)
+    row = summary.set_index("method_id").loc["m"]
+    assert row.calibrated == pytest.approx(0.0)  # (1 + -1) / 2
+    by_slice = summary.attrs["by_slice"].set_index("method_id")
+    assert by_slice.loc["m", "headline"] == pytest.approx(0.0)
+    assert by_slice.loc["m", "n_panel_metrics"] == 2
+    assert summary.set_index("method_id").loc["replicate_ceiling", "calibrated"] == pytest.approx(1.0)
+
+
+def test_folds_of_a_partition_are_pooled_and_partitions_are_averaged():
+    def fold_table(seed, fold, conditions, values):
+        frame = table(values)
+        frame["condition"] = [conditions[i % len(conditions)] for i in range(len(frame))]
+        frame["seed"], frame["fold"] = seed, fold
+        return frame
+    per_condition = pd.concat([
+        fold_table(0, 0, ["a", "b"], {"train_mean": [0.0, 0.0], "replicate_ceiling": [1.0, 1.0], "m": [0.2, 0.2]}),
+        fold_table(0, 1, ["c", "d"], {"train_mean": [0.0, 0.0], "replicate_ceiling": [1.0, 1.0], "m": [0.6, 0.6]}),
+        fold_table(1, 0, ["a", "c"], {"train_mean": [0.0, 0.0], "replicate_ceiling": [1.0, 1.0], "m": [0.0, 0.0]}),
+        fold_table(1, 1, ["b", "d"], {"train_mean": [0.0, 0.0], "replicate_ceiling": [1.0, 1.0], "m": [0.0, 0.0]}),
+    ])
+    results, summary = scoring.results_table(per_condition, n_resamples=100, maximize={"pearson_delta": True})
+    seed0 = results[(results.stratum == "all") & (results.method_id == "m") & (results.seed == 0)].iloc[0]
+    assert seed0.n_conditions == 4 and seed0.value == pytest.approx(0.4)
+    slice_row = summary.attrs["by_slice"].set_index("method_id").loc["m"]
+    assert slice_row.n_partitions == 2
+    assert slice_row.headline == pytest.approx(0.2)  # (0.4 + 0.0) / 2
+    assert (slice_row.partition_min, slice_row.partition_max) == (pytest.approx(0.0), pytest.approx(0.4))
+    assert summary.set_index("method_id").loc["m", "partition_spread"] == pytest.approx(0.4)

@@ -15,10 +15,14 @@ sys.path.append(meta["resources_dir"])
 import numpy as np  # noqa: E402
 
 import baselines  # noqa: E402
-from component_io import ComponentIO, log  # noqa: E402
+from component_io import ComponentIO, log, not_applicable  # noqa: E402
 
 io = ComponentIO(par, meta)
 train, test, profiles, contexts, targets = baselines.read_method_inputs(io)
+if not any(len(t) >= 2 for t in targets):
+    # a held-out single has no observed single to add: the model would be train_mean under another name
+    not_applicable(f"none of the {test.n_obs} test conditions is a combination; on single perturbations the "
+                   f"additive model is the training mean (see train_mean)")
 if par.get("input_prior"):
     log("additive: --input_prior is ignored (the additive model uses no prior knowledge)")
 

@@ -54,7 +54,11 @@ class Model:
     def __init__(self, rows, label):
         # Y: genes x conditions, each condition's delta minus the mean delta of its own context (b).
         Y = (deltas[rows] - np.vstack([context_mean[c] for c in profiles.obs["context"].iloc[rows]])).T
-        self.G = baselines.gene_pca(Y, n_components)
+        # G as the authors compute it: PCA of the training pseudobulk *expression* (genes x conditions, the
+        # control profile of each context included as a column), each column centred over the genes
+        model_contexts = sorted(set(profiles.obs["context"].iloc[rows]))
+        expression = np.vstack([profiles.X[rows]] + [profiles.control_of(c)[None, :] for c in model_contexts]).T
+        self.G = baselines.gene_pca(expression, n_components)
         if prior is None:
             self.embedding, self.position = self.G, gene_position
         else:
