@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from .scoring import ALL_STRATA, BASELINE_METHOD
+from .scoring import ALL_STRATA, BASELINE_METHOD, FAMILY_ALPHA, HEADLINE_CLAMP, HEADLINE_PANEL
 
 REPORT_NAME = "report.html"
 # Calibrated scores beyond this range are drawn at the edge as triangles (the value is in the label/hover):
@@ -76,6 +76,7 @@ class Inputs:
         self.dir = Path(results_dir)
         self.results = _read_parquet(self.dir / "results.parquet")
         self.summary = _read_parquet(self.dir / "summary.parquet")
+        self.headline = _read_parquet(self.dir / "headline.parquet")
         self.trace = _read_trace(self.dir / "trace.tsv")
         self.task_info = _read_yaml(self.dir / "task_info.yaml", {}) or {}
         self.datasets = [d for d in _read_yaml(self.dir / "dataset_uns.yaml", []) or [] if isinstance(d, dict)]
@@ -121,6 +122,24 @@ class Inputs:
         if not self.results.empty:
             order += sorted(set(self.results["method_id"]) - set(order))
         return order
+
+    def results_folds(self) -> int:
+        """Folds per partition in these results (0 when the results carry no fold labels)."""
+        per_condition = self.dir / "results_per_condition.parquet"
+        if not per_condition.exists():
+            return 0
+        try:
+            folds = pd.read_parquet(per_condition, columns=["fold"])["fold"]
+        except (OSError, ValueError, KeyError, ImportError):
+            return 0
+        return int(folds.nunique()) if len(folds) else 0
+
+    def replicate_kind(self, dataset_id: str) -> str:
+        for uns in self.datasets:
+            if uns.get("dataset_id") == dataset_id:
+                return str(uns.get("replicate_kind") or (uns.get("dataset_report") or {}).get("replicate_kind")
+                           or "random_half")
+        return "unknown"
 
     def metric_order(self) -> list[str]:
         present = list(dict.fromkeys(self.results["metric_id"])) if not self.results.empty else []
@@ -400,20 +419,22 @@ def leaderboard_figure(inputs: Inputs) -> dict | None:
 
 
 def heatmap_figure(inputs: Inputs, by_stratum: bool = False) -> dict | None:
-    """Mean calibrated score over metrics (and seeds): methods x dataset/task, or methods x task/stratum
-    (then also over datasets)."""
+    """Mean over the headline panel of the clamped calibrated scores (and partitions): methods x dataset/task,
+    or methods x task/stratum (then also over datasets)."""
     results = inputs.results
     if results.empty:
         return None
     rows = results[results["stratum"] != ALL_STRATA] if by_stratum else results[results["stratum"] == ALL_STRATA]
+    rows = rows[rows["metric_id"].isin(HEADLINE_PANEL)].copy()
     if rows.empty or rows["score"].notna().sum() == 0:
         return None
+    rows["score"] = rows["score"].clip(-HEADLINE_CLAMP, HEADLINE_CLAMP)
     keys = ["task_id", "stratum"] if by_stratum else ["dataset_id", "task_id"]
     table = rows.groupby(["method_id", *keys])["score"].agg(["mean", "count"])
     columns = sorted({key[1:] for key in table.index})
     names = ["<br>".join(column) for column in columns]
     order = inputs.method_order()
-    what = "metrics x datasets x seeds" if by_stratum else "metrics x seeds"
+    what = "panel metrics x datasets x partitions" if by_stratum else "panel metrics x partitions"
     z, text, hover = [], [], []
     for method in order:
         z_row, text_row, hover_row = [], [], []
@@ -636,7 +657,8 @@ def section_header(inputs: Inputs) -> str:
                   f"<b>{results['dataset_id'].nunique()}</b> dataset{'s' if results['dataset_id'].nunique() != 1 else ''}",
                   f"<b>{results['task_id'].nunique()}</b> task{'s' if results['task_id'].nunique() != 1 else ''}",
                   f"<b>{results['metric_id'].nunique()}</b> metrics",
-                  f"<b>{results['seed'].nunique()}</b> split seed{'s' if results['seed'].nunique() != 1 else ''}"]
+                  f"<b>{results['seed'].nunique()}</b> partition{'s' if results['seed'].nunique() != 1 else ''}"
+                  + (f" × <b>{inputs.results_folds()}</b> folds" if inputs.results_folds() else "")]
     if not trace.empty and "status" in trace:
         counts = trace["status"].value_counts()
         steps = f"<b>{len(trace)}</b> steps: {counts.get('ok', 0)} ok"
@@ -653,7 +675,7 @@ def section_header(inputs: Inputs) -> str:
             best = methods.iloc[0]
             beat = int((methods["calibrated_low"] > 0).sum())
             headline = (f'<p class="headline">Best method: <b>{esc(inputs.method_label(best["method_id"]))}</b> '
-                        f'<span class="id">{esc(best["method_id"])}</span> with a calibrated score of '
+                        f'<span class="id">{esc(best["method_id"])}</span> with a headline score of '
                         f'<b>{fmt(best["calibrated"], 2)}</b> [{fmt(best["calibrated_low"], 2)}, '
                         f'{fmt(best["calibrated_high"], 2)}]. {beat} of {len(methods)} methods beat the training '
                         f'mean on average (interval above 0).</p>')
@@ -677,21 +699,37 @@ def section_calibration(inputs: Inputs) -> str:
             dynamic = (f"<details><summary>Dynamic range r − b of every metric (all strata)</summary>"
                        f"<div class='scroll'><table class='data'><thead><tr><th>metric</th>{head}</tr></thead>"
                        f"<tbody>{body}</tbody></table></div></details>")
+    kinds = sorted({f"{esc(d)}: {esc(inputs.replicate_kind(d))}" for d in
+                    (inputs.results["dataset_id"].unique() if not inputs.results.empty else [])})
+    panel = ", ".join(f"<code>{esc(m)}</code>" for m in HEADLINE_PANEL)
     return f"""
 <section id="calibration" class="callout">
 <h2>How to read the scores</h2>
-<p>Every raw metric value <i>u</i> is calibrated per dataset × task × split seed × stratum × metric as
+<p><b>Folds.</b> Each task splits a dataset into K folds of held-out perturbations (a <i>partition</i>; its
+seed reshuffles it): every fold trains on the rest, and across the folds every eligible perturbation is tested
+exactly once. Results pool the folds, so a dataset's <i>n</i> is all its eligible perturbations, not one small
+test set; several partitions (seeds) are averaged and their spread is shown.</p>
+<p><b>Calibration.</b> Every raw metric value <i>u</i> is calibrated per dataset × task × partition × stratum × metric as
 <b>(<i>u</i> − <i>b</i>) / (<i>r</i> − <i>b</i>)</b>, where <i>b</i> is the value of the
 <code>train_mean</code> baseline (predict the mean training perturbation) and <i>r</i> that of the
-<code>replicate_ceiling</code> control (predict each held-out condition by an independent half of its own cells).
-So <b>0 = no better than the training mean</b>, <b>1 = as good as repeating the experiment</b>, and negative
-scores are worse than the training mean. <code>ground_truth</code> (the observed profile itself) can exceed 1,
-because the ceiling is a replicate experiment with its own noise, not perfection. The dynamic range
-<i>r</i> − <i>b</i> is shown beside the raw values: where it is close to 0 the metric has no headroom on that
-dataset and its calibrated score is noisy; it is blank where the ceiling does not beat the baseline beyond
-resampling noise (the bootstrap interval of <i>r</i> − <i>b</i> includes 0). Brackets are paired bootstrap 95% intervals over
-test conditions; a <span class="win">win</span> or <span class="loss">loss</span> against <code>train_mean</code>
-means the interval of the difference excludes 0. All metrics exclude the perturbed target genes.</p>
+<code>replicate_ceiling</code> control. So <b>0 = no better than the training mean</b>, <b>1 = as good as knowing the
+true mean profile</b>, and negative scores are worse than the training mean.</p>
+<p><b>The ceiling.</b> The observed profile of a held-out condition is its true mean plus measurement noise. The
+ceiling estimates how well the true mean itself would score against that noisy observation: from the two
+replicate halves it estimates each gene's noise, and it predicts draws of the true profile from its posterior
+given the data, scored as the average over the draws. It never copies the noise it is scored against (the old
+"predict one half" ceiling did, and looked perfect on rank metrics). <code>ground_truth</code> (the observed
+profile itself) scores above 1 because it contains that noise exactly. Replicate halves follow biological replicates
+where the source has them, else random halves of the cells ({'; '.join(kinds) or 'no datasets'}).</p>
+<p><b>The headline</b> is the mean of the calibrated scores, each clamped to [−{HEADLINE_CLAMP:g}, {HEADLINE_CLAMP:g}], over a panel
+fixed in advance with one metric per family: {panel} (error, correlation, top-100 DE genes, discrimination between
+perturbations, and correlation relative to the average perturbation). It is averaged over partitions and then over
+datasets × tasks. Stochastic controls (<code>random_perturbation</code>, the ceiling) are scored as their expectation over
+many draws. A <span class="win">win</span> or <span class="loss">loss</span> against <code>train_mean</code> is a paired bootstrap test
+with Holm's correction over each method's tests (family-wise level {FAMILY_ALPHA:g}); the rest are ties. Brackets are
+paired bootstrap 95% intervals over test conditions. The dynamic range <i>r</i> − <i>b</i> is shown beside the raw
+values: a metric whose ceiling does not beat the baseline beyond resampling noise gets no calibrated score there.
+All metrics exclude the perturbed target genes.</p>
 {dynamic}
 </section>"""
 
@@ -730,18 +768,51 @@ def section_leaderboard(inputs: Inputs, figures: dict) -> str:
     return f"""
 <section id="leaderboard">
 <h2>Leaderboard</h2>
-<p class="lead">Methods ranked by their calibrated score averaged over datasets × tasks × seeds × metrics (all
-strata), with a bootstrap 95% interval. <b>W / T / L</b> counts the dataset × task × seed × metric
-combinations where the method is significantly better than / indistinguishable from / worse than
-<code>train_mean</code>. Raw columns are plain means of the metric over the same combinations. Controls and
+<p class="lead">Methods ranked by their headline score (the panel's clamped calibrated scores, averaged over
+partitions and datasets × tasks; see above), with a bootstrap 95% interval. <b>W / T / L</b> counts the dataset ×
+task × partition × panel-metric combinations where the method is significantly better than / indistinguishable from /
+worse than <code>train_mean</code> (Holm-corrected). Raw columns are plain means of each metric. Controls and
 baselines are shaded: they frame the scale, they do not compete.</p>
+{_headline_slices(inputs)}
 <div class="scroll"><table class="data board">
-<thead><tr><th>#</th><th>method</th><th class="num">calibrated<br><span class="dir">95% interval</span></th>
+<thead><tr><th>#</th><th>method</th><th class="num">headline<br><span class="dir">95% interval</span></th>
 <th class="num">W / T / L<br><span class="dir">vs train_mean</span></th><th class="num">scores</th>{metric_heads}
 <th class="num">time<br><span class="dir">median / step</span></th></tr></thead>
 <tbody>{''.join(rows)}</tbody></table></div>
 {plot}
 </section>"""
+
+
+def _headline_slices(inputs: Inputs) -> str:
+    """Headline per dataset x task: n test conditions, partitions, the score with its interval."""
+    table = inputs.headline
+    if table.empty:
+        return ""
+    slices = table[["dataset_id", "task_id"]].drop_duplicates().sort_values(["dataset_id", "task_id"])
+    head = "".join(f"<th class='num'>{esc(d)}<br><span class='id'>{esc(t)}</span><br><span class='dir'>n = "
+                   f"{int(table[(table.dataset_id == d) & (table.task_id == t)]['n_conditions'].max())}, "
+                   f"{int(table[(table.dataset_id == d) & (table.task_id == t)]['n_partitions'].max())} partition(s)"
+                   f"</span></th>" for d, t in slices.itertuples(index=False))
+    rows = []
+    for method in inputs.method_order():
+        mine = table[table["method_id"] == method]
+        if mine.empty:
+            continue
+        cells = []
+        for d, t in slices.itertuples(index=False):
+            hit = mine[(mine["dataset_id"] == d) & (mine["task_id"] == t)]
+            if hit.empty:
+                cells.append("<td class='num'>–</td>")
+                continue
+            h = hit.iloc[0]
+            spread = (f"<br><span class='interval'>partitions {fmt(h['partition_min'], 2)} … {fmt(h['partition_max'], 2)}</span>"
+                      if int(h["n_partitions"]) > 1 else "")
+            cells.append(f"<td class='num'>{fmt(h['headline'], 2)}<br><span class='interval'>[{fmt(h['headline_low'], 2)}, "
+                         f"{fmt(h['headline_high'], 2)}]</span>{spread}</td>")
+        rows.append(f"<tr><td class='who'>{_method_cell(inputs, method, False)}</td>{''.join(cells)}</tr>")
+    return (f"<details open><summary>Headline per dataset × task (n = test conditions, all folds pooled)</summary>"
+            f"<div class='scroll'><table class='data compact'><thead><tr><th>method</th>{head}</tr></thead>"
+            f"<tbody>{''.join(rows)}</tbody></table></div></details>")
 
 
 def section_heatmap(inputs: Inputs, figures: dict) -> str:
@@ -755,9 +826,8 @@ The per dataset views below show each stratum with its interval.</p>
     return f"""
 <section id="heatmap">
 <h2>Methods × datasets and tasks</h2>
-<p class="lead">Mean calibrated score over metrics (all strata) of each method on each dataset and task. Blue is
-better than the training mean (white = 0, mid-blue = the replicate ceiling); red is worse. Colours saturate
-below −1 and above 2; the printed numbers do not.</p>
+<p class="lead">Mean over the headline panel of the clamped calibrated scores (all strata) of each method on each
+dataset and task. Blue is better than the training mean (white = 0, mid-blue = the ceiling); red is worse.</p>
 <div id="fig-heatmap" class="plot"></div>
 {strata}
 </section>"""
@@ -876,6 +946,9 @@ def section_datasets(inputs: Inputs) -> str:
                  f"<b>{fmt(report.get('median_pairwise_delta_correlation'), 3)}</b> <span class='note'>high = "
                  "perturbations look alike, the training mean is hard to beat</span>"),
             ]
+        facts.append(("replicate halves", esc(inputs.replicate_kind(dataset_id))
+                      + " <span class='note'>biological = whole replicates to each half; random_half = a seeded "
+                        "random half of the cells</span>"))
         facts += [("organism", esc(uns.get("dataset_organism") or "–")),
                   ("normalization", esc(uns.get("normalization_id") or "–"))]
         url = str(uns.get("dataset_url") or "")

@@ -300,7 +300,8 @@ def test_report_of_a_benchmark_is_one_offline_file(benchmark_output, benchmark_r
     for anchor in ("calibration", "leaderboard", "heatmap", "details", "datasets", "cost", "failures", "components"):
         assert f'id="{anchor}"' in text, anchor
     assert text.index('id="calibration"') < text.index('id="leaderboard"')
-    assert "0 = no better than the training mean" in text and "can exceed 1" in text
+    assert "0 = no better than the training mean" in text and "scores above 1" in text
+    assert "Holm" in text and "clamped" in text and "folds" in text
     # leaderboard sorted by calibrated score, methods named, wins/ties/losses shown
     board = text[text.index('<table class="data board">'):text.index("</table>", text.index('<table class="data board">'))]
     order = re.findall(r'class="method">[^<]*</a><br><span class="id">([^<]+)</span>', board)
