@@ -34,6 +34,9 @@ from .runner import run_component
 from .spawner import Spawner
 
 NOT_APPLICABLE_EXIT_CODE = 99
+# Controls every method selection runs with: the baseline and ceiling of the calibration, the perfect and
+# the uninformative predictions that frame the scale (skipped silently where a control is absent).
+SCALE_CONTROLS = ("train_mean", "replicate_ceiling", "ground_truth", "no_change", "random_perturbation")
 STAGES = ("dataset", "split", "predict", "score")
 STAGE_OF_TYPE = {"dataset_loader": "dataset", "task": "split", "method": "predict",
                  "control_method": "predict", "metric": "score"}

@@ -102,9 +102,18 @@ def benchmark(args) -> int:
         print(f"[error] --n-folds is {args.n_folds} and --folds {args.folds}: expected --n-folds >= 2 and folds "
               f"between 0 and {args.n_folds - 1}", file=sys.stderr)
         return 2
+    methods = _names(args.methods)
+    if methods is not None:
+        # scores are only readable on the scale these controls set: always run them with a selection
+        from .config import discover_components
+        present = {c.name for c in discover_components(root) if c.component_type == "control_method"}
+        added = [c for c in engine.SCALE_CONTROLS if c in present and c not in methods]
+        if added:
+            methods = methods + added
+            print(f"perturbcast benchmark: added the controls that set the scale: {', '.join(added)}", file=sys.stderr)
     output = Path(args.output).resolve()
     selection = engine.Selection(datasets=_names(args.datasets), tasks=_names(args.tasks),
-                                 methods=_names(args.methods), metrics=_names(args.metrics), seeds=args.seeds,
+                                 methods=methods, metrics=_names(args.metrics), seeds=args.seeds,
                                  n_folds=args.n_folds, folds=args.folds)
     try:
         steps, declared = engine.plan(root, output, selection)
