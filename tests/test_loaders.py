@@ -121,8 +121,8 @@ def runs(cache, tmp_path_factory):
         jobs["datlinger_top100"] = ("scperturb", ["--study", "DatlingerBock2017", "--n_top_genes", 100, "--seed", 1])
     place(cache, DATAVERSE.format(6154020), zipped(gears_like(), "norman", tmp))
     place(cache, DATAVERSE.format(7458694), tar_gz(gears_like(seed=1, cell_type=False), "replogle_rpe1_essential", tmp))
-    jobs["gears_norman"] = ("gears", ["--dataset", "norman", "--min_cells", 5])
-    jobs["gears_rpe1"] = ("gears", ["--dataset", "replogle_rpe1_essential", "--min_cells", 5])
+    jobs["gears_norman"] = ("gears", ["--dataset", "norman", "--min_cells_per_half", 5])
+    jobs["gears_rpe1"] = ("gears", ["--dataset", "replogle_rpe1_essential", "--min_cells_per_half", 5])
     with ThreadPoolExecutor(max_workers=4) as pool:
         futures = {key: pool.submit(run_loader, component, args, tmp / key) for key, (component, args) in jobs.items()}
         return {key: future.result() for key, future in futures.items()}
@@ -349,7 +349,7 @@ def test_assign_profiles_is_seeded_and_drops_small_conditions():
     codes, profiles = assign_profiles(cells, seed=3, min_cells=2, log=messages.append)
     assert list(profiles.index) == ["A|K562|none|r1", "A|K562|none|r2", "control|K562|none|r1", "control|K562|none|r2"]
     assert profiles["n_cells"].tolist() == [4, 3, 5, 5]
-    assert (codes[17:] == -1).all() and any("dropped 1 of 3 conditions" in m for m in messages)
+    assert (codes[17:] == -1).all() and any("left out 1 of 3 conditions (3 cells): fewer than 2 cells per random half" in m and "B/K562/none (3 cells)" in m for m in messages)
     again, _ = assign_profiles(cells, seed=3, min_cells=2, log=messages.append)
     other, _ = assign_profiles(cells, seed=4, min_cells=2, log=messages.append)
     assert np.array_equal(codes, again) and not np.array_equal(codes, other)
