@@ -13,12 +13,13 @@ import pytest
 import scipy.sparse as sp
 
 from conftest import ROOT
-from test_loaders import ZENODO, place, run_loader
+from test_loaders import ZENODO, gears_like, place, run_loader
 
 sys.path.insert(0, str(ROOT / "src" / "utils"))
 from dataset_report import dataset_report, replicate_halves  # noqa: E402
 from profiles import assign_profiles  # noqa: E402
-from pseudobulk import harmonize_cells, pseudobulk  # noqa: E402
+from harmonize import harmonize_perturbation  # noqa: E402
+from pseudobulk import gene_table, harmonize_cells, pseudobulk  # noqa: E402
 
 REPLICATES = ("rep1", "rep2", "rep3")
 BATCH = {"rep1": 1.0, "rep2": 4.0, "rep3": 0.25}  # multiplies the mean of the batch genes G5..G9
@@ -180,6 +181,24 @@ def test_gene_selection_does_not_depend_on_how_cells_are_split_into_replicates(t
         assert list(results[name].var_names) == list(results["biological"].var_names)
         np.testing.assert_array_equal(results[name].var["highly_variable_rank"],
                                       results["biological"].var["highly_variable_rank"])
+
+
+def test_log_normalised_sources_average_each_replicates_cells(tmp_path):
+    """GEARS-like log values: a replicate's profile is the mean of its own cells' values."""
+    source = gears_like(n_cells=900, seed=4)
+    source.obs["bio_rep"] = np.random.default_rng(99).choice(["rep1", "rep2", "rep3"], source.n_obs)
+    path = tmp_path / "gears.h5ad"
+    source.write_h5ad(path)
+    cells = harmonize_cells(path, source.obs, perturbation_column="condition", perturbation_type="activation",
+                            cell_type_column="cell_type", replicate_column="bio_rep", log=lambda m: None)
+    adata = pseudobulk(path, cells, values="log", seed=0, min_cells=5, n_top_genes=0,
+                       genes=gene_table(path, symbol_column="gene_name"), uns={"dataset_id": "gears_like"},
+                       log=lambda m: None)
+    assert adata.uns["replicate_kind"] == "biological" and adata.n_obs == 6 * 3
+    labels = [f"{harmonize_perturbation(c)}|{r}" for c, r in zip(source.obs["condition"], source.obs["bio_rep"])]
+    expected = pd.DataFrame(source.X.toarray(), index=labels).groupby(level=0).mean()
+    keys = (adata.obs["perturbation"].astype(str) + "|" + adata.obs["replicate"].astype(str)).to_numpy()
+    np.testing.assert_allclose(adata.X, expected.loc[keys].to_numpy(), atol=1e-5)
 
 
 def test_assign_profiles_with_replicate_labels():

@@ -210,8 +210,9 @@ def format_report(report: dict, dataset_id: str) -> list[str]:
         f"max {report['cells_per_condition_max']}",
         f"  replicates: {report['replicate_kind']} (column {report['replicate_column']}), {report['n_replicates']} "
         f"labels, {report['replicates_per_condition_min']}-{report['replicates_per_condition_max']} per condition",
-        f"  left out: {report['n_conditions_too_few_cells']} conditions with too few cells for two halves "
-        f"(minimum {report['min_cells_per_half']} cells per half)",
+        (f"  left out: {report['n_conditions_too_few_cells']} conditions with too few cells for two halves "
+         f"(minimum {report['min_cells_per_half']} cells per half)" if report["min_cells_per_half"]
+         else "  left out for too few cells: not recorded by the producer of this dataset"),
         f"  genes: {report['gene_selection']}",
         f"  targets missing from the gene panel: {report['n_targets_missing_from_panel']} of {report['n_targets']}"
         + (f" ({shown})" if missing else ""),

@@ -23,7 +23,7 @@ from component_io import ComponentIO, fail, log  # noqa: E402
 from dataset_report import dataset_report  # noqa: E402
 from download import (DownloadError, archive_kind, cache_root, dataverse_checksum, extract_member,  # noqa: E402
                       fetch, sha256_file)
-from pseudobulk import SourceError, gene_table, harmonize_cells, pseudobulk, read_obs  # noqa: E402
+from pseudobulk import SourceError, gene_table, harmonize_cells, obs_columns, pseudobulk, read_obs  # noqa: E402
 
 URL = "https://dataverse.harvard.edu/api/access/datafile/{file_id}"
 MEMBER = "perturb_processed.h5ad"
@@ -102,6 +102,9 @@ try:
     path = unpack(source, source_sha256, unpack_into)
     replicate_column = par.get("replicate_column") or None
     obs = read_obs(path, ["condition", "cell_type"] + ([replicate_column] if replicate_column else []))
+    if replicate_column and replicate_column not in obs.columns:
+        raise SourceError(path, f"obs has no replicate column '{replicate_column}' (columns: "
+                                f"{obs_columns(path)[:12]}); name an existing column with --replicate_column")
     cells = harmonize_cells(path, obs, perturbation_column="condition", perturbation_type=dataset["perturbation_type"],
                             cell_type_column="cell_type", cell_type=dataset["cell_type"],
                             replicate_column=replicate_column, log=log)

@@ -19,7 +19,7 @@ sys.path.append(meta["resources_dir"])
 from component_io import ComponentIO, fail, log  # noqa: E402
 from dataset_report import dataset_report  # noqa: E402
 from download import DownloadError, fetch, sha256_file  # noqa: E402
-from pseudobulk import SourceError, gene_table, harmonize_cells, pseudobulk, read_obs  # noqa: E402
+from pseudobulk import SourceError, gene_table, harmonize_cells, obs_columns, pseudobulk, read_obs  # noqa: E402
 
 URL = "https://raw.githubusercontent.com/altoslabs/perturbench/d357dfae/src/perturbench/data/resources/devel.h5ad"
 SHA256 = "220998f5630c813228c8661c86dd52244b9ac87127511289af90e0d900d8429b"
@@ -68,6 +68,9 @@ try:
     replicate_column = par.get("replicate_column") or None
     obs = read_obs(path, ["condition", "perturbation_type", "cell_type", "dataset", "treatment", replicate_column]
                    if replicate_column else ["condition", "perturbation_type", "cell_type", "dataset", "treatment"])
+    if replicate_column and replicate_column not in obs.columns:
+        raise SourceError(path, f"obs has no replicate column '{replicate_column}' (columns: "
+                                f"{obs_columns(path)[:12]}); name an existing column with --replicate_column")
     if "dataset" not in obs.columns:
         raise SourceError(path, "obs has no column 'dataset' naming the study of each cell (norman19, mcfaline23)")
     in_study = (obs["dataset"].astype(str) == par["study"]).to_numpy()
