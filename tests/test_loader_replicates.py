@@ -248,3 +248,17 @@ def test_card_on_known_biological_replicates(tmp_path):
     adata.write_h5ad(tmp_path / "card.h5ad")
     assert ad.read_h5ad(tmp_path / "card.h5ad").uns["dataset_report"]["n_reproducible_effect"] == 1
 
+
+
+def test_cells_without_a_replicate_label_are_left_out():
+    obs = pd.DataFrame({"perturbation": ["control", "A", "A", "B"], "bio_rep": ["r1", None, " r2 ", "nan"]})
+    messages = []
+    cells = harmonize_cells("x.h5ad", obs, perturbation_column="perturbation", perturbation_type="knockout",
+                            cell_type="K562", replicate_column="bio_rep", log=messages.append)
+    assert cells["perturbation"].tolist() == ["control", None, "A", None]
+    assert cells["replicate"].tolist() == ["r1", None, "r2", None]
+    assert messages == ["left out 2 cells without a replicate label in obs['bio_rep']"]
+    obs["bio_rep"] = None
+    with pytest.raises(Exception, match=r"file 'x.h5ad': obs\['bio_rep'\] gives no cell a replicate label"):
+        harmonize_cells("x.h5ad", obs, perturbation_column="perturbation", perturbation_type="knockout",
+                        cell_type="K562", replicate_column="bio_rep", log=messages.append)

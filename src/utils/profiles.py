@@ -16,6 +16,8 @@ with a logged reason, and counted in `profiles.attrs['left_out']`.
 """
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 
@@ -146,7 +148,7 @@ def harmonize_cells(path, obs: pd.DataFrame, *, perturbation_column: str, pertur
         labels = _map_values(obs[replicate_column], lambda v: None if str(v).strip().lower() in ("", "nan", "none")
                              else str(v).strip())
         missing = labels.isna() & frame["perturbation"].notna()
-        if missing.all():
+        if missing.sum() == frame["perturbation"].notna().sum():
             raise SourceError(path, f"obs['{replicate_column}'] gives no cell a replicate label")
         if missing.any():
             log(f"left out {int(missing.sum())} cells without a replicate label in obs['{replicate_column}']")
@@ -155,11 +157,8 @@ def harmonize_cells(path, obs: pd.DataFrame, *, perturbation_column: str, pertur
     return frame
 
 
-
 def sorted_labels(labels) -> list[str]:
     """Replicate labels in natural order (`rep2` before `rep10`), as dataset_report.replicate_halves orders them."""
-    import re
-
     def key(label):
         return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", str(label))]
     return sorted({str(label) for label in labels}, key=key)
@@ -194,7 +193,7 @@ def assign_profiles(cells: pd.DataFrame, *, seed: int, min_cells: int, log=print
     left_out = {"n_conditions": 0, "n_control_conditions": 0, "n_cells": 0, "n_replicate_profiles": 0}
 
     if biological:
-        labels = sorted_labels(cells.loc[keep, "replicate"])
+        labels = sorted_labels(pd.unique(cells.loc[keep, "replicate"]))
         label_codes = pd.Categorical(cells.loc[keep, "replicate"].astype(str), categories=labels).codes.astype(np.int64)
         pair = group_codes * len(labels) + label_codes
         pair_sizes = np.bincount(pair, minlength=len(groups) * len(labels)).reshape(len(groups), len(labels))
