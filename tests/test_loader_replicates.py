@@ -57,10 +57,17 @@ def runs(tmp_path_factory):
     source = tmp / "screen.h5ad"
     replicate_screen().write_h5ad(source)
     place(cache, ZENODO.format("GeneratedReplicates"), source)
+    # the same cells as a file of a listed study whose replicate column is known (Norman 2019: `gemgroup`)
+    known = replicate_screen()
+    known.obs = known.obs.rename(columns={"bio_rep": "gemgroup"})
+    known.write_h5ad(tmp / "known.h5ad")
+    place(cache, ZENODO.format("NormanWeissman2019_filtered"), tmp / "known.h5ad")
     common = ["--study", "GeneratedReplicates", "--perturbation_type", "knockout"]
     jobs = {"biological": common + ["--replicate_column", "bio_rep"],
             "random_half": common,
-            "no_such_column": common + ["--replicate_column", "donor"]}
+            "no_such_column": common + ["--replicate_column", "donor"],
+            "known_study": ["--study", "NormanWeissman2019_filtered"],
+            "known_study_off": ["--study", "NormanWeissman2019_filtered", "--replicate_column", "none"]}
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("PERTURBCAST_CACHE", str(cache))
         with ThreadPoolExecutor(max_workers=3) as pool:
@@ -124,6 +131,15 @@ def test_random_halves_without_a_replicate_column(runs):
     # T5 (34 cells) has two halves of 17 cells now; nothing is left out
     assert adata.uns["n_conditions_too_few_cells"] == 0 and "T5" in set(adata.obs["perturbation"])
     assert "seeded random half" in adata.uns["dataset_description"]
+
+
+def test_a_listed_study_uses_its_known_replicate_column_unless_turned_off(runs):
+    on, off = runs["known_study"], runs["known_study_off"]
+    assert on["exit_code"] == 0 and off["exit_code"] == 0, on["stderr"] + off["stderr"]
+    assert on["adata"].uns["replicate_kind"] == "biological" and on["adata"].uns["replicate_column"] == "gemgroup"
+    assert set(on["adata"].obs["replicate"]) == set(REPLICATES)
+    assert "replicate (obs['gemgroup']: 10x GEM group (lane))" in on["adata"].uns["dataset_description"]
+    assert off["adata"].uns["replicate_kind"] == "random_half" and set(off["adata"].obs["replicate"]) == {"r1", "r2"}
 
 
 def test_a_replicate_column_that_does_not_exist_is_an_error(runs):

@@ -137,11 +137,14 @@ try:
         path, source_sha256 = fetch(url, published=zenodo_checksum(RECORD, f"{study_name}.h5ad"), log=log)
     condition_column = setting("condition_column", "condition_column")
     replicate_column = setting("replicate_column", "replicate_column")
+    named = par.get("replicate_column") not in (None, "")  # `none` turns a known study's column off
+    if str(replicate_column).strip().lower() == "none":
+        replicate_column = None
     wanted = [par["perturbation_column"], "perturbation_type", par["cell_type_column"], condition_column,
               replicate_column, "organism"]
     obs = read_obs(path, [c for c in wanted if c])
-    if par.get("replicate_column") and par["replicate_column"] not in obs.columns:
-        raise SourceError(path, f"obs has no replicate column '{par['replicate_column']}' (columns: "
+    if named and replicate_column and replicate_column not in obs.columns:
+        raise SourceError(path, f"obs has no replicate column '{replicate_column}' (columns: "
                                 f"{obs_columns(path)[:12]}); name an existing column with --replicate_column")
     if replicate_column and replicate_column not in obs.columns:
         log(f"obs has no column '{replicate_column}' with the replicates of study {study_name}; "
