@@ -119,8 +119,7 @@ try:
     adata = pseudobulk(path, cells, values="log", seed=int(par["seed"]), min_cells=int(par["min_cells_per_half"]),
                        n_top_genes=int(par["n_top_genes"]), genes=gene_table(path, symbol_column="gene_name"),
                        uns=uns, log=log)
-    # GEARS chose the file's genes before this loader sees it, from all cells of the screen (perturbed ones
-    # included, as every split of GEARS shares); the card says so.
+    # The file's genes were chosen by GEARS on the whole screen, before any split: the card says so.
     adata.uns["gene_selection"] = (f"{GEARS_GENES} This loader keeps " + adata.uns["gene_selection"] + ".")
 except (DownloadError, SourceError) as error:
     fail(str(error))

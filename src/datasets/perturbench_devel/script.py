@@ -32,8 +32,7 @@ STUDIES = {
         "dataset_description": (
             "Norman et al. 2019 activated single genes and pairs of genes with CRISPRa in K562 cells (Perturb-seq). "
             "PerturBench's development file keeps 33 of its perturbations (15 of them doubles such as KLF1+MAP2K6) "
-            "and the controls, about 100 cells each, and 500 genes, log1p(cp10k)-normalised. Profiles are the mean "
-            "log expression of the cells of each condition and replicate."),
+            "and the controls, about 100 cells each, and 500 genes, log1p(cp10k)-normalised."),
         "dataset_reference": "10.1126/science.aax4438",
     },
     "mcfaline23": {
@@ -44,8 +43,7 @@ STUDIES = {
             "McFaline-Figueroa et al. 2023 knocked down genes with CRISPRi in the glioblastoma lines A172, T98G and "
             "U87MG. PerturBench's development file keeps 9 perturbations and the controls in each line and 500 "
             "genes, log1p(cp10k)-normalised; the three lines are the cell types, so the same perturbation can be "
-            "transferred between them. Profiles are the mean log expression of the cells of each condition and "
-            "replicate."),
+            "transferred between them."),
         "dataset_reference": "10.1016/j.xgen.2023.100487",
     },
 }
@@ -83,6 +81,9 @@ try:
         replicate_column=replicate_column, log=log)
     uns = {
         **{key: value for key, value in study.items()},
+        "dataset_description": study["dataset_description"] + " Profiles are the mean log expression of the cells "
+                               + (f"of each condition and replicate (obs['{replicate_column}'])." if replicate_column
+                                  else "of two seeded random halves of each condition's cells."),
         "dataset_url": URL,
         "dataset_organism": "homo_sapiens",
         "normalization_id": "log_cp10k_cell_mean",
