@@ -121,8 +121,8 @@ def runs(cache, tmp_path_factory):
         jobs["datlinger_top100"] = ("scperturb", ["--study", "DatlingerBock2017", "--n_top_genes", 100, "--seed", 1])
     place(cache, DATAVERSE.format(6154020), zipped(gears_like(), "norman", tmp))
     place(cache, DATAVERSE.format(7458694), tar_gz(gears_like(seed=1, cell_type=False), "replogle_rpe1_essential", tmp))
-    jobs["gears_norman"] = ("gears", ["--dataset", "norman", "--min_cells", 5])
-    jobs["gears_rpe1"] = ("gears", ["--dataset", "replogle_rpe1_essential", "--min_cells", 5])
+    jobs["gears_norman"] = ("gears", ["--dataset", "norman", "--min_cells_per_half", 5])
+    jobs["gears_rpe1"] = ("gears", ["--dataset", "replogle_rpe1_essential", "--min_cells_per_half", 5])
     with ThreadPoolExecutor(max_workers=4) as pool:
         futures = {key: pool.submit(run_loader, component, args, tmp / key) for key, (component, args) in jobs.items()}
         return {key: future.result() for key, future in futures.items()}
@@ -174,6 +174,16 @@ def test_perturbench_norman2019(runs):
     assert report["perturbations_per_type"] == {"activation": 33}
     assert -1 <= report["replicate_reproducibility"] <= 1 and -1 <= report["median_pairwise_delta_correlation"] <= 1
     assert "dataset report (norman2019_devel)" in stderr and "replicate reproducibility" in stderr
+    # the QC card: no replicate column in the devel file, so random halves; 30 of the 31 targets are not
+    # among PerturBench's 500 genes; 29 of 33 perturbations agree between halves beyond r = 0.2
+    assert adata.uns["replicate_kind"] == "random_half" and adata.uns["n_conditions_too_few_cells"] == 0
+    assert (report["replicate_kind"], report["n_replicates"], report["min_cells_per_half"]) == ("random_half", 2, 10)
+    assert (report["cells_per_condition_min"], report["cells_per_condition_median"], report["cells_per_condition_max"]) \
+        == (80, 100.0, 100)
+    assert report["n_targets"] == 31 and report["n_targets_missing_from_panel"] == 30
+    assert "KLF1" in set(report["targets_missing_from_panel"]) and report["gene_selection"].startswith("all 500 genes")
+    assert (report["n_reproducible_effect"], report["n_perturbation_conditions_assessed"]) == (29, 33)
+    assert "reproducible effect (split-half Pearson of deltas > 0.2): 29 of 33" in stderr
 
 
 def test_perturbench_mcfaline2023(runs):
@@ -184,6 +194,10 @@ def test_perturbench_mcfaline2023(runs):
     assert set(obs["perturbation_type"]) == {"knockdown"}
     assert obs.groupby("cell_type", observed=True)["perturbation"].nunique().to_dict() == {"A172": 10, "T98G": 10, "U87MG": 10}
     assert obs["n_cells"].sum() == 2586 and adata.uns["dataset_report"]["n_cell_types"] == 3
+    report = adata.uns["dataset_report"]
+    assert report["n_targets_missing_from_panel"] == 9 == report["n_targets"]  # no target among the 500 genes
+    assert (report["cells_per_condition_min"], report["cells_per_condition_max"]) == (46, 100)
+    assert (report["n_reproducible_effect"], report["n_perturbation_conditions_assessed"]) == (4, 27)
 
 
 def test_scperturb_datlinger2017(runs):
@@ -206,6 +220,16 @@ def test_scperturb_datlinger2017(runs):
     report = adata.uns["dataset_report"]
     assert report["conditions"] == {"stimulated": 21, "unstimulated": 21} and report["cells_per_profile_min"] >= 10
     assert "obs has no column 'cell_line'" in stderr  # the subset lacks it: the known study's cell type is used
+    # nor has it the study's replicate column: random halves, said in the log, uns and the card
+    assert "obs has no column 'replicate' with the replicates of study DatlingerBock2017" in stderr
+    assert adata.uns["replicate_kind"] == "random_half" and adata.uns["replicate_column"] == "none"
+    assert "seeded random half" in adata.uns["dataset_description"]
+    assert (report["cells_per_condition_min"], report["cells_per_condition_median"], report["cells_per_condition_max"]) \
+        == (60, 173.0, 279)
+    assert report["n_targets"] == 20 and report["n_targets_missing_from_panel"] == 14
+    assert "LCK" in set(report["targets_missing_from_panel"])
+    assert (report["n_reproducible_effect"], report["n_perturbation_conditions_assessed"]) == (0, 40)
+    assert report["n_conditions_too_few_cells"] == 0
 
 
 def test_scperturb_gene_selection_and_seed(runs):
@@ -349,7 +373,7 @@ def test_assign_profiles_is_seeded_and_drops_small_conditions():
     codes, profiles = assign_profiles(cells, seed=3, min_cells=2, log=messages.append)
     assert list(profiles.index) == ["A|K562|none|r1", "A|K562|none|r2", "control|K562|none|r1", "control|K562|none|r2"]
     assert profiles["n_cells"].tolist() == [4, 3, 5, 5]
-    assert (codes[17:] == -1).all() and any("dropped 1 of 3 conditions" in m for m in messages)
+    assert (codes[17:] == -1).all() and any("left out 1 of 3 conditions (3 cells): fewer than 2 cells per random half" in m and "B/K562/none (3 cells)" in m for m in messages)
     again, _ = assign_profiles(cells, seed=3, min_cells=2, log=messages.append)
     other, _ = assign_profiles(cells, seed=4, min_cells=2, log=messages.append)
     assert np.array_equal(codes, again) and not np.array_equal(codes, other)

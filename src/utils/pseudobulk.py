@@ -1,12 +1,18 @@
 """Cell-level h5ad source -> pseudobulk profiles of the common dataset, streamed in bounded memory.
 
 Included as a viash resource by the dataset loaders (needs numpy, pandas, scipy, h5py, anndata, and
-`harmonize.py` beside it). A loader does:
+`harmonize.py` and `profiles.py` beside it). A loader does:
 
     obs = read_obs(path, [columns...])                     # only the obs columns it needs
-    cells = harmonize_cells(path, obs, perturbation_column=..., ...)   # one row per cell, harmonised
+    cells = harmonize_cells(path, obs, perturbation_column=..., replicate_column=..., ...)  # one row per cell
     adata = pseudobulk(path, cells, values="counts", seed=0, min_cells=10, n_top_genes=2000,
                        genes=gene_table(path), uns={...}, log=log)
+
+Replicates and the minimum number of cells: see `profiles.py`. Gene selection (`n_top_genes`): the genes
+most variable across condition means (every perturbation x cell type x condition of the dataset once, over
+all its cells, controls included), plus every measured target gene. The rule looks at no split: it is the
+same for every split and fold, no condition weighs more for having more replicates or cells, and replicate
+batch effects do not pick genes. `uns['gene_selection']` says what was done.
 
 How it stays small: the cell matrix is never loaded. `stream_sums` reads `X` with h5py in blocks of stored
 values (CSR: blocks of cells, CSC: blocks of genes, dense: blocks of cells) and adds each block into a
@@ -33,8 +39,8 @@ try:  # compiled kernels behind scipy's coo/csr_matrix.toarray() (they add into 
 except ImportError:  # pragma: no cover - private API; the numpy fallbacks below are slower but equal
     _coo_todense = _csr_row_index = _csr_todense = None
 
-from harmonize import (CONTROL, control_set, harmonize_cell_type, harmonize_labels, harmonize_perturbation_type,
-                       split_targets)
+from harmonize import split_targets
+from profiles import SourceError, assign_profiles, harmonize_cells  # noqa: F401 (re-exported)
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 # Stored values per block of the matrix. A block costs about BYTES_PER_VALUE bytes per value (values read as
@@ -49,17 +55,6 @@ MEMORY_BUDGET = 1_500_000_000
 GENE_BLOCK = 1024  # genes per step when normalising and ranking the profiles
 CHUNK_ROWS = 200_000
 COUNTS_PER = 1e4
-NONE = "none"
-ID_SEPARATOR = "|"
-
-
-class SourceError(Exception):
-    """The source file is unusable; str() is one line: `file '<path>': <problem>`."""
-
-    def __init__(self, path, problem: str):
-        self.path, self.problem = str(path), problem
-        super().__init__(f"file '{path}': {problem}")
-
 
 # ------------------------------------------------------------------------------------------ reading
 
@@ -188,161 +183,6 @@ def matrix_layout(handle, path, layer: str | None = None) -> tuple[str, tuple[in
     if kind is None or shape is None or not all(k in node for k in ("data", "indices", "indptr")):
         raise SourceError(path, f"{where} is neither a dense matrix nor a CSR/CSC sparse matrix")
     return kind, (int(shape[0]), int(shape[1])), node
-
-
-# ------------------------------------------------------------------------------------------ cells
-
-def _map_values(series: pd.Series, function) -> pd.Series:
-    """`function` of each distinct value (missing -> None), spread to every cell without a per-cell call."""
-    codes, uniques = pd.factorize(series)
-    mapped = np.array([function(value) for value in uniques] + [None], dtype=object)
-    return pd.Series(mapped[codes], index=series.index, dtype=object)  # code -1 (missing) -> the last, None
-
-
-def harmonize_cells(path, obs: pd.DataFrame, *, perturbation_column: str, perturbation_type_column: str | None = None,
-                    perturbation_type: str | None = None, cell_type_column: str | None = None,
-                    cell_type: str | None = None, condition_column: str | None = None,
-                    control_labels=(), separators=("+",), drop_part=None, keep=None, log=print) -> pd.DataFrame:
-    """One row per cell: perturbation (None = left out), perturbation_type, cell_type, condition.
-
-    perturbation_type (if given) overrides the column; cell_type is used when `cell_type_column` is None or
-    absent; a `condition_column` that is given must exist. keep: boolean mask of the cells to use (e.g. one
-    study of a file); the others are left out silently. Raises SourceError naming the file and problem.
-    """
-    if keep is not None:
-        keep = np.asarray(keep, dtype=bool)
-        inner = harmonize_cells(path, obs[keep], perturbation_column=perturbation_column,
-                                perturbation_type_column=perturbation_type_column, perturbation_type=perturbation_type,
-                                cell_type_column=cell_type_column, cell_type=cell_type,
-                                condition_column=condition_column, control_labels=control_labels,
-                                separators=separators, drop_part=drop_part, log=log)
-        full = pd.DataFrame({column: pd.Series([None] * len(obs), dtype=object) for column in inner.columns})
-        for column in inner.columns:
-            full.loc[np.flatnonzero(keep), column] = inner[column].to_numpy()
-        full.index = obs.index
-        return full
-    columns = list(obs.columns)
-    if perturbation_column not in obs.columns:
-        raise SourceError(path, f"obs has no perturbation column '{perturbation_column}' (columns: {columns[:12]}); "
-                                "name it with --perturbation_column")
-    options = {"separators": tuple(separators), "controls": control_set(control_labels), "drop_part": drop_part}
-    raw = obs[perturbation_column]
-    labels = harmonize_labels([str(v) for v in pd.unique(raw.dropna())], **options)
-    perturbation = _map_values(raw, lambda v: labels[str(v)])
-    unassigned = perturbation.isna()
-    if unassigned.all():
-        raise SourceError(path, f"obs['{perturbation_column}'] assigns no cell a perturbation "
-                                f"(values: {sorted(map(str, labels))[:8]})")
-    if not (perturbation == CONTROL).any():
-        seen = sorted({str(k) for k, v in labels.items() if v is not None})[:10]
-        raise SourceError(path, f"no control cells: no value of obs['{perturbation_column}'] is a control label "
-                                f"(values: {seen}); name the control label with --control_label")
-    if not ((perturbation != CONTROL) & ~unassigned).any():
-        raise SourceError(path, f"obs['{perturbation_column}'] labels every cell a control; no perturbed cells")
-    if unassigned.any():
-        bad = sorted({str(v) for v, h in labels.items() if h is None})[:5]
-        log(f"left out {int(unassigned.sum())} cells without an assigned perturbation ({bad})")
-
-    if perturbation_type:
-        kind = harmonize_perturbation_type(perturbation_type)
-        if kind is None:
-            raise SourceError(path, f"perturbation type '{perturbation_type}' is not one of knockout, knockdown, "
-                                    "activation, overexpression (or a spelling such as CRISPRi, CRISPRa, ORF)")
-        kinds = pd.Series(kind, index=obs.index, dtype=object)
-    else:
-        if not perturbation_type_column or perturbation_type_column not in obs.columns:
-            raise SourceError(path, f"obs has no perturbation type column '{perturbation_type_column}'; "
-                                    "give the modality with --perturbation_type")
-        source = obs[perturbation_type_column]
-        mapping = {v: harmonize_perturbation_type(v) for v in pd.unique(source.dropna())}
-        kinds = _map_values(source, mapping.get)
-        unknown = sorted({str(v) for v, k in mapping.items() if k is None})
-        bad = kinds.isna() & ~unassigned
-        if bad.any():
-            raise SourceError(path, f"obs['{perturbation_type_column}'] has values {unknown[:5] or ['<missing>']} that are "
-                                    "not a genetic perturbation type (knockout, knockdown, activation, overexpression)")
-        # Controls take their screen's modality: the most common one among perturbed cells of the file.
-        perturbed = kinds[(perturbation != CONTROL) & ~unassigned]
-        if len(perturbed):
-            kinds = kinds.where(perturbation != CONTROL, perturbed.mode().iloc[0])
-
-    if cell_type_column and cell_type_column in obs.columns:
-        cell_types = _map_values(obs[cell_type_column], harmonize_cell_type)
-        if cell_types[~unassigned].isna().any():
-            raise SourceError(path, f"obs['{cell_type_column}'] is missing for "
-                                    f"{int(cell_types[~unassigned].isna().sum())} cells")
-    elif cell_type:
-        if cell_type_column:
-            log(f"obs has no column '{cell_type_column}'; every cell is of cell type '{cell_type}'")
-        cell_types = pd.Series(harmonize_cell_type(cell_type), index=obs.index, dtype=object)
-    else:
-        raise SourceError(path, f"obs has no cell type column '{cell_type_column}' (columns: {columns[:12]}); "
-                                "name it with --cell_type_column or give one cell type with --cell_type")
-
-    if condition_column:
-        if condition_column not in obs.columns:
-            raise SourceError(path, f"obs has no condition column '{condition_column}' (columns: {columns[:12]})")
-        conditions = _map_values(obs[condition_column], lambda v: str(v).strip() or NONE).fillna(NONE)
-    else:
-        conditions = pd.Series(NONE, index=obs.index, dtype=object)
-    return pd.DataFrame({"perturbation": perturbation, "perturbation_type": kinds, "cell_type": cell_types,
-                         "condition": conditions}, index=obs.index)
-
-
-def assign_profiles(cells: pd.DataFrame, *, seed: int, min_cells: int, log=print) -> tuple[np.ndarray, pd.DataFrame]:
-    """Profile index of every cell (-1 = left out) and the profiles' obs, with seeded replicate halves.
-
-    The cells of each (perturbation, cell_type, condition) are split at random into halves `r1` (the larger
-    on odd counts) and `r2`. A condition whose halves have fewer than `min_cells` cells (at least 1) is
-    dropped whole, so that every kept condition has both replicates.
-    """
-    n_cells = len(cells)
-    keep = cells["perturbation"].notna().to_numpy()
-    keys = ["perturbation", "cell_type", "condition"]
-    kept = cells.loc[keep, keys].astype(str)
-    grouped = kept.groupby(keys, sort=True)
-    group_codes = grouped.ngroup().to_numpy()
-    groups = grouped.size().index.to_frame(index=False)
-    sizes = np.bincount(group_codes, minlength=len(groups))
-
-    rng = np.random.default_rng(seed)
-    order = np.lexsort((rng.random(len(group_codes)), group_codes))
-    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
-    rank = np.empty(len(group_codes), dtype=np.int64)
-    rank[order] = np.arange(len(group_codes)) - np.repeat(starts, sizes)
-    half = (rank >= (sizes[group_codes] + 1) // 2).astype(np.int64)  # 0 -> r1, 1 -> r2
-
-    smallest_half = sizes // 2
-    enough = smallest_half >= max(1, int(min_cells))
-    if not enough.all():
-        dropped = groups[~enough]
-        n_control = int((dropped["perturbation"] == CONTROL).sum())
-        log(f"dropped {int((~enough).sum())} of {len(groups)} conditions ({2 * int((~enough).sum())} profiles, "
-            f"{int(sizes[~enough].sum())} cells{f', {n_control} of them controls' if n_control else ''}) with fewer "
-            f"than {max(1, int(min_cells))} cells per replicate half")
-    new_index = np.full(len(groups), -1, dtype=np.int64)
-    new_index[enough] = np.arange(int(enough.sum()))
-    profile_of_group = new_index[group_codes]
-    codes = np.full(n_cells, -1, dtype=np.int64)
-    codes[keep] = np.where(profile_of_group >= 0, profile_of_group * 2 + half, -1)
-
-    kept_groups = groups[enough].reset_index(drop=True)
-    if len(kept_groups) == 0:
-        raise ValueError(f"no condition has at least {max(1, int(min_cells))} cells per replicate half")
-    # A condition's modality: the most common one among its cells (one, in every source seen so far).
-    tally = (pd.DataFrame({"group": group_codes, "kind": cells.loc[keep, "perturbation_type"].astype(str).to_numpy()})
-             .value_counts().reset_index().sort_values(["group", "count", "kind"], ascending=[True, False, True]))
-    kinds = tally.drop_duplicates("group").set_index("group")["kind"]
-    profiles = kept_groups.loc[np.repeat(np.arange(len(kept_groups)), 2)].reset_index(drop=True)
-    profiles["replicate"] = np.tile(["r1", "r2"], len(kept_groups))
-    profiles["perturbation_type"] = kinds.loc[np.repeat(np.flatnonzero(enough), 2)].to_numpy()
-    profiles["is_control"] = (profiles["perturbation"] == CONTROL).to_numpy()
-    profiles["n_targets"] = profiles["perturbation"].map(lambda p: len(split_targets(p))).astype(np.int64)
-    valid = codes[codes >= 0]
-    profiles["n_cells"] = np.bincount(valid, minlength=len(profiles)).astype(np.int64)
-    profiles.index = profiles[["perturbation", "cell_type", "condition", "replicate"]].agg(ID_SEPARATOR.join, axis=1).to_numpy()
-    return codes, profiles[["perturbation", "is_control", "perturbation_type", "n_targets", "cell_type", "condition",
-                            "replicate", "n_cells"]]
 
 
 # ------------------------------------------------------------------------------------------ streaming
@@ -547,7 +387,7 @@ def normalize_counts(sums: np.ndarray, genes=slice(None), dtype=np.float32, tota
 
 
 def variability_rank(X: np.ndarray, transform=None) -> np.ndarray:
-    """Rank of each gene by its variance across profiles (0 = most variable; ties in gene order).
+    """Rank of each gene by its variance across the rows of X (0 = most variable; ties in gene order).
 
     transform(columns) -> the values of those columns, when X itself is not the expression (e.g. counts that
     are normalised a block of genes at a time, so that no normalised copy of all genes is held).
@@ -560,12 +400,32 @@ def variability_rank(X: np.ndarray, transform=None) -> np.ndarray:
     return rank
 
 
+def condition_indicator(profiles: pd.DataFrame) -> sp.csr_matrix:
+    """conditions x profiles 0/1 matrix: which profiles (replicates) make up each perturbation x cell type x
+    condition; indicator @ sums adds a condition's replicates up to all its cells."""
+    codes = profiles.groupby(["perturbation", "cell_type", "condition"], sort=True, observed=True).ngroup().to_numpy()
+    return sp.csr_matrix((np.ones(len(codes)), (codes, np.arange(len(codes)))), shape=(codes.max() + 1, len(codes)))
+
+
+def measured_targets(symbols, profiles: pd.DataFrame) -> np.ndarray:
+    targets = {t for p in pd.unique(profiles["perturbation"]) for t in split_targets(p)}
+    return pd.Index(symbols).isin(targets)
+
+
 def select_genes(rank: np.ndarray, symbols, profiles: pd.DataFrame, n_top_genes: int) -> np.ndarray:
     """Boolean mask: the `n_top_genes` most variable genes plus every measured target gene (0 = all genes)."""
     if not n_top_genes or n_top_genes >= len(rank):
         return np.ones(len(rank), dtype=bool)
-    targets = {t for p in pd.unique(profiles["perturbation"]) for t in split_targets(p)}
-    return (rank < n_top_genes) | pd.Index(symbols).isin(targets)
+    return (rank < n_top_genes) | measured_targets(symbols, profiles)
+
+
+def gene_selection_text(n_source: int, n_top_genes: int, keep: np.ndarray, n_targets_added: int) -> str:
+    if keep.all():
+        return f"all {n_source} genes of the source (no selection by the loader)"
+    return (f"{int(keep.sum())} of {n_source} genes: the {n_top_genes} most variable across condition means "
+            "(log-normalised expression of each perturbation x cell type x condition over all its cells, every "
+            "condition of the dataset counted once, controls included; the same genes for every split and fold) "
+            f"plus {n_targets_added} measured target genes outside them")
 
 
 def pseudobulk(path, cells: pd.DataFrame, *, values: str, seed: int, min_cells: int, n_top_genes: int,
@@ -574,7 +434,10 @@ def pseudobulk(path, cells: pd.DataFrame, *, values: str, seed: int, min_cells: 
 
     values: 'counts' (raw UMI counts: profiles are summed counts, X = log1p(cp10k), layers['counts'] kept) or
     'log' (log-normalised cells: X = mean of the cells' values, no counts layer). genes: `gene_table(path)`.
-    uns: dataset metadata (dataset_id, ... normalization_id). Raises SourceError / ValueError with a message.
+    cells: `harmonize_cells(...)`; with a `replicate` column profiles follow its labels (see profiles.py).
+    uns: dataset metadata (dataset_id, ... normalization_id, replicate_column); the replicate and QC fields
+    (replicate_kind, n_replicates, min_cells_per_half, n_conditions_too_few_cells, gene_selection) are added.
+    Raises SourceError / ValueError with a message.
     """
     import anndata as ad
 
@@ -584,33 +447,48 @@ def pseudobulk(path, cells: pd.DataFrame, *, values: str, seed: int, min_cells: 
         codes, profiles = assign_profiles(cells, seed=seed, min_cells=min_cells, log=log)
     except ValueError as error:
         raise SourceError(path, str(error)) from None
+    facts, profiles.attrs = dict(profiles.attrs), {}
     if not profiles["is_control"].any():
-        raise SourceError(path, f"no control condition has at least {min_cells} cells per replicate half "
-                                "(lower --min_cells?)")
+        raise SourceError(path, f"no control condition has at least {facts['min_cells_per_half']} cells in each of "
+                                "two replicates (lower --min_cells_per_half?)")
     contexts = profiles.groupby(["cell_type", "condition"])["is_control"].any()
     if not contexts.all():
         log(f"[warning] no control profiles in {', '.join('/'.join(c) for c in contexts.index[~contexts])}")
     sums = stream_sums(path, codes, len(profiles), layer=layer, counts=values == "counts", chunk_nnz=chunk_nnz)
     if len(genes) != sums.shape[1]:
         raise SourceError(path, f"var has {len(genes)} genes but the matrix has {sums.shape[1]} columns")
-    # Memory: only the float64 sums for all genes; normalised values are made a block of genes at a time
-    # for the ranking, and then for the selected genes.
+    # Genes are ranked on condition means (replicates added up), so that neither replicate batch effects nor
+    # a condition's number of replicates weighs in. Memory: only the float64 sums for all genes; normalised
+    # values are made a block of genes at a time.
+    indicator = condition_indicator(profiles)
     counts = None
     if values == "counts":
         totals = sums.sum(axis=1)
         if (totals == 0).any():
             raise SourceError(path, f"{int((totals == 0).sum())} profile(s) have no counts at all "
                                     f"(e.g. {profiles.index[totals == 0][0]})")
-        keep = select_genes(variability_rank(sums, lambda columns: normalize_counts(sums, columns, np.float64, totals)),
-                            genes["symbol"], profiles, n_top_genes)
+        condition_totals = indicator @ totals
+
+        def condition_values(matrix, columns):
+            return normalize_counts(indicator @ matrix[:, columns], dtype=np.float64, totals=condition_totals)
+        source_rank = variability_rank(sums, lambda columns: condition_values(sums, columns))
+        keep = select_genes(source_rank, genes["symbol"], profiles, n_top_genes)
         X = normalize_counts(sums, np.flatnonzero(keep), totals=totals)
         counts = sums[:, keep]
+        rank = variability_rank(counts, lambda columns: condition_values(counts, columns))
     else:
-        sums /= profiles["n_cells"].to_numpy()[:, None]  # the mean of the cells' log values
-        keep = select_genes(variability_rank(sums), genes["symbol"], profiles, n_top_genes)
-        X = np.ascontiguousarray(sums[:, keep], dtype=np.float32)
+        condition_cells = indicator @ profiles["n_cells"].to_numpy(dtype=np.float64)
+
+        def condition_values(matrix, columns):  # matrix: sums of the cells' log values
+            return (indicator @ matrix[:, columns]) / condition_cells[:, None]
+        source_rank = variability_rank(sums, lambda columns: condition_values(sums, columns))
+        keep = select_genes(source_rank, genes["symbol"], profiles, n_top_genes)
+        kept_sums = sums[:, keep]
+        rank = variability_rank(kept_sums, lambda columns: condition_values(kept_sums, columns))
+        X = np.ascontiguousarray(kept_sums / profiles["n_cells"].to_numpy()[:, None], dtype=np.float32)
+        del kept_sums
     del sums
-    rank = variability_rank(X)
+    n_targets_added = int((keep & (source_rank >= n_top_genes)).sum())
     var = pd.DataFrame({"highly_variable_rank": rank, "mean_expression": X.mean(axis=0, dtype=np.float64)},
                        index=pd.Index(genes["symbol"].to_numpy()[keep], dtype=object))
     if genes["gene_id"].notna().any():
@@ -618,7 +496,17 @@ def pseudobulk(path, cells: pd.DataFrame, *, values: str, seed: int, min_cells: 
     layers = {}
     if counts is not None:  # float32 holds integers exactly below 2^24
         layers["counts"] = counts.astype(np.float32 if counts.max(initial=0) < 2 ** 24 else np.float64)
-    adata = ad.AnnData(X=X, obs=profiles, var=var, uns=dict(uns), layers=layers)
+    left_out = facts["left_out"]
+    uns = {**uns, "replicate_kind": facts["replicate_kind"],
+           "n_replicates": int(profiles["replicate"].nunique()),
+           "min_cells_per_half": int(facts["min_cells_per_half"]),
+           "n_conditions_too_few_cells": int(left_out["n_conditions"]),
+           "n_cells_too_few_cells": int(left_out["n_cells"]),
+           "n_replicate_profiles_too_few_cells": int(left_out["n_replicate_profiles"]),
+           "gene_selection": gene_selection_text(len(genes), n_top_genes, keep, n_targets_added)}
+    uns.setdefault("replicate_column", "none")
+    adata = ad.AnnData(X=X, obs=profiles, var=var, uns=uns, layers=layers)
     log(f"{uns.get('dataset_id', 'dataset')}: {adata.n_obs} profiles x {adata.n_vars} genes "
-        f"(of {len(genes)}; {int((codes >= 0).sum())} cells used)")
+        f"(of {len(genes)}; {int((codes >= 0).sum())} cells used; replicates: {uns['replicate_kind']}, "
+        f"{uns['n_replicates']} labels)")
     return adata

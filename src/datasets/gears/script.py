@@ -9,9 +9,10 @@ par = {
     "output": "output/norman2019_gears.h5ad",
     "dataset": "norman",
     "input": None,
+    "replicate_column": None,
     "seed": 0,
     "n_top_genes": 0,
-    "min_cells": 10,
+    "min_cells_per_half": 10,
 }
 meta = {"name": "gears", "resources_dir": "src/utils", "config": None}
 ## VIASH END
@@ -22,10 +23,13 @@ from component_io import ComponentIO, fail, log  # noqa: E402
 from dataset_report import dataset_report  # noqa: E402
 from download import (DownloadError, archive_kind, cache_root, dataverse_checksum, extract_member,  # noqa: E402
                       fetch, sha256_file)
-from pseudobulk import SourceError, gene_table, harmonize_cells, pseudobulk, read_obs  # noqa: E402
+from pseudobulk import SourceError, gene_table, harmonize_cells, obs_columns, pseudobulk, read_obs  # noqa: E402
 
 URL = "https://dataverse.harvard.edu/api/access/datafile/{file_id}"
 MEMBER = "perturb_processed.h5ad"
+GEARS_GENES = ("GEARS' processed file holds the genes GEARS' preprocessing chose (about 5,000 highly variable "
+               "genes plus the perturbed genes), chosen on the whole screen before any split, perturbed cells "
+               "included: the same genes for every split and fold, but chosen having seen every perturbation.")
 DATASETS = {
     "norman": {
         "file_id": 6154020, "dataset_id": "norman2019_gears", "perturbation_type": "activation", "cell_type": "K562",
@@ -96,19 +100,27 @@ try:
         source, source_sha256 = fetch(url, published=dataverse_checksum(dataset["file_id"]), log=log)
         unpack_into = os.path.join(cache_root(), "extracted", source_sha256[:16])
     path = unpack(source, source_sha256, unpack_into)
-    obs = read_obs(path, ["condition", "cell_type"])
+    replicate_column = par.get("replicate_column") or None
+    obs = read_obs(path, ["condition", "cell_type"] + ([replicate_column] if replicate_column else []))
+    if replicate_column and replicate_column not in obs.columns:
+        raise SourceError(path, f"obs has no replicate column '{replicate_column}' (columns: "
+                                f"{obs_columns(path)[:12]}); name an existing column with --replicate_column")
     cells = harmonize_cells(path, obs, perturbation_column="condition", perturbation_type=dataset["perturbation_type"],
-                            cell_type_column="cell_type", cell_type=dataset["cell_type"], log=log)
+                            cell_type_column="cell_type", cell_type=dataset["cell_type"],
+                            replicate_column=replicate_column, log=log)
     uns = {
         **{key: value for key, value in dataset.items() if key.startswith("dataset_")},
         "dataset_url": url,
         "dataset_organism": "homo_sapiens",
         "normalization_id": "log_normalized_cell_mean",
         "source_sha256": source_sha256,
+        "replicate_column": replicate_column or "none",
     }
-    adata = pseudobulk(path, cells, values="log", seed=int(par["seed"]), min_cells=int(par["min_cells"]),
+    adata = pseudobulk(path, cells, values="log", seed=int(par["seed"]), min_cells=int(par["min_cells_per_half"]),
                        n_top_genes=int(par["n_top_genes"]), genes=gene_table(path, symbol_column="gene_name"),
                        uns=uns, log=log)
+    # The file's genes were chosen by GEARS on the whole screen, before any split: the card says so.
+    adata.uns["gene_selection"] = (f"{GEARS_GENES} This loader keeps " + adata.uns["gene_selection"] + ".")
 except (DownloadError, SourceError) as error:
     fail(str(error))
 

@@ -6,9 +6,10 @@ par = {
     "output": "output/norman2019_devel.h5ad",
     "study": "norman19",
     "input": None,
+    "replicate_column": None,
     "seed": 0,
     "n_top_genes": 0,
-    "min_cells": 10,
+    "min_cells_per_half": 10,
 }
 meta = {"name": "perturbench_devel", "resources_dir": "src/utils", "config": None}
 ## VIASH END
@@ -18,7 +19,7 @@ sys.path.append(meta["resources_dir"])
 from component_io import ComponentIO, fail, log  # noqa: E402
 from dataset_report import dataset_report  # noqa: E402
 from download import DownloadError, fetch, sha256_file  # noqa: E402
-from pseudobulk import SourceError, gene_table, harmonize_cells, pseudobulk, read_obs  # noqa: E402
+from pseudobulk import SourceError, gene_table, harmonize_cells, obs_columns, pseudobulk, read_obs  # noqa: E402
 
 URL = "https://raw.githubusercontent.com/altoslabs/perturbench/d357dfae/src/perturbench/data/resources/devel.h5ad"
 SHA256 = "220998f5630c813228c8661c86dd52244b9ac87127511289af90e0d900d8429b"
@@ -31,8 +32,7 @@ STUDIES = {
         "dataset_description": (
             "Norman et al. 2019 activated single genes and pairs of genes with CRISPRa in K562 cells (Perturb-seq). "
             "PerturBench's development file keeps 33 of its perturbations (15 of them doubles such as KLF1+MAP2K6) "
-            "and the controls, about 100 cells each, and 500 genes, log1p(cp10k)-normalised. Profiles are the mean "
-            "log expression of two seeded random halves of each condition's cells."),
+            "and the controls, about 100 cells each, and 500 genes, log1p(cp10k)-normalised."),
         "dataset_reference": "10.1126/science.aax4438",
     },
     "mcfaline23": {
@@ -43,8 +43,7 @@ STUDIES = {
             "McFaline-Figueroa et al. 2023 knocked down genes with CRISPRi in the glioblastoma lines A172, T98G and "
             "U87MG. PerturBench's development file keeps 9 perturbations and the controls in each line and 500 "
             "genes, log1p(cp10k)-normalised; the three lines are the cell types, so the same perturbation can be "
-            "transferred between them. Profiles are the mean log expression of two seeded random halves of each "
-            "condition's cells."),
+            "transferred between them."),
         "dataset_reference": "10.1016/j.xgen.2023.100487",
     },
 }
@@ -64,7 +63,12 @@ try:
         log(f"using --input {path} (sha256 {source_sha256})")
     else:
         path, source_sha256 = fetch(URL, sha256=SHA256, log=log)
-    obs = read_obs(path, ["condition", "perturbation_type", "cell_type", "dataset", "treatment"])
+    replicate_column = par.get("replicate_column") or None
+    obs = read_obs(path, ["condition", "perturbation_type", "cell_type", "dataset", "treatment", replicate_column]
+                   if replicate_column else ["condition", "perturbation_type", "cell_type", "dataset", "treatment"])
+    if replicate_column and replicate_column not in obs.columns:
+        raise SourceError(path, f"obs has no replicate column '{replicate_column}' (columns: "
+                                f"{obs_columns(path)[:12]}); name an existing column with --replicate_column")
     if "dataset" not in obs.columns:
         raise SourceError(path, "obs has no column 'dataset' naming the study of each cell (norman19, mcfaline23)")
     in_study = (obs["dataset"].astype(str) == par["study"]).to_numpy()
@@ -73,15 +77,20 @@ try:
                                 f"(values: {sorted(obs['dataset'].astype(str).unique())[:5]})")
     cells = harmonize_cells(
         path, obs, keep=in_study, perturbation_column="condition", perturbation_type_column="perturbation_type",
-        cell_type_column="cell_type", condition_column="treatment" if "treatment" in obs.columns else None, log=log)
+        cell_type_column="cell_type", condition_column="treatment" if "treatment" in obs.columns else None,
+        replicate_column=replicate_column, log=log)
     uns = {
         **{key: value for key, value in study.items()},
+        "dataset_description": study["dataset_description"] + " Profiles are the mean log expression of the cells "
+                               + (f"of each condition and replicate (obs['{replicate_column}'])." if replicate_column
+                                  else "of two seeded random halves of each condition's cells."),
         "dataset_url": URL,
         "dataset_organism": "homo_sapiens",
         "normalization_id": "log_cp10k_cell_mean",
         "source_sha256": source_sha256,
+        "replicate_column": replicate_column or "none",
     }
-    adata = pseudobulk(path, cells, values="log", seed=int(par["seed"]), min_cells=int(par["min_cells"]),
+    adata = pseudobulk(path, cells, values="log", seed=int(par["seed"]), min_cells=int(par["min_cells_per_half"]),
                        n_top_genes=int(par["n_top_genes"]), genes=gene_table(path), uns=uns, log=log)
 except (DownloadError, SourceError) as error:
     fail(str(error))

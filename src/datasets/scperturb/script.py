@@ -12,9 +12,10 @@ par = {
     "condition_column": None,
     "control_label": None,
     "perturbation_type": None,
+    "replicate_column": None,
     "seed": 0,
     "n_top_genes": 2000,
-    "min_cells": 10,
+    "min_cells_per_half": 10,
 }
 meta = {"name": "scperturb", "resources_dir": "src/utils", "config": None}
 ## VIASH END
@@ -33,10 +34,12 @@ SCPERTURB_DOI = "10.1038/s41592-023-02144-y"
 
 # What scPerturb's files do not say, or say too coarsely, about the studies listed in info.datasets.
 # perturbation_type: the screen's modality (scPerturb writes `CRISPR` for CRISPRi screens such as Adamson's).
+# replicate_column / replicate_unit: the obs column whose labels are whole replicates, where one is known
+# (sources in the config's description); a file of the study without that column falls back to random halves.
 STUDIES = {
     "NormanWeissman2019_filtered": {
         "id": "norman2019", "name": "Norman 2019 K562 CRISPRa (scPerturb)", "doi": "10.1126/science.aax4438",
-        "perturbation_type": "activation",
+        "perturbation_type": "activation", "replicate_column": "gemgroup", "replicate_unit": "10x GEM group (lane)",
         "summary": "CRISPRa of 105 genes and 131 gene pairs in K562 cells (Perturb-seq).",
         "description": "Norman et al. 2019 activated single genes and pairs of genes with CRISPRa in K562 cells to "
                        "map genetic interactions; the standard benchmark for combination effects."},
@@ -98,7 +101,7 @@ STUDIES = {
     "DatlingerBock2017": {
         "id": "datlinger2017", "name": "Datlinger 2017 Jurkat CROP-seq with and without TCR stimulation (scPerturb)",
         "doi": "10.1038/nmeth.4177", "perturbation_type": "knockout", "cell_type": "Jurkat",
-        "condition_column": "perturbation_2",
+        "condition_column": "perturbation_2", "replicate_column": "replicate", "replicate_unit": "experimental replicate",
         "summary": "CRISPR knockouts of T-cell receptor signalling genes in Jurkat cells, stimulated or not (CROP-seq).",
         "description": "Datlinger et al. 2017 knocked out genes of T-cell receptor signalling with CROP-seq in Jurkat "
                        "cells and measured them with and without TCR stimulation (the condition)."},
@@ -133,8 +136,22 @@ try:
     else:
         path, source_sha256 = fetch(url, published=zenodo_checksum(RECORD, f"{study_name}.h5ad"), log=log)
     condition_column = setting("condition_column", "condition_column")
-    wanted = [par["perturbation_column"], "perturbation_type", par["cell_type_column"], condition_column, "organism"]
+    replicate_column = setting("replicate_column", "replicate_column")
+    named = par.get("replicate_column") not in (None, "")  # `none` turns a known study's column off
+    if str(replicate_column).strip().lower() == "none":
+        replicate_column = None
+    wanted = [par["perturbation_column"], "perturbation_type", par["cell_type_column"], condition_column,
+              replicate_column, "organism"]
     obs = read_obs(path, [c for c in wanted if c])
+    if named and replicate_column and replicate_column not in obs.columns:
+        raise SourceError(path, f"obs has no replicate column '{replicate_column}' (columns: "
+                                f"{obs_columns(path)[:12]}); name an existing column with --replicate_column")
+    if replicate_column and replicate_column not in obs.columns:
+        log(f"obs has no column '{replicate_column}' with the replicates of study {study_name}; "
+            "each condition's cells are split into seeded random halves instead")
+        replicate_column = None
+    replicate_unit = (known.get("replicate_unit") if replicate_column == known.get("replicate_column")
+                      else None) or "the source's replicate label"
     if par["perturbation_column"] not in obs.columns:
         raise SourceError(path, f"obs has no perturbation column '{par['perturbation_column']}' (columns: "
                                 f"{obs_columns(path)[:12]}); name it with --perturbation_column")
@@ -144,7 +161,7 @@ try:
         perturbation_type=perturbation_type, cell_type_column=par["cell_type_column"],
         cell_type=setting("cell_type", "cell_type"), condition_column=condition_column,
         control_labels=list(setting("control_label", "control_labels") or []), separators=("+", "_"),
-        drop_part=DEFAULT_DROP_PART, log=log)
+        drop_part=DEFAULT_DROP_PART, replicate_column=replicate_column, log=log)
     organisms = obs["organism"].dropna().astype(str).str.lower().value_counts() if "organism" in obs else []
     organism = {"human": "homo_sapiens", "homo sapiens": "homo_sapiens", "mouse": "mus_musculus",
                 "mus musculus": "mus_musculus"}.get(organisms.index[0] if len(organisms) else "human", "homo_sapiens")
@@ -154,15 +171,18 @@ try:
         "dataset_summary": known.get("summary", f"The scPerturb study {study_name}."),
         "dataset_description": (known.get("description", f"The study {study_name} of the scPerturb RNA collection.")
                                 + " Raw UMI counts of scPerturb's harmonised file (Zenodo record "
-                                f"{RECORD}) summed per condition and seeded random half of its cells, "
-                                "log1p(counts per 10k)-normalised."),
+                                f"{RECORD}) summed per condition and "
+                                + (f"replicate (obs['{replicate_column}']: {replicate_unit})" if replicate_column
+                                   else "seeded random half of its cells")
+                                + ", log1p(counts per 10k)-normalised."),
         "dataset_url": url,
         "dataset_reference": known.get("doi", SCPERTURB_DOI),
         "dataset_organism": organism,
         "normalization_id": "log_cp10k",
         "source_sha256": source_sha256,
+        "replicate_column": replicate_column or "none",
     }
-    adata = pseudobulk(path, cells, values="counts", seed=int(par["seed"]), min_cells=int(par["min_cells"]),
+    adata = pseudobulk(path, cells, values="counts", seed=int(par["seed"]), min_cells=int(par["min_cells_per_half"]),
                        n_top_genes=int(par["n_top_genes"]), genes=gene_table(path), uns=uns, log=log)
 except (DownloadError, SourceError) as error:
     fail(str(error))
