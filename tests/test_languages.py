@@ -349,3 +349,22 @@ def test_engine_peak_memory_of_a_bash_step_is_its_own(tmp_path):
 def test_config_type_decides_the_language(tmp_path, monkeypatch):
     component = make_component(tmp_path, monkeypatch, "r_script", R_ECHO)
     assert languages.language_of(load_config(component).main_script).executor == ("Rscript",)
+
+
+@needs_r
+def test_r_test_scripts_run_like_viash_test(tmp_path, monkeypatch):
+    component = make_component(tmp_path, monkeypatch, "bash_script", BASH_ECHO)
+    config = yaml.safe_load((component / "config.vsh.yaml").read_text())
+    config["test_resources"] = [{"type": "r_script", "path": "check.R"}, {"type": "r_script", "path": "fails.R"}]
+    (component / "config.vsh.yaml").write_text(yaml.safe_dump(config))
+    (component / "check.R").write_text(textwrap.dedent("""\
+        ## VIASH START
+        ## VIASH END
+        stopifnot(normalizePath(getwd()) == normalizePath(meta$resources_dir))
+        stopifnot(meta$executable == file.path(meta$resources_dir, "echo"), meta$name == "echo")
+        stopifnot(system2(meta$executable, c("--write", "out.txt")) == 0, file.exists("out.txt"))
+        stopifnot(system2(meta$executable, c("--exit_code", "5")) == 5)
+        """))
+    (component / "fails.R").write_text("stop('this test fails')\n")
+    report = run_component_tests(component)
+    assert report.passed == ["check"] and report.failed == ["fails"]
