@@ -2,8 +2,9 @@
 
 `run` builds the component into a temporary directory the way `viash run` does (processed
 `.config.vsh.yaml`, the non-main resources; the main script is only injected, never copied), runs it
-with the current Python, `Rscript` or `bash` (by the main script's resource type), checks `must_exist` outputs, and then validates every h5ad output against its
-API format. Invalid outputs are removed so that nothing half-right is left behind.
+with the current Python, `Rscript` or `bash` (by the main script's resource type), checks `must_exist`
+outputs, and then validates every h5ad output against its API format. Invalid outputs are removed so
+that nothing half-right is left behind.
 """
 from __future__ import annotations
 

@@ -448,8 +448,9 @@ def run_script(script_text: str, meta: dict, cwd: str | None = None, stdout=None
     else:
         found = shutil.which(language.executor[0])
         if found is None:
+            out = stderr if hasattr(stderr, "write") else sys.stderr
             print(f"[error] {language.executor[0]} not found on PATH: {language.type} components need it "
-                  "(scripts/install_r.sh installs R)", file=stderr if hasattr(stderr, "write") else sys.stderr, flush=True)
+                  "(scripts/install_r.sh installs R)", file=out, flush=True)
             return Execution(127, 0.0, 0)
         command = [found, *language.executor[1:]]
     handle, script_path = tempfile.mkstemp(prefix=f"viash-run-{meta['name']}-", suffix=f".{language.extension}",
