@@ -368,3 +368,22 @@ def test_r_test_scripts_run_like_viash_test(tmp_path, monkeypatch):
     (component / "fails.R").write_text("stop('this test fails')\n")
     report = run_component_tests(component)
     assert report.passed == ["check"] and report.failed == ["fails"]
+
+
+def test_outputs_of_a_bash_component_are_validated_and_removed_when_invalid(tmp_path, monkeypatch, capfd):
+    root = tmp_path / "pkg"
+    component = root / "src" / "testing" / "writer"
+    component.mkdir(parents=True)
+    (root / "_viash.yaml").write_text("name: pkg\n")
+    (root / "src" / "utils").mkdir()
+    shutil.copy(Path(__file__).resolve().parents[1] / "src" / "utils" / "formats.py", root / "src" / "utils")
+    (component / "config.vsh.yaml").write_text(yaml.safe_dump({
+        "name": "writer", "resources": [{"type": "bash_script", "path": "script.sh"}],
+        "arguments": [{"name": "--output", "type": "file", "direction": "output",
+                       "info": {"format": {"type": "h5ad"}}}]}))
+    (component / "script.sh").write_text("## VIASH START\n## VIASH END\necho 'not an h5ad' > \"$par_output\"\n")
+    monkeypatch.setenv("VIASH_TEMP", str(tmp_path))
+    result = run_component(component, ["--output", str(tmp_path / "out.h5ad")])
+    assert result.exit_code == 1 and not (tmp_path / "out.h5ad").exists()
+    err = capfd.readouterr().err
+    assert "does not match its API format" in err and "no HDF5 signature" in err
