@@ -35,7 +35,9 @@ def split_files(tmp_path, control_halves=True, single_replicate=False):
     if single_replicate:
         replicate_1 = replicate_2 = BASE + effect
     layers = {"replicate_1": replicate_1, "replicate_2": replicate_2, "control": np.tile(BASE, (2, 1))}
-    if control_halves:
+    if control_halves == "identical":  # halves not by replicate label: the control is one sample
+        layers["control_replicate_1"] = layers["control_replicate_2"] = np.tile(BASE, (2, 1))
+    elif control_halves:
         layers["control_replicate_1"] = np.tile(BASE - NOISE * sign, (2, 1))
         layers["control_replicate_2"] = np.tile(BASE + NOISE * sign, (2, 1))
     obs = pd.DataFrame({"perturbation": ["G1", "G2+G3"], "perturbation_type": "knockdown", "n_targets": [1, 2],
@@ -62,7 +64,7 @@ def score(tmp_path, solution, prediction, *extra):
     return result, (ad.read_h5ad(output) if output.exists() else None)
 
 
-@pytest.mark.parametrize("control_halves", [True, False])
+@pytest.mark.parametrize("control_halves", [True, False, "identical"])
 def test_values_equal_the_hand_computed_case(tmp_path, control_halves):
     """Row 1: non-target genes G2..G8, DE = {G4 up, G5 down}, |predicted delta| = .5 0 1 .5 0 .2 0.
     AUROC: G4 beats all 5 non-DE genes; G5 (.5) ties G2 (.5) and beats 4 -> (5 + 4.5) / 10 = 0.95.
