@@ -701,6 +701,9 @@ String shellArguments(Map arguments) {
 //   project/src/component/<name>/ (the component) and input/<file>.h5ad (upstream outputs).
 // It runs the component through the viash-compatible runner, with its output and log in
 // <stepDir>/; exit code 99 (not applicable) becomes <stepDir>/not_applicable.txt and exit 0.
+// The runner picks the interpreter from the main script's resource type, as viash does: python_script
+// runs with `python` (params.python), r_script with `Rscript`, bash_script with `bash` from the image's
+// PATH; so every image, R ones included, also holds Python with anndata for the runner.
 String componentScript(Map component, String stepDir, Map arguments, String python, cpus, memoryMegabytes) {
     def options = []
     if (cpus) {

@@ -257,7 +257,11 @@ def run_step(step: Step, cache_key: str) -> StepRecord:
         log.write(f"$ perturbcast run {step.component.directory} -- {' '.join(step.argv())}\n")
         log.flush()
         try:
-            result = run_component(step.component.path, step.argv(), stdout=log, stderr=log, spawner=_spawner())
+            # only Python scripts run in the preloaded fork server; R and Bash steps start from a small one
+            # (viash.run_script), which keeps their peak memory their own
+            python_step = step.component.main_script.get("type", "python_script") == "python_script"
+            result = run_component(step.component.path, step.argv(), stdout=log, stderr=log,
+                                   spawner=_spawner() if python_step else None)
             exit_code, wall, peak = result.exit_code, result.wall_seconds, result.peak_rss_bytes
         except Exception as error:  # a broken config or resource must not stop the other steps
             log.write(f"[error] {type(error).__name__}: {error}\n")

@@ -1,9 +1,10 @@
-"""`perturbcast run` and `perturbcast test`: viash's `run` and `test` commands for Python components.
+"""`perturbcast run` and `perturbcast test`: viash's `run` and `test` commands for Python, R and Bash components.
 
 `run` builds the component into a temporary directory the way `viash run` does (processed
 `.config.vsh.yaml`, the non-main resources; the main script is only injected, never copied), runs it
-with the current Python, checks `must_exist` outputs, and then validates every h5ad output against its
-API format. Invalid outputs are removed so that nothing half-right is left behind.
+with the current Python, `Rscript` or `bash` (by the main script's resource type), checks `must_exist`
+outputs, and then validates every h5ad output against its API format. Invalid outputs are removed so
+that nothing half-right is left behind.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import yaml
 
 from . import formats, viash
 from .config import Argument, ComponentConfig, load_config
+from .languages import language_of
 
 VIASH_VERSION = "0.9.4"
 
@@ -82,13 +84,19 @@ def execute(config: ComponentConfig, argv: list[str], resources_dir: Path, *, na
             cwd: str | None = None, stdout=None, stderr=None, validate: bool = True, spawner=None) -> RunResult:
     """Parse `argv`, run the main script with `par`/`meta` injected, check outputs. Never raises ViashExit."""
     try:
+        language = language_of(config.main_script)
+    except ValueError as error:
+        print(f"[error] {config.path}: {error}", file=stderr if hasattr(stderr, "write") else sys.stderr, flush=True)
+        return RunResult(1)
+    try:
         invocation = viash.parse(config, argv)
         meta = viash.meta_values(config, Path(resources_dir), name)
         script_path = config.resolve_resource(config.main_script)
-        script = viash.inject(script_path.read_text(), viash.injection_block(config, invocation, meta))
+        script = viash.inject(script_path.read_text(), viash.language_block(language, config, invocation, meta))
         if config.raw.get("set_wd_to_resources_dir"):
             cwd = str(resources_dir)
-        execution = viash.run_script(script, meta, cwd=cwd, stdout=stdout, stderr=stderr, spawner=spawner)
+        execution = viash.run_script(script, meta, cwd=cwd, stdout=stdout, stderr=stderr, spawner=spawner,
+                                     language=language)
         result = RunResult(execution.exit_code, execution.wall_seconds, execution.peak_rss_bytes, invocation.values)
         if execution.exit_code != 0:
             return result

@@ -71,8 +71,9 @@ if component_type == "control_method" and info.get("control_type") not in ("posi
     problems.append("info.control_type must be positive, negative or baseline")
 
 resources = config.get("resources") or []
-if not resources or resources[0].get("type") != "python_script":
-    problems.append("the first resource must be the python_script that runs the component")
+# the script types the perturbcast runner runs as viash does (perturbcast/languages.py)
+if not resources or resources[0].get("type") not in ("python_script", "r_script", "bash_script"):
+    problems.append("the first resource must be the python_script, r_script or bash_script that runs the component")
 engines = config.get("engines") or []
 docker = [e for e in engines if e.get("type") == "docker"]
 if not docker or not docker[0].get("image"):
