@@ -392,10 +392,10 @@ def check_partition(test_paths: list, common_path=None) -> list[str]:
     folds = [int(t.uns["fold"]) for t in tests]
     missing = sorted(set(range(n_folds)) - set(folds))
     if missing:
-        problems.append(f"folds {_examples(missing, 10)} of {n_folds} are missing: the partition is incomplete")
+        problems.append(f"folds {', '.join(map(str, missing))} of {n_folds} are missing: the partition is incomplete")
     twice = sorted({f for f in folds if folds.count(f) > 1})
     if twice:
-        problems.append(f"folds {_examples(twice, 10)} are given more than once")
+        problems.append(f"folds {', '.join(map(str, twice))} are given more than once")
     if twice or any(not 0 <= f < n_folds for f in folds):
         return problems
     tested: dict[tuple[str, ...], list[int]] = {}
