@@ -2,9 +2,9 @@
 
 Property-based tests (hypothesis) generate small common datasets with random numbers of genes, singles,
 combinations, contexts and replicates and call the fold functions in-process; a few runs go through
-`perturbcast.runner.run_component` as `perturbcast run` / `viash run` would. Real data: Norman 2019
+`perturbcast.runner.run_component` in tests/test_task_partitions.py. Real data: Norman 2019
 (combinations), McFaline-Figueroa 2023 (3 glioma lines) and Datlinger 2017 (stimulated / unstimulated),
-made into common datasets by tests/realdata.py; skipped when ../shared/data is absent.
+made into common datasets by tests/realdata.py, are tested in tests/test_task_partitions.py.
 """
 from __future__ import annotations
 
@@ -22,7 +22,6 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from perturbcast.leakage import ALLOWED_TEST_OBS, check_split
-from perturbcast.runner import run_component
 
 ROOT = Path(__file__).resolve().parents[1]
 UTILS = ROOT / "src" / "utils"
@@ -32,7 +31,6 @@ import formats  # noqa: E402
 import partitions  # noqa: E402
 import splits  # noqa: E402
 
-import realdata  # noqa: E402
 
 COMBINATION = "unseen_combination"
 TRANSFER = "cell_type_transfer"
@@ -437,148 +435,3 @@ def test_transfer_folds_rotate_contexts_and_keep_each_perturbation_elsewhere():
         contexts_seen |= set(test.obs["condition"])
         assert (test.obs["perturbation"] == "A").sum() in (1, 2)
     assert contexts_seen == {"stimulated", "unstimulated", "restim"}
-
-
-# --------------------------------------------------------------------------------------------------
-# through the runner (as `perturbcast run` / `viash run`)
-# --------------------------------------------------------------------------------------------------
-
-def run_task(task, input_path, out_dir: Path, *args, tmp_path=None):
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {name: out_dir / f"{name}.h5ad" for name in ("train", "test", "solution")}
-    log = out_dir / "stderr.txt"
-    with open(log, "w") as handle:
-        result = run_component(ROOT / "src" / "tasks" / task,
-                               ["--input", str(input_path), "--output_train", str(paths["train"]),
-                                "--output_test", str(paths["test"]), "--output_solution", str(paths["solution"]),
-                                *map(str, args)], stderr=handle)
-    return result.exit_code, log.read_text(), paths
-
-
-def read_split(paths):
-    return [ad.read_h5ad(paths[name]) for name in ("train", "test", "solution")]
-
-
-@pytest.fixture(scope="module")
-def simulated(tmp_path_factory):
-    """The simulated_grn loader's output with small arguments: 12 singles, 6 pairs, 2 cell types."""
-    directory = tmp_path_factory.mktemp("simulated")
-    path = directory / "common_dataset.h5ad"
-    result = run_component(ROOT / "src" / "datasets" / "simulated_grn",
-                           ["--output", str(path), "--n_genes", "60", "--n_regulators", "12",
-                            "--n_perturbed_genes", "12", "--n_combos", "6", "--cells_per_perturbation", "20",
-                            "--n_control_cells", "60"])
-    assert result.exit_code == 0
-    return ad.read_h5ad(path), path
-
-
-@pytest.mark.parametrize("task", [COMBINATION, TRANSFER])
-def test_runner_on_simulated_data_is_byte_identical_per_seed_and_fold(task, simulated, tmp_path):
-    common, path = simulated
-    code, log, first = run_task(task, path, tmp_path / "a", "--seed", 3, "--n_folds", 3, "--fold", 1)
-    assert code == 0, log
-    assert "fold 1 of 3 (seed 3)" in log
-    code, _, second = run_task(task, path, tmp_path / "b", "--seed", 3, "--n_folds", 3, "--fold", 1)
-    assert code == 0
-    for name in first:
-        assert first[name].read_bytes() == second[name].read_bytes(), name
-    train, test, solution = read_split(first)
-    if task == COMBINATION:
-        check_combination_properties(common, train, test, solution, 3, n_folds=3, fold=1)
-    else:
-        check_transfer_properties(common, train, test, solution, 3, n_folds=3, fold=1)
-    if "expected" in common.layers:  # the simulator's noise-free truth reaches the solution only
-        assert "expected" in solution.layers and "expected" not in train.layers
-    assert check_split(*first.values(), common_path=path) == []
-
-
-def test_runner_heldout_context_argument(simulated, tmp_path):
-    common, path = simulated
-    code, log, paths = run_task(TRANSFER, path, tmp_path / "a", "--heldout_context", "type_B|none", "--seed", 0,
-                                "--n_folds", 2, "--fold", 1)
-    assert code == 0, log
-    check_transfer_properties(common, *read_split(paths), 0, n_folds=2, fold=1, heldout_context="type_B|none")
-    code, log, paths = run_task(TRANSFER, path, tmp_path / "b", "--heldout_context", "type_Z|none")
-    assert code == 1 and log.strip().startswith("[error] --heldout_context 'type_Z|none' is not a context")
-    assert not any(p.exists() for p in paths.values())
-
-
-def test_bad_fold_arguments_fail_with_one_line(simulated, tmp_path):
-    _, path = simulated
-    code, log, paths = run_task(COMBINATION, path, tmp_path / "out", "--fold", 5)
-    lines = log.strip().splitlines()
-    assert code == 1 and len(lines) == 1 and lines[0] == "[error] --fold is 5, expected an integer from 0 to " \
-                                                          "n_folds - 1 = 4", log
-    assert not any(p.exists() for p in paths.values())
-
-    def fail(message):
-        raise ValueError(message)
-
-    for par, why in (({"n_folds": 1}, "--n_folds is 1, expected an integer >= 2"),
-                     ({"fold": -1}, "--fold is -1"), ({"seed": -2}, "--seed is -2"),
-                     ({"n_folds": 2.5}, "--n_folds is 2.5, expected an integer")):
-        with pytest.raises(ValueError, match=why.replace(".", r"\.")):
-            splits.split_arguments(par, fail)
-    assert splits.split_arguments({}, fail) == (0, 5, 0)
-
-
-@pytest.mark.parametrize("task, args, why", [(COMBINATION, (), "no multi-gene perturbations"),
-                                             (TRANSFER, (), "transfer needs at least 2"),
-                                             (COMBINATION, ("--n_folds", 3, "--fold", 2), "fold 2 of 3 has no combinations")])
-def test_runner_not_applicable_exits_99_with_one_line(task, args, why, tmp_path):
-    perturbations = {"A": K562, "B": K562, "C": K562}
-    if args:
-        perturbations.update({"A+B": K562, "B+C": K562})
-    path = tmp_path / "common.h5ad"
-    make_common(perturbations, K562).write_h5ad(path)
-    code, log, paths = run_task(task, path, tmp_path / "out", *args)
-    lines = log.strip().splitlines()
-    assert code == 99 and len(lines) == 1 and lines[0].startswith("[not applicable]") and why in lines[0], log
-    assert not any(p.exists() for p in paths.values())
-
-
-# --------------------------------------------------------------------------------------------------
-# real data
-# --------------------------------------------------------------------------------------------------
-
-def test_norman19_combinations(tmp_path):
-    common = realdata.norman19_common()
-    assert formats.check_anndata(common, file_format("common_dataset")) == []
-    path = tmp_path / "norman19.h5ad"
-    common.write_h5ad(path)
-    code, log, first = run_task(COMBINATION, path, tmp_path / "a", "--seed", 0)
-    assert code == 0, log
-    check_combination_properties(common, *read_split(first), 0)
-    assert check_split(*first.values(), common_path=path) == []
-    all_strata = set()
-    for seed in range(3):
-        tested = []
-        for fold in range(5):
-            train, test, solution = run_combination(common, seed, 5, fold)
-            all_strata |= set(check_combination_properties(common, train, test, solution, seed, 5, fold))
-            tested += list(test.obs["perturbation"])
-        assert sorted(tested) == sorted(p for p in set(common.obs["perturbation"]) if "+" in p)  # each once
-    assert all_strata == {"combo_seen0", "combo_seen1", "combo_seen2"}
-
-
-@pytest.mark.parametrize("name", ["mcfaline23", "datlinger2017"])
-def test_real_transfer(name, tmp_path):
-    common = getattr(realdata, f"{name}_common")()
-    assert formats.check_anndata(common, file_format("common_dataset")) == []
-    contexts = partitions.contexts_of(common.obs)
-    assert len(contexts) == {"mcfaline23": 3, "datlinger2017": 2}[name]
-    path = tmp_path / f"{name}.h5ad"
-    common.write_h5ad(path)
-    code, log, paths = run_task(TRANSFER, path, tmp_path / "run", "--seed", 0)
-    assert code == 0, log
-    check_transfer_properties(common, *read_split(paths), 0)
-    assert check_split(*paths.values(), common_path=path) == []
-    held = {}
-    for fold in range(5):
-        train, test, solution = run_transfer(common, 0, 5, fold)
-        check_transfer_properties(common, train, test, solution, 0, 5, fold)
-        held[fold] = sorted(test.obs_names)
-    units = [u for names in held.values() for u in names]
-    assert len(units) == len(set(units)) == solution.uns["n_partition_conditions"]
-    assert {u.split("|", 1)[1] for u in units} == {"|".join(c) for c in contexts}
-    print(f"{name} cell_type_transfer: {len(units)} units; per fold {[len(v) for v in held.values()]}")
