@@ -347,10 +347,11 @@ def check_split(train_path, test_path, solution_path, task_id: str | None = None
 CONDITION_COLUMNS = ("perturbation", "cell_type", "condition", "perturbation_type")
 
 
-def eligible_conditions(common, task_id: str) -> set[tuple[str, ...]]:
+def eligible_conditions(common, task_id: str, context: str | None = None) -> set[tuple[str, ...]]:
     """Conditions (perturbation, cell_type, condition, perturbation_type) that a task's partition must test:
     every perturbation (unseen_perturbation), every combination (unseen_combination), every perturbation
-    measured in two or more contexts, in each of them (cell_type_transfer)."""
+    measured in two or more contexts, in each of them or only in `context` ('cell_type|condition') when the
+    partition is restricted to one (cell_type_transfer)."""
     keys = list(zip(*(_strings(common.obs, c) for c in CONDITION_COLUMNS)))
     keys = {k for k in keys if k[0] != CONTROL}
     if task_id == "unseen_combination":
@@ -359,7 +360,7 @@ def eligible_conditions(common, task_id: str) -> set[tuple[str, ...]]:
         contexts: dict[tuple[str, str], set] = {}
         for p, c, d, t in keys:
             contexts.setdefault((p, t), set()).add((c, d))
-        return {k for k in keys if len(contexts[(k[0], k[3])]) >= 2}
+        return {k for k in keys if len(contexts[(k[0], k[3])]) >= 2 and (context is None or f"{k[1]}|{k[2]}" == context)}
     return keys
 
 
@@ -382,7 +383,7 @@ def check_partition(test_paths: list, common_path=None) -> list[str]:
         return problems
     if not tests:
         return ["no test file given"]
-    for key in ("task_id", "dataset_id", "split_seed", "n_folds", "n_partition_conditions"):
+    for key in ("task_id", "dataset_id", "split_seed", "n_folds", "n_partition_conditions", "heldout_context"):
         values = sorted({str(t.uns.get(key)) for t in tests})
         if len(values) > 1:
             problems.append(f"uns['{key}'] differs between the folds' test files: {_examples(values)}")
@@ -414,7 +415,7 @@ def check_partition(test_paths: list, common_path=None) -> list[str]:
         common, problem = _load(common_path, "common")
         if problem:
             return problems + [problem]
-        eligible = eligible_conditions(common, str(tests[0].uns.get("task_id")))
+        eligible = eligible_conditions(common, str(tests[0].uns.get("task_id")), tests[0].uns.get("heldout_context"))
         if not missing and eligible - set(tested):
             problems.append(f"{len(eligible - set(tested))} eligible conditions are tested in no fold, e.g. "
                             f"{_examples('|'.join(k[:3]) for k in eligible - set(tested))}")

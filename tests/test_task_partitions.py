@@ -90,7 +90,7 @@ def test_every_eligible_condition_is_tested_in_exactly_one_fold(common, task, n_
     assert len(tested) == len(set(tested))  # never twice
     assert set(tested) <= eligible(common, task)
     # a fold without a test condition of its own is not applicable; any other reason leaves its share untested
-    incomplete = [r for r in reasons.values() if "holds out no condition" not in r and "fewer than --n_folds" not in r]
+    incomplete = [r for r in reasons.values() if "tests no perturbation" not in r and "fewer than --n_folds" not in r]
     if not incomplete:
         assert set(tested) == eligible(common, task)
         if len(tests) == n_folds:

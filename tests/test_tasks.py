@@ -21,7 +21,7 @@ import yaml
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from perturbcast.leakage import ALLOWED_TEST_OBS, check_split
+from perturbcast.leakage import ALLOWED_TEST_OBS, check_partition, check_split
 
 ROOT = Path(__file__).resolve().parents[1]
 UTILS = ROOT / "src" / "utils"
@@ -264,7 +264,8 @@ def check_transfer_properties(common, train, test, solution, seed, n_folds=5, fo
     contexts = set(zip(test.obs["cell_type"], test.obs["condition"]))
     assert list(solution.uns["heldout_contexts"]) == sorted("|".join(c) for c in contexts)
     if heldout_context:
-        assert contexts == {tuple(heldout_context.split("|"))} and solution.uns["heldout_context"] == heldout_context
+        assert contexts == {tuple(heldout_context.split("|"))}
+        assert solution.uns["heldout_context"] == test.uns["heldout_context"] == heldout_context
     assert set(test.obs["stratum"]) == {"transfer"}
     # every held-out perturbation stays observed in another context of training
     train_obs = train.obs
@@ -295,12 +296,11 @@ def run_combination(common, seed, n_folds=5, fold=0):
 
 def run_transfer(common, seed, n_folds=5, fold=0, heldout_context=None):
     is_test, stratum, exclude, info = partitions.transfer_fold(common.obs, n_folds, fold, seed, heldout_context)
-    extra = {"heldout_contexts": info["heldout_contexts"]}
+    partition = {"n_partition_conditions": info["n_partition_conditions"]}
     if heldout_context:
-        extra["heldout_context"] = info["heldout_context"]
+        partition["heldout_context"] = info["heldout_context"]
     return splits.build_split(common, is_test, stratum, TRANSFER, seed, n_folds=n_folds, fold=fold,
-                              extra_uns={"n_partition_conditions": info["n_partition_conditions"]},
-                              extra_solution_uns=extra)
+                              extra_uns=partition, extra_solution_uns={"heldout_contexts": info["heldout_contexts"]})
 
 
 @HYPOTHESIS
@@ -408,6 +408,10 @@ def test_heldout_context_argument_and_single_context():
         assert set(common.obs["cell_type"][is_test]) == {"T98G"} and is_test.sum() == 2 * 2  # 8 / 4 x 2 reps
         tested += sorted(set(common.obs["perturbation"][is_test]))
     assert sorted(tested) == list("ABCDEFGH")
+    tests = [run_transfer(common, 0, 4, fold, heldout_context="T98G|none")[1] for fold in range(4)]
+    assert check_partition(tests, common_path=common) == []
+    assert "eligible conditions are tested in no fold" in check_partition(tests[:3] + [tests[3][1:].copy()],
+                                                                           common_path=common)[-1]
     assert partitions.transfer_fold(common.obs, 5, 0, 0, heldout_context="U87MG")[3]["heldout_context"] == "U87MG|none"
     with pytest.raises(splits.SplitInputError, match="not a context"):
         partitions.transfer_fold(common.obs, 5, 0, 0, heldout_context="K562|none")

@@ -82,6 +82,9 @@ def perturbation_fold(obs: pd.DataFrame, n_folds: int, fold: int, seed: int):
     owner = np.array([fold_of[min(t, key=position.__getitem__)] if t else -1 for t in targets])
     touching = touches(targets, held)
     is_test = touching & (owner == fold)
+    if not is_test.any():
+        raise SplitNotApplicable(f"fold {fold} of {n_folds} tests no perturbation: every perturbation of its genes "
+                                 f"({', '.join(held)}) is a combination tested in the fold of another target")
     exclude = touching & ~is_test
     seen = set(target_genes(targets, ~is_test & ~exclude & ~is_control))
     stratum = np.array(["" if not is_test[i] else "single" if len(t) == 1

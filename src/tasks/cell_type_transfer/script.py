@@ -30,12 +30,13 @@ seed, n_folds, fold = splits.split_arguments(par, fail)
 try:
     is_test, stratum, exclude, info = partitions.transfer_fold(common.obs, n_folds, fold, seed,
                                                                par.get("heldout_context"))
-    extra = {"heldout_contexts": list(info["heldout_contexts"])}
+    # a partition restricted to one context says so in test and solution, so that check_partition knows
+    partition = {"n_partition_conditions": info["n_partition_conditions"]}
     if "heldout_context" in info:
-        extra["heldout_context"] = info["heldout_context"]
+        partition["heldout_context"] = info["heldout_context"]
     train, test, solution = splits.build_split(
-        common, is_test, stratum, task_id=TASK_ID, seed=seed, n_folds=n_folds, fold=fold,
-        extra_uns={"n_partition_conditions": info["n_partition_conditions"]}, extra_solution_uns=extra)
+        common, is_test, stratum, task_id=TASK_ID, seed=seed, n_folds=n_folds, fold=fold, extra_uns=partition,
+        extra_solution_uns={"heldout_contexts": list(info["heldout_contexts"])})
 except splits.SplitInputError as error:
     fail(str(error) if str(error).startswith("--heldout_context") else f"--input file '{par['input']}': {error}")
 except splits.SplitNotApplicable as error:
