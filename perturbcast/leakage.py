@@ -1,4 +1,5 @@
-"""Leakage checks of a task split: `check_split(train, test, solution)` and `perturbcast check-split`.
+"""Leakage checks of a task split: `check_split(train, test, solution)`, `check_partition(test_paths)` (the
+folds of one partition test every eligible condition exactly once) and `perturbcast check-split [--partition]`.
 
 A split leaks when a method could read a held-out condition's expression (in the training file, in the
 test file) or when training shows a perturbation the task promises is unseen. The checks:
@@ -12,7 +13,9 @@ Every task
 - no control among the test conditions; no training row with the (perturbation, cell_type, condition) of a
   test row; as a content check, no training profile equal (to 4 decimals) to a solution profile (`X`,
   `replicate_1`, `replicate_2`), whatever its labels;
-- `train.var['mean_expression']`, when present, is the mean over the training profiles only;
+- `train.var['mean_expression']`, when present, is the mean over the training profiles only, and
+  `highly_variable_rank` (the same in all three files) orders the genes by their training variance;
+- the three files agree on `uns` n_folds / fold when they are a fold of a partition;
 - with `common_path`: every control profile of the common dataset is in training.
 
 Per task (`task_id`, else `train.uns['task_id']`)
@@ -21,8 +24,9 @@ Per task (`task_id`, else `train.uns['task_id']`)
 - `unseen_combination`: test rows are combinations absent from training in every context; the stratum
   `combo_seen<k>` of each has exactly k targets whose single perturbation is in training; no training
   perturbation targets a gene of `solution.uns['held_out_singles']`;
-- `cell_type_transfer`: all test rows are in one context (`solution.uns['heldout_context']` when given) and
-  every test perturbation is in training in another context.
+- `cell_type_transfer`: every test perturbation is in training in another context; the test rows are in
+  the declared `solution.uns['heldout_contexts']` / `heldout_context`, and in one context for a split made
+  before folds (no `uns['n_folds']`).
 """
 from __future__ import annotations
 
@@ -106,7 +110,7 @@ def _column_mean(matrix) -> np.ndarray:
 
 def _general_problems(train, test, solution) -> list[str]:
     problems = []
-    for key in ("task_id", "dataset_id", "split_seed"):
+    for key in ("task_id", "dataset_id", "split_seed", "n_folds", "fold"):
         values = {role: adata.uns.get(key) for role, adata in zip(SPLIT_FILES, (train, test, solution))}
         if len({str(v) for v in values.values()}) > 1:
             problems.append(f"uns['{key}'] differs between the files: "
@@ -174,6 +178,33 @@ def _general_problems(train, test, solution) -> list[str]:
             problems.append(f"train: var['mean_expression'] is not the mean of the training profiles (gene "
                             f"'{train.var_names[worst]}': {observed[worst]:.6g} vs {expected[worst]:.6g}); it may "
                             f"average held-out profiles")
+    problems += _rank_problems(train, test, solution)
+    return problems
+
+
+def _rank_problems(train, test, solution) -> list[str]:
+    """`highly_variable_rank` orders the genes by their variance over the training profiles (ties aside)."""
+    problems = []
+    if "highly_variable_rank" not in train.var.columns or train.n_obs < 2:
+        return problems
+    rank = train.var["highly_variable_rank"].to_numpy()
+    for role, adata in (("test", test), ("solution", solution)):
+        if "highly_variable_rank" in adata.var.columns and not np.array_equal(
+                adata.var["highly_variable_rank"].to_numpy(), rank):
+            problems.append(f"{role}: var['highly_variable_rank'] differs from train's")
+    variance = np.zeros(train.n_vars)
+    mean = _column_mean(train.X)
+    for start in range(0, train.n_obs, _BLOCK):
+        variance += ((_dense_rows(train.X, start, start + _BLOCK) - mean) ** 2).sum(axis=0)
+    variance /= train.n_obs
+    if sorted(rank.tolist()) != list(range(train.n_vars)):
+        return problems + ["train: var['highly_variable_rank'] is not a ranking 0..n_genes-1"]
+    by_rank = variance[np.argsort(rank)]
+    rises = np.flatnonzero(np.diff(by_rank) > 1e-6 * np.maximum(np.abs(by_rank[1:]), 1e-3))
+    if len(rises):
+        gene = train.var_names[np.argsort(rank)[rises[0] + 1]]
+        problems.append(f"train: var['highly_variable_rank'] does not follow the variance of the training profiles "
+                        f"(gene '{gene}' is more variable than a gene ranked above it); it may rank held-out profiles")
     return problems
 
 
@@ -245,11 +276,16 @@ def _unseen_combination_problems(train, test, solution) -> list[str]:
 def _cell_type_transfer_problems(train, test, solution) -> list[str]:
     problems = []
     contexts = {f"{c}|{d}" for c, d in zip(_strings(test.obs, "cell_type"), _strings(test.obs, "condition"))}
-    if len(contexts) > 1:
+    # a fold of a partition tests several contexts; a split made before folds held out one
+    if len(contexts) > 1 and "n_folds" not in train.uns:
         problems.append(f"test: rows from {len(contexts)} contexts ({_examples(contexts)}), expected one held-out context")
     declared = solution.uns.get("heldout_context")
     if declared is not None and contexts and contexts != {str(declared)}:
         problems.append(f"test: rows are in {_examples(contexts)}, not in the declared held-out context {str(declared)!r}")
+    listed = solution.uns.get("heldout_contexts")
+    if listed is not None and contexts != {str(c) for c in np.atleast_1d(listed)}:
+        problems.append(f"test: rows are in {_examples(contexts)}, not in the declared held-out contexts "
+                        f"{_examples(np.atleast_1d(listed))}")
     observed: dict[tuple[str, str], set[str]] = {}
     for p, t, c, d in zip(*(_strings(train.obs, col) for col in ("perturbation", "perturbation_type", "cell_type",
                                                                   "condition"))):
@@ -308,6 +344,87 @@ def check_split(train_path, test_path, solution_path, task_id: str | None = None
     return problems
 
 
+CONDITION_COLUMNS = ("perturbation", "cell_type", "condition", "perturbation_type")
+
+
+def eligible_conditions(common, task_id: str, context: str | None = None) -> set[tuple[str, ...]]:
+    """Conditions (perturbation, cell_type, condition, perturbation_type) that a task's partition must test:
+    every perturbation (unseen_perturbation), every combination (unseen_combination), every perturbation
+    measured in two or more contexts, in each of them or only in `context` ('cell_type|condition') when the
+    partition is restricted to one (cell_type_transfer)."""
+    keys = list(zip(*(_strings(common.obs, c) for c in CONDITION_COLUMNS)))
+    keys = {k for k in keys if k[0] != CONTROL}
+    if task_id == "unseen_combination":
+        return {k for k in keys if len(_targets(k[0])) >= 2}
+    if task_id == "cell_type_transfer":
+        contexts: dict[tuple[str, str], set] = {}
+        for p, c, d, t in keys:
+            contexts.setdefault((p, t), set()).add((c, d))
+        return {k for k in keys if len(contexts[(k[0], k[3])]) >= 2 and (context is None or f"{k[1]}|{k[2]}" == context)}
+    return keys
+
+
+def check_partition(test_paths: list, common_path=None) -> list[str]:
+    """Problems of a complete partition, given the test files of all its folds (or their split directories).
+
+    The files must share task_id, dataset_id, split_seed and n_folds and hold each fold 0..n_folds-1 once;
+    no condition may be tested in two folds; the conditions tested must number `uns['n_partition_conditions']`
+    and, with `common_path`, be exactly the task's eligible conditions of the common dataset.
+    """
+    problems, tests = [], []
+    for value in test_paths:
+        if isinstance(value, (str, os.PathLike)) and os.path.isdir(value):
+            value = os.path.join(value, "test.h5ad")
+        adata, problem = _load(value, "test")
+        if problem:
+            problems.append(problem)
+        tests.append(adata)
+    if problems:
+        return problems
+    if not tests:
+        return ["no test file given"]
+    for key in ("task_id", "dataset_id", "split_seed", "n_folds", "n_partition_conditions", "heldout_context"):
+        values = sorted({str(t.uns.get(key)) for t in tests})
+        if len(values) > 1:
+            problems.append(f"uns['{key}'] differs between the folds' test files: {_examples(values)}")
+    if "n_folds" not in tests[0].uns or any("fold" not in t.uns for t in tests):
+        return problems + ["test: uns['n_folds'] / uns['fold'] missing; not a fold of a partition"]
+    n_folds = int(tests[0].uns["n_folds"])
+    folds = [int(t.uns["fold"]) for t in tests]
+    missing = sorted(set(range(n_folds)) - set(folds))
+    if missing:
+        problems.append(f"folds {', '.join(map(str, missing))} of {n_folds} are missing: the partition is incomplete")
+    twice = sorted({f for f in folds if folds.count(f) > 1})
+    if twice:
+        problems.append(f"folds {', '.join(map(str, twice))} are given more than once")
+    if twice or any(not 0 <= f < n_folds for f in folds):
+        return problems
+    tested: dict[tuple[str, ...], list[int]] = {}
+    for fold, test in zip(folds, tests):
+        for key in zip(*(_strings(test.obs, c) for c in CONDITION_COLUMNS)):
+            tested.setdefault(key, []).append(fold)
+    again = {k: f for k, f in tested.items() if len(f) > 1}
+    if again:
+        problems.append(f"{len(again)} conditions are tested in more than one fold, e.g. "
+                        f"{_examples('|'.join(k[:3]) + f' (folds {f})' for k, f in again.items())}")
+    declared = tests[0].uns.get("n_partition_conditions")
+    if declared is not None and not missing and len(tested) != int(declared):
+        problems.append(f"the folds test {len(tested)} distinct conditions, but the partition has {int(declared)} "
+                        f"(uns['n_partition_conditions'])")
+    if common_path is not None:
+        common, problem = _load(common_path, "common")
+        if problem:
+            return problems + [problem]
+        eligible = eligible_conditions(common, str(tests[0].uns.get("task_id")), tests[0].uns.get("heldout_context"))
+        if not missing and eligible - set(tested):
+            problems.append(f"{len(eligible - set(tested))} eligible conditions are tested in no fold, e.g. "
+                            f"{_examples('|'.join(k[:3]) for k in eligible - set(tested))}")
+        if set(tested) - eligible:
+            problems.append(f"{len(set(tested) - eligible)} tested conditions are not eligible for the task, e.g. "
+                            f"{_examples('|'.join(k[:3]) for k in set(tested) - eligible)}")
+    return problems
+
+
 def split_paths(paths: list[str]) -> tuple[str, str, str]:
     """One split directory (holding train.h5ad, test.h5ad, solution.h5ad) or the three files in that order."""
     if len(paths) == 1:
@@ -329,7 +446,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("paths", nargs="+", metavar="SPLIT_DIR_or_TRAIN_TEST_SOLUTION",
                         help="a split directory with train.h5ad, test.h5ad, solution.h5ad, or the three files")
     parser.add_argument("--task_id", help="task whose promises to check (default: train.uns['task_id'])")
-    parser.add_argument("--common", help="the common dataset, to check that every control is in training")
+    parser.add_argument("--common", help="the common dataset, to check that every control is in training (with "
+                                         "--partition: that every eligible condition is tested)")
+    parser.add_argument("--partition", action="store_true",
+                        help="check a complete partition instead: PATHS are the test files (or split directories) "
+                             "of all its folds; every eligible condition must be tested in exactly one fold")
     return parser
 
 
@@ -340,6 +461,15 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exit_:
         return int(exit_.code or 0)
+    if args.partition:
+        problems = check_partition(args.paths, common_path=args.common)
+        for problem in problems:
+            print(f"[leak] {problem}")
+        if problems:
+            print(f"check-split --partition: {len(problems)} problem(s) in {len(args.paths)} folds", file=sys.stderr)
+            return 1
+        print(f"check-split --partition: {len(args.paths)} folds: every condition tested exactly once")
+        return 0
     try:
         train, test, solution = split_paths(args.paths)
     except ValueError as error:

@@ -20,6 +20,7 @@ from perturbcast.leakage import check_split
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src" / "utils"))
+import partitions  # noqa: E402
 import splits  # noqa: E402
 
 import realdata  # noqa: E402
@@ -29,25 +30,24 @@ CONTEXTS = [("K562", "none"), ("RPE1", "none")]
 PERTURBATIONS = {p: CONTEXTS for p in ["A", "B", "C", "D", "E", "F", "G", "H", "A+B", "C+D", "E+X", "F+G", "X+Y"]}
 
 
-def split_of(task: str, common, seed: int = 0, test_size: float = 0.25):
-    """Train, test, solution of `task` made in process, as the task's script does."""
-    if task == "unseen_perturbation":
-        targets = splits.row_targets(common.obs)
-        is_control = common.obs["is_control"].to_numpy().astype(bool)
-        held = splits.choose_held_out(splits.target_genes(targets, ~is_control), test_size, seed)
-        is_test = splits.touches(targets, held)
-        seen = set(splits.target_genes(targets, ~is_test & ~is_control))
-        stratum = np.array(["" if not is_test[i] else "single" if len(t) == 1 else
-                            "combo_seen1" if any(g in seen for g in t) else "combo_seen0"
-                            for i, t in enumerate(targets)], dtype=object)
-        return splits.build_split(common, is_test, stratum, task, seed, extra_solution_uns={"held_out_targets": held})
-    if task == "unseen_combination":
-        is_test, stratum, exclude, info = splits.combination_split(common.obs, test_size, seed)
-        return splits.build_split(common, is_test, stratum, task, seed, exclude=exclude,
-                                  extra_solution_uns={"held_out_singles": info["held_out_singles"]})
-    is_test, stratum, info = splits.transfer_split(common.obs, test_size, seed)
-    return splits.build_split(common, is_test, stratum, task, seed,
-                              extra_solution_uns={"heldout_context": info["heldout_context"]})
+FOLD_FUNCTIONS = {"unseen_perturbation": partitions.perturbation_fold, "unseen_combination": partitions.combination_fold,
+                  "cell_type_transfer": partitions.transfer_fold}
+
+
+def split_of(task: str, common, seed: int = 0, n_folds: int = 5, fold: int = 0):
+    """Train, test, solution of fold `fold` of `task` made in process, as the task's script does."""
+    is_test, stratum, exclude, info = FOLD_FUNCTIONS[task](common.obs, n_folds, fold, seed)
+    extra = {key: info[key] for key in ("held_out_targets", "held_out_singles", "heldout_contexts") if key in info}
+    return splits.build_split(common, is_test, stratum, task, seed, exclude=exclude, n_folds=n_folds, fold=fold,
+                              extra_uns={"n_partition_conditions": info["n_partition_conditions"]},
+                              extra_solution_uns=extra)
+
+
+def restat(train):
+    """Training data with its gene statistics recomputed, so that only an injected leak remains."""
+    train.var["mean_expression"] = np.asarray(train.X.mean(axis=0), dtype=np.float64).ravel()
+    train.var["highly_variable_rank"] = splits.variability_rank(train.X)
+    return train
 
 
 TASKS = ["unseen_perturbation", "unseen_combination", "cell_type_transfer"]
@@ -74,7 +74,7 @@ def add_train_row(train, perturbation, cell_type, condition, profile, name="inje
     out = ad.concat([base, row], merge="same", uns_merge="first")
     out.var = train.var.copy()
     out.var["mean_expression"] = np.asarray(out.X, dtype=np.float64).mean(axis=0)
-    return out
+    return out  # highly_variable_rank is left as made for the split: test / solution carry the same
 
 
 def has(problems, text):
@@ -161,7 +161,8 @@ def test_training_statistics_over_held_out_profiles_are_caught(common):
 
 
 def test_held_out_combination_in_training_and_wrong_strata_are_caught(common):
-    train, test, solution = split_of("unseen_combination", common)
+    # 5 combinations in 2 folds: each fold withholds singles to reach more strata
+    train, test, solution = split_of("unseen_combination", common, n_folds=2)
     row = test.obs.iloc[0]
     other = next(c for c in ("K562", "RPE1", "HeLa") if c != row["cell_type"])
     leaky = add_train_row(train, row["perturbation"], other, row["condition"],
@@ -183,8 +184,7 @@ def test_transfer_perturbation_not_observed_elsewhere_is_caught(common):
     train, test, solution = split_of("cell_type_transfer", common)
     perturbation = test.obs["perturbation"].iloc[0]
     keep = (train.obs["perturbation"] != perturbation).to_numpy()
-    thinned = train[keep].copy()
-    thinned.var["mean_expression"] = np.asarray(thinned.X.mean(axis=0), dtype=np.float64).ravel()
+    thinned = restat(train[keep].copy())
     assert has(check_split(thinned, test, solution), "not observed in another context")
 
 
@@ -192,8 +192,9 @@ def test_missing_controls_and_misaligned_files_are_caught(common):
     train, test, solution = split_of("cell_type_transfer", common)
     keep = np.ones(train.n_obs, dtype=bool)
     keep[np.flatnonzero(train.obs["is_control"].to_numpy())[0]] = False
-    thinned = train[keep].copy()
-    thinned.var["mean_expression"] = np.asarray(thinned.X.mean(axis=0), dtype=np.float64).ravel()
+    thinned = restat(train[keep].copy())
+    for adata in (test, solution):
+        adata.var["highly_variable_rank"] = thinned.var["highly_variable_rank"].to_numpy()
     assert check_split(thinned, test, solution) == []
     assert has(check_split(thinned, test, solution, common_path=common), "control profiles of the common dataset")
     assert has(check_split(train, test[::-1].copy(), solution), "obs_names are not identical")
@@ -270,3 +271,55 @@ def test_command_line(common, tmp_path, capsys):
     assert leakage.main([str(tmp_path / "partial")]) == 1
     assert "does not exist" in capsys.readouterr().out
     assert leakage.main(["--help"]) == 0
+
+
+# --------------------------------------------------------------------------------------------------
+# folds: gene ranks from training rows, fold labels, complete partitions
+# --------------------------------------------------------------------------------------------------
+
+def test_gene_ranks_over_held_out_profiles_and_fold_mismatch_are_caught(common):
+    train, test, solution = split_of("unseen_perturbation", common)
+    assert check_split(train, test, solution) == []
+    everything = common.var["highly_variable_rank"].to_numpy()  # ranked over all rows, test rows included
+    assert not np.array_equal(everything, train.var["highly_variable_rank"].to_numpy())
+    for adata in (train, test, solution):
+        adata.var["highly_variable_rank"] = everything
+    assert has(check_split(train, test, solution), "does not follow the variance of the training profiles")
+    train, test, solution = split_of("unseen_perturbation", common)
+    solution.uns["fold"] = 1
+    assert has(check_split(train, test, solution), "uns['fold'] differs")
+
+
+def partition_of(task, common, n_folds=3, seed=0):
+    return [split_of(task, common, seed, n_folds, fold)[1] for fold in range(n_folds)]
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_a_complete_partition_is_clean_and_gaps_or_repeats_are_caught(task, common, tmp_path):
+    tests = partition_of(task, common)
+    assert leakage.check_partition(tests, common_path=common) == []
+    assert has(leakage.check_partition(tests[:2]), "folds 2 of 3 are missing")
+    assert has(leakage.check_partition(tests[:2], common_path=common), "folds 2 of 3 are missing")
+    assert has(leakage.check_partition([tests[0], tests[1], tests[1]]), "given more than once")
+    # a condition of fold 0 tested again in fold 1 (relabelled test file)
+    import anndata as ad
+
+    twice = ad.concat([tests[1], tests[0][:1]], uns_merge="first")
+    problems = leakage.check_partition([tests[0], twice, tests[2]])
+    assert problems == [p for p in problems if "tested in more than one fold" in p] and len(problems) == 1
+    # a condition tested nowhere: dropped from its fold
+    fewer = tests[2][1:].copy()
+    problems = leakage.check_partition([tests[0], tests[1], fewer], common_path=common)
+    assert has(problems, "eligible conditions are tested in no fold") and has(problems, "uns['n_partition_conditions']")
+    other = partition_of(task, common, seed=1)
+    assert has(leakage.check_partition([tests[0], tests[1], other[2]]), "uns['split_seed'] differs")
+
+
+def test_partition_command_line(common, tmp_path, capsys):
+    common.write_h5ad(tmp_path / "common.h5ad")
+    directories = [str(write_split(tmp_path / f"fold{fold}", *split_of("unseen_combination", common, 0, 2, fold)))
+                   for fold in range(2)]
+    assert leakage.main(["--partition", *directories, "--common", str(tmp_path / "common.h5ad")]) == 0
+    assert "every condition tested exactly once" in capsys.readouterr().out
+    assert leakage.main(["--partition", directories[0]]) == 1
+    assert "folds 1 of 2 are missing" in capsys.readouterr().out

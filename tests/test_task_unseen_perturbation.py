@@ -23,10 +23,10 @@ ROOT = Path(__file__).resolve().parents[1]
 UTILS = ROOT / "src" / "utils"
 COMPONENT = ROOT / "src" / "tasks" / "unseen_perturbation"
 API = ROOT / "src" / "api"
-DEVEL = ROOT.parent / "shared" / "data" / "perturbench_devel.h5ad"
 
 sys.path.insert(0, str(UTILS))
 import formats  # noqa: E402
+import partitions  # noqa: E402
 import splits  # noqa: E402
 from realdata import norman19_common  # noqa: E402
 
@@ -60,12 +60,12 @@ def processed_config(path: Path) -> Path:
     return path
 
 
-def run_task(input_path, out_dir: Path, seed=0, test_size=0.25, config=None):
+def run_task(input_path, out_dir: Path, seed=0, n_folds=5, fold=0, config=None):
     """Run script.py with concrete par/meta; returns (CompletedProcess, {name: path})."""
     out_dir.mkdir(parents=True, exist_ok=True)
     outputs = {name: str(out_dir / f"{name}.h5ad") for name in ("train", "test", "solution")}
     par = {"input": str(input_path), "output_train": outputs["train"], "output_test": outputs["test"],
-           "output_solution": outputs["solution"], "seed": seed, "test_size": test_size}
+           "output_solution": outputs["solution"], "seed": seed, "n_folds": n_folds, "fold": fold}
     meta = {"resources_dir": str(UTILS), "config": None if config is None else str(config), "name": TASK_ID}
     source = (COMPONENT / "script.py").read_text()
     block = f"## VIASH START\npar = {par!r}\nmeta = {meta!r}\n## VIASH END"
@@ -167,6 +167,11 @@ def check_split_properties(common, out):
     common_targets = targets_of(common.obs)
     all_genes = {g for t in common_targets for g in t}
     assert held < all_genes  # at least one target gene left in training
+    rank = np.empty(train.n_vars, dtype=np.int64)
+    X_train = train.X.toarray() if sp.issparse(train.X) else np.asarray(train.X)
+    rank[np.argsort(-X_train.astype(np.float64).var(axis=0), kind="stable")] = np.arange(train.n_vars)
+    for adata in (train, test, solution):  # variability over the training rows only
+        np.testing.assert_array_equal(adata.var["highly_variable_rank"].to_numpy(), rank)
     # no held-out target gene in any training perturbation; every test perturbation touches one
     for targets in targets_of(train.obs):
         assert held.isdisjoint(targets)
@@ -176,11 +181,18 @@ def check_split_properties(common, out):
     controls = common.obs_names[common.obs["is_control"].to_numpy()]
     assert set(controls) <= set(train.obs_names)
     assert "control" not in set(test.obs["perturbation"])
-    # partition: every common row is in train or is a replicate of a test condition
+    # every common row is in train, a replicate of a test condition, or excluded: a perturbation touching a
+    # held-out gene whose first target (in the partition's seeded gene order) belongs to another fold
     test_keys = set(zip(test.obs["perturbation"], test.obs["cell_type"], test.obs["condition"]))
+    fold_of, position = partitions.gene_folds(all_genes, solution.uns["n_folds"], solution.uns["split_seed"])
+    assert held == {g for g in all_genes if fold_of[g] == solution.uns["fold"]}
     for name, row in common.obs.iterrows():
         key = (row["perturbation"], row["cell_type"], row["condition"])
-        assert (name in train.obs_names) != (key in test_keys)
+        targets = () if row["perturbation"] == "control" else tuple(row["perturbation"].split("+"))
+        owner = fold_of[min(targets, key=position.__getitem__)] if targets else -1
+        excluded = bool(held & set(targets)) and owner != solution.uns["fold"]
+        assert (name in train.obs_names) + (key in test_keys) + excluded == 1, name
+        assert (key in test_keys) == (bool(held & set(targets)) and owner == solution.uns["fold"])
     # train = common rows unchanged; same genes in the same order everywhere
     assert list(train.var_names) == list(common.var_names)
     assert list(test.var_names) == list(common.var_names) == list(solution.var_names)
@@ -239,14 +251,14 @@ def check_split_properties(common, out):
 def test_split_properties_on_synthetic_data(main_run):
     common, _, out, result = main_run
     held = check_split_properties(common, out)
-    # 12 target genes (T12 only in combinations) -> round(0.25 * 12) = 3 held out
-    all_genes = {g for t in targets_of(common.obs) for g in t}
-    assert len(held) == int(np.floor(0.25 * len(all_genes) + 0.5))
+    # 12 target genes (T12 only in combinations) dealt into 5 folds: fold 0 holds out 3 of them
+    assert len(held) == 3
+    assert out["solution"].uns["n_partition_conditions"] == 2 * len(MAIN_PERTURBATIONS) - 2
     assert "counts" in out["train"].layers
     assert set(out["test"].obs["stratum"]) <= {"single", "combo_seen1", "combo_seen0"}
     assert out["solution"].uns["n_single_replicate_conditions"] == 0
     # one line of summary on stderr
-    assert "held out" in result.stderr
+    assert "fold 0 of 5 (seed 0) holds out 3 of 12 target genes" in result.stderr
 
 
 def test_train_mean_expression_does_not_leak_test_profiles(main_run):
@@ -293,18 +305,25 @@ def test_different_seed_differs_and_outputs_pass_the_config_formats(main_common,
 
 def test_strata_on_a_hand_made_case(tmp_path):
     # Target genes A, B, C, D, E and Z (Z is not among the measured genes). E is only perturbed
-    # together with A. Pick the seed that holds out exactly {A, Z} (2 of 6 at test_size 1/3).
+    # together with A. Pick a seed and fold that hold out exactly {A, Z} (2 of 6 in 3 folds), with A
+    # before E in the seeded gene order, so A+E belongs to this fold.
     perturbations = ["A", "B", "C", "Z", "A+B", "A+C", "A+E", "A+Z", "B+D", "C+D"]
     genes = ["A", "B", "C", "D", "E", "G1", "G2", "G3", "G4", "G5"]
     all_targets = ["A", "B", "C", "D", "E", "Z"]
-    seed = next(s for s in range(10_000) if splits.choose_held_out(all_targets, 1 / 3, s) == ["A", "Z"])
+
+    def holds_a_and_z(seed):
+        fold_of, position = partitions.gene_folds(all_targets, 3, seed)
+        return fold_of["A"] == fold_of["Z"] and position["A"] < min(position[g] for g in "BCEZ")
+
+    seed = next(s for s in range(10_000) if holds_a_and_z(s))
+    fold = partitions.gene_folds(all_targets, 3, seed)[0]["A"]
     common = make_common(perturbations, cell_types=("K562",), genes=genes, seed=3)
     path = tmp_path / "common.h5ad"
     common.write_h5ad(path)
-    result, outputs = run_task(path, tmp_path / "out", seed=seed, test_size=1 / 3)
+    result, outputs = run_task(path, tmp_path / "out", seed=seed, n_folds=3, fold=fold)
     assert result.returncode == 0, result.stderr
     out = read_outputs(outputs)
-    check_split_properties(common, out)
+    assert set(check_split_properties(common, out)) == {"A", "Z"}
     test, solution = out["test"], out["solution"]
     assert dict(zip(test.obs["perturbation"], test.obs["stratum"])) == {
         "A": "single", "Z": "single",
@@ -327,6 +346,23 @@ def test_strata_on_a_hand_made_case(tmp_path):
     # control layer = mean of the two training control profiles of K562 x none
     control_rows = np.flatnonzero(common.obs["is_control"].to_numpy())
     np.testing.assert_allclose(solution.layers["control"][k], row_mean(common, control_rows), rtol=1e-5)
+
+
+def test_a_combination_across_two_parts_is_tested_once_and_excluded_elsewhere():
+    # A+B with A and B in different parts: tested in the fold of whichever comes first in the seeded order
+    common = make_common(["A", "B", "C", "D", "A+B", "C+D"], cell_types=("K562",), genes=["A", "B", "C", "D", "G1"])
+    for seed in range(10):
+        fold_of, position = partitions.gene_folds(["A", "B", "C", "D"], 2, seed)
+        if fold_of["A"] == fold_of["B"]:
+            continue
+        first = min("AB", key=position.__getitem__)
+        for fold in range(2):
+            is_test, stratum, exclude, info = partitions.perturbation_fold(common.obs, 2, fold, seed)
+            rows = (common.obs["perturbation"] == "A+B").to_numpy()
+            assert is_test[rows].all() == (fold_of[first] == fold)
+            assert exclude[rows].all() == (fold_of[first] != fold)
+        return
+    raise AssertionError("no seed below 10 puts A and B in different folds")
 
 
 def test_single_target_gene_is_not_applicable(tmp_path):
@@ -358,14 +394,16 @@ def test_missing_perturbation_column_fails_with_one_line(tmp_path):
 # shared helpers, in process
 # --------------------------------------------------------------------------------------------------
 
-def test_choose_held_out_share_and_bounds():
-    genes = [f"G{i}" for i in range(10)]
-    assert len(splits.choose_held_out(genes, 0.25, 0)) == 3
-    assert len(splits.choose_held_out(genes, 0.0, 0)) == 1
-    assert len(splits.choose_held_out(genes, 1.0, 0)) == 9
-    assert splits.choose_held_out(genes, 0.25, 5) == splits.choose_held_out(list(reversed(genes)), 0.25, 5)
-    with pytest.raises(splits.SplitNotApplicable):
-        splits.choose_held_out(["G1"], 0.25, 0)
+def test_gene_partition_is_balanced_seeded_and_order_free():
+    genes = [f"G{i}" for i in range(11)]
+    fold_of, position = partitions.gene_folds(genes, 5, 0)
+    sizes = sorted(np.bincount(list(fold_of.values()), minlength=5))
+    assert sizes == [2, 2, 2, 2, 3] and sorted(position.values()) == list(range(11))
+    assert partitions.gene_folds(list(reversed(genes)), 5, 0) == (fold_of, position)
+    assert partitions.gene_folds(genes, 5, 1)[0] != fold_of
+    common = make_common(["A", "B", "A+B"], cell_types=("K562",), genes=["A", "B", "G1"])
+    with pytest.raises(splits.SplitNotApplicable, match="fold 2 of 3 has no target genes: the dataset has 2"):
+        partitions.perturbation_fold(common.obs, 3, 2, 0)
 
 
 def test_replicate_halves_and_single_replicate_conditions():
@@ -418,7 +456,6 @@ def test_unsorted_or_inconsistent_perturbations_are_input_errors():
 # real data: Norman et al. 2019 subset of the PerturBench development file
 # --------------------------------------------------------------------------------------------------
 
-@pytest.mark.skipif(not DEVEL.exists(), reason=f"{DEVEL} is absent (real data only on project machines)")
 def test_norman19_devel(tmp_path):
     common = norman19_common()
     assert formats.check_anndata(common, file_format("common_dataset")) == []
@@ -429,7 +466,7 @@ def test_norman19_devel(tmp_path):
     out = read_outputs(outputs)
     held = check_split_properties(common, out)
     genes = {g for t in targets_of(common.obs) for g in t}
-    assert len(held) == int(np.floor(0.25 * len(genes) + 0.5))
+    assert len(held) in (len(genes) // 5, -(-len(genes) // 5))
     strata = out["test"].obs["stratum"].value_counts().to_dict()
     assert strata.get("single", 0) >= 1
     print(f"norman19 devel: {len(genes)} target genes, held out {sorted(held)}; train {out['train'].n_obs} "

@@ -1,15 +1,14 @@
-"""Tests of the `unseen_combination` and `cell_type_transfer` tasks and their split code in src/utils/splits.py.
+"""Tests of the `unseen_combination` and `cell_type_transfer` tasks and their fold code (src/utils/partitions.py).
 
 Property-based tests (hypothesis) generate small common datasets with random numbers of genes, singles,
-combinations, contexts and replicates and call the split functions in-process; a few runs go through
-`perturbcast.runner.run_component` as `perturbcast run` / `viash run` would. Real data: Norman 2019
+combinations, contexts and replicates and call the fold functions in-process; a few runs go through
+`perturbcast.runner.run_component` in tests/test_task_partitions.py. Real data: Norman 2019
 (combinations), McFaline-Figueroa 2023 (3 glioma lines) and Datlinger 2017 (stimulated / unstimulated),
-made into common datasets by tests/realdata.py; skipped when ../shared/data is absent.
+made into common datasets by tests/realdata.py, are tested in tests/test_task_partitions.py.
 """
 from __future__ import annotations
 
 import itertools
-import math
 import sys
 from pathlib import Path
 
@@ -22,17 +21,16 @@ import yaml
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from perturbcast.leakage import ALLOWED_TEST_OBS, check_split
-from perturbcast.runner import run_component
+from perturbcast.leakage import ALLOWED_TEST_OBS, check_partition, check_split
 
 ROOT = Path(__file__).resolve().parents[1]
 UTILS = ROOT / "src" / "utils"
 API = ROOT / "src" / "api"
 sys.path.insert(0, str(UTILS))
 import formats  # noqa: E402
+import partitions  # noqa: E402
 import splits  # noqa: E402
 
-import realdata  # noqa: E402
 
 COMBINATION = "unseen_combination"
 TRANSFER = "cell_type_transfer"
@@ -126,7 +124,23 @@ def file_format(name: str) -> dict:
 # properties
 # --------------------------------------------------------------------------------------------------
 
-def check_common_properties(common, train, test, solution, task_id, seed, excluded=()):
+def variance_rank(X) -> np.ndarray:
+    """Independent of splits.py: rank of each gene by its population variance (0 = most variable)."""
+    variance = dense(X).astype(np.float64).var(axis=0)
+    rank = np.empty(len(variance), dtype=np.int64)
+    rank[np.argsort(-variance, kind="stable")] = np.arange(len(variance))
+    return rank
+
+
+def label_halves(labels) -> dict:
+    """The documented rule, restated: distinct labels in natural order alternate between half 1 and 2."""
+    def key(label):
+        digits = "".join(ch for ch in label if ch.isdigit())
+        return ("".join(ch for ch in label if not ch.isdigit()), int(digits) if digits else -1, label)
+    return {label: 1 + i % 2 for i, label in enumerate(sorted(set(labels), key=key))}
+
+
+def check_common_properties(common, train, test, solution, task_id, seed, excluded=(), n_folds=5, fold=0):
     """What every split must satisfy; `excluded`: common obs_names in neither training nor test."""
     obs = common.obs
     key = lambda frame: list(zip(frame["perturbation"].astype(str), frame["cell_type"].astype(str),  # noqa: E731
@@ -141,9 +155,12 @@ def check_common_properties(common, train, test, solution, task_id, seed, exclud
     np.testing.assert_array_equal(dense(train.X), dense(common.X[rows]))
     assert set(obs.index[obs["is_control"].to_numpy()]) <= set(train.obs_names)
     assert "control" not in set(test.obs["perturbation"])
-    # mean_expression over training rows only
+    # gene statistics over training rows only
     np.testing.assert_allclose(train.var["mean_expression"].to_numpy(), dense(train.X).astype(np.float64).mean(0),
                                rtol=1e-5, atol=1e-6)
+    rank = variance_rank(train.X)
+    for adata in (train, test, solution):
+        np.testing.assert_array_equal(adata.var["highly_variable_rank"].to_numpy(), rank)
     # the test file reveals only DESIGN §3's columns; no expression
     assert sp.issparse(test.X) and test.X.nnz == 0 and test.X.shape == (test.n_obs, common.n_vars)
     assert len(test.layers) == 0 and set(test.obs.columns) == set(ALLOWED_TEST_OBS)
@@ -151,27 +168,42 @@ def check_common_properties(common, train, test, solution, task_id, seed, exclud
     for adata in (train, test, solution):
         assert list(adata.var_names) == list(common.var_names)
         assert adata.uns["task_id"] == task_id and adata.uns["split_seed"] == seed
+        assert adata.uns["n_folds"] == n_folds and adata.uns["fold"] == fold
+        assert isinstance(adata.uns["n_folds"], (int, np.integer))
         assert adata.uns["dataset_id"] == common.uns["dataset_id"]
         assert adata.uns["normalization_id"] == common.uns["normalization_id"]
-    # solution: mean over replicates, two halves, training control of the same context
+    # solution: mean over replicates, label halves, training control of the same context and its halves
     X = dense(common.X).astype(np.float64)
     genes = list(common.var_names)
+    half_of = label_halves(obs["replicate"].astype(str))
+    row_half = np.array([half_of[r] for r in obs["replicate"].astype(str)])
+    fallback = 0
     for k, row in enumerate(solution.obs.itertuples()):
         mask = ((obs["perturbation"] == row.perturbation) & (obs["cell_type"] == row.cell_type)
                 & (obs["condition"] == row.condition)).to_numpy()
         np.testing.assert_allclose(solution.X[k], X[mask].mean(0), rtol=1e-5, atol=1e-6)
-        if mask.sum() == 2:
-            halves = {tuple(solution.layers[layer][k]) for layer in ("replicate_1", "replicate_2")}
-            assert halves == {tuple(X[i].astype(np.float32)) for i in np.flatnonzero(mask)}
         controls = (obs["is_control"] & (obs["cell_type"] == row.cell_type)
                     & (obs["condition"] == row.condition)).to_numpy()
         np.testing.assert_allclose(solution.layers["control"][k], X[controls].mean(0), rtol=1e-5, atol=1e-6)
+        by_label = len(set(row_half[mask])) == 2
+        for half in (1, 2):
+            if by_label:
+                np.testing.assert_allclose(solution.layers[f"replicate_{half}"][k], X[mask & (row_half == half)].mean(0),
+                                           rtol=1e-5, atol=1e-6)
+            in_half = controls & (row_half == half)
+            expected = X[in_half].mean(0) if by_label and in_half.any() else X[controls].mean(0)
+            np.testing.assert_allclose(solution.layers[f"control_replicate_{half}"][k], expected, rtol=1e-5, atol=1e-6)
+        if not by_label and mask.sum() == 2:
+            halves = {tuple(solution.layers[layer][k]) for layer in ("replicate_1", "replicate_2")}
+            assert halves == {tuple(X[i].astype(np.float32)) for i in np.flatnonzero(mask)}
+        fallback += int(not by_label and mask.sum() > 1)
         assert row.n_cells == int(obs["n_cells"].to_numpy()[mask].sum())
         for gene, level in zip(targets_of(row.perturbation), row.target_expression.split("+")):
             if gene in genes:
                 assert float(level) == pytest.approx(float(solution.X[k, genes.index(gene)]), rel=1e-5, abs=1e-6)
             else:
                 assert level == "nan"
+    assert solution.uns["n_replicate_fallback_conditions"] == fallback
     for name, adata in (("train", train), ("test", test), ("solution", solution)):
         assert formats.check_anndata(adata, file_format(name)) == [], name
     assert check_split(train, test, solution) == []
@@ -181,162 +213,148 @@ def n_seen(perturbation, singles_in_train) -> int:
     return sum(1 for g in targets_of(perturbation) if g in singles_in_train)
 
 
-def best_strata(combinations, single_genes, candidates, k) -> int:
-    """Brute force: the most distinct `combo_seen` strata any k withheld candidates can realise."""
-    best = 0
-    for held in itertools.combinations(candidates, k):
-        seen = set(single_genes) - set(held)
-        best = max(best, len({n_seen(p, seen) for p in combinations}))
+def strata_by_size(combinations, single_genes, candidates) -> dict:
+    """Brute force: set size -> the most distinct `combo_seen` strata that withholding that many reaches."""
+    best = {}
+    for k in range(len(candidates) + 1):
+        for held in itertools.combinations(candidates, k):
+            seen = set(single_genes) - set(held)
+            best[k] = max(best.get(k, 0), len({n_seen(p, seen) for p in combinations}))
     return best
 
 
-def check_combination_properties(common, train, test, solution, test_size, seed):
-    """The unseen_combination promises; returns the strata counts."""
+def check_combination_properties(common, train, test, solution, seed, n_folds=5, fold=0):
+    """The unseen_combination promises for one fold; returns the strata counts."""
     obs = common.obs
     perturbations = set(obs["perturbation"].astype(str)) - {"control"}
     combinations = sorted(p for p in perturbations if len(targets_of(p)) >= 2)
     single_genes = sorted(p for p in perturbations if len(targets_of(p)) == 1)
-    candidates = sorted(set(single_genes) & {g for p in combinations for g in targets_of(p)})
+    tested = set(test.obs["perturbation"])
+    assert tested and all(len(targets_of(p)) >= 2 for p in tested)
     held = list(solution.uns["held_out_singles"])
-    # the share of withheld singles
-    n = len(candidates)
-    expected = 0 if n < 2 else min(max(int(math.floor(test_size * n + 0.5)), 1), n - 1)
-    assert len(held) == expected and set(held) <= set(candidates)
-    excluded = obs.index[obs["perturbation"].isin(held).to_numpy()]
-    check_common_properties(common, train, test, solution, COMBINATION, seed, excluded=excluded)
+    candidates = sorted(set(single_genes) & {g for p in tested for g in targets_of(p)})
+    assert set(held) <= set(candidates)
+    # the fewest withheld singles that reach the most strata among the fold's combinations
+    if len(candidates) <= 10:
+        best = strata_by_size(sorted(tested), single_genes, candidates)
+        assert test.obs["stratum"].nunique() == max(best.values())
+        assert len(held) == min(k for k, n in best.items() if n == max(best.values()))
+    excluded_perturbations = set(held) | {p for p in combinations if p not in tested and set(held) & set(targets_of(p))}
+    excluded = obs.index[obs["perturbation"].isin(excluded_perturbations).to_numpy()]
+    check_common_properties(common, train, test, solution, COMBINATION, seed, excluded=excluded,
+                            n_folds=n_folds, fold=fold)
     train_perturbations = set(train.obs["perturbation"].astype(str)) - {"control"}
     train_singles = {p for p in train_perturbations if len(targets_of(p)) == 1}
     assert train_singles == set(single_genes) - set(held)
-    # no training perturbation touches a withheld single's gene
     assert all(set(held).isdisjoint(targets_of(p)) for p in train_perturbations)
-    # every combination is in training or in test, never in both (in any context), never excluded
-    test_combinations = set(test.obs["perturbation"])
-    assert all(len(targets_of(p)) >= 2 for p in test_combinations)
-    assert test_combinations.isdisjoint(train_perturbations)
-    assert test_combinations | (train_perturbations - train_singles) == set(combinations)
+    assert tested.isdisjoint(train_perturbations)
     # whole perturbations held out: in every context where measured
-    for p in test_combinations:
-        assert (obs["perturbation"] == p).sum() == sum(1 for name in obs.index[obs["perturbation"] == p]
-                                                       if name not in train.obs_names)
-    # strata: combo_seen<k>, k = targets whose single perturbation is in training
+    for p in tested:
+        assert not (train.obs["perturbation"] == p).any()
     for row in test.obs.itertuples():
         assert row.stratum == f"combo_seen{n_seen(row.perturbation, train_singles)}"
-    # each stratum present whenever the data allows
-    strata = set(test.obs["stratum"])
-    assert len(strata) == best_strata(combinations, single_genes, candidates, len(held))
-    # combinations of each kind stay in training when there are two or more not touching a withheld gene
-    groups = {}
-    for p in combinations:
-        if set(held).isdisjoint(targets_of(p)):
-            groups.setdefault(n_seen(p, train_singles), []).append(p)
-    for members in groups.values():
-        if len(members) >= 2:
-            assert not set(members) <= test_combinations
+    assert solution.uns["n_partition_conditions"] == len(set(zip(
+        *(obs[c][obs["perturbation"].isin(combinations)] for c in ("perturbation", "cell_type", "condition")))))
     return test.obs["stratum"].value_counts().to_dict()
 
 
-def check_transfer_properties(common, train, test, solution, test_size, seed, heldout_context=None):
+def check_transfer_properties(common, train, test, solution, seed, n_folds=5, fold=0, heldout_context=None):
     obs = common.obs
-    check_common_properties(common, train, test, solution, TRANSFER, seed)
-    is_control = obs["is_control"].to_numpy()
-    contexts = sorted(set(zip(obs["cell_type"][~is_control], obs["condition"][~is_control])))
-    context = tuple(heldout_context.split("|")) if heldout_context else contexts[seed % len(contexts)]
-    assert solution.uns["heldout_context"] == "|".join(context)
-    assert set(zip(test.obs["cell_type"], test.obs["condition"])) == {context}
+    check_common_properties(common, train, test, solution, TRANSFER, seed, n_folds=n_folds, fold=fold)
+    contexts = set(zip(test.obs["cell_type"], test.obs["condition"]))
+    assert list(solution.uns["heldout_contexts"]) == sorted("|".join(c) for c in contexts)
+    if heldout_context:
+        assert contexts == {tuple(heldout_context.split("|"))}
+        assert solution.uns["heldout_context"] == test.uns["heldout_context"] == heldout_context
     assert set(test.obs["stratum"]) == {"transfer"}
-    in_context = ((obs["cell_type"] == context[0]) & (obs["condition"] == context[1])).to_numpy() & ~is_control
-    here = set(obs["perturbation"][in_context])
-    n = len(here)
-    assert 1 <= test.n_obs <= max(1, math.floor(test_size * n + 1e-9))
-    assert test.n_obs <= max(n - 1, 1)
     # every held-out perturbation stays observed in another context of training
     train_obs = train.obs
-    for p in test.obs["perturbation"]:
-        elsewhere = train_obs[(train_obs["perturbation"] == p)
-                              & ~((train_obs["cell_type"] == context[0]) & (train_obs["condition"] == context[1]))]
-        assert len(elsewhere) > 0, p
-    return n
+    for row in test.obs.itertuples():
+        elsewhere = train_obs[(train_obs["perturbation"] == row.perturbation)
+                              & ((train_obs["cell_type"] != row.cell_type) | (train_obs["condition"] != row.condition))]
+        assert len(elsewhere) > 0, row.perturbation
+    return test.n_obs
 
 
 # --------------------------------------------------------------------------------------------------
 # property-based, in process
 # --------------------------------------------------------------------------------------------------
 
-def run_combination(common, test_size, seed):
-    is_test, stratum, exclude, info = splits.combination_split(common.obs, test_size, seed)
+def run_combination(common, seed, n_folds=5, fold=0):
+    is_test, stratum, exclude, info = partitions.combination_fold(common.obs, n_folds, fold, seed)
     is_control = common.obs["is_control"].to_numpy()
     try:
-        result = splits.build_split(common, is_test, stratum, COMBINATION, seed, exclude=exclude,
-                                    extra_solution_uns={"held_out_singles": info["held_out_singles"]})
+        return splits.build_split(common, is_test, stratum, COMBINATION, seed, exclude=exclude, n_folds=n_folds,
+                                  fold=fold, extra_uns={"n_partition_conditions": info["n_partition_conditions"]},
+                                  extra_solution_uns={"held_out_singles": info["held_out_singles"]})
     except splits.SplitNotApplicable as error:
         # only when nothing but controls would be left in training
         assert "no perturbation in training" in str(error)
         assert not (~is_test & ~exclude & ~is_control).any()
         return None
-    return result
+
+
+def run_transfer(common, seed, n_folds=5, fold=0, heldout_context=None):
+    is_test, stratum, exclude, info = partitions.transfer_fold(common.obs, n_folds, fold, seed, heldout_context)
+    partition = {"n_partition_conditions": info["n_partition_conditions"]}
+    if heldout_context:
+        partition["heldout_context"] = info["heldout_context"]
+    return splits.build_split(common, is_test, stratum, TRANSFER, seed, n_folds=n_folds, fold=fold,
+                              extra_uns=partition, extra_solution_uns={"heldout_contexts": info["heldout_contexts"]})
 
 
 @HYPOTHESIS
-@given(common=common_datasets(), test_size=st.sampled_from([0.0, 0.1, 0.25, 0.5, 0.9, 1.0]),
-       seed=st.integers(0, 1000))
-def test_combination_split_properties(common, test_size, seed):
-    has_combinations = (common.obs["n_targets"] >= 2).any()
-    if not has_combinations:
+@given(common=common_datasets(), n_folds=st.sampled_from([2, 3, 5]), data=st.data(), seed=st.integers(0, 1000))
+def test_combination_fold_properties(common, n_folds, data, seed):
+    n_combinations = common.obs.loc[common.obs["n_targets"] >= 2, "perturbation"].nunique()
+    fold = data.draw(st.integers(0, n_folds - 1))
+    if not n_combinations:
         with pytest.raises(splits.SplitNotApplicable, match="no multi-gene perturbations"):
-            splits.combination_split(common.obs, test_size, seed)
+            partitions.combination_fold(common.obs, n_folds, fold, seed)
         return
-    result = run_combination(common, test_size, seed)
+    if fold >= n_combinations:
+        with pytest.raises(splits.SplitNotApplicable, match=f"fold {fold} of {n_folds} has no combinations"):
+            partitions.combination_fold(common.obs, n_folds, fold, seed)
+        return
+    result = run_combination(common, seed, n_folds, fold)
     if result is None:
         event("not applicable: nothing left in training")
         return
-    strata = check_combination_properties(common, *result, test_size, seed)
+    strata = check_combination_properties(common, *result, seed, n_folds, fold)
     event(f"{len(strata)} strata")
-    # the same seed gives the same split
-    again = run_combination(common, test_size, seed)
+    again = run_combination(common, seed, n_folds, fold)
     for first, second in zip(result, again):
         assert list(first.obs_names) == list(second.obs_names)
         pd.testing.assert_frame_equal(first.obs, second.obs)
 
 
 @HYPOTHESIS
-@given(common=common_datasets(), test_size=st.sampled_from([0.0, 0.1, 0.25, 0.5, 1.0]), seed=st.integers(0, 1000))
-def test_transfer_split_properties(common, test_size, seed):
-    contexts = splits.contexts_of(common.obs)
+@given(common=common_datasets(), n_folds=st.sampled_from([2, 3, 5]), data=st.data(), seed=st.integers(0, 1000))
+def test_transfer_fold_properties(common, n_folds, data, seed):
+    contexts = partitions.contexts_of(common.obs)
+    fold = data.draw(st.integers(0, n_folds - 1))
     if len(contexts) < 2:
         with pytest.raises(splits.SplitNotApplicable, match="transfer needs at least 2"):
-            splits.transfer_split(common.obs, test_size, seed)
+            partitions.transfer_fold(common.obs, n_folds, fold, seed)
         return
-    context = contexts[seed % len(contexts)]
-    obs = common.obs
-    is_control = obs["is_control"].to_numpy()
-    in_context = ((obs["cell_type"] == context[0]) & (obs["condition"] == context[1])).to_numpy()
-    here = set(obs["perturbation"][in_context & ~is_control])
-    elsewhere = set(obs["perturbation"][~in_context & ~is_control])
-    if not here & elsewhere:
-        with pytest.raises(splits.SplitNotApplicable, match="another context"):
-            splits.transfer_split(common.obs, test_size, seed)
+    obs = common.obs[~common.obs["is_control"].to_numpy()]
+    n_contexts = obs.groupby("perturbation", observed=True).apply(
+        lambda f: len(set(zip(f["cell_type"], f["condition"]))), include_groups=False)
+    n_units = int(n_contexts[n_contexts >= 2].sum())
+    if n_units == 0:
+        with pytest.raises(splits.SplitNotApplicable, match="two or more contexts"):
+            partitions.transfer_fold(common.obs, n_folds, fold, seed)
         return
-    is_test, stratum, info = splits.transfer_split(common.obs, test_size, seed)
-    train, test, solution = splits.build_split(common, is_test, stratum, TRANSFER, seed,
-                                               extra_solution_uns={"heldout_context": info["heldout_context"]})
-    check_transfer_properties(common, train, test, solution, test_size, seed)
+    if fold >= n_units:
+        with pytest.raises(splits.SplitNotApplicable, match="has no .context, perturbation. units"):
+            partitions.transfer_fold(common.obs, n_folds, fold, seed)
+        return
+    train, test, solution = run_transfer(common, seed, n_folds, fold)
+    check_transfer_properties(common, train, test, solution, seed, n_folds, fold)
+    assert solution.uns["n_partition_conditions"] == n_units
+    # balanced parts: n_units dealt round-robin
+    assert test.n_obs in (n_units // n_folds, -(-n_units // n_folds))
     event(f"{len(contexts)} contexts")
-
-
-@settings(max_examples=20, deadline=None)
-@given(common=common_datasets())
-def test_every_context_is_held_out_across_seeds(common):
-    contexts = splits.contexts_of(common.obs)
-    if len(contexts) < 2:
-        return
-    chosen = set()
-    for seed in range(len(contexts)):
-        try:
-            chosen.add(splits.transfer_split(common.obs, 0.25, seed)[2]["heldout_context"])
-        except splits.SplitNotApplicable as error:  # no shared perturbation in that context
-            assert "another context" in str(error)
-            chosen.add("|".join(contexts[seed]))
-    assert chosen == {"|".join(c) for c in contexts}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -350,185 +368,74 @@ def test_combination_strata_on_a_hand_made_case():
     # singles A, B, C, D; pairs with 0, 1 or 2 singles; X and Y are never perturbed alone
     perturbations = {p: K562 for p in ["A", "B", "C", "D", "A+B", "C+D", "A+C", "B+X", "D+Y", "X+Y", "A+D"]}
     common = make_common(perturbations, K562)
-    seed = next(s for s in range(1000)
-                if splits.combination_split(common.obs, 0.25, s)[3]["held_out_singles"] == ["A"])
-    is_test, stratum, exclude, info = splits.combination_split(common.obs, 0.25, seed)
-    train, test, solution = splits.build_split(common, is_test, stratum, COMBINATION, seed, exclude=exclude,
-                                               extra_solution_uns={"held_out_singles": info["held_out_singles"]})
-    check_combination_properties(common, train, test, solution, 0.25, seed)
-    strata = dict(zip(test.obs["perturbation"], test.obs["stratum"]))
-    # every pair touching A is tested: A+B, A+C, A+D have one single (B, C or D) in training
-    assert {strata[p] for p in ("A+B", "A+C", "A+D")} == {"combo_seen1"}
-    # C+D is the only pair with both singles in training: tested, so combo_seen2 is present
-    assert strata["C+D"] == "combo_seen2"
-    assert set(strata.values()) == {"combo_seen0", "combo_seen1", "combo_seen2"}
-    assert "A" not in set(train.obs["perturbation"]) and "A" not in strata
-    assert solution.uns["n_excluded_profiles"] == 2
+    for fold in range(2):
+        train, test, solution = run_combination(common, 0, n_folds=2, fold=fold)
+        strata = check_combination_properties(common, train, test, solution, 0, n_folds=2, fold=fold)
+        assert set(strata) == {"combo_seen0", "combo_seen1", "combo_seen2"}, strata
+        held = set(solution.uns["held_out_singles"])
+        # every other combination touching a withheld gene is excluded, and counted
+        touched = {p for p in perturbations if "+" in p and held & set(p.split("+"))} - set(test.obs["perturbation"])
+        assert solution.uns.get("n_excluded_profiles", 0) == 2 * (len(held) + len(touched))
 
 
 def test_withheld_singles_keep_a_seen2_combination_when_possible():
-    # only A+B has both singles; the plain draw may withhold A or B, the search must avoid it
+    # A+B is the only pair with both singles; withholding A or B would lose combo_seen2
     perturbations = {p: K562 for p in ["A", "B", "C", "D", "A+B", "C+X", "D+X"]}
     common = make_common(perturbations, K562)
     for seed in range(20):
-        result = run_combination(common, 0.25, seed)
-        strata = set(result[1].obs["stratum"])
-        assert strata == {"combo_seen0", "combo_seen1", "combo_seen2"}, (seed, strata)
-        assert not {"A", "B"} & set(result[2].uns["held_out_singles"])
+        fold = next(f for f in range(3) if "A+B" in set(run_combination(common, seed, 3, f)[1].obs["perturbation"]))
+        train, test, solution = run_combination(common, seed, 3, fold)
+        assert dict(zip(test.obs["perturbation"], test.obs["stratum"]))["A+B"] == "combo_seen2"
+        assert not {"A", "B"} & set(solution.uns["held_out_singles"])
 
 
-def test_no_combinations_is_not_applicable():
+def test_no_combinations_or_too_few_is_not_applicable():
     common = make_common({"A": K562, "B": K562}, K562)
     with pytest.raises(splits.SplitNotApplicable, match="no multi-gene perturbations"):
-        splits.combination_split(common.obs, 0.25, 0)
+        partitions.combination_fold(common.obs, 5, 0, 0)
+    common = make_common({"A": K562, "B": K562, "A+B": K562, "B+C": K562}, K562)
+    with pytest.raises(splits.SplitNotApplicable, match="fold 2 of 3 has no combinations: the dataset has 2"):
+        partitions.combination_fold(common.obs, 3, 2, 0)
 
 
 def test_heldout_context_argument_and_single_context():
     contexts = [("A172", "none"), ("T98G", "none"), ("U87MG", "none")]
     common = make_common({g: contexts for g in "ABCDEFGH"}, contexts)
-    for seed in range(3):
-        assert splits.transfer_split(common.obs, 0.25, seed)[2]["heldout_context"] == "|".join(contexts[seed])
-    is_test, stratum, info = splits.transfer_split(common.obs, 0.25, 0, heldout_context="T98G|none")
-    assert info["heldout_context"] == "T98G|none"
-    assert set(common.obs["cell_type"][is_test]) == {"T98G"} and is_test.sum() == 2 * 2  # floor(0.25*8) x 2 reps
-    assert splits.transfer_split(common.obs, 0.25, 0, heldout_context="U87MG")[2]["heldout_context"] == "U87MG|none"
+    tested = []
+    for fold in range(4):
+        is_test, stratum, _, info = partitions.transfer_fold(common.obs, 4, fold, 0, heldout_context="T98G|none")
+        assert info["heldout_context"] == "T98G|none" and info["n_units"] == 8
+        assert set(common.obs["cell_type"][is_test]) == {"T98G"} and is_test.sum() == 2 * 2  # 8 / 4 x 2 reps
+        tested += sorted(set(common.obs["perturbation"][is_test]))
+    assert sorted(tested) == list("ABCDEFGH")
+    tests = [run_transfer(common, 0, 4, fold, heldout_context="T98G|none")[1] for fold in range(4)]
+    assert check_partition(tests, common_path=common) == []
+    assert "eligible conditions are tested in no fold" in check_partition(tests[:3] + [tests[3][1:].copy()],
+                                                                           common_path=common)[-1]
+    assert partitions.transfer_fold(common.obs, 5, 0, 0, heldout_context="U87MG")[3]["heldout_context"] == "U87MG|none"
     with pytest.raises(splits.SplitInputError, match="not a context"):
-        splits.transfer_split(common.obs, 0.25, 0, heldout_context="K562|none")
+        partitions.transfer_fold(common.obs, 5, 0, 0, heldout_context="K562|none")
     single = make_common({"A": K562, "B": K562}, K562)
     with pytest.raises(splits.SplitNotApplicable, match="transfer needs at least 2"):
-        splits.transfer_split(single.obs, 0.25, 0)
+        partitions.transfer_fold(single.obs, 5, 0, 0)
 
 
-def test_transfer_holds_out_only_perturbations_seen_elsewhere():
-    contexts = [("Jurkat", "stimulated"), ("Jurkat", "unstimulated")]
-    perturbations = {"A": contexts, "B": contexts, "C": contexts[:1], "D": contexts[:1], "E": contexts[:1]}
+def test_transfer_folds_rotate_contexts_and_keep_each_perturbation_elsewhere():
+    contexts = [("Jurkat", "stimulated"), ("Jurkat", "unstimulated"), ("Jurkat", "restim")]
+    # A, B in all three contexts; C, D in two; E only in one (not eligible)
+    perturbations = {"A": contexts, "B": contexts, "C": contexts[:2], "D": contexts[1:], "E": contexts[:1]}
     common = make_common(perturbations, contexts)
-    for seed in range(0, 40, 2):  # even seeds hold out `stimulated`
-        is_test, stratum, info = splits.transfer_split(common.obs, 1.0, seed)
-        assert info["heldout_context"] == "Jurkat|stimulated" and info["n_eligible"] == 2
-        assert set(common.obs["perturbation"][is_test]) == {"A", "B"}  # capped by the eligible ones
-    # the other context has only A and B: at most n - 1 = 1 of them is held out
-    is_test, _, info = splits.transfer_split(common.obs, 1.0, 1)
-    assert info["heldout_context"] == "Jurkat|unstimulated" and len(set(common.obs["perturbation"][is_test])) == 1
-
-
-# --------------------------------------------------------------------------------------------------
-# through the runner (as `perturbcast run` / `viash run`)
-# --------------------------------------------------------------------------------------------------
-
-def run_task(task, input_path, out_dir: Path, *args, tmp_path=None):
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {name: out_dir / f"{name}.h5ad" for name in ("train", "test", "solution")}
-    log = out_dir / "stderr.txt"
-    with open(log, "w") as handle:
-        result = run_component(ROOT / "src" / "tasks" / task,
-                               ["--input", str(input_path), "--output_train", str(paths["train"]),
-                                "--output_test", str(paths["test"]), "--output_solution", str(paths["solution"]),
-                                *map(str, args)], stderr=handle)
-    return result.exit_code, log.read_text(), paths
-
-
-def read_split(paths):
-    return [ad.read_h5ad(paths[name]) for name in ("train", "test", "solution")]
-
-
-@pytest.fixture(scope="module")
-def simulated(tmp_path_factory):
-    """The simulated_grn loader's output with small arguments: 12 singles, 6 pairs, 2 cell types."""
-    directory = tmp_path_factory.mktemp("simulated")
-    path = directory / "common_dataset.h5ad"
-    result = run_component(ROOT / "src" / "datasets" / "simulated_grn",
-                           ["--output", str(path), "--n_genes", "60", "--n_regulators", "12",
-                            "--n_perturbed_genes", "12", "--n_combos", "6", "--cells_per_perturbation", "20",
-                            "--n_control_cells", "60"])
-    assert result.exit_code == 0
-    return ad.read_h5ad(path), path
-
-
-@pytest.mark.parametrize("task", [COMBINATION, TRANSFER])
-def test_runner_on_simulated_data_is_byte_identical_per_seed(task, simulated, tmp_path):
-    common, path = simulated
-    code, log, first = run_task(task, path, tmp_path / "a", "--seed", 3)
-    assert code == 0, log
-    code, _, second = run_task(task, path, tmp_path / "b", "--seed", 3)
-    assert code == 0
-    for name in first:
-        assert first[name].read_bytes() == second[name].read_bytes(), name
-    train, test, solution = read_split(first)
-    if task == COMBINATION:
-        strata = check_combination_properties(common, train, test, solution, 0.25, 3)
-        assert set(strata) == {"combo_seen0", "combo_seen1", "combo_seen2"}
-    else:
-        check_transfer_properties(common, train, test, solution, 0.25, 3)
-    assert check_split(*first.values(), common_path=path) == []
-
-
-def test_runner_heldout_context_argument(simulated, tmp_path):
-    common, path = simulated
-    code, log, paths = run_task(TRANSFER, path, tmp_path / "a", "--heldout_context", "type_B|none", "--seed", 0,
-                                "--test_size", 0.5)
-    assert code == 0, log
-    check_transfer_properties(common, *read_split(paths), 0.5, 0, heldout_context="type_B|none")
-    code, log, paths = run_task(TRANSFER, path, tmp_path / "b", "--heldout_context", "type_Z|none")
-    assert code == 1 and log.strip().startswith("[error] --heldout_context 'type_Z|none' is not a context")
-    assert not any(p.exists() for p in paths.values())
-
-
-@pytest.mark.parametrize("task, why", [(COMBINATION, "no multi-gene perturbations"),
-                                       (TRANSFER, "transfer needs at least 2")])
-def test_runner_not_applicable_exits_99_with_one_line(task, why, tmp_path):
-    common = make_common({"A": K562, "B": K562, "C": K562}, K562)
-    path = tmp_path / "common.h5ad"
-    common.write_h5ad(path)
-    code, log, paths = run_task(task, path, tmp_path / "out")
-    lines = log.strip().splitlines()
-    assert code == 99 and len(lines) == 1 and lines[0].startswith("[not applicable]") and why in lines[0], log
-    assert not any(p.exists() for p in paths.values())
-
-
-# --------------------------------------------------------------------------------------------------
-# real data
-# --------------------------------------------------------------------------------------------------
-
-def test_norman19_combinations(tmp_path):
-    common = realdata.norman19_common()
-    assert formats.check_anndata(common, file_format("common_dataset")) == []
-    path = tmp_path / "norman19.h5ad"
-    common.write_h5ad(path)
-    code, log, first = run_task(COMBINATION, path, tmp_path / "a", "--seed", 0)
-    assert code == 0, log
-    train, test, solution = read_split(first)
-    strata = check_combination_properties(common, train, test, solution, 0.25, 0)
-    assert set(strata) == {"combo_seen0", "combo_seen1", "combo_seen2"}
-    assert check_split(*first.values(), common_path=path) == []
-    code, _, second = run_task(COMBINATION, path, tmp_path / "b", "--seed", 0)
-    assert all(first[n].read_bytes() == second[n].read_bytes() for n in first)
-    print(f"norman19 unseen_combination seed 0: withheld singles {list(solution.uns['held_out_singles'])}; "
-          f"train {train.n_obs} profiles; test {test.n_obs} combinations {strata}")
-    for seed in range(1, 10):  # every stratum on every seed, in process
-        train, test, solution = run_combination(common, 0.25, seed)
-        strata = check_combination_properties(common, train, test, solution, 0.25, seed)
-        assert set(strata) == {"combo_seen0", "combo_seen1", "combo_seen2"}, (seed, strata)
-
-
-@pytest.mark.parametrize("name", ["mcfaline23", "datlinger2017"])
-def test_real_transfer(name, tmp_path):
-    common = getattr(realdata, f"{name}_common")()
-    assert formats.check_anndata(common, file_format("common_dataset")) == []
-    contexts = splits.contexts_of(common.obs)
-    assert len(contexts) == {"mcfaline23": 3, "datlinger2017": 2}[name]
-    path = tmp_path / f"{name}.h5ad"
-    common.write_h5ad(path)
-    code, log, paths = run_task(TRANSFER, path, tmp_path / "run", "--seed", 0)
-    assert code == 0, log
-    n = check_transfer_properties(common, *read_split(paths), 0.25, 0)
-    assert check_split(*paths.values(), common_path=path) == []
-    held = {}
-    for seed in range(len(contexts)):  # every context, in process
-        is_test, stratum, info = splits.transfer_split(common.obs, 0.25, seed)
-        train, test, solution = splits.build_split(common, is_test, stratum, TRANSFER, seed,
-                                                   extra_solution_uns={"heldout_context": info["heldout_context"]})
-        check_transfer_properties(common, train, test, solution, 0.25, seed)
-        held[info["heldout_context"]] = sorted(test.obs["perturbation"])
-    assert set(held) == {"|".join(c) for c in contexts}
-    print(f"{name} cell_type_transfer: {n} perturbations per context; held out per context {held}")
+    for n_folds in (2, 3, 4):
+        units = []
+        for fold in range(n_folds):
+            train, test, solution = run_transfer(common, 7, n_folds, fold)
+            check_transfer_properties(common, train, test, solution, 7, n_folds, fold)
+            units += list(zip(test.obs["perturbation"], test.obs["cell_type"], test.obs["condition"]))
+        assert len(units) == len(set(units)) == 10 and "E" not in {u[0] for u in units}
+    # with 2 folds, A's three contexts are split 2 + 1: never all in one fold
+    contexts_seen = set()
+    for fold in range(2):
+        test = run_transfer(common, 7, 2, fold)[1]
+        contexts_seen |= set(test.obs["condition"])
+        assert (test.obs["perturbation"] == "A").sum() in (1, 2)
+    assert contexts_seen == {"stimulated", "unstimulated", "restim"}

@@ -1,24 +1,25 @@
 """Shared helpers of the task components: common dataset + held-out rows -> train / test / solution.
 
 Included as a viash resource by every task (`src/tasks/<id>`); needs only numpy, pandas, scipy and
-anndata. A task decides *which* rows of the common dataset are held out and the stratum of each held-out
-row; `build_split` does the rest the same way for every task:
+anndata. A task decides *which* rows of the common dataset are held out in one fold of a K-fold partition
+(src/utils/partitions.py) and the stratum of each held-out row; `build_split` does the rest the same way
+for every task:
 
-    targets = row_targets(common.obs)                         # validated target tuples, one per row
-    held = set(choose_held_out(target_genes(targets, controls), test_size, seed, what="target genes"))
-    is_test = touches(targets, held)
-    train, test, solution = build_split(common, is_test, stratum, task_id="...", seed=seed)
-
-The other tasks choose their rows with `combination_split` (unseen_combination: held-out combinations,
-withheld singles passed to `build_split(..., exclude=...)`) and `transfer_split` (cell_type_transfer).
+    seed, n_folds, fold = split_arguments(par, fail)
+    is_test, stratum, exclude, info = partitions.perturbation_fold(common.obs, n_folds, fold, seed)
+    train, test, solution = build_split(common, is_test, stratum, task_id="...", seed=seed,
+                                        n_folds=n_folds, fold=fold, exclude=exclude)
 
 Problems of the input raise `SplitInputError` (the component turns it into `fail`, exit 1); a split
 that cannot be made on this dataset raises `SplitNotApplicable` (the component calls `not_applicable`,
 exit 99). Everything is ordered deterministically (sorted, never by set or dict iteration order).
+
+Nothing a method can read is computed from test rows: `highly_variable_rank` (all three files) and
+`mean_expression` (train) are recomputed from the training rows of the split.
 """
 from __future__ import annotations
 
-import math
+import re
 import zlib
 
 import numpy as np
@@ -48,15 +49,21 @@ class SplitNotApplicable(Exception):
 # Perturbations and targets
 # --------------------------------------------------------------------------------------------------
 
-def split_arguments(par: dict, fail) -> tuple[int, float]:
-    """`--seed` and `--test_size` of every task, checked; `fail(message)` stops the component."""
-    seed = 0 if par.get("seed") is None else par["seed"]
-    test_size = 0.25 if par.get("test_size") is None else par["test_size"]
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        fail(f"--seed is {seed!r}, expected a non-negative integer")
-    if not 0.0 <= float(test_size) <= 1.0:
-        fail(f"--test_size is {test_size!r}, expected a share between 0 and 1")
-    return int(seed), float(test_size)
+def split_arguments(par: dict, fail) -> tuple[int, int, int]:
+    """`--seed`, `--n_folds` and `--fold` of every task, checked; `fail(message)` stops the component."""
+    values = {"seed": 0, "n_folds": 5, "fold": 0}
+    for name in values:
+        value = values[name] if par.get(name) is None else par[name]
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            fail(f"--{name} is {value!r}, expected an integer")
+        values[name] = int(value)
+    if values["seed"] < 0:
+        fail(f"--seed is {values['seed']}, expected a non-negative integer")
+    if values["n_folds"] < 2:
+        fail(f"--n_folds is {values['n_folds']}, expected an integer >= 2")
+    if not 0 <= values["fold"] < values["n_folds"]:
+        fail(f"--fold is {values['fold']}, expected an integer from 0 to n_folds - 1 = {values['n_folds'] - 1}")
+    return values["seed"], values["n_folds"], values["fold"]
 
 
 def parse_targets(perturbation: str) -> tuple[str, ...]:
@@ -111,23 +118,6 @@ def touches(targets: list[tuple[str, ...]], genes) -> np.ndarray:
     return np.array([not genes.isdisjoint(t) for t in targets], dtype=bool)
 
 
-def choose_held_out(candidates, test_size: float, seed: int, what: str = "candidates") -> list:
-    """A seeded share `test_size` of the distinct `candidates` (sorted), at least 1 and leaving at least 1.
-
-    The draw depends only on the sorted candidate list and the seed, not on row or set order.
-    """
-    candidates = sorted(set(candidates))
-    n = len(candidates)
-    if n < 2:
-        raise SplitNotApplicable(f"only {n} distinct {what} ({', '.join(map(str, candidates)) or 'none'}); "
-                                 f"need at least 2 to hold some out and keep some in training")
-    if not 0.0 <= float(test_size) <= 1.0:
-        raise SplitInputError(f"--test_size is {test_size}, expected a share between 0 and 1")
-    k = min(max(int(math.floor(float(test_size) * n + 0.5)), 1), n - 1)
-    order = np.random.default_rng(int(seed)).permutation(n)
-    return sorted(candidates[i] for i in order[:k])
-
-
 # --------------------------------------------------------------------------------------------------
 # Building the three files
 # --------------------------------------------------------------------------------------------------
@@ -137,8 +127,9 @@ def condition_id(perturbation: str, cell_type: str, condition: str) -> str:
     return ID_SEPARATOR.join((perturbation, cell_type, condition))
 
 
-def output_uns(common, task_id: str, seed: int) -> dict:
-    """uns of every task output: the dataset_* fields, normalization_id, source_sha256, task_id, split_seed."""
+def output_uns(common, task_id: str, seed: int, n_folds: int | None = None, fold: int | None = None) -> dict:
+    """uns of every task output: dataset_* fields, normalization_id, source_sha256, task_id, split_seed and,
+    for a fold of a partition, n_folds and fold."""
     missing = [key for key in REQUIRED_UNS if key not in common.uns]
     if missing:
         raise SplitInputError(f"uns['{missing[0]}'] is missing (expected string)")
@@ -146,6 +137,9 @@ def output_uns(common, task_id: str, seed: int) -> dict:
            if key.startswith("dataset_") or key in COPIED_UNS}
     uns["task_id"] = str(task_id)
     uns["split_seed"] = int(seed)
+    if n_folds is not None:
+        uns["n_folds"] = int(n_folds)
+        uns["fold"] = int(fold)
     return uns
 
 
@@ -162,8 +156,43 @@ def _group_mean(matrix, groups: list[np.ndarray]) -> np.ndarray:
     return result.astype(np.float32)
 
 
-def _replicate_halves(rows: np.ndarray, replicates: np.ndarray, seed: int, key: str):
-    """Two halves of a condition's replicate profiles (row indices) for the noise ceiling.
+GENE_BLOCK = 1024
+
+
+def variability_rank(matrix) -> np.ndarray:
+    """Rank of each gene by its variance across the rows of `matrix` (0 = most variable; ties in gene order).
+
+    The loaders' definition (src/utils/pseudobulk.py `variability_rank`, simulated_grn): population variance
+    of the float64 values, stable descending sort. Computed a block of genes at a time.
+    """
+    columns = matrix.tocsc() if sp.issparse(matrix) else matrix
+    variance = np.empty(matrix.shape[1], dtype=np.float64)
+    for start in range(0, matrix.shape[1], GENE_BLOCK):
+        block = columns[:, start:start + GENE_BLOCK]
+        block = block.toarray() if sp.issparse(block) else block
+        variance[start:start + GENE_BLOCK] = np.asarray(block, dtype=np.float64).var(axis=0)
+    rank = np.empty(matrix.shape[1], dtype=np.int64)
+    rank[np.argsort(-variance, kind="stable")] = np.arange(matrix.shape[1])
+    return rank
+
+
+def _natural_key(label: str):
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", label) if part]
+
+
+def replicate_half_of_labels(labels) -> dict[str, int]:
+    """Replicate half (1 or 2) of each distinct replicate label of a dataset.
+
+    One rule for the whole dataset, conditions and controls alike: the distinct labels in natural order
+    (`r2` before `r10`, `1` before `2`) alternate between half 1 and half 2, so `r1`/`r2` -> 1/2 and biological
+    replicates `1,2,3` -> 1,2,1 (as balanced as an odd count allows).
+    """
+    ordered = sorted({str(label) for label in labels}, key=lambda label: (_natural_key(label), label))
+    return {label: 1 + i % 2 for i, label in enumerate(ordered)}
+
+
+def _fallback_halves(rows: np.ndarray, replicates: np.ndarray, seed: int, key: str):
+    """Two halves of a condition's profiles when its replicate labels all fall in one half.
 
     Two profiles: one each, in replicate-label order. More: a seeded random split into two halves (the
     draw depends on the seed and the condition id only). One: the same profile twice.
@@ -183,7 +212,7 @@ def _format_level(value) -> str:
 
 
 def build_split(common, is_test, stratum, task_id: str, seed: int, extra_solution_uns: dict | None = None,
-                exclude=None):
+                exclude=None, n_folds: int | None = None, fold: int | None = None, extra_uns: dict | None = None):
     """Train, test and solution AnnData objects of a split of `common`.
 
     `is_test`: boolean per common-dataset row (whole conditions: every replicate of a perturbation x
@@ -191,6 +220,8 @@ def build_split(common, is_test, stratum, task_id: str, seed: int, extra_solutio
     rows only; one value per condition). Test conditions are sorted by perturbation, cell_type, condition.
     `exclude` (optional, boolean per row): whole conditions that go neither to training nor to test, e.g.
     the single perturbations `unseen_combination` withholds so that combinations lose a seen target.
+    `n_folds`, `fold`: the fold of a partition, written to every file's uns; `extra_uns` goes to test and
+    solution, `extra_solution_uns` to the solution only.
     """
     import anndata as ad
 
@@ -211,7 +242,8 @@ def build_split(common, is_test, stratum, task_id: str, seed: int, extra_solutio
         raise ValueError("controls must stay in training")
     if not is_test.any():
         raise SplitNotApplicable("the split holds out no condition")
-    if not (~is_test & ~exclude & ~is_control).any():
+    is_train = ~is_test & ~exclude
+    if not (is_train & ~is_control).any():
         raise SplitNotApplicable("the split leaves no perturbation in training (only controls)")
 
     columns = {name: obs[name].astype(str).to_numpy() for name in
@@ -220,7 +252,7 @@ def build_split(common, is_test, stratum, task_id: str, seed: int, extra_solutio
                          ("perturbation", "cell_type", "condition", "perturbation_type")})
     group_codes = keys.groupby(list(keys.columns), sort=True, observed=True).ngroup().to_numpy()
     test_groups = np.unique(group_codes[is_test])
-    train_groups = np.unique(group_codes[~is_test & ~exclude])
+    train_groups = np.unique(group_codes[is_train])
     excluded_groups = np.unique(group_codes[exclude])
     if (len(np.intersect1d(test_groups, train_groups)) or len(np.intersect1d(test_groups, excluded_groups))
             or len(np.intersect1d(excluded_groups, train_groups))):
@@ -247,10 +279,12 @@ def build_split(common, is_test, stratum, task_id: str, seed: int, extra_solutio
     counts = pd.Series(ids).value_counts()
     ids = [i + ID_SEPARATOR + c["perturbation_type"] if counts[i] > 1 else i for i, c in zip(ids, conditions)]
 
-    # control profile per context, from training controls
-    train_controls = np.flatnonzero(is_control & ~is_test)
+    # control profiles per context (all, and per replicate half), from training controls
+    replicates = columns["replicate"]
+    half_of = replicate_half_of_labels(replicates)
+    row_half = np.array([half_of[label] for label in replicates], dtype=np.int64)
     context_rows: dict[tuple[str, str], list[int]] = {}
-    for r in train_controls:
+    for r in np.flatnonzero(is_control & is_train):
         context_rows.setdefault((columns["cell_type"][r], columns["condition"][r]), []).append(int(r))
     lacking = [i for i, c in zip(ids, conditions) if (c["cell_type"], c["condition"]) not in context_rows]
     if lacking:
@@ -259,14 +293,40 @@ def build_split(common, is_test, stratum, task_id: str, seed: int, extra_solutio
             f"no control profiles for cell_type '{c['cell_type']}', condition '{c['condition']}' (needed as "
             f"the control of {len(lacking)} test conditions, e.g. '{lacking[0]}')")
 
-    replicates = columns["replicate"]
-    halves = [_replicate_halves(c["rows"], replicates, seed, i) for i, c in zip(ids, conditions)]
+    # replicate halves follow the labels' halves; a condition whose profiles all fall in one half is split
+    # on its own (and then takes the context's whole control for both halves: its halves are not groups)
+    halves, by_label = [], []
+    for i, c in zip(ids, conditions):
+        h = row_half[c["rows"]]
+        if (h == 1).any() and (h == 2).any():
+            halves.append((c["rows"][h == 1], c["rows"][h == 2]))
+            by_label.append(True)
+        else:
+            halves.append(_fallback_halves(c["rows"], replicates, seed, i))
+            by_label.append(False)
     n_single_replicate = sum(1 for c in conditions if len(c["rows"]) == 1)
+    n_fallback = sum(1 for c, b in zip(conditions, by_label) if not b and len(c["rows"]) > 1)
     X = common.X
     mean = _group_mean(X, [c["rows"] for c in conditions])
     replicate_1 = _group_mean(X, [h[0] for h in halves])
     replicate_2 = _group_mean(X, [h[1] for h in halves])
-    control = _group_mean(X, [np.array(context_rows[(c["cell_type"], c["condition"])]) for c in conditions])
+    context_of = [(c["cell_type"], c["condition"]) for c in conditions]
+    context_list = sorted(set(context_of))
+    context_index = {context: k for k, context in enumerate(context_list)}
+    per_context = _group_mean(X, [np.array(context_rows[context]) for context in context_list])
+    control = per_context[[context_index[context] for context in context_of]]
+    layers = {"replicate_1": replicate_1, "replicate_2": replicate_2, "control": control}
+    for half in (1, 2):
+        half_rows = [np.array([r for r in context_rows[context] if row_half[r] == half], dtype=np.int64)
+                     for context in context_list]
+        present = [k for k, rows in enumerate(half_rows) if len(rows)]
+        by_context = per_context.copy()
+        by_context[present] = _group_mean(X, [half_rows[k] for k in present])
+        layer = by_context[[context_index[context] for context in context_of]]
+        layer[~np.array(by_label, dtype=bool)] = control[~np.array(by_label, dtype=bool)]
+        layers[f"control_replicate_{half}"] = layer
+    if "expected" in common.layers:
+        layers["expected"] = _group_mean(common.layers["expected"], [c["rows"] for c in conditions])
 
     gene_position = {gene: j for j, gene in enumerate(common.var_names)}
     target_expression = [
@@ -286,25 +346,28 @@ def build_split(common, is_test, stratum, task_id: str, seed: int, extra_solutio
     solution_obs = test_obs.copy()
     solution_obs["n_cells"] = np.array([int(n_cells[c["rows"]].sum()) for c in conditions], dtype=np.int64)
 
+    # train: the common-dataset rows that stay, X and layers as given, except the simulator's noise-free
+    # `expected` layer, which no real screen offers to a method. Gene statistics are recomputed on these
+    # rows: the common dataset's values include held-out profiles and would leak them.
+    train = common[is_train].copy()
+    if "expected" in train.layers:
+        del train.layers["expected"]
+    rank = variability_rank(train.X)
     var = pd.DataFrame(index=pd.Index(common.var_names.astype(str), dtype=object))
     if "gene_id" in common.var.columns:
         var["gene_id"] = common.var["gene_id"].astype(str).to_numpy()
-    var["highly_variable_rank"] = common.var["highly_variable_rank"].to_numpy().astype(np.int64)
-
-    uns = output_uns(common, task_id, seed)
-
-    # train: the common-dataset rows that stay, X and layers as given. mean_expression is recomputed on
-    # these rows: the common dataset's value averages over held-out profiles too and would leak them.
-    train = common[~is_test & ~exclude].copy()
-    train.uns = dict(uns)
+    var["highly_variable_rank"] = rank
+    train.var["highly_variable_rank"] = rank
     if "mean_expression" in train.var.columns:
         train.var["mean_expression"] = _group_mean(train.X, [np.arange(train.n_obs)])[0].astype(np.float64)
 
+    uns = output_uns(common, task_id, seed, n_folds, fold)
+    train.uns = dict(uns)
     test = ad.AnnData(X=sp.csr_matrix((len(conditions), common.n_vars), dtype=np.float32),
-                      obs=test_obs, var=var.copy(), uns=dict(uns))
-    solution = ad.AnnData(X=mean, obs=solution_obs, var=var.copy(),
-                          layers={"replicate_1": replicate_1, "replicate_2": replicate_2, "control": control},
-                          uns={**uns, "n_single_replicate_conditions": int(n_single_replicate),
+                      obs=test_obs, var=var.copy(), uns={**uns, **(extra_uns or {})})
+    solution = ad.AnnData(X=mean, obs=solution_obs, var=var.copy(), layers=layers,
+                          uns={**uns, **(extra_uns or {}), "n_single_replicate_conditions": int(n_single_replicate),
+                               "n_replicate_fallback_conditions": int(n_fallback),
                                **({"n_excluded_profiles": int(exclude.sum())} if exclude.any() else {}),
                                **(extra_solution_uns or {})})
     return train, test, solution
@@ -314,194 +377,3 @@ def stratum_counts(test) -> str:
     """`single: 3, combo_seen1: 2` in sorted stratum order, for log lines."""
     counts = test.obs["stratum"].value_counts()
     return ", ".join(f"{name}: {int(counts[name])}" for name in sorted(counts.index))
-
-
-# --------------------------------------------------------------------------------------------------
-# unseen_combination: held-out multi-gene perturbations, stratified by their singles in training
-# --------------------------------------------------------------------------------------------------
-
-# Largest number of candidate sets of held-out singles that `choose_held_out_singles` examines.
-MAX_SINGLE_SETS = 2000
-
-
-def combination_stratum(n_seen: int) -> str:
-    """`combo_seen2` etc.: a combination with `n_seen` of its targets perturbed alone in training."""
-    return f"combo_seen{int(n_seen)}"
-
-
-def _n_seen(targets: tuple[str, ...], seen) -> int:
-    return sum(1 for gene in targets if gene in seen)
-
-
-def _share(n: int, test_size: float) -> int:
-    return int(math.floor(float(test_size) * n + 0.5))
-
-
-def choose_held_out_singles(candidates, combinations, single_genes, test_size: float, seed: int) -> list[str]:
-    """Which single perturbations to withhold from training so that combinations lose seen targets.
-
-    `candidates`: genes perturbed alone whose gene also occurs in a combination. A share `test_size` of
-    them (at least 1 and at least 1 kept when there are 2 or more; none when there are fewer than 2, because
-    withholding the only one can never add a stratum) is withheld. Among the sets of that size, the first in
-    a seeded order that realises the most distinct strata `combo_seen<k>` over all combinations is taken:
-    the first set tried is the plain seeded draw; every set is tried when there are at most
-    `MAX_SINGLE_SETS`, otherwise that many seeded draws.
-    """
-    import itertools
-
-    candidates = sorted(set(candidates))
-    n = len(candidates)
-    if n < 2:
-        return []
-    k = min(max(_share(n, test_size), 1), n - 1)
-    combinations = [tuple(t) for t in combinations]
-    single_genes = set(single_genes)
-    # an upper bound of the distinct strata: combination c can reach 0..(its targets perturbed alone)
-    reachable = set()
-    for t in combinations:
-        reachable.update(range(_n_seen(t, single_genes) + 1))
-
-    def strata(held: tuple) -> int:
-        seen = single_genes.difference(held)
-        return len({_n_seen(t, seen) for t in combinations})
-
-    rng = np.random.default_rng(int(seed))
-    plain = tuple(sorted(candidates[i] for i in rng.permutation(n)[:k]))
-    if math.comb(n, k) <= MAX_SINGLE_SETS:
-        every = [tuple(candidates[i] for i in index) for index in itertools.combinations(range(n), k)]
-        tries = [plain] + [every[i] for i in rng.permutation(len(every)) if every[i] != plain]
-    else:
-        tries = [plain] + [tuple(sorted(candidates[i] for i in rng.permutation(n)[:k]))
-                           for _ in range(MAX_SINGLE_SETS - 1)]
-    best, best_count = plain, -1
-    for held in tries:
-        count = strata(held)
-        if count > best_count:
-            best, best_count = held, count
-            if count == len(reachable):
-                break
-    return list(best)
-
-
-def combination_split(obs: pd.DataFrame, test_size: float, seed: int):
-    """Rows of an `unseen_combination` split: (is_test, stratum, exclude, info) per common-dataset row.
-
-    1. Singles whose gene occurs in a combination are candidates; a seeded share `test_size` of them is
-       withheld (`choose_held_out_singles`): their profiles leave training and are not tested (`exclude`).
-    2. Every combination touching a withheld gene leaves training and is tested: keeping it would show
-       the withheld gene perturbed and contradict its stratum.
-    3. The other combinations are grouped by how many of their targets are perturbed alone in training;
-       a seeded share `test_size` of each group is tested (at least one when the group's stratum is not
-       yet in test, at least one kept in training when the group has two or more).
-    A combination is held out in every cell_type x condition where it was measured. Its stratum is
-    `combo_seen<k>`, k = number of its targets whose single perturbation is in training (any context).
-    """
-    targets = row_targets(obs)
-    is_control = obs["is_control"].to_numpy().astype(bool)
-    perturbations = obs["perturbation"].astype(str).to_numpy()
-    by_perturbation = {p: t for p, t, c in zip(perturbations, targets, is_control) if not c}
-    combinations = sorted(p for p, t in by_perturbation.items() if len(t) >= 2)
-    if not combinations:
-        raise SplitNotApplicable("dataset has no multi-gene perturbations (combinations) to hold out")
-    single_genes = sorted({t[0] for t in by_perturbation.values() if len(t) == 1})
-    combination_genes = {g for p in combinations for g in by_perturbation[p]}
-    candidates = sorted(set(single_genes) & combination_genes)
-    held_singles = choose_held_out_singles(candidates, [by_perturbation[p] for p in combinations],
-                                           single_genes, test_size, seed)
-    seen = set(single_genes).difference(held_singles)
-    held_set = set(held_singles)
-    test_combinations = {p for p in combinations if not held_set.isdisjoint(by_perturbation[p])}
-    present = {_n_seen(by_perturbation[p], seen) for p in test_combinations}
-    groups: dict[int, list[str]] = {}
-    for p in combinations:
-        if p not in test_combinations:
-            groups.setdefault(_n_seen(by_perturbation[p], seen), []).append(p)
-    for n_seen in sorted(groups):
-        members = sorted(groups[n_seen])
-        m = len(members)
-        low = 0 if n_seen in present else 1
-        high = m - 1 if m >= 2 else m
-        k = min(max(_share(m, test_size), low), high)
-        order = np.random.default_rng([int(seed), 2, n_seen]).permutation(m)
-        test_combinations.update(members[i] for i in order[:k])
-    is_test = np.array([p in test_combinations for p in perturbations]) & ~is_control
-    exclude = np.array([len(t) == 1 and t[0] in held_set for t in targets]) & ~is_control
-    stratum = np.array([combination_stratum(_n_seen(t, seen)) if is_test[i] else ""
-                        for i, t in enumerate(targets)], dtype=object)
-    info = {"held_out_singles": sorted(held_singles), "n_combinations": len(combinations),
-            "n_single_candidates": len(candidates)}
-    return is_test, stratum, exclude, info
-
-
-# --------------------------------------------------------------------------------------------------
-# cell_type_transfer: perturbations held out in one context and observed in the others
-# --------------------------------------------------------------------------------------------------
-
-TRANSFER_STRATUM = "transfer"
-
-
-def contexts_of(obs: pd.DataFrame) -> list[tuple[str, str]]:
-    """Sorted distinct (cell_type, condition) pairs that hold at least one perturbation (not only controls)."""
-    is_control = obs["is_control"].to_numpy().astype(bool)
-    cell_types = obs["cell_type"].astype(str).to_numpy()[~is_control]
-    conditions = obs["condition"].astype(str).to_numpy()[~is_control]
-    return sorted(set(zip(cell_types, conditions)))
-
-
-def context_label(context: tuple[str, str]) -> str:
-    return ID_SEPARATOR.join(context)
-
-
-def parse_context(text: str) -> tuple[str, str]:
-    """`"K562|none"` -> ("K562", "none"); a bare cell type means condition `none`."""
-    parts = str(text).split(ID_SEPARATOR)
-    if len(parts) == 1:
-        parts.append("none")
-    if len(parts) != 2 or not all(parts):
-        raise SplitInputError(f"--heldout_context is {text!r}, expected 'cell_type{ID_SEPARATOR}condition'")
-    return parts[0], parts[1]
-
-
-def transfer_split(obs: pd.DataFrame, test_size: float, seed: int, heldout_context: str | None = None):
-    """Rows of a `cell_type_transfer` split: (is_test, stratum, info) per common-dataset row.
-
-    The held-out context is `heldout_context` or, by default, context number `seed mod n_contexts` of the
-    sorted (cell_type, condition) pairs. Its perturbations (perturbation x perturbation_type) that are also
-    measured in another context are eligible; a seeded `floor(test_size * n)` of its n perturbations (at
-    least 1, at most the eligible ones, and at most n - 1 so the context keeps an observed perturbation when
-    it has two or more) is held out there and stays in training everywhere else.
-    """
-    row_targets(obs)  # validates perturbation strings, is_control and n_targets
-    contexts = contexts_of(obs)
-    if len(contexts) < 2:
-        shown = ", ".join(context_label(c) for c in contexts) or "none"
-        raise SplitNotApplicable(f"dataset has {len(contexts)} cell_type x condition context(s) with "
-                                 f"perturbations ({shown}); transfer needs at least 2")
-    if heldout_context:
-        context = parse_context(heldout_context)
-        if context not in contexts:
-            raise SplitInputError(
-                f"--heldout_context {heldout_context!r} is not a context with perturbations; the dataset has "
-                f"{', '.join(repr(context_label(c)) for c in contexts)}")
-    else:
-        context = contexts[int(seed) % len(contexts)]
-    is_control = obs["is_control"].to_numpy().astype(bool)
-    keys = list(zip(obs["perturbation"].astype(str), obs["perturbation_type"].astype(str)))
-    in_context = ((obs["cell_type"].astype(str).to_numpy() == context[0])
-                  & (obs["condition"].astype(str).to_numpy() == context[1]) & ~is_control)
-    here = sorted({keys[i] for i in np.flatnonzero(in_context)})
-    elsewhere = {keys[i] for i in np.flatnonzero(~in_context & ~is_control)}
-    eligible = [key for key in here if key in elsewhere]
-    label = context_label(context)
-    if not eligible:
-        raise SplitNotApplicable(f"none of the {len(here)} perturbations of context '{label}' is measured in "
-                                 f"another context; nothing can be transferred")
-    n = len(here)
-    k = min(max(int(math.floor(float(test_size) * n + 1e-9)), 1), len(eligible), max(n - 1, 1))
-    order = np.random.default_rng([int(seed), zlib.crc32(label.encode("utf-8"))]).permutation(len(eligible))
-    held = {eligible[i] for i in order[:k]}
-    is_test = in_context & np.array([key in held for key in keys], dtype=bool)
-    stratum = np.where(is_test, TRANSFER_STRATUM, "").astype(object)
-    info = {"heldout_context": label, "contexts": [context_label(c) for c in contexts],
-            "n_context_perturbations": n, "n_eligible": len(eligible)}
-    return is_test, stratum, info

@@ -7,13 +7,15 @@ par = {
     "output_test": "output/unseen_combination/test.h5ad",
     "output_solution": "output/unseen_combination/solution.h5ad",
     "seed": 0,
-    "test_size": 0.25,
+    "n_folds": 5,
+    "fold": 0,
 }
 meta = {"name": "unseen_combination", "resources_dir": "src/utils", "config": None}
 ## VIASH END
 
 sys.path.append(meta["resources_dir"])
 
+import partitions  # noqa: E402
 import splits  # noqa: E402
 from component_io import ComponentIO, fail, log, not_applicable  # noqa: E402
 
@@ -22,19 +24,21 @@ TASK_ID = "unseen_combination"
 io = ComponentIO(par, meta)
 common = io.read("input", required_obs=splits.REQUIRED_OBS)
 
-seed, test_size = splits.split_arguments(par, fail)
+seed, n_folds, fold = splits.split_arguments(par, fail)
 
 try:
-    is_test, stratum, exclude, info = splits.combination_split(common.obs, test_size, seed)
+    is_test, stratum, exclude, info = partitions.combination_fold(common.obs, n_folds, fold, seed)
     train, test, solution = splits.build_split(
-        common, is_test, stratum, task_id=TASK_ID, seed=seed, exclude=exclude,
-        extra_solution_uns={"held_out_singles": info["held_out_singles"]})
+        common, is_test, stratum, task_id=TASK_ID, seed=seed, n_folds=n_folds, fold=fold, exclude=exclude,
+        extra_uns={"n_partition_conditions": info["n_partition_conditions"]},
+        extra_solution_uns={"held_out_singles": list(info["held_out_singles"])})
 except splits.SplitInputError as error:
     fail(f"--input file '{par['input']}': {error}")
 except splits.SplitNotApplicable as error:
     not_applicable(str(error))
 
-log(f"{TASK_ID}: {info['n_combinations']} combinations; withheld {len(info['held_out_singles'])} of "
-    f"{info['n_single_candidates']} singles whose gene is in a combination ({int(exclude.sum())} profiles); "
-    f"train {train.n_obs} profiles; test {test.n_obs} conditions ({splits.stratum_counts(test)})")
+log(f"{TASK_ID}: fold {fold} of {n_folds} (seed {seed}) tests {info['n_tested']} of {info['n_combinations']} "
+    f"combinations ({test.n_obs} conditions: {splits.stratum_counts(test)}); withheld singles "
+    f"{', '.join(info['held_out_singles']) or 'none'} ({info['n_excluded']} conditions excluded); train "
+    f"{train.n_obs} profiles")
 io.write_all({"output_train": train, "output_test": test, "output_solution": solution})

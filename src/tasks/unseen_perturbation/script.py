@@ -7,15 +7,15 @@ par = {
     "output_test": "output/unseen_perturbation/test.h5ad",
     "output_solution": "output/unseen_perturbation/solution.h5ad",
     "seed": 0,
-    "test_size": 0.25,
+    "n_folds": 5,
+    "fold": 0,
 }
 meta = {"name": "unseen_perturbation", "resources_dir": "src/utils", "config": None}
 ## VIASH END
 
 sys.path.append(meta["resources_dir"])
 
-import numpy as np  # noqa: E402
-
+import partitions  # noqa: E402
 import splits  # noqa: E402
 from component_io import ComponentIO, fail, log, not_applicable  # noqa: E402
 
@@ -24,32 +24,21 @@ TASK_ID = "unseen_perturbation"
 io = ComponentIO(par, meta)
 common = io.read("input", required_obs=splits.REQUIRED_OBS)
 
-seed, test_size = splits.split_arguments(par, fail)
+seed, n_folds, fold = splits.split_arguments(par, fail)
 
 try:
-    targets = splits.row_targets(common.obs)
-    is_control = common.obs["is_control"].to_numpy().astype(bool)
-    genes = splits.target_genes(targets, ~is_control)
-    if len(genes) < 2:
-        not_applicable(f"dataset has {len(genes)} distinct target gene(s) "
-                       f"({', '.join(genes) or 'none'}); holding out unseen genes needs at least 2")
-    held_out = splits.choose_held_out(genes, test_size, seed, what="target genes")
-    is_test = splits.touches(targets, held_out)
-    # A target counts as seen when some training perturbation targets it (GEARS' meaning). That is
-    # every gene not held out, except genes whose only perturbations are combinations with a held-out gene.
-    seen = set(splits.target_genes(targets, ~is_test & ~is_control))
-    stratum = np.array([
-        "" if not is_test[i] else "single" if len(t) == 1
-        else "combo_seen1" if any(g in seen for g in t) else "combo_seen0"
-        for i, t in enumerate(targets)], dtype=object)
+    is_test, stratum, exclude, info = partitions.perturbation_fold(common.obs, n_folds, fold, seed)
     train, test, solution = splits.build_split(
-        common, is_test, stratum, task_id=TASK_ID, seed=seed,
-        extra_solution_uns={"held_out_targets": list(held_out)})
+        common, is_test, stratum, task_id=TASK_ID, seed=seed, n_folds=n_folds, fold=fold, exclude=exclude,
+        extra_uns={"n_partition_conditions": info["n_partition_conditions"]},
+        extra_solution_uns={"held_out_targets": list(info["held_out_targets"])})
 except splits.SplitInputError as error:
     fail(f"--input file '{par['input']}': {error}")
 except splits.SplitNotApplicable as error:
     not_applicable(str(error))
 
-log(f"{TASK_ID}: held out {len(held_out)} of {len(genes)} target genes; train {train.n_obs} profiles; "
-    f"test {test.n_obs} conditions ({splits.stratum_counts(test)})")
+log(f"{TASK_ID}: fold {fold} of {n_folds} (seed {seed}) holds out {len(info['held_out_targets'])} of "
+    f"{info['n_genes']} target genes; train {train.n_obs} profiles; test {test.n_obs} of "
+    f"{info['n_partition_conditions']} conditions ({splits.stratum_counts(test)}); {info['n_excluded']} "
+    f"conditions excluded (tested in another fold)")
 io.write_all({"output_train": train, "output_test": test, "output_solution": solution})
