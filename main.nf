@@ -479,7 +479,8 @@ Map planBenchmark(File root, Map p) {
         datasets    : chooseDatasets(ofType('dataset_loader'), p.datasets, p.exclude_datasets, p.use_test_arguments as boolean),
         tasks       : chooseComponents(ofType('task'), p.tasks, p.exclude_tasks, 'task'),
         predictors  : chooseComponents(ofType('control_method') + ofType('method'), p.methods, p.exclude_methods, 'method'),
-        metrics     : chooseComponents(ofType('metric'), p.metrics, p.exclude_metrics, 'metric'),
+        metrics     : chooseComponents(ofType('metric'), p.metrics, p.exclude_metrics, 'metric')
+                          .findAll { p.metrics || it.info['default'] != false },
         seeds       : parseSeeds(p.seeds),
         n_folds     : (p.n_folds ?: 5) as Integer,
         folds       : parseFolds(p.folds, (p.n_folds ?: 5) as Integer),

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from . import __version__
 from .config import ComponentConfig, discover_components
-from .leakage import check_split
+from .leakage import check_partition, check_split
 from .runner import run_component
 from .spawner import Spawner
 
@@ -154,6 +154,8 @@ def plan(package_root: Path, output_dir: Path, selection: Selection) -> tuple[li
     tasks = chosen(by_type.get("task"), selection.tasks)
     predictors = chosen(by_type.get("control_method", []) + by_type.get("method", []), selection.methods)
     metrics = chosen(by_type.get("metric"), selection.metrics)
+    if selection.metrics is None:  # components that opt out of the default run only when named
+        metrics = [m for m in metrics if m.info.get("default", True) is not False]
 
     for loader, instance in datasets:
         dataset_id = instance["id"]
@@ -373,6 +375,31 @@ def execute(steps: list[Step], jobs: int = 1, progress: Progress | None = None) 
                 running.pop(future)
                 finish(future.result())
     return [records[step.id] for step in steps]
+
+
+def check_partitions(steps: list[Step], records: list[StepRecord], n_folds: int) -> list[StepRecord]:
+    """One record per partition (dataset x task x seed) whose every fold was split: `perturbcast.leakage.
+    check_partition` on their test files, so a task that tests a perturbation twice or never is caught
+    as the single folds cannot show. Partitions with a fold not run or not applicable are not checked."""
+    by_id = {record.id: record for record in records}
+    partitions: dict[tuple, list[Step]] = {}
+    for step in steps:
+        if step.stage == "split" and "fold" in step.labels:
+            key = (step.labels["dataset_id"], step.labels["task_id"], step.labels["seed"])
+            partitions.setdefault(key, []).append(step)
+    checked = []
+    for (dataset_id, task_id, seed), members in sorted(partitions.items()):
+        folds = {step.labels["fold"] for step in members}
+        if folds != set(range(n_folds)) or any(by_id.get(step.id) is None or by_id[step.id].status != "ok"
+                                              for step in members):
+            continue
+        problems = check_partition([step.outputs["output_test"] for step in members],
+                                   common_path=members[0].inputs["input"])
+        checked.append(StepRecord(
+            id=f"partition/{dataset_id}/{task_id}/seed_{seed}", stage="split", component=task_id,
+            status="failed" if problems else "ok", reason="partition: " + "; ".join(problems[:3]) if problems else "",
+            labels={"dataset_id": dataset_id, "task_id": task_id, "seed": seed}))
+    return checked
 
 
 def trace_rows(records: list[StepRecord]) -> list[dict]:

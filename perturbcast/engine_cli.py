@@ -131,7 +131,8 @@ def benchmark(args) -> int:
         return 0
     output.mkdir(parents=True, exist_ok=True)
     print(f"perturbcast benchmark: {len(steps)} steps, {args.jobs} at once, results in {output}", file=sys.stderr)
-    records = engine.execute(steps, jobs=args.jobs) + declared
+    records = engine.execute(steps, jobs=args.jobs)
+    records += engine.check_partitions(steps, records, args.n_folds) + declared
     engine.write_trace(records, output / "trace.tsv")
     this_run = {Path(r.outputs["output"]).resolve() for r in records if r.stage == "score" and r.status == "ok"}
     text = aggregate_results(root, output, this_run, n_resamples=args.n_resamples)

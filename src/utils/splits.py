@@ -33,7 +33,7 @@ ID_SEPARATOR = "|"
 REQUIRED_OBS = ("perturbation", "is_control", "perturbation_type", "n_targets", "cell_type", "condition",
                 "replicate", "n_cells")
 # uns entries copied from the common dataset into every task output.
-COPIED_UNS = ("normalization_id", "source_sha256")
+COPIED_UNS = ("normalization_id", "source_sha256", "replicate_kind")
 REQUIRED_UNS = ("dataset_id", "normalization_id")
 
 
