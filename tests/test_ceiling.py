@@ -30,7 +30,9 @@ METRICS = sorted(p.parent.name for p in (ROOT / "src" / "metrics").glob("*/confi
 # A small screen (fast) but with enough test conditions per context for the prior of the ceiling.
 SIMULATION = {"n_genes": 200, "n_regulators": 30, "n_perturbed_genes": 100, "n_combos": 0, "n_cell_types": 1,
               "n_control_cells": 100}
-N_DRAWS = 4
+# Draws scored per ceiling prediction: the expectation over draws moves by about 0.01 (sd between draws
+# / sqrt(N_DRAWS)), small against the tolerance; each draw costs six metric runs.
+N_DRAWS = 2
 
 
 def metric_ids() -> dict[str, bool]:
@@ -128,6 +130,61 @@ def evaluate(work: Path, cells_per_perturbation: int, seed: int = 0) -> pd.DataF
     table["ceiling"] = {m: float(np.mean([d[m] for d in per_draw])) for m in per_draw[0]}
     table["ceiling_draw_sd"] = {m: float(np.std([d[m] for d in per_draw], ddof=1)) for m in per_draw[0]}
     return pd.DataFrame(table)
+
+
+# Tolerance, |ceiling - oracle| per metric id (see the module docstring of the report in the closing note):
+# bounded metrics (correlations, shares, ranks) within TOLERANCE_BOUNDED in absolute terms, unbounded
+# error metrics within TOLERANCE_RELATIVE of the oracle's value. They are what this ceiling achieves on
+# these simulations (largest gaps measured over 20, 60 and 200 cells, rounded up): it is an approximation
+# (a sparse normal prior fitted per context, noise pooled per gene), not an identity. The old ceiling
+# (replicate half 1) misses them by far on rank and discrimination metrics (0.3 to 1.0), so the test
+# separates an honest ceiling from an inflated one.
+TOLERANCE_BOUNDED = 0.15
+TOLERANCE_RELATIVE = 0.5
+CELLS = (20, 60, 200)
+
+
+def declared_bounds() -> dict[str, tuple[float, float]]:
+    bounds = {}
+    for name in METRICS:
+        config = yaml.safe_load((ROOT / "src" / "metrics" / name / "config.vsh.yaml").read_text())
+        bounds.update({m["name"]: (float(m["min"]), float(m["max"])) for m in config["info"]["metrics"]})
+    return bounds
+
+
+def misses(table: pd.DataFrame, column: str) -> dict[str, float]:
+    """Metric ids on which `column` is further from the oracle than the tolerance, with the gap."""
+    bounds = declared_bounds()
+    out = {}
+    for metric, row in table.iterrows():
+        low, high = bounds[metric]
+        gap = abs(row[column] - row["oracle"])
+        allowed = TOLERANCE_BOUNDED if np.isfinite(high) else TOLERANCE_RELATIVE * abs(row["oracle"])
+        if gap > allowed:
+            out[metric] = round(float(gap), 4)
+    return out
+
+
+@pytest.fixture(scope="module", params=CELLS, ids=[f"{c}_cells" for c in CELLS])
+def table(request, tmp_path_factory):
+    return evaluate(tmp_path_factory.mktemp(f"ceiling_{request.param}"), request.param)
+
+
+def test_ceiling_is_within_tolerance_of_the_oracle_on_every_metric_id(table):
+    declared = metric_ids()
+    assert set(table.index) <= set(declared)
+    # every declared id is scored except the top-200 overlap, undefined with only 200 genes
+    assert set(declared) - set(table.index) <= {"overlap_top200_de"}
+    assert misses(table, "ceiling") == {}, table.round(4).to_string()
+
+
+def test_old_ceiling_was_inflated_and_the_new_one_is_not(table):
+    old, new = table["old_ceiling"], table["ceiling"]
+    # predicting replicate half 1, which X contains, wins every discrimination by construction
+    assert old["discrimination_l1"] == 1.0 and old["centroid_accuracy"] == 1.0 and old["mean_rank"] == 0.0
+    assert new["discrimination_l1"] < 0.98 and new["centroid_accuracy"] < 0.98 and new["mean_rank"] > 0.02
+    assert set(misses(table, "old_ceiling")) & {"discrimination_l1", "discrimination_cosine", "mean_rank",
+                                                "centroid_accuracy", "pearson_delta_perturbed_ref"}
 
 
 if __name__ == "__main__":  # prints the table: python tests/test_ceiling.py CELLS [SEED]

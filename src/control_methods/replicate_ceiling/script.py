@@ -23,12 +23,6 @@ from component_io import ComponentIO, log, number_argument  # noqa: E402
 
 # The draws of one prediction stay below this many bytes (float32), whatever the size of the split.
 MAX_DRAW_BYTES = 200e6
-# Prior grid (quantiles of the standardised deviations, so dense where they are), EM steps, entries the
-# prior is fitted on (a seeded sample beyond), entries per chunk of the posterior.
-GRID_POINTS = 100
-EM_ITERATIONS = 200
-MAX_FIT = 50_000
-CHUNK = 20_000
 
 
 def noise_variance(A, B, n_cells, contexts):
@@ -70,59 +64,38 @@ def leave_one_out_mean(X, contexts):
     return centre
 
 
-def fit_prior(z, grid, iterations: int = EM_ITERATIONS):
-    """NPMLE of the distribution of theta in z = theta + N(0, 1) on a fixed grid (EM on the weights)."""
-    likelihood = np.exp(-0.5 * (z[:, None] - grid[None, :]) ** 2)
-    weights = np.full(len(grid), 1.0 / len(grid))
-    for _ in range(iterations):
-        posterior = likelihood * weights
-        posterior /= posterior.sum(axis=1, keepdims=True) + 1e-300
-        weights = posterior.mean(axis=0)
-    return weights
-
-
-def posterior_draws(z, grid, weights, n_draws: int, rng):
-    """n_draws values of theta per entry of z from its posterior under the grid prior (chunked)."""
-    draws = np.empty((n_draws, len(z)))
-    cumulative_weights = np.log(weights + 1e-300)
-    for start in range(0, len(z), CHUNK):
-        block = z[start:start + CHUNK]
-        log_posterior = cumulative_weights[None, :] - 0.5 * (block[:, None] - grid[None, :]) ** 2
-        posterior = np.exp(log_posterior - log_posterior.max(axis=1, keepdims=True))
-        cumulative = np.cumsum(posterior, axis=1)
-        cumulative /= cumulative[:, -1:]
-        for k in range(n_draws):
-            u = rng.random(len(block))
-            index = np.minimum((cumulative < u[:, None]).sum(axis=1), len(grid) - 1)
-            draws[k, start:start + len(block)] = grid[index]
-    return draws
-
-
 def ceiling_draws(X, variance, contexts, n_draws: int, rng):
-    """Draws of each condition's true profile mu given X = mu + N(0, variance), per context.
+    """Draws of each condition's true profile mu given X = mu + N(0, variance).
 
-    In units of the noise, z = (X - c) / sqrt(v) with c the mean of the context's other test profiles
-    (leaving the row out keeps the centre independent of the profile it is applied to), so z = theta +
-    N(0, 1) with theta = (mu - c) / sqrt(v). The distribution of theta over the context's genes and
-    conditions is estimated nonparametrically (NPMLE on a grid, Koenker & Mizera 2014): real screens are
-    mostly perturbations and genes without measurable change and a few large changes, which no normal
-    prior describes (a normal prior keeps too much of a null profile's noise, so its draw is closest to
-    its own observation: the inflation a ceiling must not have). Each draw is c + sqrt(v) theta, theta
-    from its posterior given z. A context with fewer than 3 conditions gets a flat prior (mu = X + noise).
+    Prior: mu_cg = c_g + theta_cg, theta_cg ~ N(0, lambda_c tau2_g). c is the mean of the other test
+    profiles of the row's context (leaving the row out keeps the centre independent of the profile it
+    is applied to); tau2_g how much gene g varies between conditions beyond noise, pooled over the
+    contexts; lambda_c how strong condition c is relative to the others. Both are method-of-moments
+    estimates floored at 0, from E[(X_c - c)^2] = lambda_c tau2 + v (1 + 1 / (k - 1)) for a centre of
+    k - 1 profiles (the centre's own noise counts as noise of the deviation). The per-condition scale
+    matters: real screens are mostly perturbations without measurable effect and a few strong ones; with
+    one scale for all, a null condition's posterior would keep part of its observed noise, and its draw
+    would sit closest to its own observation, the inflation a ceiling must not have. A row alone in its
+    context has no centre and gets a flat prior (mu = X + noise).
     """
     draws = np.repeat(X[None], n_draws, axis=0)
-    scale = np.sqrt(variance)
     centre = leave_one_out_mean(X, contexts)
-    for context in np.unique(contexts):
-        rows = np.flatnonzero(contexts == context)
-        if len(rows) < 3:
-            draws[:, rows] = X[rows] + scale[rows] * rng.standard_normal((n_draws, len(rows), X.shape[1]))
-            continue
-        z = ((X[rows] - centre[rows]) / scale[rows]).ravel()
-        fit = z if len(z) <= MAX_FIT else rng.choice(z, MAX_FIT, replace=False)
-        grid = np.unique(np.concatenate([np.quantile(fit, np.linspace(0, 1, GRID_POINTS)), [0.0]]))
-        theta = posterior_draws(z, grid, fit_prior(fit, grid), n_draws, rng)
-        draws[:, rows] = centre[rows] + scale[rows] * theta.reshape(n_draws, len(rows), X.shape[1])
+    size = pd.Series(contexts).map(pd.Series(contexts).value_counts()).to_numpy()
+    alone = size < 2
+    if alone.any():
+        draws[:, alone] = X[alone] + np.sqrt(variance[alone]) * rng.standard_normal((n_draws, int(alone.sum()), X.shape[1]))
+    rows = np.flatnonzero(~alone)
+    if len(rows) == 0:
+        return draws
+    deviation = X[rows] - centre[rows]
+    v = variance[rows] * (1.0 + 1.0 / (size[rows, None] - 1))
+    excess = deviation ** 2 - v
+    tau2 = np.maximum(excess.mean(axis=0), 0.0)
+    scale = np.maximum(excess.sum(axis=1) / max(tau2.sum(), 1e-300), 0.0)
+    prior = scale[:, None] * tau2[None, :]
+    shrink = prior / (prior + v)
+    for k in range(n_draws):
+        draws[k, rows] = centre[rows] + shrink * deviation + np.sqrt(shrink * v) * rng.standard_normal(deviation.shape)
     return draws
 
 
