@@ -92,9 +92,9 @@ def single_prediction(solution, X, method_id: str, path: Path) -> Path:
     return path
 
 
-def score(solution_path: Path, prediction_path: Path, work: Path) -> dict[str, float]:
+def score(solution_path: Path, prediction_path: Path, work: Path, metrics=None) -> dict[str, float]:
     values = {}
-    for name in METRICS:
+    for name in metrics or METRICS:
         output = work / f"{prediction_path.stem}_{name}.h5ad"
         code = run(f"metrics/{name}", {"input_solution": solution_path, "input_prediction": prediction_path,
                                        "output": output}, work / f"{output.stem}.log")
@@ -104,8 +104,9 @@ def score(solution_path: Path, prediction_path: Path, work: Path) -> dict[str, f
     return values
 
 
-def evaluate(work: Path, cells_per_perturbation: int, seed: int = 0) -> pd.DataFrame:
-    """Per metric id: oracle, ceiling (mean over its draws) and old ceiling (replicate half 1)."""
+def evaluate(work: Path, cells_per_perturbation: int, seed: int = 0, old_metrics=None) -> pd.DataFrame:
+    """Per metric id: oracle, ceiling (mean over its draws) and old ceiling (replicate half 1, scored by
+    the components `old_metrics`, default all; NaN elsewhere)."""
     common_path = work / "common.h5ad"
     assert run("datasets/simulated_grn", {**SIMULATION, "cells_per_perturbation": cells_per_perturbation,
                                           "seed": seed, "output": common_path}, work / "loader.log") == 0, \
@@ -124,7 +125,7 @@ def evaluate(work: Path, cells_per_perturbation: int, seed: int = 0) -> pd.DataF
     draws = [ceiling.X] + [ceiling.layers[f"draw_{k}"] for k in range(1, N_DRAWS)]
     table = {"oracle": score(split["solution"], work / "oracle.h5ad", work),
              "old_ceiling": score(split["solution"], single_prediction(
-                 solution, solution.layers["replicate_1"], "old_ceiling", work / "old_ceiling.h5ad"), work)}
+                 solution, solution.layers["replicate_1"], "old_ceiling", work / "old_ceiling.h5ad"), work, old_metrics)}
     per_draw = [score(split["solution"], single_prediction(solution, d, "replicate_ceiling", work / f"draw{k}.h5ad"), work)
                 for k, d in enumerate(draws)]
     table["ceiling"] = {m: float(np.mean([d[m] for d in per_draw])) for m in per_draw[0]}
@@ -157,6 +158,8 @@ def misses(table: pd.DataFrame, column: str) -> dict[str, float]:
     bounds = declared_bounds()
     out = {}
     for metric, row in table.iterrows():
+        if not np.isfinite(row[column]):
+            continue
         low, high = bounds[metric]
         gap = abs(row[column] - row["oracle"])
         allowed = TOLERANCE_BOUNDED if np.isfinite(high) else TOLERANCE_RELATIVE * abs(row["oracle"])
@@ -167,7 +170,9 @@ def misses(table: pd.DataFrame, column: str) -> dict[str, float]:
 
 @pytest.fixture(scope="module", params=CELLS, ids=[f"{c}_cells" for c in CELLS])
 def table(request, tmp_path_factory):
-    return evaluate(tmp_path_factory.mktemp(f"ceiling_{request.param}"), request.param)
+    # the old ceiling only on the components whose inflation the test asserts (saves 12 metric runs)
+    return evaluate(tmp_path_factory.mktemp(f"ceiling_{request.param}"), request.param,
+                    old_metrics=["discrimination", "systema"])
 
 
 def test_ceiling_is_within_tolerance_of_the_oracle_on_every_metric_id(table):

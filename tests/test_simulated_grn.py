@@ -192,7 +192,9 @@ def test_knockout_removes_activity_not_the_mrna(knockout):
     for cell_type in ("type_A", "type_B"):
         deltas = expected_deltas(knockout, cell_type)
         singles = {p: d for p, d in deltas.items() if "+" not in p}
-        changes = np.array([d[knockout.var_names.get_loc(p)] for p, d in singles.items()])
+        # relative to the median gene, since normalisation to counts per 10k shifts every gene when the
+        # knockout raises or lowers many of them
+        changes = np.array([d[knockout.var_names.get_loc(p)] - np.median(d) for p, d in singles.items()])
         assert changes.min() > -0.95 and changes.max() < 0.05, changes
         downstream = [np.abs(np.delete(d, knockout.var_names.get_loc(p))).max() for p, d in singles.items()]
         assert max(downstream) > 3 * np.abs(changes).max()

@@ -32,15 +32,17 @@ def noise_variance(A, B, n_cells, contexts):
     A - B has 4 sigma2 / n. A - B also holds the difference between the two replicates' batch effects
     (and between their controls), the same for every condition of a context, so it is centred within
     the context first (precision-weighted mean m, weights n / 4): E[(D_c - m)^2] = sigma2 (4 / n_c - 1 / W)
-    with W the sum of the weights, which makes the pooled ratio below unbiased. Conditions with a single
-    replicate (A = B) carry no information and are left out. Returns sigma2 (genes) and how many
-    conditions informed it.
+    with W the sum of the weights, which makes the pooled ratio below unbiased. Where no context has two
+    such conditions, A - B is used uncentred: the batch difference then counts as noise, which can only
+    widen the draws (a conservative ceiling). Conditions with a single replicate (A = B) carry no
+    information and are left out. Returns sigma2 (genes, or None) and how many conditions informed it.
     """
+    informative = np.any(A != B, axis=1)
     numerator = np.zeros(A.shape[1])
     denominator = 0.0
     used = 0
     for context in np.unique(contexts):
-        rows = np.flatnonzero((contexts == context) & np.any(A != B, axis=1))
+        rows = np.flatnonzero((contexts == context) & informative)
         if len(rows) < 2:
             continue
         D = A[rows] - B[rows]
@@ -49,6 +51,10 @@ def noise_variance(A, B, n_cells, contexts):
         numerator += ((D - centre) ** 2).sum(axis=0)
         denominator += float((4.0 / n_cells[rows]).sum() - len(rows) / weights.sum())
         used += len(rows)
+    if used == 0 and informative.any():
+        rows = np.flatnonzero(informative)
+        numerator = ((A[rows] - B[rows]) ** 2).sum(axis=0)
+        denominator, used = float((4.0 / n_cells[rows]).sum()), len(rows)
     if used == 0 or denominator <= 0:
         return None, 0
     return numerator / denominator, used
