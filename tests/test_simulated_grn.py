@@ -211,8 +211,8 @@ def test_ineffective_guides_have_no_measurable_effect(tmp_path_factory):
 
 
 def test_expected_is_the_noise_free_mean_and_carries_the_replicate_batch(tmp_path_factory):
-    few = load(tmp_path_factory, "few_cells", **SMALL, cells_per_perturbation=10, n_control_cells=20)
-    many = load(tmp_path_factory, "many_cells", **SMALL, cells_per_perturbation=640, n_control_cells=1280)
+    few = load(tmp_path_factory, "few_cells", **{**SMALL, "cells_per_perturbation": 10, "n_control_cells": 20})
+    many = load(tmp_path_factory, "many_cells", **{**SMALL, "cells_per_perturbation": 640, "n_control_cells": 1280})
     error = {name: float(np.mean((np.asarray(a.X, dtype=np.float64) - a.layers["expected"]) ** 2))
              for name, a in (("few", few), ("many", many))}
     # sampling noise of a mean falls as 1 / cells: 64 times more cells, far smaller error
