@@ -192,11 +192,12 @@ def test_old_ceiling_was_inflated_and_the_new_one_is_not(table):
                                                 "centroid_accuracy", "pearson_delta_perturbed_ref"}
 
 
-if __name__ == "__main__":  # prints the table: python tests/test_ceiling.py CELLS [SEED]
+if __name__ == "__main__":  # prints the table: python tests/test_ceiling.py CELLS [SEED [N_DRAWS [KEEP_DIR]]]
     import tempfile
     import time
+    N_DRAWS = int(sys.argv[3]) if len(sys.argv) > 3 else N_DRAWS
     with tempfile.TemporaryDirectory() as directory:
-        directory = sys.argv[3] if len(sys.argv) > 3 else directory
+        directory = sys.argv[4] if len(sys.argv) > 4 else directory
         start = time.time()
         frame = evaluate(Path(directory), int(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 else 0)
         pd.set_option("display.width", 200)
