@@ -137,10 +137,10 @@ def evaluate(work: Path, cells_per_perturbation: int, seed: int = 0, old_metrics
 # shares, ranks), 30% of the oracle's value for unbounded error metrics. Measured over seeds 0 and 1 at
 # 20, 60 and 200 cells (python tests/test_ceiling.py CELLS SEED 4), the largest gaps were 0.199 (mean_rank)
 # and 25% (mse_top20_de); errors, correlations and top-k DE metrics stay within 0.08 or 25%, while
-# discrimination, centroid accuracy, mean rank and the Systema metrics remain 0.08 to 0.2 more favourable
+# discrimination, centroid accuracy, mean rank and the Systema metrics remain 0.03 to 0.2 more favourable
 # than the oracle's (the prior's per-condition scale is estimated from the noisy profile itself). The
 # ceiling is an approximation, not an identity; the old ceiling (replicate half 1) misses the same bounds
-# by 0.25 to 0.56 on discrimination, centroid accuracy and the Systema correlation, which the second test
+# by about 0.25 to 0.56 on discrimination, centroid accuracy and the Systema correlation, which the second test
 # asserts, so the test separates an honest ceiling from an inflated one.
 TOLERANCE_BOUNDED = 0.2
 TOLERANCE_RELATIVE = 0.3
