@@ -140,7 +140,13 @@ def simulated(tmp_path_factory):
     """simulated_grn (default size: 200 genes, 40 singles, 20 doubles, 2 cell types) -> unseen_perturbation,
     every component, plus linear_baseline with a prior made by scripts/make_prior.py."""
     out = tmp_path_factory.mktemp("simulated")
-    code, err = run("src/datasets/simulated_grn", {"output": out / "common.h5ad", "seed": 0}, out / "loader.log")
+    # High-signal variant (every guide effective, no escapees or batch effects, cell types wired alike, 100
+    # cells): the default simulation is as hard
+    # as the real subsets (benchmarks/dataset_statistics.py), where linear_baseline need not beat train_mean;
+    # these tests check that it learns where there is signal to learn.
+    code, err = run("src/datasets/simulated_grn", {"output": out / "common.h5ad", "seed": 0, "share_ineffective": 0.0,
+                                                   "escape_rate": 0.0, "batch_effect": 0.0, "rewiring": 0.0,
+                                                   "cells_per_perturbation": 100}, out / "loader.log")
     assert code == 0, err
     make_split(out / "common.h5ad", out)
     # the prior: the same simulated network, but without any of the test perturbations

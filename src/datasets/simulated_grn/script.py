@@ -13,11 +13,15 @@ par = {
     "n_cell_types": 2,
     "cell_type_divergence": 0.5,
     "cells_per_perturbation": 40,
-    "n_control_cells": 300,
+    "n_control_cells": 100,
     "model": "saturating",
     "perturbation_type": "knockdown",
     "mean_library_size": 3000.0,
     "dispersion": 0.2,
+    "rewiring": 0.2,
+    "share_ineffective": 0.2,
+    "escape_rate": 0.1,
+    "batch_effect": 0.1,
 }
 meta = {"name": "simulated_grn", "resources_dir": "src/utils", "config": None}
 ## VIASH END
@@ -34,6 +38,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import scipy.sparse as sp  # noqa: E402
 import scipy.sparse.linalg as spla  # noqa: E402
+from scipy.stats import norm  # noqa: E402
 
 from component_io import ComponentIO, fail, log  # noqa: E402
 from dataset_report import dataset_report  # noqa: E402
@@ -41,26 +46,39 @@ from dataset_report import dataset_report  # noqa: E402
 DATASET_ID = par.get("dataset_id") or "simulated_grn"
 # Bumped whenever the simulation algorithm changes, so that source_sha256 (and any cache keyed on it)
 # changes with it even when the arguments do not.
-SIMULATOR_VERSION = 1
+SIMULATOR_VERSION = 2
 
-# Factor on the target's production rate. A knockout keeps 2% rather than 0 because the model lives in
-# log space (log 0 is undefined); at the default depth 2% is close to no counts for most genes.
-PRODUCTION_FACTOR = {"knockout": 0.02, "knockdown": 0.3, "activation": 3.0}
-# Cap on each gene's summed absolute input weight. Below 1 the linear model is a contraction, so an effect
-# cannot grow along a regulatory cascade; tanh already bounds what each regulator can pass on, so the
-# saturating model may have stronger inputs (it stays well defined because the network is acyclic).
+# What a fully efficient perturbation does to its target (see the config's description):
+# CRISPRi keeps 10% of transcription; CRISPRa multiplies it by 4; a knockout leaves 2% of the protein's
+# activity (log space needs > 0) while nonsense-mediated decay removes up to NMD_MAX of its mRNA.
+KNOCKDOWN_TRANSCRIPTION = 0.1
+ACTIVATION_GAIN = 4.0
+KNOCKOUT_ACTIVITY = 0.02
+NMD_MAX = 0.6
+# Protein activity follows mRNA as mRNA^b with a per-gene buffering exponent b (translation control,
+# protein stability), so the revealed mRNA of a knocked-down regulator under- or overstates what its
+# targets see.
+BUFFERING = (0.3, 1.0)
+# Guide efficiency of an effective perturbation ~ Beta(4, 1.5) (mean 0.73); an ineffective one is
+# uniform below 0.1. Within a perturbation, each non-escaping cell's efficiency varies log-normally.
+EFFICIENCY_BETA = (4.0, 1.5)
+INEFFECTIVE_MAX = 0.1
+CELL_EFFICIENCY_LOG_SD = 0.3
+# Quantile nodes per target for the expected profile over the cells' efficiency distribution: the
+# midpoint rule on a smooth function of a quantile errs by O(1/n^2), far below the sampling noise.
+QUADRATURE_NODES = 16
 MAX_INPUT_WEIGHT = {"linear": 0.9, "saturating": 1.5}
 SHARE_ACTIVATING = 0.6
-# Log-normal spread of per-cell library sizes (sd on the log scale), about what droplet data shows
-# within a cell type after quality filtering.
 LIBRARY_SIZE_LOG_SD = 0.3
-# Cells simulated at once: bounds memory to CELL_CHUNK x n_genes however many cells a group has.
 CELL_CHUNK = 256
+REPLICATES = ("r1", "r2")
 
 INTEGER_ARGUMENTS = ("seed", "n_genes", "n_regulators", "n_perturbed_genes", "n_combos", "n_cell_types",
                      "cells_per_perturbation", "n_control_cells")
-FLOAT_ARGUMENTS = ("edge_density", "cell_type_divergence", "mean_library_size", "dispersion")
+FLOAT_ARGUMENTS = ("edge_density", "cell_type_divergence", "mean_library_size", "dispersion", "rewiring",
+                   "share_ineffective", "escape_rate", "batch_effect")
 STRING_ARGUMENTS = ("model", "perturbation_type")
+PERTURBATION_TYPES = ("knockout", "knockdown", "activation")
 
 
 def simulation_arguments(par: dict) -> dict:
@@ -101,10 +119,15 @@ def simulation_arguments(par: dict) -> dict:
         (args["n_control_cells"] >= 2,
          f"--n_control_cells is {args['n_control_cells']}, expected at least 2 (one per replicate)"),
         (args["model"] in ("linear", "saturating"), f"--model is '{args['model']}', expected linear or saturating"),
-        (args["perturbation_type"] in PRODUCTION_FACTOR,
-         f"--perturbation_type is '{args['perturbation_type']}', expected one of {sorted(PRODUCTION_FACTOR)}"),
+        (args["perturbation_type"] in PERTURBATION_TYPES,
+         f"--perturbation_type is '{args['perturbation_type']}', expected one of {sorted(PERTURBATION_TYPES)}"),
         (args["mean_library_size"] > 0, f"--mean_library_size is {args['mean_library_size']}, expected > 0"),
         (args["dispersion"] >= 0, f"--dispersion is {args['dispersion']}, expected >= 0"),
+        (0.0 <= args["rewiring"] <= 1.0, f"--rewiring is {args['rewiring']}, expected in [0, 1]"),
+        (0.0 <= args["share_ineffective"] <= 1.0,
+         f"--share_ineffective is {args['share_ineffective']}, expected in [0, 1]"),
+        (0.0 <= args["escape_rate"] < 1.0, f"--escape_rate is {args['escape_rate']}, expected in [0, 1)"),
+        (args["batch_effect"] >= 0, f"--batch_effect is {args['batch_effect']}, expected >= 0"),
     ]
     for ok, message in checks:
         if not ok:
@@ -117,12 +140,14 @@ def random_network(rng, n_genes: int, n_regulators: int, edge_density: float, ma
 
     Regulators come first in the order and may regulate later regulators (cascades); every other gene
     is a leaf. Edges only point forward, so the graph is acyclic and a steady state always exists.
+    Returns W, the regulators in order, and each regulator's possible targets (for rewiring).
     """
     regulators = rng.choice(n_genes, size=n_regulators, replace=False)
     leaves = np.setdiff1d(np.arange(n_genes), regulators)
-    rows, cols, weights = [], [], []
+    rows, cols, weights, candidates_of = [], [], [], {}
     for position, regulator in enumerate(regulators):
         candidates = np.concatenate([regulators[position + 1:], leaves])
+        candidates_of[int(regulator)] = candidates
         chosen = candidates[rng.random(len(candidates)) < edge_density]
         if len(chosen) == 0:  # a regulator without targets would be a mislabelled leaf
             chosen = rng.choice(candidates, size=1)
@@ -130,9 +155,9 @@ def random_network(rng, n_genes: int, n_regulators: int, edge_density: float, ma
         rows.append(chosen)
         cols.append(np.full(len(chosen), regulator))
         weights.append(sign * rng.uniform(0.4, 1.2, size=len(chosen)))
-    W = sp.csr_matrix((np.concatenate(weights), (np.concatenate(rows), np.concatenate(cols))),
+    W = sp.coo_matrix((np.concatenate(weights), (np.concatenate(rows), np.concatenate(cols))),
                       shape=(n_genes, n_genes))
-    return limit_input(W, max_input), regulators
+    return W, regulators, candidates_of
 
 
 def limit_input(W, max_input: float):
@@ -143,29 +168,42 @@ def limit_input(W, max_input: float):
     return sp.csr_matrix(sp.diags(scale) @ W)
 
 
-def context_network(rng, W, baseline, divergence: float, max_input: float):
-    """A cell type's network: same edges, edge strengths and baselines jittered log-normally/normally."""
-    W = sp.csr_matrix(W, copy=True)
-    W.data = W.data * np.exp(rng.normal(0.0, divergence, size=W.nnz))
+def context_network(rng, W, candidates_of, baseline, divergence: float, rewiring: float, max_input: float):
+    """A cell type's network: a share `rewiring` of the edges moved to another possible target of the same
+    regulator (the edge exists in this cell type only), then edge strengths jittered log-normally and
+    baselines shifted normally by `divergence`."""
+    W = sp.coo_matrix(W)
+    rows, cols, data = W.row.copy(), W.col.copy(), W.data * np.exp(rng.normal(0.0, divergence, size=W.nnz))
+    existing = set(zip(rows.tolist(), cols.tolist()))
+    for k in np.flatnonzero(rng.random(len(rows)) < rewiring):
+        regulator = int(cols[k])
+        free = [int(t) for t in candidates_of[regulator] if (int(t), regulator) not in existing]
+        if not free:
+            continue
+        target = free[int(rng.integers(len(free)))]
+        existing.discard((int(rows[k]), regulator))
+        existing.add((target, regulator))
+        rows[k] = target
+    W = sp.csr_matrix((data, (rows, cols)), shape=W.shape)
     return limit_input(W, max_input), baseline + rng.normal(0.0, divergence, size=len(baseline))
 
 
 def steady_state_solver(W, model: str):
-    """A function production -> log-expression x at the steady state x = production + W s(x).
-
-    s is the identity (linear) or tanh (saturating). One solver serves every perturbation of a cell type,
-    so the linear system is factorised once.
-    """
+    """A function (production, activity shift) -> log mRNA x, rows = cells, at the steady state
+    x = production + W s(x + activity): regulators act through their protein activity, their mRNA
+    plus the shift. s is the identity (linear) or tanh (saturating)."""
     if model == "linear":
         factor = spla.splu(sp.csc_matrix(sp.identity(W.shape[0], format="csc") - W))
-        return factor.solve
+        return lambda production, activity: factor.solve(np.ascontiguousarray((production + activity @ W.T).T)).T
 
-    def solve(production):
+    WT = sp.csr_matrix(W.T)
+
+    def solve(production, activity):
         # Fixed-point iteration: exact after (longest cascade + 1) steps because the graph is acyclic,
         # so the loop bound is only a guard.
         x = production.copy()
         for _ in range(W.shape[0] + 2):
-            updated = production + W @ np.tanh(x)
+            updated = production + np.tanh(x + activity) @ WT
             if np.max(np.abs(updated - x)) < 1e-12:
                 return updated
             x = updated
@@ -179,7 +217,6 @@ def choose_perturbations(rng, n_genes: int, regulators, n_perturbed: int, n_comb
     n_regulator_targets = min(len(regulators), math.ceil(0.75 * n_perturbed))
     leaves = np.setdiff1d(np.arange(n_genes), regulators)
     n_leaf_targets = min(len(leaves), n_perturbed - n_regulator_targets)
-    # If there are too few leaves, take the remaining targets from the regulators after all.
     n_regulator_targets = n_perturbed - n_leaf_targets
     targets = np.sort(np.concatenate([rng.choice(regulators, n_regulator_targets, replace=False),
                                       rng.choice(leaves, n_leaf_targets, replace=False)]))
@@ -194,74 +231,155 @@ def choose_perturbations(rng, n_genes: int, regulators, n_perturbed: int, n_comb
     return [(int(t),) for t in targets] + combos
 
 
-def simulate_counts(rng, expression_share, n_cells: int, mean_library_size: float, dispersion: float):
-    """Summed negative-binomial UMI counts of `n_cells` cells split into two random halves (r1, r2).
+def guides(rng, targets, share_ineffective: float, escape_rate: float) -> dict:
+    """Per target gene: the guide's efficiency, its share of escaping cells and (knockouts) its NMD.
 
-    expression_share: the profile's expected share of each gene (sums to 1). Returns two count vectors
-    and the two cell numbers; cells are drawn in chunks so no large cells x genes matrix is held.
-    """
+    One guide per target, used in every cell type and combination. Escape shares ~ Beta with mean
+    `escape_rate` (some guides leave many cells unperturbed, most few)."""
+    result = {}
+    for t in targets:
+        ineffective = rng.random() < share_ineffective
+        efficiency = rng.uniform(0.0, INEFFECTIVE_MAX) if ineffective else rng.beta(*EFFICIENCY_BETA)
+        escape = rng.beta(2.0 * escape_rate / (1 - escape_rate), 2.0) if escape_rate > 0 else 0.0
+        result[int(t)] = {"efficiency": float(efficiency), "escape": float(escape),
+                          "nmd": float(rng.uniform(0.0, NMD_MAX))}
+    return result
+
+
+def target_shift(kind: str, efficiency, guide: dict, buffering: float):
+    """log shifts (mRNA production, protein activity beyond the mRNA) of a target at cell efficiencies."""
+    if kind == "knockout":
+        mrna = np.log1p(-efficiency * guide["nmd"])
+        return mrna, np.log(np.maximum(1.0 - efficiency, KNOCKOUT_ACTIVITY)) - mrna
+    if kind == "knockdown":
+        mrna = np.log1p(-efficiency * (1.0 - KNOCKDOWN_TRANSCRIPTION))
+    else:
+        mrna = np.log1p(efficiency * (ACTIVATION_GAIN - 1.0))
+    return mrna, (buffering - 1.0) * mrna
+
+
+def cell_efficiencies(rng, guide: dict, n: int) -> np.ndarray:
+    escaped = rng.random(n) < guide["escape"]
+    jitter = np.exp(rng.normal(-CELL_EFFICIENCY_LOG_SD ** 2 / 2, CELL_EFFICIENCY_LOG_SD, size=n))
+    return np.where(escaped, 0.0, np.minimum(1.0, guide["efficiency"] * jitter))
+
+
+def efficiency_nodes(guide: dict):
+    """Quadrature of a target's cell efficiency distribution: (values, weights); escapees are one node."""
+    quantiles = (np.arange(QUADRATURE_NODES) + 0.5) / QUADRATURE_NODES
+    jitter = np.exp(-CELL_EFFICIENCY_LOG_SD ** 2 / 2 + CELL_EFFICIENCY_LOG_SD * norm.ppf(quantiles))
+    values = np.concatenate([[0.0], np.minimum(1.0, guide["efficiency"] * jitter)])
+    weights = np.concatenate([[guide["escape"]], np.full(QUADRATURE_NODES, (1 - guide["escape"]) / QUADRATURE_NODES)])
+    return values, weights
+
+
+def shares(solve, baseline, abundance, targets, efficiencies, guide_of, buffering, kind):
+    """Expression shares (rows sum to 1) of cells whose targets have the given efficiencies
+    (one column per target)."""
+    production = np.repeat(baseline[None, :], len(efficiencies), axis=0)
+    activity = np.zeros_like(production)
+    for column, t in enumerate(targets):
+        mrna, protein = target_shift(kind, efficiencies[:, column], guide_of[t], buffering[t])
+        production[:, t] += mrna
+        activity[:, t] += protein
+    state = abundance + solve(production, activity)
+    share = np.exp(state - state.max(axis=1, keepdims=True))
+    return share / share.sum(axis=1, keepdims=True)
+
+
+def with_batch(share, batch):
+    """Shares measured in a replicate whose per-gene capture differs by exp(batch)."""
+    share = share * np.exp(batch)[None, :]
+    return share / share.sum(axis=1, keepdims=True)
+
+
+def sample_counts(rng, share, mean_library_size: float, dispersion: float):
+    library = mean_library_size * np.exp(rng.normal(-LIBRARY_SIZE_LOG_SD ** 2 / 2, LIBRARY_SIZE_LOG_SD, size=len(share)))
+    mean = library[:, None] * share
+    if dispersion > 0:
+        # numpy's (n, p) parametrisation of mean mu and variance mu + dispersion * mu^2
+        return rng.negative_binomial(1.0 / dispersion, 1.0 / (1.0 + dispersion * mean))
+    return rng.poisson(mean)
+
+
+def simulate_condition(cell_rng, solve, baseline, abundance, targets, guide_of, buffering, batches, args):
+    """Summed counts and noise-free expected log-normalised profiles of both replicates of a condition."""
+    n_cells = (args["n_control_cells"] if not targets
+               else max(2, int(cell_rng.poisson(args["cells_per_perturbation"]))))
+    kind = args["perturbation_type"]
+    # expected: the mean share over the cells' efficiency distribution (quadrature), per replicate batch
+    nodes = [efficiency_nodes(guide_of[t]) for t in targets]
+    if nodes:
+        grids = np.meshgrid(*[v for v, _ in nodes], indexing="ij")
+        weights = np.prod(np.meshgrid(*[w for _, w in nodes], indexing="ij"), axis=0).ravel()
+        node_shares = shares(solve, baseline, abundance, targets, np.column_stack([g.ravel() for g in grids]),
+                             guide_of, buffering, kind)
+    else:
+        weights = np.ones(1)
+        node_shares = shares(solve, baseline, abundance, targets, np.zeros((1, 0)), guide_of, buffering, kind)
+    expected = [np.log1p(1e4 * (weights @ with_batch(node_shares, batch))) for batch in batches]
+
     in_r1 = np.zeros(n_cells, dtype=bool)
-    in_r1[rng.permutation(n_cells)[: (n_cells + 1) // 2]] = True
-    sums = np.zeros((2, len(expression_share)), dtype=np.float64)
+    in_r1[cell_rng.permutation(n_cells)[: (n_cells + 1) // 2]] = True
+    sums = np.zeros((2, len(baseline)), dtype=np.float64)
     for start in range(0, n_cells, CELL_CHUNK):
         stop = min(n_cells, start + CELL_CHUNK)
-        library = mean_library_size * np.exp(
-            rng.normal(-LIBRARY_SIZE_LOG_SD ** 2 / 2, LIBRARY_SIZE_LOG_SD, size=stop - start))
-        mean = library[:, None] * expression_share[None, :]
-        if dispersion > 0:
-            # numpy's (n, p) parametrisation of mean mu and variance mu + dispersion * mu^2
-            counts = rng.negative_binomial(1.0 / dispersion, 1.0 / (1.0 + dispersion * mean))
-        else:
-            counts = rng.poisson(mean)
-        sums[0] += counts[in_r1[start:stop]].sum(axis=0)
-        sums[1] += counts[~in_r1[start:stop]].sum(axis=0)
-    return sums, (int(in_r1.sum()), int((~in_r1).sum()))
+        efficiencies = np.column_stack([cell_efficiencies(cell_rng, guide_of[t], stop - start) for t in targets]) \
+            if targets else np.zeros((stop - start, 0))
+        share = shares(solve, baseline, abundance, targets, efficiencies, guide_of, buffering, kind)
+        for half, selected in enumerate((in_r1[start:stop], ~in_r1[start:stop])):
+            if selected.any():
+                sums[half] += sample_counts(cell_rng, with_batch(share[selected], batches[half]),
+                                            args["mean_library_size"], args["dispersion"]).sum(axis=0)
+    return sums, (int(in_r1.sum()), int((~in_r1).sum())), expected
 
 
 def simulate(args: dict) -> ad.AnnData:
     # Separate streams per purpose: e.g. more cells per perturbation leaves the network unchanged.
-    network_seed, design_seed, context_seed, cell_seed = np.random.SeedSequence(args["seed"]).spawn(4)
+    network_seed, design_seed, context_seed, cell_seed, guide_seed, batch_seed = \
+        np.random.SeedSequence(args["seed"]).spawn(6)
     network_rng = np.random.default_rng(network_seed)
     n_genes = args["n_genes"]
     max_input = MAX_INPUT_WEIGHT[args["model"]]
-    W, regulators = random_network(network_rng, n_genes, args["n_regulators"], args["edge_density"], max_input)
+    W, regulators, candidates_of = random_network(network_rng, n_genes, args["n_regulators"], args["edge_density"],
+                                                  max_input)
     baseline = network_rng.normal(0.0, 0.5, size=n_genes)
     # Abundance scales how much of a gene is measured (mRNA stability, capture) but not how strongly it
     # regulates others, so it is kept out of the network state.
     abundance = network_rng.normal(0.0, 1.0, size=n_genes)
+    buffering = network_rng.uniform(*BUFFERING, size=n_genes)
     perturbations = choose_perturbations(np.random.default_rng(design_seed), n_genes, regulators,
                                          args["n_perturbed_genes"], args["n_combos"])
+    guide_of = guides(np.random.default_rng(guide_seed), sorted({t for p in perturbations for t in p}),
+                      args["share_ineffective"], args["escape_rate"])
+    # One capture bias per replicate and gene, shared by every profile of that replicate (controls too).
+    batches = np.random.default_rng(batch_seed).normal(0.0, args["batch_effect"], size=(len(REPLICATES), n_genes))
     context_rng = np.random.default_rng(context_seed)
     cell_types = [f"type_{letter}" for letter in string.ascii_uppercase[: args["n_cell_types"]]]
-    contexts = [context_network(context_rng, W, baseline, args["cell_type_divergence"], max_input)
-                for _ in cell_types]
+    contexts = [context_network(context_rng, W, candidates_of, baseline, args["cell_type_divergence"],
+                                args["rewiring"], max_input) for _ in cell_types]
 
     width = max(4, len(str(n_genes)))
     genes = [f"G{i + 1:0{width}d}" for i in range(n_genes)]
-    log_factor = math.log(PRODUCTION_FACTOR[args["perturbation_type"]])
     cell_rng = np.random.default_rng(cell_seed)
-    profiles, rows = [], []
+    profiles, expected, rows = [], [], []
     for cell_type, (W_c, baseline_c) in zip(cell_types, contexts):
-        steady_state = steady_state_solver(W_c, args["model"])
+        solve = steady_state_solver(W_c, args["model"])
         for targets in [()] + perturbations:
-            production = baseline_c.copy()
-            production[list(targets)] += log_factor
-            state = steady_state(production)
-            share = np.exp(abundance + state - np.max(abundance + state))
-            share /= share.sum()
-            n_cells = (args["n_control_cells"] if not targets
-                       else max(2, int(cell_rng.poisson(args["cells_per_perturbation"]))))
-            sums, halves = simulate_counts(cell_rng, share, n_cells, args["mean_library_size"], args["dispersion"])
+            sums, halves, means = simulate_condition(cell_rng, solve, baseline_c, abundance, list(targets), guide_of,
+                                                     buffering, batches, args)
             name = "+".join(sorted(genes[t] for t in targets)) or "control"
-            for replicate, counts, n in zip(("r1", "r2"), sums, halves):
+            for replicate, counts, n, mean in zip(REPLICATES, sums, halves, means):
                 profiles.append(counts)
+                expected.append(mean)
                 rows.append({"perturbation": name, "is_control": not targets,
                              "perturbation_type": args["perturbation_type"], "n_targets": len(targets),
                              "cell_type": cell_type, "condition": "none", "replicate": replicate, "n_cells": n})
-    return assemble(np.vstack(profiles), rows, genes, args, W)
+    n_ineffective = sum(g["efficiency"] < INEFFECTIVE_MAX for g in guide_of.values())
+    return assemble(np.vstack(profiles), np.vstack(expected), rows, genes, args, W, n_ineffective)
 
 
-def assemble(counts, rows, genes, args, W) -> ad.AnnData:
+def assemble(counts, expected, rows, genes, args, W, n_ineffective: int) -> ad.AnnData:
     obs = pd.DataFrame(rows)
     obs.index = obs[["perturbation", "cell_type", "condition", "replicate"]].agg("|".join, axis=1).to_numpy()
     obs["is_control"] = obs["is_control"].astype(bool)
@@ -289,11 +407,15 @@ def assemble(counts, rows, genes, args, W) -> ad.AnnData:
         "dataset_description": (
             f"Seeded simulation (seed {args['seed']}) of a {args['perturbation_type']} screen: {args['n_genes']} genes "
             f"under a random acyclic signed network of {args['n_regulators']} regulators ({W.nnz} edges, "
-            f"{args['model']} steady state), {args['n_perturbed_genes']} single and {args['n_combos']} double "
-            f"perturbations in {args['n_cell_types']} cell type(s) that share the network topology but differ in "
-            f"edge strengths and baselines. Cells get negative-binomial UMI counts (dispersion "
-            f"{args['dispersion']}, mean library size {args['mean_library_size']:g}) and are summed into "
-            "pseudobulk profiles per random half of the cells (r1, r2)."),
+            f"{args['model']} steady state, regulators act through their protein activity), "
+            f"{args['n_perturbed_genes']} single and {args['n_combos']} double perturbations in "
+            f"{args['n_cell_types']} cell type(s) that rewire {args['rewiring']:g} of the edges and differ in edge "
+            f"strengths and baselines. Guides vary in efficiency ({n_ineffective} of {args['n_perturbed_genes']} "
+            f"nearly ineffective), cells in efficiency and escape (mean escape rate {args['escape_rate']:g}). "
+            f"Cells get negative-binomial UMI counts (dispersion {args['dispersion']}, mean library size "
+            f"{args['mean_library_size']:g}) and are summed into pseudobulk profiles per random half of the cells "
+            f"(r1, r2), each half measured with its own per-gene batch effect (sd {args['batch_effect']:g} on the "
+            "log scale). layers['expected'] holds each profile's noise-free expected value."),
         "dataset_url": "simulated by src/datasets/simulated_grn",
         "dataset_reference": "none",
         "dataset_organism": "synthetic",
@@ -301,7 +423,8 @@ def assemble(counts, rows, genes, args, W) -> ad.AnnData:
         "source_sha256": hashlib.sha256(canonical.encode()).hexdigest(),
         "simulation": simulation,
     }
-    return ad.AnnData(X=X, obs=obs, var=var, uns=uns, layers={"counts": counts.astype(counts_dtype)})
+    layers = {"counts": counts.astype(counts_dtype), "expected": expected.astype(np.float32)}
+    return ad.AnnData(X=X, obs=obs, var=var, uns=uns, layers=layers)
 
 
 args = simulation_arguments(par)
