@@ -420,6 +420,8 @@ def assemble(counts, expected, rows, genes, args, W, n_ineffective: int) -> ad.A
         "dataset_reference": "none",
         "dataset_organism": "synthetic",
         "normalization_id": "log_cp10k",
+        # halves are random halves of each group's cells, each with its own batch effect
+        "replicate_kind": "random_half",
         "source_sha256": hashlib.sha256(canonical.encode()).hexdigest(),
         "simulation": simulation,
     }
