@@ -83,6 +83,34 @@ class ComponentIO:
         self.par = par
         self.specs = _argument_specs(meta or {})
         self._read: dict = {}
+        self._refuse_shared_files()
+
+    def _files(self, direction: str) -> list[tuple[str, str]]:
+        found = []
+        for name, spec in self.specs.items():
+            if spec.get("type") != "file" or spec.get("direction", "input") != direction:
+                continue
+            value = self.par.get(name)
+            for path in (value if isinstance(value, (list, tuple)) else [value]):
+                if isinstance(path, str) and path:
+                    found.append((name, path))
+        return found
+
+    def _refuse_shared_files(self):
+        """An output that is an input (or another output) would overwrite it: refused before anything runs."""
+        def same(a: str, b: str) -> bool:
+            if os.path.realpath(a) == os.path.realpath(b):
+                return True
+            try:
+                return os.path.samefile(a, b)  # hard links
+            except OSError:
+                return False
+        outputs = self._files("output")
+        for i, (name, path) in enumerate(outputs):
+            for other, other_path in self._files("input") + outputs[:i]:
+                if same(path, other_path):
+                    fail(f"--{name} '{path}' is the same file as --{other} '{other_path}'; "
+                         f"expected a separate output file")
 
     def _format(self, name: str) -> dict:
         return ((self.specs.get(name) or {}).get("info") or {}).get("format") or {}
@@ -127,8 +155,25 @@ class ComponentIO:
             problems = check_anndata(adata, self._format(name)) + self._alignment(name, adata)
             if problems:
                 fail(f"--{name} output would not conform, nothing written: {FormatError(self.par.get(name), problems)}")
+        for name in outputs:
+            path = self.par.get(name)
+            if not path:
+                fail(f"--{name} was not given")
+            if os.path.isdir(path):
+                fail(f"cannot write --{name} to '{path}': it is a directory, expected a file path")
+        written = []
         for name, adata in outputs.items():
-            write_h5ad_atomic(adata, self.par.get(name))
+            path = self.par.get(name)
+            try:
+                write_h5ad_atomic(adata, path)
+            except OSError as error:
+                for done in written:  # all outputs or none
+                    os.remove(done)
+                where = error.filename or path
+                reason = error.strerror or (str(error).strip().splitlines() or [type(error).__name__])[0]
+                fail(f"cannot write --{name} to '{path}': {reason}"
+                     + (f" ('{where}')" if where != path else ""))
+            written.append(path)
 
 
 def write_h5ad_atomic(adata, path: str):

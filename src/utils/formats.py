@@ -84,30 +84,50 @@ def _column_problems(frame: pd.DataFrame, slot: str, spec: dict) -> list[str]:
 
 
 def _matrix_problems(matrix, where: str, spec: dict) -> list[str]:
+    """Dtype, finiteness and scale of a matrix. Scale keys of a spec (see src/api/file_*.yaml):
+    `log_normalized` (integers refused: log1p values are never whole counts), `max_value` (above it: raw
+    counts), `min_value` and `max_negative_share` (the share of entries below 0; log1p of counts is never
+    negative, but a model's prediction may dip below 0 a little, whereas centred, z-scored or log-fold-change
+    data are about half negative)."""
     if matrix is None:
         return [f"{where} is missing (expected {spec.get('type', 'double')} matrix)"] if spec.get("required", False) else []
     dtype = matrix.dtype
     if not (np.issubdtype(dtype, np.number) and not np.issubdtype(dtype, np.bool_)):
         return [f"{where} has dtype {dtype}, expected numbers"]
-    if np.issubdtype(dtype, np.integer) or spec.get("allow_nonfinite", False):
-        return []
-    n_nan = n_inf = 0
-    largest = -np.inf
+    integer = np.issubdtype(dtype, np.integer)
+    problems = []
+    if integer and spec.get("log_normalized", False):
+        problems.append(f"{where} has integer dtype {dtype}: this looks like raw counts, expected floating-point "
+                        "log-normalized expression")
+    if spec.get("allow_nonfinite", False) and not any(k in spec for k in ("max_value", "min_value", "max_negative_share")):
+        return problems
+    n_nan = n_inf = n_negative = 0
+    largest, smallest = -np.inf, np.inf
     for start in range(0, matrix.shape[0], _ROW_BLOCK):
         block = matrix[start:start + _ROW_BLOCK]
         values = block.data if hasattr(block, "data") and not isinstance(block, np.ndarray) else np.asarray(block)
-        n_nan += int(np.isnan(values).sum())
-        n_inf += int(np.isinf(values).sum())
-        finite = values[np.isfinite(values)]
-        if finite.size:
-            largest = max(largest, float(finite.max()))
-    problems = []
+        if not integer:
+            n_nan += int(np.isnan(values).sum())
+            n_inf += int(np.isinf(values).sum())
+            values = values[np.isfinite(values)]
+        if values.size:
+            largest, smallest = max(largest, float(values.max())), min(smallest, float(values.min()))
+            n_negative += int((values < 0).sum())
     if "max_value" in spec and largest > float(spec["max_value"]):
         problems.append(f"{where} reaches {largest:.4g}, above {spec['max_value']}: this looks like raw counts, "
                         f"expected log-normalized expression")
-    if n_nan:
+    if "min_value" in spec and smallest < float(spec["min_value"]):
+        problems.append(f"{where} has values down to {smallest:.4g}, below {spec['min_value']}: expected "
+                        f"log-normalized expression (log1p of normalized counts is never negative)")
+    n_entries = int(matrix.shape[0]) * int(matrix.shape[1])
+    share = spec.get("max_negative_share")
+    if share is not None and n_entries and n_negative / n_entries > float(share):
+        problems.append(f"{where} has {n_negative / n_entries:.0%} negative values, at most {float(share):.0%} "
+                        "expected: this looks like centred, scaled or log-fold-change data, expected "
+                        "log-normalized expression")
+    if n_nan and not spec.get("allow_nonfinite", False):
         problems.append(f"{where} has {n_nan} NaN values, expected finite numbers")
-    if n_inf:
+    if n_inf and not spec.get("allow_nonfinite", False):
         problems.append(f"{where} has {n_inf} infinite values, expected finite numbers")
     return problems
 
@@ -164,8 +184,11 @@ def check_anndata(adata, file_format: dict) -> list[str]:
 
 def alignment_problems(names: pd.Index, expected: pd.Index, what: str, reference: str) -> list[str]:
     """Problems when `names` is not exactly `expected` in the same order (e.g. genes of a prediction)."""
-    if len(names) == len(expected) and (names == expected).all():
+    if len(names) == len(expected) and (np.asarray(names) == np.asarray(expected)).all():
         return []
+    if not names.is_unique:
+        dup = names[names.duplicated()].unique()[:3].tolist()
+        return [f"{what} are not unique (e.g. {dup} more than once), expected each of {reference}'s exactly once"]
     missing, extra = expected.difference(names), names.difference(expected)
     if len(missing) or len(extra):
         parts = []
@@ -174,6 +197,8 @@ def alignment_problems(names: pd.Index, expected: pd.Index, what: str, reference
         if len(extra):
             parts.append(f"{len(extra)} unexpected (e.g. {list(extra[:3])})")
         return [f"{what} do not match {reference}: " + ", ".join(parts)]
+    if len(names) != len(expected):  # the reference itself has duplicates
+        return [f"{what} number {len(names)}, but {reference} has {len(expected)}"]
     position = int(np.flatnonzero(np.asarray(names) != np.asarray(expected))[0])
     return [f"{what} are in another order than {reference} (first difference at position {position}: "
             f"'{names[position]}' where '{expected[position]}' was expected)"]
