@@ -24,6 +24,9 @@ from download import (DownloadError, archive_kind, cache_root, dataverse_checksu
                       fetch, sha256_file)
 from pseudobulk import SourceError, gene_table, harmonize_cells, pseudobulk, read_obs  # noqa: E402
 
+# Outputs are checked now (not an input, writable), not after the slow part.
+outputs = ComponentIO(par, meta)
+
 URL = "https://dataverse.harvard.edu/api/access/datafile/{file_id}"
 MEMBER = "perturb_processed.h5ad"
 DATASETS = {
@@ -109,8 +112,8 @@ try:
     adata = pseudobulk(path, cells, values="log", seed=int(par["seed"]), min_cells=int(par["min_cells"]),
                        n_top_genes=int(par["n_top_genes"]), genes=gene_table(path, symbol_column="gene_name"),
                        uns=uns, log=log)
-except (DownloadError, SourceError) as error:
+except (DownloadError, SourceError, OSError) as error:
     fail(str(error))
 
 adata.uns["dataset_report"] = dataset_report(adata, log=log)
-ComponentIO(par, meta).write("output", adata)
+outputs.write("output", adata)
