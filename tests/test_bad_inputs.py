@@ -434,3 +434,123 @@ def test_bad_input(component, args, extra, exit_code, fragments, bad_files, spaw
     for path, digest in inputs_before.items():
         assert _digest(Path(path)) == digest, f"input {path} was changed"
     assert not [p for p in folder.rglob("*") if p.name.startswith(".partial-")]
+
+
+# ------------------------------------------------------------------------------- runner and CLI rows
+
+HALF_WRITER_CONFIG = """\
+name: half_writer
+namespace: faults
+description: A fault fixture (never under src/) that writes part of its output, then fails.
+arguments:
+  - {name: --output, type: file, direction: output, required: true}
+  - {name: --when, type: string, choices: [before, after], default: after}
+resources:
+  - {type: python_script, path: script.py}
+engines:
+  - {type: native}
+runners:
+  - {type: executable}
+"""
+HALF_WRITER_SCRIPT = """\
+import sys
+## VIASH START
+par = {"output": "out.h5ad", "when": "after"}
+## VIASH END
+if par["when"] == "after":
+    with open(par["output"], "wb") as handle:
+        handle.write(b"\\x89HDF\\r\\n\\x1a\\n" + b"half")
+print("[error] half_writer: stopped " + par["when"] + " writing its output", file=sys.stderr)
+sys.exit(1)
+"""
+
+
+@pytest.fixture(scope="session")
+def half_writer(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("faults") / "half_writer"
+    folder.mkdir()
+    (folder / "config.vsh.yaml").write_text(HALF_WRITER_CONFIG)
+    (folder / "script.py").write_text(HALF_WRITER_SCRIPT)
+    return folder
+
+
+def test_a_failed_run_leaves_no_partial_output_and_names_its_build_folder(half_writer, tmp_path, capfd):
+    output = tmp_path / "out.h5ad"
+    result = run_component(half_writer, ["--output", str(output)])
+    err = capfd.readouterr().err
+    assert result.exit_code == 1 and not output.exists(), err
+    assert f"removed the output '{output}' written by the failed run" in err
+    kept = [line for line in err.splitlines() if "build folder" in line]
+    assert len(kept) == 1 and "kept for inspection" in kept[0]
+    build_dir = Path(kept[0].split("build folder ")[1].split(" kept")[0])
+    assert build_dir.is_dir() and (build_dir / ".config.vsh.yaml").exists()
+    # an output that was there before and that the failed run did not touch stays
+    output.write_bytes(b"an earlier result")
+    result = run_component(half_writer, ["--output", str(output), "--when", "before"])
+    assert result.exit_code == 1 and output.read_bytes() == b"an earlier result"
+
+
+def test_an_output_that_breaks_its_format_is_removed(test_resources, tmp_path, capfd, monkeypatch):
+    """The runner's own check after a run that exited 0."""
+    from perturbcast import formats
+
+    monkeypatch.setattr(formats, "output_problems", lambda config, values: {"--output": ["X has 1 NaN values"]})
+    split_dir = test_resources / "unseen_perturbation"
+    output = tmp_path / "prediction.h5ad"
+    result = run_component(ROOT / "src" / "control_methods" / "train_mean",
+                           ["--input_train", str(split_dir / "train.h5ad"), "--input_test", str(split_dir / "test.h5ad"),
+                            "--input_solution", str(split_dir / "solution.h5ad"), "--output", str(output)])
+    assert result.exit_code == 1 and "does not match its API format" in capfd.readouterr().err
+    assert not output.exists()
+
+
+def test_an_unknown_flag_warns_and_is_positional_as_in_viash(test_resources, tmp_path, capfd):
+    """viash 0.9 (../shared/docs/viash-runtime.md) warns about `--sed 3` and passes both tokens on as positionals,
+    which a component without positional arguments drops: the run goes on. The benchmark's own argument
+    building is where misspelt parameters must be refused."""
+    split_dir = test_resources / "unseen_perturbation"
+    output = tmp_path / "prediction.h5ad"
+    result = run_component(ROOT / "src" / "control_methods" / "random_perturbation",
+                           ["--input_train", str(split_dir / "train.h5ad"), "--input_test", str(split_dir / "test.h5ad"),
+                            "--input_solution", str(split_dir / "solution.h5ad"), "--output", str(output), "--sed", "3"])
+    err = capfd.readouterr().err
+    assert result.exit_code == 0 and output.exists()
+    assert "[warning] --sed looks like a parameter but is not a defined parameter and will instead be treated as a " \
+           "positional argument." in err
+
+
+CLI_CASES = [  # (id, perturbcast arguments, expected exit, fragment of the one [error] line, outputs)
+    ("run-no-component", ["run", "@tmp/nowhere", "--", "--output", "@tmp/out.h5ad"], 1, "no viash config here",
+     ["out.h5ad"]),
+    ("run-half-writer", ["run", "@half_writer", "--", "--output", "@tmp/out.h5ad"], 1,
+     "half_writer: stopped after writing", ["out.h5ad"]),
+    ("run-metric-nan-prediction", ["run", "src/metrics/delta_error", "--", "--input_solution", "@solution",
+                                   "--input_prediction", "@bad:prediction_nan", "--output", "@tmp/score.h5ad"], 1,
+     "NaN values", ["score.h5ad"]),
+    ("run-task-output-is-input", ["run", "src/tasks/unseen_perturbation", "--", "--input", "@common",
+                                  "--output_train", "@common", "--output_test", "@tmp/test.h5ad",
+                                  "--output_solution", "@tmp/solution.h5ad"], 1,
+     "is the same file as --input", ["test.h5ad", "solution.h5ad"]),
+    ("run-loader-output-is-folder", ["run", "src/datasets/simulated_grn", "--", "--output", "@tmp"] + SMALL_SIMULATION,
+     1, "is a directory", []),
+    ("run-missing-required", ["run", "src/methods/additive", "--", "--input_train", "@train", "--output",
+                              "@tmp/p.h5ad"], 1, "'--input_test' is a required argument", ["p.h5ad"]),
+]
+
+
+@pytest.mark.parametrize("argv, exit_code, fragment, outputs", [pytest.param(*row[1:], id=row[0]) for row in CLI_CASES])
+def test_cli_bad_input(argv, exit_code, fragment, outputs, bad_files, half_writer, tmp_path, viash_temp):
+    def resolve_cli(value):
+        if value.startswith("@tmp"):
+            return str(tmp_path) + value[4:]
+        if value == "@half_writer":
+            return str(half_writer)
+        return resolve(value, bad_files, tmp_path) if value.startswith("@") else value
+    done = subprocess.run([sys.executable, "-m", "perturbcast", *map(resolve_cli, argv)], cwd=ROOT, text=True,
+                          capture_output=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == exit_code, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("[error]")]
+    assert len(errors) == 1 and fragment in errors[0], done.stderr
+    for name in outputs:
+        assert not (tmp_path / name).exists()
