@@ -18,8 +18,10 @@ import pytest
 from conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "src" / "utils"))
+import archives  # noqa: E402
 import download  # noqa: E402
-from download import DownloadError, cache_path, extract_member, fetch, read_record  # noqa: E402
+from archives import extract_member  # noqa: E402
+from download import DownloadError, cache_path, fetch, read_record  # noqa: E402
 
 PAYLOAD = bytes(range(256)) * 4096  # 1 MiB, not all zeros, so a misplaced byte changes the hash
 SHA256 = hashlib.sha256(PAYLOAD).hexdigest()
@@ -487,7 +489,7 @@ def test_extract_member_from_zip_and_tar(tmp_path, cache):
         bundle.writestr("norman/perturb_processed.h5ad", PAYLOAD)
     tarred = tmp_path / "replogle.tar.gz"
     tarred.write_bytes(_tar_gz({"replogle/perturb_processed.h5ad": PAYLOAD[::-1]}))
-    assert download.archive_kind(str(zipped)) == "zip" and download.archive_kind(str(tarred)) == "tar"
+    assert archives.archive_kind(str(zipped)) == "zip" and archives.archive_kind(str(tarred)) == "tar"
     messages = []
     path, sha = extract_member(str(zipped), "z" * 64, "perturb_processed.h5ad", str(tmp_path / "out" / "a.h5ad"),
                                log=messages.append)
