@@ -104,7 +104,7 @@ EXPRESSION_VARIANTS = {  # applied to train, prediction and the common dataset
     "inf": (_set_x(_cell(np.inf)), "infinite values"),
     "counts": (_set_x(lambda X: np.round(np.expm1(X) * 100).astype(np.float32)), "looks like raw counts"),
     "integer": (_set_x(lambda X: np.round(X).astype(np.int64)), "integer dtype"),
-    "centred": (_set_x(lambda X: (X - X.mean(axis=0)).astype(np.float32)), "negative values"),
+    "centred": (_set_x(lambda X: (X - X.mean(axis=0)).astype(np.float32)), "looks centred"),
     "outlier": (_set_x(_cell(-100.0)), "below"),
     "dup_obs": (_duplicate_obs, "obs_names are not unique"),
     "dup_var": (_duplicate_var, "var_names are not unique"),
