@@ -18,8 +18,8 @@ meta = {"name": "gears", "resources_dir": "src/utils", "config": None}
 
 sys.path.append(meta["resources_dir"])
 
-from component_io import ComponentIO, fail, log  # noqa: E402
 from archives import archive_kind, extract_member  # noqa: E402
+from component_io import ComponentIO, fail, log  # noqa: E402
 from dataset_report import dataset_report  # noqa: E402
 from download import DownloadError, cache_root, dataverse_checksum, fetch, sha256_file  # noqa: E402
 from pseudobulk import SourceError, gene_table, harmonize_cells, pseudobulk, read_obs  # noqa: E402
