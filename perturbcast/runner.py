@@ -95,10 +95,12 @@ def execute(config: ComponentConfig, argv: list[str], resources_dir: Path, *, na
         script = viash.inject(script_path.read_text(), viash.language_block(language, config, invocation, meta))
         if config.raw.get("set_wd_to_resources_dir"):
             cwd = str(resources_dir)
+        before = _output_states(config, invocation.values, cwd)
         execution = viash.run_script(script, meta, cwd=cwd, stdout=stdout, stderr=stderr, spawner=spawner,
                                      language=language)
         result = RunResult(execution.exit_code, execution.wall_seconds, execution.peak_rss_bytes, invocation.values)
         if execution.exit_code != 0:
+            _remove_partial_outputs(config, invocation.values, cwd, before, stderr)
             return result
         viash.check_outputs_exist(config, invocation)
     except viash.ViashExit as stop:
@@ -108,6 +110,39 @@ def execute(config: ComponentConfig, argv: list[str], resources_dir: Path, *, na
         if result.problems:
             _report_invalid_outputs(config, result, stderr)
     return result
+
+
+def _output_paths(config: ComponentConfig, values: dict, cwd: str | None) -> list[str]:
+    paths = []
+    for argument in config.arguments:
+        path = values.get(argument.plain_name)
+        if argument.type == "file" and argument.direction == "output" and path and "*" not in path:
+            paths.append(os.path.join(cwd, path) if cwd and not os.path.isabs(path) else path)
+    return paths
+
+
+def _output_states(config: ComponentConfig, values: dict, cwd: str | None) -> dict:
+    states = {}
+    for path in _output_paths(config, values, cwd):
+        try:
+            stat = os.stat(path)
+            states[path] = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+        except OSError:
+            states[path] = None
+    return states
+
+
+def _remove_partial_outputs(config: ComponentConfig, values: dict, cwd: str | None, before: dict, stderr):
+    """A failed run leaves no output it wrote (files that were there before and are unchanged stay)."""
+    out = stderr if stderr not in (None, -1) and hasattr(stderr, "write") else sys.stderr
+    for path, state in before.items():
+        try:
+            stat = os.stat(path)
+        except OSError:
+            continue
+        if os.path.isfile(path) and (stat.st_ino, stat.st_mtime_ns, stat.st_size) != state:
+            os.remove(path)
+            print(f"[notice] {config.name}: removed the output '{path}' written by the failed run", file=out, flush=True)
 
 
 def _absolute(values: dict, cwd: str | None) -> dict:
@@ -146,8 +181,13 @@ def run_component(component: str | os.PathLike, argv: list[str], *, keep: bool =
     except BaseException:
         shutil.rmtree(build_dir, ignore_errors=True)
         raise
-    if result.exit_code == 0 and not keep:
+    # 99: "not applicable to this input" (src/utils/component_io.py), an answer, not a failure to inspect
+    if result.exit_code in (0, 99) and not keep:
         shutil.rmtree(build_dir, ignore_errors=True)
+    else:
+        out = stderr if stderr not in (None, -1) and hasattr(stderr, "write") else sys.stderr
+        why = "kept (-k)" if result.exit_code in (0, 99) else "kept for inspection after the failure; remove it when done"
+        print(f"[notice] {config.name}: build folder {build_dir} {why}", file=out, flush=True)
     return result
 
 

@@ -341,7 +341,10 @@ def _prerun_checks(config: ComponentConfig, arguments: list[Argument], invocatio
         if argument.type == "file" and argument.direction == "output" and argument.create_parent and value:
             parent = os.path.dirname(value)
             if parent and not os.path.isdir(parent):
-                os.makedirs(parent, exist_ok=True)
+                try:
+                    os.makedirs(parent, exist_ok=True)
+                except OSError as error:  # the wrapper's `mkdir -p` fails under `set -e` with one line
+                    error_exit(f"cannot create the folder '{parent}' of '{argument.name}': {error.strerror or error}")
 
 
 def python_literal(value: str) -> str:

@@ -1,4 +1,6 @@
-"""`component_io.number_argument`: the argument check every method and control shares."""
+"""`component_io`: the shared argument check, outputs that are inputs, write errors; `formats`: log-scale and
+alignment checks."""
+import os
 import sys
 
 import pytest
@@ -34,3 +36,95 @@ def test_refused_values_stop_with_one_line(capsys, given, kind, bounds, message)
         number_argument({"x": given}, "x", 1, kind, **bounds)
     assert stop.value.code == 1
     assert capsys.readouterr().err == f"[error] {message}\n"
+
+
+# ------------------------------------------------------------------ the format checker's holes, closed
+
+import anndata as ad  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import yaml  # noqa: E402
+
+import formats  # noqa: E402
+from component_io import ComponentIO  # noqa: E402
+
+LOG_SCALE = {"type": "double", "log_normalized": True, "max_value": 50, "min_value": -50, "max_negative_mass": 0.5}
+
+
+@pytest.mark.parametrize("X, fragment", [
+    (np.array([[1, 2], [3, 4]], dtype=np.int64), "integer dtype int64"),          # counts stored as integers
+    (np.array([[1000.0, 2.0], [3.0, 4.0]]), "reaches 1000, above 50"),
+    (np.array([[-60.0, 45.0], [45.0, 45.0]]), "values down to -60, below -50"),
+    (np.array([[-1.0, -2.0], [1.0, 2.0]]), "looks centred, scaled or log-fold-change: its negative values sum to 100%"),
+    (np.array([[-1.0, -2.0], [0.0, 0.0]]), "sum to more than its positive ones"),
+    (np.array([[np.nan, 1.0], [1.0, 1.0]]), "1 NaN values"),
+])
+def test_log_scale_problems(X, fragment):
+    problems = formats._matrix_problems(X, "X", LOG_SCALE)
+    assert len(problems) == 1 and fragment in problems[0], problems
+
+
+def test_log_scale_accepts_the_negative_values_models_produce():
+    rng = np.random.default_rng(0)
+    X = np.abs(rng.normal(2.0, 1.0, (20, 50)))
+    X[rng.random(X.shape) < 0.8] = 0.0                           # most of a real screen is 0
+    X[X == 0] = -np.abs(rng.normal(0.0, 0.02, int((X == 0).sum())))  # ~80% of entries slightly negative
+    X[0, 0] = -6.1                                                  # ridge_regulators' extreme on Norman 2019
+    assert formats._matrix_problems(X.astype(np.float32), "X", LOG_SCALE) == []
+
+
+@pytest.mark.parametrize("names, expected, fragment", [
+    (["a", "b", "b"], ["a", "b"], "not unique (e.g. ['b'] more than once)"),  # a duplicated row: lengths differ
+    (["a", "a", "b"], ["a", "b", "c"], "not unique"),
+    (["a", "b"], ["a", "b", "b"], "number 2, but --ref has 3"),                # the reference has duplicates
+    (["b", "a"], ["a", "b"], "another order"),
+])
+def test_alignment_problems_with_duplicates_give_a_sentence(names, expected, fragment):
+    problems = formats.alignment_problems(pd.Index(names), pd.Index(expected), "rows (obs_names)", "--ref")
+    assert len(problems) == 1 and fragment in problems[0], problems
+
+
+def _component_io(tmp_path, par):
+    config = {"arguments": [{"name": "--input", "type": "file", "direction": "input"},
+                            {"name": "--output", "type": "file", "direction": "output"},
+                            {"name": "--output_b", "type": "file", "direction": "output"}]}
+    (tmp_path / ".config.vsh.yaml").write_text(yaml.safe_dump(config))
+    return ComponentIO(par, {"config": str(tmp_path / ".config.vsh.yaml")})
+
+
+@pytest.mark.parametrize("link", ["same", "symlink", "hardlink", "other_output"])
+def test_an_output_that_is_an_input_is_refused(tmp_path, capsys, link):
+    source = tmp_path / "in.h5ad"
+    source.write_bytes(b"input")
+    output = {"same": source, "symlink": tmp_path / "link.h5ad", "hardlink": tmp_path / "hard.h5ad",
+              "other_output": tmp_path / "b.h5ad"}[link]
+    if link == "symlink":
+        output.symlink_to(source)
+    elif link == "hardlink":
+        os.link(source, output)
+    par = {"input": str(source), "output": str(output), "output_b": str(tmp_path / "b.h5ad")}
+    with pytest.raises(SystemExit):
+        _component_io(tmp_path, par)
+    other = "--output" if link == "other_output" else "--input"
+    line = capsys.readouterr().err
+    assert line.startswith("[error] ") and f"is the same file as {other}" in line and line.count("\n") == 1
+    assert source.read_bytes() == b"input"
+
+
+def test_a_write_error_leaves_no_output(tmp_path, capsys, monkeypatch):
+    """The second output fails on write (a disk filling up): the first one is removed, one line names the path."""
+    import component_io
+
+    io = _component_io(tmp_path, {"input": None, "output": str(tmp_path / "a.h5ad"), "output_b": str(tmp_path / "b.h5ad")})
+    real = component_io.write_h5ad_atomic
+
+    def full_disk(adata, path):
+        if path.endswith("b.h5ad"):
+            raise OSError(28, "No space left on device")
+        real(adata, path)
+    monkeypatch.setattr(component_io, "write_h5ad_atomic", full_disk)
+    adata = ad.AnnData(X=np.ones((2, 2), dtype=np.float32))
+    with pytest.raises(SystemExit):
+        io.write_all({"output": adata, "output_b": adata})
+    assert capsys.readouterr().err == f"[error] cannot write --output_b to '{tmp_path / 'b.h5ad'}': No space left on device\n"
+    assert not (tmp_path / "a.h5ad").exists() and not list(tmp_path.glob(".partial-*"))

@@ -1,4 +1,4 @@
-"""Source files in the perturbcast cache: download with resume and retry, verify, write atomically.
+"""Source files in the perturbcast cache: download with resume and retry, verify, write atomically, never lose data.
 
 Included as a viash resource by every loader that downloads (standard library only):
 
@@ -6,23 +6,38 @@ Included as a viash resource by every loader that downloads (standard library on
     path, sha256 = fetch(url, sha256=PINNED_OR_NONE, published=zenodo_checksum(13350497, "X.h5ad"), log=log)
 
 Layout: a URL is cached at `$PERTURBCAST_CACHE/<host>/<url path>` (default cache `~/.cache/perturbcast`),
-e.g. `zenodo.org/records/13350497/files/DatlingerBock2017.h5ad`. Beside every completed file lies a record
+e.g. `zenodo.org/records/13350497/files/DatlingerBock2017.h5ad`. Beside every cached file lies a record
 `<file>.checksum.json` (url, sha256, size, what the file was verified against).
 
-Life of a download:
-1. A cached file is reused only if its sha256 matches the pinned sha256 (when the loader pins one) or else the
-   sha256 recorded when it was downloaded; it is hashed again on every reuse. A cached file that does not
-   match, or has no record and no pin, is downloaded again.
-2. Otherwise the file is fetched into `<file>.part`. A connection that breaks is retried with exponential
-   backoff and resumed with an HTTP Range request from the bytes already there (also across runs). A host
-   that cannot be reached fails after `retries` attempts without progress.
-3. The finished `.part` is checked against the pinned sha256, else against the checksum the host publishes
-   (Zenodo's record API, Dataverse's file API: md5), else its sha256 is recorded on this first download.
-   On a mismatch the `.part` is deleted and nothing is cached. Then the record is written and the `.part` is
-   renamed to the file, so the file only ever appears complete and verified.
-Concurrent processes fetching the same URL wait for each other (a lock file in `<cache>/.locks`).
+Reuse of a cached file (the cache never deletes a complete file it finds):
+- its sha256 equals the pinned sha256, or else the sha256 of a record that says it was verified: used;
+- no record (copied in by hand, as for offline use), a record that does not match, or a record marked
+  unverified: checked against the pinned sha256, else the checksum the host publishes. A match is recorded
+  and used. A mismatch means the file is another version: a replacement is downloaded, and only once it is
+  complete and verified is the old file moved aside to `<file>.replaced-<first 12 hex of its sha256>` (kept,
+  never deleted; the log says where). When no checksum is pinned and the host's cannot be read (offline,
+  or the host publishes none), the file is kept and used, with a `[warning]`, and recorded as
+  `unverified`; later runs try to verify it again and warn again until they can.
 
-`extract_member` unpacks one file from a downloaded archive (zip, tar, tar.gz) into the cache the same way.
+A download (into `<file>.part`, never visible under the file's name before it is complete):
+- a broken connection is retried with exponential backoff and resumed with an HTTP Range request. A
+  resume sends `If-Range` with the ETag (else Last-Modified) of the response that started the `.part`
+  (kept in `<file>.part.json`), so a host that now serves another version sends the whole new file
+  instead of its tail. A `.part` with no known validator is resumed only when a checksum will verify the
+  result; otherwise it is downloaded again from the start. A host that cannot be reached fails after
+  `retries` attempts without progress.
+- it is complete only when the host announced its length (Content-Length / Content-Range) and all of it
+  arrived, or when a pinned or published checksum matches. A stream of unknown length with no checksum
+  is refused (a cut connection would look complete). An HTML page where a data file was expected (an
+  error or login page served with HTTP 200) is refused.
+- the finished `.part` is checked against the pinned sha256, else against the published checksum (Zenodo's
+  record API, Dataverse's file API: md5), else its sha256 is recorded. On a mismatch the `.part` (which this
+  run wrote) is deleted and nothing is cached.
+Concurrent processes fetching the same file wait for each other (a lock in `<cache>/.locks`, named after the
+fully resolved path, so a symlinked cache folder shares the lock). Every OS error (disk full, read-only or
+missing folder) becomes a one-line DownloadError naming the path; no temporary file is left behind.
+
+`archives.extract_member` unpacks one file of a downloaded archive into the cache the same way.
 """
 from __future__ import annotations
 
@@ -33,12 +48,10 @@ import os
 import re
 import socket
 import sys
-import tarfile
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
-import zipfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -117,11 +130,19 @@ def write_record(path: str, *, sha256: str, url: str | None = None, size: int | 
               "verified_against": verified_against,
               "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **extra}
     target = record_path(path)
-    tmp = f"{target}.tmp{os.getpid()}"
-    with open(tmp, "w") as handle:
-        json.dump(record, handle, indent=2)
-    os.replace(tmp, target)
+    _write_json_atomic(target, record)
     return target
+
+
+def _write_json_atomic(target: str, data: dict):
+    tmp = f"{target}.tmp{os.getpid()}"
+    try:
+        with open(tmp, "w") as handle:
+            json.dump(data, handle, indent=2)
+        os.replace(tmp, target)
+    except BaseException:  # a full disk must not leave the temporary file behind
+        _remove(tmp)
+        raise
 
 
 def _size(path: str) -> int | None:
@@ -156,11 +177,12 @@ def _lock(path: str, log):
     except ImportError:  # no POSIX locks (Windows): proceed without
         yield
         return
-    root = cache_root()
-    inside = os.path.abspath(path).startswith(root + os.sep)
-    lock_dir = os.path.join(root if inside else os.path.dirname(os.path.abspath(path)), ".locks")
+    # Resolved paths: the same file reached through a symlinked cache folder must share the lock.
+    root, resolved = os.path.realpath(cache_root()), os.path.realpath(path)
+    inside = resolved.startswith(root + os.sep)
+    lock_dir = os.path.join(root if inside else os.path.dirname(resolved), ".locks")
     os.makedirs(lock_dir, exist_ok=True)
-    name = hashlib.sha1(os.path.abspath(path).encode()).hexdigest()[:16] + ".lock"
+    name = hashlib.sha1(resolved.encode()).hexdigest()[:16] + ".lock"
     with open(os.path.join(lock_dir, name), "w") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -220,36 +242,118 @@ def dataverse_checksum(file_id, api: str = DATAVERSE_API, timeout: float = 30.0)
 
 # ------------------------------------------------------------------------------------------ fetching
 
+UNVERIFIED = "unverified"
+VALIDATOR_SUFFIX = ".part.json"
+
+
 def fetch(url: str, *, sha256: str | None = None, published=None, path: str | None = None, retries: int = 4,
           delay: float = 2.0, backoff: float = 2.0, timeout: float = 60.0, log=_stderr, sleep=time.sleep):
-    """Return `(path, sha256)` of the verified local copy of `url`, downloading it if needed.
+    """Return `(path, sha256)` of the local copy of `url`, downloading it if needed (see the module docstring).
 
     sha256: pinned checksum (wins over everything). published: a callable returning the host's `Checksum`
-    (see `zenodo_checksum`, `dataverse_checksum`), called only when a download happens. retries: attempts
+    (see `zenodo_checksum`, `dataverse_checksum`), called only when a file must be verified. retries: attempts
     without progress after the first one; delay * backoff**k seconds between them. Raises DownloadError.
     """
     path = os.path.abspath(path or cache_path(url))
-    os.makedirs(os.path.dirname(path), exist_ok=True)
     pinned = sha256.lower() if sha256 else None
-    with _lock(path, log):
-        cached = _verified_cached(path, url, pinned, log)
-        if cached:
-            return path, cached
-        expected = Checksum("sha256", pinned, "pinned sha256") if pinned else _published(published, url, log)
-        part = path + PART_SUFFIX
-        resumed = _size(part) or 0
-        options = dict(retries=retries, delay=delay, backoff=backoff, timeout=timeout, log=log, sleep=sleep)
-        _download(url, part, **options)
-        digests = _check(part, url, expected, restartable=resumed > 0, log=log)
-        if digests is None:  # a .part left by an earlier run did not belong to this file: start over once
-            _download(url, part, **options)
-            digests = _check(part, url, expected, restartable=False, log=log)
-        verified = f"{expected.algorithm} {expected.value} ({expected.source})" if expected else "recorded on first download"
-        write_record(path, url=url, sha256=digests["sha256"], size=_size(part), verified_against=verified)
-        os.replace(part, path)
-        log(f"downloaded {url} -> {path} ({_size(path)} bytes, sha256 {digests['sha256']}; "
-            f"{'verified against ' + expected.source if expected else 'sha256 recorded for later runs'})")
-        return path, digests["sha256"]
+    looked_up: list = []
+
+    def expected() -> Checksum | None:  # the pinned sha256, else the published checksum (asked at most once)
+        if not looked_up:
+            looked_up.append(Checksum("sha256", pinned, "pinned sha256") if pinned else _published(published, url, log))
+        return looked_up[0]
+
+    options = dict(retries=retries, delay=delay, backoff=backoff, timeout=timeout, log=log, sleep=sleep)
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with _lock(path, log):
+            if os.path.exists(path):
+                cached = _reuse(path, url, pinned, expected, log)
+                if cached:
+                    return path, cached
+            return _download_verified(url, path, expected(), options, log)
+    except OSError as error:
+        raise DownloadError(_os_error_line(error, path, url)) from None
+
+
+def _os_error_line(error: OSError, path: str, url: str) -> str:
+    where = error.filename or path
+    return (f"cannot write {url} into the cache: {error.strerror or error} ('{where}'); free some space or set "
+            f"{CACHE_ENV} to a writable folder")
+
+
+def _describe(checksum: Checksum) -> str:
+    return f"{checksum.algorithm} {checksum.value} ({checksum.source})"
+
+
+def _aside(path: str, sha256: str) -> str:
+    return f"{path}.replaced-{sha256[:12]}"
+
+
+def _reuse(path: str, url: str, pinned: str | None, expected, log) -> str | None:
+    """The sha256 of the cached file when it is to be used; None when a replacement must be downloaded.
+
+    Never removes the file: a file that is another version stays until its replacement is complete."""
+    record = read_record(path)
+    actual = sha256_file(path)
+    if pinned and actual == pinned:
+        if record is None or record.get("sha256") != actual or record.get("verified_against") != "pinned sha256":
+            write_record(path, url=url, sha256=actual, verified_against="pinned sha256")
+        log(f"using cached {path} (sha256 {actual} verified against the pinned checksum)")
+        return actual
+    recorded = record is not None and record["sha256"] == actual
+    if not pinned and recorded and not str(record.get("verified_against", "")).startswith(UNVERIFIED):
+        log(f"using cached {path} (sha256 {actual} verified against the recorded checksum)")
+        return actual
+    if record is None:
+        why = "has no checksum record (placed in the cache by hand?)"
+    elif not recorded:
+        why = f"has sha256 {actual}, not the {record['sha256']} of its record"
+    else:
+        why = "was recorded as unverified"
+    checksum = expected()
+    if checksum is not None:
+        if file_digests(path, [checksum.algorithm])[checksum.algorithm] == checksum.value:
+            write_record(path, url=url, sha256=actual, verified_against=_describe(checksum))
+            log(f"using cached {path}: it {why}, and matches the {checksum.source} {checksum.algorithm}")
+            return actual
+        log(f"[warning] cached file {path} {why} and does not match the {checksum.source} {checksum.algorithm}; "
+            f"downloading a replacement (the cached file stays until it is complete, then moves to "
+            f"{_aside(path, actual)})")
+        return None
+    previous = {"previous_sha256": record["sha256"]} if record is not None and not recorded else {}
+    write_record(path, url=url, sha256=actual, verified_against=f"{UNVERIFIED}: no checksum pinned or published",
+                 **previous)
+    log(f"[warning] using cached {path} UNVERIFIED: it {why}, and no checksum is pinned or could be read from the "
+        f"host for {url}; its sha256 {actual} is recorded as unverified (delete the file to download it again)")
+    return actual
+
+
+def _download_verified(url: str, path: str, expected: Checksum | None, options: dict, log) -> tuple[str, str]:
+    part = path + PART_SUFFIX
+    validator = _read_validator(path, url)
+    if _size(part) and not validator and expected is None:
+        log(f"a partial download {part} from an earlier run cannot be matched to the host's current version "
+            "(no ETag or Last-Modified was kept, no checksum is known); downloading it again from the start")
+        _remove(part)
+    resumed = (_size(part) or 0) > 0
+    state = _download(url, part, path, **options)
+    digests = _check(part, url, expected, state, restartable=resumed, log=log)
+    if digests is None:  # a .part left by an earlier run did not belong to this file: start over once
+        _clear_part(path)
+        state = _download(url, part, path, **options)
+        digests = _check(part, url, expected, state, restartable=False, log=log)
+    if os.path.exists(path):  # another version, found by _reuse: kept, moved aside now its replacement is whole
+        aside = _aside(path, sha256_file(path))
+        os.replace(path, aside)
+        log(f"[warning] the earlier cached file was moved to {aside} (not deleted)")
+    write_record(path, url=url, sha256=digests["sha256"], size=_size(part),
+                 verified_against=_describe(expected) if expected else "recorded on first download")
+    os.replace(part, path)
+    _remove(path + VALIDATOR_SUFFIX)
+    log(f"downloaded {url} -> {path} ({_size(path)} bytes, sha256 {digests['sha256']}; "
+        f"{'verified against ' + expected.source if expected else 'sha256 recorded for later runs'})")
+    return path, digests["sha256"]
 
 
 def _published(published, url: str, log) -> Checksum | None:
@@ -258,47 +362,39 @@ def _published(published, url: str, log) -> Checksum | None:
     try:
         checksum = published()
     except Exception as error:  # a metadata API that is down must not stop a download that works
-        log(f"[warning] could not read the published checksum for {url} ({_reason(error)}); "
-            "its sha256 will be recorded on this first download instead")
+        log(f"[warning] could not read the published checksum for {url} ({_reason(error)})")
         return None
     if checksum is None:
-        log(f"[warning] the host publishes no checksum for {url}; its sha256 will be recorded on this first download")
+        log(f"[warning] the host publishes no checksum for {url}")
     elif checksum.algorithm not in hashlib.algorithms_available:
-        log(f"[warning] unknown checksum type '{checksum.algorithm}' published for {url}; recording sha256 instead")
+        log(f"[warning] unknown checksum type '{checksum.algorithm}' published for {url}; it cannot be checked")
         return None
     return checksum
 
 
-def _verified_cached(path: str, url: str, pinned: str | None, log) -> str | None:
-    """The sha256 of the cached file if it can be trusted; otherwise remove it and return None."""
-    if not os.path.exists(path):
-        return None
-    record = read_record(path)
-    if record is None and pinned is None:
-        log(f"cached file {path} has no checksum record (interrupted or copied in by hand); downloading it again")
-        _remove(path)
-        return None
-    actual = sha256_file(path)
-    expected = pinned or record["sha256"]
-    if actual == expected:
-        if record is None or record.get("sha256") != actual:
-            write_record(path, url=url, sha256=actual, verified_against="pinned sha256")
-        log(f"using cached {path} (sha256 {actual} verified against the "
-            f"{'pinned' if pinned else 'recorded'} checksum)")
-        return actual
-    log(f"cached file {path} has sha256 {actual}, but the {'pinned' if pinned else 'recorded'} sha256 is "
-        f"{expected}; downloading it again")
-    _remove(path)
-    _remove(record_path(path))
-    return None
+def _looks_like_html(path: str) -> bool:
+    with open(path, "rb") as handle:
+        head = handle.read(512).lstrip().lower()
+    return head.startswith((b"<!doctype html", b"<html", b"<head", b"<body"))
 
 
-def _check(part: str, url: str, expected: Checksum | None, *, restartable: bool, log) -> dict | None:
+def _check(part: str, url: str, expected: Checksum | None, state: dict, *, restartable: bool, log) -> dict | None:
+    """Digests of a finished `.part` that may become the cached file; None when it must be fetched again."""
     algorithms = ["sha256"] + ([expected.algorithm] if expected else [])
     digests = file_digests(part, algorithms)
-    if expected is None or digests[expected.algorithm] == expected.value:
+    if expected is not None and digests[expected.algorithm] == expected.value:
         return digests
-    _remove(part)
+    if not urllib.parse.urlsplit(url).path.lower().endswith((".html", ".htm")) and _looks_like_html(part):
+        _clear_part(part[:-len(PART_SUFFIX)])
+        raise DownloadError(f"{url} answered with an HTML page instead of the file (an error or login page served "
+                            f"with HTTP {state.get('status')}?); nothing was cached")
+    if expected is None:
+        if state.get("length_known"):
+            return digests
+        _clear_part(part[:-len(PART_SUFFIX)])
+        raise DownloadError(f"cannot tell whether the download of {url} is complete: the host sent no "
+                            "Content-Length and no checksum is pinned or published; nothing was cached")
+    _clear_part(part[:-len(PART_SUFFIX)])
     if restartable:
         log(f"the download of {url}, resumed from an earlier run, does not match the {expected.source} "
             f"{expected.algorithm}; downloading it again from the start")
@@ -315,6 +411,23 @@ def _remove(path: str):
         pass
 
 
+def _clear_part(path: str):
+    """Remove the `.part` this run downloaded for `path`, and its validator."""
+    _remove(path + PART_SUFFIX)
+    _remove(path + VALIDATOR_SUFFIX)
+
+
+def _read_validator(path: str, url: str) -> dict:
+    try:
+        with open(path + VALIDATOR_SUFFIX) as handle:
+            data = json.load(handle)
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict) or data.get("url") != url:
+        return {}
+    return {key: data[key] for key in ("etag", "last_modified") if isinstance(data.get(key), str)}
+
+
 def _reason(error: BaseException) -> str:
     if isinstance(error, urllib.error.HTTPError):
         return f"HTTP {error.code} {error.reason}"
@@ -327,14 +440,28 @@ class _Retry(Exception):
     """An attempt ended early but a new attempt may succeed."""
 
 
-def _download(url: str, part: str, *, retries: int, delay: float, backoff: float, timeout: float, log, sleep):
+class _LocalError(Exception):
+    """Writing the `.part` failed (disk full, read-only): final, unlike network errors."""
+
+    def __init__(self, error: OSError, path: str):
+        super().__init__(str(error))
+        error.filename = error.filename or path  # a failed write() names no file: say which
+        self.error = error
+
+
+def _download(url: str, part: str, path: str, *, retries: int, delay: float, backoff: float, timeout: float,
+              log, sleep) -> dict:
+    """Fill `part` with the whole file; return what is known about it (`length_known`, `status`)."""
     failures = 0
+    state: dict = {}
     while True:
         offset = _size(part) or 0
         try:
-            if _attempt(url, part, offset, timeout, log):
-                return
+            if _attempt(url, part, path, offset, timeout, state, log):
+                return state
             reason = "the connection closed before the end of the file"
+        except _LocalError as error:
+            raise error.error from None
         except urllib.error.HTTPError as error:
             if error.code not in RETRY_STATUSES:
                 raise DownloadError(f"cannot download {url}: the server answered HTTP {error.code} {error.reason}") from None
@@ -366,138 +493,70 @@ def _content_range(value: str | None) -> tuple[int | None, int | None]:
     return start, total
 
 
-def _attempt(url: str, part: str, offset: int, timeout: float, log) -> bool:
-    """One request; True when the `.part` now holds the whole file."""
+def _attempt(url: str, part: str, path: str, offset: int, timeout: float, state: dict, log) -> bool:
+    """One request; True when the `.part` now holds the whole file (as far as the host says)."""
     headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
     if offset:
         headers["Range"] = f"bytes={offset}-"
+        validator = _read_validator(path, url)
+        if validator:  # the host sends the whole file instead of the tail if it changed since the .part began
+            headers["If-Range"] = validator.get("etag") or validator["last_modified"]
     try:
         response = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
     except urllib.error.HTTPError as error:
         if error.code == 416 and offset:  # nothing left to send: complete, or the .part is not this file
             _, total = _content_range(error.headers.get("Content-Range"))
             if total == offset:
+                state.update(length_known=True, status=416)
                 return True
-            _remove(part)
+            _clear_part(path)
             raise _Retry("the server refused to resume the partial file; starting over") from None
         raise
     with response:
-        total = None
+        state["status"] = response.status
         if offset and response.status == 206:
             start, total = _content_range(response.headers.get("Content-Range"))
             if start != offset:
-                _remove(part)
+                _clear_part(path)
                 raise _Retry(f"the server resumed at byte {start} instead of {offset}; starting over")
             mode = "ab"
         else:
             if offset:
-                log(f"the server of {url} does not resume downloads; starting over")
+                log(f"the server of {url} does not resume this download (or the file changed); starting over")
             offset, mode = 0, "wb"
             length = response.headers.get("Content-Length")
             total = int(length) if length and length.isdigit() else None
+            validator = {"url": url, "etag": response.headers.get("ETag"),
+                         "last_modified": response.headers.get("Last-Modified")}
+            try:
+                _write_json_atomic(path + VALIDATOR_SUFFIX, validator)
+            except OSError as error:
+                raise _LocalError(error, path + VALIDATOR_SUFFIX) from None
         if offset == 0:
             log(f"downloading {url}" + (f" ({total / 1e6:.1f} MB)" if total else ""))
         last_report = time.monotonic()
-        with open(part, mode) as out:
+        try:
+            out = open(part, mode)
+        except OSError as error:
+            raise _LocalError(error, part) from None
+        with out:
             while True:
                 block = response.read(BLOCK_SIZE)
                 if not block:
                     break
-                out.write(block)
+                try:
+                    out.write(block)
+                    out.flush()
+                except OSError as error:
+                    raise _LocalError(error, part) from None
                 if time.monotonic() - last_report > PROGRESS_EVERY_SECONDS:
                     last_report = time.monotonic()
-                    done = out.tell()
-                    log(f"  {done / 1e6:.0f} MB" + (f" of {total / 1e6:.0f} MB" if total else ""))
+                    log(f"  {out.tell() / 1e6:.0f} MB" + (f" of {total / 1e6:.0f} MB" if total else ""))
     size = _size(part) or 0
+    state["length_known"] = total is not None
     if total is None:
-        return True  # no length announced: a clean end of stream is the end of the file
+        return True  # a clean end of a stream of unknown length: only a checksum can tell (see _check)
     if size > total:
-        _remove(part)
+        _clear_part(path)
         raise _Retry(f"received {size} bytes but the file has {total}; starting over")
     return size == total
-
-
-# ------------------------------------------------------------------------------------------ archives
-
-HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
-
-
-def archive_kind(path: str) -> str:
-    """'hdf5', 'zip', 'tar' (plain or compressed) or 'unknown', from the file's first bytes."""
-    with open(path, "rb") as handle:
-        head = handle.read(512)
-    if head.startswith(HDF5_SIGNATURE):
-        return "hdf5"
-    if head[:4] in (b"PK\x03\x04", b"PK\x05\x06"):
-        return "zip"
-    if head[:2] == b"\x1f\x8b" or head[:3] == b"BZh" or head[:6] == b"\xfd7zXZ\x00" or head[257:262] == b"ustar":
-        return "tar"
-    return "unknown"
-
-
-def extract_member(archive: str, archive_sha256: str, member: str, destination: str, log=_stderr) -> tuple[str, str]:
-    """Unpack the archive entry whose name is `member` (in any folder) to `destination`; return (path, sha256).
-
-    The extracted file gets a record naming the archive's sha256; it is reused while both still match.
-    Raises DownloadError if the archive is not a zip or tar file or holds no such entry.
-    """
-    destination = os.path.abspath(destination)
-    os.makedirs(os.path.dirname(destination), exist_ok=True)
-    with _lock(destination, log):
-        record = read_record(destination)
-        if os.path.exists(destination) and record and record.get("source_sha256") == archive_sha256:
-            actual = sha256_file(destination)
-            if actual == record["sha256"]:
-                log(f"using {destination}, extracted earlier from {archive} (sha256 verified)")
-                return destination, actual
-        _remove(destination)
-        kind = archive_kind(archive)
-        part = destination + PART_SUFFIX
-        try:
-            if kind == "zip":
-                _extract_zip(archive, member, part)
-            elif kind == "tar":
-                _extract_tar(archive, member, part)
-            else:
-                raise DownloadError(f"file '{archive}' is neither a zip nor a tar archive (nor an h5ad file)")
-        except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError) as error:
-            _remove(part)
-            raise DownloadError(f"file '{archive}': cannot unpack the {kind} archive ({error})") from None
-        actual = sha256_file(part)
-        write_record(destination, sha256=actual, size=_size(part), verified_against="extracted from a verified archive",
-                     source=archive, source_sha256=archive_sha256, member=member)
-        os.replace(part, destination)
-        log(f"extracted {member} from {archive} -> {destination}")
-        return destination, actual
-
-
-def _matching(names: list[str], member: str, archive: str) -> str:
-    found = sorted((n for n in names if n == member or n.endswith("/" + member)), key=lambda n: (n.count("/"), n))
-    if not found:
-        shown = ", ".join(names[:8]) + (" ..." if len(names) > 8 else "")
-        raise DownloadError(f"file '{archive}': the archive holds no '{member}' (entries: {shown or 'none'})")
-    return found[0]
-
-
-def _extract_zip(archive: str, member: str, part: str):
-    with zipfile.ZipFile(archive) as bundle:
-        name = _matching([i.filename for i in bundle.infolist() if not i.is_dir()], member, archive)
-        with bundle.open(name) as source, open(part, "wb") as out:
-            while True:
-                block = source.read(BLOCK_SIZE * 8)
-                if not block:
-                    break
-                out.write(block)
-
-
-def _extract_tar(archive: str, member: str, part: str):
-    with tarfile.open(archive, "r:*") as bundle:
-        members = [m for m in bundle.getmembers() if m.isfile()]
-        name = _matching([m.name for m in members], member, archive)
-        source = bundle.extractfile(next(m for m in members if m.name == name))
-        with source, open(part, "wb") as out:
-            while True:
-                block = source.read(BLOCK_SIZE * 8)
-                if not block:
-                    break
-                out.write(block)

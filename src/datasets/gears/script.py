@@ -19,11 +19,14 @@ meta = {"name": "gears", "resources_dir": "src/utils", "config": None}
 
 sys.path.append(meta["resources_dir"])
 
+from archives import archive_kind, extract_member  # noqa: E402
 from component_io import ComponentIO, fail, log  # noqa: E402
 from dataset_report import dataset_report  # noqa: E402
-from download import (DownloadError, archive_kind, cache_root, dataverse_checksum, extract_member,  # noqa: E402
-                      fetch, sha256_file)
+from download import DownloadError, cache_root, dataverse_checksum, fetch, sha256_file  # noqa: E402
 from pseudobulk import SourceError, gene_table, harmonize_cells, obs_columns, pseudobulk, read_obs  # noqa: E402
+
+# Outputs are checked now (not an input, writable), not after the slow part.
+outputs = ComponentIO(par, meta)
 
 URL = "https://dataverse.harvard.edu/api/access/datafile/{file_id}"
 MEMBER = "perturb_processed.h5ad"
@@ -121,8 +124,8 @@ try:
                        uns=uns, log=log)
     # The file's genes were chosen by GEARS on the whole screen, before any split: the card says so.
     adata.uns["gene_selection"] = (f"{GEARS_GENES} This loader keeps " + adata.uns["gene_selection"] + ".")
-except (DownloadError, SourceError) as error:
+except (DownloadError, SourceError, OSError) as error:
     fail(str(error))
 
 adata.uns["dataset_report"] = dataset_report(adata, log=log)
-ComponentIO(par, meta).write("output", adata)
+outputs.write("output", adata)

@@ -21,6 +21,9 @@ from dataset_report import dataset_report  # noqa: E402
 from download import DownloadError, fetch, sha256_file  # noqa: E402
 from pseudobulk import SourceError, gene_table, harmonize_cells, obs_columns, pseudobulk, read_obs  # noqa: E402
 
+# Outputs are checked now (not an input, writable), not after the slow part.
+outputs = ComponentIO(par, meta)
+
 URL = "https://raw.githubusercontent.com/altoslabs/perturbench/d357dfae/src/perturbench/data/resources/devel.h5ad"
 SHA256 = "220998f5630c813228c8661c86dd52244b9ac87127511289af90e0d900d8429b"
 
@@ -92,8 +95,8 @@ try:
     }
     adata = pseudobulk(path, cells, values="log", seed=int(par["seed"]), min_cells=int(par["min_cells_per_half"]),
                        n_top_genes=int(par["n_top_genes"]), genes=gene_table(path), uns=uns, log=log)
-except (DownloadError, SourceError) as error:
+except (DownloadError, SourceError, OSError) as error:
     fail(str(error))
 
 adata.uns["dataset_report"] = dataset_report(adata, log=log)
-ComponentIO(par, meta).write("output", adata)
+outputs.write("output", adata)

@@ -28,6 +28,9 @@ from download import DownloadError, fetch, sha256_file, zenodo_checksum  # noqa:
 from harmonize import DEFAULT_DROP_PART  # noqa: E402
 from pseudobulk import SourceError, gene_table, harmonize_cells, obs_columns, pseudobulk, read_obs  # noqa: E402
 
+# Outputs are checked now (not an input, writable), not after the slow part.
+outputs = ComponentIO(par, meta)
+
 RECORD = 13350497
 URL = "https://zenodo.org/records/{record}/files/{study}.h5ad"
 SCPERTURB_DOI = "10.1038/s41592-023-02144-y"
@@ -184,8 +187,8 @@ try:
     }
     adata = pseudobulk(path, cells, values="counts", seed=int(par["seed"]), min_cells=int(par["min_cells_per_half"]),
                        n_top_genes=int(par["n_top_genes"]), genes=gene_table(path), uns=uns, log=log)
-except (DownloadError, SourceError) as error:
+except (DownloadError, SourceError, OSError) as error:
     fail(str(error))
 
 adata.uns["dataset_report"] = dataset_report(adata, log=log)
-ComponentIO(par, meta).write("output", adata)
+outputs.write("output", adata)

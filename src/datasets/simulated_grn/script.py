@@ -43,6 +43,9 @@ from scipy.stats import norm  # noqa: E402
 from component_io import ComponentIO, fail, log  # noqa: E402
 from dataset_report import dataset_report  # noqa: E402
 
+# Outputs are checked now (not an input, writable), not after the slow part.
+outputs = ComponentIO(par, meta)
+
 DATASET_ID = par.get("dataset_id") or "simulated_grn"
 # Bumped whenever the simulation algorithm changes, so that source_sha256 (and any cache keyed on it)
 # changes with it even when the arguments do not.
@@ -436,4 +439,4 @@ adata = simulate(args)
 log(f"{DATASET_ID}: {adata.n_obs} profiles x {adata.n_vars} genes ({args['n_perturbed_genes']} single + "
     f"{args['n_combos']} double perturbations, {args['n_cell_types']} cell types)")
 adata.uns["dataset_report"] = dataset_report(adata, log=log)
-ComponentIO(par, meta).write("output", adata)
+outputs.write("output", adata)
