@@ -250,7 +250,18 @@ def load_config(path: str | os.PathLike) -> ComponentConfig:
     return ComponentConfig(path=path, package_root=package_root, raw=raw, arguments=arguments)
 
 
-def discover_components(package_root: Path) -> list[ComponentConfig]:
-    """Every component config under `src/`, sorted by path (the API and utils folders hold none)."""
-    configs = sorted((package_root / "src").glob(f"*/*/{CONFIG_FILE}"))
-    return [load_config(path) for path in configs]
+def discover_components(package_root: Path, errors: list | None = None) -> list[ComponentConfig]:
+    """Every component config under `src/`, sorted by path (the API and utils folders hold none).
+
+    A config that cannot be loaded is left out, so that it affects only its own steps: its
+    ConfigError is appended to `errors` when given, else raised."""
+    components = []
+    for path in sorted((package_root / "src").glob(f"*/*/{CONFIG_FILE}")):
+        try:
+            components.append(load_config(path))
+        except ConfigError as error:
+            if errors is None:
+                raise
+            error.config_path = path
+            errors.append(error)
+    return components
