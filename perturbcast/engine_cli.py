@@ -59,7 +59,7 @@ def aggregate_results(root: Path, output: Path, only: set | None = None, n_resam
     from .config import discover_components
     from .openproblems import write_openproblems_files
 
-    components = discover_components(root)
+    components = discover_components(root, errors=[])  # a broken config was reported when the run was planned
     method_types = {c.name: c.component_type for c in components}
     maximize = {m["name"]: bool(m.get("maximize")) for c in components if c.component_type == "metric"
                 for m in c.info.get("metrics") or [] if "name" in m}

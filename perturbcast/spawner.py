@@ -14,7 +14,7 @@ atexit handlers; its peak memory then includes the preloaded libraries, as it wo
 Bounds. Every step runs in its own process group (so a timeout or an interrupt kills the programs it
 started too, and the group is killed when the step ends, so nothing it spawned outlives it), with
 an optional wall-time limit (`timeout`, seconds: the group is killed with SIGKILL) and memory limit
-(`memory`, bytes: RLIMIT_DATA and RLIMIT_AS, so an allocation beyond it fails inside the step -
+(`memory`, bytes: RLIMIT_DATA, so an allocation beyond it fails inside the step -
 MemoryError - instead of waking the kernel's global out-of-memory killer). The server dies with the
 thread that started it (PR_SET_PDEATHSIG) and kills its running step's group as it goes; a step's
 process dies with the server. SIGTERM to the server does the same: the engine's interrupt.
@@ -65,7 +65,9 @@ def _limit_memory(limit):
         return
     import resource
 
-    for which in (resource.RLIMIT_DATA, resource.RLIMIT_AS):
+    # RLIMIT_DATA, not RLIMIT_AS: it counts what a step writes to (heap, anonymous maps), not shared
+    # libraries, mapped files or address space reserved but never touched
+    for which in (resource.RLIMIT_DATA,):
         try:
             resource.setrlimit(which, (int(limit), int(limit)))
         except (ValueError, OSError):
