@@ -167,6 +167,7 @@ class Interrupt:
 
     def register(self, spawner):
         with self.lock:
+            self.spawners = {s for s in self.spawners if s.process.poll() is None}
             self.spawners.add(spawner)
             stopped = self.stopped
         if stopped:

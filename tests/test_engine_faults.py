@@ -212,18 +212,19 @@ def wait_for(path: Path, process: subprocess.Popen, seconds: float = 120) -> int
     raise AssertionError(f"{path} never appeared")
 
 
-def test_ctrl_c_stops_the_benchmark_within_5_s_with_a_partial_trace(project, tmp_path):
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_stops_the_benchmark_within_5_s_with_a_partial_trace(project, tmp_path, stop):
     output = tmp_path / "interrupted"
     process = start_benchmark(project, output)
     hanging = wait_for(output / "predictions" / SPLIT / "hanging" / "pid", process)
-    process.send_signal(signal.SIGINT)
+    process.send_signal(stop)
     started = time.monotonic()
     _, err = process.communicate(timeout=30)
     assert time.monotonic() - started < 5
     assert process.returncode == 130
     lines = [line for line in err.splitlines() if not line.startswith(("[#", "[-", "  ", "perturbcast benchmark:"))
              and "methods/broken/config.vsh.yaml" not in line]
-    assert len(lines) == 1 and lines[0].startswith("[interrupted] SIGINT: stopped after "), err
+    assert len(lines) == 1 and lines[0].startswith(f"[interrupted] {stop.name}: stopped after "), err
     steps = trace(output)
     assert steps.loc[f"predict/{SPLIT}/hanging"].status == "interrupted"
     assert steps.loc[f"dataset/simulated_grn_small"].status == "ok"
@@ -232,6 +233,22 @@ def test_ctrl_c_stops_the_benchmark_within_5_s_with_a_partial_trace(project, tmp
 
     with results_lock(output):  # released
         pass
+
+
+def test_a_second_ctrl_c_exits_at_once(project, tmp_path):
+    output = tmp_path / "twice"
+    process = start_benchmark(project, output)
+    hanging = wait_for(output / "predictions" / SPLIT / "hanging" / "pid", process)
+    process.send_signal(signal.SIGINT)
+    time.sleep(0.05)  # two signals before the handler runs would be one
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=30)
+    assert process.returncode == 130
+    assert err.strip().splitlines()[-1] == "[interrupted] SIGINT again: exiting at once"
+    deadline = time.monotonic() + 5
+    while alive(hanging) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not alive(hanging)
 
 
 def test_workers_die_with_a_killed_engine(project, tmp_path):
