@@ -19,7 +19,6 @@ import os
 import queue
 import shutil
 import signal
-import sys
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -31,6 +30,7 @@ from . import config as _config
 from .config import ComponentConfig
 from .leakage import check_split
 from .runner import run_component
+from .engine_guard import Progress, last_error as _last_error
 from .spawner import Spawner
 
 NOT_APPLICABLE_EXIT_CODE = 99
@@ -250,17 +250,6 @@ def _write_json_atomic(path: Path, payload: dict):
     os.replace(tmp, path)
 
 
-def _last_error(log_path: Path) -> str:
-    """The step's last `[error]`/`[not applicable]` line, else its last line that is not the command line."""
-    try:
-        lines = log_path.read_text(errors="replace").strip().splitlines()
-    except OSError:
-        return ""
-    lines = [line for line in lines if line.strip() and not line.startswith("$ perturbcast run ")]
-    errors = [line for line in lines if line.startswith(("[error]", "[not applicable]"))]
-    return (errors[-1] if errors else (lines[-1] if lines else "")).strip()[:500]
-
-
 ResultsLocked, results_lock = guard.ResultsLocked, guard.results_lock
 _worker = threading.local()
 STOP_GRACE_SECONDS = 3.0  # after an interrupt, how long running steps get to be recorded
@@ -368,27 +357,6 @@ def _cached_record(step: Step, cache_key: str) -> StepRecord | None:
     record.outputs = {k: str(v) for k, v in step.outputs.items()}  # where they are now (the folder may have moved)
     record.cached = True
     return record
-
-
-class Progress:
-    """One line per finished step with a bar, on stderr."""
-
-    def __init__(self, total: int, stream=None):
-        self.total, self.done, self.lock = total, 0, threading.Lock()
-        self.stream = stream or sys.stderr
-
-    def update(self, record: StepRecord):
-        with self.lock:
-            self.done += 1
-            width = 20
-            filled = int(width * self.done / max(self.total, 1))
-            bar = "#" * filled + "-" * (width - filled)
-            cost = "cached" if record.cached else f"{record.wall_seconds:6.1f}s {record.peak_rss_bytes / 2**20:7.0f} MiB"
-            status = record.status.replace("_", " ")
-            line = f"[{bar}] {self.done:>4}/{self.total} {status:<14} {record.id}  {cost}"
-            if record.reason and record.status != "ok":
-                line += f"\n        {record.reason}"
-            print(line, file=self.stream, flush=True)
 
 
 def _run_unit(unit: list, limits_of, finished: queue.Queue):

@@ -111,6 +111,40 @@ def ran_out_of_memory(log_path: Path) -> bool:
     return bool(OUT_OF_MEMORY.search(tail))
 
 
+# ---------------------------------------------------------------- step logs and progress
+
+def last_error(log_path: Path) -> str:
+    """The step's last `[error]`/`[not applicable]` line, else its last line that is not the command line."""
+    try:
+        lines = log_path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    lines = [line for line in lines if line.strip() and not line.startswith("$ perturbcast run ")]
+    errors = [line for line in lines if line.startswith(("[error]", "[not applicable]"))]
+    return (errors[-1] if errors else (lines[-1] if lines else "")).strip()[:500]
+
+
+class Progress:
+    """One line per finished step with a bar, on stderr."""
+
+    def __init__(self, total: int, stream=None):
+        self.total, self.done, self.lock = total, 0, threading.Lock()
+        self.stream = stream or sys.stderr
+
+    def update(self, record):
+        with self.lock:
+            self.done += 1
+            width = 20
+            filled = int(width * self.done / max(self.total, 1))
+            bar = "#" * filled + "-" * (width - filled)
+            cost = "cached" if record.cached else f"{record.wall_seconds:6.1f}s {record.peak_rss_bytes / 2**20:7.0f} MiB"
+            status = record.status.replace("_", " ")
+            line = f"[{bar}] {self.done:>4}/{self.total} {status:<14} {record.id}  {cost}"
+            if record.reason and record.status != "ok":
+                line += f"\n        {record.reason}"
+            print(line, file=self.stream, flush=True)
+
+
 # ---------------------------------------------------------------- results lock
 
 class ResultsLocked(RuntimeError):

@@ -130,7 +130,7 @@ def test_a_broken_config_only_removes_its_own_steps(faulty_run):
     steps = trace(output)
     broken = steps.loc["config/methods/broken"]
     assert broken.status == "failed" and "not valid YAML" in broken.reason and broken.reason.startswith("[error]")
-    assert steps.loc[f"dataset/simulated_grn_small"].status == "ok"
+    assert steps.loc["dataset/simulated_grn_small"].status == "ok"
 
 
 @pytest.fixture(scope="module")
@@ -227,7 +227,7 @@ def test_ctrl_c_stops_the_benchmark_within_5_s_with_a_partial_trace(project, tmp
     assert len(lines) == 1 and lines[0].startswith(f"[interrupted] {stop.name}: stopped after "), err
     steps = trace(output)
     assert steps.loc[f"predict/{SPLIT}/hanging"].status == "interrupted"
-    assert steps.loc[f"dataset/simulated_grn_small"].status == "ok"
+    assert steps.loc["dataset/simulated_grn_small"].status == "ok"
     assert not alive(hanging)
     from perturbcast.engine_guard import results_lock
 
