@@ -453,7 +453,7 @@ class Spawner:
 
         # without preloading the server needs nothing but the standard library: -S -E keep it small
         flags = [] if preload else ["-S", "-E"]
-        self.options, self.last_reply = {}, {}
+        self.options, self.last_reply, self.preload, self.plain = {}, {}, tuple(preload), None
         self.process = subprocess.Popen(
             [sys.executable, *flags, os.path.abspath(__file__), ",".join(preload), str(os.getpid())],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -469,8 +469,17 @@ class Spawner:
         return self.last_reply
 
     def run(self, argv: list, cwd: str | None, log_path: str | None) -> dict:
-        """Run a program (exec in a forked child)."""
-        return self._request({"argv": argv, "cwd": cwd, "log": log_path})
+        """Run a program (exec in a forked child) with the same options (limits, process group).
+
+        A preloaded server hands programs to a small sibling server: forked from the preloaded one, the
+        program's peak memory would include the libraries it never uses (R, Bash components)."""
+        if not self.preload:
+            return self._request({"argv": argv, "cwd": cwd, "log": log_path})
+        if self.plain is None or self.plain.process.poll() is not None:
+            self.plain = Spawner()
+        self.plain.options = {k: v for k, v in self.options.items() if k != "session"}
+        self.last_reply = self.plain.run(argv, cwd, log_path)
+        return self.last_reply
 
     def run_python(self, script: str, cwd: str | None, log_path: str | None) -> dict:
         """Run a Python script as `python -B script` would (in process when the server preloads)."""
@@ -485,10 +494,14 @@ class Spawner:
 
     def terminate(self):
         """Stop the server and kill the step it runs (with the step's process group)."""
+        if self.plain is not None:
+            self.plain.terminate()
         if self.process.poll() is None:
             self.process.terminate()
 
     def close(self):
+        if self.plain is not None:
+            self.plain.close()
         if self.process.poll() is None:
             self.process.stdin.close()
             self.process.wait()

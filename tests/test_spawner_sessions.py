@@ -93,3 +93,16 @@ def test_memory_limit_and_stray_processes(spawner, tmp_path):
             state = "gone"
         assert reply["exit_code"] == 0 and state in ("Z", "X", "gone")  # killed with its step
     spawner.end_session()
+
+
+def test_programs_run_bounded_from_a_small_server(spawner, tmp_path):
+    """R and Bash components are programs: a preloaded server hands them to a plain one, with the limits."""
+    log = tmp_path / "program.log"
+    spawner.options = {"timeout": 1.0}
+    started = time.monotonic()
+    hang = spawner.run(["/bin/sh", "-c", "echo started; sleep 600"], None, str(log))
+    assert hang["timed_out"] and time.monotonic() - started < 10 and "started" in log.read_text()
+    spawner.options = {}
+    quick = spawner.run(["/bin/sh", "-c", "exit 3"], None, str(log))
+    assert quick["exit_code"] == 3 and quick["peak_rss_bytes"] < 30 * 2**20  # not the preloaded server's size
+    assert spawner.last_reply == quick
