@@ -427,6 +427,7 @@ def execute(steps: list[Step], jobs: int = 1, progress: Progress | None = None,
     with INTERRUPT.handling_signals(), guard.routed_stderr():
         for worker in workers:
             worker.start()
+        INTERRUPT.executing = True
         try:
             while (pending and not INTERRUPT.stopped) or in_flight:
                 still_pending, ready = [], []
@@ -477,6 +478,7 @@ def execute(steps: list[Step], jobs: int = 1, progress: Progress | None = None,
                     except queue.Empty:
                         break
         finally:
+            INTERRUPT.executing = False
             for _ in workers:
                 units.put(None)
     if INTERRUPT.stopped:

@@ -111,6 +111,17 @@ def _engine_options(args) -> tuple[str | None, object]:
 def benchmark(args) -> int:
     from . import engine
 
+    try:
+        return _benchmark(args)
+    except KeyboardInterrupt:  # while planning or writing the tables (steps have their own handling)
+        print(f"[interrupted] {engine.INTERRUPT.name if engine.INTERRUPT.stopped else 'SIGINT'}: stopped outside "
+              f"the steps; finished steps stay cached in '{args.output}'", file=sys.stderr)
+        return 130
+
+
+def _benchmark(args) -> int:
+    from . import engine
+
     problem, limits = _engine_options(args)
     if problem:
         print(problem, file=sys.stderr)

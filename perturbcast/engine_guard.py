@@ -186,6 +186,7 @@ class Interrupt:
         self.signal: int | None = None
         self.spawners: set = set()
         self.lock = threading.Lock()
+        self.executing = False  # steps are running (engine.execute): the signal winds them down
 
     def reset(self):
         self.event.clear()
@@ -229,6 +230,8 @@ class Interrupt:
             print(f"\n[interrupted] {signal.Signals(signum).name} again: exiting at once", file=sys.__stderr__, flush=True)
             os._exit(130)
         self.stop(signum)
+        if not self.executing:  # planning or writing tables: nothing to wind down, stop where we are
+            raise KeyboardInterrupt
 
     @contextlib.contextmanager
     def handling_signals(self):

@@ -235,20 +235,37 @@ def test_ctrl_c_stops_the_benchmark_within_5_s_with_a_partial_trace(project, tmp
         pass
 
 
-def test_a_second_ctrl_c_exits_at_once(project, tmp_path):
-    output = tmp_path / "twice"
-    process = start_benchmark(project, output)
-    hanging = wait_for(output / "predictions" / SPLIT / "hanging" / "pid", process)
-    process.send_signal(signal.SIGINT)
-    time.sleep(0.05)  # two signals before the handler runs would be one
-    process.send_signal(signal.SIGINT)
-    _, err = process.communicate(timeout=30)
-    assert process.returncode == 130
-    assert err.strip().splitlines()[-1] == "[interrupted] SIGINT again: exiting at once"
-    deadline = time.monotonic() + 5
-    while alive(hanging) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not alive(hanging)
+SECOND_SIGNAL = """
+import os, signal, threading, time
+from perturbcast.engine_guard import Interrupt
+from perturbcast.spawner import Spawner
+
+interrupt, spawner = Interrupt(), Spawner()
+interrupt.register(spawner)
+threading.Thread(target=spawner.run, args=(["/bin/sh", "-c", "echo $$ > {pid}; exec sleep 600"], None, None),
+                 daemon=True).start()
+while not os.path.exists("{pid}") or not open("{pid}").read():
+    time.sleep(0.05)
+with interrupt.handling_signals():
+    interrupt.executing = True  # as while steps run: the first signal winds down, the second exits
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(0.5)
+    print("after the first", interrupt.stopped, flush=True)
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(10)
+print("never")
+"""
+
+
+def test_a_second_ctrl_c_exits_at_once(tmp_path):
+    pid = tmp_path / "pid"
+    started = time.monotonic()
+    process = subprocess.run([sys.executable, "-c", SECOND_SIGNAL.format(pid=pid)], capture_output=True, text=True,
+                             env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=60)
+    assert process.returncode == 130 and time.monotonic() - started < 10, process.stderr
+    assert process.stdout.split() == ["after", "the", "first", "True"]
+    assert process.stderr.strip().splitlines()[-1] == "[interrupted] SIGINT again: exiting at once"
+    assert not alive(int(pid.read_text()))  # the first signal already killed the running step
 
 
 def test_workers_die_with_a_killed_engine(project, tmp_path):
