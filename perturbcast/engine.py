@@ -223,14 +223,12 @@ def plan(package_root: Path, output_dir: Path, selection: Selection) -> tuple[li
 
 
 def _relative_argv(step: Step, root: Path | None) -> list[str]:
-    """The step's arguments with paths inside the results folder relative to it: a moved folder keeps its cache."""
+    """The step's arguments with paths inside the results folder `root` relative to the step's own folder
+    (fixed by the layout, whatever the selection): a moved folder keeps its cache."""
     argv = []
     for name, value in {**step.inputs, **step.outputs, **step.arguments}.items():
-        if isinstance(value, Path) and root is not None:
-            try:
-                value = value.relative_to(root)
-            except ValueError:
-                pass
+        if isinstance(value, Path) and root is not None and value.is_relative_to(root):
+            value = os.path.relpath(value, step.directory)
         argv += [f"--{name}", str(value)]
     return argv
 
