@@ -278,3 +278,16 @@ def test_workers_die_with_a_killed_engine(project, tmp_path):
     while alive(hanging) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not alive(hanging)
+
+
+def test_step_limits_come_from_the_labels_and_the_overrides():
+    from perturbcast.config import load_config
+    from perturbcast.engine_guard import Limits, label_values, physical_memory, step_limits
+
+    table = label_values(ROOT)  # _viash.yaml's config_mods: the numbers Nextflow uses
+    assert table["lowtime"] == ("time", 3600) and table["veryhightime"] == ("time", 48 * 3600)
+    assert table["lowmem"] == ("memory", 8 * 2**30) and table["highmem"] == ("memory", 128 * 2**30)
+    gears = load_config(ROOT / "src" / "datasets" / "gears")  # [midtime, midmem, lowcpu]
+    limits = step_limits(gears, Limits(), table)
+    assert limits.timeout == 4 * 3600 and limits.memory == min(32 * 2**30, physical_memory())
+    assert step_limits(gears, Limits(timeout=5, memory=2**30), table) == Limits(timeout=5, memory=2**30)
