@@ -25,7 +25,8 @@ memoises (metric_utils' reading of the solution and prediction) is there for the
 script still has its own log, exit code, timeout and reply; sys.argv/path/cwd/environ and the random
 generators' states are restored between scripts, a module is reused by a later script only when that
 script ships a byte-identical file of the same name, and a script that kills the session process
-(os._exit, a segfault, its time limit) ends the session: the next request starts a new one.
+(os._exit, a segfault, its time limit) ends the session: the next request starts a new one. A
+session step's peak memory is the session process's high-water mark so far (it holds what the steps share).
 
 Protocol: one JSON request per line on stdin ({argv | python_script, cwd, log, timeout, memory,
 session} or {end_session}), one JSON reply per line on stdout ({exit_code, peak_rss_bytes,
