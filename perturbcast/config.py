@@ -45,10 +45,20 @@ def _concat_deep_merge(base, override):
     return override
 
 
+# libyaml's parser (10x faster; the same safe constructors) and a memo: the engine loads every step's
+# config with its merged API files, which took about 0.17 s of pure-Python parsing per step
+_SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_parsed: dict = {}
+
+
 def _load_yaml(path: Path):
     try:
-        with open(path) as handle:
-            return yaml.safe_load(handle)
+        stat = os.stat(path)
+        key = (os.path.abspath(path), stat.st_mtime_ns, stat.st_size)
+        if key not in _parsed:
+            with open(path) as handle:
+                _parsed[key] = yaml.load(handle, Loader=_SAFE_LOADER)
+        return copy.deepcopy(_parsed[key])  # callers merge and edit what they get
     except FileNotFoundError:
         raise ConfigError(f"{path}: file does not exist") from None
     except yaml.YAMLError as error:
@@ -250,7 +260,18 @@ def load_config(path: str | os.PathLike) -> ComponentConfig:
     return ComponentConfig(path=path, package_root=package_root, raw=raw, arguments=arguments)
 
 
-def discover_components(package_root: Path) -> list[ComponentConfig]:
-    """Every component config under `src/`, sorted by path (the API and utils folders hold none)."""
-    configs = sorted((package_root / "src").glob(f"*/*/{CONFIG_FILE}"))
-    return [load_config(path) for path in configs]
+def discover_components(package_root: Path, errors: list | None = None) -> list[ComponentConfig]:
+    """Every component config under `src/`, sorted by path (the API and utils folders hold none).
+
+    A config that cannot be loaded is left out, so that it affects only its own steps: its
+    ConfigError is appended to `errors` when given, else raised."""
+    components = []
+    for path in sorted((package_root / "src").glob(f"*/*/{CONFIG_FILE}")):
+        try:
+            components.append(load_config(path))
+        except ConfigError as error:
+            if errors is None:
+                raise
+            error.config_path = path
+            errors.append(error)
+    return components

@@ -42,6 +42,12 @@ def add_commands(commands):
     bench.add_argument("--n-resamples", type=int, default=1000,
                        help="bootstrap resamples of test conditions for the intervals (default: %(default)s)")
     bench.add_argument("--fail-on-error", action="store_true", help="exit 1 if any step failed")
+    bench.add_argument("--step-timeout", type=float, metavar="SECONDS",
+                       help="wall-time limit of every step (default: from the component's labels: lowtime 1 h, "
+                            "midtime 4 h, hightime 12 h, veryhightime 48 h, as _viash.yaml's config_mods say)")
+    bench.add_argument("--step-memory", metavar="SIZE",
+                       help="memory limit of every step, e.g. 4GiB or 512MB (default: from the labels: lowmem "
+                            "8 GiB, midmem 32 GiB, highmem 128 GiB, at most the machine's memory)")
     bench.add_argument("--project", default=".", help="project root (holding _viash.yaml); default: current directory")
     bench.set_defaults(handler=benchmark)
 
@@ -61,7 +67,7 @@ def aggregate_results(root: Path, output: Path, only: set | None = None, n_resam
     from .config import discover_components
     from .openproblems import write_openproblems_files
 
-    components = discover_components(root)
+    components = discover_components(root, errors=[])  # a broken config was reported when the run was planned
     method_types = {c.name: c.component_type for c in components}
     maximize = {m["name"]: bool(m.get("maximize")) for c in components if c.component_type == "metric"
                 for m in c.info.get("metrics") or [] if "name" in m}
@@ -91,9 +97,46 @@ def aggregate(args) -> int:
     return 0
 
 
+def _engine_options(args) -> tuple[str | None, object]:
+    """The first bad engine option as an `[error]` line (and None), else (None, the step limits)."""
+    from .engine_guard import Limits
+    from .viash import memory_as_bytes
+
+    if args.jobs < 1:
+        return f"[error] --jobs must be at least 1 (got {args.jobs})", None
+    if args.n_resamples < 1:
+        return f"[error] --n-resamples must be at least 1 (got {args.n_resamples})", None
+    if args.step_timeout is not None and not args.step_timeout > 0:
+        return f"[error] --step-timeout must be a positive number of seconds (got {args.step_timeout:g})", None
+    memory = None
+    if args.step_memory is not None:
+        memory = memory_as_bytes(args.step_memory)
+        if not memory:
+            return f"[error] --step-memory must be an amount of memory such as 4GiB or 512MB (got '{args.step_memory}')", None
+    output = Path(args.output)
+    if output.exists() and not output.is_dir():
+        return f"[error] --output '{args.output}' is an existing file; expected a results directory", None
+    return None, Limits(timeout=args.step_timeout, memory=memory)
+
+
 def benchmark(args) -> int:
     from . import engine
 
+    try:
+        return _benchmark(args)
+    except KeyboardInterrupt:  # while planning or writing the tables (steps have their own handling)
+        print(f"[interrupted] {engine.INTERRUPT.name if engine.INTERRUPT.stopped else 'SIGINT'}: stopped outside "
+              f"the steps; finished steps stay cached in '{args.output}'", file=sys.stderr)
+        return 130
+
+
+def _benchmark(args) -> int:
+    from . import engine
+
+    problem, limits = _engine_options(args)
+    if problem:
+        print(problem, file=sys.stderr)
+        return 2
     root = find_package_root(args.project)
     if root is None:
         print(f"[error] no _viash.yaml at or above '{args.project}': run from the perturbcast project", file=sys.stderr)
@@ -105,8 +148,7 @@ def benchmark(args) -> int:
     methods = _names(args.methods)
     if methods is not None:
         # scores are only readable on the scale these controls set: always run them with a selection
-        from .config import discover_components
-        present = {c.name for c in discover_components(root) if c.component_type == "control_method"}
+        present = {c.name for c in engine.discover_components(root) if c.component_type == "control_method"}
         added = [c for c in engine.SCALE_CONTROLS if c in present and c not in methods]
         if added:
             methods = methods + added
@@ -118,8 +160,13 @@ def benchmark(args) -> int:
     try:
         steps, declared = engine.plan(root, output, selection)
     except ValueError as error:
-        print(f"[error] {error}", file=sys.stderr)
+        broken = engine.broken_configs()
+        print(f"[error] {error}" + (f" (configs that could not be loaded: {', '.join(r.component for r in broken)})"
+                                    if broken else ""), file=sys.stderr)
         return 1
+    broken = engine.broken_configs()
+    for record in broken:
+        print(f"{record.reason}: its steps are left out", file=sys.stderr)
     if args.dry_run:
         for step in steps:
             inputs = " ".join(f"--{k} {v}" for k, v in step.inputs.items())
@@ -129,12 +176,40 @@ def benchmark(args) -> int:
         for record in declared:
             print(f"{record.id}\tnot applicable: {record.reason}")
         return 0
-    output.mkdir(parents=True, exist_ok=True)
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        print(f"[error] cannot create the results directory '{output}': {error.strerror}", file=sys.stderr)
+        return 1
+    try:
+        with engine.results_lock(output), engine.INTERRUPT.handling_signals():
+            return _run(args, root, output, steps, declared + broken, limits)
+    except engine.ResultsLocked as error:
+        print(f"[error] {error}", file=sys.stderr)
+        return 1
+
+
+def _run(args, root: Path, output: Path, steps, declared, limits) -> int:
+    from . import engine
+
     print(f"perturbcast benchmark: {len(steps)} steps, {args.jobs} at once, results in {output}", file=sys.stderr)
-    records = engine.execute(steps, jobs=args.jobs)
+    records = engine.execute(steps, jobs=args.jobs, limits=limits)
     records += engine.check_partitions(steps, records, args.n_folds) + declared
     engine.write_trace(records, output / "trace.tsv")
     this_run = {Path(r.outputs["output"]).resolve() for r in records if r.stage == "score" and r.status == "ok"}
+    if engine.INTERRUPT.stopped:
+        # whatever tables the finished scores allow; the second Ctrl-C (handler still installed) exits at once
+        tables = ""
+        if this_run:
+            try:
+                aggregate_results(root, output, this_run, n_resamples=args.n_resamples)
+                tables = ", results.parquet"
+            except Exception as error:  # partial results may not aggregate; the trace is what counts
+                tables = f" (no result tables: {type(error).__name__}: {error})"
+        done = sum(r.status in ("ok", "not_applicable") for r in records if r.stage != "config")
+        print(f"[interrupted] {engine.INTERRUPT.name}: stopped after {done} of {len(records)} steps; partial "
+              f"results in {output} (trace.tsv{tables})", file=sys.stderr)
+        return 130
     text = aggregate_results(root, output, this_run, n_resamples=args.n_resamples)
     failed = [r for r in records if r.status == "failed"]
     print(text)
@@ -143,5 +218,6 @@ def benchmark(args) -> int:
     print(f"\nsteps: {counts['ok']} ok, {counts['failed']} failed, {counts['not_applicable']} not applicable, "
           f"{counts['skipped']} skipped; tables in {output}")
     for record in failed:
-        print(f"  failed: {record.id}: {record.reason}  (log: {Path(record.outputs.get('output', output)).parent / 'log.txt'})")
+        log = Path(record.outputs["output"]).parent / "log.txt" if record.outputs.get("output") else None
+        print(f"  failed: {record.id}: {record.reason}" + (f"  (log: {log})" if log else ""))
     return 1 if (failed and args.fail_on_error) else 0

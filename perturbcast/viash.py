@@ -467,6 +467,10 @@ def run_script(script_text: str, meta: dict, cwd: str | None = None, stdout=None
         try:
             if python:
                 reply = spawner.run_python(script_path, cwd, stdout.name)
+            elif spawner is not None:
+                # the engine's server hands programs to a small sibling server with the step's limits, so
+                # their peak memory is their own and a timeout or interrupt reaches them
+                reply = spawner.run([*command, script_path], cwd, stdout.name)
             else:
                 from .spawner import Spawner
 

@@ -1,0 +1,359 @@
+"""What keeps the local engine's steps bounded and its results folder sound.
+
+- Limits: a step's wall time and memory come from its component's nextflow labels (`lowtime`,
+  `midmem`, ...) with the numbers `_viash.yaml`'s `config_mods` gives them (the same ones Nextflow
+  uses), overridable per run (`--step-timeout`, `--step-memory`). Memory is capped at the machine's
+  physical memory, so a limit always stops a step before the kernel's global out-of-memory killer.
+- The results lock: one run per results folder (flock on `<output>/.perturbcast.lock`, which names
+  the holder: pid, host, start time). The kernel drops it when the holder dies, so it is never stale.
+- Interrupts: the first SIGINT/SIGTERM stops launching and kills the running steps' process groups
+  (by stopping every fork server); a second one exits at once.
+- Step logs: messages the runner prints to `sys.stderr` while checking a step's arguments or outputs
+  go to that step's log.txt (per worker thread), not to the terminal.
+- Outputs: fsynced and recorded with size and sha256, checked before a cached step is reused.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import re
+import signal
+import socket
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+# Used when _viash.yaml has no config_mods labels: Nextflow's directives of the OpenProblems template.
+DEFAULT_LABELS = {"lowtime": ("time", 3600), "midtime": ("time", 4 * 3600), "hightime": ("time", 12 * 3600),
+                  "veryhightime": ("time", 48 * 3600), "lowmem": ("memory", 8 * 2**30),
+                  "midmem": ("memory", 32 * 2**30), "highmem": ("memory", 128 * 2**30)}
+TIME_UNITS = {"ms": 1e-3, "s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
+MEMORY_UNITS = {"B": 1, "KB": 2**10, "MB": 2**20, "GB": 2**30, "TB": 2**40}  # Nextflow's MemoryUnit is binary
+
+
+@dataclass
+class Limits:
+    timeout: float | None = None   # seconds
+    memory: int | None = None      # bytes
+
+    def describe(self) -> str:
+        parts = [f"timeout {self.timeout:g} s" if self.timeout else "no timeout",
+                 f"memory {format_bytes(self.memory)}" if self.memory else "no memory limit"]
+        return ", ".join(parts)
+
+
+def format_bytes(size: int) -> str:
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if size >= scale:
+            return f"{size / scale:.3g} {unit}"
+    return f"{size} B"
+
+
+def label_values(package_root: Path | None) -> dict:
+    """label -> ("time", seconds) | ("memory", bytes), read from `_viash.yaml` config_mods."""
+    values = dict(DEFAULT_LABELS)
+    try:
+        mods = (yaml.safe_load((Path(package_root) / "_viash.yaml").read_text()) or {}).get("config_mods") or ""
+    except (OSError, TypeError, yaml.YAMLError):
+        return values
+    for label, kind, number, unit in re.findall(r'(\w+)\s*:\s*"(time|memory)\s*=\s*([0-9.]+)\s*\.?\s*(\w+)"', str(mods)):
+        scale = TIME_UNITS.get(unit) if kind == "time" else MEMORY_UNITS.get(unit.upper())
+        if scale is not None:
+            values[label] = (kind, float(number) * scale)
+    return values
+
+
+def physical_memory() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def component_labels(config) -> list[str]:
+    labels = []
+    for runner in config.raw.get("runners") or []:
+        if runner.get("type") == "nextflow":
+            label = (runner.get("directives") or {}).get("label") or []
+            labels += [label] if isinstance(label, str) else list(label)
+    return labels
+
+
+def step_limits(config, overrides: Limits, table: dict) -> Limits:
+    """The limits of one component's steps: the override, else the largest its labels give."""
+    times = [table[label][1] for label in component_labels(config) if table.get(label, ("",))[0] == "time"]
+    memories = [table[label][1] for label in component_labels(config) if table.get(label, ("",))[0] == "memory"]
+    timeout = overrides.timeout or (max(times) if times else None)
+    memory = overrides.memory or (int(max(memories)) if memories else None)
+    ceiling = physical_memory()
+    if memory and ceiling and not overrides.memory:
+        memory = min(memory, ceiling)
+    return Limits(timeout=timeout, memory=memory)
+
+
+OUT_OF_MEMORY = re.compile(r"MemoryError|Unable to allocate|Cannot allocate memory|cannot allocate vector|std::bad_alloc")
+
+
+def ran_out_of_memory(log_path: Path) -> bool:
+    try:
+        with open(log_path, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            handle.seek(max(0, handle.tell() - 20000))
+            tail = handle.read().decode(errors="replace")
+    except OSError:
+        return False
+    return bool(OUT_OF_MEMORY.search(tail))
+
+
+# ---------------------------------------------------------------- step logs and progress
+
+def last_error(log_path: Path) -> str:
+    """The step's last `[error]`/`[not applicable]` line, else its last line that is not the command line."""
+    try:
+        lines = log_path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    lines = [line for line in lines if line.strip() and not line.startswith("$ perturbcast run ")]
+    errors = [line for line in lines if line.startswith(("[error]", "[not applicable]"))]
+    return (errors[-1] if errors else (lines[-1] if lines else "")).strip()[:500]
+
+
+class Progress:
+    """One line per finished step with a bar, on stderr."""
+
+    def __init__(self, total: int, stream=None):
+        self.total, self.done, self.lock = total, 0, threading.Lock()
+        self.stream = stream or sys.stderr
+
+    def update(self, record):
+        with self.lock:
+            self.done += 1
+            width = 20
+            filled = int(width * self.done / max(self.total, 1))
+            bar = "#" * filled + "-" * (width - filled)
+            cost = "cached" if record.cached else f"{record.wall_seconds:6.1f}s {record.peak_rss_bytes / 2**20:7.0f} MiB"
+            status = record.status.replace("_", " ")
+            line = f"[{bar}] {self.done:>4}/{self.total} {status:<14} {record.id}  {cost}"
+            if record.reason and record.status != "ok":
+                line += f"\n        {record.reason}"
+            print(line, file=self.stream, flush=True)
+
+
+# ---------------------------------------------------------------- results lock
+
+class ResultsLocked(RuntimeError):
+    pass
+
+
+@contextlib.contextmanager
+def results_lock(output: Path):
+    """Hold `<output>/.perturbcast.lock` for the run; ResultsLocked names the holder."""
+    path = Path(output) / ".perturbcast.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "another process"
+            raise ResultsLocked(f"results folder '{output}' is in use by {holder}; wait for it to finish "
+                                f"or choose another --output") from None
+        os.ftruncate(fd, 0)
+        started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+        os.pwrite(fd, f"pid {os.getpid()} on host {socket.gethostname()} since {started}\n".encode(), 0)
+        os.fsync(fd)
+        yield path
+    finally:
+        try:
+            os.ftruncate(fd, 0)
+        except OSError:
+            pass
+        os.close(fd)  # releases the flock
+
+
+# ---------------------------------------------------------------- interrupts
+
+class Interrupt:
+    """The engine's stop flag; `spawners` are the live fork servers to stop with it."""
+
+    def __init__(self):
+        self.event = threading.Event()
+        self.signal: int | None = None
+        self.spawners: set = set()
+        self.lock = threading.Lock()
+        self.executing = False  # steps are running (engine.execute): the signal winds them down
+
+    def reset(self):
+        self.event.clear()
+        self.signal = None
+
+    @property
+    def stopped(self) -> bool:
+        return self.event.is_set()
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signal).name if self.signal else "interrupt"
+
+    def register(self, spawner):
+        with self.lock:
+            self.spawners = {s for s in self.spawners if s.process.poll() is None}
+            self.spawners.add(spawner)
+            stopped = self.stopped
+        if stopped:
+            spawner.terminate()
+
+    def stop(self, signum: int = signal.SIGINT):
+        with self.lock:
+            if self.signal is None:
+                self.signal = signum
+            self.event.set()
+            spawners = list(self.spawners)
+        for spawner in spawners:  # each kills its running step's process group
+            try:
+                spawner.terminate()
+            except Exception:
+                pass
+
+    def handler(self, signum, frame):
+        if self.stopped:  # the second Ctrl-C: out now
+            for spawner in list(self.spawners):
+                try:
+                    spawner.terminate()
+                except Exception:
+                    pass
+            print(f"\n[interrupted] {signal.Signals(signum).name} again: exiting at once", file=sys.__stderr__, flush=True)
+            os._exit(130)
+        self.stop(signum)
+        if not self.executing:  # planning or writing tables: nothing to wind down, stop where we are
+            raise KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def handling_signals(self):
+        """SIGINT and SIGTERM call `handler` (main thread only; elsewhere nothing changes)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {sig: signal.signal(sig, self.handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
+# ---------------------------------------------------------------- per-thread stderr
+
+class ThreadStderr:
+    """sys.stderr that writes to the current worker thread's step log when it has one."""
+
+    def __init__(self, fallback):
+        self.fallback, self.local = fallback, threading.local()
+
+    @property
+    def target(self):
+        return getattr(self.local, "target", None) or self.fallback
+
+    def write(self, text):
+        return self.target.write(text)
+
+    def flush(self):
+        return self.target.flush()
+
+    def __getattr__(self, name):
+        return getattr(self.target, name)
+
+    @contextlib.contextmanager
+    def to(self, stream):
+        self.local.target = stream
+        try:
+            yield
+        finally:
+            self.local.target = None
+
+
+@contextlib.contextmanager
+def routed_stderr():
+    """Install a ThreadStderr for the duration (shared when already installed)."""
+    if isinstance(sys.stderr, ThreadStderr):
+        yield sys.stderr
+        return
+    router = ThreadStderr(sys.stderr)
+    sys.stderr = router
+    try:
+        yield router
+    finally:
+        sys.stderr = router.fallback
+
+
+# ---------------------------------------------------------------- outputs
+
+def _sync_file(path: Path) -> dict:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return {"size": path.stat().st_size, "sha256": digest.hexdigest()}
+
+
+def _sync_dir(path: Path):
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def seal_outputs(outputs: dict, directory: Path) -> dict:
+    """fsync every output (files; a folder's files) and its folder: {name: {size, sha256} or {files}}."""
+    sealed = {}
+    for name, value in outputs.items():
+        path = Path(value)
+        if path.is_dir():
+            sealed[name] = {"files": {str(f.relative_to(path)): _sync_file(f) for f in sorted(path.rglob("*")) if f.is_file()}}
+            _sync_dir(path)
+        elif path.is_file():
+            sealed[name] = _sync_file(path)
+        _sync_dir(path.parent)
+    _sync_dir(directory)
+    return sealed
+
+
+def _file_matches(path: Path, recorded: dict) -> bool:
+    try:
+        if path.stat().st_size != recorded.get("size"):
+            return False
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        return digest.hexdigest() == recorded.get("sha256")
+    except OSError:
+        return False
+
+
+def outputs_intact(outputs: dict, sealed: dict) -> bool:
+    """Every output still has the size and sha256 recorded when its step finished."""
+    if not isinstance(sealed, dict) or set(sealed) != {k for k, v in outputs.items() if Path(v).exists()} or not sealed:
+        return False
+    for name, recorded in sealed.items():
+        path = Path(outputs[name])
+        if "files" in recorded:
+            present = {str(f.relative_to(path)) for f in path.rglob("*") if f.is_file()} if path.is_dir() else None
+            if present != set(recorded["files"]) or not all(
+                    _file_matches(path / rel, info) for rel, info in recorded["files"].items()):
+                return False
+        elif not _file_matches(path, recorded):
+            return False
+    return True

@@ -1,0 +1,293 @@
+"""The local engine under faults: bounded steps, contained crashes, clean interrupts, a sound results folder.
+
+The faulty components live in tests/fixtures/fault_components (see its README) and are copied into a
+copy of the project, never into `src/`.
+"""
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from perturbcast.cli import main
+
+from conftest import ROOT
+
+FIXTURES = ROOT / "tests" / "fixtures" / "fault_components"
+SPLIT = "simulated_grn_small/unseen_perturbation/seed_0"
+STEP_TIMEOUT = 12
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    root = tmp_path_factory.mktemp("project")
+    shutil.copy(ROOT / "_viash.yaml", root)
+    shutil.copytree(ROOT / "src", root / "src", ignore=shutil.ignore_patterns("__pycache__"))
+    for kind in ("methods", "metrics"):
+        for component in (FIXTURES / kind).iterdir():
+            shutil.copytree(component, root / "src" / kind / component.name)
+    (root / "src" / "methods" / "broken").mkdir()
+    shutil.copy(FIXTURES / "broken" / "config.vsh.yaml", root / "src" / "methods" / "broken")
+    return root
+
+
+def arguments(project, output, methods, metrics="delta_error", *extra):
+    return ["benchmark", "--project", str(project), "--output", str(output), "--datasets", "simulated_grn_small",
+            "--tasks", "unseen_perturbation", "--methods", methods, "--metrics", metrics, "--jobs", "2", *extra]
+
+
+def trace(output: Path) -> pd.DataFrame:
+    return pd.read_csv(output / "trace.tsv", sep="\t", keep_default_na=False).set_index("step")
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+
+
+def pid_in(folder: Path, name: str = "pid") -> int:
+    return int((folder / name).read_text())
+
+
+@pytest.fixture(scope="module")
+def faulty_run(project, tmp_path_factory):
+    output = tmp_path_factory.mktemp("faulty")
+    started = time.monotonic()
+    code = main(arguments(project, output, "train_mean,replicate_ceiling,hanging,memory_hog,orphan_spawner,needs_argument",
+                          "delta_error,delta_exit,delta_segfault,weighted_error",
+                          "--step-timeout", str(STEP_TIMEOUT), "--step-memory", "1536MiB"))
+    return output, code, time.monotonic() - started
+
+
+def test_a_hanging_method_costs_its_time_limit_and_nothing_else(faulty_run):
+    output, code, wall = faulty_run
+    steps = trace(output)
+    hanging = steps.loc[f"predict/{SPLIT}/hanging"]
+    assert code == 0 and hanging.status == "failed" and hanging.reason == f"timeout after {STEP_TIMEOUT} s"
+    assert STEP_TIMEOUT <= hanging.wall_seconds < STEP_TIMEOUT + 5
+    assert not alive(pid_in(output / "predictions" / SPLIT / "hanging"))
+    assert "[error] timeout after 12 s" in (output / "predictions" / SPLIT / "hanging" / "log.txt").read_text()
+    assert (steps[steps.index.str.startswith(f"score/{SPLIT}/hanging/")].status == "skipped").all()
+    for method in ("train_mean", "replicate_ceiling"):
+        assert steps.loc[f"predict/{SPLIT}/{method}"].status == "ok"
+    assert wall < 4 * STEP_TIMEOUT  # the benchmark did not wait for the hanging step beyond its limit
+
+
+def test_a_memory_hog_is_stopped_at_its_limit(faulty_run):
+    output, _, _ = faulty_run
+    hog = trace(output).loc[f"predict/{SPLIT}/memory_hog"]
+    assert hog.status == "failed" and hog.reason == "out of memory (limit 1.5 GiB)"
+    assert 500 < hog.peak_rss_mib < 1536
+    log = (output / "predictions" / SPLIT / "memory_hog" / "log.txt").read_text()
+    assert "MemoryError" in log and "memory_hog: 256 MiB" in log and "memory_hog: 2048 MiB" not in log
+
+
+def test_a_steps_child_processes_die_with_it(faulty_run):
+    output, _, _ = faulty_run
+    folder = output / "predictions" / SPLIT / "orphan_spawner"
+    step = trace(output).loc[f"predict/{SPLIT}/orphan_spawner"]
+    assert step.status == "failed" and step.reason == "[error] orphan_spawner: left a process behind on purpose"
+    assert not alive(pid_in(folder, "orphan.pid"))
+
+
+def test_argument_errors_land_in_the_step_log_and_are_its_reason(faulty_run):
+    output, _, _ = faulty_run
+    step = trace(output).loc[f"predict/{SPLIT}/needs_argument"]
+    expected = "[error] '--needed' is a required argument."
+    assert step.status == "failed" and step.reason.startswith(expected) and "perturbcast run" not in step.reason
+    assert expected in (output / "predictions" / SPLIT / "needs_argument" / "log.txt").read_text()
+
+
+def test_metrics_of_one_prediction_share_a_worker_but_not_their_failures(faulty_run):
+    output, _, _ = faulty_run
+    steps = trace(output)
+    for method in ("train_mean", "replicate_ceiling"):
+        prefix = f"score/{SPLIT}/{method}"
+        assert steps.loc[f"{prefix}/delta_exit"].reason == "[error] delta_exit: stopping with exit code 3 on purpose"
+        assert float(steps.loc[f"{prefix}/delta_exit"].exit_code) == 3
+        assert steps.loc[f"{prefix}/delta_segfault"].reason == "killed by SIGSEGV (exit code 139)"
+        for metric in ("delta_error", "weighted_error"):  # before and after the crashes in the same session
+            assert steps.loc[f"{prefix}/{metric}"].status == "ok"
+            assert (output / "scores" / SPLIT / method / metric / "score.h5ad").stat().st_size > 1000
+        # one process ran the metrics before the crash: the exiting metric ran in delta_error's process
+        exit_pid = pid_in(output / "scores" / SPLIT / method / "delta_exit")
+        crash_pid = pid_in(output / "scores" / SPLIT / method / "delta_segfault")
+        assert exit_pid == crash_pid
+    results = pd.read_parquet(output / "results.parquet")
+    assert {"train_mean", "replicate_ceiling"} <= set(results.method_id)
+
+
+def test_a_broken_config_only_removes_its_own_steps(faulty_run):
+    output, _, _ = faulty_run
+    steps = trace(output)
+    broken = steps.loc["config/methods/broken"]
+    assert broken.status == "failed" and "not valid YAML" in broken.reason and broken.reason.startswith("[error]")
+    assert steps.loc["dataset/simulated_grn_small"].status == "ok"
+
+
+@pytest.fixture(scope="module")
+def small_run(project, tmp_path_factory):
+    output = tmp_path_factory.mktemp("small") / "results"
+    assert main(arguments(project, output, "train_mean")) == 0
+    return output
+
+
+def test_a_moved_results_folder_keeps_its_cache(project, small_run, tmp_path):
+    moved = tmp_path / "elsewhere" / "results"
+    shutil.copytree(small_run, moved)
+    assert main(arguments(project, moved, "train_mean")) == 0
+    steps = trace(moved)
+    steps = steps[steps.stage != "config"]
+    assert (steps.status == "ok").all() and steps.cached.all()
+
+
+def test_a_truncated_cached_output_is_recomputed(project, small_run):
+    prediction = small_run / "predictions" / SPLIT / "train_mean" / "prediction.h5ad"
+    size = prediction.stat().st_size
+    with open(prediction, "r+b") as handle:
+        handle.truncate(size // 2)
+    assert main(arguments(project, small_run, "train_mean")) == 0
+    steps = trace(small_run)
+    assert not steps.loc[f"predict/{SPLIT}/train_mean"].cached
+    assert steps.loc[f"split/{SPLIT}"].cached and steps.loc[f"score/{SPLIT}/train_mean/delta_error"].cached
+    assert prediction.stat().st_size == size
+
+
+def test_a_second_run_on_the_same_folder_is_refused(project, small_run, capsys):
+    from perturbcast.engine_guard import results_lock
+
+    before = sorted(p.name for p in small_run.iterdir())
+    with results_lock(small_run):
+        assert main(arguments(project, small_run, "train_mean")) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"[error] results folder '{small_run}' is in use by pid {os.getpid()} on host ")
+    assert " since " in err[-1]
+    assert sorted(p.name for p in small_run.iterdir()) == before
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--jobs", "0"], "[error] --jobs must be at least 1 (got 0)"),
+    (["--n-resamples", "-5"], "[error] --n-resamples must be at least 1 (got -5)"),
+    (["--step-timeout", "0"], "[error] --step-timeout must be a positive number of seconds (got 0)"),
+    (["--step-memory", "lots"], "[error] --step-memory must be an amount of memory such as 4GiB or 512MB (got 'lots')"),
+])
+def test_bad_engine_options_are_rejected_before_anything_runs(project, tmp_path, capsys, extra, message):
+    output = tmp_path / "out"
+    assert main(arguments(project, output, "train_mean", "delta_error", *extra)) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [message]
+    assert not output.exists()
+
+
+def test_an_output_that_is_a_file_is_rejected(project, tmp_path, capsys):
+    output = tmp_path / "results"
+    output.write_text("not a folder")
+    assert main(arguments(project, output, "train_mean")) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"[error] --output '{output}' is an existing file; expected a results directory"]
+    assert output.read_text() == "not a folder"
+
+
+def start_benchmark(project, output) -> subprocess.Popen:
+    command = [sys.executable, "-m", "perturbcast", *arguments(project, output, "train_mean,hanging")]
+    return subprocess.Popen(command, cwd=project, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(path: Path, process: subprocess.Popen, seconds: float = 120) -> int:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if path.exists() and path.read_text():
+            return int(path.read_text())
+        assert process.poll() is None, process.communicate()
+        time.sleep(0.2)
+    process.kill()
+    raise AssertionError(f"{path} never appeared")
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_stops_the_benchmark_within_5_s_with_a_partial_trace(project, tmp_path, stop):
+    output = tmp_path / "interrupted"
+    process = start_benchmark(project, output)
+    hanging = wait_for(output / "predictions" / SPLIT / "hanging" / "pid", process)
+    process.send_signal(stop)
+    started = time.monotonic()
+    _, err = process.communicate(timeout=30)
+    assert time.monotonic() - started < 5
+    assert process.returncode == 130
+    lines = [line for line in err.splitlines() if not line.startswith(("[#", "[-", "  ", "perturbcast benchmark:"))
+             and "methods/broken/config.vsh.yaml" not in line]
+    assert len(lines) == 1 and lines[0].startswith(f"[interrupted] {stop.name}: stopped after "), err
+    steps = trace(output)
+    assert steps.loc[f"predict/{SPLIT}/hanging"].status == "interrupted"
+    assert steps.loc["dataset/simulated_grn_small"].status == "ok"
+    assert not alive(hanging)
+    from perturbcast.engine_guard import results_lock
+
+    with results_lock(output):  # released
+        pass
+
+
+SECOND_SIGNAL = """
+import os, signal, threading, time
+from perturbcast.engine_guard import Interrupt
+from perturbcast.spawner import Spawner
+
+interrupt, spawner = Interrupt(), Spawner()
+interrupt.register(spawner)
+threading.Thread(target=spawner.run, args=(["/bin/sh", "-c", "echo $$ > {pid}; exec sleep 600"], None, None),
+                 daemon=True).start()
+while not os.path.exists("{pid}") or not open("{pid}").read():
+    time.sleep(0.05)
+with interrupt.handling_signals():
+    interrupt.executing = True  # as while steps run: the first signal winds down, the second exits
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(0.5)
+    print("after the first", interrupt.stopped, flush=True)
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(10)
+print("never")
+"""
+
+
+def test_a_second_ctrl_c_exits_at_once(tmp_path):
+    pid = tmp_path / "pid"
+    started = time.monotonic()
+    process = subprocess.run([sys.executable, "-c", SECOND_SIGNAL.format(pid=pid)], capture_output=True, text=True,
+                             env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=60)
+    assert process.returncode == 130 and time.monotonic() - started < 10, process.stderr
+    assert process.stdout.split() == ["after", "the", "first", "True"]
+    assert process.stderr.strip().splitlines()[-1] == "[interrupted] SIGINT again: exiting at once"
+    assert not alive(int(pid.read_text()))  # the first signal already killed the running step
+
+
+def test_workers_die_with_a_killed_engine(project, tmp_path):
+    output = tmp_path / "killed"
+    process = start_benchmark(project, output)
+    hanging = wait_for(output / "predictions" / SPLIT / "hanging" / "pid", process)
+    process.kill()
+    process.communicate()
+    deadline = time.monotonic() + 5
+    while alive(hanging) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not alive(hanging)
+
+
+def test_step_limits_come_from_the_labels_and_the_overrides():
+    from perturbcast.config import load_config
+    from perturbcast.engine_guard import Limits, label_values, physical_memory, step_limits
+
+    table = label_values(ROOT)  # _viash.yaml's config_mods: the numbers Nextflow uses
+    assert table["lowtime"] == ("time", 3600) and table["veryhightime"] == ("time", 48 * 3600)
+    assert table["lowmem"] == ("memory", 8 * 2**30) and table["highmem"] == ("memory", 128 * 2**30)
+    gears = load_config(ROOT / "src" / "datasets" / "gears")  # [midtime, midmem, lowcpu]
+    limits = step_limits(gears, Limits(), table)
+    assert limits.timeout == 4 * 3600 and limits.memory == min(32 * 2**30, physical_memory())
+    assert step_limits(gears, Limits(timeout=5, memory=2**30), table) == Limits(timeout=5, memory=2**30)
