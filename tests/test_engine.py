@@ -38,7 +38,7 @@ def project(tmp_path_factory):
 
 def benchmark(project, output, *extra):
     return main(["benchmark", "--project", str(project), "--output", str(output), "--datasets", "simulated_grn_small",
-                 "--tasks", "unseen_perturbation", "--metrics", "delta_error", "--jobs", "2", *extra])
+                 "--tasks", "unseen_perturbation", "--metrics", "delta_error", "--folds", "0", "--jobs", "2", *extra])
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +58,10 @@ def test_every_step_runs_and_failures_are_isolated(first_run):
     assert list(crashed.status) == ["failed", "skipped"]  # its prediction fails, its score is skipped
     assert "this method always crashes" in crashed.iloc[0].reason or "RuntimeError" in crashed.iloc[0].reason
     others = steps[~steps.step.str.contains("/crashing")]
+    # additive has nothing to add where a fold holds no combination: not applicable, never failed
+    inapplicable = others[others.status == "not_applicable"]
+    assert inapplicable.step.str.contains("/additive").all()
+    others = others[others.status != "not_applicable"]
     assert (others.status == "ok").all(), others[others.status != "ok"]
     assert (others.wall_seconds > 0).all() and (others.peak_rss_mib > 10).all()
 
@@ -91,18 +95,44 @@ def test_changed_component_reruns_only_its_steps(project, first_run):
     assert benchmark(project, first_run) == 0
     steps = trace(first_run)
     rerun = set(steps[(steps.status == "ok") & ~steps.cached].step)
-    assert rerun == {"predict/simulated_grn_small/unseen_perturbation/seed_0/train_mean",
-                     "score/simulated_grn_small/unseen_perturbation/seed_0/train_mean/delta_error"}
+    assert rerun == {"predict/simulated_grn_small/unseen_perturbation/seed_0/fold_0/train_mean",
+                     "score/simulated_grn_small/unseen_perturbation/seed_0/fold_0/train_mean/delta_error"}
 
 
 def test_dry_run_lists_jobs(project, tmp_path, capsys):
     assert benchmark(project, tmp_path / "dry", "--dry-run") == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0].startswith("dataset/simulated_grn_small\tdatasets/simulated_grn")
-    assert any(line.startswith("score/simulated_grn_small/unseen_perturbation/seed_0/crashing/delta_error") for line in lines)
+    assert any(line.startswith("score/simulated_grn_small/unseen_perturbation/seed_0/fold_0/crashing/delta_error") for line in lines)
     assert not (tmp_path / "dry").exists()
 
 
 def test_unknown_selection_is_a_clear_error(project, tmp_path, capsys):
     assert main(["benchmark", "--project", str(project), "--output", str(tmp_path), "--methods", "nope"]) == 1
     assert "unknown component(s) ['nope']" in capsys.readouterr().err
+
+
+def test_every_fold_runs_and_the_partition_is_checked(project, tmp_path):
+    """All folds of a partition: every eligible perturbation tested once, the check recorded in the trace,
+    and results pool the folds (one row set per partition, n = all tested conditions)."""
+    output = tmp_path / "bench"
+    assert main(["benchmark", "--project", str(project), "--output", str(output), "--datasets", "simulated_grn_small",
+                 "--tasks", "unseen_perturbation", "--methods", "train_mean", "--metrics", "delta_error",
+                 "--n-folds", "3", "--jobs", "2", "--n-resamples", "50"]) == 0
+    steps = trace(output)
+    assert set(steps[steps.stage == "split"].step) == {
+        *(f"split/simulated_grn_small/unseen_perturbation/seed_0/fold_{f}" for f in range(3)),
+        "partition/simulated_grn_small/unseen_perturbation/seed_0"}
+    assert (steps[steps.step.str.startswith("partition/")].status == "ok").all()
+    per_condition = pd.read_parquet(output / "results_per_condition.parquet")
+    mine = per_condition[(per_condition.method_id == "train_mean") & (per_condition.metric_id == "mse_delta")]
+    assert sorted(mine.fold.unique()) == [0, 1, 2]
+    assert not mine.condition.duplicated().any()  # each condition tested in exactly one fold
+    import anndata as ad
+    common = ad.read_h5ad(output / "datasets" / "simulated_grn_small" / "dataset.h5ad")
+    perturbations = set(common.obs.loc[~common.obs.is_control.astype(bool), "perturbation"].astype(str))
+    tested = {c.split("|")[0] for c in mine.condition}
+    assert tested == perturbations
+    results = pd.read_parquet(output / "results.parquet")
+    row = results[(results.method_id == "train_mean") & (results.metric_id == "mse_delta") & (results.stratum == "all")]
+    assert len(row) == 1 and int(row.n_conditions.iloc[0]) == len(mine)
