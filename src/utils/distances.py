@@ -169,20 +169,37 @@ def diagonal_ranks(distances: np.ndarray) -> np.ndarray:
 # Fast exact ranks for the metric components
 # ----------------------------------------------------------------------------------------------------
 
-def _distinct_rows(inputs, context: int, rows: np.ndarray, genes: np.ndarray):
+def _block(matrix: np.ndarray, rows: np.ndarray, genes: np.ndarray) -> np.ndarray:
+    """matrix[rows][:, genes] as a C-contiguous array, without a copy where it is the whole matrix."""
+    if len(rows) == matrix.shape[0] and len(genes) == matrix.shape[1] \
+            and (rows == np.arange(len(rows))).all() and (genes == np.arange(len(genes))).all():
+        return np.ascontiguousarray(matrix)
+    return np.ascontiguousarray(matrix[np.ix_(rows, genes)])
+
+
+def _distinct_rows(data, context: int, rows: np.ndarray, genes: np.ndarray):
     """The distinct predicted delta rows of a context over all draws: (U, index) with index[k, i] the
     row of U that is row i of draw k. Computed once per prediction (cached in `inputs.caches`)."""
+    inputs = data.inputs
     key = ("distinct", context)
     if key not in inputs.caches:
-        table, blocks, index = {}, [], np.empty((inputs.n_draws, len(rows)), dtype=np.int64)
-        for k in range(inputs.n_draws):
-            block = np.ascontiguousarray(inputs.predicted(k)[np.ix_(rows, genes)])
-            for i, row in enumerate(block):
-                position = table.setdefault(row.tobytes(), len(table))
-                if position == len(blocks):
-                    blocks.append(row)
-                index[k, i] = position
-        inputs.caches[key] = (np.vstack(blocks), index)
+        blocks = [_block(data.predicted if k == data.draw else inputs.predicted(k), rows, genes)
+                  for k in range(inputs.n_draws)]
+        stacked = blocks[0] if len(blocks) == 1 else np.vstack(blocks)
+        # rows with different fingerprints differ; only rows sharing one are compared byte by byte
+        probe = np.random.default_rng(0).normal(size=stacked.shape[1])
+        _, first, group = np.unique(stacked @ probe, return_index=True, return_inverse=True)
+        if len(first) == len(stacked):
+            distinct, index = stacked, np.arange(len(stacked))
+        else:
+            table, keep, index = {}, [], np.empty(len(stacked), dtype=np.int64)
+            for i, row in enumerate(stacked):
+                position = table.setdefault((int(group[i]), row.tobytes()), len(table))
+                if position == len(keep):
+                    keep.append(i)
+                index[i] = position
+            distinct = stacked[keep]
+        inputs.caches[key] = (distinct, index.reshape(inputs.n_draws, len(rows)))
     return inputs.caches[key]
 
 
@@ -269,9 +286,8 @@ def context_ranks(data, context: int, rows: np.ndarray, genes: np.ndarray, kinds
     `diagonal_ranks(pairwise_distances(...))` gives it ("cosine_observed": observed rows against
     predicted columns, PerturBench's rank). Cosine uses the rows' resolution as zero tolerance."""
     inputs = data.inputs
-    observed = data.shared(("context_observed", context),
-                           lambda: np.ascontiguousarray(data.observed[np.ix_(rows, genes)]))
-    distinct, index = _distinct_rows(inputs, context, rows, genes)
+    observed = data.shared(("context_observed", context), lambda: _block(data.observed, rows, genes))
+    distinct, index = _distinct_rows(data, context, rows, genes)
     row_of = index[data.draw]
     n_used = float(len(genes))
     out = {}

@@ -278,7 +278,7 @@ def run(par: dict, meta: dict, compute, name: str):
     n_draws = inputs.n_draws
     values = {m: v / n_draws for m, v in total.items()}
     unit = "conditions" if n_draws == 1 else f"condition-draws of {n_draws} draws"
-    counted = "; ".join(f"{what}: {counts[key]} {unit}" for key, (_, what) in first.counts.items())
+    counted = "; ".join(f"{what} for {counts[key]} {unit}" for key, (_, what) in first.counts.items())
     o = inputs.observed
     log_line = f"{name}: {o.truth.shape[0]} conditions x {o.truth.shape[1]} genes"         + (f"; {first.log}" if first.log else "") + (f"; {counted}" if counted else "")         + (f"; per-condition values are the mean over the {n_draws} draws of the prediction" if n_draws > 1 else "")
     write_score(inputs, values, uns={**first.uns, **counts}, log_line=log_line)
@@ -406,15 +406,20 @@ def masked_average_ranks(values: np.ndarray, keep: np.ndarray) -> np.ndarray:
     n, g = v.shape
     order = np.argsort(v, axis=1)  # the sort need not be stable: tied values share their average rank
     ordered = np.take_along_axis(v, order, axis=1)
-    start = np.ones((n, g), dtype=bool)  # first position of a run of equal values
+    del v
+    start = np.empty((n, g), dtype=bool)  # first position of a run of equal values (each row starts one)
+    start[:, 0] = True
     np.not_equal(ordered[:, 1:], ordered[:, :-1], out=start[:, 1:])
-    end = np.ones((n, g), dtype=bool)  # last position of a run
-    end[:, :-1] = start[:, 1:]
-    position = np.arange(g, dtype=np.int32)
-    first = np.maximum.accumulate(np.where(start, position, 0), axis=1)
-    last = np.minimum.accumulate(np.where(end, position, g)[:, ::-1], axis=1)[:, ::-1]
+    del ordered
+    flat = start.ravel()
+    run = np.cumsum(flat, dtype=np.int64) - 1  # run number of every sorted position, over all rows
+    first = np.flatnonzero(flat)
+    last = np.empty_like(first)
+    last[:-1], last[-1] = first[1:] - 1, n * g - 1
+    # average of the run's 1-based positions within its row
+    average = (first + last) * 0.5 - (first // g) * g + 1.0
     ranks = np.empty((n, g), dtype=np.float64)
-    np.put_along_axis(ranks, order, (first + last) * 0.5 + 1.0, axis=1)
+    np.put_along_axis(ranks, order, average[run].reshape(n, g), axis=1)
     return ranks
 
 
@@ -422,7 +427,11 @@ def snap(values: np.ndarray, resolution: np.ndarray) -> np.ndarray:
     """Round each row to multiples of its resolution, so that differences below the storage resolution
     become ties instead of an arbitrary order (rows with resolution 0 are returned unchanged)."""
     step = np.where(resolution > 0, resolution, 1.0)[:, None]
-    return np.where(resolution[:, None] > 0, np.round(values / step), values)
+    out = np.divide(values, step)
+    np.round(out, out=out)
+    unchanged = np.flatnonzero(resolution <= 0)
+    out[unchanged] = values[unchanged]
+    return out
 
 
 def masked_rowwise_spearman(a, b, keep, resolution, shared=None) -> tuple[np.ndarray, np.ndarray]:

@@ -41,8 +41,8 @@ def compute(data: mu.MetricData) -> mu.Result:
         accuracy[rows] = 1.0 - ranks["euclidean"] / (n - 1)
     return mu.Result(
         {"pearson_delta_perturbed_ref": pearson, "centroid_accuracy": accuracy},
-        counts={"n_pearson_undefined": (undefined & ~alone, "pearson undefined (constant, scored 0.0) for other "
-                                                            "conditions")},
+        counts={"n_pearson_undefined": (undefined & ~alone, "pearson undefined (constant, scored 0.0; conditions "
+                                                            "alone not counted)")},
         uns={"n_single_condition_contexts": int(len(np.unique(data.contexts[alone])))},
         log=f"{int(alone.sum())} conditions alone in their context (pearson 0.0, centroid accuracy 0.5)")
 
