@@ -43,20 +43,27 @@ def leave_one_out_means(values: np.ndarray, codes: np.ndarray, keep=None) -> tup
     every other row targets g, the plain mean of the other rows is used). Rows alone in their context
     get NaN (callers handle them).
     """
-    import scipy.sparse as sp
-
-    n_rows = values.shape[0]
-    n_groups = int(codes.max()) + 1
-    indicator = sp.csr_matrix((np.ones(n_rows), (codes, np.arange(n_rows))), shape=(n_groups, n_rows))
-    sizes = np.bincount(codes, minlength=n_groups)[codes]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        means = (np.asarray(indicator @ values)[codes] - values) / (sizes - 1)[:, None]
-        if keep is not None:
-            weight = np.asarray(keep, dtype=np.float64)
-            counts = np.asarray(indicator @ weight)[codes] - weight
-            kept_means = (np.asarray(indicator @ (values * weight))[codes] - values * weight) / counts
-            means = np.where(counts > 0, kept_means, means)
-    means[sizes == 1] = np.nan
+    values = np.asarray(values, dtype=np.float64)
+    sizes = np.bincount(codes)[codes]
+    means = np.empty_like(values)
+    for _, rows in groups(codes):
+        whole = len(rows) == values.shape[0]  # one context: no row gathering (its rows are all, in order)
+        block = values if whole else values[rows]
+        if len(rows) == 1:
+            means[rows] = np.nan
+            continue
+        kept = np.ones(block.shape, dtype=bool) if keep is None else (keep if whole else keep[rows])
+        others = np.where(kept, block, 0.0)
+        np.subtract(others.sum(axis=0), others, out=others)  # sum of the other rows that keep the gene
+        counts = np.subtract(kept.sum(axis=0, dtype=np.int32), kept, dtype=np.int32)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            np.divide(others, counts, out=others)
+        none = np.nonzero(counts == 0)  # every other row targets the gene: plain mean of the other rows
+        if len(none[0]):
+            others[none] = (block.sum(axis=0)[none[1]] - block[none]) / (len(rows) - 1)
+        if whole:
+            return others, sizes
+        means[rows] = others
     return means, sizes
 
 
