@@ -44,6 +44,8 @@ from distances import (TIE_RTOL, available_cpus, context_genes, context_ranks, d
                        groups, leave_one_out_means, pairwise_distances)
 
 DRAW_LAYER = "draw_{}"
+# The k of the observed top-k gene sets used by the metric components (one partition finds them all).
+OBSERVED_KS = (20, 100, 200)
 # Split labels copied from the solution into the score, so that aggregation need not parse paths.
 SPLIT_LABELS = ("split_seed", "fold", "n_folds")
 
@@ -132,7 +134,13 @@ class MetricData:
 
     def observed_top_k(self, k: int) -> np.ndarray:
         """`top_k_mask(|observed|, keep, k)`, computed once per solution."""
-        return self.shared(("top_k_mask", k), lambda: top_k_mask(np.abs(self.observed), self.keep, k))
+        return self.shared(("top_k_mask", k), lambda: top_k_mask(np.abs(self.observed), self.keep, k,
+                                                                 self.observed_thresholds()))
+
+    def observed_thresholds(self) -> dict:
+        """`_kth_largest(|observed|, keep, OBSERVED_KS)` thresholds, one partition per solution."""
+        return self.shared("observed_thresholds", lambda: _kth_largest(np.abs(self.observed), self.keep,
+                                                                       OBSERVED_KS)[1])
 
     def observed_leave_one_out(self):
         """`leave_one_out_means(truth, contexts, keep)`, computed once per solution."""
@@ -203,7 +211,8 @@ def _read_observed(io, par) -> Observed:
     for array in (control, truth, observed, keep):
         array.flags.writeable = False  # kept for the next metric: no script may change them
     result = Observed(solution=solution, control=control, truth=truth, observed=observed, keep=keep,
-                      contexts=context_codes(solution.obs), scale=np.maximum(_row_abs_max(truth), _row_abs_max(control)))
+                      contexts=context_codes(solution.obs),
+                      scale=np.maximum(_row_abs_max(truth), _row_abs_max(control)))
     _MEMO["solution"] = (key, result)
     return result
 
@@ -280,7 +289,10 @@ def run(par: dict, meta: dict, compute, name: str):
     unit = "conditions" if n_draws == 1 else f"condition-draws of {n_draws} draws"
     counted = "; ".join(f"{what} for {counts[key]} {unit}" for key, (_, what) in first.counts.items())
     o = inputs.observed
-    log_line = f"{name}: {o.truth.shape[0]} conditions x {o.truth.shape[1]} genes"         + (f"; {first.log}" if first.log else "") + (f"; {counted}" if counted else "")         + (f"; per-condition values are the mean over the {n_draws} draws of the prediction" if n_draws > 1 else "")
+    log_line = (f"{name}: {o.truth.shape[0]} conditions x {o.truth.shape[1]} genes"
+                + (f"; {first.log}" if first.log else "") + (f"; {counted}" if counted else "")
+                + (f"; per-condition values are the mean over the {n_draws} draws of the prediction"
+                   if n_draws > 1 else ""))
     write_score(inputs, values, uns={**first.uns, **counts}, log_line=log_line)
 
 
@@ -322,10 +334,12 @@ def _plain(value):
 # Gene selections
 # ----------------------------------------------------------------------------------------------------
 
-def _kth_largest(values: np.ndarray, keep: np.ndarray, ks):
+def _kth_largest(values: np.ndarray, keep: np.ndarray, ks, known: dict | None = None):
     """Per row: the masked values (non-kept = -inf) and, for each k of `ks`, k_row = min(k, kept genes)
-    and the k_row-th largest value (one partition for all k)."""
+    and the k_row-th largest value (one partition for all k; none where `known` has them already)."""
     v = np.where(keep, values, -np.inf)
+    if known is not None and all(k in known for k in ks):
+        return v, {k: known[k] for k in ks}
     kept = keep.sum(axis=1)
     kk = int(min(max(ks), v.shape[1]))
     top = np.partition(v, v.shape[1] - kk, axis=1)[:, v.shape[1] - kk:]  # the kk largest, unordered
@@ -337,11 +351,11 @@ def _kth_largest(values: np.ndarray, keep: np.ndarray, ks):
     return v, out
 
 
-def top_k_mask(values: np.ndarray, keep: np.ndarray, k: int) -> np.ndarray:
+def top_k_mask(values: np.ndarray, keep: np.ndarray, k: int, known: dict | None = None) -> np.ndarray:
     """Boolean mask of the k largest `values` of each row among its kept genes (all kept genes when a row
     keeps fewer than k). Ties at the boundary go to the genes that come first in the gene order, so the
-    selection is deterministic."""
-    v, (k_row, threshold) = _single(_kth_largest(values, keep, (k,)))
+    selection is deterministic. `known`: thresholds from `_kth_largest` of the same values, if any."""
+    v, (k_row, threshold) = _single(_kth_largest(values, keep, (k,), known))
     greater = v > threshold[:, None]
     ties = (v == threshold[:, None]) & keep
     need = k_row - greater.sum(axis=1)
@@ -366,14 +380,14 @@ def fractional_top_k(values: np.ndarray, keep: np.ndarray, k: int) -> tuple[np.n
     return membership.toarray(), k_row
 
 
-def fractional_top_ks(values: np.ndarray, keep: np.ndarray, ks) -> dict:
+def fractional_top_ks(values: np.ndarray, keep: np.ndarray, ks, known: dict | None = None) -> dict:
     """`fractional_top_k` for every k of `ks` ({k: (membership, k_row)}), sorting each row's top once.
     The memberships are sparse (CSR): at most k_row plus the tied genes per row are nonzero."""
     import scipy.sparse as sp
 
     if not len(ks):
         return {}
-    v, by_k = _kth_largest(values, keep, ks)
+    v, by_k = _kth_largest(values, keep, ks, known)
     out = {}
     for k, (k_row, threshold) in by_k.items():
         greater = v > threshold[:, None]

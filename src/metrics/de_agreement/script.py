@@ -28,8 +28,8 @@ def compute(data: mu.MetricData) -> mu.Result:
     undefined = [f"overlap_top{k}_de" for k in OVERLAP_K if (kept_genes <= k).all()]
     ks = [k for k in OVERLAP_K if f"overlap_top{k}_de" not in undefined]
     # expected |top-k observed & top-k predicted| / k under random tie-breaking on both sides
-    observed_top = data.shared(("fractional_top_k", tuple(ks)),
-                               lambda: mu.fractional_top_ks(np.abs(data.observed), keep, ks))
+    observed_top = data.shared(("fractional_top_k", tuple(ks)), lambda: mu.fractional_top_ks(
+        np.abs(data.observed), keep, ks, data.observed_thresholds()))
     predicted_top = mu.fractional_top_ks(np.abs(data.predicted), keep, ks)
     values = {}
     for k in ks:
