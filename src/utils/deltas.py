@@ -122,3 +122,18 @@ def label_match_mask(perturbations, var_names) -> np.ndarray:
         if j is not None:
             mask[i, j] = True
     return mask
+
+
+def deg_weights(effect: np.ndarray, keep: np.ndarray, resolution) -> np.ndarray:
+    """Per-row gene weights from the size of a perturbation-specific effect, Mejia et al.'s transform:
+    |effect| min-max scaled over the row's kept genes, squared, normalised to sum 1 (0 on other genes).
+    A row whose |effect| spans no more than its resolution gets uniform weights over its kept genes."""
+    size = np.abs(effect)
+    low = np.where(keep, size, np.inf).min(axis=1)
+    high = np.where(keep, size, -np.inf).max(axis=1)
+    span = high - low
+    flat = span <= np.asarray(resolution, dtype=np.float64)
+    scaled = (size - low[:, None]) / np.where(flat, 1.0, span)[:, None]
+    weights = np.where(keep, scaled ** 2, 0.0)
+    weights[flat] = keep[flat]
+    return weights / weights.sum(axis=1, keepdims=True)

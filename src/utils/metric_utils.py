@@ -1,5 +1,5 @@
 """Shared machinery of the metric components: reading the inputs once per process, scoring every draw of
-a stochastic prediction, gene selections, row-wise statistics, DEG weights, writing the score.
+a stochastic prediction, gene selections, row-wise statistics, writing the score (DEG weights: deltas.py).
 
 Included as a viash resource together with `distances.py`, `deltas.py`, `component_io.py` and
 `formats.py`; needs numpy, pandas, scipy and anndata. Every function works on (rows x genes) float64
@@ -40,6 +40,7 @@ import numpy as np
 import pandas as pd
 
 import deltas
+from deltas import deg_weights  # noqa: F401  (Mejia et al. 2025; used by weighted_error)
 from distances import (TIE_RTOL, available_cpus, context_genes, context_ranks, diagonal_ranks,  # noqa: F401
                        groups, leave_one_out_means, pairwise_distances)
 
@@ -486,22 +487,3 @@ def masked_rowwise_cosine(a, b, keep, atol=0.0) -> tuple[np.ndarray, np.ndarray]
 def signs(values: np.ndarray, resolution: np.ndarray) -> np.ndarray:
     """-1, 0 or +1 per entry; |value| at or below the row's resolution counts as 0 (no change)."""
     return np.where(np.abs(values) <= resolution[:, None], 0, np.sign(values)).astype(np.int8)
-
-
-# ----------------------------------------------------------------------------------------------------
-# DEG weights (Mejia et al. 2025)
-# ----------------------------------------------------------------------------------------------------
-
-def deg_weights(effect: np.ndarray, keep: np.ndarray, resolution) -> np.ndarray:
-    """Per-row gene weights from the size of a perturbation-specific effect, Mejia et al.'s transform:
-    |effect| min-max scaled over the row's kept genes, squared, normalised to sum 1 (0 on other genes).
-    A row whose |effect| spans no more than its resolution gets uniform weights over its kept genes."""
-    size = np.abs(effect)
-    low = np.where(keep, size, np.inf).min(axis=1)
-    high = np.where(keep, size, -np.inf).max(axis=1)
-    span = high - low
-    flat = span <= np.asarray(resolution, dtype=np.float64)
-    scaled = (size - low[:, None]) / np.where(flat, 1.0, span)[:, None]
-    weights = np.where(keep, scaled ** 2, 0.0)
-    weights[flat] = keep[flat]
-    return weights / weights.sum(axis=1, keepdims=True)
