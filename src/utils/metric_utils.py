@@ -138,6 +138,11 @@ class MetricData:
         return self.shared(("top_k_mask", k), lambda: top_k_mask(np.abs(self.observed), self.keep, k,
                                                                  self.observed_thresholds()))
 
+    def observed_top_k_genes(self, k: int):
+        """The genes of `observed_top_k(k)` compactly: (columns, valid), row i's genes left-aligned in
+        `columns[i]` and padding marked False in `valid` (statistics over k genes cost k, not all genes)."""
+        return self.shared(("top_k_genes", k), lambda: compact(self.observed_top_k(k)))
+
     def observed_thresholds(self) -> dict:
         """`_kth_largest(|observed|, keep, OBSERVED_KS)` thresholds, one partition per solution."""
         return self.shared("observed_thresholds", lambda: _kth_largest(np.abs(self.observed), self.keep,
@@ -367,6 +372,20 @@ def top_k_mask(values: np.ndarray, keep: np.ndarray, k: int, known: dict | None 
     return mask
 
 
+def compact(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(columns, valid): per row the column indices of the row's True entries in order, left-aligned and
+    padded to the longest row; `valid` is False on padding. Gather with np.take_along_axis(a, columns, 1)."""
+    counts = mask.sum(axis=1)
+    width = max(int(counts.max(initial=0)), 1)
+    rows, cols = np.nonzero(mask)
+    position = np.arange(len(rows)) - np.repeat(np.cumsum(counts) - counts, counts)
+    columns = np.zeros((mask.shape[0], width), dtype=np.int64)
+    valid = np.zeros((mask.shape[0], width), dtype=bool)
+    columns[rows, position] = cols
+    valid[rows, position] = True
+    return columns, valid
+
+
 def _single(result):
     v, by_k = result
     return v, next(iter(by_k.values()))
@@ -417,10 +436,9 @@ def row_dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def masked_average_ranks(values: np.ndarray, keep: np.ndarray, dtype=np.float64) -> np.ndarray:
     """Per row, the 1-based rank of each kept value among the row's kept values, ties sharing their
     average rank (non-kept entries get ranks above every kept one; ignore them). `dtype` float32 halves
-    the memory traffic; use it only where the values are exactly representable (e.g. snapped integers
-    below 2**24) and rows are shorter than 2**23 (ranks are multiples of 1/2)."""
-    v = np.where(keep, values, np.inf).astype(dtype, copy=False)
-    n, g = v.shape
+    the memory traffic of the ranks (exact for rows shorter than 2**23: ranks are multiples of 1/2)."""
+    n, g = values.shape
+    v = np.where(keep, values, np.inf)
     order = np.argsort(v, axis=1)  # the sort need not be stable: tied values share their average rank
     ordered = np.take_along_axis(v, order, axis=1)
     del v
@@ -463,11 +481,9 @@ def masked_rowwise_spearman(a, b, keep, resolution, shared=None) -> tuple[np.nda
 
 
 def _snapped_ranks(values, keep, resolution) -> np.ndarray:
-    """Average ranks of the snapped values: in float32 where that is exact (snapped values are integers,
-    at most 1 / (4 float32 epsilons) = 2**21 in size, unless a row's resolution is 0)."""
+    """Average ranks of the values snapped to the row's resolution (float32 ranks where exact)."""
     snapped = snap(values, resolution)
-    exact = (resolution > 0).all() and np.abs(snapped).max(initial=0.0) < 2.0 ** 24 and snapped.shape[1] < 2 ** 22
-    return masked_average_ranks(snapped, keep, dtype=np.float32 if exact else np.float64)
+    return masked_average_ranks(snapped, keep, dtype=np.float32 if snapped.shape[1] < 2 ** 22 else np.float64)
 
 
 def masked_rowwise_cosine(a, b, keep, atol=0.0) -> tuple[np.ndarray, np.ndarray]:

@@ -39,7 +39,9 @@ def compute(data: mu.MetricData) -> mu.Result:
     # three-valued signs; |delta| at or below the row's storage resolution is 0 ("no change")
     same_sign = mu.signs(data.predicted, data.resolution) == mu.signs(data.observed, data.resolution)
     values["direction_accuracy"] = deltas.masked_mean(same_sign, keep)
-    values[f"direction_accuracy_top{DIRECTION_K}_de"] = deltas.masked_mean(same_sign, data.observed_top_k(DIRECTION_K))
+    columns, valid = data.observed_top_k_genes(DIRECTION_K)
+    values[f"direction_accuracy_top{DIRECTION_K}_de"] = deltas.masked_mean(
+        np.take_along_axis(same_sign, columns, axis=1), valid)
 
     short = {k: int((kept_genes < k).sum()) for k in OVERLAP_K}
     return mu.Result(

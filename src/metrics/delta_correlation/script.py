@@ -11,6 +11,8 @@ meta = {"name": "delta_correlation", "resources_dir": "src/utils", "config": Non
 
 sys.path.append(meta["resources_dir"])
 
+import numpy as np  # noqa: E402
+
 import deltas  # noqa: E402
 import metric_utils as mu  # noqa: E402
 
@@ -26,8 +28,10 @@ def compute(data: mu.MetricData) -> mu.Result:
     undefined = {"spearman_delta": spearman_undefined, "cosine_delta": cosine_undefined}
     for k in TOP_K:
         # Pearson over the k non-target genes with the largest observed |delta| (all of them when fewer)
+        columns, valid = data.observed_top_k_genes(k)
         values[f"pearson_top{k}_de"], undefined[f"pearson_top{k}_de"] = deltas.masked_rowwise_pearson(
-            data.predicted, data.observed, data.observed_top_k(k), atol=tol)
+            np.take_along_axis(data.predicted, columns, axis=1), np.take_along_axis(data.observed, columns, axis=1),
+            valid, atol=tol)
     return mu.Result(values, counts={f"n_undefined_{m}": (flags, f"{m} undefined (constant or zero delta, scored "
                                                                  "0.0)") for m, flags in undefined.items()},
                      log=f"{int((~keep).sum())} target entries excluded")

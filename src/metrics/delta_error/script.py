@@ -11,6 +11,8 @@ meta = {"name": "delta_error", "resources_dir": "src/utils", "config": None}
 
 sys.path.append(meta["resources_dir"])
 
+import numpy as np  # noqa: E402
+
 import deltas  # noqa: E402
 import metric_utils as mu  # noqa: E402
 
@@ -25,7 +27,9 @@ def compute(data: mu.MetricData) -> mu.Result:
               "pearson_delta": pearson}
     for k in TOP_K:
         # the k non-target genes with the largest observed |delta| (all of them when fewer than k)
-        values[f"mse_top{k}_de"] = deltas.masked_errors(data.predicted, data.observed, data.observed_top_k(k))["mse"]
+        columns, valid = data.observed_top_k_genes(k)
+        values[f"mse_top{k}_de"] = deltas.masked_errors(np.take_along_axis(data.predicted, columns, axis=1),
+                                                        np.take_along_axis(data.observed, columns, axis=1), valid)["mse"]
     short = {k: int((keep.sum(axis=1) < k).sum()) for k in TOP_K}
     return mu.Result(values, counts={"n_pearson_undefined": (undefined, "pearson_delta undefined (constant delta, "
                                                                         "scored 0.0)")},
