@@ -211,7 +211,7 @@ def test_scripts_in_one_process_read_once_and_agree_with_separate_processes(tmp_
         return original(self, name, *args, **kwargs)
 
     monkeypatch.setattr(component_io.ComponentIO, "read", counting)
-    mu._MEMO.clear()
+    mu.forget_inputs()
     for component in ("delta_error", "systema", "weighted_error"):
         together = run_in_process(component, solution, prediction, tmp_path / f"{component}_1.h5ad")
         code, alone, log = score(component, solution, prediction, tmp_path / f"{component}_2.h5ad")
@@ -225,7 +225,7 @@ def test_scripts_in_one_process_read_once_and_agree_with_separate_processes(tmp_
     again = run_in_process("delta_error", solution, prediction, tmp_path / "again.h5ad")
     np.testing.assert_allclose(again.obs["mse_delta"], 1.0, rtol=1e-6)
     assert reads[2:] == ["input_solution", "input_prediction"]
-    mu._MEMO.clear()
+    mu.forget_inputs()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -263,7 +263,7 @@ def test_context_ranks_equal_the_previous_implementation(tmp_path, case):
     observed, predictions = fixed_cases()
     predicted = predictions[case]
     solution, prediction = write_files(tmp_path, observed, [predicted])
-    mu._MEMO.clear()
+    mu.forget_inputs()
     inputs = mu.read_inputs({"input_solution": str(solution), "input_prediction": str(prediction),
                              "output": str(tmp_path / "s.h5ad")}, {"config": None})
     data = inputs.draw(0)
@@ -272,7 +272,7 @@ def test_context_ranks_equal_the_previous_implementation(tmp_path, case):
     want = previous_ranks(data.predicted, data.observed, data.resolution)
     for kind in want:
         np.testing.assert_array_equal(got[kind], want[kind], err_msg=kind)
-    mu._MEMO.clear()
+    mu.forget_inputs()
 
 
 @pytest.mark.parametrize("case", ["decent", "good", "shuffled", "rounded"])

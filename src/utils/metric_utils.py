@@ -21,7 +21,7 @@ over draws (condition x draw pairs).
 
 Several metric scripts may run one after the other in one Python process (the local engine does): the
 validated inputs and the quantities that depend only on the solution are kept for the next script as
-long as the files are unchanged (same path, size and modification time).
+long as the files are unchanged (same path, size and modification time); `forget_inputs()` drops them.
 
 Conventions shared by all metric components (each config's description repeats what applies to it):
 - delta = profile minus the solution's `control` layer (same control for prediction and observation);
@@ -182,6 +182,11 @@ def context_codes(obs: pd.DataFrame) -> np.ndarray:
 # One entry each: the last solution and the last prediction read by this process, keyed by file identity
 # and the format they were checked against.
 _MEMO: dict = {}
+
+
+def forget_inputs():
+    """Drop the kept solution and prediction (a long-lived worker calls this to free their memory)."""
+    _MEMO.clear()
 
 
 def _file_key(path) -> tuple:
