@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Time every metric component on a large synthetic split, next to cell-eval (not part of the test suite).
 
-    python benchmarks/metrics.py [--n_conditions 2000] [--n_genes 8000] [--n_contexts 1] [--skip_cell_eval] [--keep DIR]
+    python benchmarks/metrics.py [--n_conditions 2000] [--n_genes 8000] [--n_contexts 1] [--skip_cell_eval]
+                                 [--keep DIR] [--baseline TREE] [--random_draws K] [--skip_separate]
 
 Generates a solution (`--n_conditions` held-out perturbations in `--n_contexts` cell types, each a single
 or double knock-down of measured genes, with replicate halves and a control layer) and a prediction (the
@@ -13,12 +14,23 @@ the score. cell-eval then scores the same profiles with `MetricsEvaluator(..., s
 discrimination_score_l1/l2/cosine, pearson_edistance, clustering_agreement), one evaluator per context
 (cell-eval has no contexts), with file paths as inputs so that it reads its files as our components do.
 Prints one line per component with wall time and peak memory, the totals, and the speed-up.
+
+It then times every metric script of src/metrics one after the other in one Python process (how the
+local engine's worker scores one prediction: the inputs are read and checked once, later scripts reuse
+them), with each component's processed config so that inputs are validated as in a real run. With
+`--baseline TREE` (a checkout of an earlier commit, e.g. `git archive <commit> | tar -x -C TREE`) the
+same in-process timing runs on that tree's scripts first and both are printed (before / after). With
+`--random_draws K` a prediction with K draws is also scored (each draw gives every condition the
+observed profile of a random condition of its context, as random_perturbation does with training
+profiles; K is capped like random_perturbation's, at 200 MB of float32 draws).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import resource
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -122,13 +134,93 @@ def time_cell_eval(paths, outdir: Path) -> tuple[float, float, str]:
     return time.perf_counter() - start, time.process_time() - start_cpu, f"cell-eval {version('cell-eval')}"
 
 
+MAX_DRAW_BYTES = 200_000_000  # random_perturbation's bound on its draws
+
+
+def write_random_draws(directory: Path, n_draws: int, seed: int = 1) -> int:
+    """random.h5ad: `n_draws` draws (capped at MAX_DRAW_BYTES of float32), each row the observed profile
+    of a random condition of the same context; returns the number of draws written."""
+    import anndata as ad
+
+    solution = ad.read_h5ad(directory / "solution.h5ad")
+    n_draws = max(1, min(n_draws, MAX_DRAW_BYTES // (4 * solution.n_obs * solution.n_vars)))
+    rng = np.random.default_rng(seed)
+    contexts = solution.obs["cell_type"].astype(str).to_numpy()
+    drawn = np.empty((n_draws, solution.n_obs), dtype=np.int64)
+    for context in np.unique(contexts):
+        members = np.flatnonzero(contexts == context)
+        drawn[:, members] = members[rng.integers(len(members), size=(n_draws, len(members)))]
+    X = np.asarray(solution.X)
+    prediction = ad.AnnData(X=X[drawn[0]], obs=pd.DataFrame(index=solution.obs_names.copy()), var=solution.var.copy(),
+                            uns={"dataset_id": solution.uns["dataset_id"], "task_id": solution.uns["task_id"],
+                                 "method_id": "random_draws", "n_draws": n_draws},
+                            layers={f"draw_{k}": X[drawn[k]] for k in range(1, n_draws)})
+    prediction.write_h5ad(directory / "random.h5ad")
+    return n_draws
+
+
+def one_process_worker(tree: Path, directory: Path, prediction: str) -> int:
+    """Run every metric script of `tree` in this process, one after the other; print JSON timings."""
+    import tempfile as _tempfile
+
+    import yaml
+
+    from perturbcast.config import load_config
+
+    results = []
+    utils = tree / "src" / "utils"
+    sys.path.insert(0, str(utils))
+    configs = sorted((tree / "src" / "metrics").glob("*/config.vsh.yaml"))
+    start_all, cpu_all = time.perf_counter(), time.process_time()
+    for path in configs:
+        config = load_config(path)
+        with _tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as handle:
+            yaml.safe_dump(config.raw, handle)  # the merged config, as viash writes it beside the script
+        source = (path.parent / "script.py").read_text().split("## VIASH END", 1)[1]
+        par = {"input_solution": str(directory / "solution.h5ad"), "input_prediction": str(directory / prediction),
+               "output": str(directory / f"one_{tree.name}_{config.name}.h5ad")}
+        meta = {"name": config.name, "resources_dir": str(utils), "config": handle.name}
+        start, cpu = time.perf_counter(), time.process_time()
+        import contextlib
+        import io
+
+        with contextlib.redirect_stderr(io.StringIO()):
+            exec(compile("import sys\n" + source, str(path.parent / "script.py"), "exec"), {"par": par, "meta": meta})
+        results.append((config.name, time.perf_counter() - start, time.process_time() - cpu))
+        Path(handle.name).unlink()
+    print(json.dumps({"components": results, "total": time.perf_counter() - start_all,
+                      "cpu": time.process_time() - cpu_all,
+                      "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    return 0
+
+
+def time_one_process(tree: Path, directory: Path, prediction: str, label: str) -> float:
+    """Print the one-process timings of `tree`'s metric scripts on `prediction`; returns the total wall."""
+    output = subprocess.run([sys.executable, __file__, "--worker", str(tree), str(directory), prediction],
+                            capture_output=True, text=True)
+    if output.returncode != 0:
+        print(f"{label}: failed\n{output.stderr[-2000:]}")
+        return float("nan")
+    timing = json.loads(output.stdout.strip().splitlines()[-1])
+    for name, wall, cpu in timing["components"]:
+        print(f"  {label:<10} {name:<20} {wall:8.1f} {cpu:7.1f}", flush=True)
+    print(f"  {label:<10} {'all, one process':<20} {timing['total']:8.1f} {timing['cpu']:7.1f}  "
+          f"peak {timing['peak_mib']:.0f} MiB", flush=True)
+    return timing["total"]
+
+
 def main() -> int:
+    if len(sys.argv) == 5 and sys.argv[1] == "--worker":
+        return one_process_worker(Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4])
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n_conditions", type=int, default=2000)
     parser.add_argument("--n_genes", type=int, default=8000)
     parser.add_argument("--n_contexts", type=int, default=1)
     parser.add_argument("--skip_cell_eval", action="store_true")
     parser.add_argument("--keep", type=Path, help="keep the generated files in this directory")
+    parser.add_argument("--baseline", type=Path, help="a checkout of an earlier commit to time first (before)")
+    parser.add_argument("--random_draws", type=int, default=0, help="also score a prediction with this many draws")
+    parser.add_argument("--skip_separate", action="store_true", help="skip the one-process-per-component timing")
     args = parser.parse_args()
 
     directory = args.keep or Path(tempfile.mkdtemp(prefix="perturbcast-metrics-"))
@@ -138,6 +230,20 @@ def main() -> int:
         paths = synthetic_split(directory, args.n_conditions, args.n_genes, args.n_contexts)
         print(f"generated {args.n_conditions} conditions x {args.n_genes} genes in {args.n_contexts} context(s) "
               f"in {time.perf_counter() - start:.1f} s", flush=True)
+        print(f"every metric script in one process ({'component':<20} {'wall s':>8} {'CPU s':>7})", flush=True)
+        before = time_one_process(args.baseline, directory, "prediction.h5ad", "before") if args.baseline else None
+        after = time_one_process(ROOT, directory, "prediction.h5ad", "after")
+        if before is not None:
+            print(f"one process, all metric ids: before {before:.1f} s, after {after:.1f} s "
+                  f"({before / after:.1f}x)", flush=True)
+        if args.random_draws:
+            start = time.perf_counter()
+            n_draws = write_random_draws(directory, args.random_draws)
+            print(f"random draws: {n_draws} draws written in {time.perf_counter() - start:.1f} s "
+                  f"(requested {args.random_draws}, cap {MAX_DRAW_BYTES / 1e6:.0f} MB of float32)", flush=True)
+            time_one_process(ROOT, directory, "random.h5ad", f"{n_draws} draws")
+        if args.skip_separate:
+            return 0
         metrics = [c for c in discover_components(ROOT) if c.component_type == "metric"]
         total = total_cpu = 0.0
         print(f"{'component':<20} {'wall s':>8} {'CPU s':>7} {'peak MiB':>9}  metric ids", flush=True)

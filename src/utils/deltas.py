@@ -85,20 +85,22 @@ def masked_rowwise_pearson(a: np.ndarray, b: np.ndarray, keep: np.ndarray, atol=
     (scalar or one value per row; a floor of 64 float64 epsilons of the row's magnitude always applies).
     Undefined rows get r = 0.0, never NaN; `undefined` flags them.
     """
-    a = np.asarray(a, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
     keep = np.asarray(keep, dtype=bool)
     n = _row_counts(keep)
     safe_n = np.maximum(n, 1.0)
-    centred_a = np.where(keep, a - (np.where(keep, a, 0.0).sum(axis=1) / safe_n)[:, None], 0.0)
-    centred_b = np.where(keep, b - (np.where(keep, b, 0.0).sum(axis=1) / safe_n)[:, None], 0.0)
-    ss_a = (centred_a ** 2).sum(axis=1)
-    ss_b = (centred_b ** 2).sum(axis=1)
-    cross = (centred_a * centred_b).sum(axis=1)
-    atol = np.broadcast_to(np.asarray(atol, dtype=np.float64), n.shape)
     eps = 64 * np.finfo(np.float64).eps
-    tol_a = np.maximum(atol, eps * np.abs(np.where(keep, a, 0.0)).max(axis=1, initial=0.0))
-    tol_b = np.maximum(atol, eps * np.abs(np.where(keep, b, 0.0)).max(axis=1, initial=0.0))
+    atol = np.broadcast_to(np.asarray(atol, dtype=np.float64), n.shape)
+    centred, sums_of_squares, tolerances = [], [], []
+    for x in (a, b):
+        kept = np.where(keep, np.asarray(x, dtype=np.float64), 0.0)
+        largest = np.maximum(kept.max(axis=1, initial=0.0), -kept.min(axis=1, initial=0.0))
+        kept -= (kept.sum(axis=1) / safe_n)[:, None]
+        np.multiply(kept, keep, out=kept)  # centred over the kept entries, 0 elsewhere
+        centred.append(kept)
+        sums_of_squares.append(np.einsum("ij,ij->i", kept, kept))
+        tolerances.append(np.maximum(atol, eps * largest))
+    (ss_a, ss_b), (tol_a, tol_b) = sums_of_squares, tolerances
+    cross = np.einsum("ij,ij->i", centred[0], centred[1])
     undefined = (n < 2) | (np.sqrt(ss_a / safe_n) <= tol_a) | (np.sqrt(ss_b / safe_n) <= tol_b)
     with np.errstate(invalid="ignore", divide="ignore"):
         r = np.where(undefined, 0.0, cross / np.sqrt(ss_a * ss_b))
@@ -120,3 +122,18 @@ def label_match_mask(perturbations, var_names) -> np.ndarray:
         if j is not None:
             mask[i, j] = True
     return mask
+
+
+def deg_weights(effect: np.ndarray, keep: np.ndarray, resolution) -> np.ndarray:
+    """Per-row gene weights from the size of a perturbation-specific effect, Mejia et al.'s transform:
+    |effect| min-max scaled over the row's kept genes, squared, normalised to sum 1 (0 on other genes).
+    A row whose |effect| spans no more than its resolution gets uniform weights over its kept genes."""
+    size = np.abs(effect)
+    low = np.where(keep, size, np.inf).min(axis=1)
+    high = np.where(keep, size, -np.inf).max(axis=1)
+    span = high - low
+    flat = span <= np.asarray(resolution, dtype=np.float64)
+    scaled = (size - low[:, None]) / np.where(flat, 1.0, span)[:, None]
+    weights = np.where(keep, scaled ** 2, 0.0)
+    weights[flat] = keep[flat]
+    return weights / weights.sum(axis=1, keepdims=True)

@@ -1,68 +1,181 @@
-"""Shared machinery of the metric components: reading the inputs, row-wise statistics on masks, distances
-within contexts, ranks with ties, leave-one-out centroids, DEG weights, writing the score.
+"""Shared machinery of the metric components: reading the inputs once per process, scoring every draw of
+a stochastic prediction, gene selections, row-wise statistics, writing the score (DEG weights: deltas.py).
 
-Included as a viash resource together with `deltas.py`, `component_io.py` and `formats.py`; needs numpy,
-pandas, scipy and anndata. Every function works on (rows x genes) float64 arrays, one row per test
-condition, and a boolean `keep` matrix of the same shape (True = the gene is scored for that row; the
-row's target genes are False), as in `deltas.py`.
+Included as a viash resource together with `selections.py`, `distances.py`, `deltas.py`,
+`component_io.py` and `formats.py`; needs numpy, pandas, scipy and anndata. Every function works on
+(rows x genes) float64 arrays, one row per test condition, and a boolean `keep` matrix of the same shape
+(True = the gene is scored for that row; the row's target genes are False), as in `deltas.py`. A metric
+script is
 
-    data = read_inputs(par, meta)            # validated solution + prediction, deltas, keep, contexts
-    top = top_k_mask(np.abs(data.observed), data.keep, 20)
-    ...
-    write_score(data, {"metric_id": per_row_values}, log_line="...")
+    def compute(data: MetricData) -> Result:     # one draw of the prediction
+        top = data.observed_top_k(20)             # observed-side quantities are computed once per solution
+        ...
+        return Result({"metric_id": per_row_values}, counts={"n_undefined": flags}, log="...")
+
+    run(par, meta, compute, "component_name")
+
+Stochastic predictions: `uns['n_draws']` = K > 1 means X is draw 0 and `layers['draw_1']` ...
+`layers['draw_{K-1}']` are the others (each checked like X). `run` calls `compute` once per draw, each
+draw a complete prediction matrix, and scores the per-condition mean over draws (the expectation of the
+metric over the prediction's distribution, not the metric of the mean prediction); `counts` are summed
+over draws (condition x draw pairs).
+
+Several metric scripts may run one after the other in one Python process (the local engine does): the
+validated inputs and the quantities that depend only on the solution are kept for the next script as
+long as the files are unchanged (same path, size and modification time); `forget_inputs()` drops them.
 
 Conventions shared by all metric components (each config's description repeats what applies to it):
 - delta = profile minus the solution's `control` layer (same control for prediction and observation);
 - a *context* is a cell_type x condition; comparisons between conditions stay inside a context and use
   the genes that are a target of none of the context's test conditions (`context_genes`);
 - "constant" means a spread at or below the row's storage resolution, `resolution` = 4 float32 epsilons
-  times the largest absolute value of the row in the solution, its control or the prediction;
+  times the largest absolute value of the row in the solution, its control or the prediction (the draw);
 - no metric value is ever NaN: undefined cases get a documented constant and are counted in the log.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
 import deltas
+from deltas import deg_weights  # noqa: F401  (Mejia et al. 2025; used by weighted_error)
+from selections import (_kth_largest, compact, fractional_top_k, fractional_top_ks,  # noqa: F401
+                        row_dot, sparse_row_dot, top_k_mask)
+from distances import (TIE_RTOL, available_cpus, context_genes, context_ranks, diagonal_ranks,  # noqa: F401
+                       groups, leave_one_out_means, pairwise_distances)
 
-# Two distances (or similarities) closer than this, relative to the largest one of the row, are a tie:
-# far above float64 round-off of sums over thousands of genes, far below any difference of profiles
-# stored in float32.
-TIE_RTOL = 1e-9
+DRAW_LAYER = "draw_{}"
+# The k of the observed top-k gene sets used by the metric components (one partition finds them all).
+OBSERVED_KS = (20, 100, 200)
+# Rows ranked at a time (a block of 8,000 genes stays within a few MB of cache).
+RANK_BLOCK_ROWS = 128
+# Split labels copied from the solution into the score, so that aggregation need not parse paths.
+SPLIT_LABELS = ("split_seed", "fold", "n_folds")
 
 
 # ----------------------------------------------------------------------------------------------------
-# Inputs and output
+# Inputs, draws and output
 # ----------------------------------------------------------------------------------------------------
 
 @dataclass
+class Observed:
+    """The solution side, identical for every draw and every prediction scored against the solution."""
+    solution: object
+    control: np.ndarray      # rows x genes, the solution's control layer
+    truth: np.ndarray        # rows x genes, observed profile (solution X)
+    observed: np.ndarray     # truth - control
+    keep: np.ndarray         # True = gene scored for the row (not one of its targets)
+    contexts: np.ndarray     # per row, integer code of its cell_type x condition
+    scale: np.ndarray        # per row, largest |value| of truth and control
+    shared: dict = field(default_factory=dict)  # quantities of the observation only, computed on demand
+
+
+@dataclass
+class Inputs:
+    """A validated solution and prediction; `draw(k)` is the k-th draw of the prediction as MetricData."""
+    io: object
+    par: dict
+    observed: Observed
+    prediction: object
+    matrices: list           # draw k's stored matrix (X for k = 0)
+    caches: dict             # prediction-level cache (e.g. distances of the distinct rows of all draws)
+
+    @property
+    def n_draws(self) -> int:
+        return len(self.matrices)
+
+    def predicted(self, k: int) -> np.ndarray:
+        """Draw k's predicted delta (float64)."""
+        return deltas.as_dense(self.matrices[k]) - self.observed.control
+
+    def draw(self, k: int) -> "MetricData":
+        o = self.observed
+        guess = deltas.as_dense(self.matrices[k])
+        resolution = storage_resolution(guess, scale=o.scale)
+        return MetricData(io=self.io, par=self.par, solution=o.solution, prediction=self.prediction,
+                          control=o.control, truth=o.truth, guess=guess, observed=o.observed,
+                          predicted=guess - o.control, keep=o.keep, resolution=resolution, contexts=o.contexts,
+                          draw=k, n_draws=self.n_draws, inputs=self, cache={})
+
+
+@dataclass
 class MetricData:
+    """One draw of the prediction with the solution, as a metric's `compute` sees it."""
     io: object
     par: dict
     solution: object
     prediction: object
     control: np.ndarray      # rows x genes, the solution's control layer
     truth: np.ndarray        # rows x genes, observed profile (solution X)
-    guess: np.ndarray        # rows x genes, predicted profile (prediction X)
+    guess: np.ndarray        # rows x genes, predicted profile (this draw)
     observed: np.ndarray     # truth - control
     predicted: np.ndarray    # guess - control
     keep: np.ndarray         # True = gene scored for the row (not one of its targets)
     resolution: np.ndarray   # per row, the storage resolution (see module docstring)
     contexts: np.ndarray     # per row, integer code of its cell_type x condition
+    draw: int = 0
+    n_draws: int = 1
+    inputs: Inputs | None = None
+    cache: dict = field(default_factory=dict)  # this draw's quantities shared between functions
 
     @property
     def n_rows(self) -> int:
         return self.truth.shape[0]
 
+    def shared(self, key, compute, version=None):
+        """`compute()` once per solution (and per process), for quantities of the observation only;
+        recomputed when `version` (e.g. the resolution they depend on) differs from the kept one's."""
+        store = self.inputs.observed.shared if self.inputs is not None else self.cache
+        if key not in store or store[key][0] != version:
+            store.pop(key, None)  # free the old value before computing the new one
+            value = compute()
+            for array in value if isinstance(value, tuple) else (value,):
+                if isinstance(array, np.ndarray):
+                    array.flags.writeable = False  # kept for the next draw or metric: nobody may change it
+            store[key] = (version, value)
+        return store[key][1]
 
-def storage_resolution(*arrays, factor: float = 4.0) -> np.ndarray:
+    def observed_top_k(self, k: int) -> np.ndarray:
+        """`top_k_mask(|observed|, keep, k)`, computed once per solution."""
+        return self.shared(("top_k_mask", k), lambda: top_k_mask(np.abs(self.observed), self.keep, k,
+                                                                 self.observed_thresholds()))
+
+    def observed_top_k_genes(self, k: int):
+        """The genes of `observed_top_k(k)` compactly: (columns, valid), row i's genes left-aligned in
+        `columns[i]` and padding marked False in `valid` (statistics over k genes cost k, not all genes)."""
+        return self.shared(("top_k_genes", k), lambda: compact(self.observed_top_k(k)))
+
+    def observed_thresholds(self) -> dict:
+        """`_kth_largest(|observed|, keep, OBSERVED_KS)` thresholds, one partition per solution."""
+        return self.shared("observed_thresholds", lambda: _kth_largest(np.abs(self.observed), self.keep,
+                                                                       OBSERVED_KS)[1])
+
+    def observed_leave_one_out(self):
+        """`leave_one_out_means(truth, contexts, keep)`, computed once per solution."""
+        return self.shared("leave_one_out", lambda: leave_one_out_means(self.truth, self.contexts, keep=self.keep))
+
+
+@dataclass
+class Result:
+    """What `compute` returns for one draw."""
+    values: dict                                 # metric id -> per-condition values
+    counts: dict = field(default_factory=dict)   # uns key -> (per-condition flags, what they count)
+    uns: dict = field(default_factory=dict)      # score uns extras that depend on the solution only
+    log: str = ""                                # facts of the solution for the log line
+
+
+def storage_resolution(*arrays, factor: float = 4.0, scale=None) -> np.ndarray:
     """Per row: `factor` float32 epsilons times the largest absolute value of the row in any of `arrays`
-    (same value as `deltas.float32_tolerance`, without copying arrays that are already dense)."""
-    scale = np.max([np.maximum(a.max(axis=1, initial=0.0), -a.min(axis=1, initial=0.0)) for a in arrays], axis=0)
-    return factor * float(np.finfo(np.float32).eps) * scale
+    (and `scale`, a precomputed per-row maximum); same value as `deltas.float32_tolerance`."""
+    largest = [_row_abs_max(a) for a in arrays] + ([scale] if scale is not None else [])
+    return factor * float(np.finfo(np.float32).eps) * np.max(largest, axis=0)
+
+
+def _row_abs_max(a: np.ndarray) -> np.ndarray:
+    return np.maximum(a.max(axis=1, initial=0.0), -a.min(axis=1, initial=0.0))
 
 
 def context_codes(obs: pd.DataFrame) -> np.ndarray:
@@ -71,39 +184,143 @@ def context_codes(obs: pd.DataFrame) -> np.ndarray:
     return pd.factorize(labels, sort=False)[0].astype(np.int64)
 
 
-def read_inputs(par: dict, meta: dict) -> MetricData:
-    """Read and check `--input_solution` and `--input_prediction` (one-line error and exit 1 if they do
-    not conform: missing slots, NaN or infinite values, other rows or genes or another gene order, another
-    dataset or task), and compute the deltas, the target mask and the contexts."""
-    from component_io import ComponentIO, fail
+# One entry each: the last solution and the last prediction read by this process, keyed by file identity
+# and the format they were checked against.
+_MEMO: dict = {}
 
-    io = ComponentIO(par, meta)
+
+def forget_inputs():
+    """Drop the kept solution and prediction (a long-lived worker calls this to free their memory)."""
+    _MEMO.clear()
+
+
+def _file_key(path) -> tuple:
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return (str(path), None, None)  # the reader reports the problem
+    return (os.path.realpath(path), stat.st_size, stat.st_mtime_ns)
+
+
+def _format_key(io, name: str) -> str:
+    return repr((io.specs.get(name) or {}).get("info"))
+
+
+def _read_observed(io, par) -> Observed:
+    from component_io import fail
+
+    key = (_file_key(par.get("input_solution")), _format_key(io, "input_solution"))
+    cached = _MEMO.get("solution")
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    _MEMO.pop("solution", None)
+    _MEMO.pop("prediction", None)
     solution = io.read("input_solution")
-    prediction = io.read("input_prediction")  # rows and genes must match the solution's, in the same order
-    for key in ("dataset_id", "task_id"):
-        if str(prediction.uns[key]) != str(solution.uns[key]):
-            fail(f"--input_prediction file '{par['input_prediction']}': uns['{key}'] is {prediction.uns[key]!r} but "
-                 f"the solution's is {solution.uns[key]!r}; expected a prediction for the same split")
     control = deltas.as_dense(solution.layers[deltas.CONTROL])
     truth = deltas.as_dense(solution.X)
-    guess = deltas.as_dense(prediction.X)
     keep = ~deltas.target_mask(solution.obs["perturbation"], solution.var_names)
     empty = np.flatnonzero(keep.sum(axis=1) == 0)
     if len(empty):
         fail(f"--input_solution file '{par['input_solution']}': row {solution.obs_names[empty[0]]!r} has no gene "
              "left once its target genes are excluded")
-    return MetricData(io=io, par=par, solution=solution, prediction=prediction, control=control, truth=truth,
-                      guess=guess, observed=truth - control, predicted=guess - control, keep=keep,
-                      resolution=storage_resolution(truth, control, guess), contexts=context_codes(solution.obs))
+    observed = truth - control
+    for array in (control, truth, observed, keep):
+        array.flags.writeable = False  # kept for the next metric: no script may change them
+    result = Observed(solution=solution, control=control, truth=truth, observed=observed, keep=keep,
+                      contexts=context_codes(solution.obs),
+                      scale=np.maximum(_row_abs_max(truth), _row_abs_max(control)))
+    _MEMO["solution"] = (key, result)
+    return result
 
 
-def write_score(data: MetricData, values: dict, uns: dict | None = None, log_line: str | None = None):
+def _draw_matrices(prediction, par, io) -> list:
+    """X and the `draw_k` layers announced by `uns['n_draws']`, each checked like X."""
+    from component_io import fail
+    from formats import check_anndata
+
+    path = par["input_prediction"]
+    n_draws = prediction.uns.get("n_draws", 1)
+    if isinstance(n_draws, np.ndarray) and n_draws.shape == ():
+        n_draws = n_draws.item()
+    if isinstance(n_draws, (bool, np.bool_)) or not isinstance(n_draws, (int, np.integer)) or n_draws < 1:
+        fail(f"--input_prediction file '{path}': uns['n_draws'] is {n_draws!r}, expected an integer >= 1 "
+             "(the number of draws: X and layers['draw_1'] ... layers['draw_{n_draws-1}'])")
+    n_draws = int(n_draws)
+    names = [DRAW_LAYER.format(k) for k in range(1, n_draws)]
+    missing = [name for name in names if name not in prediction.layers]
+    stray = sorted(name for name in prediction.layers if name.startswith("draw_") and name not in names)
+    if missing or stray:
+        what = f"layers {missing[:3]} are missing" if missing else f"has layers {stray[:3]} beyond its draws"
+        fail(f"--input_prediction file '{path}': uns['n_draws'] is {n_draws} but it {what}; expected X and "
+             f"layers['draw_1'] ... layers['draw_{n_draws - 1}']")
+    spec = ((io.specs.get("input_prediction") or {}).get("info") or {}).get("format", {}).get("X") or {"type": "double"}
+    problems = check_anndata(prediction, {"layers": [{**spec, "name": name, "required": True} for name in names]})
+    if problems:
+        fail(f"--input_prediction file '{path}': " + "; ".join(problems[:3]))
+    return [prediction.X] + [prediction.layers[name] for name in names]
+
+
+def read_inputs(par: dict, meta: dict) -> Inputs:
+    """Read and check `--input_solution` and `--input_prediction` (one-line error and exit 1 if they do
+    not conform: missing slots, NaN or infinite values in any draw, other rows or genes or another gene
+    order, another dataset or task), with the deltas, the target mask and the contexts. Files read by the
+    previous call of this process are not read again while they are unchanged."""
+    from component_io import ComponentIO, fail
+
+    io = ComponentIO(par, meta)
+    observed = _read_observed(io, par)
+    # the output's rows are checked against the solution's (comp_metric.yaml: same_obs_names_as)
+    io._read["input_solution"] = observed.solution
+    key = (_MEMO["solution"][0], _file_key(par.get("input_prediction")), _format_key(io, "input_prediction"))
+    cached = _MEMO.get("prediction")
+    if cached is not None and cached[0] == key:
+        prediction, matrices, caches = cached[1]
+    else:
+        _MEMO.pop("prediction", None)
+        prediction = io.read("input_prediction")  # rows and genes must match the solution's, in the same order
+        for name in ("dataset_id", "task_id"):
+            if str(prediction.uns[name]) != str(observed.solution.uns[name]):
+                fail(f"--input_prediction file '{par['input_prediction']}': uns['{name}'] is {prediction.uns[name]!r} "
+                     f"but the solution's is {observed.solution.uns[name]!r}; expected a prediction for the same split")
+        matrices, caches = _draw_matrices(prediction, par, io), {}
+        _MEMO["prediction"] = (key, (prediction, matrices, caches))
+    return Inputs(io=io, par=par, observed=observed, prediction=prediction, matrices=matrices, caches=caches)
+
+
+def run(par: dict, meta: dict, compute, name: str):
+    """Read the inputs, `compute` every draw of the prediction, write the per-condition mean over draws."""
+    inputs = read_inputs(par, meta)
+    total, counts, first = None, {}, None
+    for k in range(inputs.n_draws):
+        result = compute(inputs.draw(k))
+        if first is None:
+            first, total = result, {m: np.asarray(v, dtype=np.float64).copy() for m, v in result.values.items()}
+        else:
+            for m, v in result.values.items():
+                total[m] += v
+        for key, (flags, _) in result.counts.items():
+            counts[key] = counts.get(key, 0) + int(np.count_nonzero(flags))
+    n_draws = inputs.n_draws
+    values = {m: v / n_draws for m, v in total.items()}
+    unit = "conditions" if n_draws == 1 else f"condition-draws of {n_draws} draws"
+    counted = "; ".join(f"{what} for {counts[key]} {unit}" for key, (_, what) in first.counts.items())
+    o = inputs.observed
+    log_line = (f"{name}: {o.truth.shape[0]} conditions x {o.truth.shape[1]} genes"
+                + (f"; {first.log}" if first.log else "") + (f"; {counted}" if counted else "")
+                + (f"; per-condition values are the mean over the {n_draws} draws of the prediction"
+                   if n_draws > 1 else ""))
+    write_score(inputs, values, uns={**first.uns, **counts}, log_line=log_line)
+
+
+def write_score(data, values: dict, uns: dict | None = None, log_line: str | None = None):
     """Write the score file: obs = `stratum` + one float column per metric id (per-condition values),
-    uns = ids, `metric_ids`, `metric_values` (mean over conditions) and `uns` extras."""
+    uns = ids, `metric_ids`, `metric_values` (mean over conditions), `n_draws`, the split labels of the
+    solution (`split_seed`, `fold`, `n_folds`, where present) and `uns` extras. `data` is the Inputs or
+    a MetricData."""
     import anndata as ad
     from component_io import fail, log
 
-    solution, prediction = data.solution, data.prediction
+    solution, prediction = data.observed.solution if isinstance(data, Inputs) else data.solution, data.prediction
     obs = pd.DataFrame({"stratum": solution.obs["stratum"].astype(str).to_numpy(),
                         **{k: np.asarray(v, dtype=np.float64) for k, v in values.items()}},
                        index=pd.Index(solution.obs_names.astype(str), dtype=object))
@@ -112,79 +329,70 @@ def write_score(data: MetricData, values: dict, uns: dict | None = None, log_lin
         fail(f"metric values {bad} are not finite (unexpected, since the inputs are finite); nothing written")
     if log_line:
         log(log_line)
+    labels = {key: _plain(solution.uns[key]) for key in SPLIT_LABELS if key in solution.uns}
     score = ad.AnnData(obs=obs, uns={
         "dataset_id": str(prediction.uns["dataset_id"]), "task_id": str(prediction.uns["task_id"]),
         "method_id": str(prediction.uns["method_id"]),
         "metric_ids": list(values), "metric_values": [float(obs[k].mean()) for k in values],
-        **(uns or {}),
+        "n_draws": int(data.n_draws), **labels, **(uns or {}),
     })
     data.io.write("output", score)
 
 
-# ----------------------------------------------------------------------------------------------------
-# Gene selections
-# ----------------------------------------------------------------------------------------------------
-
-def _kth_largest(values: np.ndarray, keep: np.ndarray, k: int):
-    """Per row: the masked values (non-kept = -inf), k_row = min(k, kept genes) and the k_row-th largest."""
-    v = np.where(keep, values, -np.inf)
-    k_row = np.minimum(k, keep.sum(axis=1))
-    kk = int(min(k, v.shape[1]))
-    top = np.partition(v, v.shape[1] - kk, axis=1)[:, v.shape[1] - kk:]  # the kk largest, unordered
-    top.sort(axis=1)
-    threshold = top[np.arange(v.shape[0]), kk - np.maximum(k_row, 1)]
-    return v, k_row, threshold
-
-
-def top_k_mask(values: np.ndarray, keep: np.ndarray, k: int) -> np.ndarray:
-    """Boolean mask of the k largest `values` of each row among its kept genes (all kept genes when a row
-    keeps fewer than k). Ties at the boundary go to the genes that come first in the gene order, so the
-    selection is deterministic."""
-    v, k_row, threshold = _kth_largest(values, keep, k)
-    greater = v > threshold[:, None]
-    ties = (v == threshold[:, None]) & keep
-    need = k_row - greater.sum(axis=1)
-    crowded = np.flatnonzero(ties.sum(axis=1) > need)  # rows with more tied genes than places left
-    mask = greater | ties
-    if len(crowded):
-        mask[crowded] = greater[crowded] | (ties[crowded] & (np.cumsum(ties[crowded], axis=1) <= need[crowded, None]))
-    return mask
-
-
-def fractional_top_k(values: np.ndarray, keep: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Expected membership of each gene in the top k of its row under uniformly random tie-breaking:
-    1 above the k-th largest kept value, `(places left) / (genes tied)` at it, 0 below or not kept.
-    Returns `(membership, k_row)` with k_row = min(k, kept genes); each row's membership sums to k_row.
-    Used where the ranked values come from the prediction, so that no gene order can be exploited."""
-    v, k_row, threshold = _kth_largest(values, keep, k)
-    greater = v > threshold[:, None]
-    ties = (v == threshold[:, None]) & keep
-    share = (k_row - greater.sum(axis=1)) / np.maximum(ties.sum(axis=1), 1)
-    membership = greater.astype(np.float64)
-    membership[ties] = np.broadcast_to(share[:, None], ties.shape)[ties]
-    return membership, k_row
+def _plain(value):
+    """A numpy scalar as the Python value it holds (h5ad round trips give 0-d arrays and numpy ints)."""
+    if isinstance(value, np.ndarray) and value.shape == ():
+        value = value.item()
+    return value.item() if isinstance(value, np.generic) else value
 
 
 # ----------------------------------------------------------------------------------------------------
 # Row-wise statistics
 # ----------------------------------------------------------------------------------------------------
 
-def masked_average_ranks(values: np.ndarray, keep: np.ndarray) -> np.ndarray:
+def masked_average_ranks(values: np.ndarray, keep: np.ndarray, dtype=np.float64) -> np.ndarray:
     """Per row, the 1-based rank of each kept value among the row's kept values, ties sharing their
-    average rank (non-kept entries get ranks above every kept one; ignore them)."""
+    average rank (non-kept entries get ranks above every kept one; ignore them). `dtype` float32 halves
+    the memory traffic of the ranks (exact for rows shorter than 2**23: ranks are multiples of 1/2).
+    Blocks of rows are ranked in parallel threads (numpy's sorts and indexing release the GIL)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    n, g = values.shape
+    ranks = np.empty((n, g), dtype=dtype)
+    blocks = [slice(start, start + RANK_BLOCK_ROWS) for start in range(0, n, RANK_BLOCK_ROWS)]
+    threads = min(available_cpus(), len(blocks))
+
+    def fill(rows):
+        ranks[rows] = _average_ranks(values[rows], keep[rows], dtype)
+
+    if threads <= 1:
+        for rows in blocks:
+            fill(rows)
+    else:
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(fill, blocks))
+    return ranks
+
+
+def _average_ranks(values: np.ndarray, keep: np.ndarray, dtype) -> np.ndarray:
+    n, g = values.shape
     v = np.where(keep, values, np.inf)
-    n, g = v.shape
     order = np.argsort(v, axis=1)  # the sort need not be stable: tied values share their average rank
     ordered = np.take_along_axis(v, order, axis=1)
-    start = np.ones((n, g), dtype=bool)  # first position of a run of equal values
+    del v
+    start = np.empty((n, g), dtype=bool)  # first position of a run of equal values (each row starts one)
+    start[:, 0] = True
     np.not_equal(ordered[:, 1:], ordered[:, :-1], out=start[:, 1:])
-    end = np.ones((n, g), dtype=bool)  # last position of a run
-    end[:, :-1] = start[:, 1:]
-    position = np.arange(g, dtype=np.int32)
-    first = np.maximum.accumulate(np.where(start, position, 0), axis=1)
-    last = np.minimum.accumulate(np.where(end, position, g)[:, ::-1], axis=1)[:, ::-1]
-    ranks = np.empty((n, g), dtype=np.float64)
-    np.put_along_axis(ranks, order, (first + last) * 0.5 + 1.0, axis=1)
+    del ordered
+    flat = start.ravel()
+    run = np.cumsum(flat, dtype=np.int64) - 1  # run number of every sorted position, over all rows
+    first = np.flatnonzero(flat)
+    last = np.empty_like(first)
+    last[:-1], last[-1] = first[1:] - 1, n * g - 1
+    # average of the run's 1-based positions within its row
+    average = (first + last) * 0.5 - (first // g) * g + 1.0
+    ranks = np.empty((n, g), dtype=dtype)
+    np.put_along_axis(ranks, order, average[run].reshape(n, g).astype(dtype, copy=False), axis=1)
     return ranks
 
 
@@ -192,16 +400,28 @@ def snap(values: np.ndarray, resolution: np.ndarray) -> np.ndarray:
     """Round each row to multiples of its resolution, so that differences below the storage resolution
     become ties instead of an arbitrary order (rows with resolution 0 are returned unchanged)."""
     step = np.where(resolution > 0, resolution, 1.0)[:, None]
-    return np.where(resolution[:, None] > 0, np.round(values / step), values)
+    out = np.divide(values, step)
+    np.round(out, out=out)
+    unchanged = np.flatnonzero(resolution <= 0)
+    out[unchanged] = values[unchanged]
+    return out
 
 
-def masked_rowwise_spearman(a, b, keep, resolution) -> tuple[np.ndarray, np.ndarray]:
+def masked_rowwise_spearman(a, b, keep, resolution, shared=None) -> tuple[np.ndarray, np.ndarray]:
     """Spearman correlation of each row of `a` with the row of `b` over kept entries: the Pearson
     correlation of average ranks, after snapping values to the row's resolution. Undefined (-> 0.0,
-    flagged) when fewer than two entries are kept or either side is constant."""
-    ranks_a = masked_average_ranks(snap(a, resolution), keep)
-    ranks_b = masked_average_ranks(snap(b, resolution), keep)
+    flagged) when fewer than two entries are kept or either side is constant. With `shared` (a
+    MetricData's `shared`), b's ranks are kept for the next call with the same resolution."""
+    ranks_a = _snapped_ranks(a, keep, resolution)
+    rank_b = lambda: _snapped_ranks(b, keep, resolution)  # noqa: E731
+    ranks_b = rank_b() if shared is None else shared("spearman_ranks", rank_b, version=resolution.tobytes())
     return deltas.masked_rowwise_pearson(ranks_a, ranks_b, keep)
+
+
+def _snapped_ranks(values, keep, resolution) -> np.ndarray:
+    """Average ranks of the values snapped to the row's resolution (float32 ranks where exact)."""
+    snapped = snap(values, resolution)
+    return masked_average_ranks(snapped, keep, dtype=np.float32 if snapped.shape[1] < 2 ** 22 else np.float64)
 
 
 def masked_rowwise_cosine(a, b, keep, atol=0.0) -> tuple[np.ndarray, np.ndarray]:
@@ -221,163 +441,3 @@ def masked_rowwise_cosine(a, b, keep, atol=0.0) -> tuple[np.ndarray, np.ndarray]
 def signs(values: np.ndarray, resolution: np.ndarray) -> np.ndarray:
     """-1, 0 or +1 per entry; |value| at or below the row's resolution counts as 0 (no change)."""
     return np.where(np.abs(values) <= resolution[:, None], 0, np.sign(values)).astype(np.int8)
-
-
-# ----------------------------------------------------------------------------------------------------
-# Within-context comparisons
-# ----------------------------------------------------------------------------------------------------
-
-def groups(codes: np.ndarray):
-    """(code, row indices) for every context, in order of first appearance."""
-    order = np.argsort(codes, kind="stable")
-    bounds = np.flatnonzero(np.diff(codes[order])) + 1
-    for rows in np.split(order, bounds):
-        if len(rows):
-            yield int(codes[rows[0]]), rows
-
-
-def leave_one_out_means(values: np.ndarray, codes: np.ndarray, keep=None) -> tuple[np.ndarray, np.ndarray]:
-    """Per row, the mean of the *other* rows of its context, and the context sizes.
-
-    With `keep`, gene g of row i averages only the other rows that keep g, i.e. that do not target g,
-    so that another condition's knock-down of its own target does not leak into the reference (where
-    every other row targets g, the plain mean of the other rows is used). Rows alone in their context
-    get NaN (callers handle them).
-    """
-    import scipy.sparse as sp
-
-    n_rows = values.shape[0]
-    n_groups = int(codes.max()) + 1
-    indicator = sp.csr_matrix((np.ones(n_rows), (codes, np.arange(n_rows))), shape=(n_groups, n_rows))
-    sizes = np.bincount(codes, minlength=n_groups)[codes]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        means = (np.asarray(indicator @ values)[codes] - values) / (sizes - 1)[:, None]
-        if keep is not None:
-            weight = np.asarray(keep, dtype=np.float64)
-            counts = np.asarray(indicator @ weight)[codes] - weight
-            kept_means = (np.asarray(indicator @ (values * weight))[codes] - values * weight) / counts
-            means = np.where(counts > 0, kept_means, means)
-    means[sizes == 1] = np.nan
-    return means, sizes
-
-
-def pairwise_distances(a: np.ndarray, b: np.ndarray, excluded=None, metric: str = "l1",
-                       zero_a=None, zero_b=None) -> np.ndarray:
-    """D[i, j] = distance between row i of `a` and row j of `b`, per used gene.
-
-    `excluded` (optional, boolean, shape of `a`): genes left out for row i, against every j (cell-eval's
-    convention: all distances of a row use the same genes). The metric components pass `a` and `b`
-    already restricted to the genes they compare and no `excluded`.
-
-    metric: `l1` = mean absolute difference over the used genes (cell-eval's L1, a sum, divided by the
-    number of used genes, which is the same for every distance of a row, so ranks are unchanged);
-    `euclidean` = root mean squared difference; `cosine` = 1 - cosine similarity, where a vector whose
-    root mean square over the used genes is at most its `zero_*` tolerance (one per row) counts as zero
-    and has similarity 0 with everything, as in scikit-learn. Excluded genes are handled by subtracting
-    their contributions from full-gene results (exact up to float64 round-off).
-    """
-    import scipy.sparse as sp
-
-    a = np.ascontiguousarray(a, dtype=np.float64)
-    b = np.ascontiguousarray(b, dtype=np.float64)
-    n_a, n_b, n_genes = a.shape[0], b.shape[0], a.shape[1]
-    excluded = np.zeros(a.shape, dtype=bool) if excluded is None else np.asarray(excluded, dtype=bool)
-    rows, cols = np.nonzero(excluded)
-    # select[r, k] = 1 when the k-th excluded entry belongs to row r
-    select = sp.csr_matrix((np.ones(len(rows)), (rows, np.arange(len(rows)))), shape=(n_a, len(rows)))
-    n_used = np.maximum(n_genes - excluded.sum(axis=1), 1).astype(np.float64)[:, None]
-
-    if metric == "l1":
-        total = _tiled_cityblock(a, b)
-        if len(rows):
-            total -= np.asarray(select @ np.abs(a[rows, cols][:, None] - b[:, cols].T))
-        return np.maximum(total, 0.0) / n_used
-
-    a_used = np.where(excluded, 0.0, a)
-    dot = a_used @ b.T
-    sq_a = (a_used * a_used).sum(axis=1)[:, None]
-    sq_b = np.broadcast_to((b * b).sum(axis=1)[None, :], (n_a, n_b)).copy()
-    if len(rows):
-        sq_b = np.maximum(sq_b - np.asarray(select @ (b[:, cols].T ** 2)), 0.0)
-    if metric == "euclidean":
-        return np.sqrt(np.maximum(sq_a + sq_b - 2.0 * dot, 0.0) / n_used)
-    if metric != "cosine":
-        raise ValueError(f"unknown metric {metric!r}")
-    zero_a = np.zeros(n_a) if zero_a is None else np.asarray(zero_a, dtype=np.float64)
-    zero_b = np.zeros(n_b) if zero_b is None else np.asarray(zero_b, dtype=np.float64)
-    null = (np.sqrt(sq_a / n_used) <= zero_a[:, None]) | (np.sqrt(sq_b / n_used) <= zero_b[None, :]) \
-        | (sq_a == 0) | (sq_b == 0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        similarity = np.where(null, 0.0, dot / np.sqrt(sq_a * sq_b))
-    return 1.0 - np.clip(similarity, -1.0, 1.0)
-
-
-def available_cpus() -> int:
-    """CPUs this process may use (respects taskset / cgroup affinity where the platform reports it)."""
-    import os
-
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:
-        return max(1, os.cpu_count() or 1)
-
-
-def _tiled_cityblock(a: np.ndarray, b: np.ndarray, block: int = 64, threads: int | None = None) -> np.ndarray:
-    """scipy's cdist(a, b, "cityblock") computed on block x block tiles, in parallel threads (cdist
-    releases the GIL). Tiles keep both operands in cache; each entry is computed exactly as cdist does."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from scipy.spatial.distance import cdist
-
-    out = np.empty((a.shape[0], b.shape[0]), dtype=np.float64)
-    tiles = [(i, j) for i in range(0, a.shape[0], block) for j in range(0, b.shape[0], block)]
-
-    def fill(tile):
-        i, j = tile
-        out[i:i + block, j:j + block] = cdist(a[i:i + block], b[j:j + block], "cityblock")
-
-    threads = min(threads or available_cpus(), len(tiles))
-    if threads <= 1:
-        for tile in tiles:
-            fill(tile)
-    else:
-        with ThreadPoolExecutor(threads) as pool:
-            list(pool.map(fill, tiles))
-    return out
-
-
-def context_genes(keep: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """Boolean gene mask of a context: the genes that are a target of none of its `rows`. Comparisons
-    between the context's conditions use exactly these genes, so that every distance is over the same
-    genes and no condition's own target (whose measured level methods may know) enters any of them."""
-    return keep[rows].all(axis=0)
-
-
-def diagonal_ranks(distances: np.ndarray) -> np.ndarray:
-    """For each row i of a square matrix: the number of j != i with D[i, j] < D[i, i], where entries
-    within `TIE_RTOL` (relative to the row's largest absolute entry) of D[i, i] count one half each, i.e.
-    the expected rank of the diagonal under uniformly random tie-breaking (0 = nothing is closer)."""
-    own = np.diag(distances)[:, None]
-    tol = TIE_RTOL * np.maximum(np.abs(distances).max(axis=1, keepdims=True), np.finfo(np.float64).tiny)
-    smaller = (distances < own - tol).sum(axis=1)
-    ties = (np.abs(distances - own) <= tol).sum(axis=1) - 1
-    return smaller + 0.5 * ties
-
-
-# ----------------------------------------------------------------------------------------------------
-# DEG weights (Mejia et al. 2025)
-# ----------------------------------------------------------------------------------------------------
-
-def deg_weights(effect: np.ndarray, keep: np.ndarray, resolution) -> np.ndarray:
-    """Per-row gene weights from the size of a perturbation-specific effect, Mejia et al.'s transform:
-    |effect| min-max scaled over the row's kept genes, squared, normalised to sum 1 (0 on other genes).
-    A row whose |effect| spans no more than its resolution gets uniform weights over its kept genes."""
-    size = np.abs(effect)
-    low = np.where(keep, size, np.inf).min(axis=1)
-    high = np.where(keep, size, -np.inf).max(axis=1)
-    span = high - low
-    flat = span <= np.asarray(resolution, dtype=np.float64)
-    scaled = (size - low[:, None]) / np.where(flat, 1.0, span)[:, None]
-    weights = np.where(keep, scaled ** 2, 0.0)
-    weights[flat] = keep[flat]
-    return weights / weights.sum(axis=1, keepdims=True)

@@ -7,6 +7,7 @@ par = {
     "input_solution": "resources_test/simulated_grn/unseen_perturbation/solution.h5ad",
     "output": "prediction.h5ad",
     "seed": 0,
+    "n_draws": 100,
 }
 meta = {"name": "random_perturbation", "resources_dir": "src/utils", "config": None}
 ## VIASH END
@@ -18,18 +19,33 @@ import numpy as np  # noqa: E402
 import baselines  # noqa: E402
 from component_io import ComponentIO, log, number_argument  # noqa: E402
 
+# The draws are stored as float32 matrices in one file: at most this many bytes of draws, so that a large
+# split gets fewer draws rather than a file (and a scoring step) of gigabytes.
+MAX_DRAW_BYTES = 200_000_000
+
 seed = number_argument(par, "seed", 0, int, low=0)
+requested = number_argument(par, "n_draws", 100, int, low=1)
 io = ComponentIO(par, meta)
 train, test, profiles, contexts, _ = baselines.read_method_inputs(io)
 
+draw_bytes = 4 * test.n_obs * train.n_vars
+n_draws = max(1, min(requested, MAX_DRAW_BYTES // draw_bytes))
 rng = np.random.default_rng(seed)
-drawn, n_fallback = np.empty(test.n_obs, dtype=np.int64), 0
-for i, context in enumerate(contexts):
+# drawn[k, i]: the training profile that row i gets in draw k, uniform over its context's profiles
+drawn, n_fallback = np.empty((n_draws, test.n_obs), dtype=np.int64), 0
+for context in dict.fromkeys(contexts):
+    members = np.flatnonzero([c == context for c in contexts])
     rows, fell_back = profiles.rows_or_all(context)
-    n_fallback += fell_back
-    drawn[i] = rows[rng.integers(len(rows))]
-X = profiles.X[drawn]
+    n_fallback += fell_back * len(members)
+    drawn[:, members] = rows[rng.integers(len(rows), size=(n_draws, len(members)))]
+prediction = baselines.prediction(train, test, profiles.X[drawn[0]], meta["name"])
+for k in range(1, n_draws):
+    prediction.layers[f"draw_{k}"] = profiles.X[drawn[k]].astype(np.float32)
+prediction.uns["n_draws"] = n_draws
 log(f"random_perturbation: {test.n_obs} test conditions, each the profile of a random one of "
-    f"{profiles.n_conditions} training perturbation profiles of its context (seed {seed})"
+    f"{profiles.n_conditions} training perturbation profiles of its context, {n_draws} independent draws "
+    f"(seed {seed}; metrics score the mean over draws)"
+    + (f"; {requested} draws requested, reduced to {n_draws} to keep the draws under "
+       f"{MAX_DRAW_BYTES / 1e6:.0f} MB ({draw_bytes / 1e6:.1f} MB per draw)" if n_draws < requested else "")
     + (f"; {n_fallback} rows drew from all contexts" if n_fallback else ""))
-io.write("output", baselines.prediction(train, test, X, meta["name"]))
+io.write("output", prediction)

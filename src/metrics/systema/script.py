@@ -16,35 +16,35 @@ import numpy as np  # noqa: E402
 import deltas  # noqa: E402
 import metric_utils as mu  # noqa: E402
 
-data = mu.read_inputs(par, meta)  # one-line error if the files do not conform or do not match
-keep = data.keep
 
-# perturbation-specific parts: each side minus its own leave-one-out centroid of the context (the mean of
-# the context's other test conditions, gene by gene over the conditions that do not target the gene)
-observed_centroid, sizes = mu.leave_one_out_means(data.truth, data.contexts, keep=keep)
-predicted_centroid, _ = mu.leave_one_out_means(data.guess, data.contexts, keep=keep)
-alone = sizes == 1
-observed_specific = np.where(alone[:, None], 0.0, data.truth - observed_centroid)
-predicted_specific = np.where(alone[:, None], 0.0, data.guess - predicted_centroid)
-pearson, undefined = deltas.masked_rowwise_pearson(predicted_specific, observed_specific, keep,
-                                                   atol=data.resolution)
-pearson[alone] = 0.0
+def compute(data: mu.MetricData) -> mu.Result:
+    keep = data.keep
+    # perturbation-specific parts: each side minus its own leave-one-out centroid of the context (the mean
+    # of the context's other test conditions, gene by gene over the conditions that do not target the gene)
+    observed_centroid, sizes = data.observed_leave_one_out()
+    predicted_centroid, _ = mu.leave_one_out_means(data.guess, data.contexts, keep=keep)
+    alone = sizes == 1
+    observed_specific = np.where(alone[:, None], 0.0, data.truth - observed_centroid)
+    predicted_specific = np.where(alone[:, None], 0.0, data.guess - predicted_centroid)
+    pearson, undefined = deltas.masked_rowwise_pearson(predicted_specific, observed_specific, keep,
+                                                       atol=data.resolution)
+    pearson[alone] = 0.0
 
-accuracy = np.full(data.n_rows, 0.5)
-for _, rows in mu.groups(data.contexts):
-    n = len(rows)
-    if n == 1:
-        continue
-    genes = mu.context_genes(keep, rows)  # targets of none of the context's test conditions
-    distances = mu.pairwise_distances(data.predicted[np.ix_(rows, genes)], data.observed[np.ix_(rows, genes)],
-                                      metric="euclidean")
-    # share of the other conditions whose observed profile is farther from the prediction (ties one half)
-    accuracy[rows] = 1.0 - mu.diagonal_ranks(distances) / (n - 1)
+    accuracy = np.full(data.n_rows, 0.5)
+    for context, rows in mu.groups(data.contexts):
+        n = len(rows)
+        if n == 1:
+            continue
+        genes = mu.context_genes(keep, rows)  # targets of none of the context's test conditions
+        ranks = mu.context_ranks(data, context, rows, np.flatnonzero(genes), kinds=("euclidean",))
+        # share of the other conditions whose observed profile is farther from the prediction (ties one half)
+        accuracy[rows] = 1.0 - ranks["euclidean"] / (n - 1)
+    return mu.Result(
+        {"pearson_delta_perturbed_ref": pearson, "centroid_accuracy": accuracy},
+        counts={"n_pearson_undefined": (undefined & ~alone, "pearson undefined (constant, scored 0.0; conditions "
+                                                            "alone not counted)")},
+        uns={"n_single_condition_contexts": int(len(np.unique(data.contexts[alone])))},
+        log=f"{int(alone.sum())} conditions alone in their context (pearson 0.0, centroid accuracy 0.5)")
 
-mu.write_score(
-    data, {"pearson_delta_perturbed_ref": pearson, "centroid_accuracy": accuracy},
-    uns={"n_single_condition_contexts": int(len(np.unique(data.contexts[alone]))),
-         "n_pearson_undefined": int((undefined & ~alone).sum())},
-    log_line=f"systema: {data.n_rows} conditions x {data.truth.shape[1]} genes; {int(alone.sum())} conditions alone "
-             f"in their context (pearson 0.0, centroid accuracy 0.5); pearson undefined (constant, scored 0.0) "
-             f"for {int((undefined & ~alone).sum())} others")
+
+mu.run(par, meta, compute, "systema")  # one-line error if the files do not conform or do not match

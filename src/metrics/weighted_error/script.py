@@ -15,28 +15,29 @@ import numpy as np  # noqa: E402
 
 import metric_utils as mu  # noqa: E402
 
-data = mu.read_inputs(par, meta)  # one-line error if the files do not conform or do not match
-keep = data.keep
 
-# reference: leave-one-out mean of the context's other observed test profiles (gene by gene over the
-# conditions that do not target the gene); the control for a condition alone in its context
-reference, sizes = mu.leave_one_out_means(data.truth, data.contexts, keep=keep)
-alone = sizes == 1
-reference[alone] = data.control[alone]
-effect = data.truth - reference              # observed perturbation-specific effect, Mejia's delta
-weights = mu.deg_weights(effect, keep, data.resolution)
+def compute(data: mu.MetricData) -> mu.Result:
+    # reference: leave-one-out mean of the context's other observed test profiles (gene by gene over the
+    # conditions that do not target the gene); the control for a condition alone in its context
+    reference, sizes = data.observed_leave_one_out()
+    alone = sizes == 1
+    reference = np.where(alone[:, None], data.control, reference)
+    effect = data.truth - reference              # observed perturbation-specific effect, Mejia's delta
+    weights = mu.deg_weights(effect, data.keep, data.resolution)
 
-squared_error = (data.guess - data.truth) ** 2  # = squared error of the deltas to any common reference
-wmse = (weights * squared_error).sum(axis=1)
-centred = effect - (weights * effect).sum(axis=1, keepdims=True)
-spread = (weights * centred ** 2).sum(axis=1)  # weighted variance of the observed effect
-undefined = np.sqrt(spread) <= data.resolution
-with np.errstate(invalid="ignore", divide="ignore"):
-    wr2 = np.where(undefined, np.where(np.sqrt(wmse) <= data.resolution, 1.0, 0.0), 1.0 - wmse / spread)
+    squared_error = (data.guess - data.truth) ** 2  # = squared error of the deltas to any common reference
+    wmse = mu.row_dot(weights, squared_error)
+    centred = effect - mu.row_dot(weights, effect)[:, None]
+    spread = mu.row_dot(weights, centred ** 2)  # weighted variance of the observed effect
+    undefined = np.sqrt(spread) <= data.resolution
+    with np.errstate(invalid="ignore", divide="ignore"):
+        wr2 = np.where(undefined, np.where(np.sqrt(wmse) <= data.resolution, 1.0, 0.0), 1.0 - wmse / spread)
+    return mu.Result(
+        {"wmse_delta": wmse, "wr2_delta": wr2},
+        counts={"n_wr2_undefined": (undefined, "wr2 undefined (constant observed effect)")},
+        uns={"n_single_condition_rows": int(alone.sum())},
+        log=f"{int((~data.keep).sum())} target entries excluded; {int(alone.sum())} conditions alone in their "
+            "context (reference: control)")
 
-mu.write_score(
-    data, {"wmse_delta": wmse, "wr2_delta": wr2},
-    uns={"n_single_condition_rows": int(alone.sum()), "n_wr2_undefined": int(undefined.sum())},
-    log_line=f"weighted_error: {data.n_rows} conditions x {data.truth.shape[1]} genes, {int((~keep).sum())} target "
-             f"entries excluded; {int(alone.sum())} conditions alone in their context (reference: control); "
-             f"wr2 undefined (constant observed effect) for {int(undefined.sum())}")
+
+mu.run(par, meta, compute, "weighted_error")  # one-line error if the files do not conform or do not match

@@ -1,0 +1,330 @@
+"""Comparisons between the test conditions of a context: leave-one-out centroids, pairwise distances,
+ranks of the true match, and their fast exact versions for the metric components.
+
+Included as a viash resource with `metric_utils.py` (which re-exports the public functions); needs numpy
+and scipy.
+
+    ranks = context_ranks(data, rows, genes)   # diagonal ranks under l1, cosine (both ways), euclidean
+
+`context_ranks` gives what `diagonal_ranks(pairwise_distances(...))` gives, faster: the rows of the
+prediction that are identical (within a draw, e.g. a mean predicted everywhere, or across the draws of
+a stochastic prediction) are compared with the observations once; the products for cosine and
+Euclidean distances are shared; and the L1 distances of a prediction with distinct rows are computed
+exactly only where a lower bound (one float32 matrix product) cannot show that the observation is
+farther than the true match.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+# Two distances (or similarities) closer than this, relative to the largest one of the row, are a tie:
+# far above float64 round-off of sums over thousands of genes, far below any difference of profiles
+# stored in float32.
+TIE_RTOL = 1e-9
+# A row whose share of undecided pairs exceeds this is computed in full (tiled), which is cheaper per
+# distance than gathering its undecided observations.
+FULL_ROW_SHARE = 0.25
+
+
+def groups(codes: np.ndarray):
+    """(code, row indices) for every context, in order of first appearance."""
+    order = np.argsort(codes, kind="stable")
+    bounds = np.flatnonzero(np.diff(codes[order])) + 1
+    for rows in np.split(order, bounds):
+        if len(rows):
+            yield int(codes[rows[0]]), rows
+
+
+def leave_one_out_means(values: np.ndarray, codes: np.ndarray, keep=None) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, the mean of the *other* rows of its context, and the context sizes.
+
+    With `keep`, gene g of row i averages only the other rows that keep g, i.e. that do not target g,
+    so that another condition's knock-down of its own target does not leak into the reference (where
+    every other row targets g, the plain mean of the other rows is used). Rows alone in their context
+    get NaN (callers handle them).
+    """
+    values = np.asarray(values, dtype=np.float64)
+    sizes = np.bincount(codes)[codes]
+    means = np.empty_like(values)
+    for _, rows in groups(codes):
+        whole = len(rows) == values.shape[0]  # one context: no row gathering (its rows are all, in order)
+        block = values if whole else values[rows]
+        if len(rows) == 1:
+            means[rows] = np.nan
+            continue
+        kept = np.ones(block.shape, dtype=bool) if keep is None else (keep if whole else keep[rows])
+        others = np.where(kept, block, 0.0)
+        np.subtract(others.sum(axis=0), others, out=others)  # sum of the other rows that keep the gene
+        counts = np.subtract(kept.sum(axis=0, dtype=np.int32), kept, dtype=np.int32)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            np.divide(others, counts, out=others)
+        none = np.nonzero(counts == 0)  # every other row targets the gene: plain mean of the other rows
+        if len(none[0]):
+            others[none] = (block.sum(axis=0)[none[1]] - block[none]) / (len(rows) - 1)
+        if whole:
+            return others, sizes
+        means[rows] = others
+    return means, sizes
+
+
+def pairwise_distances(a: np.ndarray, b: np.ndarray, excluded=None, metric: str = "l1",
+                       zero_a=None, zero_b=None) -> np.ndarray:
+    """D[i, j] = distance between row i of `a` and row j of `b`, per used gene.
+
+    `excluded` (optional, boolean, shape of `a`): genes left out for row i, against every j (cell-eval's
+    convention: all distances of a row use the same genes). The metric components pass `a` and `b`
+    already restricted to the genes they compare and no `excluded`.
+
+    metric: `l1` = mean absolute difference over the used genes (cell-eval's L1, a sum, divided by the
+    number of used genes, which is the same for every distance of a row, so ranks are unchanged);
+    `euclidean` = root mean squared difference; `cosine` = 1 - cosine similarity, where a vector whose
+    root mean square over the used genes is at most its `zero_*` tolerance (one per row) counts as zero
+    and has similarity 0 with everything, as in scikit-learn. Excluded genes are handled by subtracting
+    their contributions from full-gene results (exact up to float64 round-off).
+    """
+    import scipy.sparse as sp
+
+    a = np.ascontiguousarray(a, dtype=np.float64)
+    b = np.ascontiguousarray(b, dtype=np.float64)
+    n_a, n_b, n_genes = a.shape[0], b.shape[0], a.shape[1]
+    excluded = np.zeros(a.shape, dtype=bool) if excluded is None else np.asarray(excluded, dtype=bool)
+    rows, cols = np.nonzero(excluded)
+    # select[r, k] = 1 when the k-th excluded entry belongs to row r
+    select = sp.csr_matrix((np.ones(len(rows)), (rows, np.arange(len(rows)))), shape=(n_a, len(rows)))
+    n_used = np.maximum(n_genes - excluded.sum(axis=1), 1).astype(np.float64)[:, None]
+
+    if metric == "l1":
+        total = _tiled_cityblock(a, b)
+        if len(rows):
+            total -= np.asarray(select @ np.abs(a[rows, cols][:, None] - b[:, cols].T))
+        return np.maximum(total, 0.0) / n_used
+
+    a_used = np.where(excluded, 0.0, a)
+    dot = a_used @ b.T
+    sq_a = (a_used * a_used).sum(axis=1)[:, None]
+    sq_b = np.broadcast_to((b * b).sum(axis=1)[None, :], (n_a, n_b)).copy()
+    if len(rows):
+        sq_b = np.maximum(sq_b - np.asarray(select @ (b[:, cols].T ** 2)), 0.0)
+    if metric == "euclidean":
+        return np.sqrt(np.maximum(sq_a + sq_b - 2.0 * dot, 0.0) / n_used)
+    if metric != "cosine":
+        raise ValueError(f"unknown metric {metric!r}")
+    zero_a = np.zeros(n_a) if zero_a is None else np.asarray(zero_a, dtype=np.float64)
+    zero_b = np.zeros(n_b) if zero_b is None else np.asarray(zero_b, dtype=np.float64)
+    null = (np.sqrt(sq_a / n_used) <= zero_a[:, None]) | (np.sqrt(sq_b / n_used) <= zero_b[None, :]) \
+        | (sq_a == 0) | (sq_b == 0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        similarity = np.where(null, 0.0, dot / np.sqrt(sq_a * sq_b))
+    return 1.0 - np.clip(similarity, -1.0, 1.0)
+
+
+def available_cpus() -> int:
+    """CPUs this process may use (respects taskset / cgroup affinity where the platform reports it)."""
+    import os
+
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return max(1, os.cpu_count() or 1)
+
+
+def _tiled_cityblock(a: np.ndarray, b: np.ndarray, block: int = 64, threads: int | None = None) -> np.ndarray:
+    """scipy's cdist(a, b, "cityblock") computed on block x block tiles, in parallel threads (cdist
+    releases the GIL). Tiles keep both operands in cache; each entry is computed exactly as cdist does."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from scipy.spatial.distance import cdist
+
+    out = np.empty((a.shape[0], b.shape[0]), dtype=np.float64)
+    tiles = [(i, j) for i in range(0, a.shape[0], block) for j in range(0, b.shape[0], block)]
+
+    def fill(tile):
+        i, j = tile
+        out[i:i + block, j:j + block] = cdist(a[i:i + block], b[j:j + block], "cityblock")
+
+    threads = min(threads or available_cpus(), len(tiles))
+    if threads <= 1:
+        for tile in tiles:
+            fill(tile)
+    else:
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(fill, tiles))
+    return out
+
+
+def context_genes(keep: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Boolean gene mask of a context: the genes that are a target of none of its `rows`. Comparisons
+    between the context's conditions use exactly these genes, so that every distance is over the same
+    genes and no condition's own target (whose measured level methods may know) enters any of them."""
+    return keep[rows].all(axis=0)
+
+
+def diagonal_ranks(distances: np.ndarray) -> np.ndarray:
+    """For each row i of a square matrix: the number of j != i with D[i, j] < D[i, i], where entries
+    within `TIE_RTOL` (relative to the row's largest absolute entry) of D[i, i] count one half each, i.e.
+    the expected rank of the diagonal under uniformly random tie-breaking (0 = nothing is closer)."""
+    own = np.diag(distances)[:, None]
+    tol = TIE_RTOL * np.maximum(np.abs(distances).max(axis=1, keepdims=True), np.finfo(np.float64).tiny)
+    smaller = (distances < own - tol).sum(axis=1)
+    ties = (np.abs(distances - own) <= tol).sum(axis=1) - 1
+    return smaller + 0.5 * ties
+
+
+
+
+# ----------------------------------------------------------------------------------------------------
+# Fast exact ranks for the metric components
+# ----------------------------------------------------------------------------------------------------
+
+def _block(matrix: np.ndarray, rows: np.ndarray, genes: np.ndarray) -> np.ndarray:
+    """matrix[rows][:, genes] as a C-contiguous array, without a copy where it is the whole matrix."""
+    if len(rows) == matrix.shape[0] and len(genes) == matrix.shape[1] \
+            and (rows == np.arange(len(rows))).all() and (genes == np.arange(len(genes))).all():
+        return np.ascontiguousarray(matrix)
+    return np.ascontiguousarray(matrix[np.ix_(rows, genes)])
+
+
+def _distinct_rows(data, context: int, rows: np.ndarray, genes: np.ndarray):
+    """The distinct predicted delta rows of a context over all draws: (U, index) with index[k, i] the
+    row of U that is row i of draw k. Computed once per prediction (cached in `inputs.caches`)."""
+    inputs = data.inputs
+    key = ("distinct", context)
+    if key not in inputs.caches:
+        blocks = [_block(data.predicted if k == data.draw else inputs.predicted(k), rows, genes)
+                  for k in range(inputs.n_draws)]
+        stacked = blocks[0] if len(blocks) == 1 else np.vstack(blocks)
+        # rows with different fingerprints differ; only rows sharing one are compared byte by byte
+        probe = np.random.default_rng(0).normal(size=stacked.shape[1])
+        _, first, group = np.unique(stacked @ probe, return_index=True, return_inverse=True)
+        if len(first) == len(stacked):
+            distinct, index = stacked, np.arange(len(stacked))
+        else:
+            table, keep, index = {}, [], np.empty(len(stacked), dtype=np.int64)
+            for i, row in enumerate(stacked):
+                position = table.setdefault((int(group[i]), row.tobytes()), len(table))
+                if position == len(keep):
+                    keep.append(i)
+                index[i] = position
+            distinct = stacked[keep]
+        inputs.caches[key] = (distinct, index.reshape(inputs.n_draws, len(rows)))
+    return inputs.caches[key]
+
+
+def _cityblock_pairs(a: np.ndarray, b: np.ndarray, columns: list, threads: int | None = None) -> list:
+    """For each row i of `a`: cdist(a[i], b[columns[i]], "cityblock") (the same sums as cdist's)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from scipy.spatial.distance import cdist
+
+    out = [None] * a.shape[0]
+
+    def fill(chunk):
+        for i in chunk:
+            out[i] = cdist(a[i:i + 1], b[columns[i]], "cityblock")[0] if len(columns[i]) else np.empty(0)
+
+    chunks = np.array_split(np.arange(a.shape[0]), max(1, min(threads or available_cpus(), a.shape[0])))
+    if len(chunks) <= 1:
+        fill(chunks[0])
+    else:
+        with ThreadPoolExecutor(len(chunks)) as pool:
+            list(pool.map(fill, chunks))
+    return out
+
+
+def _l1_bound_terms(observed: np.ndarray):
+    """Per gene median m of the observations, sign(o_j - m) (float32) and ||o_j - m||_1 (float64)."""
+    median = np.median(observed, axis=0)
+    centred = observed - median
+    return median, np.sign(centred).astype(np.float32), np.abs(centred).sum(axis=1)
+
+
+def l1_diagonal_ranks(predicted: np.ndarray, observed: np.ndarray, bound_terms=None) -> np.ndarray:
+    """`diagonal_ranks(pairwise_distances(predicted, observed, metric="l1"))` for square inputs, with
+    exact L1 sums only where needed.
+
+    For any signs s with |s| <= 1, sum_g |o_jg - p_ig| >= sum_g s_jg (o_jg - p_ig); with s_j = sign(o_j - m)
+    (m the per-gene median) this is ||o_j - m||_1 - (p_i - m).s_j, one matrix product for all pairs. It is
+    computed in float32 and lowered by its worst-case round-off, (n_genes + 2) float32 epsilons times
+    ||p_i - m||_1; an observation j whose bound exceeds the true match's exact distance (plus the tie
+    tolerance) is farther and needs no exact sum. The tie tolerance is TIE_RTOL times an upper bound of
+    the row's largest distance (||p_i - m||_1 + max_j ||o_j - m||_1) where the row is not computed in
+    full, so ties are at most that much wider than in `diagonal_ranks`.
+    """
+    from scipy.spatial.distance import cdist
+
+    n, n_genes = predicted.shape
+    predicted = np.ascontiguousarray(predicted, dtype=np.float64)
+    observed = np.ascontiguousarray(observed, dtype=np.float64)
+    median, signs, spread = bound_terms if bound_terms is not None else _l1_bound_terms(observed)
+    own = np.array([cdist(predicted[i:i + 1], observed[i:i + 1], "cityblock")[0, 0] for i in range(n)])
+    centred = predicted - median
+    size = np.abs(centred).sum(axis=1)
+    bound = spread[None, :] - (centred.astype(np.float32) @ signs.T).astype(np.float64)
+    bound -= ((n_genes + 2) * float(np.finfo(np.float32).eps) * size)[:, None]
+    tol = TIE_RTOL * np.maximum(size + spread.max(), np.finfo(np.float64).tiny)
+    undecided = bound <= (own + tol)[:, None]
+    np.fill_diagonal(undecided, False)
+    del bound, centred
+    ranks = np.empty(n)
+    full = np.flatnonzero(undecided.sum(axis=1) > FULL_ROW_SHARE * n)
+    if len(full):
+        ranks[full] = diagonal_ranks_of_rows(_tiled_cityblock(predicted[full], observed), full)
+    partial = np.setdiff1d(np.arange(n), full)
+    columns = [np.flatnonzero(undecided[i]) for i in partial]
+    for i, cols, distances in zip(partial, columns, _cityblock_pairs(predicted[partial], observed, columns)):
+        smaller = (distances < own[i] - tol[i]).sum()
+        ties = (np.abs(distances - own[i]) <= tol[i]).sum()
+        ranks[i] = smaller + 0.5 * ties
+    return ranks
+
+
+def diagonal_ranks_of_rows(distances: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """`diagonal_ranks` for some rows of a square distance matrix: row r of `distances` is row rows[r]."""
+    own = distances[np.arange(len(rows)), rows][:, None]
+    tol = TIE_RTOL * np.maximum(np.abs(distances).max(axis=1, keepdims=True), np.finfo(np.float64).tiny)
+    smaller = (distances < own - tol).sum(axis=1)
+    ties = (np.abs(distances - own) <= tol).sum(axis=1) - 1
+    return smaller + 0.5 * ties
+
+
+def context_ranks(data, context: int, rows: np.ndarray, genes: np.ndarray, kinds=("l1", "cosine", "euclidean")):
+    """Diagonal ranks of this draw's predicted deltas against the observed deltas of one context over
+    `genes`: {"l1": ..., "cosine": ..., "cosine_observed": ..., "euclidean": ...}, each as
+    `diagonal_ranks(pairwise_distances(...))` gives it ("cosine_observed": observed rows against
+    predicted columns, PerturBench's rank). Cosine uses the rows' resolution as zero tolerance."""
+    inputs = data.inputs
+    observed = data.shared(("context_observed", context), lambda: _block(data.observed, rows, genes))
+    distinct, index = _distinct_rows(data, context, rows, genes)
+    row_of = index[data.draw]
+    n_used = float(len(genes))
+    out = {}
+    if "l1" in kinds:
+        key = ("l1", context)
+        if len(distinct) == len(rows) and inputs.n_draws == 1:  # distinct rows: bounded, exact where needed
+            if key not in inputs.caches:
+                terms = data.shared(("l1_bound_terms", context), lambda: _l1_bound_terms(observed))
+                inputs.caches[key] = l1_diagonal_ranks(distinct[row_of], observed, terms)
+            out["l1"] = inputs.caches[key]
+        else:
+            if key not in inputs.caches:
+                inputs.caches[key] = _tiled_cityblock(distinct, observed)
+            out["l1"] = diagonal_ranks(inputs.caches[key][row_of] / n_used)
+    if "cosine" in kinds or "euclidean" in kinds:
+        key = ("products", context)
+        if key not in inputs.caches:
+            inputs.caches[key] = (distinct @ observed.T, (distinct * distinct).sum(axis=1))
+        dot_all, squares = inputs.caches[key]
+        dot, sq_a = dot_all[row_of], squares[row_of][:, None]
+        sq_b = data.shared(("context_squares", context), lambda: (observed * observed).sum(axis=1))[None, :]
+        if "euclidean" in kinds:
+            out["euclidean"] = diagonal_ranks(np.sqrt(np.maximum(sq_a + sq_b - 2.0 * dot, 0.0) / n_used))
+        if "cosine" in kinds:
+            tol = data.resolution[rows]
+            null = (np.sqrt(sq_a / n_used) <= tol[:, None]) | (np.sqrt(sq_b / n_used) <= tol[None, :]) \
+                | (sq_a == 0) | (sq_b == 0)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                similarity = np.where(null, 0.0, dot / np.sqrt(sq_a * sq_b))
+            distances = 1.0 - np.clip(similarity, -1.0, 1.0)
+            out["cosine"] = diagonal_ranks(distances)
+            out["cosine_observed"] = diagonal_ranks(distances.T)
+    return out

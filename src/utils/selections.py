@@ -1,0 +1,98 @@
+"""Gene selections of the metric components: the top k genes of each row (deterministic or with
+expected membership under random tie-breaking), compact gathers of selected genes, row-wise dot products.
+
+Included as a viash resource with `metric_utils.py` (which re-exports these functions); needs numpy and
+scipy. Works on (rows x genes) arrays with a boolean `keep` matrix (True = the gene may be selected).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def _kth_largest(values: np.ndarray, keep: np.ndarray, ks, known: dict | None = None):
+    """Per row: the masked values (non-kept = -inf) and, for each k of `ks`, k_row = min(k, kept genes)
+    and the k_row-th largest value (one partition for all k; none where `known` has them already)."""
+    v = np.where(keep, values, -np.inf)
+    if known is not None and all(k in known for k in ks):
+        return v, {k: known[k] for k in ks}
+    kept = keep.sum(axis=1)
+    kk = int(min(max(ks), v.shape[1]))
+    top = np.partition(v, v.shape[1] - kk, axis=1)[:, v.shape[1] - kk:]  # the kk largest, unordered
+    top.sort(axis=1)
+    out = {}
+    for k in ks:
+        k_row = np.minimum(k, kept)
+        out[k] = (k_row, top[np.arange(v.shape[0]), kk - np.maximum(k_row, 1)])
+    return v, out
+
+
+def top_k_mask(values: np.ndarray, keep: np.ndarray, k: int, known: dict | None = None) -> np.ndarray:
+    """Boolean mask of the k largest `values` of each row among its kept genes (all kept genes when a row
+    keeps fewer than k). Ties at the boundary go to the genes that come first in the gene order, so the
+    selection is deterministic. `known`: thresholds from `_kth_largest` of the same values, if any."""
+    v, (k_row, threshold) = _single(_kth_largest(values, keep, (k,), known))
+    greater = v > threshold[:, None]
+    ties = (v == threshold[:, None]) & keep
+    need = k_row - greater.sum(axis=1)
+    crowded = np.flatnonzero(ties.sum(axis=1) > need)  # rows with more tied genes than places left
+    mask = greater | ties
+    if len(crowded):
+        mask[crowded] = greater[crowded] | (ties[crowded] & (np.cumsum(ties[crowded], axis=1) <= need[crowded, None]))
+    return mask
+
+
+def compact(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(columns, valid): per row the column indices of the row's True entries in order, left-aligned and
+    padded to the longest row; `valid` is False on padding. Gather with np.take_along_axis(a, columns, 1)."""
+    counts = mask.sum(axis=1)
+    width = max(int(counts.max(initial=0)), 1)
+    rows, cols = np.nonzero(mask)
+    position = np.arange(len(rows)) - np.repeat(np.cumsum(counts) - counts, counts)
+    columns = np.zeros((mask.shape[0], width), dtype=np.int64)
+    valid = np.zeros((mask.shape[0], width), dtype=bool)
+    columns[rows, position] = cols
+    valid[rows, position] = True
+    return columns, valid
+
+
+def _single(result):
+    v, by_k = result
+    return v, next(iter(by_k.values()))
+
+
+def fractional_top_k(values: np.ndarray, keep: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Expected membership of each gene in the top k of its row under uniformly random tie-breaking:
+    1 above the k-th largest kept value, `(places left) / (genes tied)` at it, 0 below or not kept.
+    Returns `(membership, k_row)` with k_row = min(k, kept genes); each row's membership sums to k_row.
+    Used where the ranked values come from the prediction, so that no gene order can be exploited."""
+    membership, k_row = fractional_top_ks(values, keep, (k,))[k]
+    return membership.toarray(), k_row
+
+
+def fractional_top_ks(values: np.ndarray, keep: np.ndarray, ks, known: dict | None = None) -> dict:
+    """`fractional_top_k` for every k of `ks` ({k: (membership, k_row)}), sorting each row's top once.
+    The memberships are sparse (CSR): at most k_row plus the tied genes per row are nonzero."""
+    import scipy.sparse as sp
+
+    if not len(ks):
+        return {}
+    v, by_k = _kth_largest(values, keep, ks, known)
+    out = {}
+    for k, (k_row, threshold) in by_k.items():
+        greater = v > threshold[:, None]
+        ties = (v == threshold[:, None]) & keep
+        share = (k_row - greater.sum(axis=1)) / np.maximum(ties.sum(axis=1), 1)
+        rows, cols = np.nonzero(greater | ties)
+        weight = np.where(greater[rows, cols], 1.0, share[rows])
+        out[k] = (sp.csr_matrix((weight, (rows, cols)), shape=v.shape), k_row)
+    return out
+
+
+def sparse_row_dot(a, b) -> np.ndarray:
+    """Per row, the sum of the entrywise product of two sparse matrices of the same shape."""
+    return np.asarray(a.multiply(b).sum(axis=1), dtype=np.float64).ravel()
+
+
+def row_dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per row, sum_g a[i, g] * b[i, g] (one pass, no temporary matrix)."""
+    return np.einsum("ij,ij->i", a, b)
