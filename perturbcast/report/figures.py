@@ -185,7 +185,8 @@ def raw_figure(inputs: Inputs, rows: pd.DataFrame, order: list[str], metrics: li
     for name, colour, dash in (("train_mean (b)", "#6b6b6b", "dash"), ("replicate ceiling (r)", "#2a8c3c", "dot")):
         traces.append({"type": "scatter", "mode": "lines", "name": name, "x": [None], "y": [None],
                        "line": {"color": colour, "dash": dash}, "hoverinfo": "skip"})
-    for kind in sorted({inputs.kind(m) for m in order}, key=list(KIND_COLOURS).index):
+    kinds = {inputs.kind(m, t) for m, t in zip(overall["method_id"], overall["method_type"])}  # as the markers
+    for kind in sorted(kinds, key=list(KIND_COLOURS).index):
         traces.append({"type": "scatter", "mode": "markers", "name": kind, "x": [None], "y": [None],
                        "marker": {"color": KIND_COLOURS[kind], "size": 9}, "hoverinfo": "skip"})
     return {"data": traces, "layout": layout}
