@@ -4,15 +4,9 @@ The browser tests need /usr/bin/chromium (installed in CI by scripts/install_bro
 They check that the page's scripts run without a JavaScript error, that the leaderboard and the Plotly plots are
 in the DOM after the scripts ran, and that a screenshot (kept in test_artifacts/) is not blank.
 """
-import json
-import os
 import re
-import shutil
-import struct
 import subprocess
 import sys
-import tempfile
-import zlib
 from pathlib import Path
 
 import pandas as pd
@@ -23,21 +17,10 @@ from perturbcast import report
 from perturbcast.cli import main as cli_main
 
 from conftest import ROOT
+from report_browser import CHROMIUM, assert_not_blank, overlapping_titles, render_dom, screenshot
 
-CHROMIUM = Path(os.environ.get("PERTURBCAST_CHROMIUM", "/usr/bin/chromium"))
 ARTIFACTS = ROOT / "test_artifacts"
 METHODS = ["ground_truth", "replicate_ceiling", "no_change", "train_mean"]
-# Installed at the very top of a copy of the page: records every uncaught error, rejected promise and
-# console.error into an attribute of <html>, which --dump-dom then shows.
-ERROR_PROBE = """<script>(function () {
-  var errors = [];
-  function note(text) { errors.push(String(text)); document.documentElement.setAttribute('data-js-errors', JSON.stringify(errors)); }
-  window.addEventListener('error', function (e) { note('error: ' + (e.message || e)); });
-  window.addEventListener('unhandledrejection', function (e) { note('rejection: ' + (e.reason && e.reason.message || e.reason)); });
-  var original = console.error;
-  console.error = function () { note('console.error: ' + Array.prototype.join.call(arguments, ' ')); return original.apply(console, arguments); };
-  document.documentElement.setAttribute('data-js-errors', '[]');
-})();</script>"""
 
 
 # ----------------------------------------------------------------------------------------------- fixtures
@@ -79,7 +62,8 @@ def _rows(dataset_id, task_id, seed, strata, metric, maximize, values):
                          "value_low": value - 0.01, "value_high": value + 0.01, "baseline": base, "ceiling": ceiling,
                          "dynamic_range": dynamic, "score": score, "score_low": score - 0.1, "score_high": score + 0.1,
                          "diff_from_baseline": diff, "diff_low": diff - 0.005, "diff_high": diff + 0.005,
-                         "outcome": outcome})
+                         "p_value": None if method == "train_mean" else 0.0123,
+                         "p_holm": None if method == "train_mean" else 0.0456, "outcome": outcome})
     return rows
 
 
@@ -109,7 +93,15 @@ def constructed_output(tmp_path) -> Path:
     counts = overall.groupby("method_id")["outcome"].value_counts().unstack(fill_value=0)
     for outcome, column in (("win", "wins"), ("tie", "ties"), ("loss", "losses")):
         summary[column] = [int(counts.get(outcome, pd.Series(dtype=int)).get(m, 0)) for m in summary["method_id"]]
+    summary["partition_spread"] = [0.1234 if m == "my_method" else 0.0 for m in summary["method_id"]]
     summary.sort_values("calibrated", ascending=False).to_parquet(output / "summary.parquet", index=False)
+    headline = overall.groupby(["dataset_id", "task_id", "method_id", "method_type"], as_index=False)["score"].mean()
+    headline = headline.rename(columns={"score": "headline"}).assign(
+        headline_low=lambda h: h["headline"] - 0.05, headline_high=lambda h: h["headline"] + 0.05, n_conditions=12,
+        n_panel_metrics=2, n_partitions=2, partition_min=lambda h: h["headline"] - 0.02,
+        partition_max=lambda h: h["headline"] + 0.02)
+    headline.to_parquet(output / "headline.parquet", index=False)
+    pd.DataFrame({"fold": [0, 1, 2, 0, 1, 2]}).to_parquet(output / "results_per_condition.parquet", index=False)
 
     trace = [
         {"step": "dataset/toy_a", "stage": "dataset", "component": "toy", "status": "ok", "wall_seconds": 1.0,
@@ -151,8 +143,18 @@ def constructed_output(tmp_path) -> Path:
                             "cells_per_profile_median": 48.0, "cells_per_profile_min": 20,
                             "replicate_reproducibility": 0.4321, "replicate_reproducibility_per_context": {},
                             "median_pairwise_delta_correlation": 0.2468,
-                            "median_pairwise_delta_correlation_per_context": {}}},
-        {"dataset_id": "toy_b", "dataset_name": "Toy B", "dataset_summary": "Without a report."}]))
+                            "median_pairwise_delta_correlation_per_context": {},
+                            "cells_per_condition_min": 21, "cells_per_condition_median": 97.5,
+                            "cells_per_condition_max": 240, "replicate_kind": "biological",
+                            "replicate_column": "gemgroup", "n_replicates": 3, "replicates_per_condition_min": 2,
+                            "replicates_per_condition_median": 3.0, "replicates_per_condition_max": 3,
+                            "min_cells_per_half": 10, "n_conditions_too_few_cells": 4,
+                            "gene_selection": "top 500 highly variable genes and every target", "n_targets": 43,
+                            "n_targets_missing_from_panel": 2, "targets_missing_from_panel": ["GENE9", "GENE7"],
+                            "reproducible_threshold": 0.2, "n_perturbation_conditions_assessed": 59,
+                            "n_reproducible_effect": 41, "share_reproducible_effect": 41 / 59}},
+        {"dataset_id": "toy_b", "dataset_name": "Toy B", "dataset_summary": "Without a report.",
+         "dataset_organism": "synthetic"}]))
     (output / "method_configs.yaml").write_text(yaml.safe_dump([
         {"name": "my_method", "label": "My method", "summary": "Predicts `things`.", "description": "Long text.",
          "references": {"doi": ["10.1000/my.method"], "bibtex": ["@misc{x, title = {A {Bib} title}, year = {2024},\n"
@@ -186,102 +188,6 @@ def chromium() -> Path:
     return CHROMIUM
 
 
-def _chromium(*args: str, timeout: int = 180) -> subprocess.CompletedProcess:
-    profile = tempfile.mkdtemp(prefix="perturbcast-chromium-")
-    try:
-        return subprocess.run(
-            [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             "--disable-extensions", "--hide-scrollbars", "--enable-logging=stderr", "--v=0",
-             "--host-resolver-rules=MAP * ~NOTFOUND",  # no host resolves: the page must work offline
-             f"--user-data-dir={profile}", "--virtual-time-budget=15000", *args],
-            capture_output=True, text=True, timeout=timeout)
-    finally:
-        shutil.rmtree(profile, ignore_errors=True)
-
-
-def _console_errors(stderr: str) -> list[str]:
-    """Chromium's log lines for console errors and uncaught exceptions of the page."""
-    return [line for line in stderr.splitlines()
-            if "CONSOLE" in line and re.search(r"uncaught|error", line, re.IGNORECASE)]
-
-
-def render_dom(page: Path, work: Path, after: str = "") -> tuple[str, list[str]]:
-    """The DOM after the page's scripts (and the script `after`) ran, in a probed copy of the page, and every
-    JavaScript error seen."""
-    text = page.read_text(encoding="utf-8")
-    probed = work / f"probed_{page.name}"
-    text = text.replace("<head>", "<head>" + ERROR_PROBE, 1)
-    if after:
-        text = text.replace("</body>", f"<script>{after}</script></body>")
-    probed.write_text(text, encoding="utf-8")
-    done = _chromium("--dump-dom", probed.resolve().as_uri())
-    assert done.returncode == 0, done.stderr[-2000:]
-    match = re.search(r'data-js-errors="([^"]*)"', done.stdout)
-    assert match, "the error probe did not run: scripts are not executing"
-    errors = json.loads(match.group(1).replace("&quot;", '"').replace("&amp;", "&")) + _console_errors(done.stderr)
-    return done.stdout, errors
-
-
-def screenshot(page: Path, target: Path) -> Path:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.unlink(missing_ok=True)
-    done = _chromium(f"--screenshot={target}", "--window-size=1400,2000", page.resolve().as_uri())
-    assert done.returncode == 0 and target.exists(), done.stderr[-2000:]
-    return target
-
-
-def read_png(path: Path) -> tuple[int, int, list[bytes]]:
-    """A minimal PNG decoder (8-bit RGB/RGBA, not interlaced, as Chromium writes): width, height, pixel rows."""
-    data = path.read_bytes()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
-    position, idat, header = 8, [], None
-    while position < len(data):
-        length, kind = struct.unpack(">I4s", data[position:position + 8])
-        chunk = data[position + 8:position + 8 + length]
-        if kind == b"IHDR":
-            header = struct.unpack(">IIBBBBB", chunk)
-        elif kind == b"IDAT":
-            idat.append(chunk)
-        position += 12 + length
-    width, height, depth, colour_type, _, _, interlace = header
-    assert depth == 8 and colour_type in (2, 6) and interlace == 0, f"unsupported PNG layout {header}"
-    channels = 3 if colour_type == 2 else 4
-    raw = zlib.decompress(b"".join(idat))
-    stride = width * channels
-    rows, previous = [], bytearray(stride)
-    for y in range(height):
-        offset = y * (stride + 1)
-        kind, line = raw[offset], bytearray(raw[offset + 1:offset + 1 + stride])
-        for i in range(stride):
-            left = line[i - channels] if i >= channels else 0
-            up = previous[i]
-            corner = previous[i - channels] if i >= channels else 0
-            if kind == 1:
-                line[i] = (line[i] + left) & 0xFF
-            elif kind == 2:
-                line[i] = (line[i] + up) & 0xFF
-            elif kind == 3:
-                line[i] = (line[i] + ((left + up) >> 1)) & 0xFF
-            elif kind == 4:
-                p = left + up - corner
-                pa, pb, pc = abs(p - left), abs(p - up), abs(p - corner)
-                line[i] = (line[i] + (left if pa <= pb and pa <= pc else up if pb <= pc else corner)) & 0xFF
-        rows.append(bytes(line[i] for i in range(stride) if channels == 3 or i % 4 != 3))
-        previous = line
-    return width, height, rows
-
-
-def assert_not_blank(path: Path):
-    width, height, rows = read_png(path)
-    assert (width, height) == (1400, 2000)
-    pixels = [row[x:x + 3] for row in rows[::7] for x in range(0, len(row), 3 * 5)]
-    colours = set(pixels)
-    non_white = sum(p != b"\xff\xff\xff" for p in pixels) / len(pixels)
-    assert len(colours) > 200, f"only {len(colours)} colours: the screenshot looks blank"
-    assert non_white > 0.2, f"only {non_white:.0%} of the screenshot is not white"
-
-
 # ----------------------------------------------------------------------------------------------- tests
 
 def test_report_of_a_benchmark_is_one_offline_file(benchmark_output, benchmark_report):
@@ -306,7 +212,9 @@ def test_report_of_a_benchmark_is_one_offline_file(benchmark_output, benchmark_r
     board = text[text.index('<table class="data board">'):text.index("</table>", text.index('<table class="data board">'))]
     order = re.findall(r'class="method">[^<]*</a><br><span class="id">([^<]+)</span>', board)
     assert order == list(summary.sort_values("calibrated", ascending=False, na_position="last")["method_id"])
-    assert set(order) == set(METHODS)
+    # the selected methods, and the scale controls the engine adds to every selection
+    from perturbcast.engine import SCALE_CONTROLS
+    assert set(METHODS) <= set(order) <= set(METHODS) | set(SCALE_CONTROLS)
     assert order[0] == "ground_truth" and order.index("replicate_ceiling") < order.index("train_mean")
     assert "W / T / L" in board and "reference" in board  # train_mean is the reference
     # per dataset x task selector over both tasks; the components with their doi links
@@ -316,6 +224,11 @@ def test_report_of_a_benchmark_is_one_offline_file(benchmark_output, benchmark_r
     # every stratum of the results is plotted
     for stratum in set(results["stratum"]):
         assert f'"name":"{stratum}"' in text
+    # the banner names the simulated dataset as such; headroom is never negative
+    header = text[:text.index("<nav>")]
+    assert "Simulated GRN perturbation screen" in header and "simulated data only" in header
+    assert "headroom 0." in text and not re.search(r"headroom -", text)
+    assert not re.search(r"dynamic range -?\d", text)  # the old signed label (metric descriptions may say the words)
 
 
 def test_report_renders_in_headless_chromium(chromium, benchmark_report, tmp_path):
@@ -386,6 +299,25 @@ def test_report_of_hand_made_tables(constructed_output, tmp_path):
                      r"<td class='num'>2</td>", failures)
     assert "toy_a has one cell type" in failures
     assert "upstream split/toy_a/cell_type_transfer/seed_0 not applicable" not in failures.split("<details>")[0]
+    # the banner names the datasets and marks the simulated one; the run is not all simulated
+    header = text[:text.index("<nav>")]
+    assert ">Toy A</a>" in header and ">Toy B</a>" in header
+    assert header.count('class="tag">simulated') == 1 and 'toy_b</span> <span class="tag">simulated' in header
+    assert "simulated data only" not in header and "× <b>3</b> folds" in header
+    # the dataset card shows the loaders' QC keys
+    cards = text[text.index('id="datasets"'):text.index('id="cost"')]
+    for shown in ("min 21, median 97.5, max 240", "4 conditions (fewer than 10 cells per half)",
+                  "top 500 highly variable genes and every target", "2 of 43: GENE9, GENE7",
+                  "0.695 (41 of 59 perturbation conditions)", "3 (column gemgroup); per condition min 2, median 3, max 3"):
+        assert shown in cards, shown
+    assert re.search(r"<th>replicate halves</th><td>biological", cards)
+    # headroom in the better direction (mse: 0.04 - 0.01; pearson: 0.8 - 0.2), never a signed range
+    assert "headroom 0.0300" in text and "headroom 0.6000" in text and not re.search(r"dynamic range -?\d", text)
+    assert "headroom of mse_delta<\\/th><td class='num' title='b = 0.0400, r = 0.0100'>0.0300<\\/td>" in text
+    # the partition spread beside the headline, the p-values behind the win/tie/loss calls
+    board = text[text.index('<table class="data board">'):text.index("</table>", text.index('<table class="data board">'))]
+    assert "over partitions" in board and "<td class='num'>0.12</td>" in board
+    assert "p = 0.012, Holm-adjusted 0.046" in text
     # bibtex references become a titled link; dois link to doi.org
     assert '<a href="https://example.org/paper">A Bib title (2024)</a>' in text
     assert 'href="https://doi.org/10.1000/my.method"' in text
@@ -424,3 +356,60 @@ def test_report_module_stays_above_the_engine():
              "bad = [m for m in ('perturbcast.engine', 'perturbcast.runner', 'perturbcast.engine_cli') if m in sys.modules]; "
              "sys.exit(1 if bad else 0)")
     assert subprocess.run([sys.executable, "-c", probe], cwd=ROOT).returncode == 0
+
+
+LONG_METRICS = ["pearson_delta_perturbed_ref", "direction_accuracy_top100_de", "overlap_top100_de",
+                "discrimination_cosine", "weighted_mse_delta", "spearman_delta", "mse_top100_de", "centroid_accuracy"]
+
+
+@pytest.fixture
+def many_metrics_output(tmp_path) -> Path:
+    """Eight metrics with long ids and labels: four facets per row, the layout where titles used to collide."""
+    output = tmp_path / "many_metrics"
+    output.mkdir()
+    rows = []
+    for index, metric in enumerate(LONG_METRICS):
+        maximize = index % 2 == 0
+        better, worse = 0.8, 0.2
+        rows += _rows("toy", "unseen_perturbation", 0, ["all", "single"], metric, maximize,
+                      {"train_mean": worse if maximize else better, "replicate_ceiling": better if maximize else worse,
+                       "ground_truth": 1.0 if maximize else 0.0, "my_method": 0.5})
+    results = pd.DataFrame(rows)
+    results.to_parquet(output / "results.parquet", index=False)
+    (output / "metric_configs.yaml").write_text(yaml.safe_dump([
+        {"name": "long_metrics", "info": {"metrics": [
+            {"name": m, "label": f"A long label for {m.replace('_', ' ')} of deltas", "maximize": i % 2 == 0}
+            for i, m in enumerate(LONG_METRICS)]}}]))
+    return output
+
+
+def test_facet_titles_do_not_overlap(chromium, many_metrics_output, tmp_path):
+    """Facet titles (with the headroom under them) and x-axis titles of neighbouring facets keep apart."""
+    page = report.write_report(many_metrics_output)
+    text = page.read_text(encoding="utf-8")
+    assert "headroom 0.6000" in text and not re.search(r"dynamic range -?\d", text)
+    count, overlaps = overlapping_titles(page, tmp_path)
+    # strata: 9 facets, raw and forest: 8 each; a title and an axis title per facet
+    assert count >= 2 * (9 + 8 + 8), count
+    assert overlaps == [], overlaps
+
+
+def test_style_sheet_and_script_are_package_files(constructed_output):
+    """report.css and report.js ship inside the package (pyproject's package data) and are inlined."""
+    import tomllib
+    from importlib import resources
+    package = resources.files("perturbcast.report")
+    css, js = (package / "report.css").read_text(encoding="utf-8"), (package / "report.js").read_text(encoding="utf-8")
+    assert "table.board" in css and "Plotly.react" in js
+    text = report.write_report(constructed_output).read_text(encoding="utf-8")
+    assert css in text and js in text
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert "perturbcast.report" in setuptools["packages"]
+    assert {"*.css", "*.js"} <= set(setuptools["package-data"]["perturbcast.report"])
+
+
+def test_report_is_a_package_of_small_modules():
+    assert not (ROOT / "perturbcast" / "report.py").exists()
+    sizes = {path.name: len(path.read_text().splitlines()) for path in (ROOT / "perturbcast" / "report").glob("*.py")}
+    assert {"inputs.py", "tables.py", "figures.py", "page.py"} <= set(sizes)
+    assert max(sizes.values()) <= 500, sizes
