@@ -41,6 +41,9 @@ def add_commands(commands):
     bench.add_argument("--dry-run", action="store_true", help="list the jobs (component, inputs, outputs) and stop")
     bench.add_argument("--n-resamples", type=int, default=1000,
                        help="bootstrap resamples of test conditions for the intervals (default: %(default)s)")
+    bench.add_argument("--verbose", action="store_true",
+                       help="one progress line per finished step (default: one updating line, failures and a "
+                            "summary of not-applicable steps per cause)")
     bench.add_argument("--fail-on-error", action="store_true", help="exit 1 if any step failed")
     bench.add_argument("--step-timeout", type=float, metavar="SECONDS",
                        help="wall-time limit of every step (default: from the component's labels: lowtime 1 h, "
@@ -76,13 +79,14 @@ def aggregate_results(root: Path, output: Path, only: set | None = None, n_resam
     scoring.write_results(per_condition, results, summary, output)
     paths = [path for path in scoring.score_files(output) if only is None or path.resolve() in only]
     write_openproblems_files(root, output, components, paths)
-    text = scoring.format_leaderboard(scoring.leaderboard(results, summary))
+    text = scoring.format_leaderboard(scoring.leaderboard(results, summary), maximize)
     (output / "leaderboard.txt").write_text(text + "\n")
     panel = ", ".join(scoring.HEADLINE_PANEL)
     return ("\nLeaderboard. headline: mean calibrated score (0 = train_mean, 1 = replicate_ceiling; each clamped to "
             f"[-1, 1]) over the panel {panel}, averaged over folds pooled per partition, partitions and datasets x "
             "tasks, with its paired bootstrap 95% interval. vs train_mean: wins/ties/losses on the panel metrics "
-            "(bootstrap tests, Holm-corrected at 0.05). Then the panel's raw means.\n" + text)
+            "(bootstrap tests, Holm-corrected at 0.05). Then the panel's raw means (^ higher is better, v lower). "
+            "Every metric: results.parquet and report.html.\n" + text)
 
 
 def aggregate(args) -> int:
@@ -193,7 +197,8 @@ def _run(args, root: Path, output: Path, steps, declared, limits) -> int:
     from . import engine
 
     print(f"perturbcast benchmark: {len(steps)} steps, {args.jobs} at once, results in {output}", file=sys.stderr)
-    records = engine.execute(steps, jobs=args.jobs, limits=limits)
+    progress = engine.Progress(len(steps), verbose=args.verbose)
+    records = engine.execute(steps, jobs=args.jobs, limits=limits, progress=progress)
     records += engine.check_partitions(steps, records, args.n_folds) + declared
     engine.write_trace(records, output / "trace.tsv")
     this_run = {Path(r.outputs["output"]).resolve() for r in records if r.stage == "score" and r.status == "ok"}
@@ -217,6 +222,9 @@ def _run(args, root: Path, output: Path, steps, declared, limits) -> int:
     counts = {status: sum(r.status == status for r in records) for status in ("ok", "failed", "not_applicable", "skipped")}
     print(f"\nsteps: {counts['ok']} ok, {counts['failed']} failed, {counts['not_applicable']} not applicable, "
           f"{counts['skipped']} skipped; tables in {output}")
+    for record in declared:
+        progress.update_cause(record)
+    print("\n".join(progress.summary()))
     for record in failed:
         log = Path(record.outputs["output"]).parent / "log.txt" if record.outputs.get("output") else None
         print(f"  failed: {record.id}: {record.reason}" + (f"  (log: {log})" if log else ""))

@@ -125,24 +125,82 @@ def last_error(log_path: Path) -> str:
 
 
 class Progress:
-    """One line per finished step with a bar, on stderr."""
+    """Progress on stderr. Quiet (default): on a terminal one line that updates in place (counts by status and
+    the step just finished); elsewhere a line at every tenth of the run; failed steps always get their own line.
+    Verbose: one line per finished step. `summary()` lists not-applicable and skipped steps once per cause."""
 
-    def __init__(self, total: int, stream=None):
+    def __init__(self, total: int, stream=None, verbose: bool = False):
         self.total, self.done, self.lock = total, 0, threading.Lock()
         self.stream = stream or sys.stderr
+        self.verbose = verbose
+        self.interactive = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.counts: dict[str, int] = {}
+        self.causes: dict[tuple[str, str], int] = {}
+        self.next_milestone = 1
+
+    def _bar(self) -> str:
+        width = 20
+        filled = int(width * self.done / max(self.total, 1))
+        return "[" + "#" * filled + "-" * (width - filled) + f"] {self.done:>4}/{self.total}"
+
+    def _counts(self) -> str:
+        order = ("ok", "failed", "not_applicable", "skipped", "interrupted")
+        return ", ".join(f"{self.counts[s]} {s.replace('_', ' ')}" for s in order if self.counts.get(s))
 
     def update(self, record):
         with self.lock:
             self.done += 1
-            width = 20
-            filled = int(width * self.done / max(self.total, 1))
-            bar = "#" * filled + "-" * (width - filled)
+            self.counts[record.status] = self.counts.get(record.status, 0) + 1
+            self._count_cause(record)
             cost = "cached" if record.cached else f"{record.wall_seconds:6.1f}s {record.peak_rss_bytes / 2**20:7.0f} MiB"
-            status = record.status.replace("_", " ")
-            line = f"[{bar}] {self.done:>4}/{self.total} {status:<14} {record.id}  {cost}"
-            if record.reason and record.status != "ok":
-                line += f"\n        {record.reason}"
-            print(line, file=self.stream, flush=True)
+            if self.verbose:
+                line = f"{self._bar()} {record.status.replace('_', ' '):<14} {record.id}  {cost}"
+                if record.reason and record.status != "ok":
+                    line += f"\n        {record.reason}"
+                print(line, file=self.stream, flush=True)
+                return
+            if record.status == "failed":
+                self._clear()
+                print(f"failed: {record.id}: {record.reason}", file=self.stream, flush=True)
+            if self.interactive:
+                text = f"{self._bar()} {self._counts()} | {record.id}"
+                print("\r" + text[:160].ljust(160), end="", file=self.stream, flush=True)
+                if self.done == self.total:
+                    print(file=self.stream, flush=True)
+            elif self.done * 10 >= self.next_milestone * self.total or self.done == self.total:
+                while self.done * 10 >= self.next_milestone * self.total:
+                    self.next_milestone += 1
+                print(f"{self._bar()} {self._counts()}", file=self.stream, flush=True)
+
+    def _count_cause(self, record):
+        if record.status not in ("not_applicable", "skipped"):
+            return
+        cause = record.reason or ""
+        if cause.startswith("upstream "):  # one cause for all steps below a failed or n/a step
+            cause = "its upstream step is " + ("not applicable" if cause.endswith("not applicable")
+                                               else "failed" if cause.endswith("failed") else "missing")
+        key = (record.status, f"{record.component}: {cause[:150]}")
+        self.causes[key] = self.causes.get(key, 0) + 1
+
+    def update_cause(self, record):
+        """Count a record that never ran (declared not applicable) in the summary."""
+        with self.lock:
+            self._count_cause(record)
+
+    def _clear(self):
+        if self.interactive:
+            print("\r" + " " * 160 + "\r", end="", file=self.stream, flush=True)
+
+    def summary(self, limit: int = 8) -> list[str]:
+        """Not-applicable and skipped steps grouped by cause, most frequent first."""
+        lines = []
+        ranked = sorted(self.causes.items(), key=lambda item: (-item[1], item[0]))
+        for (status, cause), n in ranked[:limit]:
+            lines.append(f"  {n:>4} {status.replace('_', ' ')}: {cause}")
+        if len(ranked) > limit:
+            rest = sum(n for _, n in ranked[limit:])
+            lines.append(f"  {rest:>4} more in {len(ranked) - limit} other causes (trace.tsv lists every step)")
+        return lines
 
 
 # ---------------------------------------------------------------- results lock

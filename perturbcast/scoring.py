@@ -353,13 +353,29 @@ def leaderboard(results: pd.DataFrame, summary: pd.DataFrame, metric_ids: list[s
     return board[front + list(raw.columns)]
 
 
-def format_leaderboard(board: pd.DataFrame) -> str:
+# Short column names of the panel metrics in the terminal leaderboard (the files keep the metric ids).
+PANEL_SHORT = {"mse_delta": "mse", "pearson_delta": "pearson", "overlap_top100_de": "top100",
+               "discrimination_l1": "discrim", "pearson_delta_perturbed_ref": "systema"}
+
+
+def format_leaderboard(board: pd.DataFrame, maximize: dict | None = None) -> str:
+    """The terminal leaderboard, at most 120 characters wide: headline with its interval, W/T/L against
+    train_mean and the panel metrics' raw means with their direction (full tables are in the files)."""
     if board.empty:
         return "(no scores)"
-    shown = board.copy()
-    shown["method_type"] = shown["method_type"].map({"control_method": "control", "method": "method"}).fillna(shown["method_type"])
-    with pd.option_context("display.width", 200, "display.max_columns", 50, "display.float_format", "{:.3f}".format):
-        return shown.to_string(index=False, na_rep="-")
+    maximize = maximize or {}
+    metrics = [m for m in HEADLINE_PANEL if m in board.columns]
+    arrows = {m: "" if maximize.get(m) is None else ("^" if maximize[m] else "v") for m in metrics}
+    head = (f"{'method':<22} {'kind':<7} {'headline':>8} {'95% interval':>16} {'W/T/L':>9}"
+            + "".join(f" {PANEL_SHORT.get(m, m[:8]) + arrows[m]:>9}" for m in metrics))
+    lines = [head]
+    for _, row in board.iterrows():
+        kind = {"control_method": "control", "method": "method"}.get(row["method_type"], str(row["method_type"]))[:7]
+        value = f"{row['calibrated']:.3f}" if np.isfinite(row["calibrated"]) else "-"
+        values = "".join(f" {row[m]:>9.3f}" if np.isfinite(row[m]) else f" {'-':>9}" for m in metrics)
+        lines.append(f"{str(row['method_id'])[:22]:<22} {kind:<7} {value:>8} {row['interval']:>16} "
+                     f"{row['vs train_mean']:>9}{values}")
+    return "\n".join(lines)
 
 
 def write_results(per_condition: pd.DataFrame, results: pd.DataFrame, summary: pd.DataFrame, output_dir: Path):
