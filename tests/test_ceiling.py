@@ -26,7 +26,15 @@ from perturbcast.runner import run_component
 from perturbcast.spawner import Spawner
 
 ROOT = Path(__file__).resolve().parents[1]
-METRICS = sorted(p.parent.name for p in (ROOT / "src" / "metrics").glob("*/config.vsh.yaml"))
+def _profile_metric(config_path: Path) -> bool:
+    """Metrics of the default benchmark that score profiles: limma_de (opt-in, R) calls DE genes from the
+    replicate halves themselves, and cell-level metrics need predicted cells."""
+    config = yaml.safe_load(config_path.read_text())
+    arguments = [a.get("name") for a in config.get("arguments") or []]
+    return (config.get("info") or {}).get("default", True) is not False and "--input_prediction_cells" not in arguments
+
+
+METRICS = sorted(p.parent.name for p in (ROOT / "src" / "metrics").glob("*/config.vsh.yaml") if _profile_metric(p))
 # A small screen (fast) but with enough test conditions per context for the prior of the ceiling.
 SIMULATION = {"n_genes": 200, "n_regulators": 30, "n_perturbed_genes": 100, "n_combos": 0, "n_cell_types": 1,
               "n_control_cells": 100}
