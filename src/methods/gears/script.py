@@ -43,16 +43,16 @@ except ImportError as error:
           file=sys.stderr, flush=True)
     raise SystemExit(NOT_INSTALLED_EXIT_CODE)
 
-# scipy >= 1.15 no longer indexes a sparse matrix by a pandas boolean Series (GEARS does, in
-# `GEARS.__init__`: `adata.X[adata.obs.condition == 'ctrl']`), so GEARS gets an AnnData whose X accepts it.
-_csr_getitem = sp.csr_matrix.__getitem__
-
-
-class _GearsMatrix(sp.csr_matrix):
+# scipy >= 1.15 no longer indexes a sparse matrix by a pandas boolean Series (GEARS does, e.g. in
+# `GEARS.__init__`: `adata.X[adata.obs.condition == 'ctrl']`); the Series is handed over as its array.
+def _series_as_array(getitem):
     def __getitem__(self, key):
-        if hasattr(key, "to_numpy"):
-            key = key.to_numpy()
-        return _csr_getitem(self, key)
+        return getitem(self, key.to_numpy() if hasattr(key, "to_numpy") else key)
+    return __getitem__
+
+
+for _kind in (sp.csr_matrix, sp.csr_array):
+    _kind.__getitem__ = _series_as_array(_kind.__getitem__)
 
 
 io = ComponentIO(par, meta)
@@ -121,7 +121,7 @@ def gears_anndata(rows, name: str):
     obs["cell_type"] = name
     var = cells.var[[]].copy()
     var["gene_name"] = cells.var_names.astype(str)
-    return ad.AnnData(X=_GearsMatrix(cells.X[rows].astype(np.float32)), obs=obs, var=var)
+    return ad.AnnData(X=sp.csr_matrix(cells.X[rows].astype(np.float32)), obs=obs, var=var)
 
 
 def train_model(index: int, context):
@@ -137,7 +137,6 @@ def train_model(index: int, context):
     adata = gears_anndata(rows, f"context{index}")
     pert_data = PertData(work, default_pert_graph=False)
     pert_data.new_data_process(dataset_name=f"context{index}", adata=adata)
-    pert_data.adata.X = _GearsMatrix(pert_data.adata.X)
     pert_data.prepare_split(split="no_test", seed=par.get("seed") or 0)
     pert_data.get_dataloader(batch_size=par["batch_size"], test_batch_size=par["batch_size"])
     model = GEARS(pert_data, device="cpu")
