@@ -55,11 +55,18 @@ if list(cells.var_names) != list(train.var_names):
 cell_targets = [() if c else baselines.targets_of(p) for p, c in
                 zip(cells.obs["perturbation"].astype(str), cells.obs["is_control"].astype(bool))]
 trained_genes = {t for ts in cell_targets for t in ts}
-unseen = sorted({t for ts in test_targets for t in ts} - trained_genes)
-if unseen:
-    not_applicable(f"{len(unseen)} test target gene(s) (e.g. {unseen[0]}) were never perturbed in the training "
-                   "cells; CPA learns one embedding per perturbed gene and cannot predict them")
-max_comb = max([len(t) for t in cell_targets + test_targets] + [1])
+test_genes = {t for ts in test_targets for t in ts}
+if not test_genes & trained_genes:
+    not_applicable(f"none of the {len(test_genes)} test target genes was perturbed in the training cells; CPA "
+                   "learns one embedding per perturbed gene and cannot predict unseen perturbations")
+# A target never perturbed in training has no embedding: the condition is decoded with its other targets
+# only (with none left, as its context's control cells), as CPA itself cannot represent it.
+known_targets = [tuple(t for t in ts if t in trained_genes) for ts in test_targets]
+n_partly_unseen = sum(len(k) < len(t) for k, t in zip(known_targets, test_targets))
+if n_partly_unseen:
+    log(f"{NAME}: {n_partly_unseen} of {len(test_targets)} test conditions have a target never perturbed in "
+        "training; it is left out of their CPA prediction")
+max_comb = max([len(t) for t in cell_targets + known_targets] + [1])
 
 rng = np.random.default_rng(seed)
 torch.manual_seed(seed)
@@ -78,13 +85,13 @@ X_cells = cells.X if sp.issparse(cells.X) else sp.csr_matrix(cells.X)
 
 # query cells: control cells of each test condition's context, relabelled with its targets
 query_rows, query_labels, query_ids = [], [], []
-for obs_name, ctx, targets in zip(test.obs_names.astype(str), test_contexts, test_targets):
+for obs_name, ctx, targets in zip(test.obs_names.astype(str), test_contexts, known_targets):
     controls = np.flatnonzero((context == "|".join(ctx)) & (label == CONTROL))
     if len(controls) == 0:
         fail(f"--input_train_cells has no control cells of context {ctx}, which --input_test needs")
     chosen = rng.choice(controls, size=min(par["n_query_cells"], len(controls)), replace=False)
     query_rows.append(chosen)
-    query_labels += ["+".join(targets)] * len(chosen)
+    query_labels += ["+".join(targets) or CONTROL] * len(chosen)
     query_ids += [obs_name] * len(chosen)
 query_rows = np.concatenate(query_rows)
 
@@ -123,6 +130,7 @@ if not np.isfinite(predicted).all():
 ids = np.array(query_ids, dtype=object)
 X = np.vstack([predicted[ids == obs_name].mean(axis=0) for obs_name in test.obs_names.astype(str)])
 outputs = {"output": baselines.prediction(train, test, X, NAME)}
+outputs["output"].uns["n_with_unseen_target"] = int(n_partly_unseen)
 if par.get("output_cells"):
     cell_obs = pd.DataFrame({"condition_id": ids}, index=[f"pred{i}" for i in range(len(ids))])
     outputs["output_cells"] = ad.AnnData(X=predicted, obs=cell_obs,

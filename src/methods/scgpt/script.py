@@ -24,7 +24,8 @@ par = {
 meta = {"name": "scgpt", "resources_dir": "src/methods/scgpt", "config": None, "cpus": None, "temp_dir": "/tmp"}
 ## VIASH END
 
-sys.path.append(meta["resources_dir"])  # also the torchtext stand-in shipped with this component
+# first on the path: the torchtext stand-in shipped with this component wins over a broken real one
+sys.path.insert(0, meta["resources_dir"])
 
 import json  # noqa: E402
 import os  # noqa: E402
