@@ -135,7 +135,12 @@ def train_model(index: int, context):
     if (labels[rows] == "ctrl").sum() == 0 or len(set(labels[rows]) - {"ctrl"}) < 2:
         return None
     adata = gears_anndata(rows, f"context{index}")
-    pert_data = PertData(work, default_pert_graph=False)
+    # GEARS' graph covers the genes of its gene set: the measured genes and every target, held-out ones
+    # included, so that an unseen target gets its embedding through its GO neighbours (GEARS' own way)
+    gene_set = os.path.join(work, "gene_set.pkl")
+    with open(gene_set, "wb") as handle:
+        pickle.dump(sorted(set(cells.var_names.astype(str)) | all_targets), handle)
+    pert_data = PertData(work, gene_set_path=gene_set, default_pert_graph=False)
     pert_data.new_data_process(dataset_name=f"context{index}", adata=adata)
     pert_data.prepare_split(split="no_test", seed=par.get("seed") or 0)
     pert_data.get_dataloader(batch_size=par["batch_size"], test_batch_size=par["batch_size"])
