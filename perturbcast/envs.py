@@ -15,7 +15,8 @@ an unchanged one is reused. An environment is built in a temporary folder and re
 when every step succeeded, so a half-built environment is never reused.
 
 When: the component's config sets `info.isolated_environment: true`, or the user asks for it for every
-Python component (`PERTURBCAST_ISOLATED_ENVIRONMENTS=1`, or the runner's `isolated=True`), or
+Python component (`PERTURBCAST_ISOLATED_ENVIRONMENTS=1`, or the runner's `isolated=True`) or for the
+components it names (`PERTURBCAST_ISOLATED_ENVIRONMENTS=gears,cpa`), or
 `PERTURBCAST_ISOLATED_ENVIRONMENTS=0` turns it off everywhere (e.g. inside a container that already
 has the packages). A build that fails ends the component with `NOT_INSTALLED_EXIT_CODE`.
 """
@@ -96,13 +97,16 @@ def environment_key(steps: list[list[str]]) -> str:
 
 
 def wanted(raw: dict, isolated: bool | None = None) -> bool:
-    """Whether this component runs in its own environment (see the module text for the rules)."""
+    """Whether this component runs in its own environment (see the module text for the rules);
+    `PERTURBCAST_ISOLATED_ENVIRONMENTS` may also list component names (`gears,cpa`): those only."""
     setting = os.environ.get(ISOLATED_ENV, "").strip().lower()
     if setting in ("0", "false", "no"):
         return False
     if isolated is not None:
         return isolated
     if setting in ("1", "true", "yes"):
+        return True
+    if setting and str(raw.get("name", "")).lower() in {n.strip() for n in setting.split(",")}:
         return True
     return bool((raw.get("info") or {}).get("isolated_environment"))
 

@@ -49,6 +49,8 @@ def test_wanted_by_config_option_and_environment(monkeypatch):
     monkeypatch.setenv(envs.ISOLATED_ENV, "1")
     assert envs.wanted({})
     assert not envs.wanted({}, isolated=False)
+    monkeypatch.setenv(envs.ISOLATED_ENV, "gears, cpa")
+    assert envs.wanted({"name": "cpa"}) and not envs.wanted({"name": "additive"})
     monkeypatch.setenv(envs.ISOLATED_ENV, "0")
     assert not envs.wanted({"info": {"isolated_environment": True}}, isolated=True)
 

@@ -17,7 +17,7 @@ from test_methods_models import UNS, assert_one_line_stop, run, write_test, writ
 from test_models_cells import make_split
 
 GO = "human_gene2go_orgHsEgDb_3.16.0.tsv.gz"
-TINY = {"epochs": 1, "max_cells_per_condition": 40, "hidden_size": 16, "batch_size": 64}
+TINY = {"epochs": 1, "max_cells_per_condition": 20, "hidden_size": 16, "batch_size": 64}
 
 
 def run_gears(split: Path, output: Path, **extra):
