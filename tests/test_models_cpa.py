@@ -65,7 +65,7 @@ def test_cpa_is_not_applicable_to_unseen_perturbations(tmp_path):
     cells[np.array(keep)].copy().write_h5ad(split / "train_cells.h5ad")
     output = tmp_path / "prediction.h5ad"
     code, err = run_cpa(split, output, **TINY)
-    assert_one_line_stop(code, err, output, 99, "never perturbed", "unseen perturbations")
+    assert_one_line_stop(code, err, output, 99, "none of the", "unseen perturbations")
 
 
 def test_cpa_without_its_environment_is_not_installed_98(norman, tmp_path, monkeypatch):
