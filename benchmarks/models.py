@@ -1,8 +1,18 @@
 #!/usr/bin/env python3
-"""Wall time and peak memory of the model-based methods on a large synthetic training set.
+"""Wall time and peak memory of the model-based methods on a large synthetic training set, and of the
+single-cell models (GEARS, scGPT, CPA) on the real subsets.
 
     python benchmarks/models.py [--n_perturbations 2000] [--n_genes 8000] [--n_test 200]
         [--methods ridge_regulators latent_additive] [--cpus 2] [--keep DIR]
+    python benchmarks/models.py --real [--cell_models gears scgpt cpa] [--subsets norman2019_devel datlinger2017]
+        [--quick] [--cpus 2] [--keep DIR]
+
+`--real`: each subset's split (norman2019_devel: unseen_combination; datlinger2017: cell_type_transfer,
+which holds out one stimulation state) is made by the task component from the real cells in
+../shared/data, with its train_cells.h5ad built as tests/test_models_cells.py builds it; each model is
+trained on the cells and predicts every held-out condition on CPU, through the runner (its own
+environment where its config asks for one: built or reused before the clock starts, and its build time
+reported). `--quick` uses the tiny settings of the component tests instead of the components' defaults.
 
 Writes a train / test pair in the API formats (src/api/file_train.yaml, file_test.yaml) straight from a
 seeded low-rank effect model, without simulating cells: one cell type, `--n_control` control profiles,
@@ -30,6 +40,14 @@ sys.path.insert(0, str(ROOT))
 
 from perturbcast.runner import run_component  # noqa: E402
 
+CELL_MODELS = {"gears": "src/methods/gears", "scgpt": "src/methods/scgpt", "cpa": "src/methods/cpa"}
+REAL_SUBSETS = {"norman2019_devel": ("norman19", "unseen_combination"),
+                "datlinger2017": ("datlinger2017", "cell_type_transfer")}
+QUICK = {"gears": {"epochs": 1, "max_cells_per_condition": 40, "hidden_size": 16, "batch_size": 64},
+         "scgpt": {"epochs": 1, "max_steps_per_epoch": 4, "embsize": 16, "nlayers": 1, "nhead": 2, "batch_size": 32,
+                   "max_cells_per_condition": 20, "n_query_cells": 10, "max_seq_len": 256},
+         "cpa": {"max_epochs": 3, "max_cells_per_condition": 40, "n_query_cells": 30, "n_latent": 8}}
+GO_ANNOTATION = ROOT.parent / "shared" / "data" / "human_gene2go_orgHsEgDb_3.16.0.tsv.gz"
 METHODS = {"ridge_regulators": "src/methods/ridge_regulators", "latent_additive": "src/methods/latent_additive"}
 UNS = {"dataset_id": "synthetic_large", "task_id": "unseen_perturbation", "split_seed": 0, "normalization_id": "log1p"}
 
@@ -80,8 +98,52 @@ def make_data(directory: Path, n_perturbations: int, n_genes: int, n_test: int, 
     return X.shape
 
 
+def real_subsets(args, directory: Path) -> list:
+    """Train + predict wall time and peak memory of each cell model on each real subset (see the module text)."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from perturbcast import envs
+    from perturbcast.config import load_config
+    from test_models_cells import make_split
+
+    rows = []
+    for subset in args.subsets:
+        source, task = REAL_SUBSETS[subset]
+        split = make_split(directory / subset, source, task)
+        for model in args.cell_models:
+            config = load_config(ROOT / CELL_MODELS[model])
+            if envs.wanted(config.raw):
+                try:
+                    environment = envs.ensure(config.name, config.raw)
+                    print(f"{model}: environment {'built' if environment.built else 'reused'} "
+                          f"({environment.build_seconds:.0f} s to build) at {environment.path}", flush=True)
+                except envs.EnvironmentError_ as error:
+                    print(f"[not installed] {error}", flush=True)
+            settings = dict(QUICK[model]) if args.quick else {}
+            if model == "gears" and GO_ANNOTATION.exists():
+                settings["go_annotation"] = GO_ANNOTATION
+            argv = ["--input_train", str(split / "train.h5ad"), "--input_test", str(split / "test.h5ad"),
+                    "--input_train_cells", str(split / "train_cells.h5ad"),
+                    "--output", str(split / f"{model}.h5ad")]
+            argv += [x for key, value in settings.items() for x in (f"--{key}", str(value))]
+            log = split / f"{model}.log"
+            with open(log, "w") as handle:
+                result = run_component(ROOT / CELL_MODELS[model], argv, stdout=handle, stderr=handle, cpus=args.cpus)
+            rows.append((f"{model} / {subset} ({task})", result.exit_code, result.wall_seconds,
+                         result.peak_rss_bytes / 2 ** 30))
+            print(f"{model:6s} {subset:17s} exit {result.exit_code}  wall {result.wall_seconds:7.1f} s  "
+                  f"peak memory {result.peak_rss_bytes / 2 ** 30:5.2f} GiB", flush=True)
+            for line in log.read_text().splitlines():
+                if line.startswith(("[", f"{model}:")):
+                    print(f"    {line}")
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--real", action="store_true", help="the cell models on the real subsets")
+    parser.add_argument("--cell_models", nargs="+", default=list(CELL_MODELS), choices=list(CELL_MODELS))
+    parser.add_argument("--subsets", nargs="+", default=list(REAL_SUBSETS), choices=list(REAL_SUBSETS))
+    parser.add_argument("--quick", action="store_true", help="tiny settings (those of the component tests)")
     parser.add_argument("--n_perturbations", type=int, default=2000)
     parser.add_argument("--n_genes", type=int, default=8000)
     parser.add_argument("--n_test", type=int, default=200)
@@ -93,6 +155,13 @@ def main() -> int:
 
     directory = args.keep or Path(tempfile.mkdtemp(prefix="perturbcast_models_"))
     directory.mkdir(parents=True, exist_ok=True)
+    if args.real:
+        try:
+            rows = real_subsets(args, directory)
+        finally:
+            if args.keep is None:
+                shutil.rmtree(directory, ignore_errors=True)
+        return 0 if all(code in (0, 99) for _, code, _, _ in rows) else 1
     started = time.time()
     shape = make_data(directory, args.n_perturbations, args.n_genes, args.n_test, args.n_control)
     print(f"data: train {shape[0]} profiles x {shape[1]} genes ({args.n_perturbations} perturbations x 2 replicates "

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from . import formats, viash
+from . import envs, formats, viash
 from .config import Argument, ComponentConfig, load_config
 from .languages import language_of
 
@@ -81,8 +81,12 @@ def build(config: ComponentConfig, build_dir: Path, resources: bool = True) -> P
 
 
 def execute(config: ComponentConfig, argv: list[str], resources_dir: Path, *, name: str | None = None,
-            cwd: str | None = None, stdout=None, stderr=None, validate: bool = True, spawner=None) -> RunResult:
-    """Parse `argv`, run the main script with `par`/`meta` injected, check outputs. Never raises ViashExit."""
+            cwd: str | None = None, stdout=None, stderr=None, validate: bool = True, spawner=None,
+            isolated: bool | None = None) -> RunResult:
+    """Parse `argv`, run the main script with `par`/`meta` injected, check outputs. Never raises ViashExit.
+
+    `isolated`: run a Python component in its own environment (perturbcast.envs; None = as its config
+    or PERTURBCAST_ISOLATED_ENVIRONMENTS says); one that cannot be built ends with exit code 98."""
     try:
         language = language_of(config.main_script)
     except ValueError as error:
@@ -96,8 +100,13 @@ def execute(config: ComponentConfig, argv: list[str], resources_dir: Path, *, na
         if config.raw.get("set_wd_to_resources_dir"):
             cwd = str(resources_dir)
         before = _output_states(config, invocation.values, cwd)
+        python_executable = None
+        if language.type == "python_script" and envs.wanted(config.raw, isolated) and envs.install_steps(config.raw):
+            python_executable = _own_environment(config, invocation, stderr)
+            if python_executable is None:
+                return RunResult(envs.NOT_INSTALLED_EXIT_CODE, values=invocation.values)
         execution = viash.run_script(script, meta, cwd=cwd, stdout=stdout, stderr=stderr, spawner=spawner,
-                                     language=language)
+                                     language=language, python_executable=python_executable)
         result = RunResult(execution.exit_code, execution.wall_seconds, execution.peak_rss_bytes, invocation.values)
         if execution.exit_code != 0:
             _remove_partial_outputs(config, invocation.values, cwd, before, stderr)
@@ -145,6 +154,20 @@ def _remove_partial_outputs(config: ComponentConfig, values: dict, cwd: str | No
             print(f"[notice] {config.name}: removed the output '{path}' written by the failed run", file=out, flush=True)
 
 
+def _own_environment(config: ComponentConfig, invocation, stderr) -> str | None:
+    out = stderr if hasattr(stderr, "write") else sys.stderr
+    gpu = "gpu" in ((config.raw.get("runners") or [{}])[-1].get("directives") or {}).get("label", [])
+    try:
+        environment = envs.ensure(config.name, config.raw, gpu=gpu and bool(os.environ.get("PERTURBCAST_GPU")))
+    except envs.EnvironmentError_ as error:
+        print(f"[not installed] {error}", file=out, flush=True)
+        return None
+    if environment.built:
+        print(f"{config.name}: built its environment {environment.path} in {environment.build_seconds:.0f} s",
+              file=out, flush=True)
+    return str(environment.python)
+
+
 def _absolute(values: dict, cwd: str | None) -> dict:
     if not cwd:
         return values
@@ -168,7 +191,7 @@ def _report_invalid_outputs(config: ComponentConfig, result: RunResult, stderr):
 
 def run_component(component: str | os.PathLike, argv: list[str], *, keep: bool = False, stdout=None,
                   stderr=None, cpus: int | None = None, memory: str | None = None, validate: bool = True,
-                  spawner=None) -> RunResult:
+                  spawner=None, isolated: bool | None = None) -> RunResult:
     """`viash run COMPONENT -- ARGS`: build into `$VIASH_TEMP/viash_<name>XXXX`, run, clean up on success."""
     config = load_config(component)
     argv = list(argv) + ([f"---cpus={cpus}"] if cpus else []) + ([f"---memory={memory}"] if memory else [])
@@ -177,7 +200,8 @@ def run_component(component: str | os.PathLike, argv: list[str], *, keep: bool =
     build_dir = Path(tempfile.mkdtemp(prefix=f"viash_{config.name}", dir=temp_root))
     try:
         build(config, build_dir)
-        result = execute(config, argv, build_dir, stdout=stdout, stderr=stderr, validate=validate, spawner=spawner)
+        result = execute(config, argv, build_dir, stdout=stdout, stderr=stderr, validate=validate, spawner=spawner,
+                         isolated=isolated)
     except BaseException:
         shutil.rmtree(build_dir, ignore_errors=True)
         raise

@@ -434,7 +434,8 @@ def meta_values(config: ComponentConfig, resources_dir: Path, name: str | None =
 
 
 def run_script(script_text: str, meta: dict, cwd: str | None = None, stdout=None, stderr=None,
-               env: dict | None = None, spawner=None, language: Language = LANGUAGES["python_script"]) -> Execution:
+               env: dict | None = None, spawner=None, language: Language = LANGUAGES["python_script"],
+               python_executable: str | None = None) -> Execution:
     """Write the injected script to `$VIASH_META_TEMP_DIR/viash-run-<name>-XXXXXX.<ext>` and run it:
     `python -B` (this interpreter), `Rscript` or `bash` (from PATH, as viash's wrapper does).
 
@@ -447,7 +448,8 @@ def run_script(script_text: str, meta: dict, cwd: str | None = None, stdout=None
     os.makedirs(meta["temp_dir"], exist_ok=True)
     python = language.type == "python_script"
     if python:
-        command = [sys.executable, "-B"]
+        # A component's own environment (perturbcast.envs) has its own interpreter
+        command = [python_executable or sys.executable, "-B"]
     else:
         found = shutil.which(language.executor[0])
         if found is None:
@@ -465,7 +467,7 @@ def run_script(script_text: str, meta: dict, cwd: str | None = None, stdout=None
         stdout.flush()
         own_spawner = None
         try:
-            if python:
+            if python and not python_executable:  # the preloaded server runs this interpreter only
                 reply = spawner.run_python(script_path, cwd, stdout.name)
             elif spawner is not None:
                 # the engine's server hands programs to a small sibling server with the step's limits, so

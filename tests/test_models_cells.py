@@ -1,0 +1,95 @@
+"""Train/test splits with their cells (CELLS_CONTRACT: train_cells.h5ad) made from the real subsets, for the
+model components' tests (test_models_gears.py, test_models_cpa.py, test_models_scgpt.py).
+
+Until the tasks write `train_cells.h5ad` themselves, the cells of a split are taken from the same source
+cells the common dataset was pseudobulked from (tests/realdata.py): every cell of a training condition
+(perturbation x cell_type x condition of a row of train.h5ad) and every control cell, with the obs the
+contract names, `replicate` being the seeded half the cell was pseudobulked into.
+"""
+from __future__ import annotations
+
+import zlib
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+import realdata
+from test_methods_models import run
+
+OBS = ("perturbation", "is_control", "perturbation_type", "n_targets", "cell_type", "condition", "replicate")
+
+
+def source_cells(dataset: str):
+    """(log-normalised cells, obs) of a real subset, labelled as realdata's pseudobulk labels them."""
+    if dataset == "norman19":
+        cells = realdata._devel()
+        cells = cells[(cells.obs["dataset"] == "norman19").to_numpy()]
+        obs = pd.DataFrame({
+            "perturbation": [realdata.harmonise_perturbation(c) for c in cells.obs["condition"].astype(str)],
+            "perturbation_type": "activation", "cell_type": "K562", "condition": "none"},
+            index=cells.obs_names.astype(str))
+        return sp.csr_matrix(cells.X, dtype=np.float32), obs, cells.var_names
+    if dataset == "datlinger2017":
+        cells = ad.read_h5ad(realdata.shared_file(realdata.DATLINGER))
+        counts = sp.csr_matrix(cells.X, dtype=np.float64)
+        totals = np.asarray(counts.sum(axis=1)).ravel()
+        log_X = sp.diags(1e4 / np.maximum(totals, 1.0)) @ counts
+        log_X.data = np.log1p(log_X.data)
+        obs = pd.DataFrame({
+            "perturbation": [realdata.harmonise_perturbation(p) for p in cells.obs["perturbation"].astype(str)],
+            "perturbation_type": "knockout", "cell_type": "Jurkat",
+            "condition": cells.obs["perturbation_2"].astype(str).to_numpy()}, index=cells.obs_names.astype(str))
+        return sp.csr_matrix(log_X, dtype=np.float32), obs, cells.var_names
+    raise ValueError(dataset)
+
+
+def common_of(dataset: str):
+    return realdata.norman19_common() if dataset == "norman19" else realdata.datlinger2017_common()
+
+
+def make_split(directory: Path, dataset: str, task: str, seed: int = 0) -> Path:
+    """train/test/solution.h5ad by the task component, and train_cells.h5ad by the contract."""
+    directory.mkdir(parents=True, exist_ok=True)
+    common = directory / "common.h5ad"
+    common_of(dataset).write_h5ad(common)
+    code, err = run(f"src/tasks/{task}", {"input": common, "output_train": directory / "train.h5ad",
+                                          "output_test": directory / "test.h5ad",
+                                          "output_solution": directory / "solution.h5ad", "seed": seed},
+                    directory / "task.log")
+    assert code == 0, err
+    train = ad.read_h5ad(directory / "train.h5ad")
+    X, obs, genes = source_cells(dataset)
+    keys = set(zip(train.obs["perturbation"].astype(str), train.obs["cell_type"].astype(str),
+                   train.obs["condition"].astype(str)))
+    keep = np.array([k in keys or k[0] == "control" for k in
+                     zip(obs["perturbation"], obs["cell_type"], obs["condition"])])
+    obs = obs[keep].copy()
+    obs["is_control"] = obs["perturbation"] == "control"
+    obs["n_targets"] = [0 if p == "control" else len(p.split("+")) for p in obs["perturbation"]]
+    obs["replicate"] = "r1"
+    for key, rows in obs.groupby(["perturbation", "cell_type", "condition", "perturbation_type"]).indices.items():
+        order = np.random.default_rng([seed, zlib.crc32("|".join(key).encode())]).permutation(np.sort(rows))
+        obs.iloc[order[len(order) // 2:], obs.columns.get_loc("replicate")] = "r2"
+    gene_position = pd.Index(genes.astype(str)).get_indexer(train.var_names.astype(str))
+    assert (gene_position >= 0).all()
+    cells = ad.AnnData(X=X[keep][:, gene_position], obs=obs[list(OBS)],
+                       var=pd.DataFrame(index=train.var_names.astype(str)),
+                       uns={k: train.uns[k] for k in ("dataset_id", "task_id", "split_seed", "normalization_id")
+                            if k in train.uns})
+    cells.write_h5ad(directory / "train_cells.h5ad")
+    return directory
+
+
+def test_train_cells_hold_training_conditions_and_controls_only(tmp_path):
+    split = make_split(tmp_path / "norman", "norman19", "unseen_combination")
+    cells = ad.read_h5ad(split / "train_cells.h5ad")
+    test = ad.read_h5ad(split / "test.h5ad")
+    held_out = set(test.obs["perturbation"].astype(str))
+    seen = set(cells.obs["perturbation"].astype(str))
+    assert held_out and not held_out & seen
+    assert "control" in seen and cells.obs["is_control"].sum() == (cells.obs["perturbation"] == "control").sum()
+    assert list(cells.var_names) == list(ad.read_h5ad(split / "train.h5ad").var_names)
+    assert set(cells.obs["replicate"]) == {"r1", "r2"}
