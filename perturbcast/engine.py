@@ -37,6 +37,8 @@ from .engine_guard import Progress, last_error as _last_error
 from .spawner import Spawner
 
 NOT_APPLICABLE_EXIT_CODE = 99
+# A component whose optional packages (an extra, its own environment) are absent: its own status, not a failure.
+NOT_INSTALLED_EXIT_CODE = 98
 # Controls every method selection runs with: the baseline and ceiling of the calibration, the perfect and
 # the uninformative predictions that frame the scale (skipped silently where a control is absent).
 SCALE_CONTROLS = ("train_mean", "replicate_ceiling", "ground_truth", "no_change", "random_perturbation")
@@ -181,6 +183,8 @@ def plan(package_root: Path, output_dir: Path, selection: Selection) -> tuple[li
         datasets = [known_datasets[d] for d in selection.datasets]
     tasks = chosen(by_type.get("task"), selection.tasks)
     predictors = chosen(by_type.get("control_method", []) + by_type.get("method", []), selection.methods)
+    if selection.methods is None:  # deep models opt out of the default run and run when named
+        predictors = [p for p in predictors if p.info.get("default", True) is not False]
     metrics = chosen(by_type.get("metric"), selection.metrics)
     if selection.metrics is None:  # components that opt out of the default run only when named
         metrics = [m for m in metrics if m.info.get("default", True) is not False]
@@ -331,7 +335,8 @@ def run_step(step: Step, cache_key: str, limits: guard.Limits | None = None, ses
         except Exception as error:  # a broken config or resource must not stop the other steps
             log.write(f"[error] {type(error).__name__}: {error}\n")
             exit_code, wall, peak = 1, 0.0, 0
-        status = "ok" if exit_code == 0 else "not_applicable" if exit_code == NOT_APPLICABLE_EXIT_CODE else "failed"
+        status = ("ok" if exit_code == 0 else "not_applicable" if exit_code == NOT_APPLICABLE_EXIT_CODE
+                  else "not_installed" if exit_code == NOT_INSTALLED_EXIT_CODE else "failed")
         reason = "" if status == "ok" else _failure_reason(log_path, exit_code, reply, limits)
         if status == "failed" and INTERRUPT.stopped:
             status, reason = "interrupted", f"interrupted by {INTERRUPT.name}: its process group was killed"
@@ -457,7 +462,7 @@ def execute(steps: list[Step], jobs: int = 1, progress: Progress | None = None,
                     blocked = [r for r in upstream if r.status != "ok"]
                     if blocked:
                         finish(StepRecord(id=step.id, stage=step.stage, component=step.component.name,
-                                          status="not_applicable" if all(r.status == "not_applicable" for r in blocked) else "skipped",
+                                          status="not_applicable" if all(r.status in ("not_applicable", "not_installed") for r in blocked) else "skipped",
                                           reason=f"upstream {blocked[0].id} {blocked[0].status.replace('_', ' ')}",
                                           labels=step.labels))
                         continue

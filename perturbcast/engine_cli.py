@@ -219,9 +219,10 @@ def _run(args, root: Path, output: Path, steps, declared, limits) -> int:
     failed = [r for r in records if r.status == "failed"]
     print(text)
     print(f"\nreport: {write_report(output)}")
-    counts = {status: sum(r.status == status for r in records) for status in ("ok", "failed", "not_applicable", "skipped")}
-    print(f"\nsteps: {counts['ok']} ok, {counts['failed']} failed, {counts['not_applicable']} not applicable, "
-          f"{counts['skipped']} skipped; tables in {output}")
+    statuses = ("ok", "failed", "not_applicable", "not_installed", "skipped", "interrupted")
+    counts = {status: sum(r.status == status for r in records) for status in statuses}
+    print("\nsteps: " + ", ".join(f"{counts[s]} {s.replace('_', ' ')}" for s in statuses if counts[s] or s == "ok")
+          + f"; tables in {output}")
     for record in declared:
         progress.update_cause(record)
     print("\n".join(progress.summary()))

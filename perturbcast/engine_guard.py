@@ -120,7 +120,7 @@ def last_error(log_path: Path) -> str:
     except OSError:
         return ""
     lines = [line for line in lines if line.strip() and not line.startswith("$ perturbcast run ")]
-    errors = [line for line in lines if line.startswith(("[error]", "[not applicable]"))]
+    errors = [line for line in lines if line.startswith(("[error]", "[not applicable]", "[not installed]"))]
     return (errors[-1] if errors else (lines[-1] if lines else "")).strip()[:500]
 
 
@@ -144,7 +144,7 @@ class Progress:
         return "[" + "#" * filled + "-" * (width - filled) + f"] {self.done:>4}/{self.total}"
 
     def _counts(self) -> str:
-        order = ("ok", "failed", "not_applicable", "skipped", "interrupted")
+        order = ("ok", "failed", "not_applicable", "not_installed", "skipped", "interrupted")
         return ", ".join(f"{self.counts[s]} {s.replace('_', ' ')}" for s in order if self.counts.get(s))
 
     def update(self, record):
@@ -173,7 +173,7 @@ class Progress:
                 print(f"{self._bar()} {self._counts()}", file=self.stream, flush=True)
 
     def _count_cause(self, record):
-        if record.status not in ("not_applicable", "skipped"):
+        if record.status not in ("not_applicable", "not_installed", "skipped"):
             return
         cause = record.reason or ""
         if cause.startswith("upstream "):  # one cause for all steps below a failed or n/a step
