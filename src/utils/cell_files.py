@@ -1,0 +1,316 @@
+"""Cells files of the contract (`src/api/file_*_cells.yaml`), written by streaming, never densified.
+
+Included as a viash resource by the dataset loaders (beside `pseudobulk.py`) and by the tasks (beside
+`splits.py`); needs numpy, pandas, scipy, h5py and anndata.
+
+- `select_cells`: which cells of a source a loader keeps: of the cells summed into a profile, at most
+  `max_cells` per perturbed condition (perturbation x cell type x condition) and `max_control` per control
+  condition, drawn with `seed`. The draw depends only on the profiles and the seed, never on a split.
+- `write_source_cells`: those cells of a cell-level source (CSR, CSC or dense `X`/layer of an h5ad) as a
+  dataset cells file: kept genes only, `X` log-normalised as the profiles are, `layers['counts']` for count
+  sources.
+- `copy_cells`: rows of a cells file (CSR, as written here) into another, with new obs (the tasks' train and
+  solution cells).
+
+Memory: the output is appended block by block to resizable HDF5 datasets (`StreamingCellWriter`), so peak
+memory is one block of the source plus the obs table, whatever the number of cells.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+COUNTS_PER = 1e4
+BLOCK_NNZ = 4_000_000     # stored values read per block
+BLOCK_ROWS = 50_000
+OBS_COLUMNS = ("perturbation", "is_control", "perturbation_type", "n_targets", "cell_type", "condition",
+               "replicate")
+
+
+def _write_elem(group, key, value):
+    try:
+        from anndata.io import write_elem
+    except ImportError:  # anndata < 0.11
+        from anndata.experimental import write_elem
+    write_elem(group, key, value)
+
+
+def _read_elem(node):
+    try:
+        from anndata.io import read_elem
+    except ImportError:  # anndata < 0.11
+        from anndata.experimental import read_elem
+    return read_elem(node)
+
+
+class StreamingCellWriter:
+    """An h5ad file whose CSR `X` (and layers) grow by appended row blocks; obs/var/uns are written at the end.
+
+    Written to a temporary file beside `path` and renamed by `finish`, so a failure leaves no partial file.
+    """
+
+    def __init__(self, path: str, n_genes: int, layers=()):
+        import h5py
+
+        self.path, self.n_genes, self.n_rows = str(path), int(n_genes), 0
+        directory = os.path.dirname(os.path.abspath(self.path))
+        os.makedirs(directory, exist_ok=True)
+        self.tmp = os.path.join(directory, f".partial-{os.getpid()}-{os.path.basename(self.path)}")
+        self.file = h5py.File(self.tmp, "w")
+        self.groups = {"X": self._matrix(self.file, "X")}
+        if layers:
+            layer_group = self.file.create_group("layers")
+            layer_group.attrs.update({"encoding-type": "dict", "encoding-version": "0.1.0"})
+            for name in layers:
+                self.groups[name] = self._matrix(layer_group, name)
+
+    @staticmethod
+    def _matrix(parent, name):
+        group = parent.create_group(name)
+        group.attrs.update({"encoding-type": "csr_matrix", "encoding-version": "0.1.0"})
+        group.create_dataset("data", shape=(0,), maxshape=(None,), dtype=np.float32, chunks=(1 << 16,))
+        group.create_dataset("indices", shape=(0,), maxshape=(None,), dtype=np.int32, chunks=(1 << 16,))
+        group.create_dataset("indptr", shape=(1,), maxshape=(None,), dtype=np.int64, chunks=(1 << 14,))
+        return group
+
+    def append(self, X: sp.csr_matrix, **layers):
+        """Add rows: `X` and each layer (CSR, n_genes columns, the same rows)."""
+        for name, matrix in {"X": X, **layers}.items():
+            if matrix.shape[1] != self.n_genes:
+                raise ValueError(f"{name} block has {matrix.shape[1]} columns, expected {self.n_genes}")
+            group = self.groups[name]
+            matrix = matrix.tocsr()
+            matrix.sort_indices()
+            offset = int(group["indptr"][-1])
+            n_values, n_indptr = group["data"].shape[0], group["indptr"].shape[0]
+            group["data"].resize((n_values + matrix.nnz,))
+            group["indices"].resize((n_values + matrix.nnz,))
+            group["indptr"].resize((n_indptr + matrix.shape[0],))
+            group["data"][n_values:] = matrix.data.astype(np.float32, copy=False)
+            group["indices"][n_values:] = matrix.indices.astype(np.int32, copy=False)
+            group["indptr"][n_indptr:] = matrix.indptr[1:].astype(np.int64) + offset
+        self.n_rows += X.shape[0]
+
+    def finish(self, obs: pd.DataFrame, var: pd.DataFrame, uns: dict):
+        if len(obs) != self.n_rows:
+            raise ValueError(f"obs has {len(obs)} rows, the matrix {self.n_rows}")
+        try:
+            for group in self.groups.values():
+                group.attrs["shape"] = np.array([self.n_rows, self.n_genes], dtype=np.int64)
+            self.file.attrs.update({"encoding-type": "anndata", "encoding-version": "0.1.0"})
+            obs = obs.copy()
+            obs.index = obs.index.astype(str)
+            for column in obs.columns:  # strings as categoricals: small files, fast reads
+                if obs[column].dtype == object:
+                    obs[column] = pd.Categorical(obs[column].astype(str))
+            _write_elem(self.file, "obs", obs)
+            _write_elem(self.file, "var", var)
+            _write_elem(self.file, "uns", uns)
+            for key in ("obsm", "varm", "obsp", "varp") + (() if "layers" in self.file else ("layers",)):
+                _write_elem(self.file, key, {})
+            self.file.close()
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(self.tmp, 0o666 & ~umask)
+            os.replace(self.tmp, self.path)
+        except BaseException:
+            self.abort()
+            raise
+
+    def abort(self):
+        try:
+            self.file.close()
+        except Exception:  # already closed
+            pass
+        if os.path.exists(self.tmp):
+            os.remove(self.tmp)
+
+
+# ------------------------------------------------------------------------------------------ loaders
+
+def select_cells(codes: np.ndarray, profiles: pd.DataFrame, max_cells: int, max_control: int, seed: int) -> np.ndarray:
+    """Sorted source rows of the kept cells (see the module docstring); a cap of 0 keeps every cell."""
+    codes = np.asarray(codes, dtype=np.int64)
+    rows = np.flatnonzero(codes >= 0)
+    condition = profiles.groupby(["perturbation", "cell_type", "condition"], sort=True, observed=True).ngroup()
+    condition = condition.to_numpy()[codes[rows]]
+    is_control = profiles["is_control"].to_numpy().astype(bool)[codes[rows]]
+    cap = np.where(is_control, max_control, max_cells).astype(np.int64)
+    order = np.lexsort((np.random.default_rng(seed).random(len(rows)), condition))
+    sizes = np.bincount(condition)
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    rank = np.empty(len(rows), dtype=np.int64)
+    rank[order] = np.arange(len(rows)) - np.repeat(starts, sizes)
+    return rows[(cap == 0) | (rank < cap)]
+
+
+def _cells_obs(rows: np.ndarray, codes: np.ndarray, profiles: pd.DataFrame) -> pd.DataFrame:
+    profile = codes[rows]
+    obs = pd.DataFrame({column: profiles[column].to_numpy()[profile] for column in OBS_COLUMNS})
+    obs["profile_id"] = profiles.index.to_numpy()[profile]
+    obs["source_index"] = rows.astype(np.int64)
+    obs.index = pd.Index([f"cell_{r}" for r in rows], dtype=object)
+    return obs
+
+
+def _normalised_block(block: sp.csr_matrix, keep_index: np.ndarray, n_keep: int, counts: bool):
+    """(X, counts or None) of a block of source rows (all genes): kept columns; log1p(cp10k) for counts."""
+    totals = np.asarray(block.sum(axis=1)).ravel()
+    kept = block[:, keep_index] if keep_index is not None else block
+    kept = sp.csr_matrix(kept, dtype=np.float64)
+    if not counts:
+        return kept.astype(np.float32), None
+    scale = COUNTS_PER / np.where(totals > 0, totals, 1.0)
+    X = kept.copy()
+    X.data = np.log1p(X.data * np.repeat(scale, np.diff(X.indptr)))
+    return X.astype(np.float32), kept.astype(np.float32)
+
+
+def _csr_row_blocks(indptr: np.ndarray, rows: np.ndarray):
+    """Consecutive groups of `rows` (sorted) whose source span holds about BLOCK_NNZ values."""
+    start = 0
+    while start < len(rows):
+        limit = indptr[rows[start]] + BLOCK_NNZ
+        stop = int(np.searchsorted(indptr[rows[start:] + 1], limit, side="right")) + start
+        stop = min(len(rows), max(start + 1, stop), start + BLOCK_ROWS)
+        yield rows[start:stop]
+        start = stop
+
+
+def _source_blocks(handle, path, layer, rows: np.ndarray):
+    """CSR blocks (all genes) of the source rows `rows` (sorted), in order."""
+    from pseudobulk import matrix_layout
+
+    kind, (n_cells, n_genes), node = matrix_layout(handle, path, layer)
+    if kind == "csr":
+        indptr = node["indptr"][:].astype(np.int64)
+        for block_rows in _csr_row_blocks(indptr, rows):
+            low, high = int(indptr[block_rows[0]]), int(indptr[block_rows[-1] + 1])
+            span = sp.csr_matrix((node["data"][low:high], node["indices"][low:high],
+                                  indptr[block_rows[0]:block_rows[-1] + 2] - low),
+                                 shape=(int(block_rows[-1] - block_rows[0] + 1), n_genes))
+            yield span[block_rows - block_rows[0]]
+    elif kind == "dense":
+        step = max(1, min(BLOCK_ROWS, BLOCK_NNZ // max(1, n_genes)))
+        for start in range(0, len(rows), step):
+            block_rows = rows[start:start + step]
+            yield sp.csr_matrix(np.asarray(node[block_rows], dtype=np.float64))  # h5py: increasing rows
+    else:  # CSC: cells are columns' indices; several passes over the genes, each collecting a range of rows
+        indptr = node["indptr"][:].astype(np.int64)
+        position = np.full(n_cells, -1, dtype=np.int64)
+        position[rows] = np.arange(len(rows))
+        rows_per_pass = max(1, int(BLOCK_NNZ * n_cells / max(1, int(indptr[-1]))))
+        for first in range(0, len(rows), rows_per_pass):
+            last = min(len(rows), first + rows_per_pass)
+            parts_r, parts_c, parts_v = [], [], []
+            for start in range(0, n_genes, 256):
+                stop = min(n_genes, start + 256)
+                low, high = int(indptr[start]), int(indptr[stop])
+                cells = node["indices"][low:high]
+                where = position[cells]
+                inside = (where >= first) & (where < last)
+                if inside.any():
+                    genes = np.repeat(np.arange(start, stop), np.diff(indptr[start:stop + 1]))
+                    parts_r.append(where[inside] - first)
+                    parts_c.append(genes[inside])
+                    parts_v.append(node["data"][low:high][inside])
+            if parts_r:
+                yield sp.csr_matrix((np.concatenate(parts_v).astype(np.float64),
+                                     (np.concatenate(parts_r), np.concatenate(parts_c))), shape=(last - first, n_genes))
+            else:
+                yield sp.csr_matrix((last - first, n_genes))
+
+
+def write_source_cells(path, output, *, codes, profiles: pd.DataFrame, keep: np.ndarray, var: pd.DataFrame,
+                       values: str, uns: dict, max_cells: int, max_control: int, seed: int, layer=None, log=print):
+    """The dataset cells file of a cell-level source (see the module docstring); returns the number of cells.
+
+    codes: profile of every source cell (-1 = not in a profile); profiles: the common dataset's obs, same
+    order; keep: boolean per source gene (the common dataset's genes); var: the cells file's var (index =
+    the common dataset's var_names); values: 'counts' or 'log' as in `pseudobulk`.
+    """
+    from pseudobulk import _open
+
+    codes = np.asarray(codes, dtype=np.int64)
+    rows = select_cells(codes, profiles, max_cells, max_control, seed)
+    keep_index = np.flatnonzero(np.asarray(keep, dtype=bool))
+    counts = values == "counts"
+    writer = StreamingCellWriter(output, len(keep_index), layers=("counts",) if counts else ())
+    try:
+        with _open(path) as handle:
+            for block in _source_blocks(handle, path, layer, rows):
+                X, raw = _normalised_block(block, keep_index, len(keep_index), counts)
+                writer.append(X, **({"counts": raw} if counts else {}))
+        writer.finish(_cells_obs(rows, codes, profiles), var,
+                      {**uns, "max_cells_per_condition": int(max_cells), "max_control_cells": int(max_control),
+                       "cells_seed": int(seed), "n_cells_eligible": int((codes >= 0).sum())})
+    except BaseException:
+        writer.abort()
+        raise
+    log(f"cells: {len(rows)} of {int((codes >= 0).sum())} cells x {len(keep_index)} genes written to {output} "
+        f"(at most {max_cells or 'all'} per condition, {max_control or 'all'} per control condition, seed {seed})")
+    return len(rows)
+
+
+# ------------------------------------------------------------------------------------------ tasks
+
+def read_cells_obs(path) -> tuple[pd.DataFrame, pd.Index, list[str]]:
+    """(obs, var_names, layer names) of a cells file, without reading its matrices."""
+    import h5py
+
+    with h5py.File(path, "r") as handle:
+        obs = _read_elem(handle["obs"])
+        var = _read_elem(handle["var"])
+        layers = sorted(handle["layers"].keys()) if "layers" in handle else []
+    return obs, var.index, layers
+
+
+def copy_cells(source, output, rows: np.ndarray, obs: pd.DataFrame, uns: dict):
+    """Write rows `rows` (increasing) of the cells file `source` (CSR X and layers) to `output` with `obs`."""
+    import h5py
+
+    rows = np.asarray(rows, dtype=np.int64)
+    if len(rows) > 1 and (np.diff(rows) <= 0).any():
+        raise ValueError("copy_cells needs increasing rows")
+    with h5py.File(source, "r") as handle:
+        names = ["X"] + (sorted(handle["layers"].keys()) if "layers" in handle else [])
+        nodes = {name: handle[name] if name == "X" else handle["layers"][name] for name in names}
+        for name, node in nodes.items():
+            if not (hasattr(node, "attrs") and node.attrs.get("encoding-type") == "csr_matrix"):
+                raise ValueError(f"file '{source}': {name} is not a CSR matrix, expected a cells file written by "
+                                 "a loader")
+        n_genes = int(nodes["X"].attrs["shape"][1])
+        var = _read_elem(handle["var"])
+        indptrs = {name: node["indptr"][:].astype(np.int64) for name, node in nodes.items()}
+        writer = StreamingCellWriter(output, n_genes, layers=names[1:])
+        try:
+            for block in _csr_row_blocks(indptrs["X"], rows) if len(rows) else []:
+                pieces = {}
+                for name, node in nodes.items():
+                    indptr = indptrs[name]
+                    low, high = int(indptr[block[0]]), int(indptr[block[-1] + 1])
+                    span = sp.csr_matrix((node["data"][low:high], node["indices"][low:high],
+                                          indptr[block[0]:block[-1] + 2] - low),
+                                         shape=(int(block[-1] - block[0] + 1), n_genes))
+                    pieces[name] = span[block - block[0]]
+                writer.append(pieces.pop("X"), **pieces)
+            writer.finish(obs, var, uns)
+        except BaseException:
+            writer.abort()
+            raise
+
+
+def loader_options(par: dict) -> dict:
+    """`cells_options` of `pseudobulk` from a loader's --max_cells_per_condition, --max_control_cells, --cells_seed."""
+    defaults = {"max_cells_per_condition": ("max_cells", 500), "max_control_cells": ("max_control", 2000),
+                "cells_seed": ("seed", 0)}
+    options = {}
+    for name, (key, default) in defaults.items():
+        value = default if par.get(name) is None else par[name]
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+            raise ValueError(f"--{name} is {value!r}, expected a non-negative integer")
+        options[key] = int(value)
+    return options
