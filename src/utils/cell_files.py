@@ -139,7 +139,14 @@ def select_cells(codes: np.ndarray, profiles: pd.DataFrame, max_cells: int, max_
     condition = condition.to_numpy()[codes[rows]]
     is_control = profiles["is_control"].to_numpy().astype(bool)[codes[rows]]
     cap = np.where(is_control, max_control, max_cells).astype(np.int64)
-    order = np.lexsort((np.random.default_rng(seed).random(len(rows)), condition))
+    # the draw deals a condition's cells round-robin over its profiles (replicates), so that every
+    # replicate keeps cells under the cap: rank within the profile first, then at random
+    draw = np.random.default_rng(seed).random(len(rows))
+    within = np.empty(len(rows), dtype=np.int64)
+    by_profile = np.lexsort((draw, codes[rows]))
+    sorted_codes = codes[rows][by_profile]
+    within[by_profile] = np.arange(len(rows)) - np.searchsorted(sorted_codes, sorted_codes, side="left")
+    order = np.lexsort((draw, within, condition))
     sizes = np.bincount(condition)
     starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
     rank = np.empty(len(rows), dtype=np.int64)
@@ -314,3 +321,83 @@ def loader_options(par: dict) -> dict:
             raise ValueError(f"--{name} is {value!r}, expected a non-negative integer")
         options[key] = int(value)
     return options
+
+
+def _check_input_cells(path, common) -> tuple[pd.DataFrame, list[str]]:
+    """obs of the dataset cells file `path`, checked against the common dataset; one-line ValueError otherwise."""
+    from formats import FormatError, check_anndata, read_h5ad  # noqa: F401
+
+    try:
+        obs, var_names, layers = read_cells_obs(path)
+    except Exception as error:  # not HDF5, no obs/var
+        raise ValueError(f"file '{path}': cannot be read as a cells file ({str(error).splitlines()[0] if str(error) else type(error).__name__})") from None
+    problems = []
+    if list(var_names) != list(common.var_names):
+        problems.append("genes (var_names) differ from the common dataset's (--input) or are in another order")
+    for column in OBS_COLUMNS + ("profile_id",):
+        if column not in obs.columns:
+            problems.append(f"obs['{column}'] is missing")
+    if not problems:
+        profile = obs["profile_id"].astype(str)
+        unknown = ~profile.isin(common.obs_names)
+        if unknown.any():
+            problems.append(f"{int(unknown.sum())} cells name a profile_id that is not a row of the common dataset "
+                            f"(e.g. {profile[unknown].iloc[0]!r}): cells and dataset come from different loader runs")
+        else:
+            expected = common.obs.loc[profile.to_numpy(), ["perturbation", "cell_type", "condition", "replicate"]]
+            for column in expected.columns:
+                if (expected[column].astype(str).to_numpy() != obs[column].astype(str).to_numpy()).any():
+                    problems.append(f"obs['{column}'] disagrees with the common dataset row named by profile_id")
+    if problems:
+        raise ValueError(f"file '{path}': " + "; ".join(problems[:3]))
+    return obs, layers
+
+
+def write_split_cells(path, common, assignment: dict, train_output, solution_output, train_uns: dict,
+                      solution_uns: dict, log=print) -> tuple[int, int]:
+    """A task's train_cells and solution_cells from the dataset cells `path` (see `splits.build_split`'s
+    `assignment`). A test profile used as both replicate halves gives its cells alternately to half 1 and 2.
+    Returns (training cells, solution cells); raises ValueError for a bad cells file."""
+    obs, _ = _check_input_cells(path, common)
+    row_of = pd.Series(np.arange(common.n_obs), index=common.obs_names)
+    common_row = row_of.loc[obs["profile_id"].astype(str).to_numpy()].to_numpy()
+    train_rows = np.flatnonzero(assignment["is_train"][common_row])
+    condition = assignment["condition_id"][common_row]
+    test_rows = np.flatnonzero(pd.notna(condition))
+    half = assignment["half"][common_row[test_rows]].copy()
+    both = half == 0
+    if both.any():  # alternate the cells of a profile that stands for both halves
+        profile = common_row[test_rows][both]
+        rank = pd.Series(profile).groupby(profile).cumcount().to_numpy()
+        half[both] = 1 + rank % 2
+    base = obs.copy()
+    base.index = base.index.astype(str)
+    solution_obs = base.iloc[test_rows].copy()
+    solution_obs.insert(0, "replicate_half", half.astype(np.int64))
+    solution_obs.insert(0, "condition_id", condition[test_rows].astype(str))
+    if len(test_rows) == 0:
+        raise ValueError(f"file '{path}': no cell of any test condition (every condition needs cells)")
+    copy_cells(path, train_output, train_rows, base.iloc[train_rows], train_uns)
+    copy_cells(path, solution_output, test_rows, solution_obs, solution_uns)
+    log(f"cells: train {len(train_rows)}, solution {len(test_rows)} of {len(obs)} dataset cells")
+    return len(train_rows), len(test_rows)
+
+
+def write_task_cells(par: dict, common, assignment: dict, uns: dict, fail, log=print):
+    """A task's --output_train_cells / --output_solution_cells from --input_cells (nothing without it).
+
+    Called before the task writes its other outputs, so that a bad cells file stops the task with one line
+    (`fail`) and nothing written."""
+    wanted = [name for name in ("output_train_cells", "output_solution_cells") if par.get(name)]
+    if not par.get("input_cells"):
+        if wanted:
+            fail(f"--{wanted[0]} was given without --input_cells (the dataset cells to split)")
+        return
+    missing = [name for name in ("output_train_cells", "output_solution_cells") if not par.get(name)]
+    if missing:
+        fail(f"--input_cells was given without --{missing[0]}")
+    try:
+        write_split_cells(par["input_cells"], common, assignment, par["output_train_cells"],
+                          par["output_solution_cells"], dict(uns), dict(uns), log=log)
+    except ValueError as error:
+        fail(f"--input_cells {error}")
