@@ -401,3 +401,64 @@ def write_task_cells(par: dict, common, assignment: dict, uns: dict, fail, log=p
                           par["output_solution_cells"], dict(uns), dict(uns), log=log)
     except ValueError as error:
         fail(f"--input_cells {error}")
+
+
+class CellRecorder:
+    """The simulator's per-cell counts, recorded while `simulated_grn` samples them, for its --output_cells.
+
+    The simulator adds each cell's counts into its profile as soon as they are sampled. Rather than threading
+    cells through its code, the recorder wraps two of its module functions (in `namespace`, the script's
+    globals): `condition_function` (one call per condition, in profile order) and `sampler` (returns the
+    counts of a block of cells; the caller's local `half` says which replicate profile they go to). `write`
+    then checks that the recorded cells add up exactly to the profiles' counts, so a change of the
+    simulator that breaks this bookkeeping stops with an error instead of writing wrong cells.
+    """
+
+    def __init__(self, namespace: dict, condition_function: str, sampler: str, n_replicates: int = 2):
+        import sys
+
+        self.blocks, self.condition, self.n_replicates = [], -1, n_replicates
+        original_condition, original_sampler = namespace[condition_function], namespace[sampler]
+
+        def condition_wrapper(*args, **kwargs):
+            self.condition += 1
+            return original_condition(*args, **kwargs)
+
+        def sampler_wrapper(*args, **kwargs):
+            counts = original_sampler(*args, **kwargs)
+            half = sys._getframe(1).f_locals.get("half")
+            self.blocks.append((self.condition * n_replicates + (-10 ** 9 if half is None else int(half)),
+                                sp.csr_matrix(counts, dtype=np.float64)))
+            return counts
+
+        namespace[condition_function], namespace[sampler] = condition_wrapper, sampler_wrapper
+
+    def write(self, output, adata, options: dict, log=print) -> int:
+        counts = sp.vstack([block for _, block in self.blocks]).tocsr()
+        codes = np.concatenate([np.full(block.shape[0], code, dtype=np.int64) for code, block in self.blocks])
+        profile_counts = adata.layers["counts"]
+        profile_counts = profile_counts.toarray() if sp.issparse(profile_counts) else np.asarray(profile_counts)
+        if codes.min() < 0 or codes.max() >= adata.n_obs or counts.shape[1] != adata.n_vars:
+            raise ValueError("the recorded cells do not map onto the profiles (the simulator's sampling changed; "
+                             "update cell_files.CellRecorder)")
+        indicator = sp.csr_matrix((np.ones(len(codes)), (codes, np.arange(len(codes)))), shape=(adata.n_obs, len(codes)))
+        if not np.array_equal((indicator @ counts).toarray(), profile_counts.astype(np.float64)):
+            raise ValueError("the recorded cells do not add up to the profiles' counts (the simulator's sampling "
+                             "changed; update cell_files.CellRecorder)")
+        rows = select_cells(codes, adata.obs, options["max_cells"], options["max_control"], options["seed"])
+        writer = StreamingCellWriter(output, adata.n_vars, layers=("counts",))
+        try:
+            for start in range(0, len(rows), BLOCK_ROWS):
+                block = counts[rows[start:start + BLOCK_ROWS]]
+                X, raw = _normalised_block(block, None, adata.n_vars, True)
+                writer.append(X, counts=raw)
+            var = adata.var[[c for c in ("gene_id",) if c in adata.var.columns]]
+            writer.finish(_cells_obs(rows, codes, adata.obs), var,
+                          {"dataset_id": adata.uns["dataset_id"], "normalization_id": adata.uns["normalization_id"],
+                           "max_cells_per_condition": options["max_cells"], "max_control_cells": options["max_control"],
+                           "cells_seed": options["seed"], "n_cells_eligible": int(len(codes))})
+        except BaseException:
+            writer.abort()
+            raise
+        log(f"cells: {len(rows)} of {len(codes)} simulated cells x {adata.n_vars} genes written to {output}")
+        return len(rows)
