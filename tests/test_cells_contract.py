@@ -236,9 +236,9 @@ MEMORY_SCRIPT = textwrap.dedent("""
     obs = read_obs(source, ["perturbation", "replicate"])
     cells = harmonize_cells(source, obs, perturbation_column="perturbation", perturbation_type="knockdown",
                             cell_type="K562", log=lambda m: None)
-    common = pseudobulk(source, cells, values="counts", seed=0, min_cells=5, n_top_genes=1000,
+    common = pseudobulk(source, cells, values="counts", seed=0, min_cells=5, n_top_genes=0,
                         genes=gene_table(source), uns={"dataset_id": "generated", "normalization_id": "log_cp10k"},
-                        log=lambda m: None, cells_output=out + "/cells.h5ad",
+                        log=lambda m: None, chunk_nnz=2_000_000, cells_output=out + "/cells.h5ad",
                         cells_options={"max_cells": 0, "max_control": 0, "seed": 0})
     loader_seconds = time.time() - start
     is_test, stratum, exclude, info = partitions.perturbation_fold(common.obs, 5, 0, 0)

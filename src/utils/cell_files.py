@@ -24,7 +24,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 COUNTS_PER = 1e4
-BLOCK_NNZ = 4_000_000     # stored values read per block
+BLOCK_NNZ = 1_000_000     # stored values read per block (about 40 MB of work arrays)
 BLOCK_ROWS = 50_000
 OBS_COLUMNS = ("perturbation", "is_control", "perturbation_type", "n_targets", "cell_type", "condition",
                "replicate")
