@@ -417,10 +417,6 @@ def check_partition(test_paths: list, common_path=None) -> list[str]:
     if declared is not None and not missing and len(tested) != int(declared):
         problems.append(f"the folds test {len(tested)} distinct conditions, but the partition has {int(declared)} "
                         f"(uns['n_partition_conditions'])")
-    if train_cells_path is not None or solution_cells_path is not None:
-        from .leakage_cells import check_split_cells
-
-        problems += check_split_cells(train, test, solution, train_cells_path, solution_cells_path, cells_path)
     if common_path is not None:
         common, problem = _load(common_path, "common")
         if problem:
