@@ -163,7 +163,7 @@ def _cells_obs(rows: np.ndarray, codes: np.ndarray, profiles: pd.DataFrame) -> p
     return obs
 
 
-def _normalised_block(block: sp.csr_matrix, keep_index: np.ndarray, n_keep: int, counts: bool):
+def _normalised_block(block: sp.csr_matrix, keep_index, counts: bool):
     """(X, counts or None) of a block of source rows (all genes): kept columns; log1p(cp10k) for counts."""
     totals = np.asarray(block.sum(axis=1)).ravel()
     kept = block[:, keep_index] if keep_index is not None else block
@@ -249,7 +249,7 @@ def write_source_cells(path, output, *, codes, profiles: pd.DataFrame, keep: np.
     try:
         with _open(path) as handle:
             for block in _source_blocks(handle, path, layer, rows):
-                X, raw = _normalised_block(block, keep_index, len(keep_index), counts)
+                X, raw = _normalised_block(block, keep_index, counts)
                 writer.append(X, **({"counts": raw} if counts else {}))
         writer.finish(_cells_obs(rows, codes, profiles), var,
                       {**uns, "max_cells_per_condition": int(max_cells), "max_control_cells": int(max_control),
@@ -325,8 +325,6 @@ def loader_options(par: dict) -> dict:
 
 def _check_input_cells(path, common) -> tuple[pd.DataFrame, list[str]]:
     """obs of the dataset cells file `path`, checked against the common dataset; one-line ValueError otherwise."""
-    from formats import FormatError, check_anndata, read_h5ad  # noqa: F401
-
     try:
         obs, var_names, layers = read_cells_obs(path)
     except Exception as error:  # not HDF5, no obs/var
@@ -450,7 +448,7 @@ class CellRecorder:
         try:
             for start in range(0, len(rows), BLOCK_ROWS):
                 block = counts[rows[start:start + BLOCK_ROWS]]
-                X, raw = _normalised_block(block, None, adata.n_vars, True)
+                X, raw = _normalised_block(block, None, True)
                 writer.append(X, counts=raw)
             var = adata.var[[c for c in ("gene_id",) if c in adata.var.columns]]
             writer.finish(_cells_obs(rows, codes, adata.obs), var,
