@@ -44,7 +44,7 @@ def main() -> int:
         import subprocess
         subprocess.run([sys.executable, str(ROOT / "benchmarks" / "pseudobulk.py"), "test-sources",
                         "--output", str(loaders)], check=True)
-    if (SPLIT / "score.h5ad").exists() and not args.force:
+    if (SPLIT / "score.h5ad").exists() and (SPLIT / "solution_cells.h5ad").exists() and not args.force:
         print(f"create_test_resources: {OUT} is complete (use --force to remake)", file=sys.stderr)
         return 0
     SPLIT.mkdir(parents=True, exist_ok=True)
