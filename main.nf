@@ -25,6 +25,7 @@
  * | tasks / methods / metrics  | Selection (None = all), unknown name = error  | chooseComponents: --tasks/--methods/--metrics minus --exclude_*
  * | method applicability       | supports_task (info.supported_tasks)          | supportsTask in the PREDICT channel filter; listed in not_applicable.tsv
  * | --input_solution           | only for components that declare it           | predictArguments / solution staged only then
+ * | cells files (*_cells)      | engine.declared: declared and made upstream   | meta flags (datasetMeta ... scoreMeta), staged only then
  * | exit code 99               | status not_applicable, downstream skipped     | not_applicable.txt marker, exit 0, no output -> downstream skipped
  * | failure                    | status failed, downstream skipped, rest runs  | errorStrategy: retry when killed (137-140), else 'ignore'
  * | step id                    | dataset/<d>, split/<d>/<t>/seed_<s>, ...      | the same (task tag, --dry_run, not_applicable.tsv)
@@ -55,6 +56,7 @@ process LOADER {
 
     output:
     tuple val(meta), path("${meta.dir}/dataset.h5ad"), emit: dataset, optional: true
+    tuple val(meta), path("${meta.dir}/dataset_cells.h5ad"), emit: cells, optional: true
     tuple val(meta), path("${meta.dir}/not_applicable.txt"), emit: not_applicable, optional: true
     path("${meta.dir}/log.txt"), emit: log
 
@@ -76,12 +78,14 @@ process SPLIT {
     publishDir params.publish_dir, mode: params.publish_mode
 
     input:
-    tuple val(meta), val(comp), path(component_dir, stageAs: 'project/src/component/*'), path(dataset, stageAs: 'input/dataset.h5ad')
+    // `cells` is an empty list (nothing staged) unless the loader made cells and the task declares --input_cells
+    tuple val(meta), val(comp), path(component_dir, stageAs: 'project/src/component/*'), path(dataset, stageAs: 'input/dataset.h5ad'), path(cells, stageAs: 'input/dataset_cells.h5ad')
     path(project_files, stageAs: 'project/*')
     path(shared_src, stageAs: 'project/src/*')
 
     output:
     tuple val(meta), path("${meta.dir}/train.h5ad"), path("${meta.dir}/test.h5ad"), path("${meta.dir}/solution.h5ad"), emit: split, optional: true
+    tuple val(meta), path("${meta.dir}/train_cells.h5ad"), path("${meta.dir}/solution_cells.h5ad"), emit: cells, optional: true
     tuple val(meta), path("${meta.dir}/not_applicable.txt"), emit: not_applicable, optional: true
     path("${meta.dir}/log.txt"), emit: log
 
@@ -103,13 +107,14 @@ process PREDICT {
     publishDir params.publish_dir, mode: params.publish_mode
 
     input:
-    // `solution` is an empty list (nothing staged) for components without --input_solution
-    tuple val(meta), val(comp), path(component_dir, stageAs: 'project/src/component/*'), path(train, stageAs: 'input/train.h5ad'), path(test, stageAs: 'input/test.h5ad'), path(solution, stageAs: 'input/solution.h5ad')
+    // `solution` (and each cells file) is an empty list (nothing staged) for components without the argument
+    tuple val(meta), val(comp), path(component_dir, stageAs: 'project/src/component/*'), path(train, stageAs: 'input/train.h5ad'), path(test, stageAs: 'input/test.h5ad'), path(solution, stageAs: 'input/solution.h5ad'), path(train_cells, stageAs: 'input/train_cells.h5ad'), path(solution_cells, stageAs: 'input/solution_cells.h5ad')
     path(project_files, stageAs: 'project/*')
     path(shared_src, stageAs: 'project/src/*')
 
     output:
     tuple val(meta), path("${meta.dir}/prediction.h5ad"), emit: prediction, optional: true
+    tuple val(meta), path("${meta.dir}/prediction_cells.h5ad"), emit: cells, optional: true
     tuple val(meta), path("${meta.dir}/not_applicable.txt"), emit: not_applicable, optional: true
     path("${meta.dir}/log.txt"), emit: log
 
@@ -131,7 +136,7 @@ process SCORE {
     publishDir params.publish_dir, mode: params.publish_mode
 
     input:
-    tuple val(meta), val(comp), path(component_dir, stageAs: 'project/src/component/*'), path(solution, stageAs: 'input/solution.h5ad'), path(prediction, stageAs: 'input/prediction.h5ad')
+    tuple val(meta), val(comp), path(component_dir, stageAs: 'project/src/component/*'), path(solution, stageAs: 'input/solution.h5ad'), path(prediction, stageAs: 'input/prediction.h5ad'), path(prediction_cells, stageAs: 'input/prediction_cells.h5ad'), path(train_cells, stageAs: 'input/train_cells.h5ad'), path(solution_cells, stageAs: 'input/solution_cells.h5ad')
     path(project_files, stageAs: 'project/*')
     path(shared_src, stageAs: 'project/src/*')
 
@@ -208,32 +213,45 @@ workflow {
         Channel.fromList(datasets.collect { dataset -> [datasetMeta(dataset), dataset.loader, file(dataset.loader.path)] }),
         project_files, shared_src)
 
-    // split: dataset x task x seed x fold (every fold of each partition)
+    // split: dataset x task x seed x fold (every fold of each partition), with the dataset's cells if any
+    def datasets_with_cells = LOADER.out.dataset
+        .join(LOADER.out.cells.map { meta, cells -> [meta, [cells]] }, remainder: true)
+        .map { meta, dataset, cells -> [meta, dataset, cells ?: []] }
     SPLIT(
-        LOADER.out.dataset
+        datasets_with_cells
             .combine(Channel.fromList(task_seeds))
-            .map { dataset_meta, dataset, task, seed, fold ->
-                [splitMeta(dataset_meta, task, seed, fold, plan.n_folds), task, file(task.path), dataset] },
+            .map { dataset_meta, dataset, cells, task, seed, fold ->
+                def meta = splitMeta(dataset_meta, task, seed, fold, plan.n_folds)
+                [meta, task, file(task.path), dataset, meta.cells && cells ? cells[0] : []] },
         project_files, shared_src)
+    // [meta, train, test, solution, [train_cells, solution_cells] or []]
+    def splits = SPLIT.out.split
+        .join(SPLIT.out.cells.map { meta, train_cells, solution_cells -> [meta, [train_cells, solution_cells]] }, remainder: true)
+        .map { meta, train, test, solution, cells -> [meta, train, test, solution, cells ?: []] }
 
     // predict: split x (control) method, where the method supports the task
     PREDICT(
-        SPLIT.out.split
+        splits
             .combine(Channel.fromList(plan.predictors))
-            .filter { split_meta, train, test, solution, method -> supportsTask(method, split_meta.task_id) }
-            .map { split_meta, train, test, solution, method ->
-                [predictMeta(split_meta, method), method, file(method.path), train, test,
-                 takesArgument(method, 'input_solution') ? solution : []] },
+            .filter { split_meta, train, test, solution, cells, method -> supportsTask(method, split_meta.task_id) }
+            .map { split_meta, train, test, solution, cells, method ->
+                def meta = predictMeta(split_meta, method)
+                [meta, method, file(method.path), train, test, takesArgument(method, 'input_solution') ? solution : [],
+                 meta.train_cells && cells ? cells[0] : [], meta.solution_cells && cells ? cells[1] : []] },
         project_files, shared_src)
 
-    // score: prediction x metric, with the solution of the prediction's split
+    // score: prediction x metric, with the solution of the prediction's split (and the declared cells files)
     SCORE(
         PREDICT.out.prediction
-            .map { predict_meta, prediction -> [predict_meta.split_id, predict_meta, prediction] }
-            .combine(SPLIT.out.split.map { split_meta, train, test, solution -> [split_meta.id, solution] }, by: 0)
+            .join(PREDICT.out.cells.map { meta, cells -> [meta, [cells]] }, remainder: true)
+            .map { predict_meta, prediction, cells -> [predict_meta.split_id, predict_meta, prediction, cells ?: []] }
+            .combine(splits.map { split_meta, train, test, solution, cells -> [split_meta.id, solution, cells] }, by: 0)
             .combine(Channel.fromList(plan.metrics))
-            .map { split_id, predict_meta, prediction, solution, metric ->
-                [scoreMeta(predict_meta, metric), metric, file(metric.path), solution, prediction] },
+            .map { split_id, predict_meta, prediction, prediction_cells, solution, cells, metric ->
+                def meta = scoreMeta(predict_meta, metric)
+                [meta, metric, file(metric.path), solution, prediction,
+                 meta.prediction_cells && prediction_cells ? prediction_cells[0] : [],
+                 meta.train_cells && cells ? cells[0] : [], meta.solution_cells && cells ? cells[1] : []] },
         project_files, shared_src)
 
     // not applicable: declared (supported_tasks) and at run time (exit code 99), as one table
@@ -492,20 +510,28 @@ Map planBenchmark(File root, Map p) {
 Map datasetMeta(Map dataset) {
     def key = dataset.id.toString()
     return [id: "dataset/${key}".toString(), stage: 'dataset', key: key, dataset_id: key,
-            arguments: dataset.arguments, dir: "datasets/${key}".toString()]
+            arguments: dataset.arguments, dir: "datasets/${key}".toString(),
+            cells: takesArgument(dataset.loader as Map, 'output_cells')]
 }
 
 Map splitMeta(Map datasetMeta, Map task, seed, fold = null, nFolds = null) {
     def key = "${datasetMeta.dataset_id}/${task.name}/seed_${seed}".toString() + (fold == null ? '' : "/fold_${fold}")
     return [id: "split/${key}".toString(), stage: 'split', key: key, dataset_id: datasetMeta.dataset_id,
-            task_id: task.name, seed: seed as Integer, fold: fold, n_folds: nFolds, dir: "tasks/${key}".toString()]
+            task_id: task.name, seed: seed as Integer, fold: fold, n_folds: nFolds, dir: "tasks/${key}".toString(),
+            cells: (datasetMeta.cells as boolean) && takesArgument(task, 'input_cells'),
+            train_cells: (datasetMeta.cells as boolean) && takesArgument(task, 'input_cells') && takesArgument(task, 'output_train_cells'),
+            solution_cells: (datasetMeta.cells as boolean) && takesArgument(task, 'input_cells') && takesArgument(task, 'output_solution_cells')]
 }
 
 Map predictMeta(Map splitMeta, Map method) {
     def key = "${splitMeta.key}/${method.name}".toString()
     return [id: "predict/${key}".toString(), stage: 'predict', key: key, split_id: splitMeta.id,
             dataset_id: splitMeta.dataset_id, task_id: splitMeta.task_id, seed: splitMeta.seed, fold: splitMeta.fold,
-            method_id: method.name, method_type: method.type, dir: "predictions/${key}".toString()]
+            method_id: method.name, method_type: method.type, dir: "predictions/${key}".toString(),
+            split_train_cells: splitMeta.train_cells, split_solution_cells: splitMeta.solution_cells,
+            train_cells: (splitMeta.train_cells as boolean) && takesArgument(method, 'input_train_cells'),
+            solution_cells: (splitMeta.solution_cells as boolean) && takesArgument(method, 'input_solution_cells'),
+            output_cells: takesArgument(method, 'output_cells')]
 }
 
 Map scoreMeta(Map predictMeta, Map metric) {
@@ -513,7 +539,10 @@ Map scoreMeta(Map predictMeta, Map metric) {
     return [id: "score/${key}".toString(), stage: 'score', key: key, split_id: predictMeta.split_id,
             dataset_id: predictMeta.dataset_id, task_id: predictMeta.task_id, seed: predictMeta.seed,
             fold: predictMeta.fold, method_id: predictMeta.method_id, method_type: predictMeta.method_type,
-            metric_component: metric.name, dir: "scores/${key}".toString()]
+            metric_component: metric.name, dir: "scores/${key}".toString(),
+            prediction_cells: (predictMeta.output_cells as boolean) && takesArgument(metric, 'input_prediction_cells'),
+            train_cells: (predictMeta.split_train_cells as boolean) && takesArgument(metric, 'input_train_cells'),
+            solution_cells: (predictMeta.split_solution_cells as boolean) && takesArgument(metric, 'input_solution_cells')]
 }
 
 // Every step of the plan in the engine's order, and the predictor x task pairs that are not
@@ -551,15 +580,25 @@ Map plannedSteps(Map plan) {
 // The inputs are staged under these names by the processes in main.nf (`stageAs: 'input/...'`).
 
 Map loaderArguments(Map meta) {
-    return [output: "${meta.dir}/dataset.h5ad".toString()] + (meta.arguments as Map)
+    return [output: "${meta.dir}/dataset.h5ad".toString()] +
+        (meta.cells ? [output_cells: "${meta.dir}/dataset_cells.h5ad".toString()] : [:]) + (meta.arguments as Map)
 }
 
 Map splitArguments(Map meta) {
-    return [input          : 'input/dataset.h5ad',
-            output_train   : "${meta.dir}/train.h5ad".toString(),
-            output_test    : "${meta.dir}/test.h5ad".toString(),
-            output_solution: "${meta.dir}/solution.h5ad".toString(),
-            seed           : meta.seed] + (meta.fold == null ? [:] : [n_folds: meta.n_folds, fold: meta.fold])
+    def arguments = [input: 'input/dataset.h5ad']
+    if (meta.cells) {
+        arguments.input_cells = 'input/dataset_cells.h5ad'
+    }
+    arguments += [output_train   : "${meta.dir}/train.h5ad".toString(),
+                  output_test    : "${meta.dir}/test.h5ad".toString(),
+                  output_solution: "${meta.dir}/solution.h5ad".toString()]
+    if (meta.train_cells) {
+        arguments.output_train_cells = "${meta.dir}/train_cells.h5ad".toString()
+    }
+    if (meta.solution_cells) {
+        arguments.output_solution_cells = "${meta.dir}/solution_cells.h5ad".toString()
+    }
+    return arguments + [seed: meta.seed] + (meta.fold == null ? [:] : [n_folds: meta.n_folds, fold: meta.fold])
 }
 
 Map predictArguments(Map meta, Map method) {
@@ -567,14 +606,31 @@ Map predictArguments(Map meta, Map method) {
     if (takesArgument(method, 'input_solution')) {
         arguments.input_solution = 'input/solution.h5ad'
     }
+    if (meta.train_cells) {
+        arguments.input_train_cells = 'input/train_cells.h5ad'
+    }
+    if (meta.solution_cells) {
+        arguments.input_solution_cells = 'input/solution_cells.h5ad'
+    }
     arguments.output = "${meta.dir}/prediction.h5ad".toString()
+    if (meta.output_cells) {
+        arguments.output_cells = "${meta.dir}/prediction_cells.h5ad".toString()
+    }
     return arguments
 }
 
 Map scoreArguments(Map meta) {
-    return [input_solution  : 'input/solution.h5ad',
-            input_prediction: 'input/prediction.h5ad',
-            output          : "${meta.dir}/score.h5ad".toString()]
+    def arguments = [input_solution: 'input/solution.h5ad', input_prediction: 'input/prediction.h5ad']
+    if (meta.train_cells) {
+        arguments.input_train_cells = 'input/train_cells.h5ad'
+    }
+    if (meta.solution_cells) {
+        arguments.input_solution_cells = 'input/solution_cells.h5ad'
+    }
+    if (meta.prediction_cells) {
+        arguments.input_prediction_cells = 'input/prediction_cells.h5ad'
+    }
+    return arguments + [output: "${meta.dir}/score.h5ad".toString()]
 }
 
 // ---------------------------------------------------------------- images and resources

@@ -154,6 +154,11 @@ def supports_task(method: ComponentConfig, task_id: str) -> bool:
     return supported is None or task_id in supported
 
 
+def declared(component: ComponentConfig, files: dict) -> dict:
+    """The optional files (argument -> path) that `component` declares and upstream made (cells files)."""
+    return {name: path for name, path in files.items() if path is not None and component.argument(name)}
+
+
 def plan(package_root: Path, output_dir: Path, selection: Selection) -> tuple[list[Step], list[StepRecord]]:
     """All steps of the benchmark for `selection`, in dependency order, and the pairs not applicable by declaration."""
     components = discover_components(package_root)
@@ -194,7 +199,9 @@ def plan(package_root: Path, output_dir: Path, selection: Selection) -> tuple[li
         dataset_dir = output_dir / "datasets" / dataset_id
         dataset_step = Step(
             id=f"dataset/{dataset_id}", stage="dataset", component=loader, directory=dataset_dir,
-            inputs={}, outputs={"output": dataset_dir / "dataset.h5ad"}, arguments=dict(instance["arguments"]),
+            inputs={}, outputs={"output": dataset_dir / "dataset.h5ad",
+                                **declared(loader, {"output_cells": dataset_dir / "dataset_cells.h5ad"})},
+            arguments=dict(instance["arguments"]),
             labels={"dataset_id": dataset_id})
         steps.append(dataset_step)
         for task in tasks:
@@ -207,11 +214,15 @@ def plan(package_root: Path, output_dir: Path, selection: Selection) -> tuple[li
                                                                         "fold": fold}
                 split_labels = {"dataset_id": dataset_id, "task_id": task.name, "seed": seed,
                                 **({"fold": fold} if fold is not None else {})}
+                cells = declared(task, {"input_cells": dataset_step.outputs.get("output_cells")})
                 split_step = Step(
                     id=f"split/{split}", stage="split", component=task, directory=split_dir,
-                    inputs={"input": dataset_step.outputs["output"]},
+                    inputs={"input": dataset_step.outputs["output"], **cells},
                     outputs={"output_train": split_dir / "train.h5ad", "output_test": split_dir / "test.h5ad",
-                             "output_solution": split_dir / "solution.h5ad"},
+                             "output_solution": split_dir / "solution.h5ad",
+                             **(declared(task, {"output_train_cells": split_dir / "train_cells.h5ad",
+                                                "output_solution_cells": split_dir / "solution_cells.h5ad"})
+                                if cells else {})},
                     arguments=split_arguments, depends=[dataset_step.id], labels=split_labels)
                 steps.append(split_step)
                 for method in predictors:
@@ -227,9 +238,14 @@ def plan(package_root: Path, output_dir: Path, selection: Selection) -> tuple[li
                               "input_test": split_step.outputs["output_test"]}
                     if method.argument("input_solution"):
                         inputs["input_solution"] = split_step.outputs["output_solution"]
+                    split_cells = {"input_train_cells": split_step.outputs.get("output_train_cells"),
+                                   "input_solution_cells": split_step.outputs.get("output_solution_cells")}
+                    inputs.update(declared(method, split_cells))
                     predict_step = Step(
                         id=f"predict/{split}/{method.name}", stage="predict", component=method, directory=predict_dir,
-                        inputs=inputs, outputs={"output": predict_dir / "prediction.h5ad"}, arguments={},
+                        inputs=inputs, outputs={"output": predict_dir / "prediction.h5ad",
+                                                **declared(method, {"output_cells": predict_dir / "prediction_cells.h5ad"})},
+                        arguments={},
                         depends=[split_step.id], labels=labels)
                     steps.append(predict_step)
                     for metric in metrics:
@@ -238,7 +254,9 @@ def plan(package_root: Path, output_dir: Path, selection: Selection) -> tuple[li
                             id=f"score/{split}/{method.name}/{metric.name}", stage="score", component=metric,
                             directory=score_dir,
                             inputs={"input_solution": split_step.outputs["output_solution"],
-                                    "input_prediction": predict_step.outputs["output"]},
+                                    "input_prediction": predict_step.outputs["output"],
+                                    **declared(metric, {**split_cells,
+                                                        "input_prediction_cells": predict_step.outputs.get("output_cells")})},
                             outputs={"output": score_dir / "score.h5ad"}, arguments={},
                             depends=[predict_step.id], labels={**labels, "metric_component": metric.name}))
     return steps, skipped
@@ -346,7 +364,10 @@ def run_step(step: Step, cache_key: str, limits: guard.Limits | None = None, ses
             if status == "ok" and step.stage == "split":
                 # every split is checked for leakage before any method sees it
                 problems = check_split(step.outputs["output_train"], step.outputs["output_test"],
-                                       step.outputs["output_solution"], common_path=step.inputs["input"])
+                                       step.outputs["output_solution"], common_path=step.inputs["input"],
+                                       train_cells_path=step.outputs.get("output_train_cells"),
+                                       solution_cells_path=step.outputs.get("output_solution_cells"),
+                                       cells_path=step.inputs.get("input_cells"))
                 if problems:
                     status, reason = "failed", "leakage: " + "; ".join(problems[:3])
                     log.writelines(f"[error] leakage: {problem}\n" for problem in problems)

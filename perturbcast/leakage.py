@@ -310,11 +310,13 @@ TASK_CHECKS = {
 
 
 def check_split(train_path, test_path, solution_path, task_id: str | None = None,
-                common_path=None) -> list[str]:
+                common_path=None, train_cells_path=None, solution_cells_path=None, cells_path=None) -> list[str]:
     """Leakage problems of a split (one sentence each); empty when the split is clean.
 
     Each argument is a path to an .h5ad file or an AnnData object. `task_id` defaults to
-    `train.uns['task_id']`; `common_path` (optional) is the common dataset the split was made from.
+    `train.uns['task_id']`; `common_path` (optional) is the common dataset the split was made from. The cells
+    files of the split (paths, optional) are checked by `perturbcast.leakage_cells`, against the dataset
+    cells `cells_path` when given.
     """
     loaded, problems = [], []
     for role, value in zip(SPLIT_FILES, (train_path, test_path, solution_path)):
@@ -330,6 +332,10 @@ def check_split(train_path, test_path, solution_path, task_id: str | None = None
     check = TASK_CHECKS.get(str(task_id))
     if check is not None:
         problems += check(train, test, solution)
+    if train_cells_path is not None or solution_cells_path is not None:
+        from .leakage_cells import check_split_cells
+
+        problems += check_split_cells(train, test, solution, train_cells_path, solution_cells_path, cells_path)
     if common_path is not None:
         common, problem = _load(common_path, "common")
         if problem:
@@ -448,6 +454,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--task_id", help="task whose promises to check (default: train.uns['task_id'])")
     parser.add_argument("--common", help="the common dataset, to check that every control is in training (with "
                                          "--partition: that every eligible condition is tested)")
+    parser.add_argument("--cells", help="the dataset cells the split's cells files were made from (a split "
+                                        "directory's train_cells.h5ad / solution_cells.h5ad are checked when present)")
     parser.add_argument("--partition", action="store_true",
                         help="check a complete partition instead: PATHS are the test files (or split directories) "
                              "of all its folds; every eligible condition must be tested in exactly one fold")
@@ -475,7 +483,13 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as error:
         print(f"[error] {error}", file=sys.stderr)
         return 2
-    problems = check_split(train, test, solution, task_id=args.task_id, common_path=args.common)
+    directory = os.path.dirname(os.path.abspath(train))
+    cell_files = {role: os.path.join(directory, f"{role}.h5ad") for role in ("train_cells", "solution_cells")}
+    cell_files = {role: path if len(args.paths) == 1 and os.path.isfile(path) else None
+                  for role, path in cell_files.items()}
+    problems = check_split(train, test, solution, task_id=args.task_id, common_path=args.common,
+                           train_cells_path=cell_files["train_cells"], solution_cells_path=cell_files["solution_cells"],
+                           cells_path=args.cells)
     where = args.paths[0] if len(args.paths) == 1 else os.path.dirname(os.path.abspath(train)) or "."
     for problem in problems:
         print(f"[leak] {problem}")

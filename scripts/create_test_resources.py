@@ -6,7 +6,9 @@
 resources_test/loaders/                   small sources for perturbench_devel, scperturb, gears
 resources_test/simulated_grn/
   common_dataset.h5ad                     simulated_grn with its small `info.test_arguments`
+  dataset_cells.h5ad                      its cells (--output_cells)
   unseen_perturbation/{train,test,solution}.h5ad
+  unseen_perturbation/{train,solution}_cells.h5ad
   unseen_perturbation/prediction.h5ad     train_mean
   unseen_perturbation/score.h5ad          delta_error
 Nothing is downloaded. Component tests (`perturbcast test`) read these files.
@@ -42,14 +44,18 @@ def main() -> int:
         import subprocess
         subprocess.run([sys.executable, str(ROOT / "benchmarks" / "pseudobulk.py"), "test-sources",
                         "--output", str(loaders)], check=True)
-    if (SPLIT / "score.h5ad").exists() and not args.force:
+    if (SPLIT / "score.h5ad").exists() and (SPLIT / "solution_cells.h5ad").exists() and not args.force:
         print(f"create_test_resources: {OUT} is complete (use --force to remake)", file=sys.stderr)
         return 0
     SPLIT.mkdir(parents=True, exist_ok=True)
     loader = load_config(ROOT / "src/datasets/simulated_grn")
     small = [x for key, value in (loader.info.get("test_arguments") or {}).items() for x in (f"--{key}", value)]
-    step("src/datasets/simulated_grn", ["--output", OUT / "common_dataset.h5ad", *small])
+    step("src/datasets/simulated_grn", ["--output", OUT / "common_dataset.h5ad", "--output_cells",
+                                        OUT / "dataset_cells.h5ad", *small])
     step("src/tasks/unseen_perturbation", ["--input", OUT / "common_dataset.h5ad", "--seed", 0,
+                                           "--input_cells", OUT / "dataset_cells.h5ad",
+                                           "--output_train_cells", SPLIT / "train_cells.h5ad",
+                                           "--output_solution_cells", SPLIT / "solution_cells.h5ad",
                                            "--output_train", SPLIT / "train.h5ad", "--output_test", SPLIT / "test.h5ad",
                                            "--output_solution", SPLIT / "solution.h5ad"])
     step("src/control_methods/train_mean", ["--input_train", SPLIT / "train.h5ad", "--input_test", SPLIT / "test.h5ad",

@@ -18,7 +18,8 @@ def repo_root() -> Path:
 @pytest.fixture(scope="session")
 def test_resources() -> Path:
     """resources_test/simulated_grn, made once by scripts/create_test_resources.py through the components."""
-    if not (RESOURCES / "unseen_perturbation" / "score.h5ad").exists() or not (ROOT / "resources_test" / "loaders").exists():
+    if not (RESOURCES / "unseen_perturbation" / "score.h5ad").exists() or not (ROOT / "resources_test" / "loaders").exists() \
+            or not (RESOURCES / "unseen_perturbation" / "solution_cells.h5ad").exists():
         subprocess.run([sys.executable, str(ROOT / "scripts" / "create_test_resources.py")], check=True, cwd=ROOT)
     return RESOURCES
 

@@ -588,6 +588,14 @@ def test_emulated_run_of_the_test_profile(full, groovy, tmp_path):
         if not all(path.exists() for path in inputs.values()):
             ran[step_id] = "skipped"  # an upstream step emitted nothing (not applicable or failed)
             continue
+        # cells files are staged under these names when the step's arguments name them (main.nf stages them
+        # only then)
+        arguments = base64.b64decode(script).decode()
+        cells = {"dataset_cells.h5ad": publish / "datasets" / step_dir.split("/")[1] / "dataset_cells.h5ad",
+                 "train_cells.h5ad": split_dir / "train_cells.h5ad",
+                 "solution_cells.h5ad": split_dir / "solution_cells.h5ad",
+                 "prediction_cells.h5ad": publish / "predictions" / "/".join(step_dir.split("/")[1:-1]) / "prediction_cells.h5ad"}
+        inputs.update({name: path for name, path in cells.items() if f"'input/{name}'" in arguments})
         task = work / f"{number:04d}"
         _stage_project(task, Path(component_path))
         (task / "input").mkdir()

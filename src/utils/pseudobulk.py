@@ -429,7 +429,8 @@ def gene_selection_text(n_source: int, n_top_genes: int, keep: np.ndarray, n_tar
 
 
 def pseudobulk(path, cells: pd.DataFrame, *, values: str, seed: int, min_cells: int, n_top_genes: int,
-               genes: pd.DataFrame, uns: dict, layer: str | None = None, log=print, chunk_nnz: int | None = None):
+               genes: pd.DataFrame, uns: dict, layer: str | None = None, log=print, chunk_nnz: int | None = None,
+               cells_output: str | None = None, cells_options: dict | None = None):
     """The common dataset (AnnData) of a cell-level source.
 
     values: 'counts' (raw UMI counts: profiles are summed counts, X = log1p(cp10k), layers['counts'] kept) or
@@ -437,6 +438,8 @@ def pseudobulk(path, cells: pd.DataFrame, *, values: str, seed: int, min_cells: 
     cells: `harmonize_cells(...)`; with a `replicate` column profiles follow its labels (see profiles.py).
     uns: dataset metadata (dataset_id, ... normalization_id, replicate_column); the replicate and QC fields
     (replicate_kind, n_replicates, min_cells_per_half, n_conditions_too_few_cells, gene_selection) are added.
+    cells_output: also write the dataset cells file there (`cell_files.write_source_cells`; cells_options:
+    max_cells, max_control, seed), with the same genes and profile labels.
     Raises SourceError / ValueError with a message.
     """
     import anndata as ad
@@ -506,6 +509,12 @@ def pseudobulk(path, cells: pd.DataFrame, *, values: str, seed: int, min_cells: 
            "gene_selection": gene_selection_text(len(genes), n_top_genes, keep, n_targets_added)}
     uns.setdefault("replicate_column", "none")
     adata = ad.AnnData(X=X, obs=profiles, var=var, uns=uns, layers=layers)
+    if cells_output:
+        from cell_files import write_source_cells
+
+        write_source_cells(path, cells_output, codes=codes, profiles=profiles, keep=keep, var=var[[c for c in ("gene_id",)
+                           if c in var.columns]], values=values, layer=layer, log=log, **(cells_options or {}),
+                           uns={key: uns[key] for key in ("dataset_id", "normalization_id") if key in uns})
     log(f"{uns.get('dataset_id', 'dataset')}: {adata.n_obs} profiles x {adata.n_vars} genes "
         f"(of {len(genes)}; {int((codes >= 0).sum())} cells used; replicates: {uns['replicate_kind']}, "
         f"{uns['n_replicates']} labels)")

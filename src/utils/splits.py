@@ -212,7 +212,8 @@ def _format_level(value) -> str:
 
 
 def build_split(common, is_test, stratum, task_id: str, seed: int, extra_solution_uns: dict | None = None,
-                exclude=None, n_folds: int | None = None, fold: int | None = None, extra_uns: dict | None = None):
+                exclude=None, n_folds: int | None = None, fold: int | None = None, extra_uns: dict | None = None,
+                assignment: dict | None = None):
     """Train, test and solution AnnData objects of a split of `common`.
 
     `is_test`: boolean per common-dataset row (whole conditions: every replicate of a perturbation x
@@ -221,7 +222,9 @@ def build_split(common, is_test, stratum, task_id: str, seed: int, extra_solutio
     `exclude` (optional, boolean per row): whole conditions that go neither to training nor to test, e.g.
     the single perturbations `unseen_combination` withholds so that combinations lose a seen target.
     `n_folds`, `fold`: the fold of a partition, written to every file's uns; `extra_uns` goes to test and
-    solution, `extra_solution_uns` to the solution only.
+    solution, `extra_solution_uns` to the solution only. `assignment` (a dict, optional) is filled with
+    where each common-dataset row went, for the cells files (`cell_files.write_split_cells`): `is_train`,
+    `condition_id` (test condition id or None) and `half` (1, 2, or 0 for a profile in both halves).
     """
     import anndata as ad
 
@@ -304,6 +307,15 @@ def build_split(common, is_test, stratum, task_id: str, seed: int, extra_solutio
         else:
             halves.append(_fallback_halves(c["rows"], replicates, seed, i))
             by_label.append(False)
+    if assignment is not None:
+        row_condition = np.full(n_rows, None, dtype=object)
+        row_half_of_split = np.zeros(n_rows, dtype=np.int64)
+        for i, (first, second) in zip(ids, halves):
+            row_condition[first] = row_condition[second] = i
+            row_half_of_split[first] += 1
+            row_half_of_split[second] += 2
+        row_half_of_split[row_half_of_split == 3] = 0  # one profile used as both halves
+        assignment.update(is_train=is_train.copy(), condition_id=row_condition, half=row_half_of_split)
     n_single_replicate = sum(1 for c in conditions if len(c["rows"]) == 1)
     n_fallback = sum(1 for c, b in zip(conditions, by_label) if not b and len(c["rows"]) > 1)
     X = common.X

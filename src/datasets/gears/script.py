@@ -13,6 +13,10 @@ par = {
     "seed": 0,
     "n_top_genes": 0,
     "min_cells_per_half": 10,
+    "output_cells": None,
+    "max_cells_per_condition": 500,
+    "max_control_cells": 2000,
+    "cells_seed": 0,
 }
 meta = {"name": "gears", "resources_dir": "src/utils", "config": None}
 ## VIASH END
@@ -20,6 +24,7 @@ meta = {"name": "gears", "resources_dir": "src/utils", "config": None}
 sys.path.append(meta["resources_dir"])
 
 from archives import archive_kind, extract_member  # noqa: E402
+from cell_files import loader_options  # noqa: E402
 from component_io import ComponentIO, fail, log  # noqa: E402
 from dataset_report import dataset_report  # noqa: E402
 from download import DownloadError, cache_root, dataverse_checksum, fetch, sha256_file  # noqa: E402
@@ -87,6 +92,10 @@ if dataset is None:
     fail(f"--dataset is '{par['dataset']}', expected one of {sorted(DATASETS)}")
 if not par.get("output"):
     fail("--output was not given")
+try:
+    cells_options = loader_options(par)
+except ValueError as error:
+    fail(str(error))
 url = URL.format(file_id=dataset["file_id"])
 
 try:
@@ -121,7 +130,8 @@ try:
     }
     adata = pseudobulk(path, cells, values="log", seed=int(par["seed"]), min_cells=int(par["min_cells_per_half"]),
                        n_top_genes=int(par["n_top_genes"]), genes=gene_table(path, symbol_column="gene_name"),
-                       uns=uns, log=log)
+                       uns=uns, log=log,
+                       cells_output=par.get("output_cells"), cells_options=cells_options)
     # The file's genes were chosen by GEARS on the whole screen, before any split: the card says so.
     adata.uns["gene_selection"] = (f"{GEARS_GENES} This loader keeps " + adata.uns["gene_selection"] + ".")
 except (DownloadError, SourceError, OSError) as error:

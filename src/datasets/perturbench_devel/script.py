@@ -10,12 +10,17 @@ par = {
     "seed": 0,
     "n_top_genes": 0,
     "min_cells_per_half": 10,
+    "output_cells": None,
+    "max_cells_per_condition": 500,
+    "max_control_cells": 2000,
+    "cells_seed": 0,
 }
 meta = {"name": "perturbench_devel", "resources_dir": "src/utils", "config": None}
 ## VIASH END
 
 sys.path.append(meta["resources_dir"])
 
+from cell_files import loader_options  # noqa: E402
 from component_io import ComponentIO, fail, log  # noqa: E402
 from dataset_report import dataset_report  # noqa: E402
 from download import DownloadError, fetch, sha256_file  # noqa: E402
@@ -56,6 +61,10 @@ if study is None:
     fail(f"--study is '{par['study']}', expected one of {sorted(STUDIES)}")
 if not par.get("output"):
     fail("--output was not given")
+try:
+    cells_options = loader_options(par)
+except ValueError as error:
+    fail(str(error))
 
 try:
     if par.get("input"):
@@ -94,7 +103,8 @@ try:
         "replicate_column": replicate_column or "none",
     }
     adata = pseudobulk(path, cells, values="log", seed=int(par["seed"]), min_cells=int(par["min_cells_per_half"]),
-                       n_top_genes=int(par["n_top_genes"]), genes=gene_table(path), uns=uns, log=log)
+                       n_top_genes=int(par["n_top_genes"]), genes=gene_table(path), uns=uns, log=log,
+                       cells_output=par.get("output_cells"), cells_options=cells_options)
 except (DownloadError, SourceError, OSError) as error:
     fail(str(error))
 

@@ -16,12 +16,17 @@ par = {
     "seed": 0,
     "n_top_genes": 2000,
     "min_cells_per_half": 10,
+    "output_cells": None,
+    "max_cells_per_condition": 500,
+    "max_control_cells": 2000,
+    "cells_seed": 0,
 }
 meta = {"name": "scperturb", "resources_dir": "src/utils", "config": None}
 ## VIASH END
 
 sys.path.append(meta["resources_dir"])
 
+from cell_files import loader_options  # noqa: E402
 from component_io import ComponentIO, fail, log  # noqa: E402
 from dataset_report import dataset_report  # noqa: E402
 from download import DownloadError, fetch, sha256_file, zenodo_checksum  # noqa: E402
@@ -117,6 +122,10 @@ if not study_name or "/" in study_name:
     fail(f"--study is '{par['study']}', expected a file name of Zenodo record {RECORD}, e.g. NormanWeissman2019_filtered")
 if not par.get("output"):
     fail("--output was not given")
+try:
+    cells_options = loader_options(par)
+except ValueError as error:
+    fail(str(error))
 known = STUDIES.get(study_name, {})
 if not known:
     log(f"study '{study_name}' is not one of the listed studies; using the column arguments as given")
@@ -186,7 +195,8 @@ try:
         "replicate_column": replicate_column or "none",
     }
     adata = pseudobulk(path, cells, values="counts", seed=int(par["seed"]), min_cells=int(par["min_cells_per_half"]),
-                       n_top_genes=int(par["n_top_genes"]), genes=gene_table(path), uns=uns, log=log)
+                       n_top_genes=int(par["n_top_genes"]), genes=gene_table(path), uns=uns, log=log,
+                       cells_output=par.get("output_cells"), cells_options=cells_options)
 except (DownloadError, SourceError, OSError) as error:
     fail(str(error))
 

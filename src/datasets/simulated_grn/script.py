@@ -435,7 +435,20 @@ def assemble(counts, expected, rows, genes, args, W, n_ineffective: int) -> ad.A
 args = simulation_arguments(par)
 if not par.get("output"):
     fail("--output was not given")
+cell_recorder = None
+if par.get("output_cells"):  # the cells behind the profiles, recorded as they are sampled (cell_files.py)
+    from cell_files import CellRecorder, loader_options
+    try:
+        cell_options = loader_options(par)
+    except ValueError as error:
+        fail(str(error))
+    cell_recorder = CellRecorder(globals(), "simulate_condition", "sample_counts")
 adata = simulate(args)
+if cell_recorder is not None:
+    try:
+        cell_recorder.write(par["output_cells"], adata, cell_options, log=log)
+    except ValueError as error:
+        fail(f"--output_cells: {error}")
 log(f"{DATASET_ID}: {adata.n_obs} profiles x {adata.n_vars} genes ({args['n_perturbed_genes']} single + "
     f"{args['n_combos']} double perturbations, {args['n_cell_types']} cell types)")
 adata.uns["dataset_report"] = dataset_report(adata, log=log)
