@@ -40,7 +40,7 @@ observed = io.read("input_solution_cells")
 train_cells = io.read("input_train_cells")
 solution = data.solution
 for key in ("dataset_id", "task_id"):
-    if str(predicted.uns[key]) != str(solution.uns[key]):
+    if key in predicted.uns and str(predicted.uns[key]) != str(solution.uns[key]):
         fail(f"--input_prediction_cells file '{par['input_prediction_cells']}': uns['{key}'] is "
              f"{predicted.uns[key]!r} but the solution's is {solution.uns[key]!r}; expected cells of the same split")
 conditions = list(solution.obs_names.astype(str))
