@@ -122,9 +122,27 @@ def test_subsample_is_seeded_by_key_and_capped():
 # Cell files of a real subset, built per notes/CELLS_CONTRACT.md from the cells behind realdata's profiles
 # --------------------------------------------------------------------------------------------------
 
+def synthetic_cells(seed: int = 0):
+    """Cells of 6 perturbations (40 cells, target genes G1..G6 among the 20 genes, with effects) and 80
+    controls, and their common dataset pseudobulked by realdata.pseudobulk."""
+    rng = np.random.default_rng(seed)
+    labels = ["control"] * 80 + [f"G{k}" for k in range(1, 7) for _ in range(40)]
+    X = rng.gamma(2.0, 0.5, (len(labels), 20))
+    for k in range(1, 7):
+        rows = [i for i, label in enumerate(labels) if label == f"G{k}"]
+        X[np.ix_(rows, [k - 1, 10 + k])] += [3.0, 0.4 * k]
+    var_names = [f"G{j}" for j in range(1, 21)]
+    common = realdata.pseudobulk(X, labels, ["knockout"] * len(labels), ["T"] * len(labels), ["none"] * len(labels),
+                                 var_names, uns={"dataset_id": "synthetic_cells", "normalization_id": "log1p"})
+    obs = pd.DataFrame({"perturbation": labels, "perturbation_type": "knockout", "cell_type": "T", "condition": "none"})
+    return sp.csr_matrix(X, dtype=np.float32), obs, common
+
+
 def cell_table(name: str):
     """(log-normalised cells CSR, obs with the contract's labels and the replicate of realdata's halves)."""
-    if name == "norman":
+    if name == "synthetic":
+        X, obs, common = synthetic_cells()
+    elif name == "norman":
         cells = ad.read_h5ad(shared_file(realdata.DEVEL))
         cells = cells[(cells.obs["dataset"] == "norman19").to_numpy()]
         X = sp.csr_matrix(cells.X, dtype=np.float32)
@@ -156,6 +174,7 @@ def cell_table(name: str):
 
 
 def write_split(name: str, task: str, work: Path) -> dict[str, Path]:
+    """train, test, solution (fold 0 of 2) and the contract's train_cells / solution_cells, as files."""
     X, obs, common = cell_table(name)
     fold_function = partitions.combination_fold if task == "unseen_combination" else partitions.perturbation_fold
     is_test, stratum, exclude, info = fold_function(common.obs, 2, 0, 0)
@@ -220,3 +239,101 @@ def test_controls_are_ordered_on_real_cells(name, task, tmp_path):
     assert e["ground_truth"] < e["replicate_ceiling"] < e["no_change"], table
     m = table["mmd2_rbf"]
     assert m["ground_truth"] < m["replicate_ceiling"] < m["no_change"], table
+
+
+# --------------------------------------------------------------------------------------------------
+# The metric's contract on a small synthetic split
+# --------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    work = tmp_path_factory.mktemp("synthetic")
+    paths = write_split("synthetic", "unseen_perturbation", work)
+    paths["prediction"] = work / "prediction.h5ad"
+    assert run(ROOT / "src" / "control_methods" / "ground_truth", {
+        "input_train": paths["train"], "input_test": paths["test"], "input_solution": paths["solution"],
+        "input_solution_cells": paths["solution_cells"], "output": paths["prediction"],
+        "output_cells": work / "ground_truth_cells.h5ad"}) == 0
+    paths["cells"] = work / "ground_truth_cells.h5ad"
+    return work, paths
+
+
+def metric_args(paths, cells, output) -> dict:
+    return {"input_solution": paths["solution"], "input_prediction": paths["prediction"],
+            "input_prediction_cells": cells, "input_solution_cells": paths["solution_cells"],
+            "input_train_cells": paths["train_cells"], "output": output}
+
+
+def test_not_applicable_without_predicted_cells(synthetic):
+    work, paths = synthetic
+    args = metric_args(paths, paths["cells"], work / "none.h5ad")
+    del args["input_prediction_cells"]
+    assert run(METRIC, args) == 99
+    assert not (work / "none.h5ad").exists()
+
+
+def test_a_missing_condition_is_a_one_line_error_and_nothing_is_written(synthetic, capfd):
+    work, paths = synthetic
+    cells = ad.read_h5ad(paths["cells"])
+    first = str(cells.obs["condition_id"].iloc[0])
+    cells[(cells.obs["condition_id"].astype(str) != first).to_numpy()].copy().write_h5ad(work / "short.h5ad")
+    assert run(METRIC, metric_args(paths, work / "short.h5ad", work / "short_score.h5ad")) == 1
+    err = capfd.readouterr().err
+    assert "[error] --input_prediction_cells" in err and "no cell for 1 test conditions" in err
+    assert not (work / "short_score.h5ad").exists()
+
+
+def test_cells_marked_with_a_half_are_scored_against_the_other_half_only(synthetic):
+    work, paths = synthetic
+    solution, observed = ad.read_h5ad(paths["solution"]), ad.read_h5ad(paths["solution_cells"])
+    train_cells = ad.read_h5ad(paths["train_cells"])
+    half2 = observed[(observed.obs["replicate_half"] == 2).to_numpy()].copy()
+    marked = ad.AnnData(X=half2.X, obs=pd.DataFrame({"condition_id": half2.obs["condition_id"].astype(str).to_numpy(),
+                                                     "replicate_half": np.ones(half2.n_obs, dtype=np.int64)},
+                                                    index=half2.obs_names),
+                        var=half2.var, uns={"dataset_id": solution.uns["dataset_id"], "task_id": solution.uns["task_id"],
+                                            "method_id": "half2_as_half1"})
+    marked.write_h5ad(work / "marked.h5ad")
+    unmarked = marked.copy()
+    del unmarked.obs["replicate_half"]
+    unmarked.write_h5ad(work / "unmarked.h5ad")
+    for label in ("marked", "unmarked"):
+        assert run(METRIC, metric_args(paths, work / f"{label}.h5ad", work / f"score_{label}.h5ad")) == 0
+    scored = {label: ad.read_h5ad(work / f"score_{label}.h5ad").obs for label in ("marked", "unmarked")}
+    pca = cd.fit_pca(train_cells.X, seed=0)
+    for name, perturbation in zip(solution.obs_names, solution.obs["perturbation"]):
+        drop = [list(solution.var_names).index(perturbation)]  # G1..G6 are genes: the target is left out
+        cells = observed.obs["condition_id"].astype(str).to_numpy() == name
+        Z2 = pca.project(observed.X[cells & (observed.obs["replicate_half"] == 2).to_numpy()], drop)
+        Zall = pca.project(observed.X[cells], drop)
+        # marked half-1 cells meet the half-2 cells: here the very same cells, so E = E_U(Z2, Z2) < 0
+        assert scored["marked"].loc[name, "energy_distance"] == pytest.approx(cd.energy_distance(Z2, Z2), rel=1e-6)
+        assert scored["marked"].loc[name, "energy_distance"] < 0
+        assert scored["unmarked"].loc[name, "energy_distance"] == pytest.approx(cd.energy_distance(Z2, Zall), rel=1e-6)
+
+
+def test_a_control_asked_for_cells_without_cell_inputs_writes_its_profiles_only(synthetic):
+    work, paths = synthetic
+    assert run(ROOT / "src" / "control_methods" / "no_change", {
+        "input_train": paths["train"], "input_test": paths["test"], "input_solution": paths["solution"],
+        "output": work / "nc.h5ad", "output_cells": work / "nc_cells.h5ad"}) == 0
+    assert (work / "nc.h5ad").exists() and not (work / "nc_cells.h5ad").exists()
+
+
+def test_train_mean_cells_are_the_control_cells_shifted_by_the_mean_training_delta(synthetic):
+    work, paths = synthetic
+    assert run(ROOT / "src" / "control_methods" / "train_mean", {
+        "input_train": paths["train"], "input_test": paths["test"], "input_solution": paths["solution"],
+        "input_train_cells": paths["train_cells"], "output": work / "tm.h5ad", "output_cells": work / "tm_cells.h5ad"}) == 0
+    assert run(ROOT / "src" / "control_methods" / "no_change", {
+        "input_train": paths["train"], "input_test": paths["test"], "input_solution": paths["solution"],
+        "input_train_cells": paths["train_cells"], "output": work / "nc.h5ad", "output_cells": work / "nc_cells.h5ad"}) == 0
+    train, prediction = ad.read_h5ad(paths["train"]), ad.read_h5ad(work / "tm.h5ad")
+    shifted, plain = ad.read_h5ad(work / "tm_cells.h5ad"), ad.read_h5ad(work / "nc_cells.h5ad")
+    control = np.asarray(train.X[train.obs["is_control"].to_numpy()]).mean(axis=0)  # one context, r1/r2 profiles
+    for name in prediction.obs_names:
+        rows = (shifted.obs["condition_id"].astype(str) == name).to_numpy()
+        assert rows.sum() == 80  # every training control cell of the context (below the 500 cap)
+        delta = np.asarray(shifted.X[rows]) - plain.X[(plain.obs["condition_id"].astype(str) == name).to_numpy()].toarray()
+        # one shift for every cell and gene: the train_mean profile minus the mean control profile
+        assert np.allclose(delta, np.asarray(prediction[name].X).ravel() - control, atol=1e-5)

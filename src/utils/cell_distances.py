@@ -248,16 +248,20 @@ def prediction_cells(X, condition_ids, prediction, replicate_half=None):
 
 
 def write_prediction(io, par: dict, prediction, make_cells, needs: tuple[str, ...]):
-    """Write `--output`, and `--output_cells` when it is requested (`make_cells()` builds it from the
-    cell inputs in `needs`): both checked first, so a problem leaves neither file behind."""
-    from component_io import fail
+    """Write `--output`, and `--output_cells` when it is requested and the cell inputs in `needs` were
+    given (`make_cells()` builds it): both checked first, so a problem leaves neither file behind. The
+    engine asks every control that declares `--output_cells` for cells but passes cell inputs only when the
+    split has cells; without them no cells are written (logged) and cell metrics are not applicable."""
+    from component_io import fail, log
 
     outputs = {"output": prediction}
+    absent = []
     if par.get("output_cells"):
         absent = [f"--{name}" for name in needs if not par.get(name)]
         if absent:
-            fail(f"--output_cells was requested but {' and '.join(absent)} not given; expected the cells the "
-                 "predicted cells are made from")
+            log(f"{prediction.uns['method_id']}: no predicted cells written ({' and '.join(absent)} not given: "
+                "the split has no cells)")
+    if par.get("output_cells") and not absent:
         try:
             outputs["output_cells"] = make_cells()
         except ValueError as error:
