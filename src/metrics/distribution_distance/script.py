@@ -39,10 +39,12 @@ if predicted.n_obs == 0:
 observed = io.read("input_solution_cells")
 train_cells = io.read("input_train_cells")
 solution = data.solution
-for key in ("dataset_id", "task_id"):
-    if key in predicted.uns and str(predicted.uns[key]) != str(solution.uns[key]):
-        fail(f"--input_prediction_cells file '{par['input_prediction_cells']}': uns['{key}'] is "
-             f"{predicted.uns[key]!r} but the solution's is {solution.uns[key]!r}; expected cells of the same split")
+for argument, adata in (("input_prediction_cells", predicted), ("input_solution_cells", observed),
+                        ("input_train_cells", train_cells)):
+    for key in ("dataset_id", "task_id"):
+        if key in adata.uns and str(adata.uns[key]) != str(solution.uns[key]):
+            fail(f"--{argument} file '{par[argument]}': uns['{key}'] is {adata.uns[key]!r} but the solution's is "
+                 f"{solution.uns[key]!r}; expected cells of the same split")
 conditions = list(solution.obs_names.astype(str))
 
 
