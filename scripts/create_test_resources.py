@@ -63,6 +63,14 @@ def main() -> int:
                                             "--output", SPLIT / "prediction.h5ad"])
     step("src/metrics/delta_error", ["--input_solution", SPLIT / "solution.h5ad",
                                      "--input_prediction", SPLIT / "prediction.h5ad", "--output", SPLIT / "score.h5ad"])
+    if (SPLIT / "train_cells.h5ad").exists():
+        # unseen_perturbation/prediction_cells.h5ad (train_mean's shifted control cells), read by the component
+        # tests of cell metrics; made when the task wrote cells (the cells contract)
+        step("src/control_methods/train_mean", ["--input_train", SPLIT / "train.h5ad", "--input_test", SPLIT / "test.h5ad",
+                                                "--input_solution", SPLIT / "solution.h5ad",
+                                                "--input_train_cells", SPLIT / "train_cells.h5ad",
+                                                "--output", SPLIT / "prediction.h5ad",
+                                                "--output_cells", SPLIT / "prediction_cells.h5ad"])
     print(f"create_test_resources: wrote {OUT}", file=sys.stderr)
     return 0
 

@@ -13,6 +13,7 @@ meta = {"name": "ground_truth", "resources_dir": "src/utils", "config": None}
 sys.path.append(meta["resources_dir"])
 
 import baselines  # noqa: E402
+import cell_distances as cd  # noqa: E402
 import deltas  # noqa: E402
 from component_io import ComponentIO, log  # noqa: E402
 
@@ -22,4 +23,8 @@ test = io.read("input_test")
 solution = io.read("input_solution")  # rows and genes aligned with test and train (comp_control_method.yaml)
 
 log(f"ground_truth: predicting the observed profiles of {test.n_obs} test conditions")
-io.write("output", baselines.prediction(train, test, deltas.as_dense(solution.X), meta["name"]))
+prediction = baselines.prediction(train, test, deltas.as_dense(solution.X), meta["name"])
+# predicted cells: every observed cell of each test condition (scored against themselves: the floor)
+cd.write_prediction(io, par, prediction, lambda: cd.prediction_cells(
+    *cd.observed_cells(io.read("input_solution_cells"), test, cap=None)[:2], prediction),
+    needs=("input_solution_cells",))

@@ -15,6 +15,7 @@ sys.path.append(meta["resources_dir"])
 import numpy as np  # noqa: E402
 
 import baselines  # noqa: E402
+import cell_distances as cd  # noqa: E402
 from component_io import ComponentIO, log  # noqa: E402
 
 io = ComponentIO(par, meta)
@@ -26,4 +27,8 @@ log(f"no_change: {test.n_obs} test conditions predicted as the mean training con
 if fallback:
     log(f"no_change: {sum(c in fallback for c in contexts)} test rows in contexts without training controls "
         f"({', '.join('/'.join(c) for c in fallback)}) use the mean of all training controls")
-io.write("output", baselines.prediction(train, test, X, meta["name"]))
+prediction = baselines.prediction(train, test, X, meta["name"])
+# predicted cells: (at most cd.MAX_CELLS of) the training control cells of each test row's context, unshifted
+cd.write_prediction(io, par, prediction, lambda: cd.prediction_cells(
+    *cd.shifted_control_cells(io.read("input_train_cells"), test, None)[:2], prediction),
+    needs=("input_train_cells",))

@@ -18,6 +18,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 import baselines  # noqa: E402
+import cell_distances as cd  # noqa: E402
 import deltas  # noqa: E402
 from component_io import ComponentIO, log, number_argument  # noqa: E402
 
@@ -134,4 +135,15 @@ prediction = baselines.prediction(train, test, draws[0], meta["name"])
 for k in range(1, n_draws):
     prediction.layers[f"draw_{k}"] = draws[k].astype(np.float32)
 prediction.uns["n_draws"] = n_draws
-io.write("output", prediction)
+
+
+def half_cells():
+    """Observed cells of replicate half 1, marked so that they are scored against half 2 only."""
+    X_cells, ids, halves, lacking = cd.observed_cells(io.read("input_solution_cells"), test, half=1, seed=seed)
+    if lacking:
+        log(f"replicate_ceiling: {len(lacking)} test conditions have no cell in half 1; their cells are written "
+            f"unmarked and are scored against themselves (e.g. {lacking[0]!r})")
+    return cd.prediction_cells(X_cells, ids, prediction, replicate_half=halves)
+
+
+cd.write_prediction(io, par, prediction, half_cells, needs=("input_solution_cells",))

@@ -15,6 +15,7 @@ sys.path.append(meta["resources_dir"])
 import numpy as np  # noqa: E402
 
 import baselines  # noqa: E402
+import cell_distances as cd  # noqa: E402
 from component_io import ComponentIO, log  # noqa: E402
 
 io = ComponentIO(par, meta)
@@ -32,4 +33,10 @@ log(f"train_mean: {test.n_obs} test conditions from {profiles.n_conditions} trai
 if fallback:
     log(f"train_mean: {sum(c in fallback for c in contexts)} test rows in contexts without training "
         f"perturbations ({', '.join('/'.join(c) for c in fallback)}) use the mean over all contexts")
-io.write("output", baselines.prediction(train, test, X, meta["name"]))
+prediction = baselines.prediction(train, test, X, meta["name"])
+# predicted cells: the context's training control cells shifted by the context's mean training delta
+# (the profile prediction minus the mean control profile), so their mean is close to the profile prediction
+shifts = {c: means[c] - profiles.control_of(c) for c in means}
+cd.write_prediction(io, par, prediction, lambda: cd.prediction_cells(
+    *cd.shifted_control_cells(io.read("input_train_cells"), test, shifts)[:2], prediction),
+    needs=("input_train_cells",))

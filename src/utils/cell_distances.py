@@ -1,0 +1,269 @@
+"""Distances between sets of cells, and the predicted cells of the control methods.
+
+Included as a viash resource by `src/metrics/distribution_distance` and by the controls that write
+`--output_cells` (ground_truth, no_change, train_mean, replicate_ceiling); needs numpy, pandas, scipy.
+
+    pca = fit_pca(train_cells.X, seed=0)                 # training cells only, at most MAX_PCA_CELLS
+    Z = pca.project(cells.X, drop=target_columns)         # one condition's cells, its targets left out
+    h = median_bandwidth(pca.project(train_cells.X), seed=0)
+    energy_distance(Zpred, Zobs), mmd2(Zpred, Zobs, h)
+
+Both statistics are U-statistics: the within-set means run over pairs of distinct cells, the cross
+mean over all pairs. This is the unbiased estimator (scPerturb's `sample_correct`); a V-statistic
+(diagonal zeros included) is biased by E|X-X'|/n + E|Y-Y'|/m, so its value would depend on how many
+cells a method chooses to output. Unbiased values can be slightly negative when two sets come from one
+distribution. A set of one cell is taken as a point mass (its within-set term is that of the V-statistic:
+distance 0, kernel 1), the only value defined for it.
+"""
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+# Cap on the training cells the PCA is fitted on (seeded subsample): enough for 50 stable axes.
+MAX_PCA_CELLS = 5000
+N_COMPONENTS = 50
+# Cap on the training cells whose pairwise distances give the median-heuristic bandwidth.
+MAX_BANDWIDTH_CELLS = 1000
+# Cap on the cells per set (per condition, per replicate-half part) the distances are computed on, and on
+# the cells a control writes per condition: pairwise matrices of at most 500 x 500.
+MAX_CELLS = 500
+
+
+# --------------------------------------------------------------------------------------------------
+# Estimators
+# --------------------------------------------------------------------------------------------------
+
+def pairwise_sq_distances(A: np.ndarray, B: np.ndarray) -> np.ndarray:
+    """Squared Euclidean distances between the rows of A and of B (float64, clipped at 0)."""
+    A = np.asarray(A, dtype=np.float64)
+    B = np.asarray(B, dtype=np.float64)
+    d = (A * A).sum(axis=1)[:, None] + (B * B).sum(axis=1)[None, :] - 2.0 * A @ B.T
+    return np.maximum(d, 0.0)
+
+
+def _within_mean(K: np.ndarray, diagonal_value: float) -> float:
+    """Mean over pairs of distinct cells of a square matrix; a single cell gives `diagonal_value`."""
+    n = K.shape[0]
+    if n < 2:
+        return float(diagonal_value)
+    return float((K.sum() - np.trace(K)) / (n * (n - 1)))
+
+
+def energy_distance(X: np.ndarray, Y: np.ndarray) -> float:
+    """E-distance 2 E|X-Y| - E|X-X'| - E|Y-Y'| with Euclidean distances (U-statistic)."""
+    if len(X) == 0 or len(Y) == 0:
+        raise ValueError("energy_distance needs at least one cell in each set")
+    cross = np.sqrt(pairwise_sq_distances(X, Y)).mean()
+    return float(2.0 * cross - _within_mean(np.sqrt(pairwise_sq_distances(X, X)), 0.0)
+                 - _within_mean(np.sqrt(pairwise_sq_distances(Y, Y)), 0.0))
+
+
+def mmd2(X: np.ndarray, Y: np.ndarray, bandwidth: float) -> float:
+    """Squared MMD with the RBF kernel exp(-|x-y|^2 / (2 bandwidth^2)), unbiased (Gretton et al. 2012,
+    MMD^2_u): E k(X,X') + E k(Y,Y') - 2 E k(X,Y)."""
+    if len(X) == 0 or len(Y) == 0:
+        raise ValueError("mmd2 needs at least one cell in each set")
+    if not bandwidth > 0:
+        raise ValueError(f"bandwidth must be positive, got {bandwidth}")
+    scale = -0.5 / float(bandwidth) ** 2
+    kxx = np.exp(scale * pairwise_sq_distances(X, X))
+    kyy = np.exp(scale * pairwise_sq_distances(Y, Y))
+    kxy = np.exp(scale * pairwise_sq_distances(X, Y))
+    return float(_within_mean(kxx, 1.0) + _within_mean(kyy, 1.0) - 2.0 * kxy.mean())
+
+
+def median_bandwidth(Z: np.ndarray, seed: int = 0, max_cells: int = MAX_BANDWIDTH_CELLS) -> float:
+    """Median heuristic: the median Euclidean distance between distinct cells of (a seeded subsample of)
+    Z. Computed once from training cells, so it is the same for every condition and every method."""
+    rows = subsample(len(Z), max_cells, seed, "bandwidth")
+    d = np.sqrt(pairwise_sq_distances(Z[rows], Z[rows]))
+    upper = d[np.triu_indices(len(rows), k=1)]
+    positive = upper[upper > 0]
+    if len(positive) == 0:
+        raise ValueError("the training cells are all identical in the PCA space; no bandwidth")
+    return float(np.median(positive))
+
+
+# --------------------------------------------------------------------------------------------------
+# Subsampling and the PCA space
+# --------------------------------------------------------------------------------------------------
+
+def subsample(n: int, cap: int, seed: int, key: str) -> np.ndarray:
+    """Sorted indices of at most `cap` of n items; the draw depends only on (seed, key, n), so the same
+    set of cells is drawn whatever else is in the file (every method meets the same observed cells)."""
+    if n <= cap:
+        return np.arange(n)
+    rng = np.random.default_rng([int(seed), zlib.crc32(str(key).encode("utf-8"))])
+    return np.sort(rng.choice(n, size=int(cap), replace=False))
+
+
+def _rows(matrix, rows: np.ndarray):
+    return matrix[rows] if not sp.issparse(matrix) else sp.csr_matrix(matrix)[rows]
+
+
+@dataclass
+class PCA:
+    mean: np.ndarray        # genes, centre of the training cells
+    components: np.ndarray  # genes x k, orthonormal axes
+    explained: np.ndarray   # k, variance of the training cells along each axis
+
+    def project(self, X, drop=None) -> np.ndarray:
+        """Coordinates of cells (dense or sparse, cells x genes) on the axes, the genes in `drop`
+        (column indices) left out: their loadings are set to zero, which equals giving those genes one
+        constant value in every cell, a shift that cancels in every distance."""
+        V = self.components
+        if drop is not None and len(drop):
+            V = V.copy()
+            V[np.asarray(drop, dtype=np.int64)] = 0.0
+        Z = X @ V if sp.issparse(X) else np.asarray(X, dtype=np.float64) @ V
+        return np.asarray(Z, dtype=np.float64) - self.mean @ V
+
+
+def fit_pca(X, seed: int = 0, n_components: int = N_COMPONENTS, max_cells: int = MAX_PCA_CELLS) -> PCA:
+    """PCA of (a seeded subsample of at most `max_cells` of) the cells X, centred, not scaled (scaling
+    would give noisy lowly expressed genes the weight of the genes that carry the signal). Sparse input
+    stays sparse: the centring is implicit in a linear operator solved by ARPACK with a seeded start."""
+    from scipy.sparse.linalg import LinearOperator, svds
+
+    rows = subsample(X.shape[0], max_cells, seed, "pca")
+    A = _rows(X, rows)
+    A = sp.csr_matrix(A, dtype=np.float64) if sp.issparse(A) else np.asarray(A, dtype=np.float64)
+    n, g = A.shape
+    k = int(min(n_components, n - 1, g - 1))
+    if k < 1:
+        raise ValueError(f"{n} cells x {g} genes are too few for a PCA")
+    mean = np.asarray(A.mean(axis=0)).ravel()
+    ones = np.ones(n)
+    operator = LinearOperator(
+        (n, g), dtype=np.float64,
+        matvec=lambda v: A @ np.ravel(v) - ones * (mean @ np.ravel(v)),
+        rmatvec=lambda u: A.T @ np.ravel(u) - mean * np.ravel(u).sum(),
+        matmat=lambda V: A @ V - np.outer(ones, mean @ V),
+        rmatmat=lambda U: A.T @ U - np.outer(mean, U.sum(axis=0)))
+    v0 = np.random.default_rng([int(seed), 7]).standard_normal(min(n, g))
+    _, s, vt = svds(operator, k=k, v0=v0, solver="arpack")
+    order = np.argsort(-s)
+    return PCA(mean=mean, components=vt[order].T.copy(), explained=s[order] ** 2 / max(n - 1, 1))
+
+
+# --------------------------------------------------------------------------------------------------
+# Predicted cells of the controls (obs `condition_id`, optional `replicate_half`)
+# --------------------------------------------------------------------------------------------------
+
+def cells_of_conditions(solution_cells, condition_ids) -> dict[str, np.ndarray]:
+    """Row indices of the observed cells of each test condition (`obs['condition_id']`); a condition
+    without cells raises ValueError (every held-out condition has cells by the contract)."""
+    labels = solution_cells.obs["condition_id"].astype(str).to_numpy()
+    index = pd.Series(np.arange(len(labels))).groupby(labels).apply(lambda s: s.to_numpy()).to_dict()
+    missing = [c for c in condition_ids if c not in index]
+    if missing:
+        raise ValueError(f"has no cell of {len(missing)} test conditions (e.g. {missing[0]!r}); "
+                         "expected obs['condition_id'] to name every test condition")
+    return {c: np.sort(index[c]) for c in condition_ids}
+
+
+def context_control_cells(train_cells) -> tuple[dict, np.ndarray]:
+    """Row indices of the training control cells per (cell_type, condition) context, and of all of them."""
+    obs = train_cells.obs
+    is_control = obs["is_control"].to_numpy().astype(bool)
+    if not is_control.any():
+        raise ValueError("has no control cells (obs['is_control'] is never True)")
+    keys = list(zip(obs["cell_type"].astype(str), obs["condition"].astype(str)))
+    out: dict = {}
+    for r in np.flatnonzero(is_control):
+        out.setdefault(keys[r], []).append(int(r))
+    return {k: np.array(v, dtype=np.int64) for k, v in out.items()}, np.flatnonzero(is_control)
+
+
+def shifted_control_cells(train_cells, test, shifts: dict | None, seed: int = 0, cap: int = MAX_CELLS):
+    """Per test row, (a seeded subsample of at most `cap` of) the training control cells of its context,
+    plus `shifts[context]` (genes) when given. Returns (X, condition_ids, fallback contexts): X is sparse
+    when nothing is shifted (the control cells as they are), dense float32 otherwise."""
+    by_context, all_controls = context_control_cells(train_cells)
+    contexts = list(zip(test.obs["cell_type"].astype(str), test.obs["condition"].astype(str)))
+    X = sp.csr_matrix(train_cells.X) if sp.issparse(train_cells.X) else np.asarray(train_cells.X)
+    blocks, ids, fallback = [], [], set()
+    for name, context in zip(test.obs_names.astype(str), contexts):
+        pool = by_context.get(context)
+        if pool is None:
+            pool = all_controls
+            fallback.add(context)
+        rows = pool[subsample(len(pool), cap, seed, name)]
+        block = X[rows]
+        if shifts is not None:
+            block = (block.toarray() if sp.issparse(block) else np.asarray(block, dtype=np.float64)) + shifts[context]
+            block = block.astype(np.float32)
+        blocks.append(block)
+        ids += [name] * len(rows)
+    stacked = sp.vstack(blocks, format="csr").astype(np.float32) if shifts is None and sp.issparse(X) \
+        else np.vstack([b.toarray() if sp.issparse(b) else b for b in blocks]).astype(np.float32)
+    return stacked, ids, sorted(fallback)
+
+
+def observed_cells(solution_cells, test, half: int | None = None, seed: int = 0, cap: int | None = MAX_CELLS):
+    """Per test row, (at most `cap` of; None: all) its observed cells, all or those of replicate half `half`.
+    Returns (X, condition_ids, replicate_half per cell or None, conditions lacking that half). A condition
+    without cells of `half` gives all its cells, unmarked (they are then scored against themselves)."""
+    groups = cells_of_conditions(solution_cells, list(test.obs_names.astype(str)))
+    halves = solution_cells.obs["replicate_half"].to_numpy() if half is not None else None
+    picked, ids, marks, lacking = [], [], [], []
+    for name in test.obs_names.astype(str):
+        rows = groups[name]
+        mark = half
+        if half is not None:
+            in_half = rows[halves[rows] == half]
+            if len(in_half):
+                rows = in_half
+            else:
+                lacking.append(name)
+                mark = 0
+        if cap is not None:
+            rows = rows[subsample(len(rows), cap, seed, f"{name}|{mark}")]
+        picked.append(rows)
+        ids += [name] * len(rows)
+        marks += [mark] * len(rows)
+    rows = np.concatenate(picked)
+    X = solution_cells.X[rows]
+    X = sp.csr_matrix(X, dtype=np.float32) if sp.issparse(X) else np.asarray(X, dtype=np.float32)
+    return X, ids, (np.array(marks, dtype=np.int64) if half is not None else None), lacking
+
+
+def prediction_cells(X, condition_ids, prediction, replicate_half=None):
+    """The `--output_cells` AnnData: cells x the prediction's genes, obs `condition_id` (and
+    `replicate_half` when given), uns ids copied from the profile prediction."""
+    import anndata as ad
+
+    obs = pd.DataFrame({"condition_id": pd.Categorical(np.asarray(condition_ids, dtype=object))},
+                       index=pd.Index([f"cell{i}" for i in range(len(condition_ids))], dtype=object))
+    if replicate_half is not None:
+        obs["replicate_half"] = np.asarray(replicate_half, dtype=np.int64)
+    var = pd.DataFrame(index=pd.Index(prediction.var_names.astype(str), dtype=object))
+    return ad.AnnData(X=X, obs=obs, var=var, uns={k: str(prediction.uns[k]) for k in
+                                                  ("dataset_id", "task_id", "method_id")})
+
+
+def write_prediction(io, par: dict, prediction, make_cells, needs: tuple[str, ...]):
+    """Write `--output`, and `--output_cells` when it is requested and the cell inputs in `needs` were
+    given (`make_cells()` builds it): both checked first, so a problem leaves neither file behind. The
+    engine asks every control that declares `--output_cells` for cells but passes cell inputs only when the
+    split has cells; without them no cells are written (logged) and cell metrics are not applicable."""
+    from component_io import fail, log
+
+    outputs = {"output": prediction}
+    absent = []
+    if par.get("output_cells"):
+        absent = [f"--{name}" for name in needs if not par.get(name)]
+        if absent:
+            log(f"{prediction.uns['method_id']}: no predicted cells written ({' and '.join(absent)} not given: "
+                "the split has no cells)")
+    if par.get("output_cells") and not absent:
+        try:
+            outputs["output_cells"] = make_cells()
+        except ValueError as error:
+            fail(f"--{needs[-1]} file '{par[needs[-1]]}': {error}")
+    io.write_all(outputs)

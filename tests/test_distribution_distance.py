@@ -1,0 +1,341 @@
+"""Distributional metrics (src/metrics/distribution_distance, src/utils/cell_distances.py) and the
+controls' predicted cells.
+
+The estimators are checked against values computed by hand on tiny 1-D and 2-D sets and against
+scipy's energy distance; the PCA against numpy's SVD. On the real subsets (Norman 2019 from the
+PerturBench devel file, Datlinger 2017) the cell files of the cells contract are built here from the
+same cells and replicate halves as tests/realdata.py, the controls write their cells through the runner
+and the metric must order them ground_truth < replicate_ceiling < no_change in energy distance and MMD,
+with train_mean below no_change. The real-data tests skip when ../shared/data is absent.
+"""
+from __future__ import annotations
+
+import sys
+import zlib
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+import scipy.stats
+
+from perturbcast.runner import run_component
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src" / "utils"))
+import cell_distances as cd  # noqa: E402
+import partitions  # noqa: E402
+import splits  # noqa: E402
+
+import realdata  # noqa: E402
+from conftest import shared_file  # noqa: E402
+
+METRIC = ROOT / "src" / "metrics" / "distribution_distance"
+CONTROLS = ("ground_truth", "replicate_ceiling", "train_mean", "no_change")
+
+
+# --------------------------------------------------------------------------------------------------
+# Estimators on hand-made sets
+# --------------------------------------------------------------------------------------------------
+
+def test_energy_distance_1d_by_hand():
+    # cross |0-3|, |1-3| -> mean 2.5; within X: |0-1| = 1; Y one cell -> 0: 2 * 2.5 - 1 - 0 = 4
+    assert cd.energy_distance(np.array([[0.0], [1.0]]), np.array([[3.0]])) == pytest.approx(4.0, abs=1e-12)
+
+
+def test_energy_distance_2d_by_hand_is_an_unbiased_u_statistic():
+    X = np.array([[0.0, 0.0], [3.0, 4.0]])
+    Y = np.array([[0.0, 0.0], [0.0, 4.0]])
+    # cross 0, 4, 5, 3 -> 3; within X 5, within Y 4 (pairs of distinct cells): 6 - 5 - 4 = -3
+    assert cd.energy_distance(X, Y) == pytest.approx(-3.0, abs=1e-12)
+    assert cd.energy_distance(Y, X) == pytest.approx(-3.0, abs=1e-12)
+    # the V-statistic (diagonal zeros in the within means) would be 6 - 2.5 - 2 = 1.5
+
+
+def test_energy_distance_of_a_set_with_itself_is_minus_twice_its_mean_distance_over_n():
+    X = np.array([[0.0], [1.0], [3.0]])  # distinct-pair distances 1, 3, 2 -> mean 2
+    # cross mean over 9 pairs = (0+1+3 + 1+0+2 + 3+2+0) / 9 = 12 / 9; E = 24/9 - 2 - 2 = -12/9
+    assert cd.energy_distance(X, X) == pytest.approx(-12.0 / 9.0, abs=1e-12)
+    assert cd.energy_distance(X, X) == pytest.approx(-2.0 * 2.0 / 3.0, abs=1e-12)
+
+
+def test_energy_distance_matches_scipy_after_the_v_statistic_correction():
+    rng = np.random.default_rng(3)
+    x, y = rng.normal(0, 1, 40), rng.normal(0.7, 1.5, 25)
+    within = lambda v: np.abs(v[:, None] - v[None, :]).sum() / (len(v) * (len(v) - 1))  # noqa: E731
+    u = cd.energy_distance(x[:, None], y[:, None])
+    # V = U + within_X / n + within_Y / m; scipy returns sqrt of the V-statistic (1-D, CDF form)
+    v = u + within(x) / len(x) + within(y) / len(y)
+    assert np.sqrt(v) == pytest.approx(scipy.stats.energy_distance(x, y), rel=1e-10)
+
+
+def test_mmd_1d_and_2d_by_hand():
+    X, Y = np.array([[0.0], [1.0]]), np.array([[3.0]])
+    # k(0,1) = e^-0.5 (h = 1); Y one cell -> 1; cross e^-4.5, e^-2
+    expected = np.exp(-0.5) + 1.0 - (np.exp(-4.5) + np.exp(-2.0))
+    assert cd.mmd2(X, Y, 1.0) == pytest.approx(expected, abs=1e-12)
+    X2 = np.array([[0.0, 0.0], [3.0, 4.0]])
+    Y2 = np.array([[0.0, 0.0], [0.0, 4.0]])
+    h = 2.0  # exp(-d^2 / 8): within X d=5, within Y d=4, cross d = 0, 4, 5, 3
+    expected = np.exp(-25 / 8) + np.exp(-16 / 8) - 2 * (1 + np.exp(-16 / 8) + np.exp(-25 / 8) + np.exp(-9 / 8)) / 4
+    assert cd.mmd2(X2, Y2, h) == pytest.approx(expected, abs=1e-12)
+    assert cd.mmd2(Y2, X2, h) == pytest.approx(expected, abs=1e-12)
+
+
+def test_estimators_separate_shifted_from_equal_distributions():
+    rng = np.random.default_rng(0)
+    a, b, c = rng.normal(0, 1, (300, 3)), rng.normal(0, 1, (300, 3)), rng.normal(0, 1, (300, 3)) + [1.0, 0, 0]
+    h = cd.median_bandwidth(a)
+    assert abs(cd.energy_distance(a, b)) < 0.05 < cd.energy_distance(a, c)
+    assert abs(cd.mmd2(a, b, h)) < 0.01 < cd.mmd2(a, c, h)
+
+
+def test_median_bandwidth_by_hand():
+    Z = np.array([[0.0, 0.0], [3.0, 4.0], [0.0, 4.0]])  # distances 5, 4, 3
+    assert cd.median_bandwidth(Z) == pytest.approx(4.0)
+
+
+def test_pca_matches_numpy_and_dropping_genes_equals_a_constant_value():
+    A = sp.random(200, 30, density=0.3, random_state=1, format="csr", dtype=np.float64)
+    pca = cd.fit_pca(A, n_components=6)
+    dense = A.toarray()
+    _, s, vt = np.linalg.svd(dense - dense.mean(axis=0), full_matrices=False)
+    assert np.allclose(pca.explained, s[:6] ** 2 / 199)
+    assert np.allclose(np.abs(pca.components), np.abs(vt[:6].T))
+    constant = dense.copy()
+    constant[:, [2, 7]] = 5.0  # any one value per dropped gene: the shift cancels in distances
+    Z1, Z2 = pca.project(A, drop=[2, 7]), pca.project(constant)
+    d1, d2 = cd.pairwise_sq_distances(Z1, Z1), cd.pairwise_sq_distances(Z2, Z2)
+    assert np.allclose(d1, d2)
+
+
+def test_subsample_is_seeded_by_key_and_capped():
+    a = cd.subsample(1000, 10, 0, "G1|K562|none|0")
+    assert len(a) == 10 and np.array_equal(a, cd.subsample(1000, 10, 0, "G1|K562|none|0"))
+    assert not np.array_equal(a, cd.subsample(1000, 10, 0, "G2|K562|none|0"))
+    assert np.array_equal(cd.subsample(7, 10, 0, "x"), np.arange(7))
+
+
+# --------------------------------------------------------------------------------------------------
+# Cell files of a real subset, built per notes/CELLS_CONTRACT.md from the cells behind realdata's profiles
+# --------------------------------------------------------------------------------------------------
+
+def synthetic_cells(seed: int = 0):
+    """Cells of 6 perturbations (40 cells, target genes G1..G6 among the 20 genes, with effects) and 80
+    controls, and their common dataset pseudobulked by realdata.pseudobulk."""
+    rng = np.random.default_rng(seed)
+    labels = ["control"] * 80 + [f"G{k}" for k in range(1, 7) for _ in range(40)]
+    X = rng.gamma(2.0, 0.5, (len(labels), 20))
+    for k in range(1, 7):
+        rows = [i for i, label in enumerate(labels) if label == f"G{k}"]
+        X[np.ix_(rows, [k - 1, 10 + k])] += [3.0, 0.4 * k]
+    var_names = [f"G{j}" for j in range(1, 21)]
+    common = realdata.pseudobulk(X, labels, ["knockout"] * len(labels), ["T"] * len(labels), ["none"] * len(labels),
+                                 var_names, uns={"dataset_id": "synthetic_cells", "normalization_id": "log1p"})
+    obs = pd.DataFrame({"perturbation": labels, "perturbation_type": "knockout", "cell_type": "T", "condition": "none"})
+    return sp.csr_matrix(X, dtype=np.float32), obs, common
+
+
+def cell_table(name: str):
+    """(log-normalised cells CSR, obs with the contract's labels and the replicate of realdata's halves)."""
+    if name == "synthetic":
+        X, obs, common = synthetic_cells()
+    elif name == "norman":
+        cells = ad.read_h5ad(shared_file(realdata.DEVEL))
+        cells = cells[(cells.obs["dataset"] == "norman19").to_numpy()]
+        X = sp.csr_matrix(cells.X, dtype=np.float32)
+        obs = pd.DataFrame({"perturbation": [realdata.harmonise_perturbation(c) for c in cells.obs["condition"].astype(str)],
+                            "perturbation_type": "activation", "cell_type": "K562", "condition": "none"})
+        common = realdata.norman19_common()
+    else:
+        cells = ad.read_h5ad(shared_file(realdata.DATLINGER))
+        counts = sp.csr_matrix(cells.X, dtype=np.float64)
+        totals = np.asarray(counts.sum(axis=1)).ravel()
+        X = sp.diags(1e4 / np.maximum(totals, 1.0)) @ counts
+        X.data = np.log1p(X.data)
+        X = sp.csr_matrix(X, dtype=np.float32)
+        obs = pd.DataFrame({"perturbation": [realdata.harmonise_perturbation(p) for p in cells.obs["perturbation"].astype(str)],
+                            "perturbation_type": "knockout", "cell_type": "Jurkat",
+                            "condition": cells.obs["perturbation_2"].astype(str).to_numpy()})
+        common = realdata.datlinger2017_common()
+    # the replicate halves of realdata.pseudobulk: a seeded permutation per group, first half r1
+    replicate = np.empty(len(obs), dtype=object)
+    keys = ["perturbation", "cell_type", "condition", "perturbation_type"]
+    for key, rows in sorted(obs.groupby(keys, sort=True).indices.items()):
+        order = np.random.default_rng([0, zlib.crc32("|".join(key).encode())]).permutation(np.sort(rows))
+        replicate[order[: len(order) // 2]] = "r1"
+        replicate[order[len(order) // 2:]] = "r2"
+    obs["replicate"] = replicate
+    obs["is_control"] = obs["perturbation"] == "control"
+    obs.index = pd.Index([f"cell{i}" for i in range(len(obs))], dtype=object)
+    return X, obs, common
+
+
+def write_split(name: str, task: str, work: Path) -> dict[str, Path]:
+    """train, test, solution (fold 0 of 2) and the contract's train_cells / solution_cells, as files."""
+    X, obs, common = cell_table(name)
+    fold_function = partitions.combination_fold if task == "unseen_combination" else partitions.perturbation_fold
+    is_test, stratum, exclude, info = fold_function(common.obs, 2, 0, 0)
+    train, test, solution = splits.build_split(common, is_test, stratum, task, 0, exclude=exclude, n_folds=2, fold=0)
+    # the profiles the cells were summed into, and which side of the split each profile went to
+    recomputed = np.vstack([np.asarray(X[(obs[["perturbation", "cell_type", "condition", "perturbation_type",
+                                                "replicate"]] == tuple(r)).all(axis=1).to_numpy()].mean(axis=0))
+                            for r in common.obs[["perturbation", "cell_type", "condition", "perturbation_type",
+                                                 "replicate"]].itertuples(index=False)])
+    assert np.allclose(recomputed, common.X, atol=1e-5), "cells do not sum to realdata's profiles"
+    key = obs[["perturbation", "cell_type", "condition", "perturbation_type"]].astype(str).agg("|".join, axis=1)
+    train_keys = set(train.obs[["perturbation", "cell_type", "condition", "perturbation_type"]].astype(str)
+                     .agg("|".join, axis=1))
+    test_id = dict(zip(solution.obs[["perturbation", "cell_type", "condition", "perturbation_type"]].astype(str)
+                       .agg("|".join, axis=1), solution.obs_names))
+    var = pd.DataFrame(index=pd.Index(train.var_names.astype(str), dtype=object))
+    in_train = key.isin(train_keys).to_numpy()
+    in_test = key.isin(test_id).to_numpy()
+    train_cells = ad.AnnData(X=X[in_train], obs=obs[in_train].copy(), var=var.copy(), uns=dict(train.uns))
+    solution_obs = obs[in_test].copy()
+    solution_obs["condition_id"] = key[in_test].map(test_id).to_numpy()
+    solution_obs["replicate_half"] = solution_obs["replicate"].map({"r1": 1, "r2": 2}).astype(np.int64)
+    solution_cells = ad.AnnData(X=X[in_test], obs=solution_obs, var=var.copy(), uns=dict(solution.uns))
+    paths = {}
+    for label, adata in (("train", train), ("test", test), ("solution", solution), ("train_cells", train_cells),
+                         ("solution_cells", solution_cells)):
+        paths[label] = work / f"{label}.h5ad"
+        adata.write_h5ad(paths[label])
+    return paths
+
+
+def run(component: Path, args: dict) -> int:
+    argv = [x for k, v in args.items() for x in (f"--{k}", str(v))]
+    return run_component(component, argv).exit_code
+
+
+def score_controls(name: str, task: str, work: Path) -> pd.DataFrame:
+    paths = write_split(name, task, work)
+    rows = {}
+    for control in CONTROLS:
+        prediction, cells = work / f"{control}.h5ad", work / f"{control}_cells.h5ad"
+        cell_input = "input_solution_cells" if control in ("ground_truth", "replicate_ceiling") else "input_train_cells"
+        assert run(ROOT / "src" / "control_methods" / control, {
+            "input_train": paths["train"], "input_test": paths["test"], "input_solution": paths["solution"],
+            cell_input: paths[cell_input.removeprefix("input_")], "output": prediction, "output_cells": cells}) == 0
+        score = work / f"score_{control}.h5ad"
+        assert run(METRIC, {"input_solution": paths["solution"], "input_prediction": prediction,
+                            "input_prediction_cells": cells, "input_solution_cells": paths["solution_cells"],
+                            "input_train_cells": paths["train_cells"], "output": score}) == 0
+        result = ad.read_h5ad(score)
+        rows[control] = dict(zip(result.uns["metric_ids"], result.uns["metric_values"]))
+        rows[control]["n_conditions"] = result.n_obs
+    table = pd.DataFrame(rows).T
+    print(f"\n{name} / {task}:\n{table.to_string()}")
+    return table
+
+
+@pytest.mark.parametrize("name,task", [("norman", "unseen_combination"), ("datlinger", "unseen_perturbation")])
+def test_controls_are_ordered_on_real_cells(name, task, tmp_path):
+    table = score_controls(name, task, tmp_path)
+    e = table["energy_distance"]
+    assert e["ground_truth"] < e["replicate_ceiling"] < e["no_change"], table
+    # measured: the mean training shift brings the control cells closer (Norman 1.09 -> 0.98, Datlinger 0.18 -> 0.005)
+    assert e["train_mean"] < e["no_change"], table
+    m = table["mmd2_rbf"]
+    assert m["ground_truth"] < m["replicate_ceiling"] < m["no_change"], table
+
+
+# --------------------------------------------------------------------------------------------------
+# The metric's contract on a small synthetic split
+# --------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    work = tmp_path_factory.mktemp("synthetic")
+    paths = write_split("synthetic", "unseen_perturbation", work)
+    paths["prediction"] = work / "prediction.h5ad"
+    assert run(ROOT / "src" / "control_methods" / "ground_truth", {
+        "input_train": paths["train"], "input_test": paths["test"], "input_solution": paths["solution"],
+        "input_solution_cells": paths["solution_cells"], "output": paths["prediction"],
+        "output_cells": work / "ground_truth_cells.h5ad"}) == 0
+    paths["cells"] = work / "ground_truth_cells.h5ad"
+    return work, paths
+
+
+def metric_args(paths, cells, output) -> dict:
+    return {"input_solution": paths["solution"], "input_prediction": paths["prediction"],
+            "input_prediction_cells": cells, "input_solution_cells": paths["solution_cells"],
+            "input_train_cells": paths["train_cells"], "output": output}
+
+
+def test_not_applicable_without_predicted_cells(synthetic):
+    work, paths = synthetic
+    args = metric_args(paths, paths["cells"], work / "none.h5ad")
+    del args["input_prediction_cells"]
+    assert run(METRIC, args) == 99
+    assert not (work / "none.h5ad").exists()
+
+
+def test_a_missing_condition_is_a_one_line_error_and_nothing_is_written(synthetic, capfd):
+    work, paths = synthetic
+    cells = ad.read_h5ad(paths["cells"])
+    first = str(cells.obs["condition_id"].iloc[0])
+    cells[(cells.obs["condition_id"].astype(str) != first).to_numpy()].copy().write_h5ad(work / "short.h5ad")
+    assert run(METRIC, metric_args(paths, work / "short.h5ad", work / "short_score.h5ad")) == 1
+    err = capfd.readouterr().err
+    assert "[error] --input_prediction_cells" in err and "no cell for 1 test conditions" in err
+    assert not (work / "short_score.h5ad").exists()
+
+
+def test_cells_marked_with_a_half_are_scored_against_the_other_half_only(synthetic):
+    work, paths = synthetic
+    solution, observed = ad.read_h5ad(paths["solution"]), ad.read_h5ad(paths["solution_cells"])
+    train_cells = ad.read_h5ad(paths["train_cells"])
+    half2 = observed[(observed.obs["replicate_half"] == 2).to_numpy()].copy()
+    marked = ad.AnnData(X=half2.X, obs=pd.DataFrame({"condition_id": half2.obs["condition_id"].astype(str).to_numpy(),
+                                                     "replicate_half": np.ones(half2.n_obs, dtype=np.int64)},
+                                                    index=half2.obs_names),
+                        var=half2.var, uns={"dataset_id": solution.uns["dataset_id"], "task_id": solution.uns["task_id"],
+                                            "method_id": "half2_as_half1"})
+    marked.write_h5ad(work / "marked.h5ad")
+    unmarked = marked.copy()
+    del unmarked.obs["replicate_half"]
+    unmarked.write_h5ad(work / "unmarked.h5ad")
+    for label in ("marked", "unmarked"):
+        assert run(METRIC, metric_args(paths, work / f"{label}.h5ad", work / f"score_{label}.h5ad")) == 0
+    scored = {label: ad.read_h5ad(work / f"score_{label}.h5ad").obs for label in ("marked", "unmarked")}
+    pca = cd.fit_pca(train_cells.X, seed=0)
+    for name, perturbation in zip(solution.obs_names, solution.obs["perturbation"]):
+        drop = [list(solution.var_names).index(perturbation)]  # G1..G6 are genes: the target is left out
+        cells = observed.obs["condition_id"].astype(str).to_numpy() == name
+        Z2 = pca.project(observed.X[cells & (observed.obs["replicate_half"] == 2).to_numpy()], drop)
+        Zall = pca.project(observed.X[cells], drop)
+        # marked half-1 cells meet the half-2 cells: here the very same cells, so E = E_U(Z2, Z2) < 0
+        assert scored["marked"].loc[name, "energy_distance"] == pytest.approx(cd.energy_distance(Z2, Z2), rel=1e-6)
+        assert scored["marked"].loc[name, "energy_distance"] < 0
+        assert scored["unmarked"].loc[name, "energy_distance"] == pytest.approx(cd.energy_distance(Z2, Zall), rel=1e-6)
+
+
+def test_a_control_asked_for_cells_without_cell_inputs_writes_its_profiles_only(synthetic):
+    work, paths = synthetic
+    assert run(ROOT / "src" / "control_methods" / "no_change", {
+        "input_train": paths["train"], "input_test": paths["test"], "input_solution": paths["solution"],
+        "output": work / "nc.h5ad", "output_cells": work / "nc_cells.h5ad"}) == 0
+    assert (work / "nc.h5ad").exists() and not (work / "nc_cells.h5ad").exists()
+
+
+def test_train_mean_cells_are_the_control_cells_shifted_by_the_mean_training_delta(synthetic):
+    work, paths = synthetic
+    assert run(ROOT / "src" / "control_methods" / "train_mean", {
+        "input_train": paths["train"], "input_test": paths["test"], "input_solution": paths["solution"],
+        "input_train_cells": paths["train_cells"], "output": work / "tm.h5ad", "output_cells": work / "tm_cells.h5ad"}) == 0
+    assert run(ROOT / "src" / "control_methods" / "no_change", {
+        "input_train": paths["train"], "input_test": paths["test"], "input_solution": paths["solution"],
+        "input_train_cells": paths["train_cells"], "output": work / "nc.h5ad", "output_cells": work / "nc_cells.h5ad"}) == 0
+    train, prediction = ad.read_h5ad(paths["train"]), ad.read_h5ad(work / "tm.h5ad")
+    shifted, plain = ad.read_h5ad(work / "tm_cells.h5ad"), ad.read_h5ad(work / "nc_cells.h5ad")
+    control = np.asarray(train.X[train.obs["is_control"].to_numpy()]).mean(axis=0)  # one context, r1/r2 profiles
+    for name in prediction.obs_names:
+        rows = (shifted.obs["condition_id"].astype(str) == name).to_numpy()
+        assert rows.sum() == 80  # every training control cell of the context (below the 500 cap)
+        delta = np.asarray(shifted.X[rows]) - plain.X[(plain.obs["condition_id"].astype(str) == name).to_numpy()].toarray()
+        # one shift for every cell and gene: the train_mean profile minus the mean control profile
+        assert np.allclose(delta, np.asarray(prediction[name].X).ravel() - control, atol=1e-5)
