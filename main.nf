@@ -491,14 +491,24 @@ boolean takesArgument(Map component, String argument) {
 Map planBenchmark(File root, Map p) {
     def components = discoverComponents(root)
     def ofType = { String type -> components.findAll { it.type == type } }
+    // components with `info.default: false` (deep models, slow metrics) run only when named
+    def predictors = chooseComponents(ofType('control_method') + ofType('method'), p.methods, p.exclude_methods, 'method')
+        .findAll { p.methods || it.info['default'] != false }
+    def metrics = chooseComponents(ofType('metric'), p.metrics, p.exclude_metrics, 'metric')
+        .findAll { p.metrics || it.info['default'] != false }
+    // cells are made only when a selected component reads them (as the engine)
+    def cellsWanted = predictors.any { m -> ['input_train_cells', 'input_solution_cells'].any { takesArgument(m, it) } } ||
+        metrics.any { m -> ['input_prediction_cells', 'input_train_cells', 'input_solution_cells'].any { takesArgument(m, it) } }
+    def predictionCellsWanted = metrics.any { takesArgument(it, 'input_prediction_cells') }
+    def datasets = chooseDatasets(ofType('dataset_loader'), p.datasets, p.exclude_datasets, p.use_test_arguments as boolean)
+    datasets.each { it.cells_wanted = cellsWanted; it.prediction_cells_wanted = predictionCellsWanted }
     return [
         'package'   : readYaml(new File(root, '_viash.yaml')),
         components  : components,
-        datasets    : chooseDatasets(ofType('dataset_loader'), p.datasets, p.exclude_datasets, p.use_test_arguments as boolean),
+        datasets    : datasets,
         tasks       : chooseComponents(ofType('task'), p.tasks, p.exclude_tasks, 'task'),
-        predictors  : chooseComponents(ofType('control_method') + ofType('method'), p.methods, p.exclude_methods, 'method'),
-        metrics     : chooseComponents(ofType('metric'), p.metrics, p.exclude_metrics, 'metric')
-                          .findAll { p.metrics || it.info['default'] != false },
+        predictors  : predictors,
+        metrics     : metrics,
         seeds       : parseSeeds(p.seeds),
         n_folds     : (p.n_folds ?: 5) as Integer,
         folds       : parseFolds(p.folds, (p.n_folds ?: 5) as Integer),
@@ -511,7 +521,8 @@ Map datasetMeta(Map dataset) {
     def key = dataset.id.toString()
     return [id: "dataset/${key}".toString(), stage: 'dataset', key: key, dataset_id: key,
             arguments: dataset.arguments, dir: "datasets/${key}".toString(),
-            cells: takesArgument(dataset.loader as Map, 'output_cells')]
+            cells: takesArgument(dataset.loader as Map, 'output_cells') && (dataset.cells_wanted as boolean),
+            prediction_cells: dataset.prediction_cells_wanted as boolean]
 }
 
 Map splitMeta(Map datasetMeta, Map task, seed, fold = null, nFolds = null) {
@@ -520,7 +531,8 @@ Map splitMeta(Map datasetMeta, Map task, seed, fold = null, nFolds = null) {
             task_id: task.name, seed: seed as Integer, fold: fold, n_folds: nFolds, dir: "tasks/${key}".toString(),
             cells: (datasetMeta.cells as boolean) && takesArgument(task, 'input_cells'),
             train_cells: (datasetMeta.cells as boolean) && takesArgument(task, 'input_cells') && takesArgument(task, 'output_train_cells'),
-            solution_cells: (datasetMeta.cells as boolean) && takesArgument(task, 'input_cells') && takesArgument(task, 'output_solution_cells')]
+            solution_cells: (datasetMeta.cells as boolean) && takesArgument(task, 'input_cells') && takesArgument(task, 'output_solution_cells'),
+            prediction_cells: datasetMeta.prediction_cells as boolean]
 }
 
 Map predictMeta(Map splitMeta, Map method) {
@@ -531,7 +543,7 @@ Map predictMeta(Map splitMeta, Map method) {
             split_train_cells: splitMeta.train_cells, split_solution_cells: splitMeta.solution_cells,
             train_cells: (splitMeta.train_cells as boolean) && takesArgument(method, 'input_train_cells'),
             solution_cells: (splitMeta.solution_cells as boolean) && takesArgument(method, 'input_solution_cells'),
-            output_cells: takesArgument(method, 'output_cells')]
+            output_cells: takesArgument(method, 'output_cells') && (splitMeta.prediction_cells as boolean)]
 }
 
 Map scoreMeta(Map predictMeta, Map metric) {

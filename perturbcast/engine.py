@@ -194,13 +194,22 @@ def plan(package_root: Path, output_dir: Path, selection: Selection) -> tuple[li
     if selection.metrics is None:  # components that opt out of the default run only when named
         metrics = [m for m in metrics if m.info.get("default", True) is not False]
 
+    # cells are made only when a selected component reads them (every loader can write millions of them)
+    cell_inputs = ("input_train_cells", "input_solution_cells", "input_prediction_cells")
+    cells_wanted = any(c.argument(a) for c in predictors + metrics for a in cell_inputs)
+    prediction_cells_wanted = any(m.argument("input_prediction_cells") for m in metrics)
+
+    def wanted(files: dict, flag: bool) -> dict:
+        return files if flag else {}
+
     for loader, instance in datasets:
         dataset_id = instance["id"]
         dataset_dir = output_dir / "datasets" / dataset_id
         dataset_step = Step(
             id=f"dataset/{dataset_id}", stage="dataset", component=loader, directory=dataset_dir,
             inputs={}, outputs={"output": dataset_dir / "dataset.h5ad",
-                                **declared(loader, {"output_cells": dataset_dir / "dataset_cells.h5ad"})},
+                                **declared(loader, wanted({"output_cells": dataset_dir / "dataset_cells.h5ad"},
+                                                          cells_wanted))},
             arguments=dict(instance["arguments"]),
             labels={"dataset_id": dataset_id})
         steps.append(dataset_step)
@@ -244,7 +253,8 @@ def plan(package_root: Path, output_dir: Path, selection: Selection) -> tuple[li
                     predict_step = Step(
                         id=f"predict/{split}/{method.name}", stage="predict", component=method, directory=predict_dir,
                         inputs=inputs, outputs={"output": predict_dir / "prediction.h5ad",
-                                                **declared(method, {"output_cells": predict_dir / "prediction_cells.h5ad"})},
+                                                **declared(method, wanted({"output_cells": predict_dir / "prediction_cells.h5ad"},
+                                                                          prediction_cells_wanted))},
                         arguments={},
                         depends=[split_step.id], labels=labels)
                     steps.append(predict_step)
