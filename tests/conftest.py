@@ -1,4 +1,5 @@
 """Shared fixtures: the repository root, the generated test resources and the real data in ../shared."""
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -28,3 +29,14 @@ def shared_file(name: str) -> Path:
     if not path.exists():
         pytest.skip(f"{path} is absent (the real data subsets live in ../shared/data beside the repository)")
     return path
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `torch` skip with a reason where PyTorch is not installed (`.[test]` does not pull it)."""
+    if importlib.util.find_spec("torch") is not None:
+        return
+    skip = pytest.mark.skip(reason="PyTorch is not installed; pip install -e '.[torch]' "
+                                   "--extra-index-url https://download.pytorch.org/whl/cpu (the CPU build)")
+    for item in items:
+        if "torch" in item.keywords:
+            item.add_marker(skip)
