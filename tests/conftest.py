@@ -38,5 +38,5 @@ def pytest_collection_modifyitems(config, items):
     skip = pytest.mark.skip(reason="PyTorch is not installed; pip install -e '.[torch]' "
                                    "--extra-index-url https://download.pytorch.org/whl/cpu (the CPU build)")
     for item in items:
-        if "torch" in item.keywords:
+        if item.get_closest_marker("torch") is not None:
             item.add_marker(skip)
