@@ -55,9 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
     exec_ = commands.add_parser("exec", help=argparse.SUPPRESS)
     exec_.add_argument("build_dir")
 
-    from . import engine_cli, report  # the benchmark, aggregate and report commands
+    from . import cache_cli, engine_cli, report  # the benchmark, aggregate, report and cache commands
     engine_cli.add_commands(commands)
     report.add_command(commands)
+    cache_cli.add_commands(commands)
     return parser
 
 
