@@ -137,6 +137,6 @@ def test_cached_file_runs_an_offline_benchmark(cache, tmp_path):
     log = (output / "datasets" / "replogle2022_k562_essential" / "log.txt").read_text()
     assert "downloading" not in log
     results = pd.read_parquet(output / "results.parquet")
-    assert set(results["dataset"]) == {"replogle2022_k562_essential"}
-    assert "train_mean" in set(results["method"]) and (results["metric"].str.startswith("delta_error")
-                                                       | results["metric"].str.contains("error")).any()
+    assert set(results["dataset_id"]) == {"replogle2022_k562_essential"}
+    assert {"train_mean", "replicate_ceiling"} <= set(results["method_id"])
+    assert set(results["metric_component"]) == {"delta_error"} and results["value"].notna().all()
