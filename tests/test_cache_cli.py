@@ -11,7 +11,7 @@ import pytest
 
 from perturbcast import cache_cli
 
-from conftest import ROOT
+from conftest import ROOT, SHARED_DATA
 from test_userdata import screen
 
 REPLOGLE_URL = "https://zenodo.org/records/13350497/files/ReplogleWeissman2022_K562_essential.h5ad"
@@ -68,7 +68,7 @@ def test_pinned_checksum_accepts_the_right_file_and_refuses_another(cache, tmp_p
     with pytest.raises(cache_cli.CacheError, match="pinned sha256 .* is 220998f5"):
         cache_cli.add(ROOT, str(wrong), dataset="norman2019_devel")
     assert not os.path.exists(download().cache_path(DEVEL_URL))
-    real = ROOT.parent / "shared" / "data" / "perturbench_devel.h5ad"
+    real = SHARED_DATA / "perturbench_devel.h5ad"
     if real.exists():  # the real file verifies against the pinned sha256 and serves both of its datasets
         message = cache_cli.add(ROOT, str(real), dataset="mcfaline2023_devel")
         assert "norman2019_devel, mcfaline2023_devel" in message and "verified against the pinned sha256" in message
