@@ -18,9 +18,9 @@ N_GENES = 40
 
 
 def screen(n_cells_per_condition=40, seed=0) -> ad.AnnData:
-    """A CRISPRi screen as a user would have it: raw counts, obs `target_gene` (no `cell_line`, no
-    perturbation type column), 12 single targets, 6 pairs, non-targeting controls; each target gene is
-    knocked down and drags two downstream genes with it."""
+    """A CRISPRi screen as a user would have it: raw counts, obs `target_gene` and `perturbation_type`
+    (no `cell_line`), 12 single targets, 6 pairs, non-targeting controls; each target gene is knocked down
+    and moves two downstream genes with it."""
     rng = np.random.default_rng(seed)
     genes = [f"GENE{i}" for i in range(N_GENES)]
     base = rng.gamma(2.0, 4.0, size=N_GENES)
@@ -38,7 +38,8 @@ def screen(n_cells_per_condition=40, seed=0) -> ad.AnnData:
         rows.append(rng.poisson(mean, size=(n_cells_per_condition, N_GENES)))
         labels += [label] * n_cells_per_condition
     counts = np.vstack(rows).astype(np.float32)
-    obs = pd.DataFrame({"target_gene": labels, "guide": [f"g{i % 3}" for i in range(len(labels))]},
+    obs = pd.DataFrame({"target_gene": labels, "perturbation_type": "CRISPRi",
+                        "guide": [f"g{i % 3}" for i in range(len(labels))]},
                        index=[f"cell{i}" for i in range(len(labels))])
     return ad.AnnData(X=sp.csr_matrix(counts), obs=obs, var=pd.DataFrame(index=genes))
 
@@ -56,8 +57,7 @@ def loader_argv(arguments: dict, output) -> list[str]:
 
 def test_cell_level_file_runs_through_the_loader_and_every_task(screen_file, tmp_path):
     loader, dataset_id, arguments = dataset_step_arguments(
-        screen_file, dataset_args=parse_dataset_args(["perturbation_column=target_gene", "perturbation_type=CRISPRi",
-                                                      "control_label=non-targeting", "min_cells_per_half=5"]))
+        screen_file, dataset_args=parse_dataset_args(["perturbation_column=target_gene"]))
     assert (loader, dataset_id) == ("h5ad_file", "my_screen")
     assert arguments["input_format"] == "cells" and arguments["input"] == str(screen_file.resolve())
     dataset = tmp_path / "dataset.h5ad"
@@ -66,7 +66,7 @@ def test_cell_level_file_runs_through_the_loader_and_every_task(screen_file, tmp
     assert common.uns["dataset_id"] == "my_screen"
     assert common.uns["normalization_id"] == "log_cp10k"  # integer X is read as raw counts
     assert set(common.obs["cell_type"]) == {"unspecified"}
-    assert set(common.obs["perturbation_type"]) == {"knockdown"}
+    assert set(common.obs["perturbation_type"]) == {"knockdown"}  # CRISPRi, from the file's column
     assert common.obs["is_control"].sum() == 2  # the two random halves of the non-targeting cells
     assert sorted(set(common.obs["perturbation"]) - {"control"})[:2] == ["GENE0", "GENE0+GENE1"]
     assert len(common.obs) == 2 * 19
@@ -148,6 +148,8 @@ def test_broken_common_dataset_is_refused_with_one_line(screen_file, tmp_path, c
     ({"values": "raw"}, None, "values=raw: expected one of auto, counts, log"),
     ({"input": "x.h5ad"}, None, "input: set by perturbcast itself"),
     ({"perturbation_column": "target_gene"}, "my screen", "--dataset-id 'my screen'"),
+    ({"perturbation_column": "target_gene", "cell_type_column": "cell_line"}, None,
+     "obs has no column 'cell_line' (cell_type_column)"),
 ])
 def test_bad_arguments_are_one_line(screen_file, args, dataset_id, message):
     with pytest.raises(UserDataError) as error:
