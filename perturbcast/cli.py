@@ -1,4 +1,4 @@
-"""Command line: `perturbcast run | test | benchmark | report`."""
+"""Command line: `perturbcast run | test | check-split | benchmark | aggregate | report | cache | list`."""
 from __future__ import annotations
 
 import argparse
@@ -46,18 +46,19 @@ def build_parser() -> argparse.ArgumentParser:
                     "`N passed, N failed`. Test data in resources_test/ is made by scripts/create_test_resources.py.")
     test.add_argument("components", nargs="+", help="component directories")
     test.add_argument("-k", "--keep", action="store_true", help="keep the test directories")
-    test.add_argument("--cpus", type=int)
-    test.add_argument("--memory")
+    test.add_argument("--cpus", type=int, help="number of CPUs each test may use (meta['cpus'])")
+    test.add_argument("--memory", help="memory each test may use, e.g. 4GB (meta['memory_*'])")
 
     commands.add_parser("check-split", help="check a task split for leakage (see `perturbcast check-split -h`)",
                         add_help=False)
 
-    exec_ = commands.add_parser("exec", help=argparse.SUPPRESS)
-    exec_.add_argument("build_dir")
+    # `exec BUILD_DIR` (the entry point of built executables) is internal: main() handles it before parsing
 
-    from . import engine_cli, report  # the benchmark, aggregate and report commands
+    from . import cache_cli, engine_cli, list_cli, report  # benchmark, aggregate, report, cache, list
     engine_cli.add_commands(commands)
     report.add_command(commands)
+    cache_cli.add_commands(commands)
+    list_cli.add_command(commands)
     return parser
 
 

@@ -229,6 +229,44 @@ def load_package_config(package_root: Path | None) -> dict:
     return _load_yaml(package_root / PACKAGE_FILE) or {}
 
 
+# The keys viash 0.9 knows (its JSON schema: Config, ArgumentGroup and the argument types), so that a typo
+# such as `arguemnts:` is an error instead of a silently ignored key. `info` is free-form for viash; there
+# only near-misses of the keys this project reads (`supported_task` for `supported_tasks`) are refused.
+CONFIG_KEYS = {"argument_groups", "arguments", "authors", "build_info", "dependencies", "description", "engines",
+               "functionality", "info", "keywords", "label", "license", "links", "name", "namespace",
+               "package_config", "platforms", "references", "repositories", "requirements", "resources", "runners",
+               "status", "summary", "test_resources", "usage", "version"}
+GROUP_KEYS = {"arguments", "description", "label", "name", "summary"}
+ARGUMENT_KEYS = {"alternatives", "choices", "create_parent", "default", "description", "direction", "example", "info",
+                 "label", "max", "min", "multiple", "multiple_sep", "must_exist", "name", "required", "summary", "type"}
+INFO_KEYS = {"type", "type_info", "datasets", "test_arguments", "supported_tasks", "metrics", "control_type", "default"}
+
+
+def _check_keys(raw: dict, path: Path):
+    import difflib
+
+    def refuse(where: str, key, known):
+        close = difflib.get_close_matches(str(key), sorted(known), n=1)
+        hint = f"did you mean `{close[0]}`?" if close else f"expected one of {', '.join(sorted(known))}"
+        raise ConfigError(f"{path}: unknown key `{key}`{where}; {hint}")
+
+    for key in raw:
+        if key not in CONFIG_KEYS:
+            refuse("", key, CONFIG_KEYS)
+    for key in raw.get("info") or {}:
+        if key not in INFO_KEYS and difflib.get_close_matches(str(key), sorted(INFO_KEYS), n=1, cutoff=0.85):
+            refuse(" in info", key, INFO_KEYS)
+    groups = [{"arguments": raw.get("arguments") or []}] + list(raw.get("argument_groups") or [])
+    for group in groups:
+        for key in group if isinstance(group, dict) else []:
+            if key not in GROUP_KEYS:
+                refuse(f" in argument group '{group.get('name')}'", key, GROUP_KEYS)
+        for argument in (group.get("arguments") or []) if isinstance(group, dict) else []:
+            for key in argument if isinstance(argument, dict) else []:
+                if key not in ARGUMENT_KEYS:
+                    refuse(f" in argument '{argument.get('name')}'", key, ARGUMENT_KEYS)
+
+
 def load_config(path: str | os.PathLike) -> ComponentConfig:
     """Load `config.vsh.yaml` (or the directory holding one) with merges resolved and arguments normalised."""
     path = Path(path)
@@ -243,6 +281,7 @@ def load_config(path: str | os.PathLike) -> ComponentConfig:
         raise ConfigError(f"{path}: a component config needs a `name`")
     if not NAME_PATTERN.match(str(raw["name"])):
         raise ConfigError(f"{path}: name '{raw['name']}' must match {NAME_PATTERN.pattern}")
+    _check_keys(raw, path)
     package = load_package_config(package_root)
     if "version" not in raw and package.get("version") is not None:
         raw["version"] = str(package["version"])

@@ -41,7 +41,8 @@ def _copy_resource(config: ComponentConfig, resource: dict, target_dir: Path):
         return
     source = config.resolve_resource(resource)
     if not source.exists():
-        raise FileNotFoundError(f"{config.path}: resource '{resource['path']}' does not exist ({source})")
+        made = " (test data: run `python scripts/create_test_resources.py` first)" if "resources_test" in source.parts else ""
+        raise FileNotFoundError(f"{config.path}: resource '{resource['path']}' does not exist ({source}){made}")
     destination = target_dir / resource.get("dest", source.name)
     destination.parent.mkdir(parents=True, exist_ok=True)
     if source.is_dir():

@@ -1,4 +1,6 @@
 """Shared fixtures: the repository root, the generated test resources and the real data in ../shared."""
+import importlib.util
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -6,7 +8,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED_DATA = ROOT.parent / "shared" / "data"
+# The real data subsets (README: "Tests with real data"); beside the repository on the project's machines
+SHARED_DATA = Path(os.environ.get("PERTURBCAST_TEST_DATA") or ROOT.parent / "shared" / "data")
 RESOURCES = ROOT / "resources_test" / "simulated_grn"
 
 
@@ -27,5 +30,17 @@ def test_resources() -> Path:
 def shared_file(name: str) -> Path:
     path = SHARED_DATA / name
     if not path.exists():
-        pytest.skip(f"{path} is absent (the real data subsets live in ../shared/data beside the repository)")
+        pytest.skip(f"{path} is absent: real data subset; set PERTURBCAST_TEST_DATA to a folder holding it "
+                    "(README, 'Tests with real data', says where to get it)")
     return path
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `torch` skip with a reason where PyTorch is not installed (`.[test]` does not pull it)."""
+    if importlib.util.find_spec("torch") is not None:
+        return
+    skip = pytest.mark.skip(reason="PyTorch is not installed; pip install -e '.[torch]' "
+                                   "--extra-index-url https://download.pytorch.org/whl/cpu (the CPU build)")
+    for item in items:
+        if item.get_closest_marker("torch") is not None:
+            item.add_marker(skip)

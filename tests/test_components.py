@@ -19,7 +19,13 @@ def test_components_are_discovered():
     assert {"dataset_loader", "task", "control_method", "metric"} <= types
 
 
-@pytest.mark.parametrize("component", COMPONENTS, ids=[f"{c.namespace}/{c.name}" for c in COMPONENTS])
+def needs_torch(config) -> bool:
+    """The component's image installs PyTorch (latent_additive): its test is marked `torch`."""
+    return "torch" in str(config.raw.get("engines") or "")
+
+
+@pytest.mark.parametrize("component", [pytest.param(c, marks=[pytest.mark.torch] if needs_torch(c) else [])
+                                       for c in COMPONENTS], ids=[f"{c.namespace}/{c.name}" for c in COMPONENTS])
 def test_component(component, test_resources, tmp_path, monkeypatch):
     if component.main_script.get("type") == "r_script" and shutil.which("Rscript") is None:
         pytest.skip("Rscript not on PATH (scripts/install_r.sh installs R from Debian)")

@@ -34,9 +34,7 @@ try:
     HAVE_TORCH = True
 except ImportError:
     HAVE_TORCH = False
-needs_torch = pytest.mark.skipif(
-    not HAVE_TORCH, reason="PyTorch is not importable here; latent_additive needs it "
-                           "(pip install torch==2.13.0, the CPU build)")
+needs_torch = pytest.mark.torch  # conftest skips these with a reason where torch is absent
 
 
 # --------------------------------------------------------------------------------------------------
