@@ -497,7 +497,8 @@ Map planBenchmark(File root, Map p) {
     def metrics = chooseComponents(ofType('metric'), p.metrics, p.exclude_metrics, 'metric')
         .findAll { p.metrics || it.info['default'] != false }
     // cells are made only when a selected component reads them (as the engine)
-    def cellsWanted = predictors.any { m -> ['input_train_cells', 'input_solution_cells'].any { takesArgument(m, it) } } ||
+    // (controls declare cell inputs only to write cells for cell-level metrics, so they alone do not count)
+    def cellsWanted = predictors.findAll { it.type == 'method' }.any { m -> ['input_train_cells', 'input_solution_cells'].any { takesArgument(m, it) } } ||
         metrics.any { m -> ['input_prediction_cells', 'input_train_cells', 'input_solution_cells'].any { takesArgument(m, it) } }
     def predictionCellsWanted = metrics.any { takesArgument(it, 'input_prediction_cells') }
     def datasets = chooseDatasets(ofType('dataset_loader'), p.datasets, p.exclude_datasets, p.use_test_arguments as boolean)

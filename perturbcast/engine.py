@@ -93,6 +93,10 @@ class Selection:
     seeds: list[int] = field(default_factory=lambda: [0])
     n_folds: int = 5
     folds: list[int] | None = None   # None: every fold of each partition
+    # a user's own datasets ({"id", "loader", "arguments"}, from --dataset-file or a spec's `file:` entries) and
+    # argument overrides of known dataset ids (a spec's `{id, arguments}` entries)
+    extra_datasets: list[dict] = field(default_factory=list)
+    dataset_arguments: dict = field(default_factory=dict)
 
     def fold_list(self) -> list[int]:
         return list(range(self.n_folds)) if self.folds is None else list(self.folds)
@@ -179,6 +183,18 @@ def plan(package_root: Path, output_dir: Path, selection: Selection) -> tuple[li
     skipped: list[StepRecord] = []
     datasets = []
     known_datasets = {d["id"]: (loader, d) for loader in by_type.get("dataset_loader", []) for d in dataset_instances(loader)}
+    for dataset_id, overrides in selection.dataset_arguments.items():
+        if dataset_id in known_datasets:
+            loader, instance = known_datasets[dataset_id]
+            known_datasets[dataset_id] = (loader, {**instance, "arguments": {**instance["arguments"], **overrides}})
+    loaders = {loader.name: loader for loader in by_type.get("dataset_loader", [])}
+    for extra in selection.extra_datasets:
+        if extra["loader"] not in loaders:
+            raise ValueError(f"dataset '{extra['id']}' needs the loader {extra['loader']}, which is not in src/datasets")
+        if extra["id"] in known_datasets:
+            raise ValueError(f"dataset id '{extra['id']}' is already a dataset of the loaders; give your file another id")
+        known_datasets[extra["id"]] = (loaders[extra["loader"]], {"id": extra["id"], "arguments": dict(extra["arguments"]),
+                                                                   "default": False})
     if selection.datasets is None:
         datasets = [v for v in known_datasets.values() if v[1]["default"]]
     else:
@@ -196,7 +212,9 @@ def plan(package_root: Path, output_dir: Path, selection: Selection) -> tuple[li
 
     # cells are made only when a selected component reads them (every loader can write millions of them)
     cell_inputs = ("input_train_cells", "input_solution_cells", "input_prediction_cells")
-    cells_wanted = any(c.argument(a) for c in predictors + metrics for a in cell_inputs)
+    # (controls declare cell inputs only to write cells for cell-level metrics, so they alone do not count)
+    cells_wanted = any(c.argument(a) for c in metrics + [p for p in predictors if p.component_type == "method"]
+                       for a in cell_inputs)
     prediction_cells_wanted = any(m.argument("input_prediction_cells") for m in metrics)
 
     def wanted(files: dict, flag: bool) -> dict:

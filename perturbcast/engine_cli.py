@@ -27,6 +27,17 @@ def add_commands(commands):
         bench.add_argument(f"--{kind}", nargs="+", metavar="ID",
                            help=f"only these {kind} (space or comma separated); default: all" +
                                 (" defaults" if kind == "datasets" else ""))
+    bench.add_argument("--dataset-file", metavar="PATH",
+                       help="benchmark your own h5ad: a common dataset (src/api/file_common_dataset.yaml) or a "
+                            "cell-level file read by the h5ad_file loader (see --dataset-arg)")
+    bench.add_argument("--dataset-id", metavar="ID", help="id of --dataset-file in the results (default: its file name)")
+    bench.add_argument("--dataset-arg", action="append", metavar="KEY=VALUE",
+                       help="an argument of the h5ad_file loader for --dataset-file, e.g. perturbation_column=target_gene "
+                            "(repeatable; `perturbcast run src/datasets/h5ad_file -- --help` lists them)")
+    bench.add_argument("--spec", metavar="FILE",
+                       help="a benchmark spec (YAML: datasets with arguments or files, tasks, methods, metrics, seeds, "
+                            "n_folds, folds); the same file works as `nextflow run . -params-file FILE`. Options given "
+                            "on the command line override it")
     bench.add_argument("--seeds", nargs="+", type=int, default=[0],
                        help="partition seeds: each seed is one K-fold partition of the held-out units, and every "
                             "fold of it is run (default: 0)")
@@ -134,6 +145,43 @@ def benchmark(args) -> int:
         return 130
 
 
+def _user_datasets(args, root: Path, selection) -> str | None:
+    """Apply --spec and --dataset-file to the selection (command-line options win); a problem as one line."""
+    from .spec import SpecError, load_spec
+    from .userdata import UserDataError, dataset_step_arguments, parse_dataset_args
+
+    try:
+        if args.spec:
+            spec = load_spec(args.spec, root=root)
+            given = {key: getattr(args, key) for key in ("datasets", "tasks", "methods", "metrics")}
+            for key in ("tasks", "methods", "metrics"):
+                if given[key] is None and spec[key] is not None:
+                    setattr(selection, key, spec[key])
+            if given["datasets"] is None and spec["datasets"]:
+                selection.datasets = []
+                for entry in spec["datasets"]:
+                    if entry["file"]:
+                        selection.extra_datasets.append({"id": entry["id"], "loader": entry["loader"],
+                                                         "arguments": entry["arguments"]})
+                    elif entry["arguments"]:
+                        selection.dataset_arguments[entry["id"]] = entry["arguments"]
+                    selection.datasets.append(entry["id"])
+            if args.seeds == [0]:
+                selection.seeds = spec["seeds"]
+            if args.n_folds == 5 and args.folds is None:
+                selection.n_folds, selection.folds = spec["n_folds"], spec["folds"]
+        if args.dataset_file:
+            loader, dataset_id, arguments = dataset_step_arguments(
+                args.dataset_file, args.dataset_id, parse_dataset_args(args.dataset_arg), root=root)
+            selection.extra_datasets.append({"id": dataset_id, "loader": loader, "arguments": arguments})
+            selection.datasets = (selection.datasets or []) + [dataset_id] if args.datasets or args.spec else [dataset_id]
+        elif args.dataset_arg or args.dataset_id:
+            return "--dataset-arg and --dataset-id describe --dataset-file, which was not given"
+    except (SpecError, UserDataError) as error:
+        return str(error)
+    return None
+
+
 def _benchmark(args) -> int:
     from . import engine
 
@@ -161,6 +209,10 @@ def _benchmark(args) -> int:
     selection = engine.Selection(datasets=_names(args.datasets), tasks=_names(args.tasks),
                                  methods=methods, metrics=_names(args.metrics), seeds=args.seeds,
                                  n_folds=args.n_folds, folds=args.folds)
+    problem = _user_datasets(args, root, selection)
+    if problem:
+        print(f"[error] {problem}", file=sys.stderr)
+        return 2
     try:
         steps, declared = engine.plan(root, output, selection)
     except ValueError as error:

@@ -166,3 +166,34 @@ def test_bad_files_are_one_line(tmp_path):
     with pytest.raises(UserDataError, match="expected KEY=VALUE"):
         parse_dataset_args(["perturbation_column"])
     assert parse_dataset_args(["control_label=NT", "control_label=safe"]) == {"control_label": ["NT", "safe"]}
+
+
+def test_benchmark_runs_a_users_file_and_shows_it_in_the_report(screen_file, tmp_path):
+    """`perturbcast benchmark --dataset-file` on a cell-level file without a cell_line column: every applicable
+    task runs, the scale-setting controls are added, and the dataset is in the results and the report."""
+    import pandas as pd
+
+    from perturbcast.cli import main
+
+    output = tmp_path / "bench"
+    code = main(["benchmark", "--project", str(ROOT), "--output", str(output), "--dataset-file", str(screen_file),
+                 "--dataset-id", "my_screen", "--dataset-arg", "perturbation_column=target_gene",
+                 "--methods", "linear_baseline", "--metrics", "delta_error", "--folds", "0", "--n-resamples", "50",
+                 "--jobs", "2"])
+    assert code == 0
+    trace = pd.read_csv(output / "trace.tsv", sep="\t")
+    splits = trace[trace.stage == "split"].set_index("step")["status"]
+    assert splits["split/my_screen/unseen_perturbation/seed_0/fold_0"] == "ok"
+    assert splits["split/my_screen/cell_type_transfer/seed_0/fold_0"] == "not_applicable"  # one cell type
+    results = pd.read_parquet(output / "results.parquet")
+    assert set(results.dataset_id) == {"my_screen"}
+    assert {"linear_baseline", "train_mean", "replicate_ceiling"} <= set(results.method_id)
+    assert "my_screen" in (output / "report.html").read_text()
+
+
+def test_benchmark_refuses_a_dataset_arg_without_a_file(tmp_path, capsys):
+    from perturbcast.cli import main
+
+    assert main(["benchmark", "--project", str(ROOT), "--output", str(tmp_path / "b"),
+                 "--dataset-arg", "perturbation_column=x"]) == 2
+    assert "--dataset-file" in capsys.readouterr().err

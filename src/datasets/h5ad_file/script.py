@@ -34,6 +34,7 @@ sys.path.append(meta["resources_dir"])
 
 import numpy as np  # noqa: E402
 
+from cell_files import loader_options  # noqa: E402
 from component_io import ComponentIO, fail, log  # noqa: E402
 from dataset_report import dataset_report  # noqa: E402
 from download import sha256_file  # noqa: E402
@@ -145,7 +146,8 @@ def from_cells(path: str):
     }
     adata = pseudobulk(path, cells, values=values, layer=layer, seed=int(par["seed"]),
                        min_cells=int(par["min_cells_per_half"]), n_top_genes=int(par["n_top_genes"]),
-                       genes=gene_table(path, symbol_column=given("gene_symbol_column")), uns=uns, log=log)
+                       genes=gene_table(path, symbol_column=given("gene_symbol_column")), uns=uns, log=log,
+                       cells_output=par.get("output_cells"), cells_options=loader_options(par))
     adata.uns["dataset_report"] = dataset_report(adata, log=log)
     ComponentIO(par, meta).write("output", adata)
 
