@@ -116,7 +116,10 @@ started = time.time()
 try:
     import torch
 except ImportError:
-    fail("PyTorch is not installed (pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu)")
+    # exit 98 = "not installed": the engine records it as its own status, not as a failure
+    print("[not installed] latent_additive needs PyTorch: pip install -e '.[torch]' (CPU build: see the README)",
+          file=sys.stderr, flush=True)
+    sys.exit(98)
 
 if meta.get("cpus"):
     torch.set_num_threads(int(meta["cpus"]))
