@@ -179,8 +179,9 @@ class Progress:
         if cause.startswith("upstream "):  # one cause for all steps below a failed or n/a step
             cause = "its upstream step is " + ("not applicable" if cause.endswith("not applicable")
                                                else "failed" if cause.endswith("failed") else "missing")
-        key = (record.status, f"{record.component}: {cause[:150]}")
-        self.causes[key] = self.causes.get(key, 0) + 1
+        key = (record.status, cause[:150])
+        count, components = self.causes.get(key, (0, set()))
+        self.causes[key] = (count + 1, components | {record.component})
 
     def update_cause(self, record):
         """Count a record that never ran (declared not applicable) in the summary."""
@@ -194,11 +195,12 @@ class Progress:
     def summary(self, limit: int = 8) -> list[str]:
         """Not-applicable and skipped steps grouped by cause, most frequent first."""
         lines = []
-        ranked = sorted(self.causes.items(), key=lambda item: (-item[1], item[0]))
-        for (status, cause), n in ranked[:limit]:
-            lines.append(f"  {n:>4} {status.replace('_', ' ')}: {cause}")
+        ranked = sorted(self.causes.items(), key=lambda item: (-item[1][0], item[0]))
+        for (status, cause), (n, components) in ranked[:limit]:
+            names = ", ".join(sorted(components)[:4]) + (f" and {len(components) - 4} more" if len(components) > 4 else "")
+            lines.append(f"  {n:>4} {status.replace('_', ' ')} ({names}): {cause}")
         if len(ranked) > limit:
-            rest = sum(n for _, n in ranked[limit:])
+            rest = sum(n for _, (n, _) in ranked[limit:])
             lines.append(f"  {rest:>4} more in {len(ranked) - limit} other causes (trace.tsv lists every step)")
         return lines
 
