@@ -51,7 +51,9 @@ completed = subprocess.run(command)
 if completed.returncode == 99:
     # the component says, in one line, that it does not apply to these test data (e.g. additive without a
     # combination): that is its contract, and it must leave no output behind
-    left = [p for p in paths.values() if p.startswith(os.getcwd()) and os.path.exists(p)]
+    outputs = [paths[a["name"].lstrip("-")] for a in arguments
+               if a["type"] == "file" and a.get("direction") == "output" and a["name"].lstrip("-") in paths]
+    left = [p for p in outputs if os.path.exists(p)]
     if left:
         sys.exit(f"[error] {config['name']} exited 99 (not applicable) but left output {left[0]}")
     print(f"{config['name']}: not applicable to the test resources (exit 99); no output, as the contract says")
