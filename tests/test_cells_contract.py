@@ -365,7 +365,7 @@ def test_engine_passes_cells_only_where_declared(cell_project, tmp_path):
     from perturbcast.engine import Selection, plan
 
     steps, _ = plan(cell_project, tmp_path, Selection(datasets=["simulated_grn_small"], tasks=["unseen_perturbation"],
-                                                      methods=["control_cells", "train_mean"],
+                                                      methods=["control_cells", "linear_baseline"],
                                                       metrics=["delta_error", "delta_correlation"], folds=[0]))
     by_id = {step.id: step for step in steps}
     split = "simulated_grn_small/unseen_perturbation/seed_0/fold_0"
@@ -374,10 +374,10 @@ def test_engine_passes_cells_only_where_declared(cell_project, tmp_path):
     assert {"output_train_cells", "output_solution_cells"} <= set(by_id[f"split/{split}"].outputs)
     assert "input_train_cells" in by_id[f"predict/{split}/control_cells"].inputs
     assert "output_cells" in by_id[f"predict/{split}/control_cells"].outputs
-    assert not any("cells" in name for name in {**by_id[f"predict/{split}/train_mean"].inputs,
-                                                **by_id[f"predict/{split}/train_mean"].outputs})
+    assert not any("cells" in name for name in {**by_id[f"predict/{split}/linear_baseline"].inputs,
+                                                **by_id[f"predict/{split}/linear_baseline"].outputs})
     assert "input_prediction_cells" in by_id[f"score/{split}/control_cells/delta_error"].inputs
-    assert "input_prediction_cells" not in by_id[f"score/{split}/train_mean/delta_error"].inputs  # no cells made
+    assert "input_prediction_cells" not in by_id[f"score/{split}/linear_baseline/delta_error"].inputs  # no cells made
     assert not any("cells" in name for name in by_id[f"score/{split}/control_cells/delta_correlation"].inputs)
     # end to end: every step runs, the split's cells pass the leakage check, the method's cells are scored
     output = tmp_path / "bench"
