@@ -25,7 +25,7 @@ from component_io import fail, log, not_applicable, number_argument  # noqa: E40
 
 max_cells = number_argument(par, "max_cells", cd.MAX_CELLS, int, low=2)
 seed = number_argument(par, "seed", 0, int, low=0)
-data = mu.read_inputs(par, meta)  # profiles: one-line error if they do not conform or do not match
+data = mu.read_inputs(par, meta).draw(0)  # profiles (one-line error if they do not conform or match); cells below
 io = data.io
 if not par.get("input_prediction_cells"):
     not_applicable("the prediction has no cells (the method wrote no --output_cells)")
