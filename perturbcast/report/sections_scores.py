@@ -82,7 +82,8 @@ def section_header(inputs: Inputs) -> str:
 
 def _headroom_details(inputs: Inputs) -> str:
     table = headroom_overview(inputs.results, {m: inputs.maximize(m) for m in inputs.metric_order()})
-    if table.empty:
+    # without train_mean or the ceiling in the results there is no headroom to show
+    if table.empty or "headroom" not in table.columns.get_level_values(0) or table["headroom"].isna().all().all():
         return ""
     columns = list(table["headroom"].columns)
     head = "".join(f"<th class='num'>{esc(d)}<br><span class='id'>{esc(t)}</span></th>" for d, t in columns)
