@@ -209,7 +209,7 @@ def run_component(component: str | os.PathLike, argv: list[str], *, keep: bool =
     # 99: "not applicable to this input" (src/utils/component_io.py), an answer, not a failure to inspect
     if result.exit_code in (0, 99) and not keep:
         shutil.rmtree(build_dir, ignore_errors=True)
-    else:
+    elif spawner is None:  # under the engine the step's log is shared with the fork server: it keeps its own records
         out = stderr if stderr not in (None, -1) and hasattr(stderr, "write") else sys.stderr
         why = "kept (-k)" if result.exit_code in (0, 99) else "kept for inspection after the failure; remove it when done"
         print(f"[notice] {config.name}: build folder {build_dir} {why}", file=out, flush=True)

@@ -19,7 +19,7 @@ from perturbcast.cli import main
 from conftest import ROOT
 
 FIXTURES = ROOT / "tests" / "fixtures" / "fault_components"
-SPLIT = "simulated_grn_small/unseen_perturbation/seed_0"
+SPLIT = "simulated_grn_small/unseen_perturbation/seed_0/fold_0"
 STEP_TIMEOUT = 12
 
 
@@ -38,7 +38,8 @@ def project(tmp_path_factory):
 
 def arguments(project, output, methods, metrics="delta_error", *extra):
     return ["benchmark", "--project", str(project), "--output", str(output), "--datasets", "simulated_grn_small",
-            "--tasks", "unseen_perturbation", "--methods", methods, "--metrics", metrics, "--jobs", "2", *extra]
+            "--tasks", "unseen_perturbation", "--methods", methods, "--metrics", metrics, "--folds", "0", "--jobs", "2",
+            *extra]
 
 
 def trace(output: Path) -> pd.DataFrame:
