@@ -69,6 +69,12 @@ if meta.get("cpus"):
     torch.set_num_threads(int(meta["cpus"]))
 
 # ---------------------------------------------------------------- the gene -> GO map
+organism = str(train.uns.get("dataset_organism", "homo_sapiens"))
+if organism not in ("homo_sapiens", "human"):
+    # GEARS' GO graph is built from human gene annotation: other organisms (the simulator's synthetic genes)
+    # cannot be represented, and there is no need to fetch the map to know it
+    not_applicable(f"the dataset's organism is '{organism}'; GEARS' perturbation graph is built from human "
+                   "GO annotation (Gene Ontology)")
 if par.get("go_annotation"):
     try:
         gene2go = go_annotation.from_table(par["go_annotation"])
