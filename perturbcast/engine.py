@@ -37,8 +37,9 @@ from .engine_guard import Progress, last_error as _last_error
 from .spawner import Spawner
 
 NOT_APPLICABLE_EXIT_CODE = 99
-# A component whose optional packages (an extra, its own environment) are absent: its own status, not a failure.
-NOT_INSTALLED_EXIT_CODE = 98
+# A component whose optional packages (an extra, its own environment) are absent: its own status, not a failure
+# (the code is defined with the environments that produce it).
+from .envs import NOT_INSTALLED_EXIT_CODE  # noqa: E402
 # Controls every method selection runs with: the baseline and ceiling of the calibration, the perfect and
 # the uninformative predictions that frame the scale (skipped silently where a control is absent).
 SCALE_CONTROLS = ("train_mean", "replicate_ceiling", "ground_truth", "no_change", "random_perturbation")

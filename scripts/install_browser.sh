@@ -10,20 +10,6 @@ if [ -x "$BROWSER" ]; then
   exit 0
 fi
 
-if [ "$(id -u)" -eq 0 ]; then
-  SUDO=""
-elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
-  SUDO="sudo -n"
-else
-  echo "chromium: not installed and no root/sudo to install it; the report's browser test will be skipped" >&2
-  exit 0
-fi
-if ! command -v apt-get >/dev/null 2>&1; then
-  echo "chromium: no apt-get on this machine; install Chromium by hand for the report's browser test" >&2
-  exit 0
-fi
-
-export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get update -qq
-$SUDO apt-get install -y -qq chromium >/dev/null
+source "$(dirname "$0")/apt_install.sh"
+apt_install chromium "the report's browser test will be skipped" chromium || exit 0
 echo "chromium: installed ($("$BROWSER" --version 2>/dev/null || echo "$BROWSER"))"

@@ -14,23 +14,9 @@ if command -v Rscript >/dev/null 2>&1 && Rscript -e "$check" >/dev/null 2>&1; th
   exit 0
 fi
 
-if [ "$(id -u)" -eq 0 ]; then
-  SUDO=""
-elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
-  SUDO="sudo -n"
-else
-  echo "R: not installed and no root/sudo to install it; the R component tests will be skipped" >&2
-  exit 0
-fi
-if ! command -v apt-get >/dev/null 2>&1; then
-  echo "R: no apt-get on this machine; install ${PACKAGES[*]} by hand for the R components" >&2
-  exit 0
-fi
-
-export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get update -qq
+source "$(dirname "$0")/apt_install.sh"
 # --no-install-recommends: the recommends (r-recommended, compilers, docs) add minutes and nothing the
 # components use.
-$SUDO apt-get install -y -qq --no-install-recommends "${PACKAGES[@]}" >/dev/null
+apt_install R "the R component tests will be skipped" --no-install-recommends "${PACKAGES[@]}" || exit 0
 Rscript -e "$check"
 echo "R: installed ($(Rscript --version 2>&1 | head -n 1))"
