@@ -248,7 +248,14 @@ MEMORY_SCRIPT = textwrap.dedent("""
     n_train, n_solution = cell_files.write_split_cells(out + "/cells.h5ad", common, assignment,
                                                        out + "/train_cells.h5ad", out + "/solution_cells.h5ad",
                                                        dict(train.uns), dict(train.uns), log=lambda m: None)
-    print(json.dumps({"peak_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+    # ru_maxrss survives fork+exec, so it would report the (large, late in a full run) pytest parent;
+    # VmHWM belongs to this process's own address space.
+    try:
+        status = open("/proc/self/status").read()
+        peak_bytes = int(status.split("VmHWM:")[1].split()[0]) * 1024
+    except (OSError, IndexError):
+        peak_bytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(json.dumps({"peak_bytes": peak_bytes,
                       "loader_seconds": loader_seconds, "task_seconds": time.time() - start - loader_seconds,
                       "n_genes": common.n_vars, "n_train": n_train, "n_solution": n_solution}))
 """)
