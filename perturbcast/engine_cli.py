@@ -23,30 +23,7 @@ def add_commands(commands):
                     "failing component is recorded and the rest completes. With no selection it runs the "
                     "default datasets (those that need no network) with every task, method and metric.")
     bench.add_argument("--output", default="output/benchmark", help="results directory (default: %(default)s)")
-    for kind in ("datasets", "tasks", "methods", "metrics"):
-        bench.add_argument(f"--{kind}", nargs="+", metavar="ID",
-                           help=f"only these {kind} (space or comma separated); default: all" +
-                                (" defaults" if kind == "datasets" else ""))
-    bench.add_argument("--dataset-file", metavar="PATH",
-                       help="benchmark your own h5ad: a common dataset (src/api/file_common_dataset.yaml) or a "
-                            "cell-level file read by the h5ad_file loader (see --dataset-arg)")
-    bench.add_argument("--dataset-id", metavar="ID", help="id of --dataset-file in the results (default: its file name)")
-    bench.add_argument("--dataset-arg", action="append", metavar="KEY=VALUE",
-                       help="an argument of the h5ad_file loader for --dataset-file, e.g. perturbation_column=target_gene "
-                            "(repeatable; `perturbcast run src/datasets/h5ad_file -- --help` lists them)")
-    bench.add_argument("--spec", metavar="FILE",
-                       help="a benchmark spec (YAML: datasets with arguments or files, tasks, methods, metrics, seeds, "
-                            "n_folds, folds); the same file works as `nextflow run . -params-file FILE`. Options given "
-                            "on the command line override it")
-    bench.add_argument("--seeds", nargs="+", type=int, default=[0],
-                       help="partition seeds: each seed is one K-fold partition of the held-out units, and every "
-                            "fold of it is run (default: 0)")
-    bench.add_argument("--n-folds", type=int, default=5,
-                       help="folds per partition; across them every eligible perturbation is tested once "
-                            "(default: %(default)s)")
-    bench.add_argument("--folds", nargs="+", type=int, metavar="F",
-                       help="run only these folds (0-based) of each partition, e.g. for a quick look; results then "
-                            "cover only part of each dataset (default: all)")
+    add_selection_arguments(bench)
     bench.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
                        help="steps run at once (default: number of CPUs, %(default)s)")
     bench.add_argument("--dry-run", action="store_true", help="list the jobs (component, inputs, outputs) and stop")
@@ -62,7 +39,6 @@ def add_commands(commands):
     bench.add_argument("--step-memory", metavar="SIZE",
                        help="memory limit of every step, e.g. 4GiB or 512MB (default: from the labels: lowmem "
                             "8 GiB, midmem 32 GiB, highmem 128 GiB, at most the machine's memory)")
-    bench.add_argument("--project", default=".", help="project root (holding _viash.yaml); default: current directory")
     bench.set_defaults(handler=benchmark)
 
     agg = commands.add_parser(
@@ -73,6 +49,35 @@ def add_commands(commands):
     agg.add_argument("--project", default=".", help="project root (holding _viash.yaml)")
     agg.add_argument("--n-resamples", type=int, default=1000, help="bootstrap resamples (default: %(default)s)")
     agg.set_defaults(handler=aggregate)
+
+
+def add_selection_arguments(parser):
+    """The options that choose what runs: shared by `benchmark` and `plan` (one parser, one meaning)."""
+    for kind in ("datasets", "tasks", "methods", "metrics"):
+        parser.add_argument(f"--{kind}", nargs="+", metavar="ID",
+                           help=f"only these {kind} (space or comma separated); default: all" +
+                                (" defaults" if kind == "datasets" else ""))
+    parser.add_argument("--dataset-file", metavar="PATH",
+                        help="benchmark your own h5ad: a common dataset (src/api/file_common_dataset.yaml) or a "
+                             "cell-level file read by the h5ad_file loader (see --dataset-arg)")
+    parser.add_argument("--dataset-id", metavar="ID", help="id of --dataset-file in the results (default: its file name)")
+    parser.add_argument("--dataset-arg", action="append", metavar="KEY=VALUE",
+                        help="an argument of the h5ad_file loader for --dataset-file, e.g. perturbation_column=target_gene "
+                             "(repeatable; `perturbcast run src/datasets/h5ad_file -- --help` lists them)")
+    parser.add_argument("--spec", metavar="FILE",
+                        help="a benchmark spec (YAML: datasets with arguments or files, tasks, methods, metrics, seeds, "
+                             "n_folds, folds); the same file works as `nextflow run . -params-file FILE`. Options given "
+                             "on the command line override it")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0],
+                        help="partition seeds: each seed is one K-fold partition of the held-out units, and every "
+                             "fold of it is run (default: 0)")
+    parser.add_argument("--n-folds", type=int, default=5,
+                        help="folds per partition; across them every eligible perturbation is tested once "
+                             "(default: %(default)s)")
+    parser.add_argument("--folds", nargs="+", type=int, metavar="F",
+                        help="run only these folds (0-based) of each partition, e.g. for a quick look; results then "
+                             "cover only part of each dataset (default: all)")
+    parser.add_argument("--project", default=".", help="project root (holding _viash.yaml); default: current directory")
 
 
 def aggregate_results(root: Path, output: Path, only: set | None = None, n_resamples: int = 1000) -> str:
@@ -182,21 +187,19 @@ def _user_datasets(args, root: Path, selection) -> str | None:
     return None
 
 
-def _benchmark(args) -> int:
+def selection_from_args(args, command: str):
+    """(package root, engine.Selection, 0) from the options of add_selection_arguments, or (root, None, exit code)
+    after printing the problem as one `[error]` line (`benchmark` and `plan` share this)."""
     from . import engine
 
-    problem, limits = _engine_options(args)
-    if problem:
-        print(problem, file=sys.stderr)
-        return 2
     root = find_package_root(args.project)
     if root is None:
         print(f"[error] no _viash.yaml at or above '{args.project}': run from the perturbcast project", file=sys.stderr)
-        return 1
+        return None, None, 1
     if args.n_folds < 2 or any(not 0 <= f < args.n_folds for f in args.folds or []):
         print(f"[error] --n-folds is {args.n_folds} and --folds {args.folds}: expected --n-folds >= 2 and folds "
               f"between 0 and {args.n_folds - 1}", file=sys.stderr)
-        return 2
+        return root, None, 2
     methods = _names(args.methods)
     if methods is not None:
         # scores are only readable on the scale these controls set: always run them with a selection
@@ -204,15 +207,28 @@ def _benchmark(args) -> int:
         added = [c for c in engine.SCALE_CONTROLS if c in present and c not in methods]
         if added:
             methods = methods + added
-            print(f"perturbcast benchmark: added the controls that set the scale: {', '.join(added)}", file=sys.stderr)
-    output = Path(args.output).resolve()
+            print(f"perturbcast {command}: added the controls that set the scale: {', '.join(added)}", file=sys.stderr)
     selection = engine.Selection(datasets=_names(args.datasets), tasks=_names(args.tasks),
                                  methods=methods, metrics=_names(args.metrics), seeds=args.seeds,
                                  n_folds=args.n_folds, folds=args.folds)
     problem = _user_datasets(args, root, selection)
     if problem:
         print(f"[error] {problem}", file=sys.stderr)
+        return root, None, 2
+    return root, selection, 0
+
+
+def _benchmark(args) -> int:
+    from . import engine
+
+    problem, limits = _engine_options(args)
+    if problem:
+        print(problem, file=sys.stderr)
         return 2
+    root, selection, code = selection_from_args(args, "benchmark")
+    if selection is None:
+        return code
+    output = Path(args.output).resolve()
     try:
         steps, declared = engine.plan(root, output, selection)
     except ValueError as error:
