@@ -1,820 +1,761 @@
 #!/usr/bin/env nextflow
 /*
- * perturbcast on Nextflow: the benchmark DAG of perturbcast/engine.py for clusters and cloud batch.
- * Written for Nextflow >= 24.04.0 (pinned in nextflow.config: manifest.nextflowVersion); see docs/nextflow.md.
+ * perturbcast on Nextflow: the benchmark DAG of `perturbcast benchmark` for clusters and cloud batch.
+ * Written for Nextflow >= 24.04.0 (manifest.nextflowVersion); parameters: nextflow_schema.json (`--help`).
  *
- *   nextflow run . -profile test,docker                      # tiny simulated benchmark
- *   nextflow run . -profile docker,awsbatch --publish_dir s3://bucket/results -work-dir s3://bucket/work ...
+ *   nextflow run . -profile test,docker                                   # tiny simulated benchmark
+ *   nextflow run . -profile docker,awsbatch --aws_queue Q --publish_dir s3://bucket/results -work-dir s3://bucket/work
+ *   nextflow run . -entry process_datasets --publish_dir s3://bucket/datasets     # prepare the datasets once
+ *   nextflow run . --datasets_dir s3://bucket/datasets --publish_dir ...          # ... and start from them
+ *   nextflow run . -params-file my_benchmark.yaml                                  # the spec of `perturbcast benchmark --spec`
  *
- * One DAG, two engines. Each stage is one process for its component type; components are discovered
- * from src/ when the run starts (no component is named here). Same selection, applicability and
- * output layout as the engine:
+ * One planner for both engines: the PLAN process runs `perturbcast plan --json` (tooling image) and this file
+ * only wires channels from its steps. Every step names its component, its arguments, its input and output
+ * paths in the results layout, its dependencies and its component's resource labels; a step starts when every
+ * input it lists has been made (stepsWithInputs), in the process of its stage that carries its labels (the
+ * generated block at the end; `withLabel:` in conf/base.config), through `perturbcast step`, which leaves the
+ * engine's step.json. Splits are checked for leakage (CHECK)
+ * before any method sees them; AGGREGATE builds results, OpenProblems files, trace.tsv and report.html from the
+ * step records, score files and datasets' uns, like the engine does.
  *
- * | stage   | perturbcast/engine.py (Step.stage) | main.nf process | component type(s)       | published to (publish_dir/...)
- * |---------|------------------------------------|-----------------|-------------------------|------------------------------------------------------------
- * | dataset | "dataset"  one per dataset id      | LOADER          | dataset_loader          | datasets/<dataset>/dataset.h5ad
- * | split   | "split"    dataset x task x seed x fold | SPLIT      | task                    | tasks/<dataset>/<task>/seed_<s>/fold_<f>/{train,test,solution}.h5ad
- * | predict | "predict"  split x method          | PREDICT         | control_method, method  | predictions/<dataset>/<task>/seed_<s>/fold_<f>/<method>/prediction.h5ad
- * | score   | "score"    prediction x metric     | SCORE           | metric                  | scores/<dataset>/<task>/seed_<s>/fold_<f>/<method>/<metric>/score.h5ad
- * | results | aggregate_results (engine_cli.py)  | AGGREGATE       | - (perturbcast tooling) | results.parquet, leaderboard.txt, ... (perturbcast aggregate)
- *
- * | rule                       | engine.py                                     | main.nf
- * |----------------------------|-----------------------------------------------|---------------------------------------------------------------
- * | discovery                  | config.discover_components                    | discoverComponents (helpers at the end of this file)
- * | datasets                   | loader info.datasets; default: `default: true` | chooseDatasets: --datasets (default ids) minus --exclude_datasets
- * | tasks / methods / metrics  | Selection (None = all), unknown name = error  | chooseComponents: --tasks/--methods/--metrics minus --exclude_*
- * | method applicability       | supports_task (info.supported_tasks)          | supportsTask in the PREDICT channel filter; listed in not_applicable.tsv
- * | --input_solution           | only for components that declare it           | predictArguments / solution staged only then
- * | cells files (*_cells)      | engine.declared: declared and made upstream   | meta flags (datasetMeta ... scoreMeta), staged only then
- * | exit code 99               | status not_applicable, downstream skipped     | not_applicable.txt marker, exit 0, no output -> downstream skipped
- * | failure                    | status failed, downstream skipped, rest runs  | errorStrategy: retry when killed (137-140), else 'ignore'
- * | step id                    | dataset/<d>, split/<d>/<t>/seed_<s>, ...      | the same (task tag, --dry_run, not_applicable.tsv)
- *
- * Inside every task the component runs through the same viash-compatible runner as the engine
- * (`python -m perturbcast run <component> -- ARGS`), from the staged package (PYTHONPATH), in the
- * component's image <registry>/<organization>/<package>/<namespace>/<name>:<version>.
+ * Published to params.publish_dir (the engine's layout):
+ *   datasets/<dataset>/                                  dataset.h5ad, step.json, log.txt, dataset_uns.yaml
+ *   tasks/<dataset>/<task>/seed_<s>/fold_<f>/            train/test/solution.h5ad, step.json, check.json, log.txt
+ *   predictions/.../<method>/, scores/.../<method>/<metric>/
+ *   results.parquet, score_uns.yaml, dataset_uns.yaml, method_configs.yaml, metric_configs.yaml, task_info.yaml,
+ *   trace.tsv (step records), report.html, state.yaml, trace.txt (Nextflow's trace, where OpenProblems looks),
+ *   pipeline_info/ (plan.json, Nextflow's report, timeline, dag)
  */
 nextflow.enable.dsl = 2
 
-process LOADER {
-    tag "${meta.id}"
-    container { imageName(comp, params) }
-    cpus { taskCpus(comp, params) }
-    memory { taskMemory(comp, params, task.attempt) }
-    time { taskTime(comp, params, task.attempt) }
-    accelerator { taskAccelerator(comp, params) }
-    containerOptions { taskContainerOptions(comp, params, workflow.containerEngine) }
-    clusterOptions { taskClusterOptions(comp, params) }
-    errorStrategy { componentErrorStrategy(task.exitStatus, task.attempt, params) }
-    maxRetries params.max_retries
-    publishDir params.publish_dir, mode: params.publish_mode
+include { validateParameters } from 'plugin/nf-schema'
 
-    input:
-    tuple val(meta), val(comp), path(component_dir, stageAs: 'project/src/component/*')
-    path(project_files, stageAs: 'project/*')
-    path(shared_src, stageAs: 'project/src/*')
-
-    output:
-    tuple val(meta), path("${meta.dir}/dataset.h5ad"), emit: dataset, optional: true
-    tuple val(meta), path("${meta.dir}/dataset_cells.h5ad"), emit: cells, optional: true
-    tuple val(meta), path("${meta.dir}/not_applicable.txt"), emit: not_applicable, optional: true
-    path("${meta.dir}/log.txt"), emit: log
-
-    script:
-    componentScript(comp, meta.dir, loaderArguments(meta), params.python, task.cpus, task.memory ? task.memory.toMega() : null)
-}
-
-process SPLIT {
-    tag "${meta.id}"
-    container { imageName(comp, params) }
-    cpus { taskCpus(comp, params) }
-    memory { taskMemory(comp, params, task.attempt) }
-    time { taskTime(comp, params, task.attempt) }
-    accelerator { taskAccelerator(comp, params) }
-    containerOptions { taskContainerOptions(comp, params, workflow.containerEngine) }
-    clusterOptions { taskClusterOptions(comp, params) }
-    errorStrategy { componentErrorStrategy(task.exitStatus, task.attempt, params) }
-    maxRetries params.max_retries
-    publishDir params.publish_dir, mode: params.publish_mode
-
-    input:
-    // `cells` is an empty list (nothing staged) unless the loader made cells and the task declares --input_cells
-    tuple val(meta), val(comp), path(component_dir, stageAs: 'project/src/component/*'), path(dataset, stageAs: 'input/dataset.h5ad'), path(cells, stageAs: 'input/dataset_cells.h5ad')
-    path(project_files, stageAs: 'project/*')
-    path(shared_src, stageAs: 'project/src/*')
-
-    output:
-    tuple val(meta), path("${meta.dir}/train.h5ad"), path("${meta.dir}/test.h5ad"), path("${meta.dir}/solution.h5ad"), emit: split, optional: true
-    tuple val(meta), path("${meta.dir}/train_cells.h5ad"), path("${meta.dir}/solution_cells.h5ad"), emit: cells, optional: true
-    tuple val(meta), path("${meta.dir}/not_applicable.txt"), emit: not_applicable, optional: true
-    path("${meta.dir}/log.txt"), emit: log
-
-    script:
-    componentScript(comp, meta.dir, splitArguments(meta), params.python, task.cpus, task.memory ? task.memory.toMega() : null)
-}
-
-process PREDICT {
-    tag "${meta.id}"
-    container { imageName(comp, params) }
-    cpus { taskCpus(comp, params) }
-    memory { taskMemory(comp, params, task.attempt) }
-    time { taskTime(comp, params, task.attempt) }
-    accelerator { taskAccelerator(comp, params) }
-    containerOptions { taskContainerOptions(comp, params, workflow.containerEngine) }
-    clusterOptions { taskClusterOptions(comp, params) }
-    errorStrategy { componentErrorStrategy(task.exitStatus, task.attempt, params) }
-    maxRetries params.max_retries
-    publishDir params.publish_dir, mode: params.publish_mode
-
-    input:
-    // `solution` (and each cells file) is an empty list (nothing staged) for components without the argument
-    tuple val(meta), val(comp), path(component_dir, stageAs: 'project/src/component/*'), path(train, stageAs: 'input/train.h5ad'), path(test, stageAs: 'input/test.h5ad'), path(solution, stageAs: 'input/solution.h5ad'), path(train_cells, stageAs: 'input/train_cells.h5ad'), path(solution_cells, stageAs: 'input/solution_cells.h5ad')
-    path(project_files, stageAs: 'project/*')
-    path(shared_src, stageAs: 'project/src/*')
-
-    output:
-    tuple val(meta), path("${meta.dir}/prediction.h5ad"), emit: prediction, optional: true
-    tuple val(meta), path("${meta.dir}/prediction_cells.h5ad"), emit: cells, optional: true
-    tuple val(meta), path("${meta.dir}/not_applicable.txt"), emit: not_applicable, optional: true
-    path("${meta.dir}/log.txt"), emit: log
-
-    script:
-    componentScript(comp, meta.dir, predictArguments(meta, comp), params.python, task.cpus, task.memory ? task.memory.toMega() : null)
-}
-
-process SCORE {
-    tag "${meta.id}"
-    container { imageName(comp, params) }
-    cpus { taskCpus(comp, params) }
-    memory { taskMemory(comp, params, task.attempt) }
-    time { taskTime(comp, params, task.attempt) }
-    accelerator { taskAccelerator(comp, params) }
-    containerOptions { taskContainerOptions(comp, params, workflow.containerEngine) }
-    clusterOptions { taskClusterOptions(comp, params) }
-    errorStrategy { componentErrorStrategy(task.exitStatus, task.attempt, params) }
-    maxRetries params.max_retries
-    publishDir params.publish_dir, mode: params.publish_mode
-
-    input:
-    tuple val(meta), val(comp), path(component_dir, stageAs: 'project/src/component/*'), path(solution, stageAs: 'input/solution.h5ad'), path(prediction, stageAs: 'input/prediction.h5ad'), path(prediction_cells, stageAs: 'input/prediction_cells.h5ad'), path(train_cells, stageAs: 'input/train_cells.h5ad'), path(solution_cells, stageAs: 'input/solution_cells.h5ad')
-    path(project_files, stageAs: 'project/*')
-    path(shared_src, stageAs: 'project/src/*')
-
-    output:
-    tuple val(meta), path("${meta.dir}/score.h5ad"), emit: score, optional: true
-    tuple val(meta), path("${meta.dir}/not_applicable.txt"), emit: not_applicable, optional: true
-    path("${meta.dir}/log.txt"), emit: log
-
-    script:
-    componentScript(comp, meta.dir, scoreArguments(meta), params.python, task.cpus, task.memory ? task.memory.toMega() : null)
-}
-
-// Results from the score files and not-applicable markers, staged back into the published layout.
-process AGGREGATE {
-    tag 'results'
-    cache false  // cheap, and it must see every change of the aggregation code
-    container { image }
-    cpus 1
-    memory { "${params.aggregate_memory_gb * task.attempt} GB" }
-    errorStrategy { task.exitStatus >= 137 && task.exitStatus <= 140 && task.attempt <= params.max_retries ? 'retry' : 'terminate' }
-    maxRetries params.max_retries
-    publishDir params.publish_dir, mode: params.publish_mode
-
-    input:
-    tuple val(image), val(paths), path(files, stageAs: 'staged*/*')
-    path(project_files, stageAs: 'project/*')
-    path(src_dir, stageAs: 'project/src')
-
-    output:
-    path('*.{parquet,yaml,json,html,txt,tsv}'), emit: results
-    path('leaderboard.txt'), emit: leaderboard, optional: true
-
-    script:
-    aggregateScript(paths, params.python)
-}
+// the keys of the params that choose what runs: what `perturbcast plan --spec` reads (perturbcast/spec.py)
+SELECTION_KEYS = ['datasets', 'tasks', 'methods', 'metrics', 'exclude_datasets', 'exclude_tasks', 'exclude_methods',
+                  'exclude_metrics', 'seeds', 'n_folds', 'folds', 'use_test_arguments']
 
 workflow {
     main:
-    def plan = null
-    try {
-        plan = planBenchmark(projectDir.toFile(), params)
-    } catch (IllegalArgumentException problem) {
-        error("perturbcast: ${problem.message}")
+    validateParameters()
+    benchmark()
+}
+
+// The benchmark: plan, datasets (or the prepared ones of --datasets_dir), splits and their leakage checks,
+// predictions, scores, results.
+workflow benchmark {
+    main:
+    def project = projectChannels()
+    def tooling = toolingImage(params, project.version)
+    def plan = planned(PLAN(Channel.of([tooling, planSpec(params), []]), Channel.value(userDataFiles(params)), project.tooling))
+    plan.subscribe { Map p ->
+        log.info("perturbcast: ${p.steps.size()} steps planned (${p.steps.countBy { it.stage }.collect { k, v -> "${v} ${k}" }.join(', ')}), " +
+                 "${p.not_applicable.size()} not applicable by declaration; results in ${params.publish_dir}")
     }
-    def problems = labelProblems(plan, params.resource_labels as Map)
-    if (problems) {
-        error("perturbcast:\n  " + problems.join('\n  '))
-    }
-    def planned = plannedSteps(plan)
-    log.info """\
-        perturbcast benchmark (main.nf, Nextflow ${nextflow.version})
-          datasets   ${plan.datasets*.id.join(', ') ?: '-'}
-          tasks      ${plan.tasks*.name.join(', ') ?: '-'}
-          methods    ${plan.predictors*.name.join(', ') ?: '-'}
-          metrics    ${plan.metrics*.name.join(', ') ?: '-'}
-          seeds      ${plan.seeds.join(', ')} (folds ${plan.folds.join(', ')} of ${plan.n_folds} each)
-          steps      ${planned.steps.size()} planned, ${planned.not_applicable.size()} not applicable by declaration
-          results    ${params.publish_dir}
-        """.stripIndent()
+    def steps = plan.flatMap { it.steps }.filter { !params.dry_run }
     if (params.dry_run) {
-        planned.steps.each { step -> println("${step.id}\t${step.component.namespace}/${step.component.name}") }
-        planned.not_applicable.each { step -> println("${step.id}\tnot applicable: ${step.reason}") }
+        plan.flatMap { it.steps }.subscribe { step ->
+            println("${step.id}\t${step.component ? step.component.namespace + '/' + step.component.name : 'perturbcast check-split'}") }
     }
 
-    // the runner and the shared parts of the project, staged into every task under project/
-    def project_files = Channel.value([file("${projectDir}/_viash.yaml"), file("${projectDir}/perturbcast")])
-    def shared_src = Channel.value([file("${projectDir}/src/api"), file("${projectDir}/src/utils")])
-    def datasets = params.dry_run ? [] : plan.datasets
-    def task_seeds = plan.tasks.collectMany { task ->
-        plan.seeds.collectMany { seed -> foldsOf(plan, task).collect { fold -> [task, seed, fold] } } }
+    // datasets: made here, or taken from params.datasets_dir
+    def datasetSteps = steps.filter { it.stage == 'dataset' }.branch { step ->
+        prepared: isPrepared(step)
+        make: true
+    }
+    DATASETS(datasetSteps.make, userFiles(plan), project.runner, project.shared)
+    def datasetFiles = layoutFiles(DATASETS.out.files).mix(datasetSteps.prepared.flatMap { step ->
+        step.outputs.values().collect { path -> [step.id, path.toString(), file("${params.datasets_dir}/${path}")] } })
+    def preparedRecords = datasetSteps.prepared.flatMap { step ->
+        ['step.json', 'dataset_uns.yaml', 'log.txt'].collect { name -> ["${step.directory}/${name}".toString(), file("${params.datasets_dir}/${step.directory}/${name}")] }
+            .findAll { it[1].exists() } }
 
-    // dataset: one task per selected dataset id
-    LOADER(
-        Channel.fromList(datasets.collect { dataset -> [datasetMeta(dataset), dataset.loader, file(dataset.loader.path)] }),
-        project_files, shared_src)
+    // splits, then perturbcast's leakage checks; methods see a split only after its check passed
+    SPLITS(steps.filter { it.stage == 'split' }, withoutIds(datasetFiles), project.runner, project.shared)
+    def splitFiles = layoutFiles(SPLITS.out.files)
+    CHECK(stepsWithInputs(steps.filter { it.stage == 'check' }, withoutIds(datasetFiles.mix(splitFiles)))
+              .map { step, staged -> [step, staged, tooling] },
+          project.runner)
+    def passed = CHECK.out.record
+        .filter { step, record -> step.kind == 'split' && readJson(record).status == 'ok' }
+        .map { step, record -> step.guards }
+    def checkedSplitFiles = withoutIds(splitFiles.combine(passed, by: 0))
 
-    // split: dataset x task x seed x fold (every fold of each partition), with the dataset's cells if any
-    def datasets_with_cells = LOADER.out.dataset
-        .join(LOADER.out.cells.map { meta, cells -> [meta, [cells]] }, remainder: true)
-        .map { meta, dataset, cells -> [meta, dataset, cells ?: []] }
-    SPLIT(
-        datasets_with_cells
-            .combine(Channel.fromList(task_seeds))
-            .map { dataset_meta, dataset, cells, task, seed, fold ->
-                def meta = splitMeta(dataset_meta, task, seed, fold, plan.n_folds)
-                [meta, task, file(task.path), dataset, meta.cells && cells ? cells[0] : []] },
-        project_files, shared_src)
-    // [meta, train, test, solution, [train_cells, solution_cells] or []]
-    def splits = SPLIT.out.split
-        .join(SPLIT.out.cells.map { meta, train_cells, solution_cells -> [meta, [train_cells, solution_cells]] }, remainder: true)
-        .map { meta, train, test, solution, cells -> [meta, train, test, solution, cells ?: []] }
+    // predictions: split x (control) method; scores: prediction x metric
+    PREDICTIONS(steps.filter { it.stage == 'predict' }, checkedSplitFiles, project.runner, project.shared)
+    def predictionFiles = layoutFiles(PREDICTIONS.out.files)
+    SCORES(steps.filter { it.stage == 'score' }, checkedSplitFiles.mix(withoutIds(predictionFiles)), project.runner, project.shared)
 
-    // predict: split x (control) method, where the method supports the task
-    PREDICT(
-        splits
-            .combine(Channel.fromList(plan.predictors))
-            .filter { split_meta, train, test, solution, cells, method -> supportsTask(method, split_meta.task_id) }
-            .map { split_meta, train, test, solution, cells, method ->
-                def meta = predictMeta(split_meta, method)
-                [meta, method, file(method.path), train, test, takesArgument(method, 'input_solution') ? solution : [],
-                 meta.train_cells && cells ? cells[0] : [], meta.solution_cells && cells ? cells[1] : []] },
-        project_files, shared_src)
-
-    // score: prediction x metric, with the solution of the prediction's split (and the declared cells files)
-    SCORE(
-        PREDICT.out.prediction
-            .join(PREDICT.out.cells.map { meta, cells -> [meta, [cells]] }, remainder: true)
-            .map { predict_meta, prediction, cells -> [predict_meta.split_id, predict_meta, prediction, cells ?: []] }
-            .combine(splits.map { split_meta, train, test, solution, cells -> [split_meta.id, solution, cells] }, by: 0)
-            .combine(Channel.fromList(plan.metrics))
-            .map { split_id, predict_meta, prediction, prediction_cells, solution, cells, metric ->
-                def meta = scoreMeta(predict_meta, metric)
-                [meta, metric, file(metric.path), solution, prediction,
-                 meta.prediction_cells && prediction_cells ? prediction_cells[0] : [],
-                 meta.train_cells && cells ? cells[0] : [], meta.solution_cells && cells ? cells[1] : []] },
-        project_files, shared_src)
-
-    // not applicable: declared (supported_tasks) and at run time (exit code 99), as one table
-    def markers = LOADER.out.not_applicable.mix(SPLIT.out.not_applicable, PREDICT.out.not_applicable, SCORE.out.not_applicable)
-    markers
-        .map { meta, marker -> "${meta.id}\t${marker.text.trim()}".toString() }
-        .mix(Channel.fromList(params.dry_run ? [] : planned.not_applicable.collect { step -> "${step.id}\t${step.reason}".toString() }))
-        .collectFile(name: 'not_applicable.tsv', newLine: true, sort: true, storeDir: "${params.publish_dir}/pipeline_info")
-
-    // results: every score file and marker, staged in the published layout, aggregated once
+    // results: every step record, log, dataset uns and score file in its layout path, aggregated once
+    // (combine flattens one level: the list of items goes in wrapped)
+    def collected = withoutIds(layoutFiles(
+            DATASETS.out.records.mix(SPLITS.out.records, PREDICTIONS.out.records, SCORES.out.records, CHECK.out.record)))
+        .mix(withoutIds(layoutFiles(SCORES.out.files)), preparedRecords)
     AGGREGATE(
-        SCORE.out.score.map { meta, score -> ["${meta.dir}/score.h5ad".toString(), score] }
-            .mix(markers.map { meta, marker -> ["${meta.dir}/not_applicable.txt".toString(), marker] })
-            .toList()
+        PLAN.out.plan
+            .combine(collected.toList().map { items -> [items] })
             .filter { !params.dry_run }
-            .map { items -> [toolingImage(params, plan['package'] as Map), items.collect { it[0] }, items.collect { it[1] }] },
-        project_files,
-        Channel.value(file("${projectDir}/src")))
+            .map { planJson, items -> [tooling, items.collect { it[0] }, items.collect { it[1] }, planJson] },
+        project.tooling)
     AGGREGATE.out.leaderboard.view { leaderboard -> "\nLeaderboard (calibrated: 0 = training mean baseline, 1 = replicate ceiling)\n${leaderboard.text}" }
 }
 
+// Prepare the datasets once: the dataset steps only, published as datasets/<id>/{dataset.h5ad, step.json,
+// dataset_uns.yaml, log.txt, state.yaml}; later runs start from them with --datasets_dir
+workflow process_datasets {
+    main:
+    validateParameters()
+    def project = projectChannels()
+    def plan = planned(PLAN(Channel.of([toolingImage(params, project.version), planSpec(params), ['dataset']]),
+                            Channel.value(userDataFiles(params)), project.tooling))
+    DATASETS(plan.flatMap { it.steps }.filter { it.stage == 'dataset' && !params.dry_run }, userFiles(plan), project.runner, project.shared)
+    // state.yaml per dataset, as OpenProblems' dataset folders have (id and the output files)
+    withoutIds(layoutFiles(DATASETS.out.records))
+        .filter { path, f -> f.name == 'step.json' }
+        .map { path, f -> readJson(f) }
+        .filter { it.status == 'ok' }
+        .collectFile(storeDir: "${params.publish_dir}/datasets") { record ->
+            def outputs = record.outputs.collect { name, path ->
+                "${name == 'output' ? 'output_dataset' : name}: !file '${new File(path.toString()).name}'".toString() }
+            ["${record.labels.dataset_id}/state.yaml".toString(), "id: '${record.labels.dataset_id}'\n" + outputs.join('\n') + "\n"] }
+        .subscribe { log.info("perturbcast: prepared ${it.parent}") }
+}
+
 workflow.onComplete {
-    if (!params.dry_run) {
-        log.info "perturbcast: ${workflow.success ? 'done' : 'stopped'}; ${workflow.stats.succeedCount} tasks succeeded, " +
-            "${workflow.stats.ignoredCount} failed and were ignored (see ${params.publish_dir}/pipeline_info/trace.tsv), " +
-            "results in ${params.publish_dir}"
-    }
+    log.info("perturbcast: ${workflow.success ? 'done' : 'stopped'}; results, report.html and Nextflow's trace.txt in " +
+             "${params.publish_dir} (to use Nextflow's wall times and memory in the report: perturbcast aggregate " +
+             "${params.publish_dir} --plan ${params.publish_dir}/pipeline_info/plan.json)")
 }
 
-// ==================================================================== helpers: begin
-// Functions behind the wiring above: component discovery, selection, the plan, per-task settings and
-// the shell command of every task. Plain Groovy plus snakeyaml (bundled with Nextflow), no Nextflow
-// API: everything comes in through the arguments (`p` is the params map), so tests/test_nextflow.py
-// runs this section with a Groovy jar and compares the plan and the task commands with
-// perturbcast/engine.py.
+// ==================================================================== tooling processes (perturbcast itself)
 
-// ---------------------------------------------------------------- viash configs
+// `perturbcast plan --json` for the selection of the run (the params, written as a spec file; the user's own
+// dataset files staged under user_data/)
+process PLAN {
+    tag 'plan'
+    label 'lowcpu'
+    label 'lowmem'
+    label 'lowtime'
+    label 'tooling'
+    container "${image}"
+    publishDir "${params.publish_dir}/pipeline_info", mode: params.publish_mode
 
-Map readYaml(File file) {
-    def loaded = new org.yaml.snakeyaml.Yaml().load(file.text)
-    return loaded instanceof Map ? loaded as Map : [:]
+    input:
+    tuple val(image), val(spec), val(stages)
+    path(user_files, stageAs: 'user_data/in*/*')
+    path(project_files, stageAs: 'project/*')
+
+    output:
+    path('plan.json'), emit: plan
+
+    script:
+    def only = stages ? "--stages ${stages.join(' ')}" : ''
+    """
+    cat > spec.yaml <<'PERTURBCAST_SPEC'
+    ${spec}
+    PERTURBCAST_SPEC
+    export PYTHONPATH="\$PWD/project\${PYTHONPATH:+:\$PYTHONPATH}"
+    export PYTHONDONTWRITEBYTECODE=1
+    ${params.python} -m perturbcast plan --json --project project --spec spec.yaml ${only} > plan.json
+    """
 }
 
-// viash `concatDeepMerge`: objects merge by key, arrays concatenate, scalars are replaced
-def concatDeepMerge(base, override) {
-    if (base instanceof Map && override instanceof Map) {
-        def merged = new LinkedHashMap(base)
-        override.each { key, value ->
-            merged[key] = merged.containsKey(key) ? concatDeepMerge(merged[key], value) : value
-        }
-        return merged
-    }
-    if (base instanceof List && override instanceof List) {
-        return base + override
-    }
-    return override
+// perturbcast's leakage checks (perturbcast.leakage) on a split, or on every fold of a partition
+process CHECK {
+    tag "${step.id}"
+    label 'lowcpu'
+    label 'lowmem'
+    label 'lowtime'
+    label 'tooling'
+    container "${image}"
+    publishDir params.publish_dir, mode: params.publish_mode
+
+    input:
+    tuple val(step), path(staged, stageAs: 'staged/in*/*'), val(image)
+    path(project_files, stageAs: 'project/*')
+
+    output:
+    tuple val(step), path("${step.directory}/${step.kind == 'split' ? 'check.json' : 'partition_check.json'}"), emit: record
+
+    script:
+    """
+    cat > plan_step.json <<'PERTURBCAST_STEP'
+    ${groovy.json.JsonOutput.toJson(step)}
+    PERTURBCAST_STEP
+    export PYTHONPATH="\$PWD/project\${PYTHONPATH:+:\$PYTHONPATH}"
+    export PYTHONDONTWRITEBYTECODE=1
+    ${params.python} -m perturbcast step plan_step.json ${params.fail_fast ? '--fail-fast' : ''}
+    """
 }
 
-// viash paths: `/x` is relative to the package root (the folder holding _viash.yaml), anything else
-// to the file that holds the reference
-File resolveViashPath(String reference, File currentFile, File packageRoot) {
-    return reference.startsWith('/') ? new File(packageRoot, reference.substring(1)) : new File(currentFile.parentFile, reference)
+// Results, OpenProblems files, trace.tsv, report.html and state.yaml from the step records, score files,
+// datasets' uns and logs, linked back to their layout paths: `perturbcast aggregate --plan`
+process AGGREGATE {
+    tag 'results'
+    label 'lowcpu'
+    label 'midmem'
+    label 'lowtime'
+    label 'tooling'
+    container "${image}"
+    cache false  // cheap, and it must see every change of the aggregation code
+    publishDir params.publish_dir, mode: params.publish_mode
+
+    input:
+    tuple val(image), val(paths), path(files, stageAs: 'staged/in*/*'), path(plan, stageAs: 'pipeline_info/plan.json')
+    path(project_files, stageAs: 'project/*')
+
+    output:
+    path('*.{parquet,yaml,html,txt,tsv}'), emit: results
+    path('leaderboard.txt'), emit: leaderboard, optional: true
+
+    script:
+    """
+    cat > staged_paths.json <<'PERTURBCAST_PATHS'
+    ${groovy.json.JsonOutput.toJson(paths)}
+    PERTURBCAST_PATHS
+    export PYTHONPATH="\$PWD/project\${PYTHONPATH:+:\$PYTHONPATH}"
+    export PYTHONDONTWRITEBYTECODE=1
+    ${params.python} -m perturbcast aggregate . --project project --plan pipeline_info/plan.json \\
+        --staged staged --staged-paths staged_paths.json --state-id '${workflow.runName}'
+    """
 }
 
-// Resolves the top-level `__merge__` of a config (the listed files first, the config itself last):
-// enough to know a component's type, namespace, info, argument names and runners. Nested merges
-// (file formats of arguments) are left alone; the runner resolves them inside the task.
-Map resolveTopLevelMerge(Map node, File currentFile, File packageRoot) {
-    if (!node.containsKey('__merge__')) {
-        return node
-    }
-    def merge = node['__merge__']
-    def includes = (merge instanceof List ? merge : [merge]).collect { it.toString() }
-    if (!includes.contains('.')) {
-        includes = includes + ['.']
-    }
-    def own = node.findAll { key, value -> key != '__merge__' }
-    def parts = includes.collect { include ->
-        if (include == '.') {
-            return own
-        }
-        def file = resolveViashPath(include, currentFile, packageRoot)
-        return resolveTopLevelMerge(readYaml(file), file, packageRoot)
-    }
-    return parts.tail().inject(parts.head()) { merged, part -> concatDeepMerge(merged, part) } as Map
+// ==================================================================== functions: wiring from the plan
+// No component, argument or selection logic: the plan (perturbcast/plan_cli.py) decides all of it.
+
+// The task of every component step: `perturbcast step` on the step as the plan lists it (perturbcast/step_cli.py)
+String stepScript(Map step, attempt, cpus, memoryMegabytes, Map p) {
+    def options = [cpus ? "--cpus ${cpus}" : '', memoryMegabytes ? "--memory ${memoryMegabytes}MB" : '', p.fail_fast ? '--fail-fast' : '']
+    return """\
+        cat > plan_step.json <<'PERTURBCAST_STEP'
+        ${groovy.json.JsonOutput.toJson(step)}
+        PERTURBCAST_STEP
+        export PYTHONPATH="\$PWD/project\${PYTHONPATH:+:\$PYTHONPATH}"
+        export PYTHONDONTWRITEBYTECODE=1
+        export VIASH_TEMP="\$PWD/.viash_temp"
+        mkdir -p "\$VIASH_TEMP"
+        ${p.python} -m perturbcast step plan_step.json --component project/src/component/${step.component.name} --attempt ${attempt} --max-attempts ${(p.max_retries as int) + 1} ${options.findAll { it }.join(' ')}
+        """.stripIndent()
 }
 
-// SHA-256 over the files below `roots` (relative name and content; missing ones are skipped), without
-// Python caches. Part of every task's inputs so that -resume reruns a step when its component or the
-// runner changes (Nextflow's own hash of a staged folder sees only its path, size and time).
-String filesDigest(List roots) {
-    def digest = java.security.MessageDigest.getInstance('SHA-256')
-    roots.each { File root ->
-        def base = root.parentFile.toPath()
-        def files = []
-        if (root.isDirectory()) {
-            root.eachFileRecurse(groovy.io.FileType.FILES) { files << it }
-        } else if (root.isFile()) {
-            files << root
-        }
-        files.findAll { !it.path.contains('__pycache__') && !it.name.endsWith('.pyc') }
-            .sort { it.path }
-            .each { File file ->
-                digest.update(base.relativize(file.toPath()).toString().getBytes('UTF-8'))
-                digest.update(file.bytes)
-            }
+// the paths of a step's inputs in the results layout, in the order `perturbcast step` links them
+List inputPaths(Map step) {
+    return ((step.inputs ?: [:]).values() + (step.staged ?: [:]).values()).collect { it.toString() }
+}
+
+// `[step, [files in inputPaths order]]` once every input of the step is in `files` ([layout path, file] items);
+// a step whose inputs never all arrive (an upstream failed or was not applicable) never starts
+def stepsWithInputs(steps, files) {
+    def split = steps.branch { step ->
+        none: inputPaths(step).isEmpty()
+        some: true
     }
-    return digest.digest().encodeHex().toString()
+    def matched = split.some
+        .flatMap { step -> inputPaths(step).withIndex().collect { path, index -> [path, step, index] } }
+        .combine(files, by: 0)
+        .map { path, step, index, staged -> [groupKey(step.id, inputPaths(step).size()), step, index, staged] }
+        .groupTuple()
+        .map { key, sameSteps, indices, staged -> [sameSteps[0], [indices, staged].transpose().sort { it[0] }.collect { it[1] }] }
+    return split.none.map { step -> [step, []] }.mix(matched)
 }
 
-// Every component under src/<namespace>/<name>/config.vsh.yaml (sorted by path, as the engine's
-// `discover_components`), as a map with what the workflow needs.
-List<Map> discoverComponents(File root) {
-    def packageConfig = readYaml(new File(root, '_viash.yaml'))
-    def configs = []
-    def srcDir = new File(root, 'src')
-    (srcDir.listFiles() ?: []).findAll { it.isDirectory() }.each { namespaceDir ->
-        (namespaceDir.listFiles() ?: []).findAll { it.isDirectory() }.each { dir ->
-            def config = new File(dir, 'config.vsh.yaml')
-            if (config.isFile()) {
-                configs << config
-            }
-        }
-    }
-    // what runs a component besides its own folder: the package config, the API, the shared resources
-    // and the runner's modules (not scoring or reports, so that changing those does not invalidate
-    // every finished task of a -resume)
-    def runnerModules = ['__init__.py', '__main__.py', 'cli.py', 'config.py', 'viash.py', 'runner.py', 'formats.py']
-    def shared = filesDigest([new File(root, '_viash.yaml'), new File(srcDir, 'api'), new File(srcDir, 'utils')] +
-                             runnerModules.collect { new File(root, "perturbcast/${it}") })
-    return configs.sort { it.path }.collect { File config ->
-        def raw = resolveTopLevelMerge(readYaml(config), config, root)
-        def info = (raw.info ?: [:]) as Map
-        def arguments = ((raw.arguments ?: []) as List) + ((raw.argument_groups ?: []) as List).collectMany { (it.arguments ?: []) as List }
-        def runner = ((raw.runners ?: []) as List).find { it.type == 'nextflow' }
-        def labels = runner?.directives?.label
-        [
-            name     : raw.name.toString(),
-            namespace: raw.namespace?.toString(),
-            type     : info.type?.toString(),
-            version  : (raw.version ?: packageConfig.version ?: 'dev').toString(),
-            path     : config.parentFile.absolutePath,
-            dir      : root.toPath().relativize(config.parentFile.toPath()).toString(),
-            info     : info,
-            arguments: arguments.collect { it.name.toString().replaceFirst(/^-+/, '') },
-            labels   : labels == null ? [] : (labels instanceof List ? labels : [labels]).collect { it.toString() },
-            digest   : filesDigest([config.parentFile]) + shared,
-        ]
-    }
+// [step id, layout path, file] of what a process emitted as [step, file or files]
+def layoutFiles(channel) {
+    return channel.flatMap { step, made ->
+        (made instanceof List ? made : [made]).collect { f -> [step.id, "${step.directory}/${f.name}".toString(), f] } }
 }
 
-// ---------------------------------------------------------------- selection (as engine.plan)
-
-// `a,b` | [a, b] | null -> list of names, or null for "no selection"
-List<String> parseNames(value) {
-    if (value == null || value instanceof Boolean) {
-        return null
-    }
-    def items = value instanceof Collection ? value : value.toString().split(',')
-    def names = items.collect { it.toString().trim() }.findAll { it }
-    return names ? names : null
+def withoutIds(channel) {
+    return channel.map { id, path, f -> [path, f] }
 }
 
-List<Integer> parseSeeds(value) {
-    def items = value == null ? [] : (value instanceof Collection ? value : value.toString().split(','))
-    def seeds = items.collect { it.toString().trim() }.findAll { it }.collect { it as Integer }
-    return seeds ? seeds : [0]
-}
-
-// folds of a partition: the ones given (default all of 0 .. n_folds - 1); a task without --fold runs once
-List foldsOf(Map plan, Map task) {
-    return takesArgument(task, 'fold') ? plan.folds : [null]
-}
-
-List<Integer> parseFolds(value, int nFolds) {
-    def items = value == null || value instanceof Boolean ? [] : (value instanceof Collection ? value : value.toString().split(','))
-    def folds = items.collect { it.toString().trim() }.findAll { it }.collect { it as Integer }
-    def wrong = folds.findAll { it < 0 || it >= nFolds }
-    if (nFolds < 2 || wrong) {
-        throw new IllegalArgumentException("--n_folds ${nFolds} and --folds ${folds}: expected n_folds >= 2 and folds between 0 and ${nFolds - 1}")
-    }
-    return folds ? folds : (0..<nFolds).toList()
-}
-
-// include (null = all) minus exclude; an unknown name in either list is an error
-List<Map> chooseComponents(List<Map> available, include, exclude, String kind) {
-    def known = available.collect { it.name }
-    def wanted = parseNames(include)
-    def unwanted = parseNames(exclude) ?: []
-    def unknown = ((wanted ?: []) + unwanted).findAll { !(it in known) }.unique()
-    if (unknown) {
-        throw new IllegalArgumentException("unknown ${kind}(s) ${unknown.sort()}; known: ${known.sort()}")
-    }
-    return available.findAll { (wanted == null || it.name in wanted) && !(it.name in unwanted) }
-}
-
-// `info.datasets` of a loader: the dataset ids it makes and the arguments of each
-List<Map> datasetInstances(Map loader) {
-    def declared = loader.info.datasets ?: [['id': loader.name, 'arguments': [:], 'default': true]]
-    return declared.collect { Map d ->
-        ['id': d.id.toString(), 'arguments': (d.arguments ?: [:]) as Map, 'default': d.containsKey('default') ? (d['default'] as boolean) : false]
-    }
-}
-
-// datasets: the ids given (default: every instance with `default: true`) minus the excluded ones;
-// `testArguments` lays the loader's `info.test_arguments` over each instance's arguments
-List<Map> chooseDatasets(List<Map> loaders, include, exclude, boolean testArguments) {
-    def known = [:]
-    loaders.each { loader -> datasetInstances(loader).each { instance -> known[instance.id] = [loader: loader, instance: instance] } }
-    def wanted = parseNames(include)
-    def unwanted = parseNames(exclude) ?: []
-    def unknown = ((wanted ?: []) + unwanted).findAll { !known.containsKey(it) }.unique()
-    if (unknown) {
-        throw new IllegalArgumentException("unknown dataset(s) ${unknown.sort()}; known: ${known.keySet().sort()}")
-    }
-    def ids = wanted == null ? known.findAll { id, entry -> entry.instance['default'] }.collect { id, entry -> id } : wanted
-    return ids.findAll { !(it in unwanted) }.collect { id ->
-        def entry = known[id]
-        def arguments = new LinkedHashMap(entry.instance.arguments as Map)
-        if (testArguments) {
-            arguments.putAll((entry.loader.info.test_arguments ?: [:]) as Map)
-        }
-        [id: id.toString(), loader: entry.loader, arguments: arguments]
-    }
-}
-
-boolean supportsTask(Map method, String taskId) {
-    def supported = method.info.supported_tasks
-    return supported == null || (supported as List).collect { it.toString() }.contains(taskId)
-}
-
-boolean takesArgument(Map component, String argument) {
-    return argument in component.arguments
-}
-
-// What to run: datasets, tasks, predictors (control methods first, then methods), metrics, seeds
-Map planBenchmark(File root, Map p) {
-    def components = discoverComponents(root)
-    def ofType = { String type -> components.findAll { it.type == type } }
-    // components with `info.default: false` (deep models, slow metrics) run only when named
-    def predictors = chooseComponents(ofType('control_method') + ofType('method'), p.methods, p.exclude_methods, 'method')
-        .findAll { p.methods || it.info['default'] != false }
-    def metrics = chooseComponents(ofType('metric'), p.metrics, p.exclude_metrics, 'metric')
-        .findAll { p.metrics || it.info['default'] != false }
-    // cells are made only when a selected component reads them (as the engine)
-    // (controls declare cell inputs only to write cells for cell-level metrics, so they alone do not count)
-    def cellsWanted = predictors.findAll { it.type == 'method' }.any { m -> ['input_train_cells', 'input_solution_cells'].any { takesArgument(m, it) } } ||
-        metrics.any { m -> ['input_prediction_cells', 'input_train_cells', 'input_solution_cells'].any { takesArgument(m, it) } }
-    def predictionCellsWanted = metrics.any { takesArgument(it, 'input_prediction_cells') }
-    def datasets = chooseDatasets(ofType('dataset_loader'), p.datasets, p.exclude_datasets, p.use_test_arguments as boolean)
-    datasets.each { it.cells_wanted = cellsWanted; it.prediction_cells_wanted = predictionCellsWanted }
-    return [
-        'package'   : readYaml(new File(root, '_viash.yaml')),
-        components  : components,
-        datasets    : datasets,
-        tasks       : chooseComponents(ofType('task'), p.tasks, p.exclude_tasks, 'task'),
-        predictors  : predictors,
-        metrics     : metrics,
-        seeds       : parseSeeds(p.seeds),
-        n_folds     : (p.n_folds ?: 5) as Integer,
-        folds       : parseFolds(p.folds, (p.n_folds ?: 5) as Integer),
-    ]
-}
-
-// ---------------------------------------------------------------- step ids and folders (as the engine)
-
-Map datasetMeta(Map dataset) {
-    def key = dataset.id.toString()
-    return [id: "dataset/${key}".toString(), stage: 'dataset', key: key, dataset_id: key,
-            arguments: dataset.arguments, dir: "datasets/${key}".toString(),
-            cells: takesArgument(dataset.loader as Map, 'output_cells') && (dataset.cells_wanted as boolean),
-            prediction_cells: dataset.prediction_cells_wanted as boolean]
-}
-
-Map splitMeta(Map datasetMeta, Map task, seed, fold = null, nFolds = null) {
-    def key = "${datasetMeta.dataset_id}/${task.name}/seed_${seed}".toString() + (fold == null ? '' : "/fold_${fold}")
-    return [id: "split/${key}".toString(), stage: 'split', key: key, dataset_id: datasetMeta.dataset_id,
-            task_id: task.name, seed: seed as Integer, fold: fold, n_folds: nFolds, dir: "tasks/${key}".toString(),
-            cells: (datasetMeta.cells as boolean) && takesArgument(task, 'input_cells'),
-            train_cells: (datasetMeta.cells as boolean) && takesArgument(task, 'input_cells') && takesArgument(task, 'output_train_cells'),
-            solution_cells: (datasetMeta.cells as boolean) && takesArgument(task, 'input_cells') && takesArgument(task, 'output_solution_cells'),
-            prediction_cells: datasetMeta.prediction_cells as boolean]
-}
-
-Map predictMeta(Map splitMeta, Map method) {
-    def key = "${splitMeta.key}/${method.name}".toString()
-    return [id: "predict/${key}".toString(), stage: 'predict', key: key, split_id: splitMeta.id,
-            dataset_id: splitMeta.dataset_id, task_id: splitMeta.task_id, seed: splitMeta.seed, fold: splitMeta.fold,
-            method_id: method.name, method_type: method.type, dir: "predictions/${key}".toString(),
-            split_train_cells: splitMeta.train_cells, split_solution_cells: splitMeta.solution_cells,
-            train_cells: (splitMeta.train_cells as boolean) && takesArgument(method, 'input_train_cells'),
-            solution_cells: (splitMeta.solution_cells as boolean) && takesArgument(method, 'input_solution_cells'),
-            output_cells: takesArgument(method, 'output_cells') && (splitMeta.prediction_cells as boolean)]
-}
-
-Map scoreMeta(Map predictMeta, Map metric) {
-    def key = "${predictMeta.key}/${metric.name}".toString()
-    return [id: "score/${key}".toString(), stage: 'score', key: key, split_id: predictMeta.split_id,
-            dataset_id: predictMeta.dataset_id, task_id: predictMeta.task_id, seed: predictMeta.seed,
-            fold: predictMeta.fold, method_id: predictMeta.method_id, method_type: predictMeta.method_type,
-            metric_component: metric.name, dir: "scores/${key}".toString(),
-            prediction_cells: (predictMeta.output_cells as boolean) && takesArgument(metric, 'input_prediction_cells'),
-            train_cells: (predictMeta.split_train_cells as boolean) && takesArgument(metric, 'input_train_cells'),
-            solution_cells: (predictMeta.split_solution_cells as boolean) && takesArgument(metric, 'input_solution_cells')]
-}
-
-// Every step of the plan in the engine's order, and the predictor x task pairs that are not
-// applicable by declaration (`info.supported_tasks`). Used by --dry_run and by the tests; the
-// workflow builds the same product with channel operators.
-Map plannedSteps(Map plan) {
-    def steps = []
-    def notApplicable = []
-    plan.datasets.each { Map dataset ->
-        def datasetStep = datasetMeta(dataset)
-        steps << [id: datasetStep.id, meta: datasetStep, component: dataset.loader]
-        plan.tasks.each { Map task ->
-            plan.seeds.collectMany { seed -> foldsOf(plan, task).collect { fold -> [seed, fold] } }.each { seed, fold ->
-                def splitStep = splitMeta(datasetStep, task, seed, fold, plan.n_folds)
-                steps << [id: splitStep.id, meta: splitStep, component: task]
-                plan.predictors.each { Map method ->
-                    def predictStep = predictMeta(splitStep, method)
-                    if (!supportsTask(method, task.name.toString())) {
-                        notApplicable << [id: predictStep.id, reason: "${method.name} does not support task ${task.name}".toString()]
-                        return
-                    }
-                    steps << [id: predictStep.id, meta: predictStep, component: method]
-                    plan.metrics.each { Map metric ->
-                        def scoreStep = scoreMeta(predictStep, metric)
-                        steps << [id: scoreStep.id, meta: scoreStep, component: metric]
-                    }
-                }
-            }
-        }
-    }
-    return [steps: steps, not_applicable: notApplicable]
-}
-
-// ---------------------------------------------------------------- arguments of each stage (as the engine)
-// The inputs are staged under these names by the processes in main.nf (`stageAs: 'input/...'`).
-
-Map loaderArguments(Map meta) {
-    return [output: "${meta.dir}/dataset.h5ad".toString()] +
-        (meta.cells ? [output_cells: "${meta.dir}/dataset_cells.h5ad".toString()] : [:]) + (meta.arguments as Map)
-}
-
-Map splitArguments(Map meta) {
-    def arguments = [input: 'input/dataset.h5ad']
-    if (meta.cells) {
-        arguments.input_cells = 'input/dataset_cells.h5ad'
-    }
-    arguments += [output_train   : "${meta.dir}/train.h5ad".toString(),
-                  output_test    : "${meta.dir}/test.h5ad".toString(),
-                  output_solution: "${meta.dir}/solution.h5ad".toString()]
-    if (meta.train_cells) {
-        arguments.output_train_cells = "${meta.dir}/train_cells.h5ad".toString()
-    }
-    if (meta.solution_cells) {
-        arguments.output_solution_cells = "${meta.dir}/solution_cells.h5ad".toString()
-    }
-    return arguments + [seed: meta.seed] + (meta.fold == null ? [:] : [n_folds: meta.n_folds, fold: meta.fold])
-}
-
-Map predictArguments(Map meta, Map method) {
-    def arguments = [input_train: 'input/train.h5ad', input_test: 'input/test.h5ad']
-    if (takesArgument(method, 'input_solution')) {
-        arguments.input_solution = 'input/solution.h5ad'
-    }
-    if (meta.train_cells) {
-        arguments.input_train_cells = 'input/train_cells.h5ad'
-    }
-    if (meta.solution_cells) {
-        arguments.input_solution_cells = 'input/solution_cells.h5ad'
-    }
-    arguments.output = "${meta.dir}/prediction.h5ad".toString()
-    if (meta.output_cells) {
-        arguments.output_cells = "${meta.dir}/prediction_cells.h5ad".toString()
-    }
-    return arguments
-}
-
-Map scoreArguments(Map meta) {
-    def arguments = [input_solution: 'input/solution.h5ad', input_prediction: 'input/prediction.h5ad']
-    if (meta.train_cells) {
-        arguments.input_train_cells = 'input/train_cells.h5ad'
-    }
-    if (meta.solution_cells) {
-        arguments.input_solution_cells = 'input/solution_cells.h5ad'
-    }
-    if (meta.prediction_cells) {
-        arguments.input_prediction_cells = 'input/prediction_cells.h5ad'
-    }
-    return arguments + [output: "${meta.dir}/score.h5ad".toString()]
-}
-
-// ---------------------------------------------------------------- images and resources
-
-// viash's image name for a component: <registry>/<organization>/<package>/<namespace>/<name>:<version>
-// (documented in docs/nextflow.md, checked by tests/test_nextflow.py)
+// viash's image name of a component: <registry>/<organization>/<package>/<namespace>/<name>:<version>
 String imageName(Map component, Map p) {
     def version = p.component_version ?: component.version ?: 'dev'
     def parts = [p.container_registry, p.container_organization, p.package_name, component.namespace, component.name]
     return parts.findAll { it }.collect { it.toString() }.join('/') + ':' + version
 }
 
-// the image of the tooling (perturbcast with its dependencies), used by the aggregation step
-String toolingImage(Map p, Map packageConfig) {
-    if (p.aggregate_container) {
-        return p.aggregate_container.toString()
+// the tooling image (perturbcast with its dependencies: plan, leakage checks, aggregation), built by
+// scripts/build_images.sh with the component images: <registry>/<organization>/<package>/perturbcast:<version>
+String toolingImage(Map p, String version) {
+    if (p.tooling_container) {
+        return p.tooling_container.toString()
     }
-    def version = p.component_version ?: packageConfig.version ?: 'dev'
     def parts = [p.container_registry, p.container_organization, p.package_name, 'perturbcast']
-    return parts.findAll { it }.collect { it.toString() }.join('/') + ':' + version
+    return parts.findAll { it }.collect { it.toString() }.join('/') + ':' + (p.component_version ?: version ?: 'dev')
 }
 
-// The resources of a component's labels (`runners[nextflow].directives.label`): the union of the
-// label entries of `params.resource_labels` (later labels win).
-Map labelResources(List labels, Map table) {
-    def merged = [:]
-    labels.each { label ->
-        def spec = table == null ? null : table.get(label)
-        if (spec instanceof Map) {
-            spec.each { key, value -> merged[key.toString()] = value }
+// the sorted resource labels of a step, joined: which process of its stage runs it
+String labelKey(Map step) {
+    return ((step.resource_labels ?: []) as List).collect { it.toString() }.sort().join(',')
+}
+
+// a JSON file of the run (the plan, a step record) as a map; `.text` also reads one in s3:// or gs:// work dirs
+Map readJson(json) {
+    return new groovy.json.JsonSlurper().parseText(json.text) as Map
+}
+
+// The plan, read: PLAN's JSON with each step's image set, after warnings that need no data
+def planned(planFile) {
+    return planFile.map { plan -> readJson(plan) }.map { Map plan ->
+        plan.broken_configs.each { record -> log.warn("perturbcast: ${record.reason}: its steps are left out") }
+        def unknown = plan.steps.findAll { it.component && !(labelKey(it) in stepLabelSets()) }
+            .collect { "${it.component.namespace}/${it.component.name} [${labelKey(it)}]" }.unique()
+        if (unknown) {
+            log.warn("perturbcast: no process carries the labels of ${unknown.join(', ')}: they run with the process " +
+                     "defaults (run python scripts/nextflow_processes.py)")
+        }
+        plan.steps.each { step -> step.image = step.component ? imageName(step.component as Map, params) : null }
+        return plan
+    }
+}
+
+// The user's own dataset files of params.datasets (`- file: x.h5ad` entries of a params file), in order: Nextflow
+// stages them (local paths relative to the launch directory, or s3://, gs://, https:// URLs)
+List userDataFiles(Map p) {
+    def entries = p.datasets instanceof List ? p.datasets : []
+    return entries.findAll { it instanceof Map && it.file }.collect { file(it.file.toString(), checkIfExists: true) }
+}
+
+// The selection as the spec file PLAN reads: the params' selection keys, each user file replaced by where PLAN
+// stages it (user_data/in<i>/<name>)
+String planSpec(Map p) {
+    def spec = [:]
+    SELECTION_KEYS.each { key ->
+        if (p[key] != null && p[key] != '') {
+            spec[key] = p[key]
         }
     }
-    return merged
-}
-
-// labels used by the planned components that params.resource_labels does not define
-List<String> labelProblems(Map plan, Map table) {
-    def used = ([plan.datasets*.loader, plan.tasks, plan.predictors, plan.metrics].flatten() as List<Map>)
-    return used.collectMany { Map component ->
-        component.labels.findAll { table == null || !(table.get(it) instanceof Map) }.collect { label ->
-            "component ${component.namespace}/${component.name}: label '${label}' is not defined in params.resource_labels (nextflow.config)".toString()
-        }
-    }.unique()
-}
-
-def taskCpus(Map component, Map p) {
-    def cpus = labelResources(component.labels, p.resource_labels).get('cpus')
-    return cpus == null ? null : Math.max(1, Math.min(cpus as int, p.max_cpus as int))
-}
-
-// memory and time grow with the attempt (a task killed for memory or time is retried larger)
-def taskMemory(Map component, Map p, attempt) {
-    def gb = labelResources(component.labels, p.resource_labels).get('memory_gb')
-    if (gb == null) {
-        return null
-    }
-    def megabytes = Math.ceil(Math.min((gb as double) * (attempt as int), p.max_memory_gb as double) * 1024) as long
-    return "${megabytes} MB".toString()
-}
-
-def taskTime(Map component, Map p, attempt) {
-    def hours = labelResources(component.labels, p.resource_labels).get('time_h')
-    if (hours == null) {
-        return null
-    }
-    def minutes = Math.ceil(Math.min((hours as double) * (attempt as int), p.max_time_h as double) * 60) as long
-    return "${minutes}m".toString()
-}
-
-def taskAccelerator(Map component, Map p) {
-    def gpus = labelResources(component.labels, p.resource_labels).get('accelerator')
-    if (!gpus) {
-        return null
-    }
-    return p.gpu_type ? [request: gpus as int, type: p.gpu_type.toString()] : (gpus as int)
-}
-
-String taskContainerOptions(Map component, Map p, engine) {
-    def options = p.container_options ? [p.container_options.toString()] : []
-    if (labelResources(component.labels, p.resource_labels).get('accelerator')) {
-        if (engine == 'docker' || engine == 'podman') {
-            options << '--gpus all'
-        } else if (engine == 'singularity' || engine == 'apptainer') {
-            options << '--nv'
+    if (p.datasets instanceof List) {
+        def index = 0
+        spec.datasets = p.datasets.collect { entry ->
+            if (entry instanceof Map && entry.file) {
+                index += 1
+                return entry + [file: "user_data/in${index}/${file(entry.file.toString()).name}".toString()]
+            }
+            return entry
         }
     }
-    return options.join(' ')
+    return groovy.json.JsonOutput.toJson(spec)
 }
 
-String taskClusterOptions(Map component, Map p) {
-    def options = p.cluster_options ? [p.cluster_options.toString()] : []
-    if (labelResources(component.labels, p.resource_labels).get('accelerator') && p.gpu_cluster_options) {
-        options << p.gpu_cluster_options.toString()
+// [layout path, file] of the user's own dataset files the plan stages (as PLAN saw them: user_data/in<i>/<name>)
+def userFiles(plan) {
+    def files = userDataFiles(params)
+    return plan.flatMap { Map p -> p.steps.collectMany { step -> (step.staged ?: [:]).values().collect { [it.toString(), userFileAt(it.toString(), files)] } } }
+        .unique { it[0] }
+}
+
+def userFileAt(String path, List files) {
+    def match = path =~ /user_data\/in(\d*)\/[^\/]+$/
+    if (!match.find()) {
+        error("perturbcast: the plan stages '${path}', which is not one of the dataset files of the params")
     }
-    return options.join(' ')
+    return files[(match.group(1) ? (match.group(1) as int) : 1) - 1]
 }
 
-// Exit codes 137-140 (killed: out of memory or time) are retried up to params.max_retries times with
-// more resources; any other failure is ignored (the rest of the benchmark completes, the trace
-// records it) unless params.fail_fast is set. Exit code 99 (not applicable) never gets here: the
-// task script turns it into a marker and exit 0.
-String componentErrorStrategy(exitStatus, attempt, Map p) {
-    def killed = exitStatus instanceof Integer && (exitStatus as int) >= 137 && (exitStatus as int) <= 140
-    if (killed && (attempt as int) <= (p.max_retries as int)) {
-        return 'retry'
+// Prepared datasets (params.datasets_dir, from `-entry process_datasets`): a dataset step whose outputs and
+// step.json are there, made with the same arguments, is not run again
+boolean isPrepared(Map step) {
+    if (!params.datasets_dir) {
+        return false
     }
-    return p.fail_fast ? 'terminate' : 'ignore'
-}
-
-// ---------------------------------------------------------------- task scripts
-
-String shellQuote(value) {
-    return "'" + value.toString().replace("'", "'\\''") + "'"
-}
-
-String shellArguments(Map arguments) {
-    return arguments.collect { name, value ->
-        def text = value instanceof Collection ? value.collect { it.toString() }.join(';') : value.toString()
-        "--${name} ${shellQuote(text)}"
-    }.join(' ')
-}
-
-// The task script of a component step. The task directory holds (staged by main.nf):
-//   project/_viash.yaml, project/perturbcast/, project/src/api/, project/src/utils/,
-//   project/src/component/<name>/ (the component) and input/<file>.h5ad (upstream outputs).
-// It runs the component through the viash-compatible runner, with its output and log in
-// <stepDir>/; exit code 99 (not applicable) becomes <stepDir>/not_applicable.txt and exit 0.
-// The runner picks the interpreter from the main script's resource type, as viash does: python_script
-// runs with `python` (params.python), r_script with `Rscript`, bash_script with `bash` from the image's
-// PATH; so every image, R ones included, also holds Python with anndata for the runner.
-String componentScript(Map component, String stepDir, Map arguments, String python, cpus, memoryMegabytes) {
-    def options = []
-    if (cpus) {
-        options << "--cpus ${cpus as int}"
+    def record = file("${params.datasets_dir}/${step.directory}/step.json")
+    if (!record.exists() || !step.outputs.values().every { file("${params.datasets_dir}/${it}").exists() }) {
+        return false
     }
-    if (memoryMegabytes) {
-        options << "--memory ${memoryMegabytes as long}MB"
+    def stored = readJson(record)
+    if (stored.status != 'ok' || stored.arguments != step.arguments) {
+        log.warn("perturbcast: ${step.id}: the prepared dataset in ${params.datasets_dir} was made with other arguments; making it again")
+        return false
     }
-    def dir = shellQuote(stepDir)
-    def componentDir = shellQuote("project/src/component/${component.name}")
-    def command = ([shellQuote(python), '-m perturbcast run'] + options + [componentDir, '--', shellArguments(arguments)]).join(' ')
-    return """\
-        mkdir -p ${dir}
-        export PYTHONPATH="\$PWD/project\${PYTHONPATH:+:\$PYTHONPATH}"
-        export PYTHONDONTWRITEBYTECODE=1
-        export VIASH_TEMP="\$PWD/.viash_temp"
-        mkdir -p "\$VIASH_TEMP"
-        set +e
-        ${command} 2>&1 | tee ${dir}/log.txt
-        status=\${PIPESTATUS[0]}
-        set -e
-        if [ "\$status" -eq 99 ]; then
-          reason=\$(grep '^\\[not applicable\\]' ${dir}/log.txt | tail -n 1 || true)
-          echo "\${reason:-[not applicable] exit code 99}" > ${dir}/not_applicable.txt
-          exit 0
-        fi
-        exit "\$status"
-        """.stripIndent()
+    if (stored.cache_key != step.component.digest) {
+        log.warn("perturbcast: ${step.id}: the prepared dataset in ${params.datasets_dir} was made by another version of ${step.component.name}; using it")
+    }
+    return true
 }
 
-// The aggregation script: links the staged files (staged<i>/<name>, in the order of `paths`) into
-// the published layout (scores/<dataset>/<task>/seed_<s>/<method>/<metric>/score.h5ad, the
-// not_applicable.txt markers) and runs `perturbcast aggregate` on it.
-String aggregateScript(List paths, String python) {
-    def links = paths.withIndex().collect { path, index ->
-        def target = new File(path.toString())
-        "mkdir -p ${shellQuote(target.parent)} && ln -s \"\$PWD/staged${index + 1}/${target.name}\" ${shellQuote(path)}"
-    }
-    return """\
-        export PYTHONPATH="\$PWD/project\${PYTHONPATH:+:\$PYTHONPATH}"
-        export PYTHONDONTWRITEBYTECODE=1
-        """.stripIndent() + links.join('\n') + '\n' + "${shellQuote(python)} -m perturbcast aggregate . --project project\n"
+// what the tasks stage: the runner and the shared parts of the project (tooling: the whole of src/, to plan)
+Map projectChannels() {
+    def packageConfig = new org.yaml.snakeyaml.Yaml().load(file("${projectDir}/_viash.yaml").text) as Map
+    return [
+        version: (packageConfig.version ?: 'dev').toString(),
+        runner : Channel.value([file("${projectDir}/_viash.yaml"), file("${projectDir}/perturbcast")]),
+        shared : Channel.value([file("${projectDir}/src/api"), file("${projectDir}/src/utils")]),
+        tooling: Channel.value([file("${projectDir}/_viash.yaml"), file("${projectDir}/perturbcast"), file("${projectDir}/src"),
+                                file("${projectDir}/nextflow.config")]),
+    ]
 }
-// ==================================================================== helpers: end
+
+// ==================================================================== generated by scripts/nextflow_processes.py: begin
+// One process per stage x resource-label set of the components in src/ (and one unlabelled per stage),
+// so that `withLabel:` reaches every component; one workflow per stage that routes each planned step to
+// the process carrying its labels. Do not edit: run `python scripts/nextflow_processes.py`.
+
+// every label set of a process above, as labelKey() writes it
+List stepLabelSets() {
+    return ['gpu,highmem,hightime,midcpu', 'gpu,hightime,midcpu,midmem', 'lowcpu,lowmem,lowtime', 'lowcpu,lowtime,midmem', 'lowcpu,midmem,midtime']
+}
+
+process DATASET_LOWCPU_LOWMEM_LOWTIME {
+    tag "${step.id}"
+    label 'lowcpu'
+    label 'lowmem'
+    label 'lowtime'
+    container "${step.image}"
+    publishDir params.publish_dir, mode: params.publish_mode
+
+    input:
+    tuple val(step), path(staged, stageAs: 'staged/in*/*'), path(component, stageAs: 'project/src/component/*')
+    path(project_files, stageAs: 'project/*')
+    path(shared_src, stageAs: 'project/src/*')
+
+    output:
+    tuple val(step), path("${step.directory}/*.h5ad"), emit: files, optional: true
+    tuple val(step), path("${step.directory}/{step.json,log.txt,dataset_uns.yaml}"), emit: records, optional: true
+
+    script:
+    stepScript(step, task.attempt, task.cpus, task.memory ? task.memory.toMega() : null, params)
+}
+
+process DATASET_LOWCPU_MIDMEM_MIDTIME {
+    tag "${step.id}"
+    label 'lowcpu'
+    label 'midmem'
+    label 'midtime'
+    container "${step.image}"
+    publishDir params.publish_dir, mode: params.publish_mode
+
+    input:
+    tuple val(step), path(staged, stageAs: 'staged/in*/*'), path(component, stageAs: 'project/src/component/*')
+    path(project_files, stageAs: 'project/*')
+    path(shared_src, stageAs: 'project/src/*')
+
+    output:
+    tuple val(step), path("${step.directory}/*.h5ad"), emit: files, optional: true
+    tuple val(step), path("${step.directory}/{step.json,log.txt,dataset_uns.yaml}"), emit: records, optional: true
+
+    script:
+    stepScript(step, task.attempt, task.cpus, task.memory ? task.memory.toMega() : null, params)
+}
+
+process DATASET_UNLABELLED {
+    tag "${step.id}"
+    container "${step.image}"
+    publishDir params.publish_dir, mode: params.publish_mode
+
+    input:
+    tuple val(step), path(staged, stageAs: 'staged/in*/*'), path(component, stageAs: 'project/src/component/*')
+    path(project_files, stageAs: 'project/*')
+    path(shared_src, stageAs: 'project/src/*')
+
+    output:
+    tuple val(step), path("${step.directory}/*.h5ad"), emit: files, optional: true
+    tuple val(step), path("${step.directory}/{step.json,log.txt,dataset_uns.yaml}"), emit: records, optional: true
+
+    script:
+    stepScript(step, task.attempt, task.cpus, task.memory ? task.memory.toMega() : null, params)
+}
+
+workflow DATASETS {
+    take:
+    steps
+    made
+    project_files
+    shared_src
+
+    main:
+    def ready = stepsWithInputs(steps, made)
+        .map { step, staged -> [step, staged, file("${projectDir}/${step.component.dir}")] }
+    DATASET_LOWCPU_LOWMEM_LOWTIME(ready.filter { step, staged, component -> labelKey(step) == 'lowcpu,lowmem,lowtime' }, project_files, shared_src)
+    DATASET_LOWCPU_MIDMEM_MIDTIME(ready.filter { step, staged, component -> labelKey(step) == 'lowcpu,midmem,midtime' }, project_files, shared_src)
+    DATASET_UNLABELLED(ready.filter { step, staged, component -> !(labelKey(step) in ['lowcpu,lowmem,lowtime', 'lowcpu,midmem,midtime']) }, project_files, shared_src)
+
+    emit:
+    files = DATASET_LOWCPU_LOWMEM_LOWTIME.out.files.mix(DATASET_LOWCPU_MIDMEM_MIDTIME.out.files, DATASET_UNLABELLED.out.files)
+    records = DATASET_LOWCPU_LOWMEM_LOWTIME.out.records.mix(DATASET_LOWCPU_MIDMEM_MIDTIME.out.records, DATASET_UNLABELLED.out.records)
+}
+
+process SPLIT_LOWCPU_LOWMEM_LOWTIME {
+    tag "${step.id}"
+    label 'lowcpu'
+    label 'lowmem'
+    label 'lowtime'
+    container "${step.image}"
+    publishDir params.publish_dir, mode: params.publish_mode
+
+    input:
+    tuple val(step), path(staged, stageAs: 'staged/in*/*'), path(component, stageAs: 'project/src/component/*')
+    path(project_files, stageAs: 'project/*')
+    path(shared_src, stageAs: 'project/src/*')
+
+    output:
+    tuple val(step), path("${step.directory}/*.h5ad"), emit: files, optional: true
+    tuple val(step), path("${step.directory}/{step.json,log.txt,dataset_uns.yaml}"), emit: records, optional: true
+
+    script:
+    stepScript(step, task.attempt, task.cpus, task.memory ? task.memory.toMega() : null, params)
+}
+
+process SPLIT_UNLABELLED {
+    tag "${step.id}"
+    container "${step.image}"
+    publishDir params.publish_dir, mode: params.publish_mode
+
+    input:
+    tuple val(step), path(staged, stageAs: 'staged/in*/*'), path(component, stageAs: 'project/src/component/*')
+    path(project_files, stageAs: 'project/*')
+    path(shared_src, stageAs: 'project/src/*')
+
+    output:
+    tuple val(step), path("${step.directory}/*.h5ad"), emit: files, optional: true
+    tuple val(step), path("${step.directory}/{step.json,log.txt,dataset_uns.yaml}"), emit: records, optional: true
+
+    script:
+    stepScript(step, task.attempt, task.cpus, task.memory ? task.memory.toMega() : null, params)
+}
+
+workflow SPLITS {
+    take:
+    steps
+    made
+    project_files
+    shared_src
+
+    main:
+    def ready = stepsWithInputs(steps, made)
+        .map { step, staged -> [step, staged, file("${projectDir}/${step.component.dir}")] }
+    SPLIT_LOWCPU_LOWMEM_LOWTIME(ready.filter { step, staged, component -> labelKey(step) == 'lowcpu,lowmem,lowtime' }, project_files, shared_src)
+    SPLIT_UNLABELLED(ready.filter { step, staged, component -> !(labelKey(step) in ['lowcpu,lowmem,lowtime']) }, project_files, shared_src)
+
+    emit:
+    files = SPLIT_LOWCPU_LOWMEM_LOWTIME.out.files.mix(SPLIT_UNLABELLED.out.files)
+    records = SPLIT_LOWCPU_LOWMEM_LOWTIME.out.records.mix(SPLIT_UNLABELLED.out.records)
+}
+
+process PREDICT_GPU_HIGHMEM_HIGHTIME_MIDCPU {
+    tag "${step.id}"
+    label 'gpu'
+    label 'highmem'
+    label 'hightime'
+    label 'midcpu'
+    container "${step.image}"
+    publishDir params.publish_dir, mode: params.publish_mode
+
+    input:
+    tuple val(step), path(staged, stageAs: 'staged/in*/*'), path(component, stageAs: 'project/src/component/*')
+    path(project_files, stageAs: 'project/*')
+    path(shared_src, stageAs: 'project/src/*')
+
+    output:
+    tuple val(step), path("${step.directory}/*.h5ad"), emit: files, optional: true
+    tuple val(step), path("${step.directory}/{step.json,log.txt,dataset_uns.yaml}"), emit: records, optional: true
+
+    script:
+    stepScript(step, task.attempt, task.cpus, task.memory ? task.memory.toMega() : null, params)
+}
+
+process PREDICT_GPU_HIGHTIME_MIDCPU_MIDMEM {
+    tag "${step.id}"
+    label 'gpu'
+    label 'hightime'
+    label 'midcpu'
+    label 'midmem'
+    container "${step.image}"
+    publishDir params.publish_dir, mode: params.publish_mode
+
+    input:
+    tuple val(step), path(staged, stageAs: 'staged/in*/*'), path(component, stageAs: 'project/src/component/*')
+    path(project_files, stageAs: 'project/*')
+    path(shared_src, stageAs: 'project/src/*')
+
+    output:
+    tuple val(step), path("${step.directory}/*.h5ad"), emit: files, optional: true
+    tuple val(step), path("${step.directory}/{step.json,log.txt,dataset_uns.yaml}"), emit: records, optional: true
+
+    script:
+    stepScript(step, task.attempt, task.cpus, task.memory ? task.memory.toMega() : null, params)
+}
+
+process PREDICT_LOWCPU_LOWMEM_LOWTIME {
+    tag "${step.id}"
+    label 'lowcpu'
+    label 'lowmem'
+    label 'lowtime'
+    container "${step.image}"
+    publishDir params.publish_dir, mode: params.publish_mode
+
+    input:
+    tuple val(step), path(staged, stageAs: 'staged/in*/*'), path(component, stageAs: 'project/src/component/*')
+    path(project_files, stageAs: 'project/*')
+    path(shared_src, stageAs: 'project/src/*')
+
+    output:
+    tuple val(step), path("${step.directory}/*.h5ad"), emit: files, optional: true
+    tuple val(step), path("${step.directory}/{step.json,log.txt,dataset_uns.yaml}"), emit: records, optional: true
+
+    script:
+    stepScript(step, task.attempt, task.cpus, task.memory ? task.memory.toMega() : null, params)
+}
+
+process PREDICT_LOWCPU_LOWTIME_MIDMEM {
+    tag "${step.id}"
+    label 'lowcpu'
+    label 'lowtime'
+    label 'midmem'
+    container "${step.image}"
+    publishDir params.publish_dir, mode: params.publish_mode
+
+    input:
+    tuple val(step), path(staged, stageAs: 'staged/in*/*'), path(component, stageAs: 'project/src/component/*')
+    path(project_files, stageAs: 'project/*')
+    path(shared_src, stageAs: 'project/src/*')
+
+    output:
+    tuple val(step), path("${step.directory}/*.h5ad"), emit: files, optional: true
+    tuple val(step), path("${step.directory}/{step.json,log.txt,dataset_uns.yaml}"), emit: records, optional: true
+
+    script:
+    stepScript(step, task.attempt, task.cpus, task.memory ? task.memory.toMega() : null, params)
+}
+
+process PREDICT_LOWCPU_MIDMEM_MIDTIME {
+    tag "${step.id}"
+    label 'lowcpu'
+    label 'midmem'
+    label 'midtime'
+    container "${step.image}"
+    publishDir params.publish_dir, mode: params.publish_mode
+
+    input:
+    tuple val(step), path(staged, stageAs: 'staged/in*/*'), path(component, stageAs: 'project/src/component/*')
+    path(project_files, stageAs: 'project/*')
+    path(shared_src, stageAs: 'project/src/*')
+
+    output:
+    tuple val(step), path("${step.directory}/*.h5ad"), emit: files, optional: true
+    tuple val(step), path("${step.directory}/{step.json,log.txt,dataset_uns.yaml}"), emit: records, optional: true
+
+    script:
+    stepScript(step, task.attempt, task.cpus, task.memory ? task.memory.toMega() : null, params)
+}
+
+process PREDICT_UNLABELLED {
+    tag "${step.id}"
+    container "${step.image}"
+    publishDir params.publish_dir, mode: params.publish_mode
+
+    input:
+    tuple val(step), path(staged, stageAs: 'staged/in*/*'), path(component, stageAs: 'project/src/component/*')
+    path(project_files, stageAs: 'project/*')
+    path(shared_src, stageAs: 'project/src/*')
+
+    output:
+    tuple val(step), path("${step.directory}/*.h5ad"), emit: files, optional: true
+    tuple val(step), path("${step.directory}/{step.json,log.txt,dataset_uns.yaml}"), emit: records, optional: true
+
+    script:
+    stepScript(step, task.attempt, task.cpus, task.memory ? task.memory.toMega() : null, params)
+}
+
+workflow PREDICTIONS {
+    take:
+    steps
+    made
+    project_files
+    shared_src
+
+    main:
+    def ready = stepsWithInputs(steps, made)
+        .map { step, staged -> [step, staged, file("${projectDir}/${step.component.dir}")] }
+    PREDICT_GPU_HIGHMEM_HIGHTIME_MIDCPU(ready.filter { step, staged, component -> labelKey(step) == 'gpu,highmem,hightime,midcpu' }, project_files, shared_src)
+    PREDICT_GPU_HIGHTIME_MIDCPU_MIDMEM(ready.filter { step, staged, component -> labelKey(step) == 'gpu,hightime,midcpu,midmem' }, project_files, shared_src)
+    PREDICT_LOWCPU_LOWMEM_LOWTIME(ready.filter { step, staged, component -> labelKey(step) == 'lowcpu,lowmem,lowtime' }, project_files, shared_src)
+    PREDICT_LOWCPU_LOWTIME_MIDMEM(ready.filter { step, staged, component -> labelKey(step) == 'lowcpu,lowtime,midmem' }, project_files, shared_src)
+    PREDICT_LOWCPU_MIDMEM_MIDTIME(ready.filter { step, staged, component -> labelKey(step) == 'lowcpu,midmem,midtime' }, project_files, shared_src)
+    PREDICT_UNLABELLED(ready.filter { step, staged, component -> !(labelKey(step) in ['gpu,highmem,hightime,midcpu', 'gpu,hightime,midcpu,midmem', 'lowcpu,lowmem,lowtime', 'lowcpu,lowtime,midmem', 'lowcpu,midmem,midtime']) }, project_files, shared_src)
+
+    emit:
+    files = PREDICT_GPU_HIGHMEM_HIGHTIME_MIDCPU.out.files.mix(PREDICT_GPU_HIGHTIME_MIDCPU_MIDMEM.out.files, PREDICT_LOWCPU_LOWMEM_LOWTIME.out.files, PREDICT_LOWCPU_LOWTIME_MIDMEM.out.files, PREDICT_LOWCPU_MIDMEM_MIDTIME.out.files, PREDICT_UNLABELLED.out.files)
+    records = PREDICT_GPU_HIGHMEM_HIGHTIME_MIDCPU.out.records.mix(PREDICT_GPU_HIGHTIME_MIDCPU_MIDMEM.out.records, PREDICT_LOWCPU_LOWMEM_LOWTIME.out.records, PREDICT_LOWCPU_LOWTIME_MIDMEM.out.records, PREDICT_LOWCPU_MIDMEM_MIDTIME.out.records, PREDICT_UNLABELLED.out.records)
+}
+
+process SCORE_LOWCPU_LOWMEM_LOWTIME {
+    tag "${step.id}"
+    label 'lowcpu'
+    label 'lowmem'
+    label 'lowtime'
+    container "${step.image}"
+    publishDir params.publish_dir, mode: params.publish_mode
+
+    input:
+    tuple val(step), path(staged, stageAs: 'staged/in*/*'), path(component, stageAs: 'project/src/component/*')
+    path(project_files, stageAs: 'project/*')
+    path(shared_src, stageAs: 'project/src/*')
+
+    output:
+    tuple val(step), path("${step.directory}/*.h5ad"), emit: files, optional: true
+    tuple val(step), path("${step.directory}/{step.json,log.txt,dataset_uns.yaml}"), emit: records, optional: true
+
+    script:
+    stepScript(step, task.attempt, task.cpus, task.memory ? task.memory.toMega() : null, params)
+}
+
+process SCORE_LOWCPU_MIDMEM_MIDTIME {
+    tag "${step.id}"
+    label 'lowcpu'
+    label 'midmem'
+    label 'midtime'
+    container "${step.image}"
+    publishDir params.publish_dir, mode: params.publish_mode
+
+    input:
+    tuple val(step), path(staged, stageAs: 'staged/in*/*'), path(component, stageAs: 'project/src/component/*')
+    path(project_files, stageAs: 'project/*')
+    path(shared_src, stageAs: 'project/src/*')
+
+    output:
+    tuple val(step), path("${step.directory}/*.h5ad"), emit: files, optional: true
+    tuple val(step), path("${step.directory}/{step.json,log.txt,dataset_uns.yaml}"), emit: records, optional: true
+
+    script:
+    stepScript(step, task.attempt, task.cpus, task.memory ? task.memory.toMega() : null, params)
+}
+
+process SCORE_UNLABELLED {
+    tag "${step.id}"
+    container "${step.image}"
+    publishDir params.publish_dir, mode: params.publish_mode
+
+    input:
+    tuple val(step), path(staged, stageAs: 'staged/in*/*'), path(component, stageAs: 'project/src/component/*')
+    path(project_files, stageAs: 'project/*')
+    path(shared_src, stageAs: 'project/src/*')
+
+    output:
+    tuple val(step), path("${step.directory}/*.h5ad"), emit: files, optional: true
+    tuple val(step), path("${step.directory}/{step.json,log.txt,dataset_uns.yaml}"), emit: records, optional: true
+
+    script:
+    stepScript(step, task.attempt, task.cpus, task.memory ? task.memory.toMega() : null, params)
+}
+
+workflow SCORES {
+    take:
+    steps
+    made
+    project_files
+    shared_src
+
+    main:
+    def ready = stepsWithInputs(steps, made)
+        .map { step, staged -> [step, staged, file("${projectDir}/${step.component.dir}")] }
+    SCORE_LOWCPU_LOWMEM_LOWTIME(ready.filter { step, staged, component -> labelKey(step) == 'lowcpu,lowmem,lowtime' }, project_files, shared_src)
+    SCORE_LOWCPU_MIDMEM_MIDTIME(ready.filter { step, staged, component -> labelKey(step) == 'lowcpu,midmem,midtime' }, project_files, shared_src)
+    SCORE_UNLABELLED(ready.filter { step, staged, component -> !(labelKey(step) in ['lowcpu,lowmem,lowtime', 'lowcpu,midmem,midtime']) }, project_files, shared_src)
+
+    emit:
+    files = SCORE_LOWCPU_LOWMEM_LOWTIME.out.files.mix(SCORE_LOWCPU_MIDMEM_MIDTIME.out.files, SCORE_UNLABELLED.out.files)
+    records = SCORE_LOWCPU_LOWMEM_LOWTIME.out.records.mix(SCORE_LOWCPU_MIDMEM_MIDTIME.out.records, SCORE_UNLABELLED.out.records)
+}
+// ==================================================================== generated by scripts/nextflow_processes.py: end
