@@ -1,6 +1,8 @@
 """The `benchmark` command: plan, run, aggregate, print the leaderboard."""
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -48,6 +50,15 @@ def add_commands(commands):
     agg.add_argument("results", help="results directory (holding scores/)")
     agg.add_argument("--project", default=".", help="project root (holding _viash.yaml)")
     agg.add_argument("--n-resamples", type=int, default=1000, help="bootstrap resamples (default: %(default)s)")
+    agg.add_argument("--plan", metavar="PLAN_JSON",
+                     help="the run's `perturbcast plan --json` (Nextflow: pipeline_info/plan.json): build trace.tsv from "
+                          "the steps' step.json records (as the engine keeps them) and aggregate this run's scores")
+    agg.add_argument("--nextflow-trace", metavar="TRACE",
+                     help="Nextflow's trace of the run, for wall time and peak memory per step (default with --plan: "
+                          "RESULTS/trace.txt when present)")
+    agg.add_argument("--staged", help=argparse.SUPPRESS)        # main.nf's AGGREGATE: staged files in1/, in2/, ...
+    agg.add_argument("--staged-paths", help=argparse.SUPPRESS)  # ... and their layout paths (a JSON list)
+    agg.add_argument("--state-id", help="write state.yaml (OpenProblems) with this run id")
     agg.set_defaults(handler=aggregate)
 
 
@@ -112,8 +123,29 @@ def aggregate(args) -> int:
         print(f"[error] need the project root (_viash.yaml) and an existing results directory '{args.results}'",
               file=sys.stderr)
         return 1
-    print(aggregate_results(root, output, n_resamples=args.n_resamples))
+    only = None
+    if args.plan:
+        from . import engine, plan_cli
+
+        try:
+            if args.staged:
+                plan_cli.link_staged(output, Path(args.staged), json.loads(Path(args.staged_paths).read_text()))
+            plan = json.loads(Path(args.plan).read_text())
+        except (OSError, ValueError) as error:
+            print(f"[error] --plan {args.plan}: {error}", file=sys.stderr)
+            return 1
+        trace_path = Path(args.nextflow_trace) if args.nextflow_trace else output / "trace.txt"
+        records = plan_cli.records_from_layout(plan, output, plan_cli.nextflow_trace(trace_path))
+        engine.write_trace(records, output / "trace.tsv")
+        only = {Path(r.outputs["output"]).resolve() for r in records if r.stage == "score" and r.status == "ok"}
+    print(aggregate_results(root, output, only, n_resamples=args.n_resamples))
+    if args.plan:
+        from . import plan_cli
+        plan_cli.write_dataset_uns(output)
     print(f"report: {write_report(output)}")
+    if args.state_id:
+        from . import plan_cli
+        plan_cli.write_state(output, args.state_id)
     return 0
 
 

@@ -233,3 +233,157 @@ def plan_command(args) -> int:
     for record in document["not_applicable"]:
         print(f"{record['id']}\tnot applicable: {record['reason']}")
     return 0
+
+
+# ---------------------------------------------------------------- records of a run made from a plan (Nextflow)
+
+def _parse_duration(text: str) -> float | None:
+    """Seconds of a Nextflow trace duration: raw milliseconds, or '1h 2m 3s', '2.5s', '850ms', '1d 3h'."""
+    import re
+
+    text = str(text or "").strip()
+    if not text or text == "-":
+        return None
+    if re.fullmatch(r"\d+(\.\d+)?", text):
+        return float(text) / 1000
+    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+    parts = re.findall(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\b", text)
+    return sum(float(number) * units[unit] for number, unit in parts) if parts else None
+
+
+def _parse_memory(text: str) -> int | None:
+    """Bytes of a Nextflow trace memory value: raw bytes, or '12.3 MB', '1 GB', '512 KB', '100 B'."""
+    import re
+
+    text = str(text or "").strip()
+    if not text or text == "-":
+        return None
+    if re.fullmatch(r"\d+", text):
+        return int(text)
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([KMGTP]?B)", text)
+    if not match:
+        return None
+    return int(float(match.group(1)) * 1024 ** "BKMGTP".index(match.group(2)[0]))
+
+
+def nextflow_trace(path: Path) -> dict:
+    """step id (the task tag) -> the row of its last attempt in Nextflow's trace file (trace.txt)."""
+    import csv
+
+    rows = {}
+    if not Path(path).is_file():
+        return rows
+    with open(path, newline="") as handle:
+        for row in csv.DictReader(handle, delimiter="\t"):
+            tag = row.get("tag") or ""
+            try:
+                attempt = int(row.get("attempt") or 0)
+            except ValueError:
+                attempt = 0
+            if tag and (tag not in rows or attempt >= int(rows[tag].get("attempt") or 0)):
+                rows[tag] = row
+    return rows
+
+
+def records_from_layout(plan: dict, results: Path, trace: dict | None = None) -> list:
+    """The engine's step records of a run of `plan` from what its steps left in `results` (step.json, check.json):
+    the records `perturbcast benchmark` keeps in memory, so trace.tsv, the tables and the report come out the same.
+
+    A planned step without a record is not applicable or skipped when an upstream step did not succeed (as
+    engine.execute decides), else failed: its task was killed, lost or never ran (Nextflow's trace, when given,
+    says with which exit code). Wall time and peak memory come from Nextflow's trace where it has the step."""
+    from .engine import StepRecord
+
+    trace = trace or {}
+    records: dict = {}
+    partitions = []
+    fields = StepRecord.__dataclass_fields__
+    for step in plan["steps"]:
+        directory = results / step["directory"]
+        if step["stage"] == CHECK_STAGE:
+            path = directory / ("check.json" if step["kind"] == "split" else "partition_check.json")
+            check = json.loads(path.read_text()) if path.is_file() else None
+            if step["kind"] == "split":
+                split = records.get(step["guards"])
+                if check and check["status"] != "ok" and split is not None and split.status == "ok":
+                    split.status, split.reason = "failed", "leakage: " + "; ".join(check["problems"][:3])
+            elif check is not None:
+                labels = step["labels"]
+                partitions.append(StepRecord(
+                    id=step["id"].replace("check/partition/", "partition/", 1), stage="split",
+                    component=labels["task_id"], status=check["status"],
+                    reason="partition: " + "; ".join(check["problems"][:3]) if check["problems"] else "",
+                    labels=labels))
+            continue
+        path = directory / "step.json"
+        if path.is_file():
+            stored = json.loads(path.read_text())
+            record = StepRecord(**{k: v for k, v in stored.items() if k in fields})
+            record.outputs = {k: str(results / v) for k, v in step["outputs"].items()}
+        else:
+            upstream = [records.get(d) for d in step["depends"]]
+            blocked = [r for r in upstream if r is None or r.status != "ok"]
+            if blocked and all(r is not None for r in blocked):
+                status = "not_applicable" if all(r.status in ("not_applicable", "not_installed") for r in blocked) else "skipped"
+                reason = f"upstream {blocked[0].id} {blocked[0].status.replace('_', ' ')}"
+            else:
+                row = trace.get(step["id"], {})
+                status = "failed"
+                reason = (f"no step record: the task ended with exit code {row.get('exit')} ({row.get('status')}, attempt "
+                          f"{row.get('attempt')}; trace.txt)" if row else
+                          "no step record: the task was killed, lost or never ran (see Nextflow's trace.txt and log)")
+            record = StepRecord(id=step["id"], stage=step["stage"], component=step["component"]["name"], status=status,
+                                reason=reason, labels=step["labels"])
+        row = trace.get(step["id"])
+        if row and str(row.get("status", "")).upper() in ("COMPLETED", "CACHED"):
+            wall, peak = _parse_duration(row.get("realtime")), _parse_memory(row.get("peak_rss"))
+            record.wall_seconds = round(wall, 3) if wall is not None else record.wall_seconds
+            record.peak_rss_bytes = peak if peak is not None else record.peak_rss_bytes
+        records[step["id"]] = record
+    declared = [StepRecord(**{k: v for k, v in r.items() if k in fields}) for r in plan.get("not_applicable", [])]
+    broken = [StepRecord(**{k: v for k, v in r.items() if k in fields}) for r in plan.get("broken_configs", [])]
+    return list(records.values()) + partitions + declared + broken
+
+
+def link_staged(results: Path, staged: Path, paths: list[str]):
+    """Link staged files (`staged/in1/x`, ... in the order of `paths`) to their layout paths under `results`."""
+    from .step_cli import _staged_files
+
+    files = _staged_files(staged)
+    if len(files) != len(paths):
+        raise ValueError(f"{len(files)} staged files for {len(paths)} layout paths")
+    for path, source in zip(paths, files):
+        target = results / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.is_symlink() or target.exists():
+            target.unlink()
+        os.symlink(os.path.abspath(source), target)
+
+
+def write_dataset_uns(results: Path):
+    """dataset_uns.yaml from the dataset steps' own dataset_uns.yaml where the dataset.h5ad itself is not there
+    (Nextflow's aggregation stages the datasets' uns, not the datasets)."""
+    import yaml
+
+    from .step_cli import dataset_uns
+
+    folders = sorted(p for p in (results / "datasets").glob("*") if p.is_dir())
+    if not any(not (f / "dataset.h5ad").exists() and (f / "dataset_uns.yaml").is_file() for f in folders):
+        return
+    datasets = []
+    for folder in folders:
+        if (folder / "dataset.h5ad").exists():
+            datasets.append(dataset_uns(folder / "dataset.h5ad"))
+        elif (folder / "dataset_uns.yaml").is_file():
+            datasets.append(yaml.safe_load((folder / "dataset_uns.yaml").read_text()))
+    (results / "dataset_uns.yaml").write_text(yaml.safe_dump(datasets, sort_keys=False, allow_unicode=True))
+
+
+def write_state(results: Path, state_id: str):
+    """state.yaml as OpenProblems' workflows publish it: the run's id and its output files."""
+    files = {"output_scores": "score_uns.yaml", "output_dataset_info": "dataset_uns.yaml",
+             "output_method_configs": "method_configs.yaml", "output_metric_configs": "metric_configs.yaml",
+             "output_task_info": "task_info.yaml", "output_results": "results.parquet", "output_report": "report.html",
+             "output_step_trace": "trace.tsv", "output_trace": "trace.txt"}
+    lines = [f"id: '{state_id}'"] + [f"{key}: !file '{name}'" for key, name in files.items()]
+    (results / "state.yaml").write_text("\n".join(lines) + "\n")
