@@ -1,21 +1,18 @@
-"""The Nextflow workflow (main.nf, nextflow.config) checked without Nextflow.
+"""The Nextflow workflow (main.nf, nextflow.config, conf/, nextflow_schema.json) checked without Nextflow.
 
-- static: nf-check (Groovy syntax, DSL2 sections), no component named in main.nf, every label a
-  component uses defined in nextflow.config, the image naming convention in one place;
-- the helper section of main.nf (plain Groovy + snakeyaml) run with a Groovy jar: the plan equals
-  perturbcast/engine.py's, and the task scripts it writes run in task folders staged the way the
-  processes of main.nf stage them (project/..., input/...), through to the aggregated results.
-
-Groovy comes from nf-check's cache (`$GROOVY_JAR` or ~/.cache/nf-check/groovy-4.0.26.jar, fetched by
-running nf-check once; without java or the jar those tests skip with the reason). YAML is read with
-snakeyaml as in Nextflow when a jar is found (`$SNAKEYAML_JAR`, ~/.m2 or a Nextflow install), else
-through PyYAML-made Groovy literals.
+- main.nf only wires channels from `perturbcast plan --json`: no discovery, selection or argument logic in it
+  (grep), nf-check passes, its processes carry the components' label sets (scripts/nextflow_processes.py);
+- the plan's JSON equals `engine.plan` for every selection used here (one planner for both engines);
+- an emulated Nextflow run: every step of the plan in its own task folder staged as main.nf stages it
+  (staged/in<i>/<name>, project/...), run by the command main.nf runs (`perturbcast step`), published as
+  publishDir does; then AGGREGATE's command: the tables, OpenProblems files and report sections (cost and
+  failures included) equal the engine's own run;
+- the parameter schema: every param of nextflow.config, unknown and misspelled ones rejected (a small JSON-schema
+  checker here, as nf-schema's validateParameters with failUnrecognisedParams), a spec file valid as params file.
 """
 from __future__ import annotations
 
-import base64
-import hashlib
-import glob
+import json
 import os
 import re
 import shutil
@@ -27,651 +24,503 @@ import pytest
 import yaml
 
 from perturbcast import engine
-from perturbcast.config import discover_components, load_config
+from perturbcast.config import discover_components
+from perturbcast.engine_guard import component_labels
 
 ROOT = Path(__file__).resolve().parents[1]
 MAIN_NF = ROOT / "main.nf"
 CONFIG = ROOT / "nextflow.config"
-DOCS = ROOT / "docs" / "nextflow.md"
+BASE_CONFIG = ROOT / "conf" / "base.config"
+SCHEMA = ROOT / "nextflow_schema.json"
 NF_CHECK = Path(os.environ.get("NF_CHECK", ROOT.parent / "shared" / "tools" / "nf-check"))
-HELPERS_BEGIN = "// ==================================================================== helpers: begin"
-HELPERS_END = "// ==================================================================== helpers: end"
-IMAGE_CONVENTION = "<registry>/<organization>/<package>/<namespace>/<name>:<version>"
-# folder names that are ordinary words and may appear in main.nf for other reasons
 GENERIC_WORDS = {
     "baseline", "control", "dataset", "default", "input", "linear", "mean", "median", "method", "metric", "none",
     "output", "random", "score", "split", "task", "test", "train",
 }
+ENV = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONDONTWRITEBYTECODE": "1"}
 
 
-def main_text() -> str:
-    return MAIN_NF.read_text()
+def perturbcast(*args, cwd=ROOT, check=True) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, "-m", "perturbcast", *map(str, args)], cwd=cwd, env=ENV,
+                            capture_output=True, text=True)
+    if check:
+        assert result.returncode == 0, f"perturbcast {' '.join(map(str, args))}:\n{result.stdout}\n{result.stderr}"
+    return result
 
 
-def helpers_section() -> str:
-    text = main_text()
-    return text[text.index(HELPERS_BEGIN):text.index(HELPERS_END)]
-
-
-def wiring_section() -> str:
-    text = main_text()
-    return text[:text.index(HELPERS_BEGIN)]
-
-
-def package_config() -> dict:
-    return yaml.safe_load((ROOT / "_viash.yaml").read_text())
-
-
-def config_block(text: str, name: str) -> str:
-    """The body of the first `name { ... }` block of a config text (braces balanced)."""
-    match = re.search(rf"(?m)^\s*{re.escape(name)}\s*\{{", text)
-    assert match, f"no '{name} {{' block in nextflow.config"
-    depth, start = 0, match.end() - 1
-    for index in range(start, len(text)):
-        depth += {"{": 1, "}": -1}.get(text[index], 0)
+def config_params(text: str | None = None) -> dict:
+    """Top-level names and literal defaults of nextflow.config's `params { }` block."""
+    text = text or CONFIG.read_text()
+    block = text[text.index("params {"):]
+    params, depth = {}, 0
+    for line in block.splitlines()[1:]:
+        code = line.split("//", 1)[0]
         if depth == 0:
-            return text[start + 1:index]
-    raise AssertionError(f"unbalanced block '{name}'")
+            match = re.match(r"^\s*(\w+)\s*=\s*(.+?)\s*$", code)
+            if match:
+                value = match.group(2)
+                params[match.group(1)] = yaml.safe_load(value.replace("'", '"')) if value != "null" else None
+        depth += code.count("{") - code.count("}")
+        if depth < 0:
+            break
+    return params
 
 
-def resource_labels() -> dict[str, dict[str, float]]:
-    block = config_block(CONFIG.read_text(), "resource_labels")
-    table = {}
-    for label, body in re.findall(r"(\w+)\s*\{([^{}]*)\}", block):
-        table[label] = {key: float(value) for key, value in re.findall(r"(\w+)\s*=\s*([\d.]+)", body)}
-    return table
-
-
-def config_param(name: str):
-    match = re.search(rf"(?m)^\s*{name}\s*=\s*(null|'[^']*'|\S+)", config_block(CONFIG.read_text(), "params"))
-    assert match, f"params.{name} is not set in nextflow.config"
-    value = match.group(1)
-    return None if value == "null" else value.strip("'")
-
-
-# ---------------------------------------------------------------- Groovy
-
-def _groovy_jar() -> Path | None:
-    candidates = [os.environ.get("GROOVY_JAR"),
-                  Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "nf-check" / "groovy-4.0.26.jar"]
-    for candidate in candidates:
-        if candidate and Path(candidate).is_file():
-            return Path(candidate)
-    return None
-
-
-def _snakeyaml_jar() -> Path | None:
-    patterns = [os.environ.get("SNAKEYAML_JAR") or "",
-                str(Path.home() / ".m2/repository/org/yaml/snakeyaml/*/snakeyaml-*.jar"),
-                str(Path.home() / ".nextflow/framework/*/nextflow-*-one.jar")]
-    for pattern in patterns:
-        found = sorted(glob.glob(pattern)) if pattern else []
-        if found:
-            return Path(found[-1])
-    return None
-
-
-def nextflow_scripts() -> list[str]:
-    """Every .nf file of the project (relative names), outside environments, work and output folders."""
-    skip = {".git", ".venv", "work", "output", "results", "node_modules", ".nextflow"}
-    found = []
-    for folder, subfolders, files in os.walk(ROOT):
-        subfolders[:] = [d for d in subfolders if d not in skip]
-        found += [str((Path(folder) / f).relative_to(ROOT)) for f in files if f.endswith(".nf")]
-    return found
-
-
-def run_nf_check(*files: str) -> subprocess.CompletedProcess:
-    return subprocess.run([str(NF_CHECK), *files], cwd=ROOT, capture_output=True, text=True, timeout=600)
-
-
-@pytest.fixture(scope="session")
-def groovy_jar() -> Path:
-    if shutil.which("java") is None:
-        pytest.skip("java is not installed (nf-check and the Groovy checks need it)")
-    jar = _groovy_jar()
-    if jar is None and NF_CHECK.exists():
-        run_nf_check("main.nf")  # its first run fetches the Groovy jar with npm
-        jar = _groovy_jar()
-    if jar is None:
-        pytest.skip("no Groovy jar: run ../shared/tools/nf-check once (needs npm and network) or set GROOVY_JAR")
-    return jar
-
-
-def groovy_literal(value) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(groovy_literal(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "[" + ", ".join(f"{groovy_literal(str(k))}: {groovy_literal(v)}" for k, v in value.items()) + "]" if value else "[:]"
-    text = str(value).replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t")
-    return "'" + text.replace("$", "\\$") + "'"
-
-
-class Groovy:
-    """Runs the helper section of main.nf followed by a driver script.
-
-    The driver may call `loadParams(profile, overrides)`: the params of nextflow.config as Nextflow
-    sees them with that profile (`'__none__'` for none), with `overrides` laid over them, and
-    `section(name) { ... }`: prints `### name` and the block's output; an IllegalArgumentException
-    (an unknown id) is printed as `ERROR<tab>message`.
-    """
-
-    PRELUDE = """
-def ROOT = new File(%(root)s)
-def loadParams = { String profile, Map overrides ->
-    def slurper = new ConfigSlurper()
-    slurper.registerConditionalBlock('profiles', profile)
-    def params = new LinkedHashMap(slurper.parse(new File(ROOT, 'nextflow.config').toURI().toURL()).params)
-    params.putAll(overrides)
-    params
-}
-def section = { String name, Closure body ->
-    println '### ' + name
-    try { body() } catch (IllegalArgumentException problem) { println 'ERROR\t' + problem.message }
-}
-"""
-
-    def __init__(self, jar: Path, snakeyaml: Path | None, tmp: Path):
-        self.jar, self.snakeyaml, self.tmp = jar, snakeyaml, tmp
-
-    def run(self, driver: str) -> str:
-        helpers = helpers_section()
-        prelude = self.PRELUDE % {"root": groovy_literal(str(ROOT))}
-        if self.snakeyaml is None:
-            # No snakeyaml jar: every YAML file of the project, read by PyYAML, as a Groovy literal
-            # that readYaml evaluates instead (YAML_FILES: canonical path -> literal file).
-            literals = self.tmp / "yaml_literals"
-            if not literals.exists():
-                literals.mkdir()
-                for path in [ROOT / "_viash.yaml", *ROOT.glob("src/**/*.yaml")]:
-                    name = hashlib.md5(str(path.resolve()).encode()).hexdigest()
-                    (literals / f"{name}.groovy").write_text(groovy_literal(yaml.safe_load(path.read_text())))
-            helpers = helpers.replace(
-                "new org.yaml.snakeyaml.Yaml().load(file.text)",
-                "Eval.me(new File(" + groovy_literal(str(literals)) + ", file.canonicalPath.md5() + '.groovy').text)")
-        script = self.tmp / f"driver_{len(list(self.tmp.glob('driver_*')))}.groovy"
-        script.write_text(helpers + prelude + driver)
-        classpath = os.pathsep.join(str(j) for j in (self.jar, self.snakeyaml) if j)
-        result = subprocess.run(["java", "-cp", classpath, "groovy.ui.GroovyMain", str(script)],
-                                capture_output=True, text=True, timeout=600)
-        assert result.returncode == 0, f"Groovy failed:\n{result.stdout}\n{result.stderr}"
-        return result.stdout
-
-    def sections(self, driver: str) -> dict[str, str]:
-        found, name = {}, None
-        for line in self.run(driver).splitlines(keepends=True):
-            if line.startswith("### "):
-                name = line[4:].strip()
-                found[name] = ""
-            elif name is not None:
-                found[name] += line
-        return found
-
-
-@pytest.fixture(scope="session")
-def groovy(groovy_jar, tmp_path_factory) -> Groovy:
-    return Groovy(groovy_jar, _snakeyaml_jar(), tmp_path_factory.mktemp("groovy"))
-
-
-def _components_by_type() -> dict[str, list[str]]:
-    by_type: dict[str, list[str]] = {}
-    for config in discover_components(ROOT):
-        by_type.setdefault(config.component_type, []).append(config.name)
-    return by_type
-
-
-def _first_component_dir() -> Path:
-    return sorted(ROOT.glob("src/*/*/config.vsh.yaml"))[0].parent
-
-
-def _selection() -> dict:
-    """A small selection for the plan comparison: three predictors, the last task, two seeds."""
-    by_type = _components_by_type()
-    predictors = (by_type.get("control_method", []) + by_type.get("method", []))[:3]
-    return {"methods": predictors, "tasks": by_type.get("task", [])[-1:], "seeds": [0, 3]}
-
-
-def _emulated_selection() -> dict:
-    """The test profile, restricted to one task, two control methods and one method."""
-    by_type = _components_by_type()
-    predictors = by_type.get("control_method", [])[:2] + by_type.get("method", [])[:1]
-    return {"tasks": ",".join(by_type.get("task", [])[-1:]) or None, "methods": ",".join(predictors) or None}
-
-
-PLAN_LINES = """
-        def planned = plannedSteps(planBenchmark(ROOT, %s))
-        planned.steps.each { println 'STEP\t' + it.id + '\t' + it.component.namespace + '/' + it.component.name }
-        planned.not_applicable.each { println 'NA\t' + it.id + '\t' + it.reason }
-"""
-
-EMULATION_LINES = """
-        def p = loadParams('test', %s)
-        plannedSteps(planBenchmark(ROOT, p)).steps.each { step ->
-            def meta = step.meta
-            def component = step.component
-            def arguments = meta.stage == 'dataset' ? loaderArguments(meta) : meta.stage == 'split' ? splitArguments(meta) :
-                meta.stage == 'predict' ? predictArguments(meta, component) : scoreArguments(meta)
-            def script = componentScript(component, meta.dir, arguments, %s, taskCpus(component, p), null)
-            println([meta.stage, meta.id, meta.dir, meta.split_id ?: '', component.name, component.path,
-                     takesArgument(component, 'input_solution'), script.bytes.encodeBase64().toString()].join('\t'))
-        }
-"""
-
-FAKE_PYTHON = "/nonexistent/fake-python"
-
-
-@pytest.fixture(scope="session")
-def basic(groovy) -> dict[str, str]:
-    """Outputs of the functions that need no YAML, from one Groovy run."""
-    config = load_config(_first_component_dir())
-    component = {"name": config.name, "namespace": config.namespace, "version": config.version}
-    driver = f"""
-def p = loadParams('__none__', [:])
-section('image') {{
-    println imageName({groovy_literal(component)}, p)
-    println imageName({groovy_literal(component)}, p + [component_version: '1.2.3'])
-}}
-section('resources') {{
-    def component = [name: 'x', namespace: 'methods', labels: ['lowtime', 'midmem', 'lowcpu', 'gpu']]
-    println taskCpus(component, p)
-    println taskMemory(component, p, 1)
-    println taskMemory(component, p, 2)
-    println taskTime(component, p, 3)
-    println taskAccelerator(component, p)
-    println taskContainerOptions(component, p, 'docker')
-    println taskContainerOptions(component, p, 'singularity')
-    println taskMemory([labels: []], p, 1)
-    println componentErrorStrategy(137, 1, p)
-    println componentErrorStrategy(137, (p.max_retries as int) + 1, p)
-    println componentErrorStrategy(1, 1, p)
-    println componentErrorStrategy(1, 1, p + [fail_fast: true])
-}}
-section('supports') {{
-    def method = [name: 'm', info: [supported_tasks: ['a']]]
-    println supportsTask(method, 'a')
-    println supportsTask(method, 'b')
-    println supportsTask([name: 'n', info: [:]], 'b')
-}}
-section('script') {{
-    def component = [name: 'x', namespace: 'methods', labels: []]
-    print componentScript(component, 'predictions/d/t/seed_0/x', [output: 'predictions/d/t/seed_0/x/prediction.h5ad'], {groovy_literal(FAKE_PYTHON)}, null, null)
-}}
-"""
-    return groovy.sections(driver)
-
-
-@pytest.fixture(scope="session")
-def full(groovy) -> dict[str, str]:
-    """Outputs of the functions that read the configs (discovery, plans), from one Groovy run."""
-    selection = _selection()
-    predictors = selection["methods"]
-    selection_params = {"methods": ",".join(predictors), "tasks": ",".join(selection["tasks"]),
-                        "seeds": ",".join(str(s) for s in selection["seeds"])}
-    params = lambda overrides: f"loadParams('__none__', {groovy_literal(overrides)})"
-    driver = f"""
-section('plan_default') {{ {PLAN_LINES % params({})} }}
-section('plan_selection') {{ {PLAN_LINES % params(selection_params)} }}
-section('plan_exclude') {{ {PLAN_LINES % params({"exclude_methods": predictors[0] if predictors else None})} }}
-section('unknown_method') {{ {PLAN_LINES % params({"methods": "no_such_method_xyz"})} }}
-section('unknown_dataset') {{ {PLAN_LINES % params({"exclude_datasets": "no_such_dataset_xyz"})} }}
-section('images') {{
-    def p = loadParams('__none__', [:])
-    discoverComponents(ROOT).each {{ println it.dir + '\t' + imageName(it, p) }}
-}}
-section('test_datasets') {{
-    def p = loadParams('test', [:])
-    chooseDatasets(discoverComponents(ROOT).findAll {{ it.type == 'dataset_loader' }}, p.datasets, p.exclude_datasets,
-                   p.use_test_arguments as boolean).each {{ println it.id + '\t' + it.arguments }}
-}}
-section('emulation') {{ {EMULATION_LINES % (groovy_literal(_emulated_selection()), groovy_literal(sys.executable))} }}
-"""
-    return groovy.sections(driver)
-
-
-# ---------------------------------------------------------------- (a) nf-check
+# ---------------------------------------------------------------- static: main.nf, configs, nf-check
 
 def test_nf_check_passes_on_every_nextflow_file():
-    if shutil.which("java") is None:
-        pytest.skip("java is not installed: nf-check cannot run")
-    if not NF_CHECK.exists():
-        pytest.skip(f"nf-check not found at {NF_CHECK}")
-    files = sorted(nextflow_scripts())
-    result = run_nf_check(*files, "nextflow.config")  # relative names, as .ci/run passes them
-    if result.returncode == 2 and "could not fetch the Groovy jar" in result.stderr:
-        pytest.skip("nf-check could not fetch its Groovy jar with npm (offline?)")
+    if shutil.which("java") is None or not NF_CHECK.exists():
+        pytest.skip("nf-check needs java and ../shared/tools/nf-check")
+    files = ["main.nf", "nextflow.config", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "conf").glob("*.config"))]
+    result = subprocess.run([str(NF_CHECK), *files], cwd=ROOT, capture_output=True, text=True)
+    if result.returncode != 0 and "could not fetch the Groovy jar" in result.stderr:
+        pytest.skip("nf-check could not fetch its Groovy jar (no network)")
     assert result.returncode == 0, result.stdout + result.stderr
-    for name in [*files, "nextflow.config"]:
-        assert f"{name}: OK" in result.stdout
+    assert "main.nf: OK" in result.stdout
 
 
-def test_main_nf_compiles_as_groovy(groovy, tmp_path):
-    """Beyond nf-check's parse: Groovy's semantic analysis (scopes, duplicate variables, classes) of
-    the whole script, processes and workflow included, as Nextflow's compiler would run it."""
-    source = main_text()
-    if groovy.snakeyaml is None:
-        source = source.replace("new org.yaml.snakeyaml.Yaml().load(file.text)", "null")
-    script = tmp_path / "main.nf"
-    script.write_text(source)
-    compiler = tmp_path / "compile.groovy"
-    compiler.write_text(
-        "def unit = new org.codehaus.groovy.control.CompilationUnit(new org.codehaus.groovy.control.CompilerConfiguration())\n"
-        "unit.addSource(new File(args[0]))\n"
-        "unit.compile(org.codehaus.groovy.control.Phases.CLASS_GENERATION)\n")
-    classpath = os.pathsep.join(str(j) for j in (groovy.jar, groovy.snakeyaml) if j)
-    result = subprocess.run(["java", "-cp", classpath, "groovy.ui.GroovyMain", str(compiler), str(script)],
-                            capture_output=True, text=True, timeout=300)
+def test_main_nf_holds_no_discovery_selection_or_argument_logic():
+    text = MAIN_NF.read_text()
+    for forbidden in ("config.vsh.yaml", "__merge__", "supported_tasks", "info.datasets", "info.test_arguments",
+                      "concatDeepMerge", "discoverComponents", "input_train", "output_train", "input_solution",
+                      "n_folds:", "'--seed", "arguments.put", "takesArgument"):
+        assert forbidden not in text, f"main.nf still holds '{forbidden}'"
+    assert "perturbcast plan --json" in text and "process PLAN" in text
+    # no component is named in main.nf
+    names = {p.name for p in (ROOT / "src").glob("*/*") if p.is_dir()} - GENERIC_WORDS
+    named = sorted(name for name in names if re.search(rf"\b{re.escape(name)}\b", text))
+    assert not named, f"main.nf names components {named}"
+
+
+def test_processes_carry_every_components_label_set():
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "nextflow_processes.py"), "--check"],
+                            capture_output=True, text=True, env=ENV)
     assert result.returncode == 0, result.stdout + result.stderr
+    text = MAIN_NF.read_text()
+    stage_prefix = {"dataset_loader": "DATASET", "task": "SPLIT", "method": "PREDICT", "control_method": "PREDICT",
+                    "metric": "SCORE"}
+    for component in discover_components(ROOT, errors=[]):
+        labels = sorted(set(component_labels(component)))
+        name = stage_prefix[component.component_type] + "_" + "_".join(label.upper() for label in labels)
+        block = re.search(rf"process {name} \{{(.*?)\n\}}", text, re.S)
+        assert block, f"{component.name}: no process {name} in main.nf"
+        assert sorted(re.findall(r"label '(\w+)'", block.group(1))) == labels
 
 
-# ---------------------------------------------------------------- (b) no hard-coded components
-
-def test_main_nf_names_no_component():
-    text = main_text()
-    names = sorted({p.parent.name for p in ROOT.glob("src/*/*/config.vsh.yaml")})
-    assert names, "no components under src/"
-    named = [name for name in names
-             if name.lower() not in GENERIC_WORDS and re.search(rf"(?<![A-Za-z0-9_]){re.escape(name)}(?![A-Za-z0-9_])", text)]
-    assert not named, f"main.nf names components {named}: discover them from src/ instead"
+def _config_mod_labels() -> dict[str, str]:
+    mods = yaml.safe_load((ROOT / "_viash.yaml").read_text())["config_mods"]
+    return dict(re.findall(r'(\w+)\s*:\s*"([^"]+)"', mods))
 
 
-def test_components_are_discovered_from_src_at_run_time():
-    helpers = helpers_section()
-    assert "config.vsh.yaml" in helpers and "__merge__" in helpers
-    assert "planBenchmark(projectDir.toFile(), params)" in wiring_section()
-
-
-# ---------------------------------------------------------------- (c) labels
-
-def test_every_component_label_is_defined_in_nextflow_config():
-    table = resource_labels()
-    missing = {}
-    for config in discover_components(ROOT):
-        runner = next((r for r in config.raw.get("runners") or [] if r.get("type") == "nextflow"), {})
-        labels = (runner.get("directives") or {}).get("label") or []
-        labels = [labels] if isinstance(labels, str) else labels
-        undefined = [label for label in labels if label not in table]
-        if undefined:
-            missing[f"{config.namespace}/{config.name}"] = undefined
-    assert not missing, f"labels not defined in nextflow.config params.resource_labels: {missing}"
-    assert table["gpu"].get("accelerator") == 1
-
-
-def test_resource_labels_agree_with_viash_config_mods():
-    """The Nextflow label values are those viash-built modules get from _viash.yaml's config_mods."""
-    mods = package_config().get("config_mods") or ""
-    labels = dict(re.findall(r"(\w+)\s*:\s*\"([^\"]+)\"", mods))
-    assert labels, "no labels in _viash.yaml config_mods"
-    table = resource_labels()
-    units = {"memory": ("memory_gb", r"([\d.]+)\.GB"), "cpus": ("cpus", r"([\d.]+)"), "time": ("time_h", r"([\d.]+)\.h")}
-    for label, directive in labels.items():
-        name, value = (part.strip() for part in directive.split("=", 1))
-        if name not in units:  # e.g. an accelerator: not a number to compare
+def test_base_config_labels_agree_with_viash_config_mods():
+    text = BASE_CONFIG.read_text()
+    table = dict(re.findall(r"withLabel:\s*(\w+)\s*\{\s*([^\n]*?)\s*\}?\s*$", text, re.M))
+    used = {label for c in discover_components(ROOT, errors=[]) for label in component_labels(c)}
+    for label, setting in _config_mod_labels().items():
+        assert label in table, f"conf/base.config has no withLabel: {label}"
+        key, value = [part.strip() for part in setting.split("=")]
+        if key == "accelerator":
+            assert "accelerator" in text.split(f"withLabel: {label}", 1)[1].split("}")[0]
             continue
-        key, pattern = units[name]
-        assert table[label].get(key) == float(re.fullmatch(pattern, value).group(1)), (label, directive, table[label])
+        assert re.search(rf"{key}\s*=\s*\{{?\s*{re.escape(value)}", table[label]), (label, table[label], setting)
+    assert used <= set(table), f"labels without a withLabel: {sorted(used - set(table))}"
+    # the tooling processes' labels are defined too
+    for label in set(re.findall(r"label '(\w+)'", MAIN_NF.read_text())):
+        assert label in table, f"main.nf's label '{label}' has no withLabel: in conf/base.config"
 
 
-# ---------------------------------------------------------------- (d) image names
-
-def expected_image(component_dir: Path) -> str:
-    """viash's convention, from _viash.yaml and the component's config (the Python side)."""
-    package = package_config()
-    config = load_config(component_dir)
-    return (f"{package['links']['docker_registry']}/{package['organization']}/{package['name']}/"
-            f"{config.namespace}/{config.name}:{config.version}")
-
-
-def test_image_convention_is_written_once_in_main_nf_and_documented():
-    helpers = helpers_section()
-    function = helpers[helpers.index("String imageName("):]
-    function = function[:function.index("\n}\n")]
-    assert IMAGE_CONVENTION in helpers, "the convention comment above imageName changed"
-    assert re.search(r"\[p\.container_registry,\s*p\.container_organization,\s*p\.package_name,\s*"
-                     r"component\.namespace,\s*component\.name\]", function), function
-    assert "join('/') + ':' + version" in function
-    assert IMAGE_CONVENTION in DOCS.read_text(), "docs/nextflow.md does not state the image naming convention"
-    package = package_config()
-    assert config_param("container_registry") == package["links"]["docker_registry"]
-    assert config_param("container_organization") == package["organization"]
-    assert config_param("package_name") == package["name"]
+def test_retries_cover_kills_sigterm_and_spot_reclaims():
+    text = BASE_CONFIG.read_text()
+    strategy = re.search(r"^\s*errorStrategy\s*=\s*\{(.*)\}\s*$", text, re.M).group(1)
+    for code in ("137", "138", "139", "140", "143", "50001", "Integer.MAX_VALUE"):
+        assert code in strategy, f"exit code {code} is not retried"
+    assert "resourceLimits" in text and "task.attempt" in text
+    config = CONFIG.read_text()
+    assert "maxSpotAttempts" in config and "includeConfig 'conf/base.config'" in config
+    assert config.index("profiles {") < config.index("includeConfig 'conf/base.config'")
+    from perturbcast.step_cli import RETRIED_EXIT_CODES
+    assert set(RETRIED_EXIT_CODES) <= {137, 138, 139, 140, 143}
 
 
-def test_image_name_function_matches_python(basic):
-    default, released = basic["image"].strip().splitlines()
-    assert default == expected_image(_first_component_dir())
-    assert released == expected_image(_first_component_dir()).rsplit(":", 1)[0] + ":1.2.3"
+def test_config_pins_nextflow_and_nf_schema_and_publishes_where_openproblems_looks():
+    text = CONFIG.read_text()
+    assert re.search(r"nextflowVersion\s*=\s*'!>=24\.04", text)
+    assert re.search(r"id 'nf-schema@\d+\.\d+\.\d+'", text), "nf-schema must be pinned"
+    assert "failUnrecognisedParams  = true" in text or re.search(r"failUnrecognisedParams\s*=\s*true", text)
+    assert re.search(r"help\s*\{\s*enabled\s*=\s*true", text)
+    assert '"${params.publish_dir}/trace.txt"' in text  # OpenProblems' process_task_results reads input_execution: trace.txt
+    for profile in ("local", "docker", "singularity", "awsbatch", "google_batch", "slurm", "test"):
+        assert re.search(rf"^\s*{profile}\s*\{{", text, re.M), f"no profile {profile}"
+    main = MAIN_NF.read_text()
+    assert "validateParameters()" in main and "include { validateParameters } from 'plugin/nf-schema'" in main
+    assert "workflow process_datasets" in main and "params.datasets_dir" in main
+    assert "write_state" in (ROOT / "perturbcast" / "plan_cli.py").read_text() and "--state-id" in main
 
 
-def test_discovered_components_get_their_images(full):
-    images = dict(line.split("\t") for line in full["images"].strip().splitlines())
-    configs = sorted(ROOT.glob("src/*/*/config.vsh.yaml"))
-    assert set(images) == {str(c.parent.relative_to(ROOT)) for c in configs}
-    for config in configs:
-        assert images[str(config.parent.relative_to(ROOT))] == expected_image(config.parent)
+def test_image_builds_cover_every_component_and_the_tooling_image():
+    script = (ROOT / "scripts" / "build_images.sh").read_text()
+    assert "perturbcast:$TAG" in script and 'TAG="dev"' in script and "viash ns build" in script
+    assert "src/*/*/config.vsh.yaml" in script
+    workflows = list((ROOT / ".github" / "workflows").glob("*.yml"))
+    text = "\n".join(w.read_text() for w in workflows)
+    assert "scripts/build_images.sh" in text and "-profile test,docker" in text
+    assert "branches: [main]" in text and 'tags: ["v*"]' in text
 
 
-# ---------------------------------------------------------------- one DAG, two engines
+# ---------------------------------------------------------------- the plan: one planner for both engines
 
-def parse_plan(text: str) -> tuple[list[str], dict[str, str]]:
-    steps, not_applicable = [], {}
-    for line in text.splitlines():
-        kind, step_id, rest = line.split("\t", 2)
-        assert kind in ("STEP", "NA"), line
-        if kind == "STEP":
-            steps.append(step_id)
-        else:
-            not_applicable[step_id] = rest
-    return steps, not_applicable
+def _as_json(step: engine.Step, output: Path) -> dict:
+    rel = lambda v: v.relative_to(output).as_posix() if isinstance(v, Path) and v.is_relative_to(output) else v  # noqa: E731
+    return {"id": step.id, "stage": step.stage, "component": step.component.name,
+            "inputs": {k: rel(v) for k, v in step.inputs.items()}, "outputs": {k: rel(v) for k, v in step.outputs.items()},
+            "arguments": {k: rel(v) for k, v in step.arguments.items()}, "depends": step.depends, "labels": step.labels,
+            "resource_labels": component_labels(step.component),
+            "config": step.component.path.relative_to(ROOT).as_posix()}
 
 
-def engine_plan(tmp_path, **selection) -> tuple[list[str], dict[str, str]]:
-    steps, skipped = engine.plan(ROOT, tmp_path, engine.Selection(**selection))
-    return [s.id for s in steps], {r.id: r.reason for r in skipped}
+def _from_plan(step: dict) -> dict:
+    return {"id": step["id"], "stage": step["stage"], "component": step["component"]["name"],
+            "inputs": step["inputs"], "outputs": step["outputs"], "arguments": {**step["staged"], **step["arguments"]},
+            "depends": step["depends"], "labels": step["labels"], "resource_labels": step["resource_labels"],
+            "config": step["component"]["config"]}
 
 
-def test_plan_matches_engine_by_default(full, tmp_path):
-    assert parse_plan(full["plan_default"]) == engine_plan(tmp_path)
+SELECTIONS = {
+    "default": ([], engine.Selection()),
+    "subset": (["--tasks", "unseen_perturbation,unseen_combination", "--methods", "linear_baseline", "--metrics",
+                "delta_error", "--seeds", "0", "1", "--n-folds", "3", "--folds", "0", "2"], None),
+    "datasets": (["--datasets", "simulated_grn", "--tasks", "cell_type_transfer"], None),
+}
 
 
-def test_plan_matches_engine_for_a_selection(full, tmp_path):
-    selection = _selection()
-    if not selection["methods"] or not selection["tasks"]:
-        pytest.skip("needs a task and a method")
-    assert parse_plan(full["plan_selection"]) == engine_plan(tmp_path, **selection)
+def _engine_selection(args: list[str]) -> engine.Selection:
+    from perturbcast.cli import build_parser
+    from perturbcast.engine_cli import selection_from_args
+
+    parsed = build_parser().parse_args(["benchmark", *args])
+    _, selection, code = selection_from_args(parsed, "benchmark")
+    assert selection is not None, code
+    return selection
 
 
-def test_exclude_lists_and_unknown_names(full):
-    excluded = _selection()["methods"][:1]
-    if not excluded:
-        pytest.skip("needs a method")
-    all_steps, _ = parse_plan(full["plan_default"])
-    fewer, _ = parse_plan(full["plan_exclude"])
-    assert not [s for s in fewer if s.startswith("predict/") and s.endswith(f"/{excluded[0]}")]
-    assert set(fewer) < set(all_steps)
-    assert full["unknown_method"].startswith("ERROR\tunknown method(s) [no_such_method_xyz]; known: [")
-    assert full["unknown_dataset"].startswith("ERROR\tunknown dataset(s) [no_such_dataset_xyz]; known: [")
+@pytest.mark.parametrize("name", sorted(SELECTIONS))
+def test_plan_json_equals_engine_plan(name, tmp_path):
+    args, _ = SELECTIONS[name]
+    document = json.loads(perturbcast("plan", "--json", "--output", tmp_path, *args).stdout)
+    steps, declared = engine.plan(ROOT, tmp_path.resolve(), _engine_selection(args))
+    component_steps = [s for s in document["steps"] if s["stage"] != "check"]
+    assert [_from_plan(s) for s in component_steps] == [_as_json(s, tmp_path.resolve()) for s in steps]
+    assert [r["id"] for r in document["not_applicable"]] == [r.id for r in declared]
+    # the checks: one per split, one per complete partition
+    checks = [s for s in document["steps"] if s["stage"] == "check"]
+    assert {c["guards"] for c in checks if c["kind"] == "split"} == {s.id for s in steps if s.stage == "split"}
+    for step in document["steps"]:
+        assert not Path(str(step["directory"])).is_absolute()
+        assert all(not Path(v).is_absolute() for v in {**step["inputs"], **step["outputs"]}.values())
 
 
-def test_supported_tasks_decide_applicability(basic):
-    assert basic["supports"].split() == ["true", "false", "true"]
+def test_plan_reads_a_spec_with_own_files_excludes_and_test_arguments(tmp_path, tiny_common_dataset):
+    shutil.copy(tiny_common_dataset, tmp_path / "mine.h5ad")
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump({
+        "datasets": ["simulated_grn", {"file": "mine.h5ad", "id": "mine"}], "tasks": ["unseen_perturbation"],
+        "methods": "train_mean,linear_baseline", "exclude_methods": ["random_perturbation"], "metrics": ["delta_error"],
+        "n_folds": 2, "use_test_arguments": True, "publish_dir": "results", "max_retries": 1}))
+    document = json.loads(perturbcast("plan", "--json", "--project", ROOT, "--spec", spec, cwd=tmp_path).stdout)
+    dataset_steps = {s["id"]: s for s in document["steps"] if s["stage"] == "dataset"}
+    loader = discover_components(ROOT, errors=[])
+    test_arguments = next(c for c in loader if c.name == "simulated_grn").info["test_arguments"]
+    assert {k: dataset_steps["dataset/simulated_grn"]["arguments"][k] for k in test_arguments} == test_arguments
+    own = dataset_steps["dataset/mine"]
+    assert own["staged"] == {"input": str((tmp_path / "mine.h5ad").resolve())} and "input" not in own["arguments"]
+    methods = {s["labels"]["method_id"] for s in document["steps"] if s["stage"] == "predict"}
+    assert "linear_baseline" in methods and "random_perturbation" not in methods and "train_mean" in methods
+    bad = perturbcast("plan", "--json", "--project", ROOT, "--exclude-methods", "no_such_method", check=False)
+    assert bad.returncode != 0 and "no_such_method" in bad.stderr
 
 
-# ---------------------------------------------------------------- task scripts, staged as main.nf stages them
-
-def test_process_inputs_are_staged_where_the_scripts_expect_them():
-    wiring, helpers = wiring_section(), helpers_section()
-    stage_names = set(re.findall(r"stageAs: '([^']+)'", wiring))
-    for name in set(re.findall(r"'(input/[a-z_]+\.h5ad)'", helpers)):
-        assert name in stage_names, f"{name} is used by a task script but no process input is staged there"
-    assert {"project/*", "project/src/*", "project/src/component/*", "staged*/*", "project/src"} <= stage_names
-    assert "project/src/component/${component.name}" in helpers
-
-
-def test_resources_errors_and_retries(basic):
-    assert basic["resources"].strip().splitlines() == [
-        "2", "32768 MB", "65536 MB", "180m", "1", "--gpus all", "--nv", "null", "retry", "ignore", "ignore", "terminate"]
+@pytest.fixture
+def tiny_common_dataset(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("tiny") / "dataset.h5ad"
+    result = subprocess.run([sys.executable, "-m", "perturbcast", "run", "src/datasets/simulated_grn", "--",
+                             "--output", str(out), "--n_genes", "40", "--n_regulators", "8", "--n_perturbed_genes", "8",
+                             "--n_combos", "4", "--cells_per_perturbation", "10", "--n_control_cells", "30"],
+                            cwd=ROOT, env=ENV, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return out
 
 
-def _fake_python(tmp_path: Path, body: str) -> Path:
-    fake = tmp_path / "fake_python"
-    fake.write_text("#!/usr/bin/env bash\n" + body + "\n")
-    fake.chmod(0o755)
-    return fake
+# ---------------------------------------------------------------- the parameter schema
+
+TYPES = {"string": str, "integer": int, "number": (int, float), "boolean": bool, "array": list, "object": dict,
+         "null": type(None)}
 
 
-@pytest.mark.parametrize("body,exit_code,marker", [
-    ("echo '[not applicable] the dataset has one cell type' >&2; exit 99", 0, "[not applicable] the dataset has one cell type"),
-    ("echo '[error] broken' >&2; exit 3", 3, None),
-    ("exit 137", 137, None),
-    ("echo ok", 0, None),
-])
-def test_task_script_exit_codes(basic, tmp_path, body, exit_code, marker):
-    python = _fake_python(tmp_path, body)
-    script = basic["script"].replace(f"'{FAKE_PYTHON}'", f"'{python}'")
-    assert str(python) in script
-    task = tmp_path / "task"
-    task.mkdir()
-    result = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=task, capture_output=True, text=True)
-    assert result.returncode == exit_code, result.stdout + result.stderr
-    marker_file = task / "predictions/d/t/seed_0/x/not_applicable.txt"
-    assert (task / "predictions/d/t/seed_0/x/log.txt").exists()
-    if marker:
-        assert marker_file.read_text().strip() == marker
-    else:
-        assert not marker_file.exists()
+def _type_ok(value, kind) -> bool:
+    if kind in ("integer", "number") and isinstance(value, bool):
+        return False
+    return isinstance(value, TYPES[kind])
 
 
-def _stage_project(task: Path, component_path: Path | None, whole_src: bool = False):
-    """What the processes stage (copied, as cloud executors do, so the task needs nothing else)."""
+def check_value(schema: dict, value, where: str) -> list[str]:
+    """The draft 2020-12 keywords nextflow_schema.json uses: type (one or a list), enum, minimum, items, oneOf,
+    properties with additionalProperties."""
+    errors = []
+    kinds = schema.get("type")
+    if kinds is not None:
+        kinds = kinds if isinstance(kinds, list) else [kinds]
+        if not any(_type_ok(value, k) for k in kinds):
+            return [f"{where} ({value!r}): expected {' or '.join(kinds)}"]
+    if "enum" in schema and value not in schema["enum"]:
+        errors.append(f"{where} ({value!r}): expected one of {schema['enum']}")
+    if "minimum" in schema and isinstance(value, (int, float)) and value < schema["minimum"]:
+        errors.append(f"{where} ({value!r}): below {schema['minimum']}")
+    if "oneOf" in schema:
+        matching = [s for s in schema["oneOf"] if not check_value(s, value, where)]
+        if len(matching) != 1:
+            errors.append(f"{where} ({value!r}): matches {len(matching)} of oneOf")
+    if isinstance(value, list) and "items" in schema:
+        for index, item in enumerate(value):
+            errors += check_value(schema["items"], item, f"{where}[{index}]")
+    if isinstance(value, dict) and "properties" in schema:
+        for key, item in value.items():
+            if key in schema["properties"]:
+                errors += check_value(schema["properties"][key], item, f"{where}.{key}")
+            elif schema.get("additionalProperties") is False:
+                errors.append(f"{where}.{key}: not allowed")
+    return errors
+
+
+def schema_properties(schema: dict) -> dict:
+    properties = dict(schema.get("properties") or {})
+    for ref in schema.get("allOf") or []:
+        name = ref["$ref"].split("/")[-1]
+        properties.update(schema["$defs"][name]["properties"])
+    return properties
+
+
+def validate_params(params: dict, schema: dict | None = None) -> list[str]:
+    """nf-schema's validateParameters() with validation.failUnrecognisedParams = true, as far as this schema needs:
+    an unknown parameter is an error; known ones are type-checked (null = not set)."""
+    schema = schema or json.loads(SCHEMA.read_text())
+    properties = schema_properties(schema)
+    errors = []
+    for name, value in params.items():
+        if name not in properties:
+            close = [p for p in properties if p[:3] == name[:3] or sorted(p) == sorted(name)]
+            errors.append(f"--{name}: not a parameter of this pipeline" + (f" (did you mean --{close[0]}?)" if close else ""))
+        elif value is not None:
+            errors += check_value(properties[name], value, f"--{name}")
+    return errors
+
+
+def test_schema_lists_every_parameter_with_its_default():
+    schema = json.loads(SCHEMA.read_text())
+    assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+    properties = schema_properties(schema)
+    params = config_params()
+    assert set(params) == set(properties), (sorted(set(params) - set(properties)), sorted(set(properties) - set(params)))
+    for name, value in params.items():
+        assert properties[name].get("description"), f"--{name} has no description"
+        if value is not None and "default" in properties[name]:
+            assert properties[name]["default"] == value, (name, properties[name]["default"], value)
+    assert validate_params(params) == []
+
+
+def test_schema_rejects_unknown_misspelled_and_mistyped_parameters():
+    params = config_params()
+    errors = validate_params({**params, "mehtods": "linear_baseline"})
+    assert errors and "--mehtods" in errors[0] and "--methods" in errors[0]
+    assert validate_params({**params, "method": "linear_baseline"})
+    assert validate_params({**params, "n_folds": "three"})
+    assert validate_params({**params, "n_folds": 1})
+    assert validate_params({**params, "publish_mode": "teleport"})
+    assert validate_params({**params, "datasets": [{"id": "x", "fiel": "x.h5ad"}]})
+
+
+def test_a_spec_file_is_a_valid_params_file():
+    """Issue 14: the YAML of `perturbcast benchmark --spec` works as `nextflow run . -params-file`."""
+    spec = {"datasets": ["norman2019_devel", {"id": "datlinger2017", "arguments": {"n_top_genes": 1000}},
+                         {"file": "data/my_screen.h5ad", "id": "my_screen", "arguments": {"perturbation_column": "target_gene"}}],
+            "tasks": ["unseen_perturbation"], "methods": ["linear_baseline", "train_mean"],
+            "metrics": "delta_error,delta_correlation", "seeds": [0, 1], "n_folds": 5, "folds": [0],
+            "publish_dir": "results/mine", "max_retries": 1}
+    assert validate_params({**config_params(), **spec}) == []
+    from perturbcast.spec import ENGINE_KEYS, nextflow_params
+    assert ENGINE_KEYS <= set(schema_properties(json.loads(SCHEMA.read_text())))
+    assert nextflow_params(ROOT) == set(config_params())
+
+
+# ---------------------------------------------------------------- an emulated Nextflow run vs the engine
+
+def _stage_project(task: Path, component_dir: Path | None):
     project = task / "project"
     (project / "src").mkdir(parents=True)
-    shutil.copy2(ROOT / "_viash.yaml", project / "_viash.yaml")
-    shutil.copytree(ROOT / "perturbcast", project / "perturbcast", ignore=shutil.ignore_patterns("__pycache__"))
-    if whole_src:
-        shutil.rmtree(project / "src")
-        shutil.copytree(ROOT / "src", project / "src", ignore=shutil.ignore_patterns("__pycache__"))
-        return
+    os.symlink(ROOT / "_viash.yaml", project / "_viash.yaml")
+    os.symlink(ROOT / "perturbcast", project / "perturbcast")
     for shared in ("api", "utils"):
-        shutil.copytree(ROOT / "src" / shared, project / "src" / shared, ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copytree(component_path, project / "src" / "component" / component_path.name,
-                    ignore=shutil.ignore_patterns("__pycache__"))
+        os.symlink(ROOT / "src" / shared, project / "src" / shared)
+    if component_dir is not None:
+        (project / "src" / "component").mkdir()
+        os.symlink(component_dir, project / "src" / "component" / component_dir.name)
 
 
-def test_emulated_run_of_the_test_profile(full, groovy, tmp_path):
-    """Every task of a small test-profile run, each in its own folder staged as main.nf stages it,
-    outputs published as publishDir does, then the aggregation: the published layout is the engine's."""
-    selection = _emulated_selection()
-    if not selection["tasks"]:
-        pytest.skip("no task component")
-    predictors = (selection["methods"] or "").split(",")
-    out = full["emulation"]
-    publish = tmp_path / "publish"
-    work = tmp_path / "work"
-    ran = {}
-    for number, line in enumerate(out.strip().splitlines()):
-        stage, step_id, step_dir, split_id, name, component_path, needs_solution, script = line.split("\t")
-        split_dir = publish / ("tasks/" + split_id.split("/", 1)[1] if split_id else "")
-        inputs = {
-            "dataset": {},
-            "split": {"dataset.h5ad": publish / "datasets" / step_dir.split("/")[1] / "dataset.h5ad"},
-            "predict": {"train.h5ad": split_dir / "train.h5ad", "test.h5ad": split_dir / "test.h5ad",
-                        **({"solution.h5ad": split_dir / "solution.h5ad"} if needs_solution == "true" else {})},
-            "score": {"solution.h5ad": split_dir / "solution.h5ad",
-                      "prediction.h5ad": publish / "predictions" / "/".join(step_dir.split("/")[1:-1]) / "prediction.h5ad"},
-        }[stage]
-        if not all(path.exists() for path in inputs.values()):
-            ran[step_id] = "skipped"  # an upstream step emitted nothing (not applicable or failed)
+def _stage_inputs(task: Path, files: list[Path]):
+    """As `path(x, stageAs: 'staged/in*/*')`: staged/in1/<name>, staged/in2/<name>, ..."""
+    for index, source in enumerate(files, start=1):
+        (task / "staged" / f"in{index}").mkdir(parents=True)
+        os.symlink(source, task / "staged" / f"in{index}" / source.name)
+
+
+def _publish(task: Path, directory: str, publish: Path, patterns=("*.h5ad", "step.json", "log.txt",
+                                                                   "dataset_uns.yaml", "check.json", "partition_check.json")):
+    """publishDir: the declared outputs, at their path relative to the task folder."""
+    for pattern in patterns:
+        for made in (task / directory).glob(pattern):
+            if made.is_symlink():
+                continue  # a linked input, not an output
+            target = publish / directory / made.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(made, target)
+
+
+def emulate_nextflow(plan: dict, publish: Path, work: Path) -> list[str]:
+    """Every step of `plan` as main.nf runs it; returns the ids of the steps that ran."""
+    ran = []
+    passed = set()
+    order = {"dataset": 0, "split": 1, "check": 2, "predict": 3, "score": 4}
+    for number, step in enumerate(sorted(plan["steps"], key=lambda s: order[s["stage"]])):
+        inputs = [publish / p for p in step["inputs"].values()]
+        if not all(p.exists() for p in inputs):
+            continue  # an upstream step made nothing: this one never starts
+        if step["stage"] in ("predict", "score") and not any(d in passed or d.startswith("predict/") for d in step["depends"]):
             continue
-        # cells files are staged under these names when the step's arguments name them (main.nf stages them
-        # only then)
-        arguments = base64.b64decode(script).decode()
-        cells = {"dataset_cells.h5ad": publish / "datasets" / step_dir.split("/")[1] / "dataset_cells.h5ad",
-                 "train_cells.h5ad": split_dir / "train_cells.h5ad",
-                 "solution_cells.h5ad": split_dir / "solution_cells.h5ad",
-                 "prediction_cells.h5ad": publish / "predictions" / "/".join(step_dir.split("/")[1:-1]) / "prediction_cells.h5ad"}
-        inputs.update({name: path for name, path in cells.items() if f"'input/{name}'" in arguments})
+        if step["stage"] == "score" and step["depends"][0].replace("predict/", "split/").rsplit("/", 1)[0] not in passed:
+            continue
         task = work / f"{number:04d}"
-        _stage_project(task, Path(component_path))
-        (task / "input").mkdir()
-        for staged, source in inputs.items():
-            (task / "input" / staged).symlink_to(source)
-        result = subprocess.run(["bash", "-euo", "pipefail", "-c", base64.b64decode(script).decode()],
-                                cwd=task, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": ""})
-        assert result.returncode == 0, f"{step_id} failed:\n{result.stdout}\n{result.stderr}"
-        shutil.copytree(task / step_dir, publish / step_dir)  # publishDir: the step folder's outputs
-        ran[step_id] = "not_applicable" if (publish / step_dir / "not_applicable.txt").exists() else "ok"
-    assert ran and list(ran.values())[0] == "ok", ran
-    dataset_dirs = list((publish / "datasets").iterdir())
-    assert len(dataset_dirs) == 1 and (dataset_dirs[0] / "dataset.h5ad").exists()
-    for step_id, status in ran.items():
-        stage, key = step_id.split("/", 1)
-        folder = publish / {"dataset": "datasets", "split": "tasks", "predict": "predictions", "score": "scores"}[stage] / key
-        expected = {"dataset": ["dataset.h5ad"], "split": ["train.h5ad", "test.h5ad", "solution.h5ad"],
-                    "predict": ["prediction.h5ad"], "score": ["score.h5ad"]}[stage]
-        if status == "ok":
-            assert all((folder / name).exists() for name in expected), (step_id, list(folder.iterdir()))
-            assert (folder / "log.txt").exists()
-    scores = sorted(str(p.relative_to(publish)) for p in publish.glob("scores/**/score.h5ad"))
-    markers = sorted(str(p.relative_to(publish)) for p in publish.glob("**/not_applicable.txt"))
-    if not scores:
-        pytest.skip(f"no score was produced to aggregate (steps: {ran})")
+        task.mkdir(parents=True)
+        _stage_project(task, ROOT / step["component"]["dir"] if step["component"] else None)
+        _stage_inputs(task, inputs + [Path(p) for p in step["staged"].values()])
+        (task / "plan_step.json").write_text(json.dumps(step))
+        if step["component"]:
+            command = ["step", "plan_step.json", "--component", f"project/src/component/{step['component']['name']}",
+                       "--attempt", "1", "--max-attempts", "3"]
+        else:
+            command = ["step", "plan_step.json"]
+        result = subprocess.run([sys.executable, "-m", "perturbcast", *command], cwd=task, capture_output=True, text=True,
+                                env={**os.environ, "PYTHONPATH": str(task / "project"), "VIASH_TEMP": str(task / ".viash_temp")})
+        assert result.returncode == 0, f"{step['id']}:\n{result.stdout}\n{result.stderr}"
+        _publish(task, step["directory"], publish)
+        if step["stage"] == "check" and step["kind"] == "split":
+            if json.loads((task / step["directory"] / "check.json").read_text())["status"] == "ok":
+                passed.add(step["guards"])
+        ran.append(step["id"])
+    return ran
 
-    # AGGREGATE: the files staged as staged<i>/<name>, linked back into the layout by its script
-    paths = scores + markers
-    script = groovy.run(f"print aggregateScript({groovy_literal(paths)}, {groovy_literal(sys.executable)})")
+
+def emulate_aggregate(plan_path: Path, publish: Path, work: Path) -> Path:
+    """AGGREGATE: step records, logs, dataset uns and score files staged, then its command."""
     task = work / "aggregate"
-    _stage_project(task, None, whole_src=True)
-    for index, path in enumerate(paths, start=1):
-        (task / f"staged{index}").mkdir()
-        shutil.copy2(publish / path, task / f"staged{index}" / Path(path).name)
-    result = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=task, capture_output=True, text=True,
-                            env={**os.environ, "PYTHONPATH": ""})
+    task.mkdir(parents=True)
+    _stage_project(task, None)
+    os.unlink(task / "project" / "src" / "api")
+    os.unlink(task / "project" / "src" / "utils")
+    os.rmdir(task / "project" / "src")
+    os.symlink(ROOT / "src", task / "project" / "src")
+    names = ("step.json", "check.json", "partition_check.json", "log.txt", "dataset_uns.yaml", "score.h5ad")
+    paths = sorted(str(p.relative_to(publish)) for p in publish.rglob("*") if p.name in names
+                   and not (p.name == "score.h5ad" and not p.parent.relative_to(publish).parts[0] == "scores"))
+    _stage_inputs(task, [publish / p for p in paths])
+    (task / "staged_paths.json").write_text(json.dumps(paths))
+    (task / "pipeline_info").mkdir()
+    shutil.copy(plan_path, task / "pipeline_info" / "plan.json")
+    result = subprocess.run([sys.executable, "-m", "perturbcast", "aggregate", ".", "--project", "project", "--plan",
+                             "pipeline_info/plan.json", "--staged", "staged", "--staged-paths", "staged_paths.json",
+                             "--state-id", "emulated", "--n-resamples", "50"],
+                            cwd=task, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(task / "project")})
     assert result.returncode == 0, result.stdout + result.stderr
-    assert (task / "results.parquet").exists()
+    return task
+
+
+def _sections(html: str) -> dict[str, str]:
+    """id -> text (tags and numbers that measure this run's time or memory left out) of each report section."""
+    sections = {}
+    for match in re.finditer(r'<section id="([\w-]+)"(.*?)</section>', html, re.S):
+        text = re.sub(r"<[^>]+>", " ", match.group(2))
+        sections[match.group(1)] = " ".join(text.split())
+    return sections
+
+
+def test_nextflow_layout_aggregates_like_the_engine(tmp_path):
+    """The engine's run and an emulated Nextflow run of the same spec give the same tables, OpenProblems files and
+    report sections (cost and failures included)."""
     import pandas as pd
-    results = pd.read_parquet(task / "results.parquet")
-    assert set(results["method_id"]) <= set(predictors) and len(results) > 0
+
+    loader = next(c for c in discover_components(ROOT, errors=[]) if c.name == "simulated_grn")
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump({"datasets": [{"id": "simulated_grn", "arguments": loader.info["test_arguments"]}],
+                                    "tasks": ["unseen_perturbation"], "methods": ["train_mean"], "metrics": ["delta_error"],
+                                    "n_folds": 2}))
+    engine_out = tmp_path / "engine"
+    perturbcast("benchmark", "--spec", spec, "--output", engine_out, "--jobs", "2", "--n-resamples", "50")
+
+    plan_path = tmp_path / "plan.json"
+    plan_path.write_text(perturbcast("plan", "--json", "--spec", spec).stdout)
+    plan = json.loads(plan_path.read_text())
+    publish = tmp_path / "publish"
+    ran = emulate_nextflow(plan, publish, tmp_path / "work")
+    assert any(s.startswith("check/partition/") for s in ran) and any(s.startswith("score/") for s in ran)
+    task = emulate_aggregate(plan_path, publish, tmp_path / "work")
+
+    for name in ("results.parquet",):
+        ours, theirs = pd.read_parquet(task / name), pd.read_parquet(engine_out / name)
+        keys = [c for c in theirs.columns if theirs[c].dtype == object]
+        pd.testing.assert_frame_equal(ours.sort_values(keys).reset_index(drop=True),
+                                      theirs.sort_values(keys).reset_index(drop=True), check_like=True)
+    for name in ("score_uns.yaml", "dataset_uns.yaml", "method_configs.yaml", "metric_configs.yaml", "task_info.yaml"):
+        ours, theirs = yaml.safe_load((task / name).read_text()), yaml.safe_load((engine_out / name).read_text())
+        assert ours == theirs, name
+        assert ours, f"{name} is empty"
+    ours = pd.read_csv(task / "trace.tsv", sep="\t", keep_default_na=False)
+    theirs = pd.read_csv(engine_out / "trace.tsv", sep="\t", keep_default_na=False)
+    columns = ["step", "stage", "component", "status", "exit_code", "reason"]
+    assert ours[columns].astype(str).values.tolist() == theirs[columns].astype(str).values.tolist()
+    assert (ours["wall_seconds"] > 0).any() and (ours["peak_rss_mib"] > 0).any()
+
+    html_ours, html_theirs = (task / "report.html").read_text(), (engine_out / "report.html").read_text()
+    sections_ours, sections_theirs = _sections(html_ours), _sections(html_theirs)
+    assert list(sections_ours) == list(sections_theirs)
+    for section in ("cost", "failures"):
+        assert section in sections_ours and "No trace.tsv" not in sections_ours[section], sections_ours.get(section)
+    state = (task / "state.yaml").read_text()
+    assert "id: 'emulated'" in state and "output_scores: !file 'score_uns.yaml'" in state
 
 
-# ---------------------------------------------------------------- config and docs
+# ---------------------------------------------------------------- records of lost tasks, Nextflow's trace
 
-def test_config_pins_nextflow_and_defines_profiles_and_reports():
-    text = CONFIG.read_text()
-    pin = re.search(r"nextflowVersion\s*=\s*'!>=([\d.]+)'", text)
-    assert pin, "manifest.nextflowVersion is not pinned"
-    assert pin.group(1) in DOCS.read_text(), "docs/nextflow.md does not state the pinned Nextflow version"
-    profiles = config_block(text, "profiles")
-    for profile in ("local", "docker", "singularity", "awsbatch", "google_batch", "slurm", "test"):
-        assert re.search(rf"(?m)^\s*{profile}\s*\{{", profiles), f"profile {profile} missing"
-    assert "'awsbatch'" in config_block(profiles, "awsbatch") and "'google-batch'" in config_block(profiles, "google_batch")
-    assert "'slurm'" in config_block(profiles, "slurm")
-    for report in ("trace", "report", "timeline", "dag"):
-        block = config_block(text, report)
-        assert "enabled   = true" in block and "${params.publish_dir}/pipeline_info/" in block
-    for name in ("datasets", "tasks", "methods", "metrics"):
-        assert re.search(rf"(?m)^\s*{name}\s*=", config_block(text, "params"))
-        assert re.search(rf"(?m)^\s*exclude_{name}\s*=", config_block(text, "params"))
+def test_records_of_lost_tasks_and_nextflow_trace(tmp_path):
+    from perturbcast.plan_cli import _parse_duration, _parse_memory, nextflow_trace, records_from_layout
 
-
-def test_test_profile_selects_tiny_simulated_data(full):
-    out = full["test_datasets"]
-    dataset_id, arguments = out.strip().split("\t")
-    loader = next(c for c in discover_components(ROOT) if c.component_type == "dataset_loader"
-                  and dataset_id in [d["id"] for d in engine.dataset_instances(c)])
-    for key, value in (loader.info.get("test_arguments") or {}).items():
-        assert f"{key}:{value}" in arguments
+    assert _parse_duration("1h 2m 3s") == 3723 and _parse_duration("850ms") == 0.85 and _parse_duration("2.5s") == 2.5
+    assert _parse_duration("1500") == 1.5 and _parse_duration("-") is None
+    assert _parse_memory("1 GB") == 2**30 and _parse_memory("12.5 MB") == int(12.5 * 2**20) and _parse_memory("100") == 100
+    plan = {"steps": [
+        {"id": "dataset/d", "stage": "dataset", "component": {"name": "loader"}, "directory": "datasets/d",
+         "inputs": {}, "outputs": {"output": "datasets/d/dataset.h5ad"}, "depends": [], "labels": {"dataset_id": "d"}},
+        {"id": "split/d/t/seed_0", "stage": "split", "component": {"name": "t"}, "directory": "tasks/d/t/seed_0",
+         "inputs": {"input": "datasets/d/dataset.h5ad"}, "outputs": {}, "depends": ["dataset/d"], "labels": {}},
+    ], "not_applicable": [], "broken_configs": []}
+    (tmp_path / "trace.txt").write_text("task_id\ttag\tstatus\texit\tattempt\trealtime\tpeak_rss\n"
+                                        "1\tdataset/d\tFAILED\t137\t1\t2s\t1 GB\n2\tdataset/d\tFAILED\t137\t3\t4s\t3 GB\n")
+    records = records_from_layout(plan, tmp_path, nextflow_trace(tmp_path / "trace.txt"))
+    assert records[0].status == "failed" and "exit code 137" in records[0].reason and "attempt 3" in records[0].reason
+    assert records[1].status == "skipped" and records[1].reason == "upstream dataset/d failed"
 
 
-def test_image_build_workflow_pushes_on_release_tags():
-    workflow = yaml.safe_load((ROOT / ".github" / "workflows" / "build-images.yml").read_text())
-    triggers = workflow.get("on", workflow.get(True))
-    assert "tags" in triggers["push"]
-    steps = [step for job in workflow["jobs"].values() for step in job["steps"]]
-    commands = "\n".join(step.get("run", "") for step in steps)
-    assert "viash ns build" in commands and "--push" in commands
+def test_staged_files_keep_the_order_main_nf_listed(tmp_path):
+    from perturbcast.step_cli import _staged_files
+
+    for index in (1, 2, 10, 11, 3):
+        (tmp_path / f"in{index}").mkdir()
+        (tmp_path / f"in{index}" / f"f{index}.h5ad").write_text("")
+    assert [p.name for p in _staged_files(tmp_path)] == ["f1.h5ad", "f2.h5ad", "f3.h5ad", "f10.h5ad", "f11.h5ad"]
