@@ -155,7 +155,9 @@ process PLAN {
     PERTURBCAST_SPEC
     export PYTHONPATH="\$PWD/project\${PYTHONPATH:+:\$PYTHONPATH}"
     export PYTHONDONTWRITEBYTECODE=1
-    ${params.python} -m perturbcast plan --json --project project --spec spec.yaml ${only} > plan.json
+    # the project where its src/ really is (a local executor stages it as a link), so config paths stay inside it
+    root="\$(dirname "\$(readlink -f project/src)")"
+    ${params.python} -m perturbcast plan --json --project "\$root" --spec spec.yaml ${only} > plan.json
     """
 }
 
@@ -214,7 +216,8 @@ process AGGREGATE {
     PERTURBCAST_PATHS
     export PYTHONPATH="\$PWD/project\${PYTHONPATH:+:\$PYTHONPATH}"
     export PYTHONDONTWRITEBYTECODE=1
-    ${params.python} -m perturbcast aggregate . --project project --plan pipeline_info/plan.json \\
+    root="\$(dirname "\$(readlink -f project/src)")"  # as in PLAN
+    ${params.python} -m perturbcast aggregate . --project "\$root" --plan pipeline_info/plan.json \\
         --staged staged --staged-paths staged_paths.json --state-id '${workflow.runName}'
     """
 }
@@ -339,19 +342,18 @@ String planSpec(Map p) {
     return groovy.json.JsonOutput.toJson(spec)
 }
 
-// [layout path, file] of the user's own dataset files the plan stages (as PLAN saw them: user_data/in<i>/<name>)
+// [path as the plan names it, file] of the user's own dataset files: the plan's dataset steps list them in
+// the order of the params' `file:` entries (PLAN saw them staged as user_data/in<i>/<name>, or where such a link
+// points)
 def userFiles(plan) {
     def files = userDataFiles(params)
-    return plan.flatMap { Map p -> p.steps.collectMany { step -> (step.staged ?: [:]).values().collect { [it.toString(), userFileAt(it.toString(), files)] } } }
-        .unique { it[0] }
-}
-
-def userFileAt(String path, List files) {
-    def match = path =~ /user_data\/in(\d*)\/[^\/]+$/
-    if (!match.find()) {
-        error("perturbcast: the plan stages '${path}', which is not one of the dataset files of the params")
+    return plan.flatMap { Map p ->
+        def named = p.steps.collectMany { step -> (step.staged ?: [:]).values().collect { it.toString() } }.unique()
+        if (named.size() != files.size()) {
+            error("perturbcast: the plan stages ${named.size()} dataset files, the params name ${files.size()}")
+        }
+        return [named, files].transpose()
     }
-    return files[(match.group(1) ? (match.group(1) as int) : 1) - 1]
 }
 
 // Prepared datasets (params.datasets_dir, from `-entry process_datasets`): a dataset step whose outputs and

@@ -287,19 +287,19 @@ def _benchmark(args) -> int:
         return 1
     try:
         with engine.results_lock(output), engine.INTERRUPT.handling_signals():
-            return _run(args, root, output, steps, declared + broken, limits)
+            return _run(args, root, output, steps, declared + broken, limits, selection.n_folds)
     except engine.ResultsLocked as error:
         print(f"[error] {error}", file=sys.stderr)
         return 1
 
 
-def _run(args, root: Path, output: Path, steps, declared, limits) -> int:
+def _run(args, root: Path, output: Path, steps, declared, limits, n_folds: int) -> int:
     from . import engine
 
     print(f"perturbcast benchmark: {len(steps)} steps, {args.jobs} at once, results in {output}", file=sys.stderr)
     progress = engine.Progress(len(steps), verbose=args.verbose)
     records = engine.execute(steps, jobs=args.jobs, limits=limits, progress=progress)
-    records += engine.check_partitions(steps, records, args.n_folds) + declared
+    records += engine.check_partitions(steps, records, n_folds) + declared
     engine.write_trace(records, output / "trace.tsv")
     this_run = {Path(r.outputs["output"]).resolve() for r in records if r.stage == "score" and r.status == "ok"}
     if engine.INTERRUPT.stopped:

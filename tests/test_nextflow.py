@@ -434,7 +434,8 @@ def emulate_aggregate(plan_path: Path, publish: Path, work: Path) -> Path:
     (task / "staged_paths.json").write_text(json.dumps(paths))
     (task / "pipeline_info").mkdir()
     shutil.copy(plan_path, task / "pipeline_info" / "plan.json")
-    result = subprocess.run([sys.executable, "-m", "perturbcast", "aggregate", ".", "--project", "project", "--plan",
+    root = os.path.dirname(os.path.realpath(task / "project" / "src"))  # as AGGREGATE's script finds it
+    result = subprocess.run([sys.executable, "-m", "perturbcast", "aggregate", ".", "--project", root, "--plan",
                              "pipeline_info/plan.json", "--staged", "staged", "--staged-paths", "staged_paths.json",
                              "--state-id", "emulated", "--n-resamples", "50"],
                             cwd=task, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(task / "project")})
@@ -484,6 +485,8 @@ def test_nextflow_layout_aggregates_like_the_engine(tmp_path):
     ours = pd.read_csv(task / "trace.tsv", sep="\t", keep_default_na=False)
     theirs = pd.read_csv(engine_out / "trace.tsv", sep="\t", keep_default_na=False)
     columns = ["step", "stage", "component", "status", "exit_code", "reason"]
+    for table in (ours, theirs):
+        table["exit_code"] = [str(int(float(x))) if str(x) != "" else "" for x in table["exit_code"]]
     assert ours[columns].astype(str).values.tolist() == theirs[columns].astype(str).values.tolist()
     assert (ours["wall_seconds"] > 0).any() and (ours["peak_rss_mib"] > 0).any()
 
