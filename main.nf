@@ -77,7 +77,7 @@ workflow benchmark {
           project.runner)
     def passed = CHECK.out.record
         .filter { step, record -> step.kind == 'split' && readJson(record).status == 'ok' }
-        .map { step, record -> step.guards }
+        .map { step, record -> [step.guards] }
     def checkedSplitFiles = withoutIds(splitFiles.combine(passed, by: 0))
 
     // predictions: split x (control) method; scores: prediction x metric
@@ -262,13 +262,13 @@ def stepsWithInputs(steps, files) {
 }
 
 // [step id, layout path, file] of what a process emitted as [step, file or files]
-def layoutFiles(channel) {
-    return channel.flatMap { step, made ->
+def layoutFiles(emitted) {
+    return emitted.flatMap { step, made ->
         (made instanceof List ? made : [made]).collect { f -> [step.id, "${step.directory}/${f.name}".toString(), f] } }
 }
 
-def withoutIds(channel) {
-    return channel.map { id, path, f -> [path, f] }
+def withoutIds(items) {
+    return items.map { id, path, f -> [path, f] }
 }
 
 // viash's image name of a component: <registry>/<organization>/<package>/<namespace>/<name>:<version>
@@ -379,9 +379,9 @@ boolean isPrepared(Map step) {
 
 // what the tasks stage: the runner and the shared parts of the project (tooling: the whole of src/, to plan)
 Map projectChannels() {
-    def packageConfig = new org.yaml.snakeyaml.Yaml().load(file("${projectDir}/_viash.yaml").text) as Map
+    def version = file("${projectDir}/_viash.yaml").text =~ /(?m)^version:\s*['"]?([^'"\s]+)/
     return [
-        version: (packageConfig.version ?: 'dev').toString(),
+        version: version.find() ? version.group(1) : 'dev',  // the package version (_viash.yaml): the default image tag
         runner : Channel.value([file("${projectDir}/_viash.yaml"), file("${projectDir}/perturbcast")]),
         shared : Channel.value([file("${projectDir}/src/api"), file("${projectDir}/src/utils")]),
         tooling: Channel.value([file("${projectDir}/_viash.yaml"), file("${projectDir}/perturbcast"), file("${projectDir}/src"),
