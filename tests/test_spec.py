@@ -17,7 +17,7 @@ def write(tmp_path, text: str):
 
 def test_nextflow_params_are_read_from_the_config():
     names = nextflow_params(ROOT)
-    assert {"datasets", "seeds", "n_folds", "folds", "publish_dir", "max_retries", "resource_labels"} <= names
+    assert {"datasets", "seeds", "n_folds", "folds", "publish_dir", "max_retries", "datasets_dir"} <= names
     assert "cpus" not in names and "executor" not in names  # process/profile settings, not params
 
 
