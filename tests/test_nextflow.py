@@ -448,13 +448,13 @@ steps.each {{ step -> println(step.id + '\\t' + stepScript(step, 1, 2, 4096, p).
 
 # ---------------------------------------------------------------- an emulated Nextflow run vs the engine
 
-def _stage_project(task: Path, component_dir: Path | None):
+def _stage_project(task: Path, component_dir: Path | None, root: Path = ROOT):
     project = task / "project"
     (project / "src").mkdir(parents=True)
-    os.symlink(ROOT / "_viash.yaml", project / "_viash.yaml")
+    os.symlink(root / "_viash.yaml", project / "_viash.yaml")
     os.symlink(ROOT / "perturbcast", project / "perturbcast")
     for shared in ("api", "utils"):
-        os.symlink(ROOT / "src" / shared, project / "src" / shared)
+        os.symlink(root / "src" / shared, project / "src" / shared)
     if component_dir is not None:
         (project / "src" / "component").mkdir()
         os.symlink(component_dir, project / "src" / "component" / component_dir.name)
@@ -479,7 +479,7 @@ def _publish(task: Path, directory: str, publish: Path, patterns=("*.h5ad", "ste
             shutil.copy2(made, target)
 
 
-def emulate_nextflow(plan: dict, publish: Path, work: Path, scripts: dict | None = None) -> list[str]:
+def emulate_nextflow(plan: dict, publish: Path, work: Path, scripts: dict | None = None, root: Path = ROOT) -> list[str]:
     """Every step of `plan` as main.nf runs it (its task script from `scripts` where given); returns the ids of
     the steps that ran."""
     scripts = scripts or {}
@@ -496,7 +496,7 @@ def emulate_nextflow(plan: dict, publish: Path, work: Path, scripts: dict | None
             continue
         task = work / f"{number:04d}"
         task.mkdir(parents=True)
-        _stage_project(task, ROOT / step["component"]["dir"] if step["component"] else None)
+        _stage_project(task, root / step["component"]["dir"] if step["component"] else None, root)
         _stage_inputs(task, inputs + [Path(p) for p in step["staged"].values()])
         (task / "plan_step.json").write_text(json.dumps(step))
         if step["component"]:
@@ -519,15 +519,15 @@ def emulate_nextflow(plan: dict, publish: Path, work: Path, scripts: dict | None
     return ran
 
 
-def emulate_aggregate(plan_path: Path, publish: Path, work: Path) -> Path:
+def emulate_aggregate(plan_path: Path, publish: Path, work: Path, root: Path = ROOT) -> Path:
     """AGGREGATE: step records, logs, dataset uns and score files staged, then its command."""
     task = work / "aggregate"
     task.mkdir(parents=True)
-    _stage_project(task, None)
+    _stage_project(task, None, root)
     os.unlink(task / "project" / "src" / "api")
     os.unlink(task / "project" / "src" / "utils")
     os.rmdir(task / "project" / "src")
-    os.symlink(ROOT / "src", task / "project" / "src")
+    os.symlink(root / "src", task / "project" / "src")
     names = ("step.json", "check.json", "partition_check.json", "log.txt", "dataset_uns.yaml", "score.h5ad")
     paths = sorted(str(p.relative_to(publish)) for p in publish.rglob("*") if p.name in names
                    and not (p.name == "score.h5ad" and not p.parent.relative_to(publish).parts[0] == "scores"))
@@ -555,25 +555,33 @@ def _sections(html: str) -> dict[str, str]:
 
 def test_nextflow_layout_aggregates_like_the_engine(tmp_path):
     """The engine's run and an emulated Nextflow run of the same spec give the same tables, OpenProblems files and
-    report sections (cost and failures included)."""
+    report sections (cost and failures included: a metric that fails on purpose is in both)."""
     import pandas as pd
 
+    project = tmp_path / "project"
+    project.mkdir()
+    for name in ("_viash.yaml", "nextflow.config"):
+        shutil.copy(ROOT / name, project)
+    shutil.copytree(ROOT / "src", project / "src", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(ROOT / "tests" / "fixtures" / "fault_components" / "metrics" / "delta_exit",
+                    project / "src" / "metrics" / "delta_exit")
     loader = next(c for c in discover_components(ROOT, errors=[]) if c.name == "simulated_grn")
     spec = tmp_path / "spec.yaml"
     spec.write_text(yaml.safe_dump({"datasets": [{"id": "simulated_grn", "arguments": loader.info["test_arguments"]}],
-                                    "tasks": ["unseen_perturbation"], "methods": ["train_mean"], "metrics": ["delta_error"],
-                                    "n_folds": 2}))
+                                    "tasks": ["unseen_perturbation"], "methods": ["train_mean"],
+                                    "metrics": ["delta_error", "delta_exit"], "n_folds": 2}))
     engine_out = tmp_path / "engine"
-    perturbcast("benchmark", "--spec", spec, "--output", engine_out, "--jobs", "2", "--n-resamples", "50")
+    perturbcast("benchmark", "--project", project, "--spec", spec, "--output", engine_out, "--jobs", "2",
+                "--n-resamples", "50")
 
     plan_path = tmp_path / "plan.json"
-    plan_path.write_text(perturbcast("plan", "--json", "--spec", spec).stdout)
+    plan_path.write_text(perturbcast("plan", "--json", "--project", project, "--spec", spec).stdout)
     plan = json.loads(plan_path.read_text())
     publish = tmp_path / "publish"
     scripts = step_scripts([s for s in plan["steps"] if s["component"]], tmp_path) if _groovy_jar() else {}
-    ran = emulate_nextflow(plan, publish, tmp_path / "work", scripts)
+    ran = emulate_nextflow(plan, publish, tmp_path / "work", scripts, project)
     assert any(s.startswith("check/partition/") for s in ran) and any(s.startswith("score/") for s in ran)
-    task = emulate_aggregate(plan_path, publish, tmp_path / "work")
+    task = emulate_aggregate(plan_path, publish, tmp_path / "work", project)
 
     for name in ("results.parquet",):
         ours, theirs = pd.read_parquet(task / name), pd.read_parquet(engine_out / name)
@@ -597,6 +605,8 @@ def test_nextflow_layout_aggregates_like_the_engine(tmp_path):
     assert list(sections_ours) == list(sections_theirs)
     for section in ("cost", "failures"):
         assert section in sections_ours and "No trace.tsv" not in sections_ours[section], sections_ours.get(section)
+    assert "delta_exit" in sections_ours["failures"] and "exit code 3 on purpose" in sections_ours["failures"]
+    assert (ours["status"] == "failed").sum() == (theirs["status"] == "failed").sum() > 0
     state = (task / "state.yaml").read_text()
     assert "id: 'emulated'" in state and "output_scores: !file 'score_uns.yaml'" in state
 
