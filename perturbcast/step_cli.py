@@ -132,17 +132,18 @@ def run_component_step(step: dict, args) -> int:
         except Exception as error:  # a broken config or resource fails this step only
             log.write(f"[error] {type(error).__name__}: {error}\n")
             exit_code, wall, peak = 1, time.monotonic() - started, 0
-    if exit_code in RETRIED_EXIT_CODES and args.attempt < args.max_attempts:
-        print(f"[retry] {step['id']}: exit code {exit_code} on attempt {args.attempt} of {args.max_attempts}",
+    killed = 128 - exit_code if exit_code < 0 else exit_code  # a signal (-9) as the shell reports it (137)
+    if killed in RETRIED_EXIT_CODES and args.attempt < args.max_attempts:
+        print(f"[retry] {step['id']}: exit code {killed} on attempt {args.attempt} of {args.max_attempts}",
               file=sys.stderr)
-        return exit_code
+        return killed
     status = ("ok" if exit_code == 0 else "not_applicable" if exit_code == engine.NOT_APPLICABLE_EXIT_CODE
               else "not_installed" if exit_code == engine.NOT_INSTALLED_EXIT_CODE else "failed")
     reason = ""
     if status != "ok":
         reason = guard.last_error(log_path) or f"exit code {exit_code}"
-        if exit_code in RETRIED_EXIT_CODES:
-            reason = f"killed (exit code {exit_code}) on the last of {args.max_attempts} attempts: {reason}"
+        if killed in RETRIED_EXIT_CODES and args.max_attempts > 1:
+            reason = f"killed (exit code {killed}) on the last of {args.max_attempts} attempts: {reason}"
     sealed = {}
     outputs = {name: Path(path) for name, path in step["outputs"].items()}
     if status == "ok":

@@ -639,3 +639,24 @@ def test_staged_files_keep_the_order_main_nf_listed(tmp_path):
         (tmp_path / f"in{index}").mkdir()
         (tmp_path / f"in{index}" / f"f{index}.h5ad").write_text("")
     assert [p.name for p in _staged_files(tmp_path)] == ["f1.h5ad", "f2.h5ad", "f3.h5ad", "f10.h5ad", "f11.h5ad"]
+
+
+def test_a_killed_step_is_retried_then_recorded(tmp_path, monkeypatch):
+    """Exit code 137 before the last attempt: `perturbcast step` exits 137 (Nextflow retries with more memory);
+    on the last attempt it records the failure and exits 0 (the rest of the benchmark runs)."""
+    from types import SimpleNamespace
+
+    from perturbcast import runner, step_cli
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(runner, "run_component", lambda *a, **k: runner.RunResult(-9, 1.5, 2**20))
+    step = {"id": "predict/d/t/seed_0/m", "stage": "predict", "directory": "predictions/d/t/seed_0/m",
+            "component": {"name": "m", "dir": "src/methods/m", "digest": "x"}, "inputs": {}, "staged": {},
+            "outputs": {"output": "predictions/d/t/seed_0/m/prediction.h5ad"}, "arguments": {}, "labels": {}}
+    args = lambda attempt: SimpleNamespace(staged="staged", component="c", project="project", attempt=attempt,  # noqa: E731
+                                           max_attempts=3, cpus=None, memory=None, fail_fast=False)
+    assert step_cli.run_component_step(step, args(1)) == 137
+    assert not (tmp_path / step["directory"] / "step.json").exists()
+    assert step_cli.run_component_step(step, args(3)) == 0
+    record = json.loads((tmp_path / step["directory"] / "step.json").read_text())
+    assert record["status"] == "failed" and "exit code 137" in record["reason"] and record["attempt"] == 3
