@@ -100,7 +100,8 @@ workflow benchmark {
 }
 
 // Prepare the datasets once: the dataset steps only, published as datasets/<id>/{dataset.h5ad, step.json,
-// dataset_uns.yaml, log.txt, state.yaml}; later runs start from them with --datasets_dir
+// dataset_uns.yaml, log.txt, state.yaml (OpenProblems' id and files)}; later runs start from them with
+// --datasets_dir
 workflow process_datasets {
     main:
     validateParameters()
@@ -108,16 +109,9 @@ workflow process_datasets {
     def plan = planned(PLAN(Channel.of([toolingImage(params, project.version), planSpec(params), ['dataset']]),
                             Channel.value(userDataFiles(params)), project.tooling))
     DATASETS(plan.flatMap { it.steps }.filter { it.stage == 'dataset' && !params.dry_run }, userFiles(plan), project.runner, project.shared)
-    // state.yaml per dataset, as OpenProblems' dataset folders have (id and the output files)
-    withoutIds(layoutFiles(DATASETS.out.records))
-        .filter { path, f -> f.name == 'step.json' }
-        .map { path, f -> readJson(f) }
-        .filter { it.status == 'ok' }
-        .collectFile(storeDir: "${params.publish_dir}/datasets") { record ->
-            def outputs = record.outputs.collect { name, path ->
-                "${name == 'output' ? 'output_dataset' : name}: !file '${new File(path.toString()).name}'".toString() }
-            ["${record.labels.dataset_id}/state.yaml".toString(), "id: '${record.labels.dataset_id}'\n" + outputs.join('\n') + "\n"] }
-        .subscribe { log.info("perturbcast: prepared ${it.parent}") }
+    DATASETS.out.records
+        .filter { step, made -> (made instanceof List ? made : [made]).any { it.name == 'step.json' } }
+        .subscribe { step, made -> log.info("perturbcast: ${step.id} made (${params.publish_dir}/${step.directory})") }
 }
 
 workflow.onComplete {
@@ -414,7 +408,7 @@ process DATASET_LOWCPU_LOWMEM_LOWTIME {
 
     output:
     tuple val(step), path("${step.directory}/*.h5ad"), emit: files, optional: true
-    tuple val(step), path("${step.directory}/{step.json,log.txt,dataset_uns.yaml}"), emit: records, optional: true
+    tuple val(step), path("${step.directory}/{step.json,log.txt,dataset_uns.yaml,state.yaml}"), emit: records, optional: true
 
     script:
     stepScript(step, task.attempt, task.cpus, task.memory ? task.memory.toMega() : null, params)
@@ -435,7 +429,7 @@ process DATASET_LOWCPU_MIDMEM_MIDTIME {
 
     output:
     tuple val(step), path("${step.directory}/*.h5ad"), emit: files, optional: true
-    tuple val(step), path("${step.directory}/{step.json,log.txt,dataset_uns.yaml}"), emit: records, optional: true
+    tuple val(step), path("${step.directory}/{step.json,log.txt,dataset_uns.yaml,state.yaml}"), emit: records, optional: true
 
     script:
     stepScript(step, task.attempt, task.cpus, task.memory ? task.memory.toMega() : null, params)
@@ -453,7 +447,7 @@ process DATASET_UNLABELLED {
 
     output:
     tuple val(step), path("${step.directory}/*.h5ad"), emit: files, optional: true
-    tuple val(step), path("${step.directory}/{step.json,log.txt,dataset_uns.yaml}"), emit: records, optional: true
+    tuple val(step), path("${step.directory}/{step.json,log.txt,dataset_uns.yaml,state.yaml}"), emit: records, optional: true
 
     script:
     stepScript(step, task.attempt, task.cpus, task.memory ? task.memory.toMega() : null, params)
@@ -493,7 +487,7 @@ process SPLIT_LOWCPU_LOWMEM_LOWTIME {
 
     output:
     tuple val(step), path("${step.directory}/*.h5ad"), emit: files, optional: true
-    tuple val(step), path("${step.directory}/{step.json,log.txt,dataset_uns.yaml}"), emit: records, optional: true
+    tuple val(step), path("${step.directory}/{step.json,log.txt,dataset_uns.yaml,state.yaml}"), emit: records, optional: true
 
     script:
     stepScript(step, task.attempt, task.cpus, task.memory ? task.memory.toMega() : null, params)
@@ -511,7 +505,7 @@ process SPLIT_UNLABELLED {
 
     output:
     tuple val(step), path("${step.directory}/*.h5ad"), emit: files, optional: true
-    tuple val(step), path("${step.directory}/{step.json,log.txt,dataset_uns.yaml}"), emit: records, optional: true
+    tuple val(step), path("${step.directory}/{step.json,log.txt,dataset_uns.yaml,state.yaml}"), emit: records, optional: true
 
     script:
     stepScript(step, task.attempt, task.cpus, task.memory ? task.memory.toMega() : null, params)
@@ -551,7 +545,7 @@ process PREDICT_GPU_HIGHMEM_HIGHTIME_MIDCPU {
 
     output:
     tuple val(step), path("${step.directory}/*.h5ad"), emit: files, optional: true
-    tuple val(step), path("${step.directory}/{step.json,log.txt,dataset_uns.yaml}"), emit: records, optional: true
+    tuple val(step), path("${step.directory}/{step.json,log.txt,dataset_uns.yaml,state.yaml}"), emit: records, optional: true
 
     script:
     stepScript(step, task.attempt, task.cpus, task.memory ? task.memory.toMega() : null, params)
@@ -573,7 +567,7 @@ process PREDICT_GPU_HIGHTIME_MIDCPU_MIDMEM {
 
     output:
     tuple val(step), path("${step.directory}/*.h5ad"), emit: files, optional: true
-    tuple val(step), path("${step.directory}/{step.json,log.txt,dataset_uns.yaml}"), emit: records, optional: true
+    tuple val(step), path("${step.directory}/{step.json,log.txt,dataset_uns.yaml,state.yaml}"), emit: records, optional: true
 
     script:
     stepScript(step, task.attempt, task.cpus, task.memory ? task.memory.toMega() : null, params)
@@ -594,7 +588,7 @@ process PREDICT_LOWCPU_LOWMEM_LOWTIME {
 
     output:
     tuple val(step), path("${step.directory}/*.h5ad"), emit: files, optional: true
-    tuple val(step), path("${step.directory}/{step.json,log.txt,dataset_uns.yaml}"), emit: records, optional: true
+    tuple val(step), path("${step.directory}/{step.json,log.txt,dataset_uns.yaml,state.yaml}"), emit: records, optional: true
 
     script:
     stepScript(step, task.attempt, task.cpus, task.memory ? task.memory.toMega() : null, params)
@@ -615,7 +609,7 @@ process PREDICT_LOWCPU_LOWTIME_MIDMEM {
 
     output:
     tuple val(step), path("${step.directory}/*.h5ad"), emit: files, optional: true
-    tuple val(step), path("${step.directory}/{step.json,log.txt,dataset_uns.yaml}"), emit: records, optional: true
+    tuple val(step), path("${step.directory}/{step.json,log.txt,dataset_uns.yaml,state.yaml}"), emit: records, optional: true
 
     script:
     stepScript(step, task.attempt, task.cpus, task.memory ? task.memory.toMega() : null, params)
@@ -636,7 +630,7 @@ process PREDICT_LOWCPU_MIDMEM_MIDTIME {
 
     output:
     tuple val(step), path("${step.directory}/*.h5ad"), emit: files, optional: true
-    tuple val(step), path("${step.directory}/{step.json,log.txt,dataset_uns.yaml}"), emit: records, optional: true
+    tuple val(step), path("${step.directory}/{step.json,log.txt,dataset_uns.yaml,state.yaml}"), emit: records, optional: true
 
     script:
     stepScript(step, task.attempt, task.cpus, task.memory ? task.memory.toMega() : null, params)
@@ -654,7 +648,7 @@ process PREDICT_UNLABELLED {
 
     output:
     tuple val(step), path("${step.directory}/*.h5ad"), emit: files, optional: true
-    tuple val(step), path("${step.directory}/{step.json,log.txt,dataset_uns.yaml}"), emit: records, optional: true
+    tuple val(step), path("${step.directory}/{step.json,log.txt,dataset_uns.yaml,state.yaml}"), emit: records, optional: true
 
     script:
     stepScript(step, task.attempt, task.cpus, task.memory ? task.memory.toMega() : null, params)
@@ -697,7 +691,7 @@ process SCORE_LOWCPU_LOWMEM_LOWTIME {
 
     output:
     tuple val(step), path("${step.directory}/*.h5ad"), emit: files, optional: true
-    tuple val(step), path("${step.directory}/{step.json,log.txt,dataset_uns.yaml}"), emit: records, optional: true
+    tuple val(step), path("${step.directory}/{step.json,log.txt,dataset_uns.yaml,state.yaml}"), emit: records, optional: true
 
     script:
     stepScript(step, task.attempt, task.cpus, task.memory ? task.memory.toMega() : null, params)
@@ -718,7 +712,7 @@ process SCORE_LOWCPU_MIDMEM_MIDTIME {
 
     output:
     tuple val(step), path("${step.directory}/*.h5ad"), emit: files, optional: true
-    tuple val(step), path("${step.directory}/{step.json,log.txt,dataset_uns.yaml}"), emit: records, optional: true
+    tuple val(step), path("${step.directory}/{step.json,log.txt,dataset_uns.yaml,state.yaml}"), emit: records, optional: true
 
     script:
     stepScript(step, task.attempt, task.cpus, task.memory ? task.memory.toMega() : null, params)
@@ -736,7 +730,7 @@ process SCORE_UNLABELLED {
 
     output:
     tuple val(step), path("${step.directory}/*.h5ad"), emit: files, optional: true
-    tuple val(step), path("${step.directory}/{step.json,log.txt,dataset_uns.yaml}"), emit: records, optional: true
+    tuple val(step), path("${step.directory}/{step.json,log.txt,dataset_uns.yaml,state.yaml}"), emit: records, optional: true
 
     script:
     stepScript(step, task.attempt, task.cpus, task.memory ? task.memory.toMega() : null, params)

@@ -9,7 +9,7 @@ engine gives it, then runs it through the viash-compatible runner and writes, in
 `step.json`: the engine's StepRecord (status ok | failed | not_applicable | not_installed, exit code, wall time,
 peak memory, reason), so `perturbcast aggregate --plan plan.json` builds the same trace, tables and report as the
 engine's run. A dataset step also writes `dataset_uns.yaml` (its uns, for dataset_uns.yaml without staging the
-dataset into the aggregation).
+dataset into the aggregation) and an OpenProblems-style `state.yaml` (its id and files).
 
 Exit code: a task killed for memory or time (137-140, 143) before its last attempt exits with that code, so
 that Nextflow retries it with more resources; otherwise 0 (the record says what happened: one failing component
@@ -156,6 +156,9 @@ def run_component_step(step: dict, args) -> int:
                 import yaml
                 (directory / "dataset_uns.yaml").write_text(
                     yaml.safe_dump(dataset_uns(outputs["output"]), sort_keys=False, allow_unicode=True))
+                # as OpenProblems' dataset folders have it: the id and the files (what --datasets_dir reuses)
+                files = [f"{'output_dataset' if name == 'output' else name}: !file '{path.name}'" for name, path in outputs.items()]
+                (directory / "state.yaml").write_text("\n".join([f"id: '{step['labels']['dataset_id']}'", *files]) + "\n")
     if status != "ok":  # what a failed step left is not an output
         for path in outputs.values():
             if path.is_dir():

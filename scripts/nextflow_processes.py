@@ -57,7 +57,7 @@ def process(stage: str, labels: tuple[str, ...]) -> str:
         "",
         "    output:",
         '    tuple val(step), path("${step.directory}/*.h5ad"), emit: files, optional: true',
-        '    tuple val(step), path("${step.directory}/{step.json,log.txt,dataset_uns.yaml}"), emit: records, optional: true',
+        '    tuple val(step), path("${step.directory}/{step.json,log.txt,dataset_uns.yaml,state.yaml}"), emit: records, optional: true',
         "",
         "    script:",
         "    stepScript(step, task.attempt, task.cpus, task.memory ? task.memory.toMega() : null, params)",

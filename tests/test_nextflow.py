@@ -468,7 +468,8 @@ def _stage_inputs(task: Path, files: list[Path]):
 
 
 def _publish(task: Path, directory: str, publish: Path, patterns=("*.h5ad", "step.json", "log.txt",
-                                                                   "dataset_uns.yaml", "check.json", "partition_check.json")):
+                                                                   "dataset_uns.yaml", "state.yaml", "check.json",
+                                                                   "partition_check.json")):
     """publishDir: the declared outputs, at their path relative to the task folder."""
     for pattern in patterns:
         for made in (task / directory).glob(pattern):
@@ -607,6 +608,9 @@ def test_nextflow_layout_aggregates_like_the_engine(tmp_path):
         assert section in sections_ours and "No trace.tsv" not in sections_ours[section], sections_ours.get(section)
     assert "delta_exit" in sections_ours["failures"] and "exit code 3 on purpose" in sections_ours["failures"]
     assert (ours["status"] == "failed").sum() == (theirs["status"] == "failed").sum() > 0
+    dataset_state = yaml.safe_load((publish / "datasets" / "simulated_grn" / "state.yaml").read_text()
+                                   .replace("!file ", ""))
+    assert dataset_state == {"id": "simulated_grn", "output_dataset": "dataset.h5ad"}
     state = (task / "state.yaml").read_text()
     assert "id: 'emulated'" in state and "output_scores: !file 'score_uns.yaml'" in state
 
