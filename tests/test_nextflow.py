@@ -190,7 +190,10 @@ SELECTIONS = {
     "subset": (["--tasks", "unseen_perturbation,unseen_combination", "--methods", "linear_baseline", "--metrics",
                 "delta_error", "--seeds", "0", "1", "--n-folds", "3", "--folds", "0", "2"], None),
     "datasets": (["--datasets", "simulated_grn", "--tasks", "cell_type_transfer"], None),
+    "spec": (["--spec", "{spec}"], None),  # the selection of the emulated run below, as a spec file
 }
+SPEC = {"datasets": [{"id": "simulated_grn", "arguments": {"n_genes": 60}}], "tasks": ["unseen_perturbation"],
+        "methods": ["train_mean"], "metrics": ["delta_error", "weighted_error"], "n_folds": 2, "seeds": [0, 3]}
 
 
 def _engine_selection(args: list[str]) -> engine.Selection:
@@ -206,6 +209,8 @@ def _engine_selection(args: list[str]) -> engine.Selection:
 @pytest.mark.parametrize("name", sorted(SELECTIONS))
 def test_plan_json_equals_engine_plan(name, tmp_path):
     args, _ = SELECTIONS[name]
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(SPEC))
+    args = [a.replace("{spec}", str(tmp_path / "spec.yaml")) for a in args]
     document = json.loads(perturbcast("plan", "--json", "--output", tmp_path, *args).stdout)
     steps, declared = engine.plan(ROOT, tmp_path.resolve(), _engine_selection(args))
     component_steps = [s for s in document["steps"] if s["stage"] != "check"]
