@@ -10,7 +10,8 @@ plus what a Nextflow params file can say on top (`--exclude-*`, `--use-test-argu
 JSON (`version` 1): `steps`, in dependency order, each with
   id, stage (dataset | split | predict | score | check), component {name, namespace, type, config, dir, version,
   digest}, directory, inputs {argument: path}, outputs {argument: path}, staged {argument: path},
-  arguments {name: value}, depends [step ids], labels {dataset_id, task_id, ...}, resource_labels [lowmem, ...];
+  arguments {name: value}, depends [step ids], labels {dataset_id, task_id, ...}, resource_labels [lowmem, ...],
+  runner_digest (this package, src/api, src/utils: part of every Nextflow task's hash);
 and `not_applicable` (predictor x task pairs excluded by `info.supported_tasks`), `broken_configs`, `selection`,
 `package`. Paths under the results folder are relative to it (the layout both engines publish); `staged` holds
 the user's own files a loader reads (a `--dataset-file` or a spec's `file:` entries), as given, for Nextflow
@@ -178,6 +179,23 @@ def check_steps(steps: list, output: Path, n_folds: int) -> list[dict]:
     return checks
 
 
+def runner_digest(root: Path) -> str:
+    """SHA-256 of what runs every component besides its own folder: this package, src/api, src/utils and
+    _viash.yaml. Each step carries it, so that Nextflow's -resume reruns the steps when it changes (Nextflow's
+    own hash of a staged folder sees only its path, size and time)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    roots = [Path(__file__).resolve().parent, root / "src" / "api", root / "src" / "utils", root / "_viash.yaml"]
+    for base in roots:
+        files = sorted(base.rglob("*")) if base.is_dir() else [base]
+        for path in files:
+            if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc":
+                digest.update(f"{base.name}/{path.relative_to(base) if base.is_dir() else path.name}".encode())
+                digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
 def build_plan(root: Path, output: Path, selection, stages: list | None = None) -> dict:
     """The plan of `selection` as the JSON document main.nf reads."""
     from dataclasses import asdict
@@ -189,6 +207,9 @@ def build_plan(root: Path, output: Path, selection, stages: list | None = None) 
     digests: dict = {}
     documents = [step_json(step, output, root, digests) for step in steps]
     documents += check_steps(steps, output, selection.n_folds)
+    shared = runner_digest(root)
+    for document in documents:
+        document["runner_digest"] = shared
     if stages:
         documents = [d for d in documents if d["stage"] in stages]
         declared = [r for r in declared if r.stage in stages]
