@@ -5,7 +5,9 @@ import os
 import sys
 from pathlib import Path
 
+from . import layout
 from .config import find_package_root
+from .layout import Status
 from .report import write_report
 
 
@@ -22,7 +24,10 @@ def add_commands(commands):
                     "of workers. Finished steps are cached in the output directory, so a re-run resumes; a "
                     "failing component is recorded and the rest completes. With no selection it runs the "
                     "default datasets (those that need no network) with every task, method and metric.")
-    bench.add_argument("--output", default="output/benchmark", help="results directory (default: %(default)s)")
+    bench.add_argument("--output", help=f"results directory (default: {layout.DEFAULT_RESULTS} for the default "
+                                        f"selection, else {layout.DEFAULT_RESULTS}-<what was selected>, e.g. "
+                                        f"{layout.results_folder({'methods': ['mine']})}, so a selection never "
+                                        "overwrites another run's results)")
     for kind in ("datasets", "tasks", "methods", "metrics"):
         bench.add_argument(f"--{kind}", nargs="+", metavar="ID",
                            help=f"only these {kind} (space or comma separated); default: all" +
@@ -91,7 +96,7 @@ def aggregate_results(root: Path, output: Path, only: set | None = None, n_resam
     paths = [path for path in scoring.score_files(output) if only is None or path.resolve() in only]
     write_openproblems_files(root, output, components, paths)
     text = scoring.format_leaderboard(scoring.leaderboard(results, summary), maximize)
-    (output / "leaderboard.txt").write_text(text + "\n")
+    (output / layout.LEADERBOARD).write_text(text + "\n")
     panel = ", ".join(scoring.HEADLINE_PANEL)
     return ("\nLeaderboard. headline: mean calibrated score (0 = train_mean, 1 = replicate_ceiling; each clamped to "
             f"[-1, 1]) over the panel {panel}, averaged over folds pooled per partition, partitions and datasets x "
@@ -128,7 +133,7 @@ def _engine_options(args) -> tuple[str | None, object]:
         memory = memory_as_bytes(args.step_memory)
         if not memory:
             return f"[error] --step-memory must be an amount of memory such as 4GiB or 512MB (got '{args.step_memory}')", None
-    output = Path(args.output)
+    output = Path(args.output or layout.DEFAULT_RESULTS)
     if output.exists() and not output.is_dir():
         return f"[error] --output '{args.output}' is an existing file; expected a results directory", None
     return None, Limits(timeout=args.step_timeout, memory=memory)
@@ -141,8 +146,23 @@ def benchmark(args) -> int:
         return _benchmark(args)
     except KeyboardInterrupt:  # while planning or writing the tables (steps have their own handling)
         print(f"[interrupted] {engine.INTERRUPT.name if engine.INTERRUPT.stopped else 'SIGINT'}: stopped outside "
-              f"the steps; finished steps stay cached in '{args.output}'", file=sys.stderr)
-        return 130
+              f"the steps; finished steps stay cached in '{args.output or layout.DEFAULT_RESULTS}'", file=sys.stderr)
+        return layout.INTERRUPTED_EXIT_CODE
+
+
+def selection_folder(selection, scale_controls=(), spec: str | None = None) -> Path:
+    """The results folder of a run without --output (layout.results_folder): named after what the selection
+    changes from the default run (and the spec file it came from, whose dataset arguments the ids do not
+    show). The controls every method selection gets are left out of the name unless only controls were chosen."""
+    methods = selection.methods
+    if methods is not None:
+        methods = [m for m in methods if m not in scale_controls] or methods
+    default = type(selection)()
+    return layout.results_folder({
+        "spec": [Path(spec).stem] if spec else None,
+        "datasets": selection.datasets, "tasks": selection.tasks, "methods": methods, "metrics": selection.metrics,
+        "seeds": selection.seeds if list(selection.seeds) != default.seeds else None,
+        "n_folds": [selection.n_folds] if selection.n_folds != default.n_folds else None, "folds": selection.folds})
 
 
 def _user_datasets(args, root: Path, selection) -> str | None:
@@ -205,7 +225,6 @@ def _benchmark(args) -> int:
         if added:
             methods = methods + added
             print(f"perturbcast benchmark: added the controls that set the scale: {', '.join(added)}", file=sys.stderr)
-    output = Path(args.output).resolve()
     selection = engine.Selection(datasets=_names(args.datasets), tasks=_names(args.tasks),
                                  methods=methods, metrics=_names(args.metrics), seeds=args.seeds,
                                  n_folds=args.n_folds, folds=args.folds)
@@ -213,6 +232,11 @@ def _benchmark(args) -> int:
     if problem:
         print(f"[error] {problem}", file=sys.stderr)
         return 2
+    if args.output is None:
+        args.output = str(selection_folder(selection, engine.SCALE_CONTROLS, args.spec))
+        print(f"perturbcast benchmark: results in {args.output} (each selection has its own folder; --output "
+              "chooses another)", file=sys.stderr)
+    output = Path(args.output).resolve()
     try:
         steps, declared = engine.plan(root, output, selection)
     except ValueError as error:
@@ -252,8 +276,8 @@ def _run(args, root: Path, output: Path, steps, declared, limits) -> int:
     progress = engine.Progress(len(steps), verbose=args.verbose)
     records = engine.execute(steps, jobs=args.jobs, limits=limits, progress=progress)
     records += engine.check_partitions(steps, records, args.n_folds) + declared
-    engine.write_trace(records, output / "trace.tsv")
-    this_run = {Path(r.outputs["output"]).resolve() for r in records if r.stage == "score" and r.status == "ok"}
+    engine.write_trace(records, output / layout.TRACE)
+    this_run = {Path(r.outputs["output"]).resolve() for r in records if r.stage == layout.SCORE and r.status == Status.OK}
     if engine.INTERRUPT.stopped:
         # whatever tables the finished scores allow; the second Ctrl-C (handler still installed) exits at once
         tables = ""
@@ -263,22 +287,21 @@ def _run(args, root: Path, output: Path, steps, declared, limits) -> int:
                 tables = ", results.parquet"
             except Exception as error:  # partial results may not aggregate; the trace is what counts
                 tables = f" (no result tables: {type(error).__name__}: {error})"
-        done = sum(r.status in ("ok", "not_applicable") for r in records if r.stage != "config")
+        done = sum(Status(r.status).reusable for r in records if r.stage != layout.CONFIG)
         print(f"[interrupted] {engine.INTERRUPT.name}: stopped after {done} of {len(records)} steps; partial "
-              f"results in {output} (trace.tsv{tables})", file=sys.stderr)
-        return 130
+              f"results in {output} ({layout.TRACE}{tables})", file=sys.stderr)
+        return layout.INTERRUPTED_EXIT_CODE
     text = aggregate_results(root, output, this_run, n_resamples=args.n_resamples)
-    failed = [r for r in records if r.status == "failed"]
+    failed = [r for r in records if r.status == Status.FAILED]
     print(text)
     print(f"\nreport: {write_report(output)}")
-    statuses = ("ok", "failed", "not_applicable", "not_installed", "skipped", "interrupted")
-    counts = {status: sum(r.status == status for r in records) for status in statuses}
-    print("\nsteps: " + ", ".join(f"{counts[s]} {s.replace('_', ' ')}" for s in statuses if counts[s] or s == "ok")
+    counts = {status: sum(r.status == status for r in records) for status in layout.STATUS_ORDER}
+    print("\nsteps: " + ", ".join(f"{counts[s]} {s.label}" for s in layout.STATUS_ORDER if counts[s] or s == Status.OK)
           + f"; tables in {output}")
     for record in declared:
         progress.update_cause(record)
     print("\n".join(progress.summary()))
     for record in failed:
-        log = Path(record.outputs["output"]).parent / "log.txt" if record.outputs.get("output") else None
+        log = output / layout.log_of(record.id) if layout.log_of(record.id) else None
         print(f"  failed: {record.id}: {record.reason}" + (f"  (log: {log})" if log else ""))
     return 1 if (failed and args.fail_on_error) else 0
