@@ -69,6 +69,11 @@ class Status(str, Enum):
     def __str__(self) -> str:
         return self.value
 
+    # Hash as the plain string (Enum hashes the member's name), so a Status and its value are one key of a
+    # dict or set: counts keyed by trace strings are found with Status members and the other way round.
+    def __hash__(self) -> int:
+        return hash(self.value)
+
     @property
     def label(self) -> str:
         """As shown to people: `not applicable`."""
@@ -90,6 +95,12 @@ class Status(str, Enum):
                 NOT_INSTALLED_EXIT_CODE: cls.NOT_INSTALLED}.get(exit_code, cls.FAILED)
 
 
+def status_label(value) -> str:
+    """How a status read from a file is shown (`not applicable`); an unknown value as it is."""
+    return Status(value).label if value in _STATUS_VALUES else str(value)
+
+
+_STATUS_VALUES = {status.value for status in Status}
 # Display order (terminal summary, report).
 STATUS_ORDER = tuple(Status)
 # Statuses of a step that produced no output.
@@ -226,11 +237,6 @@ def trace_row(record) -> dict:
             "peak_rss_mib": round(record.peak_rss_bytes / 2**20, 1), "reason": record.reason,
             "blocked_by": cause.get("step", ""), "blocked_by_status": cause.get("status", "")}
 
-
-# -- labels ----------------------------------------------------------------------------------------------
-
-# The labels of a score (and of the rows of the result tables), in table order.
-SCORE_LABELS = ("dataset_id", "task_id", "seed", "fold", "method_id", "metric_component")
 
 
 # -- where a run writes ----------------------------------------------------------------------------------

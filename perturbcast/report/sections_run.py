@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..layout import NOT_APPLICABLE_TAG as _NOT_APPLICABLE_TAG, status_label
 from .inputs import NOT_DONE, STATUS_LABELS, Inputs, is_simulated
 from .markup import doi_links, esc, fmt, inline_code, links, paragraphs
 from .sections_scores import kind_badge, method_cell
@@ -97,7 +98,7 @@ them. Times depend on the machine and on how many steps ran at once.</p>
 
 
 # components may start their not-applicable message with this tag; the table's heading already says it
-NOT_APPLICABLE_TAG = re.compile(r"^\[not applicable\]\s*")
+NOT_APPLICABLE_TAG = re.compile(r"^" + re.escape(_NOT_APPLICABLE_TAG) + r"\s*")
 
 
 def _exit_code(value) -> str:
@@ -155,7 +156,7 @@ def section_failures(inputs: Inputs, output: Path) -> str:
     for row in tables["skipped"].itertuples(index=False):
         if row.cause:
             cause = (f"<code>{esc(row.cause)}</code> <span class='status-{esc(row.cause_status)}'>"
-                     f"{esc(str(row.cause_status).replace('_', ' '))}</span>")
+                     f"{esc(status_label(row.cause_status))}</span>")
         else:
             cause = esc(row.reason or "no reason recorded")
         skipped_rows.append(f"<tr><td>{cause}</td><td class='num'>{len(row.steps)}</td>"
