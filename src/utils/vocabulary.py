@@ -44,5 +44,6 @@ def targets(perturbation) -> tuple[str, ...]:
 
 
 def label(targets_of_row) -> str:
-    """The common label of a set of targets: sorted and joined, `control` when there are none."""
-    return TARGET_SEPARATOR.join(sorted(targets_of_row)) if targets_of_row else CONTROL
+    """The common label of some targets (any iterable): sorted and joined, `control` when there are none."""
+    ordered = sorted(targets_of_row)
+    return TARGET_SEPARATOR.join(ordered) if ordered else CONTROL
