@@ -150,13 +150,13 @@ def benchmark(args) -> int:
         return layout.INTERRUPTED_EXIT_CODE
 
 
-def selection_folder(selection, scale_controls=(), spec: str | None = None) -> Path:
+def selection_folder(selection, added_controls=(), spec: str | None = None) -> Path:
     """The results folder of a run without --output (layout.results_folder): named after what the selection
     changes from the default run (and the spec file it came from, whose dataset arguments the ids do not
-    show). The controls every method selection gets are left out of the name unless only controls were chosen."""
+    show). The controls the command added to a method selection are left out of the name."""
     methods = selection.methods
     if methods is not None:
-        methods = [m for m in methods if m not in scale_controls] or methods
+        methods = [m for m in methods if m not in added_controls]
     default = type(selection)()
     return layout.results_folder({
         "spec": [Path(spec).stem] if spec else None,
@@ -217,7 +217,7 @@ def _benchmark(args) -> int:
         print(f"[error] --n-folds is {args.n_folds} and --folds {args.folds}: expected --n-folds >= 2 and folds "
               f"between 0 and {args.n_folds - 1}", file=sys.stderr)
         return 2
-    methods = _names(args.methods)
+    methods, added = _names(args.methods), []
     if methods is not None:
         # scores are only readable on the scale these controls set: always run them with a selection
         present = {c.name for c in engine.discover_components(root) if c.component_type == "control_method"}
@@ -233,7 +233,7 @@ def _benchmark(args) -> int:
         print(f"[error] {problem}", file=sys.stderr)
         return 2
     if args.output is None:
-        args.output = str(selection_folder(selection, engine.SCALE_CONTROLS, args.spec))
+        args.output = str(selection_folder(selection, added, args.spec))
         print(f"perturbcast benchmark: results in {args.output} (each selection has its own folder; --output "
               "chooses another)", file=sys.stderr)
     output = Path(args.output).resolve()

@@ -243,7 +243,7 @@ def trace_row(record) -> dict:
 
 # The results folder of `perturbcast benchmark` without --output and without a selection.
 DEFAULT_RESULTS = Path("output") / "benchmark"
-_SLUG_LIMIT = 60
+_SLUG_LIMIT = 100
 
 
 def results_folder(selection: dict, default: Path = DEFAULT_RESULTS) -> Path:
@@ -252,7 +252,7 @@ def results_folder(selection: dict, default: Path = DEFAULT_RESULTS) -> Path:
     selection never overwrites another run's results and running it again resumes its own cache.
 
     `selection`: kind -> the values chosen (None or empty: the default for that kind), in slug order. A
-    slug longer than 60 characters keeps its first 40 and adds 8 hex digits of its sha256 (still one
+    slug longer than 100 characters keeps its first 80 and adds 8 hex digits of its sha256 (still one
     folder per selection)."""
     import hashlib
     import re
@@ -262,5 +262,5 @@ def results_folder(selection: dict, default: Path = DEFAULT_RESULTS) -> Path:
         return Path(default)
     slug = re.sub(r"[^A-Za-z0-9_.+=-]", "_", "-".join(parts))
     if len(slug) > _SLUG_LIMIT:
-        slug = f"{slug[:40]}-{hashlib.sha256(slug.encode()).hexdigest()[:8]}"
+        slug = f"{slug[:80]}-{hashlib.sha256(slug.encode()).hexdigest()[:8]}"
     return Path(f"{default}-{slug}")
