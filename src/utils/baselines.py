@@ -24,7 +24,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from vocabulary import CONTROL, TARGET_SEPARATOR, TargetLabelError, targets
+import vocabulary
+from vocabulary import CONTROL, TARGET_SEPARATOR  # noqa: F401 (methods use baselines.TARGET_SEPARATOR)
 CONTEXT_COLUMNS = ("cell_type", "condition")
 
 
@@ -39,8 +40,8 @@ class InputError(ValueError):
 def targets_of(perturbation: str) -> tuple[str, ...]:
     """Target symbols of a perturbation string (`control` -> no targets)."""
     try:
-        return targets(perturbation)
-    except TargetLabelError as error:  # the methods' own kind of input error (exit 1 with its message)
+        return vocabulary.targets(perturbation)
+    except vocabulary.TargetLabelError as error:  # the methods' own kind of input error (exit 1 with its message)
         raise InputError(str(error)) from None
 
 

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from vocabulary import CONTROL, TARGET_SEPARATOR, targets  # noqa: F401 (CONTROL: also the layer of control means)
+import vocabulary
+from vocabulary import CONTROL  # noqa: F401 (deltas.CONTROL: also the name of the layer of control means)
 
 
 def as_dense(matrix) -> np.ndarray:
@@ -35,7 +36,7 @@ def target_mask(perturbations, var_names) -> np.ndarray:
     position = {str(gene): j for j, gene in enumerate(var_names)}
     perturbations = [str(p) for p in perturbations]
     mask = np.zeros((len(perturbations), len(position)), dtype=bool)
-    pairs = [(i, position[t]) for i, p in enumerate(perturbations) for t in targets(p) if t in position]
+    pairs = [(i, position[t]) for i, p in enumerate(perturbations) for t in vocabulary.targets(p) if t in position]
     if pairs:
         rows, cols = np.array(pairs).T
         mask[rows, cols] = True

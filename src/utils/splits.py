@@ -26,7 +26,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from vocabulary import CONTROL, TARGET_SEPARATOR, TargetLabelError, targets
+import vocabulary
+from vocabulary import CONTROL, TARGET_SEPARATOR
 ID_SEPARATOR = "|"
 # obs columns of the common dataset that every task reads (checked on input even without a config).
 REQUIRED_OBS = ("perturbation", "is_control", "perturbation_type", "n_targets", "cell_type", "condition",
@@ -68,8 +69,8 @@ def split_arguments(par: dict, fail) -> tuple[int, int, int]:
 def parse_targets(perturbation: str) -> tuple[str, ...]:
     """Target symbols of a perturbation string, in string order (`control` -> no targets)."""
     try:
-        return targets(perturbation)
-    except TargetLabelError as error:  # the task's own kind of input error (exit 1 with its message)
+        return vocabulary.targets(perturbation)
+    except vocabulary.TargetLabelError as error:  # the task's own kind of input error (exit 1 with its message)
         raise SplitInputError(str(error)) from None
 
 
