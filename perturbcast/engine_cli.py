@@ -284,7 +284,7 @@ def _run(args, root: Path, output: Path, steps, declared, limits) -> int:
         if this_run:
             try:
                 aggregate_results(root, output, this_run, n_resamples=args.n_resamples)
-                tables = ", results.parquet"
+                tables = f", {layout.RESULTS}"
             except Exception as error:  # partial results may not aggregate; the trace is what counts
                 tables = f" (no result tables: {type(error).__name__}: {error})"
         done = sum(Status(r.status).reusable for r in records if r.stage != layout.CONFIG)

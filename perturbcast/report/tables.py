@@ -216,7 +216,7 @@ def failure_tables(trace: pd.DataFrame) -> dict[str, pd.DataFrame]:
     - `skipped`: steps that did not run because of another, grouped by the first cause of their chain
       (`cause`, `cause_status`), then skipped steps with no recorded cause, grouped by reason (`cause` empty).
     """
-    empty = {"failed": pd.DataFrame(), "not_applicable": pd.DataFrame(), "skipped": pd.DataFrame()}
+    empty = {FAILED: pd.DataFrame(), NOT_APPLICABLE: pd.DataFrame(), SKIPPED: pd.DataFrame()}
     if trace.empty or "status" not in trace:
         return empty
     bad = trace[trace["status"].isin([FAILED, NOT_APPLICABLE, SKIPPED])]
@@ -240,8 +240,8 @@ def failure_tables(trace: pd.DataFrame) -> dict[str, pd.DataFrame]:
     unexplained = bad[(bad["status"] == SKIPPED) & ~bad["step"].isin(list(roots))]
     skipped += [{"cause": "", "cause_status": "", "reason": str(reason), "steps": list(group["step"])}
                 for reason, group in unexplained.groupby("reason", sort=True)]
-    return {"failed": failed, "not_applicable": not_applicable,
-            "skipped": pd.DataFrame(skipped, columns=["cause", "cause_status", "reason", "steps"])}
+    return {FAILED: failed, NOT_APPLICABLE: not_applicable,
+            SKIPPED: pd.DataFrame(skipped, columns=["cause", "cause_status", "reason", "steps"])}
 
 
 # ----------------------------------------------------------------------------------------------- datasets
