@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import re
 
-from vocabulary import CONTROL, TARGET_SEPARATOR as SEPARATOR, label
+import vocabulary
+from vocabulary import CONTROL, TARGET_SEPARATOR as SEPARATOR
 
 # Lower-case spellings of control cells (non-targeting guides, empty vectors, untreated).
 CONTROL_LABELS = frozenset({
@@ -89,7 +90,7 @@ def harmonize_perturbation(label, *, separators=(SEPARATOR,), controls=CONTROL_L
         if part.lower() in UNASSIGNED_LABELS:
             return None
         targets.add(part)
-    return label(targets)
+    return vocabulary.label(targets)
 
 
 def harmonize_labels(values, **options) -> dict:
