@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["check-split"]:
-        from .leakage import main as check_split_main
+        from .leakage_cli import main as check_split_main
         return check_split_main(argv[1:])
     if argv[:1] == ["exec"]:
         from .runner import exec_built

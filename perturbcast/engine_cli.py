@@ -7,7 +7,9 @@ import os
 import sys
 from pathlib import Path
 
+from . import layout
 from .config import find_package_root
+from .layout import Status
 from .report import write_report
 
 
@@ -24,7 +26,10 @@ def add_commands(commands):
                     "of workers. Finished steps are cached in the output directory, so a re-run resumes; a "
                     "failing component is recorded and the rest completes. With no selection it runs the "
                     "default datasets (those that need no network) with every task, method and metric.")
-    bench.add_argument("--output", default="output/benchmark", help="results directory (default: %(default)s)")
+    bench.add_argument("--output", help=f"results directory (default: {layout.DEFAULT_RESULTS} for the default "
+                                        f"selection, else {layout.DEFAULT_RESULTS}-<what was selected>, e.g. "
+                                        f"{layout.results_folder({'methods': ['mine']})}, so a selection never "
+                                        "overwrites another run's results)")
     add_selection_arguments(bench)
     bench.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
                        help="steps run at once (default: number of CPUs, %(default)s)")
@@ -107,7 +112,7 @@ def aggregate_results(root: Path, output: Path, only: set | None = None, n_resam
     paths = [path for path in scoring.score_files(output) if only is None or path.resolve() in only]
     write_openproblems_files(root, output, components, paths)
     text = scoring.format_leaderboard(scoring.leaderboard(results, summary), maximize)
-    (output / "leaderboard.txt").write_text(text + "\n")
+    (output / layout.LEADERBOARD).write_text(text + "\n")
     panel = ", ".join(scoring.HEADLINE_PANEL)
     return ("\nLeaderboard. headline: mean calibrated score (0 = train_mean, 1 = replicate_ceiling; each clamped to "
             f"[-1, 1]) over the panel {panel}, averaged over folds pooled per partition, partitions and datasets x "
@@ -165,7 +170,7 @@ def _engine_options(args) -> tuple[str | None, object]:
         memory = memory_as_bytes(args.step_memory)
         if not memory:
             return f"[error] --step-memory must be an amount of memory such as 4GiB or 512MB (got '{args.step_memory}')", None
-    output = Path(args.output)
+    output = Path(args.output or layout.DEFAULT_RESULTS)
     if output.exists() and not output.is_dir():
         return f"[error] --output '{args.output}' is an existing file; expected a results directory", None
     return None, Limits(timeout=args.step_timeout, memory=memory)
@@ -178,8 +183,23 @@ def benchmark(args) -> int:
         return _benchmark(args)
     except KeyboardInterrupt:  # while planning or writing the tables (steps have their own handling)
         print(f"[interrupted] {engine.INTERRUPT.name if engine.INTERRUPT.stopped else 'SIGINT'}: stopped outside "
-              f"the steps; finished steps stay cached in '{args.output}'", file=sys.stderr)
-        return 130
+              f"the steps; finished steps stay cached in '{args.output or layout.DEFAULT_RESULTS}'", file=sys.stderr)
+        return layout.INTERRUPTED_EXIT_CODE
+
+
+def selection_folder(selection, added_controls=(), spec: str | None = None) -> Path:
+    """The results folder of a run without --output (layout.results_folder): named after what the selection
+    changes from the default run (and the spec file it came from, whose dataset arguments the ids do not
+    show). The controls the command added to a method selection are left out of the name."""
+    methods = selection.methods
+    if methods is not None:
+        methods = [m for m in methods if m not in added_controls]
+    default = type(selection)()
+    return layout.results_folder({
+        "spec": [Path(spec).stem] if spec else None,
+        "datasets": selection.datasets, "tasks": selection.tasks, "methods": methods, "metrics": selection.metrics,
+        "seeds": selection.seeds if list(selection.seeds) != default.seeds else None,
+        "n_folds": [selection.n_folds] if selection.n_folds != default.n_folds else None, "folds": selection.folds})
 
 
 def _user_datasets(args, root: Path, selection) -> str | None:
@@ -260,6 +280,12 @@ def _benchmark(args) -> int:
     root, selection, code = selection_from_args(args, "benchmark")
     if selection is None:
         return code
+    if args.output is None:
+        requested = set(_names(args.methods) or [])
+        added = [m for m in selection.methods or [] if m not in requested] if args.methods else []
+        args.output = str(selection_folder(selection, added, args.spec))
+        print(f"perturbcast benchmark: results in {args.output} (each selection has its own folder; --output "
+              "chooses another)", file=sys.stderr)
     output = Path(args.output).resolve()
     try:
         steps, declared = engine.plan(root, output, selection)
@@ -300,33 +326,32 @@ def _run(args, root: Path, output: Path, steps, declared, limits, n_folds: int) 
     progress = engine.Progress(len(steps), verbose=args.verbose)
     records = engine.execute(steps, jobs=args.jobs, limits=limits, progress=progress)
     records += engine.check_partitions(steps, records, n_folds) + declared
-    engine.write_trace(records, output / "trace.tsv")
-    this_run = {Path(r.outputs["output"]).resolve() for r in records if r.stage == "score" and r.status == "ok"}
+    engine.write_trace(records, output / layout.TRACE)
+    this_run = {Path(r.outputs["output"]).resolve() for r in records if r.stage == layout.SCORE and r.status == Status.OK}
     if engine.INTERRUPT.stopped:
         # whatever tables the finished scores allow; the second Ctrl-C (handler still installed) exits at once
         tables = ""
         if this_run:
             try:
                 aggregate_results(root, output, this_run, n_resamples=args.n_resamples)
-                tables = ", results.parquet"
+                tables = f", {layout.RESULTS}"
             except Exception as error:  # partial results may not aggregate; the trace is what counts
                 tables = f" (no result tables: {type(error).__name__}: {error})"
-        done = sum(r.status in ("ok", "not_applicable") for r in records if r.stage != "config")
+        done = sum(Status(r.status).reusable for r in records if r.stage != layout.CONFIG)
         print(f"[interrupted] {engine.INTERRUPT.name}: stopped after {done} of {len(records)} steps; partial "
-              f"results in {output} (trace.tsv{tables})", file=sys.stderr)
-        return 130
+              f"results in {output} ({layout.TRACE}{tables})", file=sys.stderr)
+        return layout.INTERRUPTED_EXIT_CODE
     text = aggregate_results(root, output, this_run, n_resamples=args.n_resamples)
-    failed = [r for r in records if r.status == "failed"]
+    failed = [r for r in records if r.status == Status.FAILED]
     print(text)
     print(f"\nreport: {write_report(output)}")
-    statuses = ("ok", "failed", "not_applicable", "not_installed", "skipped", "interrupted")
-    counts = {status: sum(r.status == status for r in records) for status in statuses}
-    print("\nsteps: " + ", ".join(f"{counts[s]} {s.replace('_', ' ')}" for s in statuses if counts[s] or s == "ok")
+    counts = {status: sum(r.status == status for r in records) for status in layout.STATUS_ORDER}
+    print("\nsteps: " + ", ".join(f"{counts[s]} {s.label}" for s in layout.STATUS_ORDER if counts[s] or s == Status.OK)
           + f"; tables in {output}")
     for record in declared:
         progress.update_cause(record)
     print("\n".join(progress.summary()))
     for record in failed:
-        log = Path(record.outputs["output"]).parent / "log.txt" if record.outputs.get("output") else None
+        log = output / layout.log_of(record.id) if layout.log_of(record.id) else None
         print(f"  failed: {record.id}: {record.reason}" + (f"  (log: {log})" if log else ""))
     return 1 if (failed and args.fail_on_error) else 0

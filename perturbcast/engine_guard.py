@@ -29,6 +29,9 @@ from pathlib import Path
 
 import yaml
 
+from . import layout
+from .layout import Status
+
 # Used when _viash.yaml has no config_mods labels: Nextflow's directives of the OpenProblems template.
 DEFAULT_LABELS = {"lowtime": ("time", 3600), "midtime": ("time", 4 * 3600), "hightime": ("time", 12 * 3600),
                   "veryhightime": ("time", 48 * 3600), "lowmem": ("memory", 8 * 2**30),
@@ -120,7 +123,7 @@ def last_error(log_path: Path) -> str:
     except OSError:
         return ""
     lines = [line for line in lines if line.strip() and not line.startswith("$ perturbcast run ")]
-    errors = [line for line in lines if line.startswith(("[error]", "[not applicable]", "[not installed]"))]
+    errors = [line for line in lines if line.startswith(layout.OUTCOME_TAGS)]
     return (errors[-1] if errors else (lines[-1] if lines else "")).strip()[:500]
 
 
@@ -144,22 +147,22 @@ class Progress:
         return "[" + "#" * filled + "-" * (width - filled) + f"] {self.done:>4}/{self.total}"
 
     def _counts(self) -> str:
-        order = ("ok", "failed", "not_applicable", "not_installed", "skipped", "interrupted")
-        return ", ".join(f"{self.counts[s]} {s.replace('_', ' ')}" for s in order if self.counts.get(s))
+        return ", ".join(f"{self.counts[s]} {s.label}" for s in layout.STATUS_ORDER if self.counts.get(s))
 
     def update(self, record):
         with self.lock:
             self.done += 1
-            self.counts[record.status] = self.counts.get(record.status, 0) + 1
+            status = Status(record.status)
+            self.counts[status] = self.counts.get(status, 0) + 1
             self._count_cause(record)
             cost = "cached" if record.cached else f"{record.wall_seconds:6.1f}s {record.peak_rss_bytes / 2**20:7.0f} MiB"
             if self.verbose:
-                line = f"{self._bar()} {record.status.replace('_', ' '):<14} {record.id}  {cost}"
-                if record.reason and record.status != "ok":
+                line = f"{self._bar()} {status.label:<14} {record.id}  {cost}"
+                if record.reason and status != Status.OK:
                     line += f"\n        {record.reason}"
                 print(line, file=self.stream, flush=True)
                 return
-            if record.status == "failed":
+            if status == Status.FAILED:
                 self._clear()
                 print(f"failed: {record.id}: {record.reason}", file=self.stream, flush=True)
             if self.interactive:
@@ -173,13 +176,13 @@ class Progress:
                 print(f"{self._bar()} {self._counts()}", file=self.stream, flush=True)
 
     def _count_cause(self, record):
-        if record.status not in ("not_applicable", "not_installed", "skipped"):
+        status = Status(record.status)
+        if status not in (Status.NOT_APPLICABLE, Status.NOT_INSTALLED, Status.SKIPPED):
             return
         cause = record.reason or ""
-        if cause.startswith("upstream "):  # one cause for all steps below a failed or n/a step
-            cause = "its upstream step is " + ("not applicable" if cause.endswith("not applicable")
-                                               else "failed" if cause.endswith("failed") else "missing")
-        key = (record.status, cause[:150])
+        if getattr(record, "blocked_by", None):  # one cause for all steps below a failed or n/a step
+            cause = f"its upstream step is {Status(record.blocked_by['status']).label}"
+        key = (status, cause[:150])
         count, components = self.causes.get(key, (0, set()))
         self.causes[key] = (count + 1, components | {record.component})
 
@@ -198,10 +201,10 @@ class Progress:
         ranked = sorted(self.causes.items(), key=lambda item: (-item[1][0], item[0]))
         for (status, cause), (n, components) in ranked[:limit]:
             names = ", ".join(sorted(components)[:4]) + (f" and {len(components) - 4} more" if len(components) > 4 else "")
-            lines.append(f"  {n:>4} {status.replace('_', ' ')} ({names}): {cause}")
+            lines.append(f"  {n:>4} {Status(status).label} ({names}): {cause}")
         if len(ranked) > limit:
             rest = sum(n for _, (n, _) in ranked[limit:])
-            lines.append(f"  {rest:>4} more in {len(ranked) - limit} other causes (trace.tsv lists every step)")
+            lines.append(f"  {rest:>4} more in {len(ranked) - limit} other causes ({layout.TRACE} lists every step)")
         return lines
 
 
@@ -288,7 +291,7 @@ class Interrupt:
                 except Exception:
                     pass
             print(f"\n[interrupted] {signal.Signals(signum).name} again: exiting at once", file=sys.__stderr__, flush=True)
-            os._exit(130)
+            os._exit(layout.INTERRUPTED_EXIT_CODE)
         self.stop(signum)
         if not self.executing:  # planning or writing tables: nothing to wind down, stop where we are
             raise KeyboardInterrupt

@@ -35,8 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 # Exit code of a component whose packages are not installed (its extra is absent or its environment
-# cannot be built); the engine records it as "not installed", not as a failure.
-NOT_INSTALLED_EXIT_CODE = 98
+# cannot be built); the engine records it as "not installed", not as a failure (defined in perturbcast.layout).
+from .layout import NOT_INSTALLED_EXIT_CODE
 ISOLATED_ENV = "PERTURBCAST_ISOLATED_ENVIRONMENTS"
 READY_FILE = "perturbcast-env.json"
 # A CPU environment must not pull CUDA libraries (GBs that a CPU run never uses); a GPU run may.

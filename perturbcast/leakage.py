@@ -30,16 +30,17 @@ Per task (`task_id`, else `train.uns['task_id']`)
 """
 from __future__ import annotations
 
-import argparse
 import os
-import sys
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-CONTROL = "control"
-SEPARATOR = "+"
+from . import layout
+from .layout import vocabulary
+
+# The control label and the one parser of target labels are the components' (src/utils/vocabulary.py).
+CONTROL = vocabulary.CONTROL
 ALLOWED_TEST_OBS = ("perturbation", "perturbation_type", "n_targets", "cell_type", "condition", "stratum",
                     "target_expression")
 ALLOWED_TEST_VAR = ("gene_id", "highly_variable_rank")
@@ -71,10 +72,6 @@ def _strings(frame: pd.DataFrame, column: str) -> np.ndarray:
     if column not in frame.columns:
         return np.array([""] * len(frame), dtype=object)
     return frame[column].astype(str).to_numpy()
-
-
-def _targets(perturbation: str) -> tuple[str, ...]:
-    return () if perturbation == CONTROL else tuple(perturbation.split(SEPARATOR))
 
 
 def _examples(items, n: int = 3) -> str:
@@ -211,7 +208,7 @@ def _rank_problems(train, test, solution) -> list[str]:
 def _train_targets(train) -> tuple[set[str], set[str]]:
     """(perturbation strings, target genes) of the training perturbations (controls excluded)."""
     perturbations = {p for p in _strings(train.obs, "perturbation") if p != CONTROL}
-    genes = {g for p in perturbations for g in _targets(p)}
+    genes = {g for p in perturbations for g in vocabulary.targets(p)}
     return perturbations, genes
 
 
@@ -225,21 +222,21 @@ def _unseen_perturbation_problems(train, test, solution) -> list[str]:
         problems.append(f"train: test perturbations {_examples(again)} are also in training")
     if "held_out_targets" in solution.uns:
         held = {str(g) for g in np.atleast_1d(solution.uns["held_out_targets"])}
-        touching = sorted(p for p in train_perturbations if not held.isdisjoint(_targets(p)))
+        touching = sorted(p for p in train_perturbations if not held.isdisjoint(vocabulary.targets(p)))
         if touching:
             problems.append(f"train: {len(touching)} training perturbations target a held-out gene, e.g. "
                             f"{_examples(touching)}")
-        untouched = sorted({p for p in test_perturbations if held.isdisjoint(_targets(p))})
+        untouched = sorted({p for p in test_perturbations if held.isdisjoint(vocabulary.targets(p))})
         if untouched:
             problems.append(f"test: perturbations {_examples(untouched)} target no held-out gene")
     else:
-        unseen = {g for p, s in zip(test_perturbations, strata) if s in ("single", "combo_seen0") for g in _targets(p)}
+        unseen = {g for p, s in zip(test_perturbations, strata) if s in ("single", "combo_seen0") for g in vocabulary.targets(p)}
         seen_unseen = sorted(unseen & train_genes)
         if seen_unseen:
             problems.append(f"train: held-out genes {_examples(seen_unseen)} (targets of single / combo_seen0 test "
                             f"rows) are perturbed in training")
         no_unseen = sorted({p for p, s in zip(test_perturbations, strata)
-                            if s == "combo_seen1" and set(_targets(p)) <= train_genes})
+                            if s == "combo_seen1" and set(vocabulary.targets(p)) <= train_genes})
         if no_unseen:
             problems.append(f"train: every target of combo_seen1 test perturbations {_examples(no_unseen)} is "
                             f"perturbed in training")
@@ -249,9 +246,9 @@ def _unseen_perturbation_problems(train, test, solution) -> list[str]:
 def _unseen_combination_problems(train, test, solution) -> list[str]:
     problems = []
     train_perturbations, _ = _train_targets(train)
-    train_singles = {p for p in train_perturbations if len(_targets(p)) == 1}
+    train_singles = {p for p in train_perturbations if len(vocabulary.targets(p)) == 1}
     test_perturbations = _strings(test.obs, "perturbation")
-    singles = sorted({p for p in test_perturbations if len(_targets(p)) < 2})
+    singles = sorted({p for p in test_perturbations if len(vocabulary.targets(p)) < 2})
     if singles:
         problems.append(f"test: {_examples(singles)} are not combinations (need two or more targets)")
     again = sorted(set(test_perturbations) & train_perturbations)
@@ -259,14 +256,14 @@ def _unseen_combination_problems(train, test, solution) -> list[str]:
         problems.append(f"train: held-out combinations {_examples(again)} are in training (in some context)")
     wrong = []
     for perturbation, stratum in zip(test_perturbations, _strings(test.obs, "stratum")):
-        n_seen = sum(1 for g in _targets(perturbation) if g in train_singles)
+        n_seen = sum(1 for g in vocabulary.targets(perturbation) if g in train_singles)
         if stratum != f"combo_seen{n_seen}":
             wrong.append(f"{perturbation} ({stratum}, {n_seen} single(s) in training)")
     if wrong:
         problems.append(f"test: {len(wrong)} strata disagree with the singles in training, e.g. {_examples(wrong)}")
     if "held_out_singles" in solution.uns:
         held = {str(g) for g in np.atleast_1d(solution.uns["held_out_singles"])}
-        touching = sorted(p for p in train_perturbations if not held.isdisjoint(_targets(p)))
+        touching = sorted(p for p in train_perturbations if not held.isdisjoint(vocabulary.targets(p)))
         if touching:
             problems.append(f"train: {len(touching)} training perturbations target a withheld single's gene, e.g. "
                             f"{_examples(touching)}")
@@ -361,7 +358,7 @@ def eligible_conditions(common, task_id: str, context: str | None = None) -> set
     keys = list(zip(*(_strings(common.obs, c) for c in CONDITION_COLUMNS)))
     keys = {k for k in keys if k[0] != CONTROL}
     if task_id == "unseen_combination":
-        return {k for k in keys if len(_targets(k[0])) >= 2}
+        return {k for k in keys if len(vocabulary.targets(k[0])) >= 2}
     if task_id == "cell_type_transfer":
         contexts: dict[tuple[str, str], set] = {}
         for p, c, d, t in keys:
@@ -380,7 +377,7 @@ def check_partition(test_paths: list, common_path=None) -> list[str]:
     problems, tests = [], []
     for value in test_paths:
         if isinstance(value, (str, os.PathLike)) and os.path.isdir(value):
-            value = os.path.join(value, "test.h5ad")
+            value = os.fspath(layout.output_paths(value, layout.SPLIT, ("output_test",))["output_test"])
         adata, problem = _load(value, "test")
         if problem:
             problems.append(problem)
@@ -431,73 +428,11 @@ def check_partition(test_paths: list, common_path=None) -> list[str]:
     return problems
 
 
-def split_paths(paths: list[str]) -> tuple[str, str, str]:
-    """One split directory (holding train.h5ad, test.h5ad, solution.h5ad) or the three files in that order."""
-    if len(paths) == 1:
-        directory = paths[0]
-        if not os.path.isdir(directory):
-            raise ValueError(f"'{directory}' is not a directory; give a split directory or the train, test and "
-                             f"solution files")
-        return tuple(os.path.join(directory, f"{role}.h5ad") for role in SPLIT_FILES)
-    if len(paths) == 3:
-        return tuple(paths)
-    raise ValueError(f"got {len(paths)} paths; give a split directory or the train, test and solution files")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="perturbcast check-split",
-        description="Check a task split for leakage of held-out conditions into training or test. Exit 0 when "
-                    "clean, 1 when a problem is found, 2 on bad arguments.")
-    parser.add_argument("paths", nargs="+", metavar="SPLIT_DIR_or_TRAIN_TEST_SOLUTION",
-                        help="a split directory with train.h5ad, test.h5ad, solution.h5ad, or the three files")
-    parser.add_argument("--task_id", help="task whose promises to check (default: train.uns['task_id'])")
-    parser.add_argument("--common", help="the common dataset, to check that every control is in training (with "
-                                         "--partition: that every eligible condition is tested)")
-    parser.add_argument("--cells", help="the dataset cells the split's cells files were made from (a split "
-                                        "directory's train_cells.h5ad / solution_cells.h5ad are checked when present)")
-    parser.add_argument("--partition", action="store_true",
-                        help="check a complete partition instead: PATHS are the test files (or split directories) "
-                             "of all its folds; every eligible condition must be tested in exactly one fold")
-    return parser
-
-
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exit_:
-        return int(exit_.code or 0)
-    if args.partition:
-        problems = check_partition(args.paths, common_path=args.common)
-        for problem in problems:
-            print(f"[leak] {problem}")
-        if problems:
-            print(f"check-split --partition: {len(problems)} problem(s) in {len(args.paths)} folds", file=sys.stderr)
-            return 1
-        print(f"check-split --partition: {len(args.paths)} folds: every condition tested exactly once")
-        return 0
-    try:
-        train, test, solution = split_paths(args.paths)
-    except ValueError as error:
-        print(f"[error] {error}", file=sys.stderr)
-        return 2
-    directory = os.path.dirname(os.path.abspath(train))
-    cell_files = {role: os.path.join(directory, f"{role}.h5ad") for role in ("train_cells", "solution_cells")}
-    cell_files = {role: path if len(args.paths) == 1 and os.path.isfile(path) else None
-                  for role, path in cell_files.items()}
-    problems = check_split(train, test, solution, task_id=args.task_id, common_path=args.common,
-                           train_cells_path=cell_files["train_cells"], solution_cells_path=cell_files["solution_cells"],
-                           cells_path=args.cells)
-    where = args.paths[0] if len(args.paths) == 1 else os.path.dirname(os.path.abspath(train)) or "."
-    for problem in problems:
-        print(f"[leak] {problem}")
-    if problems:
-        print(f"check-split: {len(problems)} problem(s) in {where}", file=sys.stderr)
-        return 1
-    print(f"check-split: {where}: no leakage found")
-    return 0
+    """The `check-split` command (perturbcast.leakage_cli)."""
+    from .leakage_cli import main as check_split_main
+
+    return check_split_main(argv)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from . import layout
 from .config import ComponentConfig, load_package_config
 from .scoring import score_labels
 
@@ -34,28 +35,28 @@ def write_openproblems_files(root: Path, output: Path, components: list[Componen
     import anndata as ad
 
     package = load_package_config(root)
-    _write(output / "task_info.yaml", {
+    _write(output / layout.TASK_INFO, {
         "task_id": package.get("name"), "task_name": package.get("label"), "task_summary": package.get("summary"),
         "task_description": package.get("description"), "version": package.get("version"),
         "references": package.get("references"), "links": package.get("links")})
     datasets = []
-    for path in sorted(output.glob("datasets/*/dataset.h5ad")):
+    for path in sorted(output.glob(layout.DATASET_GLOB)):
         adata = ad.read_h5ad(path, backed="r")
         datasets.append({k: v for k, v in adata.uns.items() if not isinstance(v, dict) or k == "dataset_report"})
         adata.file.close()
-    _write(output / "dataset_uns.yaml", datasets)
+    _write(output / layout.DATASET_UNS, datasets)
     configs = {"method": [], "metric": []}
     for component in components:
         kind = "metric" if component.component_type == "metric" else "method" \
             if component.component_type in ("method", "control_method") else None
         if kind:
             configs[kind].append({**component.raw, "config_path": str(component.path.relative_to(root))})
-    _write(output / "method_configs.yaml", configs["method"])
-    _write(output / "metric_configs.yaml", configs["metric"])
+    _write(output / layout.METHOD_CONFIGS, configs["method"])
+    _write(output / layout.METRIC_CONFIGS, configs["metric"])
     scores = []
     for path in score_paths:
         uns = ad.read_h5ad(path, backed="r").uns
         labels = score_labels(Path(path), uns)
         scores.append({key: uns[key] for key in ("dataset_id", "task_id", "method_id", "metric_ids", "metric_values")
                        if key in uns} | {"split_seed": labels["seed"], "fold": labels["fold"]})
-    _write(output / "score_uns.yaml", scores)
+    _write(output / layout.SCORE_UNS, scores)

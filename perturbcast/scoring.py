@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from . import layout
+
 BASELINE_METHOD = "train_mean"
 CEILING_METHOD = "replicate_ceiling"
 ALL_STRATA = "all"
@@ -40,37 +42,30 @@ HEADLINE_CLAMP = 1.0
 FAMILY_ALPHA = 0.05
 
 
-SCORE_GLOB = "scores/**/score.h5ad"
-
-
 def score_labels(path: Path, uns) -> dict:
-    """Labels of one score file: the ids its metric wrote into `uns`; the split's seed and fold from uns
-    (`split_seed`, `fold`) where the metric copied them, else from the `seed_<s>` / `fold_<f>` folders both
-    engines publish; the metric component from the step record, else the score's folder name."""
-    parts = path.parts
-    seed = uns.get("split_seed")
-    fold = uns.get("fold")
-    for part in parts:
-        if seed is None and part.startswith("seed_") and part[5:].isdigit():
-            seed = int(part[5:])
-        if fold is None and part.startswith("fold_") and part[5:].isdigit():
-            fold = int(part[5:])
+    """Labels of one score file (layout.SCORE_LABELS), read from its `uns`, never from where it lies: the ids
+    its metric wrote (`dataset_id`, `task_id`, `method_id`) and the split labels it copied from the solution
+    (`split_seed`; `fold`, absent for a task without folds: 0). The metric component is the one label a
+    score file does not carry: from `uns['metric_component']` where present, else the step's record
+    (both engines' score folders are named after it: layout.metric_component_of_score)."""
     component = uns.get("metric_component")
-    record = path.parent / "step.json"
+    record = Path(path).parent / layout.STEP_RECORD
     if component is None and record.exists():
         import json
         try:
             component = json.loads(record.read_text()).get("labels", {}).get("metric_component")
         except (OSError, ValueError):
             component = None
+    seed, fold = uns.get("split_seed"), uns.get("fold")
     return {"dataset_id": str(uns["dataset_id"]), "task_id": str(uns["task_id"]),
             "seed": int(seed) if seed is not None else 0, "fold": int(fold) if fold is not None else 0,
-            "method_id": str(uns["method_id"]), "metric_component": str(component or path.parent.name)}
+            "method_id": str(uns["method_id"]),
+            "metric_component": str(component or layout.metric_component_of_score(path))}
 
 
 def score_files(output_dir: Path) -> list[Path]:
-    """Every `score.h5ad` below `output_dir/scores` (both engines publish there), sorted."""
-    return sorted(Path(output_dir).glob(SCORE_GLOB))
+    """Every score file below `output_dir` (both engines publish the same folders), sorted."""
+    return sorted(Path(output_dir).glob(layout.SCORE_GLOB))
 
 
 def per_condition_table(output_dir: Path, method_types: dict[str, str] | None = None,
@@ -379,10 +374,10 @@ def format_leaderboard(board: pd.DataFrame, maximize: dict | None = None) -> str
 
 
 def write_results(per_condition: pd.DataFrame, results: pd.DataFrame, summary: pd.DataFrame, output_dir: Path):
-    results.to_parquet(output_dir / "results.parquet", index=False)
-    per_condition.to_parquet(output_dir / "results_per_condition.parquet", index=False)
+    results.to_parquet(output_dir / layout.RESULTS, index=False)
+    per_condition.to_parquet(output_dir / layout.PER_CONDITION, index=False)
     by_slice = summary.attrs.get("by_slice", pd.DataFrame())
     plain = summary.copy()
     plain.attrs = {}
-    plain.to_parquet(output_dir / "summary.parquet", index=False)
-    by_slice.to_parquet(output_dir / "headline.parquet", index=False)
+    plain.to_parquet(output_dir / layout.SUMMARY, index=False)
+    by_slice.to_parquet(output_dir / layout.HEADLINE, index=False)

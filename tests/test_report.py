@@ -109,13 +109,16 @@ def constructed_output(tmp_path) -> Path:
         {"step": "dataset/broken", "stage": "dataset", "component": "toy", "status": "failed", "exit_code": 1,
          "wall_seconds": 0.5, "peak_rss_mib": 90.0, "reason": "[error] cannot download the source <file>"},
         {"step": "split/broken/unseen_combination/seed_0", "stage": "split", "component": "unseen_combination",
-         "status": "skipped", "reason": "upstream dataset/broken failed"},
+         "status": "skipped", "reason": "upstream dataset/broken failed", "blocked_by": "dataset/broken",
+         "blocked_by_status": "failed"},
         {"step": "predict/broken/unseen_combination/seed_0/my_method", "stage": "predict", "component": "my_method",
-         "status": "skipped", "reason": "upstream split/broken/unseen_combination/seed_0 skipped"},
+         "status": "skipped", "reason": "upstream split/broken/unseen_combination/seed_0 skipped",
+         "blocked_by": "split/broken/unseen_combination/seed_0", "blocked_by_status": "skipped"},
         {"step": "split/toy_a/cell_type_transfer/seed_0", "stage": "split", "component": "cell_type_transfer",
          "status": "not_applicable", "reason": "toy_a has one cell type: no cell type to transfer to"},
         {"step": "predict/toy_a/cell_type_transfer/seed_0/my_method", "stage": "predict", "component": "my_method",
-         "status": "not_applicable", "reason": "upstream split/toy_a/cell_type_transfer/seed_0 not applicable"},
+         "status": "not_applicable", "reason": "upstream split/toy_a/cell_type_transfer/seed_0 not applicable",
+         "blocked_by": "split/toy_a/cell_type_transfer/seed_0", "blocked_by_status": "not_applicable"},
     ]
     for method in ("train_mean", "replicate_ceiling", "ground_truth", "my_method", "random_perturbation"):
         for seed in (0, 1):

@@ -124,21 +124,22 @@ def test_heatmap_table_clamps_before_averaging():
 
 def _trace():
     rows = [
-        ("dataset/d", "dataset", "d", "ok", False, 1.0, 100.0, ""),
-        ("dataset/bad", "dataset", "d", "failed", False, 0.5, 90.0, "[error] no file"),
-        ("split/bad/t/seed_0", "split", "t", "skipped", False, None, None, "upstream dataset/bad failed"),
-        ("predict/bad/t/seed_0/a", "predict", "a", "skipped", False, None, None, "upstream split/bad/t/seed_0 skipped"),
-        ("split/d/c/seed_0", "split", "c", "not_applicable", False, None, None, "[not applicable] one cell type"),
+        ("dataset/d", "dataset", "d", "ok", False, 1.0, 100.0, "", ""),
+        ("dataset/bad", "dataset", "d", "failed", False, 0.5, 90.0, "[error] no file", ""),
+        ("split/bad/t/seed_0", "split", "t", "skipped", False, None, None, "upstream dataset/bad failed", "dataset/bad"),
+        ("predict/bad/t/seed_0/a", "predict", "a", "skipped", False, None, None, "upstream split/bad/t/seed_0 skipped",
+         "split/bad/t/seed_0"),
+        ("split/d/c/seed_0", "split", "c", "not_applicable", False, None, None, "[not applicable] one cell type", ""),
         ("predict/d/c/seed_0/a", "predict", "a", "not_applicable", False, None, None,
-         "upstream split/d/c/seed_0 not applicable"),
-        ("predict/d/t/seed_0/a", "predict", "a", "ok", False, 4.0, 300.0, ""),
-        ("predict/d/t/seed_1/a", "predict", "a", "ok", True, 6.0, 200.0, ""),
-        ("predict/d/t/seed_0/b", "predict", "b", "ok", False, 1.0, 50.0, ""),
-        ("score/d/t/seed_0/a/m", "score", "m", "ok", False, 2.0, 80.0, ""),
-        ("predict/d/t/seed_9/z", "predict", "z", "skipped", False, None, None, "interrupted"),
+         "upstream split/d/c/seed_0 not applicable", "split/d/c/seed_0"),
+        ("predict/d/t/seed_0/a", "predict", "a", "ok", False, 4.0, 300.0, "", ""),
+        ("predict/d/t/seed_1/a", "predict", "a", "ok", True, 6.0, 200.0, "", ""),
+        ("predict/d/t/seed_0/b", "predict", "b", "ok", False, 1.0, 50.0, "", ""),
+        ("score/d/t/seed_0/a/m", "score", "m", "ok", False, 2.0, 80.0, "", ""),
+        ("predict/d/t/seed_9/z", "predict", "z", "skipped", False, None, None, "interrupted", ""),
     ]
     return pd.DataFrame(rows, columns=["step", "stage", "component", "status", "cached", "wall_seconds",
-                                       "peak_rss_mib", "reason"]).assign(exit_code="")
+                                       "peak_rss_mib", "reason", "blocked_by"]).assign(exit_code="")
 
 
 def test_cost_tables():
@@ -156,11 +157,12 @@ def test_root_causes_follow_the_chain_to_the_first_step():
     assert roots["predict/bad/t/seed_0/a"] == "dataset/bad" and roots["split/bad/t/seed_0"] == "dataset/bad"
     assert roots["predict/d/c/seed_0/a"] == "split/d/c/seed_0"
     assert "predict/d/t/seed_9/z" not in roots and "dataset/bad" not in roots
-    # a structured blocked_by column wins over the sentence
-    trace["blocked_by"] = ""
+    # the cause is the structured blocked_by column, never parsed from the reason's sentence
     trace.loc[trace["step"] == "predict/d/t/seed_9/z", "blocked_by"] = "dataset/bad"
     assert blocked_by(trace)["predict/d/t/seed_9/z"] == "dataset/bad"
     assert tables.root_causes(trace)["predict/d/t/seed_9/z"] == "dataset/bad"
+    trace.loc[trace["step"] == "split/bad/t/seed_0", "blocked_by"] = ""
+    assert "split/bad/t/seed_0" not in blocked_by(trace)
 
 
 def test_failure_tables_group_by_cause():

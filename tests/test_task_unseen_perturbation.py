@@ -28,6 +28,7 @@ sys.path.insert(0, str(UTILS))
 import formats  # noqa: E402
 import partitions  # noqa: E402
 import splits  # noqa: E402
+import vocabulary  # noqa: E402
 from realdata import norman19_common  # noqa: E402
 
 TASK_ID = "unseen_perturbation"
@@ -120,7 +121,7 @@ def make_common(perturbations, cell_types=("K562", "RPE1"), genes=None, replicat
 
 
 def targets_of(obs):
-    return [() if p == "control" else tuple(p.split("+")) for p in obs["perturbation"].astype(str)]
+    return [vocabulary.targets(p) for p in obs["perturbation"].astype(str)]
 
 
 def row_mean(common, rows):

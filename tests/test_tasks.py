@@ -30,6 +30,7 @@ sys.path.insert(0, str(UTILS))
 import formats  # noqa: E402
 import partitions  # noqa: E402
 import splits  # noqa: E402
+import vocabulary  # noqa: E402
 
 
 COMBINATION = "unseen_combination"
@@ -107,8 +108,7 @@ def common_datasets(draw):
                        sparse=bool(rng.random() < 0.5))
 
 
-def targets_of(perturbation: str) -> tuple:
-    return () if perturbation == "control" else tuple(perturbation.split("+"))
+targets_of = vocabulary.targets
 
 
 def dense(matrix) -> np.ndarray:

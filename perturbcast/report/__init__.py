@@ -7,10 +7,10 @@ imports the engine or the runner, so it works the same on the output of `perturb
 `nextflow run .` followed by `perturbcast aggregate`. Plots are Plotly figures described as plain JSON;
 plotly.js is read from the installed `plotly` Python package and inlined once, so the file needs no network.
 
-Modules: `inputs` (the only one that knows file names, log folders and step statuses), `tables` (every
-number shown, as pandas tables), `plotting` and `figures` (Plotly JSON), `markup` (escaping and formatting),
-`sections_scores` and `sections_run` (HTML), `page` (the page, with report.css and report.js, package
-files), `command` (`perturbcast report`).
+Modules: `inputs` (everything the report reads, through perturbcast.layout, which owns file names, log
+folders, statuses and the trace's columns), `tables` (every number shown, as pandas tables), `plotting` and
+`figures` (Plotly JSON), `markup` (escaping and formatting), `sections_scores` and `sections_run` (HTML),
+`page` (the page, with report.css and report.js, package files), `command` (`perturbcast report`).
 """
 from .command import add_command, main, report_command
 from .inputs import Inputs

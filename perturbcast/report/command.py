@@ -5,7 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .inputs import RESULTS, TRACE
+from ..layout import RESULTS, TRACE
 from .page import write_report
 
 

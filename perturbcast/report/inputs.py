@@ -1,42 +1,28 @@
 """Everything the report reads, and the only module of the report that knows where it lies.
 
-The results directory's file names, the step-log folders, the step statuses and how a skipped step names its
-cause are all here, so that moving the report onto a module that owns the results layout is a change to this
-file alone. It reads files only: never the engine or the runner, so the report is the same on the output of
-`perturbcast benchmark` and of `nextflow run .` followed by `perturbcast aggregate`. A missing or unreadable
-file reads as empty, so a half-finished run still gets a report.
+File names, step-log folders, statuses and the trace's columns come from perturbcast.layout, which owns
+the results layout; this module reads them for the report's sections. It reads files only: never the engine
+or the runner, so the report is the same on the output of `perturbcast benchmark` and of `nextflow run .`
+followed by `perturbcast aggregate`. A missing or unreadable file reads as empty, so a half-finished run
+still gets a report.
 """
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import pandas as pd
 import yaml
 
+from .. import layout
+from ..layout import Status
 # The scoring vocabulary the report shows (the headline panel, its clamp and test level, the baseline).
 from ..scoring import ALL_STRATA, BASELINE_METHOD, FAMILY_ALPHA, HEADLINE_CLAMP, HEADLINE_PANEL  # noqa: F401
 
-RESULTS = "results.parquet"
-SUMMARY = "summary.parquet"
-HEADLINE = "headline.parquet"
-PER_CONDITION = "results_per_condition.parquet"
-TRACE = "trace.tsv"
-TASK_INFO = "task_info.yaml"
-DATASET_UNS = "dataset_uns.yaml"
-METHOD_CONFIGS = "method_configs.yaml"
-METRIC_CONFIGS = "metric_configs.yaml"
-TRACE_COLUMNS = ["step", "stage", "component", "status", "cached", "exit_code", "wall_seconds", "peak_rss_mib",
-                 "reason"]
-
-OK, FAILED, NOT_APPLICABLE, SKIPPED = "ok", "failed", "not_applicable", "skipped"
+TRACE_COLUMNS = layout.TRACE_COLUMNS
+OK, FAILED, NOT_APPLICABLE, SKIPPED = Status.OK, Status.FAILED, Status.NOT_APPLICABLE, Status.SKIPPED
+# The statuses the report's failures section lists, and how it names each.
 NOT_DONE = (FAILED, NOT_APPLICABLE, SKIPPED)
-STATUS_LABELS = {FAILED: "failed", NOT_APPLICABLE: "not applicable", SKIPPED: "skipped"}
-# A step's log lies in the folder of its stage, under the step id without its stage prefix.
-LOG_FOLDERS = {"dataset": "datasets", "split": "tasks", "predict": "predictions", "score": "scores"}
-# The engine records a step that did not run because of another as this sentence; a structured `blocked_by`
-# column in the trace, where there is one, is used instead.
-UPSTREAM = re.compile(r"^upstream (\S+) (failed|skipped|not applicable|not_applicable)\s*$")
+STATUS_LABELS = {status: status.label for status in NOT_DONE}
 
 
 def _read_yaml(path: Path, default):
@@ -59,7 +45,8 @@ def _read_parquet(path: Path, columns: list[str] | None = None) -> pd.DataFrame:
 
 
 def read_trace(path: Path) -> pd.DataFrame:
-    """trace.tsv with numbers as numbers and `cached` as a boolean (an empty table of its columns if absent)."""
+    """trace.tsv with numbers as numbers and `cached` as a boolean (an empty table of its columns if absent;
+    a column an older trace lacks reads as empty)."""
     try:
         trace = pd.read_csv(path, sep="\t", keep_default_na=False, dtype=str)
     except (OSError, pd.errors.EmptyDataError, pd.errors.ParserError):
@@ -69,23 +56,18 @@ def read_trace(path: Path) -> pd.DataFrame:
             trace[column] = pd.to_numeric(trace[column], errors="coerce")
     if "cached" in trace:
         trace["cached"] = trace["cached"].str.lower().isin(["true", "1", "yes"])
+    for column in TRACE_COLUMNS:
+        if column not in trace:
+            trace[column] = ""
     return trace
 
 
 def blocked_by(trace: pd.DataFrame) -> dict[str, str]:
-    """For every step that did not run because of another step, that other step's id."""
-    if trace.empty or "step" not in trace:
+    """For every step that did not run because of another step, that other step's id (the trace's
+    structured `blocked_by` column)."""
+    if trace.empty or "blocked_by" not in trace:
         return {}
-    causes = {}
-    structured = trace["blocked_by"] if "blocked_by" in trace else pd.Series([""] * len(trace), index=trace.index)
-    for step, reason, cause in zip(trace["step"], trace.get("reason", [""] * len(trace)), structured):
-        if isinstance(cause, str) and cause:
-            causes[step] = cause
-            continue
-        match = UPSTREAM.match(str(reason or ""))
-        if match:
-            causes[step] = match.group(1)
-    return causes
+    return {step: cause for step, cause in zip(trace["step"], trace["blocked_by"]) if isinstance(cause, str) and cause}
 
 
 def is_simulated(uns: dict) -> bool:
@@ -100,16 +82,16 @@ class Inputs:
 
     def __init__(self, results_dir: Path):
         self.dir = Path(results_dir)
-        self.results = _read_parquet(self.dir / RESULTS)
-        self.summary = _read_parquet(self.dir / SUMMARY)
-        self.headline = _read_parquet(self.dir / HEADLINE)
-        self.trace = read_trace(self.dir / TRACE)
-        self.task_info = _read_yaml(self.dir / TASK_INFO, {})
+        self.results = _read_parquet(self.dir / layout.RESULTS)
+        self.summary = _read_parquet(self.dir / layout.SUMMARY)
+        self.headline = _read_parquet(self.dir / layout.HEADLINE)
+        self.trace = read_trace(self.dir / layout.TRACE)
+        self.task_info = _read_yaml(self.dir / layout.TASK_INFO, {})
         if not isinstance(self.task_info, dict):
             self.task_info = {}
-        self.datasets = _dicts(_read_yaml(self.dir / DATASET_UNS, []))
-        self.method_configs = _dicts(_read_yaml(self.dir / METHOD_CONFIGS, []))
-        self.metric_configs = _dicts(_read_yaml(self.dir / METRIC_CONFIGS, []))
+        self.datasets = _dicts(_read_yaml(self.dir / layout.DATASET_UNS, []))
+        self.method_configs = _dicts(_read_yaml(self.dir / layout.METHOD_CONFIGS, []))
+        self.metric_configs = _dicts(_read_yaml(self.dir / layout.METRIC_CONFIGS, []))
         self.methods = {c.get("name"): c for c in self.method_configs if c.get("name")}
         self.metrics = {}
         for component in self.metric_configs:
@@ -122,14 +104,10 @@ class Inputs:
 
     # -- files beside the tables
 
-    def log_of(self, step: str, stage: str) -> Path | None:
-        """The log of a step, relative to the results directory, if it is there."""
-        folder = LOG_FOLDERS.get(stage)
-        parts = str(step).split("/", 1)
-        if folder is None or len(parts) != 2:
-            return None
-        relative = Path(folder) / parts[1] / "log.txt"
-        return relative if (self.dir / relative).is_file() else None
+    def log_of(self, step: str, stage: str | None = None) -> Path | None:
+        """The log of a step, relative to the results directory, if it is there (`stage` is implied by the id)."""
+        relative = layout.log_of(step)
+        return relative if relative is not None and (self.dir / relative).is_file() else None
 
     def log_tail(self, step: str, stage: str, lines: int = 12) -> tuple[Path | None, str]:
         relative = self.log_of(step, stage)
@@ -144,7 +122,7 @@ class Inputs:
     def results_folds(self) -> int:
         """Folds per partition in these results (0 when the results carry no fold labels)."""
         if self._folds is None:
-            folds = _read_parquet(self.dir / PER_CONDITION, columns=["fold"])
+            folds = _read_parquet(self.dir / layout.PER_CONDITION, columns=["fold"])
             self._folds = int(folds["fold"].nunique()) if "fold" in folds and len(folds) else 0
         return self._folds
 

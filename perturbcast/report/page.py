@@ -6,6 +6,7 @@ import datetime
 from importlib import resources
 from pathlib import Path
 
+from .. import layout
 from .figures import cost_figure, heatmap_figure, leaderboard_figure
 from .inputs import Inputs
 from .markup import doi_links, esc, json_for_script, links
@@ -14,7 +15,7 @@ from .sections_scores import section_calibration, section_details, section_heade
     section_leaderboard, slices
 from .tables import cost_table
 
-REPORT_NAME = "report.html"
+REPORT_NAME = layout.REPORT
 NAVIGATION = [("calibration", "How to read"), ("leaderboard", "Leaderboard"), ("heatmap", "Datasets × tasks"),
               ("details", "Per stratum · raw · vs train_mean"), ("datasets", "Datasets"), ("cost", "Cost"),
               ("failures", "Failures"), ("components", "Components")]

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from .inputs import NOT_DONE, STATUS_LABELS, Inputs, is_simulated
+from ..layout import NOT_APPLICABLE_TAG as _NOT_APPLICABLE_TAG, status_label
+from .inputs import FAILED, NOT_APPLICABLE, NOT_DONE, SKIPPED, STATUS_LABELS, Inputs, is_simulated
 from .markup import doi_links, esc, fmt, inline_code, links, paragraphs
 from .sections_scores import kind_badge, method_cell
 from .tables import dataset_facts, failure_tables, other_cost_table, stage_counts, tasks_scored
@@ -97,7 +98,7 @@ them. Times depend on the machine and on how many steps ran at once.</p>
 
 
 # components may start their not-applicable message with this tag; the table's heading already says it
-NOT_APPLICABLE_TAG = re.compile(r"^\[not applicable\]\s*")
+NOT_APPLICABLE_TAG = re.compile(r"^" + re.escape(_NOT_APPLICABLE_TAG) + r"\s*")
 
 
 def _exit_code(value) -> str:
@@ -131,7 +132,7 @@ def section_failures(inputs: Inputs, output: Path) -> str:
     summary = ", ".join(f"{counts[s]} {STATUS_LABELS[s]}" for s in NOT_DONE if counts.get(s, 0))
     tables = failure_tables(trace)
     failed_rows = []
-    for row in tables["failed"].itertuples(index=False):
+    for row in tables[FAILED].itertuples(index=False):
         log_path, tail = inputs.log_tail(row.step, row.stage)
         log_link = ""
         if log_path:
@@ -145,17 +146,17 @@ def section_failures(inputs: Inputs, output: Path) -> str:
     not_applicable_rows = [
         f"<tr><td>{esc(NOT_APPLICABLE_TAG.sub('', row.reason))}</td><td>{_step_list(row.steps)}</td>"
         f"<td class='num'>{len(row.downstream) or ''}</td></tr>"
-        for row in tables["not_applicable"].itertuples(index=False)]
+        for row in tables[NOT_APPLICABLE].itertuples(index=False)]
     not_applicable = ("<h3>Not applicable</h3><p class='lead'>A task that cannot be made on a dataset (no "
                       "combinations, one cell type) or a method that cannot or does not serve a task: expected, not "
                       "an error. The steps after them (predictions, scores) are not run either.</p>"
                       + _table("<th>reason</th><th>steps</th><th class='num'>steps not run after them</th>",
                                not_applicable_rows)) if not_applicable_rows else ""
     skipped_rows = []
-    for row in tables["skipped"].itertuples(index=False):
+    for row in tables[SKIPPED].itertuples(index=False):
         if row.cause:
             cause = (f"<code>{esc(row.cause)}</code> <span class='status-{esc(row.cause_status)}'>"
-                     f"{esc(str(row.cause_status).replace('_', ' '))}</span>")
+                     f"{esc(status_label(row.cause_status))}</span>")
         else:
             cause = esc(row.reason or "no reason recorded")
         skipped_rows.append(f"<tr><td>{cause}</td><td class='num'>{len(row.steps)}</td>"

@@ -11,6 +11,7 @@ import math
 import numpy as np
 import pandas as pd
 
+from ..layout import PREDICT
 from .inputs import ALL_STRATA, BASELINE_METHOD, FAILED, HEADLINE_CLAMP, HEADLINE_PANEL, NOT_APPLICABLE, OK, \
     SKIPPED, blocked_by
 
@@ -160,7 +161,7 @@ def cost_table(trace: pd.DataFrame, order: list[str]) -> pd.DataFrame:
     (MiB) and how many were cached; methods in leaderboard order."""
     if trace.empty or "stage" not in trace:
         return pd.DataFrame()
-    done = trace[(trace["stage"] == "predict") & (trace["status"] == OK)]
+    done = trace[(trace["stage"] == PREDICT) & (trace["status"] == OK)]
     if done.empty:
         return pd.DataFrame()
     done = done.assign(cached=done["cached"] if "cached" in done else False)
@@ -174,7 +175,7 @@ def other_cost_table(trace: pd.DataFrame) -> pd.DataFrame:
     """The same per stage and component for the finished dataset, split and score steps."""
     if trace.empty or "stage" not in trace:
         return pd.DataFrame()
-    other = trace[(trace["stage"] != "predict") & (trace["status"] == OK)]
+    other = trace[(trace["stage"] != PREDICT) & (trace["status"] == OK)]
     if other.empty:
         return pd.DataFrame()
     stage_order = {s: i for i, s in enumerate(["dataset", "split", "score"])}
@@ -215,7 +216,7 @@ def failure_tables(trace: pd.DataFrame) -> dict[str, pd.DataFrame]:
     - `skipped`: steps that did not run because of another, grouped by the first cause of their chain
       (`cause`, `cause_status`), then skipped steps with no recorded cause, grouped by reason (`cause` empty).
     """
-    empty = {"failed": pd.DataFrame(), "not_applicable": pd.DataFrame(), "skipped": pd.DataFrame()}
+    empty = {FAILED: pd.DataFrame(), NOT_APPLICABLE: pd.DataFrame(), SKIPPED: pd.DataFrame()}
     if trace.empty or "status" not in trace:
         return empty
     bad = trace[trace["status"].isin([FAILED, NOT_APPLICABLE, SKIPPED])]
@@ -239,8 +240,8 @@ def failure_tables(trace: pd.DataFrame) -> dict[str, pd.DataFrame]:
     unexplained = bad[(bad["status"] == SKIPPED) & ~bad["step"].isin(list(roots))]
     skipped += [{"cause": "", "cause_status": "", "reason": str(reason), "steps": list(group["step"])}
                 for reason, group in unexplained.groupby("reason", sort=True)]
-    return {"failed": failed, "not_applicable": not_applicable,
-            "skipped": pd.DataFrame(skipped, columns=["cause", "cause_status", "reason", "steps"])}
+    return {FAILED: failed, NOT_APPLICABLE: not_applicable,
+            SKIPPED: pd.DataFrame(skipped, columns=["cause", "cause_status", "reason", "steps"])}
 
 
 # ----------------------------------------------------------------------------------------------- datasets

@@ -24,8 +24,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-CONTROL = "control"
-TARGET_SEPARATOR = "+"
+import vocabulary
+from vocabulary import CONTROL, TARGET_SEPARATOR  # noqa: F401 (methods use baselines.TARGET_SEPARATOR)
 CONTEXT_COLUMNS = ("cell_type", "condition")
 
 
@@ -39,14 +39,10 @@ class InputError(ValueError):
 
 def targets_of(perturbation: str) -> tuple[str, ...]:
     """Target symbols of a perturbation string (`control` -> no targets)."""
-    perturbation = str(perturbation)
-    if perturbation == CONTROL:
-        return ()
-    targets = tuple(perturbation.split(TARGET_SEPARATOR))
-    if any(not t or t != t.strip() for t in targets):
-        raise InputError(f"obs['perturbation'] holds {perturbation!r}, expected target symbols joined with "
-                         f"'{TARGET_SEPARATOR}'")
-    return targets
+    try:
+        return vocabulary.targets(perturbation)
+    except vocabulary.TargetLabelError as error:  # the methods' own kind of input error (exit 1 with its message)
+        raise InputError(str(error)) from None
 
 
 def contexts_of(obs: pd.DataFrame) -> list[tuple[str, str]]:

@@ -38,8 +38,7 @@ import re
 import numpy as np
 import pandas as pd
 
-CONTROL = "control"
-TARGET_SEPARATOR = "+"
+import vocabulary
 REPRODUCIBLE_R = 0.2
 # At most this many perturbations per context enter the pairwise correlation (a seeded sample beyond it):
 # the matrix grows with its square.
@@ -134,7 +133,7 @@ def dataset_report(adata, *, seed: int = 0, max_pairwise: int = MAX_PAIRWISE, lo
             if len(members) < 2:
                 continue
             first, second = replicate_halves(replicates[members], all_labels)
-            keep = ~genes.isin(name.split(TARGET_SEPARATOR))
+            keep = ~genes.isin(vocabulary.targets(name))
             d1 = X[members[np.isin(replicates[members], first)]].mean(axis=0) - control_of(first)
             d2 = X[members[np.isin(replicates[members], second)]].mean(axis=0) - control_of(second)
             correlations.append(_pearson(d1[keep], d2[keep]))
@@ -152,7 +151,7 @@ def dataset_report(adata, *, seed: int = 0, max_pairwise: int = MAX_PAIRWISE, lo
     split_half = np.asarray([v for v in split_half if np.isfinite(v)], dtype=np.float64)
 
     conditions = obs.groupby(["perturbation", "cell_type", "condition"], observed=True, sort=True)
-    targets = sorted({t for p in perturbed["perturbation"].astype(str) for t in p.split(TARGET_SEPARATOR)})
+    targets = sorted({t for p in perturbed["perturbation"].astype(str) for t in vocabulary.targets(p)})
     missing = [t for t in targets if t not in genes]
     report = {
         "n_profiles": int(adata.n_obs),

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import numpy as np
 
-CONTROL = "control"
-TARGET_SEPARATOR = "+"
+import vocabulary
+from vocabulary import CONTROL  # noqa: F401 (deltas.CONTROL: also the name of the layer of control means)
 
 
 def as_dense(matrix) -> np.ndarray:
@@ -26,14 +26,6 @@ def as_dense(matrix) -> np.ndarray:
     if hasattr(matrix, "toarray"):
         matrix = matrix.toarray()
     return np.array(matrix, dtype=np.float64)
-
-
-def targets_of(perturbation) -> list[str]:
-    """Target symbols of a perturbation string: split on `+`; `control` has none."""
-    perturbation = str(perturbation)
-    if perturbation == CONTROL:
-        return []
-    return [t.strip() for t in perturbation.split(TARGET_SEPARATOR) if t.strip()]
 
 
 def target_mask(perturbations, var_names) -> np.ndarray:
@@ -44,7 +36,7 @@ def target_mask(perturbations, var_names) -> np.ndarray:
     position = {str(gene): j for j, gene in enumerate(var_names)}
     perturbations = [str(p) for p in perturbations]
     mask = np.zeros((len(perturbations), len(position)), dtype=bool)
-    pairs = [(i, position[t]) for i, p in enumerate(perturbations) for t in targets_of(p) if t in position]
+    pairs = [(i, position[t]) for i, p in enumerate(perturbations) for t in vocabulary.targets(p) if t in position]
     if pairs:
         rows, cols = np.array(pairs).T
         mask[rows, cols] = True

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import re
 
-CONTROL = "control"
-SEPARATOR = "+"
+import vocabulary
+from vocabulary import CONTROL, TARGET_SEPARATOR as SEPARATOR
 
 # Lower-case spellings of control cells (non-targeting guides, empty vectors, untreated).
 CONTROL_LABELS = frozenset({
@@ -90,17 +90,12 @@ def harmonize_perturbation(label, *, separators=(SEPARATOR,), controls=CONTROL_L
         if part.lower() in UNASSIGNED_LABELS:
             return None
         targets.add(part)
-    return SEPARATOR.join(sorted(targets)) if targets else CONTROL
+    return vocabulary.label(targets)
 
 
 def harmonize_labels(values, **options) -> dict:
     """{source label: common label or None} for the distinct values of a column (labels are few, cells many)."""
     return {value: harmonize_perturbation(value, **options) for value in dict.fromkeys(values)}
-
-
-def split_targets(perturbation: str) -> list[str]:
-    """The target symbols of a common-format label ([] for controls)."""
-    return [] if perturbation == CONTROL else perturbation.split(SEPARATOR)
 
 
 def harmonize_perturbation_type(value) -> str | None:

@@ -21,8 +21,8 @@ import re
 import numpy as np
 import pandas as pd
 
-from harmonize import (CONTROL, control_set, harmonize_cell_type, harmonize_labels, harmonize_perturbation_type,
-                       split_targets)
+from harmonize import control_set, harmonize_cell_type, harmonize_labels, harmonize_perturbation_type
+from vocabulary import CONTROL, targets as split_targets
 
 NONE = "none"
 ID_SEPARATOR = "|"

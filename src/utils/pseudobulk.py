@@ -39,7 +39,7 @@ try:  # compiled kernels behind scipy's coo/csr_matrix.toarray() (they add into 
 except ImportError:  # pragma: no cover - private API; the numpy fallbacks below are slower but equal
     _coo_todense = _csr_row_index = _csr_todense = None
 
-from harmonize import split_targets
+from vocabulary import targets as split_targets
 from profiles import SourceError, assign_profiles, harmonize_cells  # noqa: F401 (re-exported)
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"

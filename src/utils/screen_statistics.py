@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-TARGET_SEPARATOR = "+"
+from vocabulary import targets as targets_of
 REPRODUCIBLE_R = 0.2
 MAX_PAIRWISE = 1500
 
@@ -69,7 +69,7 @@ def screen_statistics(adata, seed: int = 0) -> dict:
             members = members.to_numpy()
             delta = X[members].mean(axis=0) - control_mean
             means.append(delta)
-            targets = name.split(TARGET_SEPARATOR)
+            targets = targets_of(name)
             keep = ~genes.isin(targets)
             if len(targets) == 1 and targets[0] in genes:
                 target_changes.append(float(delta[genes.get_loc(targets[0])]))

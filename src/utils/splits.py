@@ -26,8 +26,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-CONTROL = "control"
-TARGET_SEPARATOR = "+"
+import vocabulary
+from vocabulary import CONTROL, TARGET_SEPARATOR
 ID_SEPARATOR = "|"
 # obs columns of the common dataset that every task reads (checked on input even without a config).
 REQUIRED_OBS = ("perturbation", "is_control", "perturbation_type", "n_targets", "cell_type", "condition",
@@ -68,13 +68,10 @@ def split_arguments(par: dict, fail) -> tuple[int, int, int]:
 
 def parse_targets(perturbation: str) -> tuple[str, ...]:
     """Target symbols of a perturbation string, in string order (`control` -> no targets)."""
-    if perturbation == CONTROL:
-        return ()
-    targets = tuple(perturbation.split(TARGET_SEPARATOR))
-    if any(not target or target != target.strip() for target in targets):
-        raise SplitInputError(f"obs['perturbation'] holds {perturbation!r}, expected target symbols joined "
-                              f"with '{TARGET_SEPARATOR}' (no empty or space-padded symbols)")
-    return targets
+    try:
+        return vocabulary.targets(perturbation)
+    except vocabulary.TargetLabelError as error:  # the task's own kind of input error (exit 1 with its message)
+        raise SplitInputError(str(error)) from None
 
 
 def row_targets(obs: pd.DataFrame) -> list[tuple[str, ...]]:

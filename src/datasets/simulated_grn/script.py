@@ -42,6 +42,7 @@ from scipy.stats import norm  # noqa: E402
 
 from component_io import ComponentIO, fail, log  # noqa: E402
 from dataset_report import dataset_report  # noqa: E402
+import vocabulary  # noqa: E402
 
 # Outputs are checked now (not an input, writable), not after the slow part.
 outputs = ComponentIO(par, meta)
@@ -371,7 +372,7 @@ def simulate(args: dict) -> ad.AnnData:
         for targets in [()] + perturbations:
             sums, halves, means = simulate_condition(cell_rng, solve, baseline_c, abundance, list(targets), guide_of,
                                                      buffering, batches, args)
-            name = "+".join(sorted(genes[t] for t in targets)) or "control"
+            name = vocabulary.label(genes[t] for t in targets)
             for replicate, counts, n, mean in zip(REPLICATES, sums, halves, means):
                 profiles.append(counts)
                 expected.append(mean)

@@ -32,7 +32,8 @@ import scipy.sparse as sp  # noqa: E402
 import baselines  # noqa: E402
 from component_io import ComponentIO, fail, log, not_applicable  # noqa: E402
 
-NOT_INSTALLED_EXIT_CODE = 98
+from vocabulary import NOT_INSTALLED_EXIT_CODE, TARGET_SEPARATOR  # noqa: E402
+
 NAME = meta.get("name") or "cpa"
 try:
     import anndata as ad
@@ -43,7 +44,8 @@ except ImportError as error:
           f"run with PERTURBCAST_ISOLATED_ENVIRONMENTS unset or 1; {error})", file=sys.stderr, flush=True)
     raise SystemExit(NOT_INSTALLED_EXIT_CODE)
 
-CONTROL = "ctrl"
+# CPA's own label of the control group (the common format's `control` is vocabulary.CONTROL)
+CPA_CONTROL = "ctrl"
 seed = int(par.get("seed") or 0)
 io = ComponentIO(par, meta)
 train, test, _profiles, test_contexts, test_targets = baselines.read_method_inputs(io)
@@ -72,13 +74,13 @@ rng = np.random.default_rng(seed)
 torch.manual_seed(seed)
 if meta.get("cpus"):
     torch.set_num_threads(int(meta["cpus"]))
-label = np.array(["+".join(t) if t else CONTROL for t in cell_targets], dtype=object)
+label = np.array([TARGET_SEPARATOR.join(t) if t else CPA_CONTROL for t in cell_targets], dtype=object)
 context = (cells.obs["cell_type"].astype(str) + "|" + cells.obs["condition"].astype(str)).to_numpy()
 
 # training cells: a seeded sample per condition x context
 keep = []
 for key, rows in pd.DataFrame({"l": label, "c": context}).groupby(["l", "c"]).indices.items():
-    cap = par["max_cells_per_condition"] * (4 if key[0] == CONTROL else 1)
+    cap = par["max_cells_per_condition"] * (4 if key[0] == CPA_CONTROL else 1)
     keep.append(np.sort(rng.choice(rows, size=min(cap, len(rows)), replace=False)))
 keep = np.sort(np.concatenate(keep))
 X_cells = cells.X if sp.issparse(cells.X) else sp.csr_matrix(cells.X)
@@ -86,12 +88,12 @@ X_cells = cells.X if sp.issparse(cells.X) else sp.csr_matrix(cells.X)
 # query cells: control cells of each test condition's context, relabelled with its targets
 query_rows, query_labels, query_ids = [], [], []
 for obs_name, ctx, targets in zip(test.obs_names.astype(str), test_contexts, known_targets):
-    controls = np.flatnonzero((context == "|".join(ctx)) & (label == CONTROL))
+    controls = np.flatnonzero((context == "|".join(ctx)) & (label == CPA_CONTROL))
     if len(controls) == 0:
         fail(f"--input_train_cells has no control cells of context {ctx}, which --input_test needs")
     chosen = rng.choice(controls, size=min(par["n_query_cells"], len(controls)), replace=False)
     query_rows.append(chosen)
-    query_labels += ["+".join(targets) or CONTROL] * len(chosen)
+    query_labels += [TARGET_SEPARATOR.join(targets) or CPA_CONTROL] * len(chosen)
     query_ids += [obs_name] * len(chosen)
 query_rows = np.concatenate(query_rows)
 
@@ -103,7 +105,7 @@ obs = pd.DataFrame({
 split = np.where(rng.random(len(keep)) < 0.1, "valid", "train")
 obs["split"] = list(split) + ["ood"] * len(query_rows)
 # CPA reads a SMILES string per perturbation even for genetic ones ('..'-joined per target)
-obs["smiles"] = ["..".join(["C"] * len(p.split("+"))) for p in obs["perturbation"]]
+obs["smiles"] = ["..".join(["C"] * len(p.split(TARGET_SEPARATOR))) for p in obs["perturbation"]]
 obs.index = [f"cell{i}" for i in range(len(obs))]
 adata = ad.AnnData(X=sp.vstack([X_cells[keep], X_cells[query_rows]]).tocsr().astype(np.float32), obs=obs,
                    var=pd.DataFrame(index=train.var_names.astype(str)))
@@ -111,7 +113,7 @@ covariates = [c for c in ("cell_type", "condition") if obs[c].nunique() > 1] or 
 
 work = tempfile.mkdtemp(prefix="cpa-", dir=meta.get("temp_dir") or None)
 os.chdir(work)  # lightning writes its logs to the working directory
-cpa.CPA.setup_anndata(adata, perturbation_key="perturbation", control_group=CONTROL, smiles_key="smiles",
+cpa.CPA.setup_anndata(adata, perturbation_key="perturbation", control_group=CPA_CONTROL, smiles_key="smiles",
                       is_count_data=False, categorical_covariate_keys=covariates, max_comb_len=max_comb)
 model = cpa.CPA(adata, split_key="split", train_split="train", valid_split="valid", test_split="ood",
                 n_latent=par["n_latent"], recon_loss="gauss", doser_type="linear", seed=seed)

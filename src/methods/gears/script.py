@@ -32,7 +32,8 @@ import baselines  # noqa: E402
 import go_annotation  # noqa: E402
 from component_io import ComponentIO, fail, log, not_applicable  # noqa: E402
 
-NOT_INSTALLED_EXIT_CODE = 98
+from vocabulary import NOT_INSTALLED_EXIT_CODE  # noqa: E402
+
 NAME = meta.get("name") or "gears"
 try:
     import anndata as ad

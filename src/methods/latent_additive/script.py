@@ -116,10 +116,12 @@ started = time.time()
 try:
     import torch
 except ImportError:
-    # exit 98 = "not installed": the engine records it as its own status, not as a failure
+    # "not installed": the engine records it as its own status, not as a failure
+    from vocabulary import NOT_INSTALLED_EXIT_CODE
+
     print("[not installed] latent_additive needs PyTorch: pip install -e '.[torch]' (CPU build: see the README)",
           file=sys.stderr, flush=True)
-    sys.exit(98)
+    sys.exit(NOT_INSTALLED_EXIT_CODE)
 
 if meta.get("cpus"):
     torch.set_num_threads(int(meta["cpus"]))

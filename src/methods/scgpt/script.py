@@ -38,7 +38,8 @@ import scipy.sparse as sp  # noqa: E402
 import baselines  # noqa: E402
 from component_io import ComponentIO, fail, log  # noqa: E402
 
-NOT_INSTALLED_EXIT_CODE = 98
+from vocabulary import NOT_INSTALLED_EXIT_CODE, TARGET_SEPARATOR  # noqa: E402
+
 NAME = meta.get("name") or "scgpt"
 try:
     import anndata as ad
@@ -143,7 +144,7 @@ def flags(target_lists) -> np.ndarray:
 # ---------------------------------------------------------------- training pairs, as GEARS' loader pairs them
 # (the tutorial trains on GEARS' PertData cells: each perturbed cell's input is a random control cell of
 # its population with the target flagged; a control cell is its own target)
-labels = np.array(["+".join(t) for t in cell_targets], dtype=object)
+labels = np.array([TARGET_SEPARATOR.join(t) for t in cell_targets], dtype=object)
 chosen = []
 for key, rows in pd.DataFrame({"l": labels, "c": context}).groupby(["l", "c"]).indices.items():
     chosen.append(rng.choice(rows, size=min(par["max_cells_per_condition"], len(rows)), replace=False))

@@ -1,0 +1,348 @@
+"""Running a plan: each step in its own process through a worker's fork server, cached, guarded, recorded.
+
+`execute` runs the steps of perturbcast.engine.plan respecting their dependencies with a pool of worker
+threads; `run_step` runs one and writes its `step.json` (status, cache key, wall time, peak memory) so a
+re-run reuses it; a step whose upstream did not finish is recorded with a structured `blocked_by`.
+Statuses, exit codes, file names and the trace schema come from perturbcast.layout.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import queue
+import shutil
+import signal
+import threading
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from . import __version__
+from . import engine_guard as guard
+from . import layout
+from .config import ComponentConfig
+from .engine_guard import Progress, last_error as _last_error
+from .layout import Status
+from .leakage import check_split
+from .runner import run_component
+from .spawner import Spawner
+from .steps import Step, StepRecord
+
+
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    if path.is_dir():
+        for child in sorted(p for p in path.rglob("*") if p.is_file()):
+            digest.update(str(child.relative_to(path)).encode())
+            digest.update(_file_digest(child).encode())
+        return digest.hexdigest()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def component_digest(config: ComponentConfig) -> str:
+    """Changes whenever the config (with its merged API), the script or a resource changes."""
+    payload = {"config": config.raw, "resources": {
+        r.get("path", r.get("dest", "")): _file_digest(config.resolve_resource(r)) if "path" in r else r.get("text")
+        for r in config.resources()}}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _relative_argv(step: Step, root: Path | None) -> list[str]:
+    """The step's arguments with paths inside the results folder `root` relative to the step's own folder
+    (fixed by the layout, whatever the selection): a moved folder keeps its cache."""
+    argv = []
+    for name, value in {**step.inputs, **step.outputs, **step.arguments}.items():
+        if isinstance(value, Path) and root is not None and value.is_relative_to(root):
+            value = os.path.relpath(value, step.directory)
+        argv += [f"--{name}", str(value)]
+    return argv
+
+
+def _cache_key(step: Step, upstream_keys: list[str], digests: dict, root: Path | None = None) -> str:
+    payload = {"component": digests[step.component.path], "argv": _relative_argv(step, root), "upstream": upstream_keys,
+               "perturbcast": __version__}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _write_json_atomic(path: Path, payload: dict):
+    tmp = path.with_suffix(".json.partial")
+    with open(tmp, "w") as handle:
+        handle.write(json.dumps(payload, indent=2, default=str))
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+ResultsLocked, results_lock = guard.ResultsLocked, guard.results_lock
+_worker = threading.local()
+STOP_GRACE_SECONDS = 3.0  # after an interrupt, how long running steps get to be recorded
+INTERRUPT = guard.Interrupt()
+
+
+# imported by every component; loaded once per worker instead of once per step (~0.6 s each)
+PRELOADED_MODULES = ("numpy", "scipy.sparse", "pandas", "h5py", "anndata")
+
+
+def _spawner() -> Spawner:
+    """This worker thread's fork server (so each step's peak memory is its own, not the engine's)."""
+    spawner = getattr(_worker, "spawner", None)
+    if spawner is None or spawner.process.poll() is not None:  # none yet, or it died (killed, out of memory)
+        _worker.spawner = Spawner(preload=PRELOADED_MODULES)
+        INTERRUPT.register(_worker.spawner)
+    return _worker.spawner
+
+
+def _failure_reason(log_path: Path, exit_code: int, reply: dict, limits: guard.Limits) -> str:
+    if reply.get("timed_out"):
+        return f"timeout after {limits.timeout:g} s"
+    if limits.memory and guard.ran_out_of_memory(log_path):
+        return f"out of memory (limit {guard.format_bytes(limits.memory)})"
+    error = _last_error(log_path)
+    if reply.get("signal"):
+        name = signal.Signals(reply["signal"]).name if reply["signal"] in signal.Signals._value2member_map_ else reply["signal"]
+        return f"killed by {name} (exit code {exit_code})" + (f": {error}" if error.startswith(layout.ERROR_TAG) else "")
+    return error or f"exit code {exit_code}"
+
+
+def _not_started(step: Step, reason: str) -> StepRecord:
+    return StepRecord(id=step.id, stage=step.stage, component=step.component.name, status=Status.SKIPPED,
+                      reason=reason, labels=step.labels)
+
+
+def run_step(step: Step, cache_key: str, limits: guard.Limits | None = None, session: str | None = None) -> StepRecord:
+    """Run one step in its own process (group); its outputs and log stay in the step's directory.
+
+    `session`: steps with the same session key run one after another in one worker process (the
+    metric steps of one prediction); each still has its own record, log and limits."""
+    limits = limits or guard.Limits()
+    if INTERRUPT.stopped:
+        return _not_started(step, f"not started: {INTERRUPT.name}")
+    record_path = step.directory / layout.STEP_RECORD
+    if step.directory.exists():
+        shutil.rmtree(step.directory)  # stale outputs of an older or failed attempt
+    step.directory.mkdir(parents=True)
+    log_path = step.directory / layout.STEP_LOG
+    reply = {}
+    with open(log_path, "w") as log, guard.routed_stderr() as stderr, stderr.to(log):
+        log.write(f"$ perturbcast run {step.component.directory} -- {' '.join(step.argv())}\n")
+        log.flush()
+        try:
+            # R and Bash steps are handed by this server to a small sibling with the same limits
+            # (Spawner.run), so their peak memory is their own
+            spawner = _spawner()
+            spawner.options = {"timeout": limits.timeout, "memory": limits.memory, "session": session}
+            spawner.last_reply = {}
+            result = run_component(step.component.path, step.argv(), stdout=log, stderr=log, spawner=spawner)
+            exit_code, wall, peak = result.exit_code, result.wall_seconds, result.peak_rss_bytes
+            reply = spawner.last_reply
+        except Exception as error:  # a broken config or resource must not stop the other steps
+            log.write(f"{layout.ERROR_TAG} {type(error).__name__}: {error}\n")
+            exit_code, wall, peak = 1, 0.0, 0
+        status = Status.of_exit_code(exit_code)
+        reason = "" if status == Status.OK else _failure_reason(log_path, exit_code, reply, limits)
+        if status == Status.FAILED and INTERRUPT.stopped:
+            status, reason = Status.INTERRUPTED, f"interrupted by {INTERRUPT.name}: its process group was killed"
+            log.write(f"{layout.ERROR_TAG} {reason}\n")
+        sealed = {}
+        try:
+            if status == Status.OK and step.stage == layout.SPLIT:
+                # every split is checked for leakage before any method sees it
+                problems = check_split(step.outputs["output_train"], step.outputs["output_test"],
+                                       step.outputs["output_solution"], common_path=step.inputs["input"],
+                                       train_cells_path=step.outputs.get("output_train_cells"),
+                                       solution_cells_path=step.outputs.get("output_solution_cells"),
+                                       cells_path=step.inputs.get("input_cells"))
+                if problems:
+                    status, reason = Status.FAILED, "leakage: " + "; ".join(problems[:3])
+                    log.writelines(f"{layout.ERROR_TAG} leakage: {problem}\n" for problem in problems)
+            if status == Status.OK:
+                sealed = guard.seal_outputs(step.outputs, step.directory)
+        except Exception as error:  # a check that cannot read an output fails this step only
+            status, reason = Status.FAILED, f"{layout.ERROR_TAG} {type(error).__name__}: {error}"
+            log.write(reason + "\n")
+    record = StepRecord(
+        id=step.id, stage=step.stage, component=step.component.name, status=status, cache_key=cache_key,
+        exit_code=exit_code, wall_seconds=round(wall, 3), peak_rss_bytes=peak,
+        reason=reason, labels=step.labels, outputs={k: str(v) for k, v in step.outputs.items()},
+        output_digests=sealed, limits={"timeout_seconds": limits.timeout, "memory_bytes": limits.memory})
+    _write_json_atomic(record_path, asdict(record))
+    return record
+
+
+def _cached_record(step: Step, cache_key: str) -> StepRecord | None:
+    record_path = step.directory / layout.STEP_RECORD
+    if not record_path.exists():
+        return None
+    try:
+        stored = json.loads(record_path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    if (stored.get("cache_key") != cache_key or stored.get("status") not in {s.value for s in Status}
+            or not Status(stored["status"]).reusable):
+        return None
+    if stored["status"] == Status.OK and not guard.outputs_intact(step.outputs, stored.get("output_digests")):
+        return None  # missing, truncated or changed since the step finished
+    record = StepRecord(**{k: v for k, v in stored.items() if k in StepRecord.__dataclass_fields__})
+    record.outputs = {k: str(v) for k, v in step.outputs.items()}  # where they are now (the folder may have moved)
+    record.cached = True
+    return record
+
+
+def _run_unit(unit: list, limits_of, finished: queue.Queue):
+    """A worker's job: one step, or the metric steps of one prediction in one session."""
+    session = f"scores of {unit[0][0].depends[0]}" if len(unit) > 1 else None
+    try:
+        for step, key in unit:
+            try:
+                record = run_step(step, key, limits_of(step), session=session)
+            except Exception as error:  # e.g. a full disk while writing step.json
+                record = StepRecord(id=step.id, stage=step.stage, component=step.component.name, status=Status.FAILED,
+                                    cache_key=key, reason=f"{layout.ERROR_TAG} {type(error).__name__}: {error}",
+                                    labels=step.labels)
+            finished.put(record)
+    finally:
+        spawner = getattr(_worker, "spawner", None)
+        if session and spawner is not None:
+            spawner.options = {}
+            try:
+                spawner.end_session()
+            except Exception:
+                pass
+
+
+def _worker_loop(units: queue.Queue, limits_of, finished: queue.Queue):
+    while True:
+        unit = units.get()
+        if unit is None:
+            break
+        _run_unit(unit, limits_of, finished)
+    spawner = getattr(_worker, "spawner", None)
+    if spawner is not None:
+        spawner.close()
+
+
+def execute(steps: list[Step], jobs: int = 1, progress: Progress | None = None,
+            limits: guard.Limits | None = None, group_scores: bool = True) -> list[StepRecord]:
+    """Run `steps` respecting dependencies with up to `jobs` at once; never stops on a failing step.
+
+    `limits` override the components' own (labels). The metric steps of one prediction run in one
+    worker process one after another (`group_scores`). On SIGINT/SIGTERM (or INTERRUPT.stop()) no
+    step starts any more, running ones are killed and recorded `interrupted`; the records so far are
+    returned (INTERRUPT.stopped tells the caller)."""
+    overrides = limits or guard.Limits()
+    digests, component_limits = {}, {}
+    table = guard.label_values(steps[0].component.package_root) if steps else {}
+    for step in steps:
+        if step.component.path not in digests:
+            digests[step.component.path] = component_digest(step.component)
+            component_limits[step.component.path] = guard.step_limits(step.component, overrides, table)
+    limits_of = lambda step: component_limits[step.component.path]  # noqa: E731
+    root = Path(os.path.commonpath([str(step.directory) for step in steps])) if steps else None
+    by_id = {step.id: step for step in steps}
+    records: dict[str, StepRecord] = {}
+    keys: dict[str, str] = {}
+    pending = list(steps)
+    in_flight: set[str] = set()
+    progress = progress or Progress(len(steps))
+    units, finished = queue.Queue(), queue.Queue()
+
+    def finish(record: StepRecord):
+        records[record.id] = record
+        progress.update(record)
+
+    INTERRUPT.reset()
+    stop_deadline = None
+    workers = [threading.Thread(target=_worker_loop, args=(units, limits_of, finished), daemon=True,
+                                name=f"perturbcast-worker-{i}") for i in range(max(1, jobs))]
+    with INTERRUPT.handling_signals(), guard.routed_stderr():
+        for worker in workers:
+            worker.start()
+        INTERRUPT.executing = True
+        try:
+            while (pending and not INTERRUPT.stopped) or in_flight:
+                still_pending, ready = [], []
+                for step in pending if not INTERRUPT.stopped else []:
+                    upstream = [records.get(d) for d in step.depends]
+                    if any(r is None for r in upstream):
+                        still_pending.append(step)
+                        continue
+                    blocked = [r for r in upstream if r.status != Status.OK]
+                    if blocked:
+                        cause = layout.blocked_by(blocked[0].id, blocked[0].status)
+                        finish(StepRecord(id=step.id, stage=step.stage, component=step.component.name,
+                                          status=layout.blocked_status(r.status for r in blocked),
+                                          reason=layout.blocked_reason(cause), blocked_by=cause, labels=step.labels))
+                        continue
+                    keys[step.id] = _cache_key(step, [keys[d] for d in step.depends], digests, root)
+                    cached = _cached_record(step, keys[step.id])
+                    if cached is not None:
+                        finish(cached)
+                        continue
+                    ready.append(step)
+                if not INTERRUPT.stopped:
+                    pending = still_pending
+                for unit in _units(ready, group_scores):
+                    in_flight.update(step.id for step in unit)
+                    units.put([(step, keys[step.id]) for step in unit])
+                if not in_flight:
+                    if pending and not INTERRUPT.stopped:  # dependencies that are not part of the plan
+                        for step in pending:
+                            missing = [d for d in step.depends if d not in by_id]
+                            finish(StepRecord(id=step.id, stage=step.stage, component=step.component.name,
+                                              status=Status.SKIPPED, reason=f"depends on unplanned {missing}", labels=step.labels))
+                        pending = []
+                    continue
+                if INTERRUPT.stopped:
+                    stop_deadline = stop_deadline or time.monotonic() + STOP_GRACE_SECONDS
+                    if time.monotonic() > stop_deadline:  # a step outside the fork servers that did not stop
+                        break
+                try:
+                    record = finished.get(timeout=0.2)
+                except queue.Empty:
+                    continue
+                while True:
+                    in_flight.discard(record.id)
+                    finish(record)
+                    try:
+                        record = finished.get_nowait()
+                    except queue.Empty:
+                        break
+        finally:
+            INTERRUPT.executing = False
+            for _ in workers:
+                units.put(None)
+    if INTERRUPT.stopped:
+        for step in steps:
+            if step.id in in_flight:
+                records[step.id] = StepRecord(id=step.id, stage=step.stage, component=step.component.name,
+                                              status=Status.INTERRUPTED, reason=f"interrupted by {INTERRUPT.name}",
+                                              labels=step.labels)
+            elif step.id not in records:
+                records[step.id] = _not_started(step, f"not started: {INTERRUPT.name}")
+    return [records[step.id] for step in steps]
+
+
+
+def _units(ready: list[Step], group_scores: bool) -> list[list[Step]]:
+    """Ready steps as worker jobs: the score steps of one prediction together, every other step alone."""
+    units, scores = [], {}
+    for step in ready:
+        if group_scores and step.stage == layout.SCORE and step.depends:
+            scores.setdefault(tuple(step.depends), []).append(step)
+        else:
+            units.append([step])
+    return units + list(scores.values())
+
+
+def trace_rows(records: list[StepRecord]) -> list[dict]:
+    return [layout.trace_row(record) for record in records]
+
+
+def write_trace(records: list[StepRecord], path: Path):
+    import pandas as pd
+
+    pd.DataFrame(trace_rows(records), columns=layout.TRACE_COLUMNS).to_csv(path, sep="\t", index=False)

@@ -1,0 +1,266 @@
+"""The plan's vocabulary and the results layout: the one module that knows them.
+
+Step ids, where every stage writes (folders and file names), the step statuses, what blocks a step, the
+columns of `trace.tsv`, the file names of a results directory and the exit codes all live here; the
+engine, scoring, the OpenProblems files and the report go through it. Adding a stage path or a status is
+an edit to this module (main.nf spells the same layout in Groovy; tests/test_nextflow.py compares them).
+
+A step id is `<stage>/<key>` and the step's folder is `<results>/<stage folder>/<key>`:
+
+  dataset    dataset/<d>                                   datasets/<d>/dataset.h5ad
+  split      split/<d>/<t>/seed_<s>/fold_<f>               tasks/<d>/<t>/seed_<s>/fold_<f>/{train,test,solution}.h5ad
+  predict    predict/<d>/<t>/seed_<s>/fold_<f>/<m>         predictions/<d>/<t>/seed_<s>/fold_<f>/<m>/prediction.h5ad
+  score      score/<d>/<t>/seed_<s>/fold_<f>/<m>/<metric>  scores/<d>/<t>/seed_<s>/fold_<f>/<m>/<metric>/score.h5ad
+
+(a task without folds has no `fold_<f>` level). Two kinds of record have an id but no folder: the
+check of a whole partition (`partition/<d>/<t>/seed_<s>`, stage `split`) and a config that could not be
+loaded (`config/<namespace>/<name>`, stage `config`).
+
+Labels are never read back from these paths: every file carries its ids in `uns` (scoring reads them
+there) and every record carries them in `labels`.
+"""
+from __future__ import annotations
+
+import importlib.util
+from enum import Enum
+from pathlib import Path
+
+
+def _load_vocabulary():
+    """src/utils/vocabulary.py, the components' own copy of the domain vocabulary (one file for both)."""
+    path = Path(__file__).resolve().parent.parent / "src" / "utils" / "vocabulary.py"
+    spec = importlib.util.spec_from_file_location("perturbcast_vocabulary", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# Control label, target separator, the target parser and the components' exit codes.
+vocabulary = _load_vocabulary()
+
+# -- exit codes ------------------------------------------------------------------------------------------
+
+# A component's answers (defined with the components, src/utils/vocabulary.py).
+NOT_APPLICABLE_EXIT_CODE = vocabulary.NOT_APPLICABLE_EXIT_CODE   # 99
+NOT_INSTALLED_EXIT_CODE = vocabulary.NOT_INSTALLED_EXIT_CODE     # 98
+# Of perturbcast's own commands: a run stopped by SIGINT/SIGTERM (128 + SIGINT, as shells report it).
+INTERRUPTED_EXIT_CODE = 130
+# A command given bad options (argparse's convention).
+USAGE_EXIT_CODE = 2
+
+# Lines a step writes to its log that name its outcome; the engine takes the last of them as the reason.
+ERROR_TAG = "[error]"
+NOT_APPLICABLE_TAG = "[not applicable]"
+NOT_INSTALLED_TAG = "[not installed]"
+OUTCOME_TAGS = (ERROR_TAG, NOT_APPLICABLE_TAG, NOT_INSTALLED_TAG)
+
+
+# -- statuses --------------------------------------------------------------------------------------------
+
+class Status(str, Enum):
+    """What became of a step. A `str`, so records, JSON and trace.tsv hold the plain value."""
+    OK = "ok"
+    FAILED = "failed"
+    NOT_APPLICABLE = "not_applicable"   # the component declared or answered that the input is not for it
+    NOT_INSTALLED = "not_installed"     # the component's optional packages are absent on this machine
+    SKIPPED = "skipped"                 # not run because an upstream step failed (or is missing)
+    INTERRUPTED = "interrupted"         # running or due when the run was stopped
+
+    def __str__(self) -> str:
+        return self.value
+
+    # Hash as the plain string (Enum hashes the member's name), so a Status and its value are one key of a
+    # dict or set: counts keyed by trace strings are found with Status members and the other way round.
+    def __hash__(self) -> int:
+        return hash(self.value)
+
+    @property
+    def label(self) -> str:
+        """As shown to people: `not applicable`."""
+        return self.value.replace("_", " ")
+
+    @property
+    def reusable(self) -> bool:
+        """A finished answer a re-run may take from the step's record instead of running it again."""
+        return self in (Status.OK, Status.NOT_APPLICABLE)
+
+    @property
+    def excuses_downstream(self) -> bool:
+        """Steps below it are `not_applicable` too (not `skipped`): nothing went wrong."""
+        return self in (Status.NOT_APPLICABLE, Status.NOT_INSTALLED)
+
+    @classmethod
+    def of_exit_code(cls, exit_code: int) -> "Status":
+        return {0: cls.OK, NOT_APPLICABLE_EXIT_CODE: cls.NOT_APPLICABLE,
+                NOT_INSTALLED_EXIT_CODE: cls.NOT_INSTALLED}.get(exit_code, cls.FAILED)
+
+
+def status_label(value) -> str:
+    """How a status read from a file is shown (`not applicable`); an unknown value as it is."""
+    return Status(value).label if value in _STATUS_VALUES else str(value)
+
+
+_STATUS_VALUES = {status.value for status in Status}
+# Display order (terminal summary, report).
+STATUS_ORDER = tuple(Status)
+# Statuses of a step that produced no output.
+NOT_DONE = (Status.FAILED, Status.NOT_APPLICABLE, Status.NOT_INSTALLED, Status.SKIPPED, Status.INTERRUPTED)
+
+
+def blocked_by(upstream_id: str, upstream_status: str) -> dict:
+    """The structured cause of a step that did not run because of another (StepRecord.blocked_by)."""
+    return {"step": upstream_id, "status": str(upstream_status)}
+
+
+def blocked_status(upstream_statuses) -> Status:
+    """A step below these non-ok steps: not applicable when each of them is, else skipped."""
+    return (Status.NOT_APPLICABLE if all(Status(s).excuses_downstream for s in upstream_statuses)
+            else Status.SKIPPED)
+
+
+def blocked_reason(cause: dict) -> str:
+    """The sentence shown for a structured cause: `upstream <id> <status>`."""
+    return f"upstream {cause['step']} {Status(cause['status']).label}"
+
+
+# -- stages, step ids and folders ------------------------------------------------------------------------
+
+DATASET, SPLIT, PREDICT, SCORE = "dataset", "split", "predict", "score"
+STAGES = (DATASET, SPLIT, PREDICT, SCORE)
+# Records that are not a stage's step: a config that could not be loaded; the check of a partition.
+CONFIG, PARTITION = "config", "partition"
+STAGE_OF_TYPE = {"dataset_loader": DATASET, "task": SPLIT, "method": PREDICT, "control_method": PREDICT,
+                 "metric": SCORE}
+STAGE_FOLDERS = {DATASET: "datasets", SPLIT: "tasks", PREDICT: "predictions", SCORE: "scores"}
+
+# A step's own files, in its folder.
+STEP_RECORD = "step.json"
+STEP_LOG = "log.txt"
+
+# Output files of each stage (argument -> file name); `*_cells` are made only when a component reads them.
+STAGE_OUTPUTS = {
+    DATASET: {"output": "dataset.h5ad", "output_cells": "dataset_cells.h5ad"},
+    SPLIT: {"output_train": "train.h5ad", "output_test": "test.h5ad", "output_solution": "solution.h5ad",
+            "output_train_cells": "train_cells.h5ad", "output_solution_cells": "solution_cells.h5ad"},
+    PREDICT: {"output": "prediction.h5ad", "output_cells": "prediction_cells.h5ad"},
+    SCORE: {"output": "score.h5ad"},
+}
+
+
+def split_key(dataset_id: str, task_id: str, seed: int, fold: int | None = None) -> str:
+    """`<d>/<t>/seed_<s>[/fold_<f>]`: the part of the ids and folders a split and everything below share."""
+    return f"{dataset_id}/{task_id}/seed_{seed}" + (f"/fold_{fold}" if fold is not None else "")
+
+
+def dataset_key(dataset_id: str) -> str:
+    return dataset_id
+
+
+def predict_key(split: str, method_id: str) -> str:
+    return f"{split}/{method_id}"
+
+
+def score_key(split: str, method_id: str, metric_component: str) -> str:
+    return f"{split}/{method_id}/{metric_component}"
+
+
+def partition_key(dataset_id: str, task_id: str, seed: int) -> str:
+    return split_key(dataset_id, task_id, seed)
+
+
+def step_id(stage: str, key: str) -> str:
+    return f"{stage}/{key}"
+
+
+def split_step_id(step: str) -> tuple[str, str]:
+    """(stage, key) of a step id."""
+    stage, _, key = str(step).partition("/")
+    return stage, key
+
+
+def step_dir(results: Path, stage: str, key: str) -> Path:
+    """The folder of a stage's step (where its outputs, log and record lie)."""
+    return Path(results) / STAGE_FOLDERS[stage] / key
+
+
+def output_paths(directory: Path, stage: str, names: tuple[str, ...] | None = None) -> dict:
+    """Argument -> path of a stage's outputs in `directory` (`names`: only these arguments)."""
+    files = STAGE_OUTPUTS[stage]
+    return {name: Path(directory) / files[name] for name in (names if names is not None else files)}
+
+
+def log_of(step: str) -> Path | None:
+    """The log of a step relative to the results directory (None for a record without a folder)."""
+    stage, key = split_step_id(step)
+    if stage not in STAGE_FOLDERS or not key:
+        return None
+    return Path(STAGE_FOLDERS[stage]) / key / STEP_LOG
+
+
+# Every score file of a results directory (both engines publish the same folders).
+SCORE_GLOB = f"{STAGE_FOLDERS[SCORE]}/**/{STAGE_OUTPUTS[SCORE]['output']}"
+DATASET_GLOB = f"{STAGE_FOLDERS[DATASET]}/*/{STAGE_OUTPUTS[DATASET]['output']}"
+
+
+def metric_component_of_score(path: Path) -> str:
+    """A score file's metric component where neither its uns nor its step record names it: its folder
+    (score files do not carry the component's name, only the metric ids it computed)."""
+    return Path(path).parent.name
+
+
+# -- files of a results directory ------------------------------------------------------------------------
+
+TRACE = "trace.tsv"
+RESULTS = "results.parquet"
+PER_CONDITION = "results_per_condition.parquet"
+SUMMARY = "summary.parquet"
+HEADLINE = "headline.parquet"
+LEADERBOARD = "leaderboard.txt"
+REPORT = "report.html"
+TASK_INFO = "task_info.yaml"
+DATASET_UNS = "dataset_uns.yaml"
+METHOD_CONFIGS = "method_configs.yaml"
+METRIC_CONFIGS = "metric_configs.yaml"
+SCORE_UNS = "score_uns.yaml"
+
+# trace.tsv: one row per step record. `blocked_by` / `blocked_by_status`: the upstream step that kept
+# this one from running and that step's status (empty when the step ran).
+TRACE_COLUMNS = ["step", "stage", "component", "status", "cached", "exit_code", "wall_seconds", "peak_rss_mib",
+                 "reason", "blocked_by", "blocked_by_status"]
+
+
+def trace_row(record) -> dict:
+    """A StepRecord as its trace.tsv row (columns TRACE_COLUMNS)."""
+    cause = record.blocked_by or {}
+    return {"step": record.id, "stage": record.stage, "component": record.component, "status": str(record.status),
+            "cached": record.cached, "exit_code": record.exit_code, "wall_seconds": record.wall_seconds,
+            "peak_rss_mib": round(record.peak_rss_bytes / 2**20, 1), "reason": record.reason,
+            "blocked_by": cause.get("step", ""), "blocked_by_status": cause.get("status", "")}
+
+
+
+# -- where a run writes ----------------------------------------------------------------------------------
+
+# The results folder of `perturbcast benchmark` without --output and without a selection.
+DEFAULT_RESULTS = Path("output") / "benchmark"
+_SLUG_LIMIT = 100
+
+
+def results_folder(selection: dict, default: Path = DEFAULT_RESULTS) -> Path:
+    """The results folder of a run without --output: `default` for the default selection, else
+    `<default>-<slug>`, the slug naming what was selected (`methods_mine`, `datasets_a+b-seeds_0+1`), so a
+    selection never overwrites another run's results and running it again resumes its own cache.
+
+    `selection`: kind -> the values chosen (None or empty: the default for that kind), in slug order. A
+    slug longer than 100 characters keeps its first 80 and adds 8 hex digits of its sha256 (still one
+    folder per selection)."""
+    import hashlib
+    import re
+
+    parts = [f"{kind}_{'+'.join(str(v) for v in values)}" for kind, values in selection.items() if values]
+    if not parts:
+        return Path(default)
+    slug = re.sub(r"[^A-Za-z0-9_.+=-]", "_", "-".join(parts))
+    if len(slug) > _SLUG_LIMIT:
+        slug = f"{slug[:80]}-{hashlib.sha256(slug.encode()).hexdigest()[:8]}"
+    return Path(f"{default}-{slug}")

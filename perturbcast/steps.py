@@ -1,0 +1,71 @@
+"""The plan's records: a `Step` to run, the `StepRecord` of what became of it, and the `Selection` a plan is for.
+
+Plain data shared by the planner (perturbcast.engine), the executor (perturbcast.engine_run) and the
+commands that print or serialise a plan; ids, folders and statuses come from perturbcast.layout.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .config import ComponentConfig
+from .layout import Status
+
+
+@dataclass
+class Step:
+    id: str
+    stage: str
+    component: ComponentConfig
+    directory: Path
+    inputs: dict          # argument -> path (outputs of upstream steps)
+    outputs: dict         # argument -> path
+    arguments: dict       # other arguments (name -> value)
+    depends: list = field(default_factory=list)
+    labels: dict = field(default_factory=dict)
+
+    def argv(self) -> list[str]:
+        argv = []
+        for name, value in {**self.inputs, **self.outputs, **self.arguments}.items():
+            argv += [f"--{name}", str(value)]
+        return argv
+
+
+@dataclass
+class StepRecord:
+    id: str
+    stage: str
+    component: str
+    status: Status
+    cache_key: str = ""
+    exit_code: int | None = None
+    wall_seconds: float = 0.0
+    peak_rss_bytes: int = 0
+    cached: bool = False
+    reason: str = ""
+    labels: dict = field(default_factory=dict)
+    outputs: dict = field(default_factory=dict)
+    output_digests: dict = field(default_factory=dict)  # name -> {size, sha256}: checked before reuse
+    limits: dict = field(default_factory=dict)          # timeout_seconds, memory_bytes the step ran under
+    blocked_by: dict = field(default_factory=dict)      # {step, status} of the upstream step that kept it from running
+
+    def __post_init__(self):
+        self.status = Status(self.status)  # a plain string from step.json or a caller becomes the enum
+
+
+@dataclass
+class Selection:
+    datasets: list[str] | None = None
+    tasks: list[str] | None = None
+    methods: list[str] | None = None
+    metrics: list[str] | None = None
+    seeds: list[int] = field(default_factory=lambda: [0])
+    n_folds: int = 5
+    folds: list[int] | None = None   # None: every fold of each partition
+    # a user's own datasets ({"id", "loader", "arguments"}, from --dataset-file or a spec's `file:` entries) and
+    # argument overrides of known dataset ids (a spec's `{id, arguments}` entries)
+    extra_datasets: list[dict] = field(default_factory=list)
+    dataset_arguments: dict = field(default_factory=dict)
+
+    def fold_list(self) -> list[int]:
+        return list(range(self.n_folds)) if self.folds is None else list(self.folds)
