@@ -29,10 +29,8 @@ class FormatError(ValueError):
         super().__init__(f"file '{path}': {shown}{more}")
 
 
-def read_h5ad(path: str, backed: bool = False):
-    """Read an h5ad file, turning every low-level failure into a FormatError naming the file."""
-    import anndata as ad
-
+def h5ad_file_problems(path: str):
+    """FormatError if `path` is no file that could hold AnnData (missing, a folder, empty, not HDF5)."""
     if not os.path.exists(path):
         raise FormatError(path, ["file does not exist"])
     if os.path.isdir(path):
@@ -43,6 +41,13 @@ def read_h5ad(path: str, backed: bool = False):
         signature = handle.read(8)
     if signature != b"\x89HDF\r\n\x1a\n":
         raise FormatError(path, ["not an HDF5/h5ad file (no HDF5 signature); expected AnnData written by write_h5ad"])
+
+
+def read_h5ad(path: str, backed: bool = False):
+    """Read an h5ad file, turning every low-level failure into a FormatError naming the file."""
+    import anndata as ad
+
+    h5ad_file_problems(path)
     try:
         return ad.read_h5ad(path, backed="r" if backed else None)
     except Exception as error:  # anndata raises many types for damaged files
