@@ -275,3 +275,27 @@ def output_problems(config: ComponentConfig, values: dict) -> dict[str, list[str
         if found:
             problems[argument.name] = found
     return problems
+
+
+def read_obs_uns(path, uns_keys=None) -> tuple[pd.DataFrame, dict]:
+    """obs and uns of an h5ad file (score files, by aggregation), as `anndata.read_h5ad` gives them;
+    with `uns_keys` only those entries of uns (where present). Files FileView does not handle, and
+    damaged ones, go to anndata (whose exception is raised)."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as handle:
+            if handle.attrs.get("encoding-type") != "anndata" or "raw" in handle:
+                raise _NotPlain("layout")
+            obs = _axis_frame(handle, "obs")
+            group = handle["uns"] if "uns" in handle else {}
+            if hasattr(group, "attrs") and group.attrs.get("encoding-type") != "dict":
+                raise _NotPlain("uns")
+            keys = list(group) if uns_keys is None else [key for key in uns_keys if key in group]
+            return obs, {key: _element(group[key]) for key in keys}
+    except Exception:
+        import anndata as ad
+
+        adata = ad.read_h5ad(path)
+        uns = dict(adata.uns) if uns_keys is None else {key: adata.uns[key] for key in uns_keys if key in adata.uns}
+        return adata.obs, uns
