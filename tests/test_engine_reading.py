@@ -12,6 +12,10 @@ import yaml
 
 from conftest import ROOT
 from perturbcast import formats
+
+import sys  # noqa: E402
+sys.path.insert(0, str(ROOT / "src" / "utils"))
+from component_io import write_plain_h5ad  # noqa: E402
 from perturbcast.config import discover_components, load_config
 from perturbcast.runner import processed_config, processed_config_text
 
@@ -142,3 +146,70 @@ def test_processed_config_text_loads_as_the_processed_config():
         for build_dir in (Path("/tmp/one"), Path("/tmp/two: with space")):  # the kept part, another build_info
             text = processed_config_text(config, build_dir)
             assert yaml.safe_load(text) == processed_config(config, build_dir), component.name
+
+
+def _tree(path) -> dict:
+    """Every element of an HDF5 file: kind, dtype, shape, attributes and values (for comparing two files)."""
+    found = {}
+
+    def plain(value):
+        value = np.asarray(value)
+        return (value.dtype.str if value.dtype != object else "object", value.tolist())
+
+    def visit(name, node):
+        attrs = {key: plain(value) for key, value in node.attrs.items()}
+        if isinstance(node, h5py.Dataset):
+            found[name] = ("dataset", str(node.dtype), h5py.check_string_dtype(node.dtype), node.shape,
+                           node.chunks, node.compression, attrs, plain(node.asstr()[()] if h5py.check_string_dtype(node.dtype) else node[()]))
+        else:
+            found[name] = ("group", attrs)
+
+    with h5py.File(path, "r") as handle:
+        visit("/", handle)
+        handle.visititems(visit)
+    return found
+
+
+def _score_like() -> ad.AnnData:
+    n = 7
+    obs = pd.DataFrame({"stratum": ["single", "combo", "single", "single", "combo", "x10", "x9"],  # -> categorical
+                        "unique": [f"u{i}" for i in range(n)],  # all different: stays strings
+                        "spearman_delta": np.linspace(-1, 1, n), "n": np.arange(n), "flag": np.arange(n) > 2,
+                        "kind": pd.Categorical(["a", "b"] * 3 + ["a"], categories=["b", "a"], ordered=True)},
+                       index=pd.Index([f"c{i}" for i in range(n)], dtype=object))
+    uns = {"dataset_id": "d", "method_id": np.str_("m"), "metric_ids": ["a", "b"], "metric_values": [0.5, 1.0],
+           "n_draws": 1, "fold": np.int64(2), "scale": 0.25, "flag": True, "ids": np.array(["x", "y"], dtype=object),
+           "counts": np.array([1, 2, 3]), "nested": {"k": [1, 2], "s": "t", "deeper": {"f": 1.5}}}
+    return ad.AnnData(obs=obs, uns=uns)
+
+
+def _prediction_like() -> ad.AnnData:
+    rng = np.random.default_rng(1)
+    return ad.AnnData(X=rng.random((5, 3)).astype(np.float32),
+                      obs=pd.DataFrame(index=pd.Index([f"r{i}" for i in range(5)], dtype=object)),
+                      var=pd.DataFrame({"gene_symbol": ["A", "B", "C"]}, index=pd.Index(["g1", "g2", "g3"], dtype=object)),
+                      uns={"dataset_id": "d", "task_id": "t", "method_id": "m"})
+
+
+@pytest.mark.parametrize("make", [_score_like, _prediction_like])
+def test_plain_writer_writes_what_anndata_writes(tmp_path, make):
+    make().write_h5ad(tmp_path / "anndata.h5ad")
+    assert write_plain_h5ad(make(), str(tmp_path / "plain.h5ad"))
+    assert _tree(tmp_path / "plain.h5ad") == _tree(tmp_path / "anndata.h5ad")
+    back, expected = ad.read_h5ad(tmp_path / "plain.h5ad"), ad.read_h5ad(tmp_path / "anndata.h5ad")
+    pd.testing.assert_frame_equal(back.obs, expected.obs)
+    assert repr(back.uns) == repr(expected.uns)
+
+
+def test_plain_writer_leaves_the_rest_to_anndata(tmp_path):
+    with_layer = _prediction_like()
+    with_layer.layers["draw_1"] = with_layer.X.copy()
+    sparse_x = _prediction_like()
+    sparse_x.X = sp.csr_matrix(sparse_x.X)
+    empty_list = _score_like()
+    empty_list.uns["metrics_not_computed"] = []
+    nullable = _score_like()
+    nullable.obs["maybe"] = pd.array([1, None, 3, 4, 5, 6, 7], dtype="Int64")
+    for adata in (with_layer, sparse_x, empty_list, nullable):
+        assert not write_plain_h5ad(adata, str(tmp_path / "no.h5ad"))
+        assert not (tmp_path / "no.h5ad").exists()
