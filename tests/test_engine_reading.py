@@ -213,3 +213,19 @@ def test_plain_writer_leaves_the_rest_to_anndata(tmp_path):
     for adata in (with_layer, sparse_x, empty_list, nullable):
         assert not write_plain_h5ad(adata, str(tmp_path / "no.h5ad"))
         assert not (tmp_path / "no.h5ad").exists()
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_components_read_what_anndata_reads(tmp_path, sparse):
+    path = tmp_path / "a.h5ad"
+    _example(sparse=sparse).write_h5ad(path)
+    plain, expected = CHECKER.read_h5ad(str(path)), ad.read_h5ad(path)
+    assert repr(plain) == repr(expected)
+    pd.testing.assert_frame_equal(plain.obs, expected.obs)
+    pd.testing.assert_frame_equal(plain.var, expected.var)
+    assert repr(dict(plain.uns)) == repr(dict(expected.uns))
+    assert type(plain.X) is type(expected.X)
+    np.testing.assert_array_equal(_dense(plain.X), _dense(expected.X))
+    for name in expected.layers:
+        assert type(plain.layers[name]) is type(expected.layers[name])
+        np.testing.assert_array_equal(_dense(plain.layers[name]), _dense(expected.layers[name]))
