@@ -4,11 +4,13 @@ The contract has one implementation, which components ship as a viash resource; 
 that same file from the package so the runner and the components can never disagree.
 
 The engine validates every output of every step in its own process, where worker threads share one
-GIL, so reading is kept to what the checks look at: `FileView` reads obs, var and uns with anndata's
-own element reader and leaves X and the layers on disk (the checker scans them in row blocks), and the
-names of a reference file (the solution every metric step aligns with) are read once per file version.
-Any file the view does not handle plainly (legacy layout, obsm or raw content, shapes that disagree,
-an unreadable element) is read by anndata as before, so that problems and messages stay anndata's.
+GIL, so reading is kept to what the checks look at: `FileView` reads obs, var and uns with the
+contract's element reader (`read_element`: anndata's encodings without anndata's per-element dispatch,
+whose h5py attribute reads dominated) and leaves X and the layers on disk (the checker scans them in row
+blocks), and the names of a reference file (the solution every metric step aligns with) are read once
+per file version. Any file the view does not handle plainly (legacy layout, obsm or raw content, shapes
+that disagree, an unreadable element) is read by anndata as before, so that problems and messages stay
+anndata's.
 """
 from __future__ import annotations
 
@@ -42,6 +44,7 @@ _MATRIX_ENCODINGS = ("array", "string-array")
 _SPARSE_ENCODINGS = ("csr_matrix", "csc_matrix")
 
 
+@lru_cache(maxsize=None)
 def _reader():
     """src/utils/formats.py of this source tree (its element reader); None when perturbcast is installed
     without it (then anndata reads everything)."""

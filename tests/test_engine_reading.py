@@ -159,8 +159,9 @@ def _tree(path) -> dict:
     def visit(name, node):
         attrs = {key: plain(value) for key, value in node.attrs.items()}
         if isinstance(node, h5py.Dataset):
-            found[name] = ("dataset", str(node.dtype), h5py.check_string_dtype(node.dtype), node.shape,
-                           node.chunks, node.compression, attrs, plain(node.asstr()[()] if h5py.check_string_dtype(node.dtype) else node[()]))
+            strings = h5py.check_string_dtype(node.dtype)
+            found[name] = ("dataset", str(node.dtype), strings, node.shape, node.chunks, node.compression, attrs,
+                           plain(node.asstr()[()] if strings else node[()]))
         else:
             found[name] = ("group", attrs)
 

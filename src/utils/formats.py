@@ -70,7 +70,8 @@ def read_element(element):
     if encoding == "numeric-scalar":
         return element[()].item()
     if encoding == "categorical":
-        return pd.Categorical.from_codes(codes=read_element(element["codes"]), categories=read_element(element["categories"]),
+        return pd.Categorical.from_codes(codes=read_element(element["codes"]),
+                                         categories=read_element(element["categories"]),
                                          ordered=bool(attrs["ordered"]))
     if encoding == "dict":
         return {key: read_element(value) for key, value in dict(element).items()}
