@@ -184,15 +184,23 @@ def _matrix_problems(matrix, where: str, spec: dict) -> list[str]:
     n_nan = n_inf = 0
     negative_mass = positive_mass = 0.0
     largest, smallest = -np.inf, np.inf
+    # each pass over a block costs a full read of it (a solution has X and up to six layers): only the
+    # statistics the spec bounds are computed, and non-finite values are counted only where there are some
+    extremes = "max_value" in spec or "min_value" in spec
+    mass = "max_negative_mass" in spec
     for start in range(0, matrix.shape[0], _ROW_BLOCK):
         block = matrix[start:start + _ROW_BLOCK]
         values = block.data if hasattr(block, "data") and not isinstance(block, np.ndarray) else np.asarray(block)
         if not integer:
-            n_nan += int(np.isnan(values).sum())
-            n_inf += int(np.isinf(values).sum())
-            values = values[np.isfinite(values)]
-        if values.size:
+            finite = np.isfinite(values)
+            if not finite.all():
+                n_nan += int(np.isnan(values).sum())
+                n_inf += int(np.isinf(values).sum())
+                values = values[finite]
+            del finite
+        if values.size and extremes:
             largest, smallest = max(largest, float(values.max())), min(smallest, float(values.min()))
+        if values.size and mass:
             values = values.astype(np.float64, copy=False)
             negative_mass -= float(values[values < 0].sum())
             positive_mass += float(values[values > 0].sum())
