@@ -61,20 +61,33 @@ def number_argument(par: dict, name: str, default, kind=int, low=None, high=None
     return kind(value)
 
 
+# The last processed config parsed by this process, keyed by its text before `build_info` (written last,
+# the only part that differs between steps of one component): the metric steps of one prediction run one
+# after another in one process (the engine's session), each from its own build folder.
+_SPECS: dict = {}
+
+
 def _argument_specs(meta: dict) -> dict:
     """Argument name (no dashes) -> argument mapping, from the processed config if there is one."""
     config_path = (meta or {}).get("config")
     if not config_path or not os.path.exists(config_path):
         return {}
+    import copy
+
     import yaml
 
     with open(config_path) as handle:
+        text = handle.read()
+    key = text.split("\nbuild_info:", 1)[0]
+    if key not in _SPECS:
         # libyaml when present: the processed config is read at every start, and pure-Python parsing costs ~0.1 s
-        config = yaml.load(handle, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) or {}
-    arguments = list(config.get("arguments", []) or [])
-    for group in config.get("argument_groups", []) or []:
-        arguments += group.get("arguments", []) or []
-    return {arg["name"].lstrip("-"): arg for arg in arguments if "name" in arg}
+        config = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) or {}
+        arguments = list(config.get("arguments", []) or [])
+        for group in config.get("argument_groups", []) or []:
+            arguments += group.get("arguments", []) or []
+        _SPECS.clear()
+        _SPECS[key] = {arg["name"].lstrip("-"): arg for arg in arguments if "name" in arg}
+    return copy.deepcopy(_SPECS[key])  # a script may change its copy
 
 
 class ComponentIO:
