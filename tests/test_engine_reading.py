@@ -230,3 +230,20 @@ def test_components_read_what_anndata_reads(tmp_path, sparse):
     for name in expected.layers:
         assert type(plain.layers[name]) is type(expected.layers[name])
         np.testing.assert_array_equal(_dense(plain.layers[name]), _dense(expected.layers[name]))
+
+
+def test_argument_specs_follow_the_config_not_the_last_step(tmp_path):
+    from component_io import _argument_specs
+
+    metric = load_config(ROOT / "src" / "metrics" / "delta_error" / "config.vsh.yaml")
+    method = load_config(ROOT / "src" / "control_methods" / "train_mean" / "config.vsh.yaml")
+    paths = []
+    for i, config in enumerate((metric, metric, method)):
+        paths.append(tmp_path / f"{i}.yaml")
+        paths[-1].write_text(processed_config_text(config, tmp_path / f"build_{i}"))
+    first, second, other = (_argument_specs({"config": str(path)}) for path in paths)
+    assert first == second and first is not second  # the same arguments, each step its own copy
+    first["output"]["info"] = None
+    assert _argument_specs({"config": str(paths[1])})["output"]["info"] is not None
+    assert set(first) == {"input_solution", "input_prediction", "output"}
+    assert "input_train" in other and "input_solution" not in other
