@@ -236,7 +236,7 @@ def test_argument_specs_follow_the_config_not_the_last_step(tmp_path):
     from component_io import _argument_specs
 
     metric = load_config(ROOT / "src" / "metrics" / "delta_error" / "config.vsh.yaml")
-    method = load_config(ROOT / "src" / "control_methods" / "train_mean" / "config.vsh.yaml")
+    method = load_config(ROOT / "src" / "methods" / "additive" / "config.vsh.yaml")
     paths = []
     for i, config in enumerate((metric, metric, method)):
         paths.append(tmp_path / f"{i}.yaml")
