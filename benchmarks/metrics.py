@@ -170,7 +170,9 @@ def one_process_worker(tree: Path, directory: Path, prediction: str) -> int:
     results = []
     utils = tree / "src" / "utils"
     sys.path.insert(0, str(utils))
-    configs = sorted((tree / "src" / "metrics").glob("*/config.vsh.yaml"))
+    # Python metric scripts only (an R script, limma_de, cannot run in this process)
+    configs = sorted(path for path in (tree / "src" / "metrics").glob("*/config.vsh.yaml")
+                     if (path.parent / "script.py").exists())
     start_all, cpu_all = time.perf_counter(), time.process_time()
     for path in configs:
         config = load_config(path)
@@ -184,9 +186,17 @@ def one_process_worker(tree: Path, directory: Path, prediction: str) -> int:
         import contextlib
         import io
 
-        with contextlib.redirect_stderr(io.StringIO()):
-            exec(compile("import sys\n" + source, str(path.parent / "script.py"), "exec"), {"par": par, "meta": meta})
-        results.append((config.name, time.perf_counter() - start, time.process_time() - cpu))
+        captured = io.StringIO()
+        try:
+            with contextlib.redirect_stderr(captured):
+                exec(compile("import sys\n" + source, str(path.parent / "script.py"), "exec"), {"par": par, "meta": meta})
+            status = "ok"
+        except SystemExit as stop:  # 99: not applicable (e.g. distribution_distance without cells)
+            if stop.code != 99:
+                sys.stderr.write(captured.getvalue())
+                raise
+            status = "not applicable"
+        results.append((config.name, time.perf_counter() - start, time.process_time() - cpu, status))
         Path(handle.name).unlink()
     print(json.dumps({"components": results, "total": time.perf_counter() - start_all,
                       "cpu": time.process_time() - cpu_all,
@@ -202,8 +212,8 @@ def time_one_process(tree: Path, directory: Path, prediction: str, label: str) -
         print(f"{label}: failed\n{output.stderr[-2000:]}")
         return float("nan")
     timing = json.loads(output.stdout.strip().splitlines()[-1])
-    for name, wall, cpu in timing["components"]:
-        print(f"  {label:<10} {name:<20} {wall:8.1f} {cpu:7.1f}", flush=True)
+    for name, wall, cpu, status in timing["components"]:
+        print(f"  {label:<10} {name:<20} {wall:8.1f} {cpu:7.1f}" + ("" if status == "ok" else f"  {status}"), flush=True)
     print(f"  {label:<10} {'all, one process':<20} {timing['total']:8.1f} {timing['cpu']:7.1f}  "
           f"peak {timing['peak_mib']:.0f} MiB", flush=True)
     return timing["total"]

@@ -13,7 +13,7 @@ import yaml
 
 from . import layout
 from .config import ComponentConfig, load_package_config
-from .scoring import score_labels
+from .scoring import read_score, score_labels
 
 
 def _plain(value):
@@ -55,7 +55,7 @@ def write_openproblems_files(root: Path, output: Path, components: list[Componen
     _write(output / layout.METRIC_CONFIGS, configs["metric"])
     scores = []
     for path in score_paths:
-        uns = ad.read_h5ad(path, backed="r").uns
+        uns = read_score(path)[1]
         labels = score_labels(Path(path), uns)
         scores.append({key: uns[key] for key in ("dataset_id", "task_id", "method_id", "metric_ids", "metric_values")
                        if key in uns} | {"split_seed": labels["seed"], "fold": labels["fold"]})

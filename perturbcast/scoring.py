@@ -68,35 +68,46 @@ def score_files(output_dir: Path) -> list[Path]:
     return sorted(Path(output_dir).glob(layout.SCORE_GLOB))
 
 
+# the uns entries aggregation reads from a score file (labels, ids and the OpenProblems score_uns.yaml)
+SCORE_UNS_KEYS = ("dataset_id", "task_id", "method_id", "metric_ids", "metric_values", "split_seed", "fold",
+                  "metric_component")
+
+
+def read_score(path: Path) -> tuple[pd.DataFrame, dict]:
+    """obs and the SCORE_UNS_KEYS entries of uns of a score file, read with h5py (anndata's full read of
+    ~1,000 small score files took most of aggregation)."""
+    from .formats import read_obs_uns
+
+    return read_obs_uns(path, SCORE_UNS_KEYS)
+
+
 def per_condition_table(output_dir: Path, method_types: dict[str, str] | None = None,
                         only: set | None = None) -> pd.DataFrame:
     """One row per (score file, test condition, metric id); `only` restricts to these score files.
 
     Labels come from each score's own `uns` (see `score_labels`), not from where the file lies."""
-    import anndata as ad
-
-    frames = []
+    columns = ["dataset_id", "task_id", "seed", "fold", "method_id", "method_type", "metric_component", "metric_id",
+               "condition", "stratum", "value"]
+    parts: dict[str, list] = {column: [] for column in columns}
     for path in score_files(output_dir):
         if only is not None and path.resolve() not in only:
             continue
-        score = ad.read_h5ad(path)
-        labels = score_labels(path, score.uns)
-        metric_ids = [str(m) for m in np.atleast_1d(score.uns["metric_ids"])]
-        obs = score.obs.reset_index(names="condition")
-        long = obs.melt(id_vars=["condition", "stratum"], value_vars=[m for m in metric_ids if m in obs.columns],
-                        var_name="metric_id", value_name="value")
-        for key, value in labels.items():
-            long[key] = value
-        long["method_type"] = (method_types or {}).get(labels["method_id"], "method")
-        frames.append(long)
-    columns = ["dataset_id", "task_id", "seed", "fold", "method_id", "method_type", "metric_component", "metric_id",
-               "condition", "stratum", "value"]
-    if not frames:
+        obs, uns = read_score(path)
+        labels = score_labels(path, uns)
+        metric_ids = [str(m) for m in np.atleast_1d(uns["metric_ids"])]
+        present = [m for m in metric_ids if m in obs.columns]
+        n = len(obs) * len(present)
+        # metric after metric, each over all conditions (the order of a melt of obs)
+        parts["condition"].append(np.tile(obs.index.to_numpy(dtype=object), len(present)))
+        parts["stratum"].append(np.tile(obs["stratum"].astype(str).to_numpy(dtype=object), len(present)))
+        parts["metric_id"].append(np.repeat(np.array(present, dtype=object), len(obs)))
+        parts["value"].append(obs[present].to_numpy(dtype=float).T.reshape(-1) if present else np.empty(0))
+        labels["method_type"] = (method_types or {}).get(labels["method_id"], "method")
+        for key in ("dataset_id", "task_id", "seed", "fold", "method_id", "method_type", "metric_component"):
+            parts[key].append(np.full(n, labels[key], dtype=np.int64 if key in ("seed", "fold") else object))
+    if not parts["value"]:
         return pd.DataFrame(columns=columns)
-    table = pd.concat(frames, ignore_index=True)[columns]
-    table["stratum"] = table["stratum"].astype(str)
-    table["value"] = table["value"].astype(float)
-    return table
+    return pd.DataFrame({column: np.concatenate(parts[column]) for column in columns})
 
 
 def _bootstrap_counts(n_conditions: int, n_resamples: int, rng) -> np.ndarray:
