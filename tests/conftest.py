@@ -19,6 +19,14 @@ ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = Path(os.environ.get("PERTURBCAST_TEST_DATA") or ROOT.parent / "shared" / "data")
 RESOURCES = ROOT / "resources_test" / "simulated_grn"
 
+# Under xdist every worker (and the components it runs) would start a BLAS/OpenMP thread per core: two
+# workers on two cores then run four busy threads. Each worker's share of the cores instead, unless the
+# caller set the variables; set before any test module imports numpy, inherited by the components.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    _threads = str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+    for _variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_variable, _threads)
+
 
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
