@@ -1,19 +1,24 @@
 """Tests of the simulated_grn dataset loader (src/datasets/simulated_grn).
 
-The script is run as viash would run it: a copy with the VIASH block replaced by `par` (config defaults
-plus the test's arguments) and `meta`, executed by the current Python in a subprocess.
+The component runs through the runner (perturbcast.runner.run_component, what `perturbcast run` does):
+the config's defaults plus the test's arguments.
 """
 from __future__ import annotations
 
 import ast
-import subprocess
+import contextlib
+import os
 import sys
 from pathlib import Path
+from types import SimpleNamespace
+from unittest import mock
 
 import anndata as ad
 import numpy as np
 import pytest
 import yaml
+
+from perturbcast.runner import run_component
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPONENT = ROOT / "src" / "datasets" / "simulated_grn"
@@ -34,19 +39,19 @@ def common_dataset_format() -> dict:
     return yaml.safe_load((ROOT / "src" / "api" / "file_common_dataset.yaml").read_text())["info"]["format"]
 
 
-def run_loader(tmp_path: Path, **arguments) -> tuple[subprocess.CompletedProcess, Path]:
-    """Run script.py with the VIASH block replaced, as the runner does; returns the process and output path."""
+def run_loader(tmp_path: Path, **arguments) -> tuple[SimpleNamespace, Path]:
+    """Run the component through the runner (`perturbcast run`) with the test's arguments (the config's
+    defaults for the rest); returns (result with `returncode` and `stderr`, output path). `stderr` leaves
+    out the runner's own `[notice]` lines (the build folder it keeps after a failure, in tmp_path) and holds
+    the runner's argument errors (a value outside the config's `choices`), which it prints on sys.stderr."""
     output = tmp_path / "dataset.h5ad"
-    par = {**config_defaults(), **arguments, "output": str(output)}
-    meta = {"name": "simulated_grn", "resources_dir": str(UTILS), "config": None}
-    text = (COMPONENT / "script.py").read_text()
-    start = text.index("## VIASH START")
-    end = text.index("## VIASH END")
-    script = tmp_path / "script.py"
-    script.write_text(f"{text[:start]}## VIASH START\npar = {par!r}\nmeta = {meta!r}\n{text[end:]}")
-    completed = subprocess.run([sys.executable, "-B", str(script)], capture_output=True, text=True,
-                               cwd=tmp_path, timeout=120)
-    return completed, output
+    argv = [word for key, value in arguments.items() for word in (f"--{key}", str(value))] + ["--output", str(output)]
+    log = tmp_path / "stderr.txt"
+    with open(tmp_path / "stdout.txt", "w") as stdout, open(log, "w") as stderr, contextlib.redirect_stderr(stderr), \
+            mock.patch.dict(os.environ, {"VIASH_TEMP": str(tmp_path / "viash_temp")}):
+        result = run_component(COMPONENT, argv, stdout=stdout, stderr=stderr)
+    text = "".join(line for line in log.read_text().splitlines(keepends=True) if not line.startswith("[notice]"))
+    return SimpleNamespace(returncode=result.exit_code, stderr=text), output
 
 
 def load(tmp_path_factory, name: str, **arguments) -> ad.AnnData:

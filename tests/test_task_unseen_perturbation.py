@@ -1,16 +1,16 @@
 """Tests of the `unseen_perturbation` task component and the shared split helpers (src/utils/splits.py).
 
-The component runs as a subprocess with its VIASH START..END block replaced by concrete `par`/`meta`,
-as viash would run it. Common datasets are built here as small AnnData objects that follow
-src/api/file_common_dataset.yaml.
+The component runs through the runner (perturbcast.runner.run_component, what `perturbcast run` does),
+which builds it with its processed config and checks its outputs against their API formats. Common
+datasets are built here as small AnnData objects that follow src/api/file_common_dataset.yaml.
 """
 from __future__ import annotations
 
 import os
-import re
-import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
+from unittest import mock
 
 import anndata as ad
 import numpy as np
@@ -18,6 +18,8 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 import yaml
+
+from perturbcast.runner import run_component
 
 ROOT = Path(__file__).resolve().parents[1]
 UTILS = ROOT / "src" / "utils"
@@ -43,40 +45,23 @@ def file_format(name: str) -> dict:
         return yaml.safe_load(handle)["info"]["format"]
 
 
-def processed_config(path: Path) -> Path:
-    """A minimal stand-in for the config viash writes beside the executable: the component's arguments
-    with each file argument's `info.format` resolved from its `__merge__`d src/api/file_*.yaml."""
-    with open(API / "comp_task.yaml") as handle:
-        comp = yaml.safe_load(handle)
-    arguments = []
-    for argument in comp["arguments"]:
-        argument = dict(argument)
-        merge = argument.pop("__merge__", None)
-        if merge:
-            with open(API / merge) as handle:
-                merged = yaml.safe_load(handle)
-            argument["info"] = {**(merged.get("info") or {}), **(argument.get("info") or {})}
-        arguments.append(argument)
-    path.write_text(yaml.safe_dump({"name": TASK_ID, "arguments": arguments}))
-    return path
-
-
-def run_task(input_path, out_dir: Path, seed=0, n_folds=5, fold=0, config=None):
-    """Run script.py with concrete par/meta; returns (CompletedProcess, {name: path})."""
+def run_task(input_path, out_dir: Path, seed=0, n_folds=5, fold=0):
+    """Run the component through the runner (`perturbcast run`); returns (result, {name: path}), where
+    `result.returncode` is the exit code and `result.stderr` the component's stderr (the runner's own
+    `[notice]` lines, e.g. the build folder it keeps after a failure, left out)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     outputs = {name: str(out_dir / f"{name}.h5ad") for name in ("train", "test", "solution")}
-    par = {"input": str(input_path), "output_train": outputs["train"], "output_test": outputs["test"],
-           "output_solution": outputs["solution"], "seed": seed, "n_folds": n_folds, "fold": fold}
-    meta = {"resources_dir": str(UTILS), "config": None if config is None else str(config), "name": TASK_ID}
-    source = (COMPONENT / "script.py").read_text()
-    block = f"## VIASH START\npar = {par!r}\nmeta = {meta!r}\n## VIASH END"
-    script, n = re.subn(r"## VIASH START.*?## VIASH END", lambda _: block, source, flags=re.S)
-    assert n == 1
-    script_path = out_dir / "script.py"
-    script_path.write_text(script)
-    result = subprocess.run([sys.executable, str(script_path)], capture_output=True, text=True, timeout=120,
-                            cwd=out_dir)
-    return result, outputs
+    argv = ["--input", str(input_path), "--output_train", outputs["train"], "--output_test", outputs["test"],
+            "--output_solution", outputs["solution"], "--seed", str(seed), "--n_folds", str(n_folds),
+            "--fold", str(fold)]
+    logs = {name: out_dir / f"{name}.txt" for name in ("stdout", "stderr")}
+    # a failed run's build folder is kept: beside out_dir, not in /tmp
+    with open(logs["stdout"], "w") as stdout, open(logs["stderr"], "w") as stderr, \
+            mock.patch.dict(os.environ, {"VIASH_TEMP": str(out_dir.parent / f"{out_dir.name}_viash_temp")}):
+        result = run_component(COMPONENT, argv, stdout=stdout, stderr=stderr)
+    stderr_text = "".join(line for line in logs["stderr"].read_text().splitlines(keepends=True)
+                          if not line.startswith("[notice]"))
+    return SimpleNamespace(returncode=result.exit_code, stdout=logs["stdout"].read_text(), stderr=stderr_text), outputs
 
 
 def read_outputs(outputs):
@@ -290,8 +275,8 @@ def test_same_seed_same_split(main_common, main_run, tmp_path):
 def test_different_seed_differs_and_outputs_pass_the_config_formats(main_common, main_run, tmp_path):
     common, path = main_common
     first = main_run[2]
-    config = processed_config(tmp_path / "config.yaml")
-    result, outputs = run_task(path, tmp_path / "seed1", seed=1, config=config)
+    # the runner passes the component its processed config and validates the outputs against the formats
+    result, outputs = run_task(path, tmp_path / "seed1", seed=1)
     assert result.returncode == 0, result.stderr
     other = read_outputs(outputs)
     assert other["solution"].uns["split_seed"] == 1
