@@ -79,7 +79,11 @@ def test_a_hanging_method_costs_its_time_limit_and_nothing_else(faulty_run):
     assert (steps[steps.index.str.startswith(f"score/{SPLIT}/hanging/")].status == "skipped").all()
     for method in ("train_mean", "replicate_ceiling"):
         assert steps.loc[f"predict/{SPLIT}/{method}"].status == "ok"
-    assert wall < 4 * STEP_TIMEOUT  # the benchmark did not wait for the hanging step beyond its limit
+    # The benchmark did not wait for the hanging step beyond its limit: the run takes at most that limit plus
+    # the other steps done one after another (an upper bound with two workers) and a margin for planning and
+    # aggregation. Relative to the measured steps, so a loaded machine (other tests in parallel) does not fail it.
+    others = steps.drop(index=f"predict/{SPLIT}/hanging").wall_seconds.sum()
+    assert wall < STEP_TIMEOUT + others + 30, (wall, others)
 
 
 def test_a_memory_hog_is_stopped_at_its_limit(faulty_run):
