@@ -600,7 +600,7 @@ def test_nextflow_layout_aggregates_like_the_engine(tmp_path):
         assert ours, f"{name} is empty"
     ours = pd.read_csv(task / "trace.tsv", sep="\t", keep_default_na=False)
     theirs = pd.read_csv(engine_out / "trace.tsv", sep="\t", keep_default_na=False)
-    columns = ["step", "stage", "component", "status", "exit_code", "reason"]
+    columns = ["step", "stage", "component", "status", "exit_code", "reason", "blocked_by", "blocked_by_status"]
     for table in (ours, theirs):
         table["exit_code"] = [str(int(float(x))) if str(x) != "" else "" for x in table["exit_code"]]
     assert ours[columns].astype(str).values.tolist() == theirs[columns].astype(str).values.tolist()
@@ -639,6 +639,28 @@ def test_records_of_lost_tasks_and_nextflow_trace(tmp_path):
     records = records_from_layout(plan, tmp_path, nextflow_trace(tmp_path / "trace.txt"))
     assert records[0].status == "failed" and "exit code 137" in records[0].reason and "attempt 3" in records[0].reason
     assert records[1].status == "skipped" and records[1].reason == "upstream dataset/d failed"
+    assert records[1].blocked_by == {"step": "dataset/d", "status": "failed"}  # as the engine's
+
+
+def test_a_leaky_split_fails_and_blocks_the_steps_below(tmp_path):
+    """A split whose check failed is failed, and the prediction Nextflow then never ran is skipped, blocked by it
+    (the plan lists the checks after every component step)."""
+    from perturbcast.plan_cli import records_from_layout
+
+    split = {"id": "split/d/t/seed_0", "stage": "split", "component": {"name": "t"}, "directory": "tasks/d/t/seed_0",
+             "inputs": {}, "outputs": {}, "depends": [], "labels": {}}
+    predict = {"id": "predict/d/t/seed_0/m", "stage": "predict", "component": {"name": "m"},
+               "directory": "predictions/d/t/seed_0/m", "inputs": {}, "outputs": {}, "depends": [split["id"]], "labels": {}}
+    check = {"id": "check/split/d/t/seed_0", "stage": "check", "kind": "split", "directory": "tasks/d/t/seed_0",
+             "guards": split["id"], "depends": [split["id"]], "labels": {}}
+    (tmp_path / split["directory"]).mkdir(parents=True)
+    (tmp_path / split["directory"] / "step.json").write_text(json.dumps(
+        {"id": split["id"], "stage": "split", "component": "t", "status": "ok", "exit_code": 0}))
+    (tmp_path / split["directory"] / "check.json").write_text(json.dumps({"status": "failed", "problems": ["A in train"]}))
+    records = records_from_layout({"steps": [split, predict, check]}, tmp_path)
+    assert [(r.id, r.status, r.reason) for r in records] == [
+        (split["id"], "failed", "leakage: A in train"), (predict["id"], "skipped", "upstream split/d/t/seed_0 failed")]
+    assert records[1].blocked_by == {"step": split["id"], "status": "failed"}
 
 
 def test_staged_files_keep_the_order_main_nf_listed(tmp_path):
