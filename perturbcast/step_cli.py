@@ -20,6 +20,7 @@ write `check.json` / `partition_check.json` instead. File names, statuses and ex
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -130,7 +131,9 @@ def run_component_step(step: dict, args) -> int:
         log.write(f"$ perturbcast run {component} -- {' '.join(argv)}\n")
         log.flush()
         try:
-            result = run_component(component, argv, stdout=log, stderr=log, cpus=args.cpus, memory=args.memory)
+            # the runner's own messages (a bad argument, ...) go to the log too, as the engine's fork server has them
+            with contextlib.redirect_stderr(log):
+                result = run_component(component, argv, stdout=log, stderr=log, cpus=args.cpus, memory=args.memory)
             exit_code, wall, peak = result.exit_code, result.wall_seconds, result.peak_rss_bytes
         except Exception as error:  # a broken config or resource fails this step only
             log.write(f"{layout.ERROR_TAG} {type(error).__name__}: {error}\n")

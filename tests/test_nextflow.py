@@ -571,10 +571,13 @@ def test_nextflow_layout_aggregates_like_the_engine(tmp_path):
     shutil.copytree(ROOT / "src", project / "src", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(ROOT / "tests" / "fixtures" / "fault_components" / "metrics" / "delta_exit",
                     project / "src" / "metrics" / "delta_exit")
+    # a method that fails: its score steps are skipped, blocked by it
+    shutil.copytree(ROOT / "tests" / "fixtures" / "fault_components" / "methods" / "needs_argument",
+                    project / "src" / "methods" / "needs_argument")
     loader = next(c for c in discover_components(ROOT, errors=[]) if c.name == "simulated_grn")
     spec = tmp_path / "spec.yaml"
     spec.write_text(yaml.safe_dump({"datasets": [{"id": "simulated_grn", "arguments": loader.info["test_arguments"]}],
-                                    "tasks": ["unseen_perturbation"], "methods": ["train_mean"],
+                                    "tasks": ["unseen_perturbation"], "methods": ["train_mean", "needs_argument"],
                                     "metrics": ["delta_error", "delta_exit"], "n_folds": 2}))
     engine_out = tmp_path / "engine"
     perturbcast("benchmark", "--project", project, "--spec", spec, "--output", engine_out, "--jobs", "2",
@@ -605,6 +608,8 @@ def test_nextflow_layout_aggregates_like_the_engine(tmp_path):
         table["exit_code"] = [str(int(float(x))) if str(x) != "" else "" for x in table["exit_code"]]
     assert ours[columns].astype(str).values.tolist() == theirs[columns].astype(str).values.tolist()
     assert (ours["wall_seconds"] > 0).any() and (ours["peak_rss_mib"] > 0).any()
+    skipped = ours[ours["status"] == "skipped"]
+    assert len(skipped) and (skipped["blocked_by"].str.startswith("predict/") & (skipped["blocked_by_status"] == "failed")).all()
 
     html_ours, html_theirs = (task / "report.html").read_text(), (engine_out / "report.html").read_text()
     sections_ours, sections_theirs = _sections(html_ours), _sections(html_theirs)
@@ -612,6 +617,11 @@ def test_nextflow_layout_aggregates_like_the_engine(tmp_path):
     for section in ("cost", "failures"):
         assert section in sections_ours and "No trace.tsv" not in sections_ours[section], sections_ours.get(section)
     assert "delta_exit" in sections_ours["failures"] and "exit code 3 on purpose" in sections_ours["failures"]
+    # the report groups the skipped steps by their root cause (blocked_by) as on the engine's output
+    from perturbcast.report.tables import failure_tables
+    groups_ours, groups_theirs = failure_tables(ours)["skipped"], failure_tables(theirs)["skipped"]
+    assert groups_ours.astype(str).values.tolist() == groups_theirs.astype(str).values.tolist()
+    assert sorted(groups_ours["cause"]) == sorted(skipped["blocked_by"].unique())
     assert (ours["status"] == "failed").sum() == (theirs["status"] == "failed").sum() > 0
     dataset_state = yaml.safe_load((publish / "datasets" / "simulated_grn" / "state.yaml").read_text()
                                    .replace("!file ", ""))
