@@ -139,10 +139,11 @@ def aggregate(args) -> int:
         except (OSError, ValueError) as error:
             print(f"[error] --plan {args.plan}: {error}", file=sys.stderr)
             return 1
-        trace_path = Path(args.nextflow_trace) if args.nextflow_trace else output / "trace.txt"
+        trace_path = Path(args.nextflow_trace) if args.nextflow_trace else output / layout.NEXTFLOW_TRACE
         records = plan_cli.records_from_layout(plan, output, plan_cli.nextflow_trace(trace_path))
-        engine.write_trace(records, output / "trace.tsv")
-        only = {Path(r.outputs["output"]).resolve() for r in records if r.stage == "score" and r.status == "ok"}
+        engine.write_trace(records, output / layout.TRACE)
+        only = {Path(r.outputs["output"]).resolve() for r in records
+                if r.stage == layout.SCORE and r.status == Status.OK}
     print(aggregate_results(root, output, only, n_resamples=args.n_resamples))
     if args.plan:
         from . import plan_cli

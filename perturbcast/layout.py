@@ -14,7 +14,8 @@ A step id is `<stage>/<key>` and the step's folder is `<results>/<stage folder>/
 
 (a task without folds has no `fold_<f>` level). Two kinds of record have an id but no folder: the
 check of a whole partition (`partition/<d>/<t>/seed_<s>`, stage `split`) and a config that could not be
-loaded (`config/<namespace>/<name>`, stage `config`).
+loaded (`config/<namespace>/<name>`, stage `config`). The plan of a Nextflow run adds leakage-check steps
+(`check/split/...`, `check/partition/...`) that write check.json / partition_check.json in the checked folder.
 
 Labels are never read back from these paths: every file carries its ids in `uns` (scoring reads them
 there) and every record carries them in `labels`.
@@ -136,6 +137,29 @@ STAGE_FOLDERS = {DATASET: "datasets", SPLIT: "tasks", PREDICT: "predictions", SC
 # A step's own files, in its folder.
 STEP_RECORD = "step.json"
 STEP_LOG = "log.txt"
+# What a dataset step run by `perturbcast step` (Nextflow) also leaves in its folder: the dataset's uns (for
+# dataset_uns.yaml without staging the dataset) and an OpenProblems-style state.yaml (its id and files).
+STEP_DATASET_UNS = "dataset_uns.yaml"
+STEP_STATE = "state.yaml"
+
+# The plan's leakage checks (`perturbcast plan --json`; the engine runs them inside its split steps): one per
+# split and one per complete partition, with the id `check/<id of the split or partition record>`, and the
+# record each writes in the checked split's (or partition's) folder, by kind.
+CHECK = "check"
+CHECK_RECORDS = {SPLIT: "check.json", PARTITION: "partition_check.json"}
+# A partition check's input holding one fold's test file (`test_fold_<f>`; its other input is `common`).
+PARTITION_TEST_INPUT = "test_fold_"
+
+
+def partition_test_input(fold: int) -> str:
+    return f"{PARTITION_TEST_INPUT}{fold}"
+
+
+def partition_test_inputs(inputs: dict) -> list:
+    """The test files of a partition check's inputs, in fold order."""
+    folds = {int(name[len(PARTITION_TEST_INPUT):]): path for name, path in inputs.items()
+             if name.startswith(PARTITION_TEST_INPUT)}
+    return [folds[fold] for fold in sorted(folds)]
 
 # Output files of each stage (argument -> file name); `*_cells` are made only when a component reads them.
 STAGE_OUTPUTS = {
@@ -178,6 +202,16 @@ def split_step_id(step: str) -> tuple[str, str]:
     return stage, key
 
 
+def check_step_id(checked: str) -> str:
+    """The id of the check of the split or partition record `checked` (`check/split/...`, `check/partition/...`)."""
+    return step_id(CHECK, checked)
+
+
+def checked_step_id(check: str) -> str:
+    """The id of the split or partition record a check step checks."""
+    return split_step_id(check)[1]
+
+
 def step_dir(results: Path, stage: str, key: str) -> Path:
     """The folder of a stage's step (where its outputs, log and record lie)."""
     return Path(results) / STAGE_FOLDERS[stage] / key
@@ -211,6 +245,8 @@ def metric_component_of_score(path: Path) -> str:
 # -- files of a results directory ------------------------------------------------------------------------
 
 TRACE = "trace.tsv"
+NEXTFLOW_TRACE = "trace.txt"      # Nextflow's own trace (where OpenProblems' process_task_results looks)
+STATE = "state.yaml"              # OpenProblems' state of a run: its id and output files
 RESULTS = "results.parquet"
 PER_CONDITION = "results_per_condition.parquet"
 SUMMARY = "summary.parquet"

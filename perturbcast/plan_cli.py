@@ -17,7 +17,8 @@ and `not_applicable` (predictor x task pairs excluded by `info.supported_tasks`)
 the user's own files a loader reads (a `--dataset-file` or a spec's `file:` entries), as given, for Nextflow
 to stage. `check` steps are the leakage checks the engine runs inside its split steps (perturbcast.leakage):
 one per split (`check/split/...`) and one per complete partition (`check/partition/...`); they have
-no component and run the tooling (`perturbcast check-split`).
+no component and run the tooling (`perturbcast check-split`). Ids, folders, file names and statuses are
+perturbcast.layout's.
 """
 from __future__ import annotations
 
@@ -26,8 +27,13 @@ import os
 import sys
 from pathlib import Path
 
+from . import layout
+from .layout import Status
+
 PLAN_VERSION = 1
-CHECK_STAGE = "check"
+CHECK_STAGE = layout.CHECK
+# The plan's list of the steps not applicable by declaration (info.supported_tasks), named after their status.
+DECLARED = Status.NOT_APPLICABLE.value
 
 
 def add_command(commands):
@@ -47,7 +53,7 @@ def add_command(commands):
     plan.add_argument("--use-test-arguments", action="store_true",
                       help="lay each loader's info.test_arguments over its datasets' arguments (tiny data)")
     plan.add_argument("--stages", nargs="+", metavar="STAGE",
-                      choices=["dataset", "split", "predict", "score", CHECK_STAGE],
+                      choices=[*layout.STAGES, layout.CHECK],
                       help="only the steps of these stages (e.g. `dataset` for process_datasets)")
     plan.set_defaults(handler=plan_command)
 
@@ -95,7 +101,7 @@ def _apply_extras(root: Path, selection, excludes: dict, test_arguments: bool):
         if names:
             setattr(selection, kind, [name for name in chosen[kind] if name not in names])
     if test_arguments:
-        loaders = {s.labels["dataset_id"]: s.component for s in steps if s.stage == "dataset"}
+        loaders = {s.labels["dataset_id"]: s.component for s in steps if s.stage == layout.DATASET}
         user = {d["id"] for d in selection.extra_datasets}
         for dataset_id, loader in loaders.items():
             if dataset_id not in user and loader.info.get("test_arguments"):
@@ -124,7 +130,7 @@ def step_json(step, output: Path, root: Path, digests: dict) -> dict:
         digests[component.path] = component_digest(component)
     arguments = dict(step.arguments)
     staged = {}
-    if step.stage == "dataset" and component.name == LOADER and "input" in arguments:
+    if step.stage == layout.DATASET and component.name == LOADER and "input" in arguments:
         staged["input"] = arguments.pop("input")  # the user's own file: Nextflow stages it
     return {
         "id": step.id, "stage": step.stage,
@@ -147,7 +153,7 @@ def check_steps(steps: list, output: Path, n_folds: int) -> list[dict]:
     """The leakage checks of the engine as steps: one per split, one per partition whose every fold is planned."""
     checks, partitions = [], {}
     for step in steps:
-        if step.stage != "split":
+        if step.stage != layout.SPLIT:
             continue
         inputs = {"common": step.inputs["input"], "train": step.outputs["output_train"],
                   "test": step.outputs["output_test"], "solution": step.outputs["output_solution"]}
@@ -156,7 +162,8 @@ def check_steps(steps: list, output: Path, n_folds: int) -> list[dict]:
             source = step.inputs if argument.startswith("input") else step.outputs
             if argument in source:
                 inputs[role] = source[argument]
-        checks.append({"id": f"check/{step.id}", "stage": CHECK_STAGE, "kind": "split", "component": None,
+        checks.append({"id": layout.check_step_id(step.id), "stage": layout.CHECK, "kind": layout.SPLIT,
+                       "component": None,
                        "directory": _relative(step.directory, output),
                        "inputs": {k: _relative(v, output) for k, v in inputs.items()}, "outputs": {}, "staged": {},
                        "arguments": {}, "depends": [step.id], "labels": dict(step.labels), "resource_labels": [],
@@ -169,10 +176,13 @@ def check_steps(steps: list, output: Path, n_folds: int) -> list[dict]:
             continue  # a partition with folds left out cannot be checked for completeness
         members = sorted(members, key=lambda m: m.labels["fold"])
         inputs = {"common": _relative(members[0].inputs["input"], output)}
-        inputs.update({f"test_fold_{m.labels['fold']}": _relative(m.outputs["output_test"], output) for m in members})
-        key = f"{dataset_id}/{task_id}/seed_{seed}"
-        checks.append({"id": f"check/partition/{key}", "stage": CHECK_STAGE, "kind": "partition", "component": None,
-                       "directory": f"tasks/{key}", "inputs": inputs, "outputs": {}, "staged": {}, "arguments": {},
+        inputs.update({layout.partition_test_input(m.labels["fold"]): _relative(m.outputs["output_test"], output)
+                       for m in members})
+        key = layout.partition_key(dataset_id, task_id, seed)
+        checks.append({"id": layout.check_step_id(layout.step_id(layout.PARTITION, key)), "stage": layout.CHECK,
+                       "kind": layout.PARTITION, "component": None,
+                       "directory": layout.step_dir(Path(), layout.SPLIT, key).as_posix(), "inputs": inputs,
+                       "outputs": {}, "staged": {}, "arguments": {},
                        "depends": [m.id for m in members],
                        "labels": {"dataset_id": dataset_id, "task_id": task_id, "seed": seed},
                        "resource_labels": [], "guards": None})
@@ -222,7 +232,7 @@ def build_plan(root: Path, output: Path, selection, stages: list | None = None) 
                       "metrics": selection.metrics, "seeds": selection.seeds, "n_folds": selection.n_folds,
                       "folds": selection.fold_list()},
         "steps": documents,
-        "not_applicable": [asdict(record) for record in declared],
+        DECLARED: [asdict(record) for record in declared],
         "broken_configs": [asdict(record) for record in engine.broken_configs()],
     }
 
@@ -251,8 +261,8 @@ def plan_command(args) -> int:
         arguments = " ".join(f"--{k} {v}" for k, v in {**step["inputs"], **step["staged"], **step["outputs"],
                                                         **step["arguments"]}.items())
         print(f"{step['id']}\t{what}\t{arguments}".rstrip())
-    for record in document["not_applicable"]:
-        print(f"{record['id']}\tnot applicable: {record['reason']}")
+    for record in document[DECLARED]:
+        print(f"{record['id']}\t{Status.NOT_APPLICABLE.label}: {record['reason']}")
     return 0
 
 
@@ -306,62 +316,75 @@ def nextflow_trace(path: Path) -> dict:
     return rows
 
 
+def _check_record(step: dict, results: Path) -> dict | None:
+    """What a check step wrote (check.json / partition_check.json in the checked folder), None if nothing."""
+    path = results / step["directory"] / layout.CHECK_RECORDS[step["kind"]]
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 def records_from_layout(plan: dict, results: Path, trace: dict | None = None) -> list:
     """The engine's step records of a run of `plan` from what its steps left in `results` (step.json, check.json):
     the records `perturbcast benchmark` keeps in memory, so trace.tsv, the tables and the report come out the same.
 
-    A planned step without a record is not applicable or skipped when an upstream step did not succeed (as
-    engine.execute decides), else failed: its task was killed, lost or never ran (Nextflow's trace, when given,
-    says with which exit code). Wall time and peak memory come from Nextflow's trace where it has the step."""
+    A split whose leakage check failed is failed (as the engine's split step). A planned step without a record
+    is not applicable or skipped, with the engine's structured `blocked_by`, when an upstream step did not
+    succeed (as engine.execute decides), else failed: its task was killed, lost or never ran (Nextflow's trace,
+    when given, says with which exit code). Wall time and peak memory come from Nextflow's trace where it has
+    the step."""
     from .engine import StepRecord
 
     trace = trace or {}
     records: dict = {}
     partitions = []
     fields = StepRecord.__dataclass_fields__
+    # the split checks first: the plan lists them after every component step, and a leaky split blocks those below
+    leaks = {}
     for step in plan["steps"]:
-        directory = results / step["directory"]
-        if step["stage"] == CHECK_STAGE:
-            path = directory / ("check.json" if step["kind"] == "split" else "partition_check.json")
-            check = json.loads(path.read_text()) if path.is_file() else None
-            if step["kind"] == "split":
-                split = records.get(step["guards"])
-                if check and check["status"] != "ok" and split is not None and split.status == "ok":
-                    split.status, split.reason = "failed", "leakage: " + "; ".join(check["problems"][:3])
-            elif check is not None:
+        if step["stage"] == layout.CHECK and step["kind"] == layout.SPLIT:
+            check = _check_record(step, results)
+            if check and check["status"] != Status.OK:
+                leaks[step["guards"]] = "leakage: " + "; ".join(check["problems"][:3])
+    for step in plan["steps"]:
+        if step["stage"] == layout.CHECK:
+            check = _check_record(step, results)
+            if step["kind"] == layout.PARTITION and check is not None:
                 labels = step["labels"]
                 partitions.append(StepRecord(
-                    id=step["id"].replace("check/partition/", "partition/", 1), stage="split",
+                    id=layout.checked_step_id(step["id"]), stage=layout.SPLIT,
                     component=labels["task_id"], status=check["status"],
                     reason="partition: " + "; ".join(check["problems"][:3]) if check["problems"] else "",
                     labels=labels))
             continue
-        path = directory / "step.json"
+        path = results / step["directory"] / layout.STEP_RECORD
         if path.is_file():
             stored = json.loads(path.read_text())
             record = StepRecord(**{k: v for k, v in stored.items() if k in fields})
             record.outputs = {k: str(results / v) for k, v in step["outputs"].items()}
+            if step["id"] in leaks and record.status == Status.OK:
+                record.status, record.reason = Status.FAILED, leaks[step["id"]]
         else:
             upstream = [records.get(d) for d in step["depends"]]
-            blocked = [r for r in upstream if r is None or r.status != "ok"]
+            blocked = [r for r in upstream if r is None or r.status != Status.OK]
+            cause = {}
             if blocked and all(r is not None for r in blocked):
-                status = "not_applicable" if all(r.status in ("not_applicable", "not_installed") for r in blocked) else "skipped"
-                reason = f"upstream {blocked[0].id} {blocked[0].status.replace('_', ' ')}"
+                cause = layout.blocked_by(blocked[0].id, blocked[0].status)
+                status, reason = layout.blocked_status(r.status for r in blocked), layout.blocked_reason(cause)
             else:
                 row = trace.get(step["id"], {})
-                status = "failed"
+                status = Status.FAILED
                 reason = (f"no step record: the task ended with exit code {row.get('exit')} ({row.get('status')}, attempt "
-                          f"{row.get('attempt')}; trace.txt)" if row else
-                          "no step record: the task was killed, lost or never ran (see Nextflow's trace.txt and log)")
+                          f"{row.get('attempt')}; {layout.NEXTFLOW_TRACE})" if row else
+                          f"no step record: the task was killed, lost or never ran (see Nextflow's "
+                          f"{layout.NEXTFLOW_TRACE} and log)")
             record = StepRecord(id=step["id"], stage=step["stage"], component=step["component"]["name"], status=status,
-                                reason=reason, labels=step["labels"])
+                                reason=reason, blocked_by=cause, labels=step["labels"])
         row = trace.get(step["id"])
         if row and str(row.get("status", "")).upper() in ("COMPLETED", "CACHED"):
             wall, peak = _parse_duration(row.get("realtime")), _parse_memory(row.get("peak_rss"))
             record.wall_seconds = round(wall, 3) if wall is not None else record.wall_seconds
             record.peak_rss_bytes = peak if peak is not None else record.peak_rss_bytes
         records[step["id"]] = record
-    declared = [StepRecord(**{k: v for k, v in r.items() if k in fields}) for r in plan.get("not_applicable", [])]
+    declared = [StepRecord(**{k: v for k, v in r.items() if k in fields}) for r in plan.get(DECLARED, [])]
     broken = [StepRecord(**{k: v for k, v in r.items() if k in fields}) for r in plan.get("broken_configs", [])]
     return list(records.values()) + partitions + declared + broken
 
@@ -388,23 +411,24 @@ def write_dataset_uns(results: Path):
 
     from .step_cli import dataset_uns
 
-    folders = sorted(p for p in (results / "datasets").glob("*") if p.is_dir())
-    if not any(not (f / "dataset.h5ad").exists() and (f / "dataset_uns.yaml").is_file() for f in folders):
+    dataset_file = layout.STAGE_OUTPUTS[layout.DATASET]["output"]
+    folders = sorted(p for p in (results / layout.STAGE_FOLDERS[layout.DATASET]).glob("*") if p.is_dir())
+    if not any(not (f / dataset_file).exists() and (f / layout.STEP_DATASET_UNS).is_file() for f in folders):
         return
     datasets = []
     for folder in folders:
-        if (folder / "dataset.h5ad").exists():
-            datasets.append(dataset_uns(folder / "dataset.h5ad"))
-        elif (folder / "dataset_uns.yaml").is_file():
-            datasets.append(yaml.safe_load((folder / "dataset_uns.yaml").read_text()))
-    (results / "dataset_uns.yaml").write_text(yaml.safe_dump(datasets, sort_keys=False, allow_unicode=True))
+        if (folder / dataset_file).exists():
+            datasets.append(dataset_uns(folder / dataset_file))
+        elif (folder / layout.STEP_DATASET_UNS).is_file():
+            datasets.append(yaml.safe_load((folder / layout.STEP_DATASET_UNS).read_text()))
+    (results / layout.DATASET_UNS).write_text(yaml.safe_dump(datasets, sort_keys=False, allow_unicode=True))
 
 
 def write_state(results: Path, state_id: str):
     """state.yaml as OpenProblems' workflows publish it: the run's id and its output files."""
-    files = {"output_scores": "score_uns.yaml", "output_dataset_info": "dataset_uns.yaml",
-             "output_method_configs": "method_configs.yaml", "output_metric_configs": "metric_configs.yaml",
-             "output_task_info": "task_info.yaml", "output_results": "results.parquet", "output_report": "report.html",
-             "output_step_trace": "trace.tsv", "output_trace": "trace.txt"}
+    files = {"output_scores": layout.SCORE_UNS, "output_dataset_info": layout.DATASET_UNS,
+             "output_method_configs": layout.METHOD_CONFIGS, "output_metric_configs": layout.METRIC_CONFIGS,
+             "output_task_info": layout.TASK_INFO, "output_results": layout.RESULTS, "output_report": layout.REPORT,
+             "output_step_trace": layout.TRACE, "output_trace": layout.NEXTFLOW_TRACE}
     lines = [f"id: '{state_id}'"] + [f"{key}: !file '{name}'" for key, name in files.items()]
-    (results / "state.yaml").write_text("\n".join(lines) + "\n")
+    (results / layout.STATE).write_text("\n".join(lines) + "\n")

@@ -16,10 +16,11 @@ that Nextflow retries it with more resources; otherwise 0 (the record says what 
 never stops the others), or 1 for a failure with --fail-fast.
 
 `check` steps (plan_cli.check_steps) run perturbcast's leakage checks on a split or a complete partition and
-write `check.json` / `partition_check.json` instead.
+write `check.json` / `partition_check.json` instead. File names, statuses and exit codes are perturbcast.layout's.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -28,6 +29,9 @@ import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
+
+from . import layout
+from .layout import Status
 
 RETRIED_EXIT_CODES = (137, 138, 139, 140, 143)
 
@@ -121,45 +125,46 @@ def run_component_step(step: dict, args) -> int:
     directory.mkdir(parents=True, exist_ok=True)
     component = Path(args.component or Path(args.project) / step["component"]["dir"])
     argv = _argv(step, user)
-    log_path = directory / "log.txt"
+    log_path = directory / layout.STEP_LOG
     started = time.monotonic()
     with open(log_path, "w") as log:
         log.write(f"$ perturbcast run {component} -- {' '.join(argv)}\n")
         log.flush()
         try:
-            result = run_component(component, argv, stdout=log, stderr=log, cpus=args.cpus, memory=args.memory)
+            # the runner's own messages (a bad argument, ...) go to the log too, as the engine's fork server has them
+            with contextlib.redirect_stderr(log):
+                result = run_component(component, argv, stdout=log, stderr=log, cpus=args.cpus, memory=args.memory)
             exit_code, wall, peak = result.exit_code, result.wall_seconds, result.peak_rss_bytes
         except Exception as error:  # a broken config or resource fails this step only
-            log.write(f"[error] {type(error).__name__}: {error}\n")
+            log.write(f"{layout.ERROR_TAG} {type(error).__name__}: {error}\n")
             exit_code, wall, peak = 1, time.monotonic() - started, 0
     killed = 128 - exit_code if exit_code < 0 else exit_code  # a signal (-9) as the shell reports it (137)
     if killed in RETRIED_EXIT_CODES and args.attempt < args.max_attempts:
         print(f"[retry] {step['id']}: exit code {killed} on attempt {args.attempt} of {args.max_attempts}",
               file=sys.stderr)
         return killed
-    status = ("ok" if exit_code == 0 else "not_applicable" if exit_code == engine.NOT_APPLICABLE_EXIT_CODE
-              else "not_installed" if exit_code == engine.NOT_INSTALLED_EXIT_CODE else "failed")
+    status = Status.of_exit_code(exit_code)
     reason = ""
-    if status != "ok":
+    if status != Status.OK:
         reason = guard.last_error(log_path) or f"exit code {exit_code}"
         if killed in RETRIED_EXIT_CODES and args.max_attempts > 1:
             reason = f"killed (exit code {killed}) on the last of {args.max_attempts} attempts: {reason}"
     sealed = {}
     outputs = {name: Path(path) for name, path in step["outputs"].items()}
-    if status == "ok":
+    if status == Status.OK:
         missing = [name for name, path in outputs.items() if not path.exists()]
         if missing:
-            status, reason = "failed", f"[error] outputs not written: {', '.join(missing)}"
+            status, reason = Status.FAILED, f"{layout.ERROR_TAG} outputs not written: {', '.join(missing)}"
         else:
             sealed = guard.seal_outputs(outputs, directory)
-            if step["stage"] == "dataset":
+            if step["stage"] == layout.DATASET:
                 import yaml
-                (directory / "dataset_uns.yaml").write_text(
+                (directory / layout.STEP_DATASET_UNS).write_text(
                     yaml.safe_dump(dataset_uns(outputs["output"]), sort_keys=False, allow_unicode=True))
                 # as OpenProblems' dataset folders have it: the id and the files (what --datasets_dir reuses)
                 files = [f"{'output_dataset' if name == 'output' else name}: !file '{path.name}'" for name, path in outputs.items()]
-                (directory / "state.yaml").write_text("\n".join([f"id: '{step['labels']['dataset_id']}'", *files]) + "\n")
-    if status != "ok":  # what a failed step left is not an output
+                (directory / layout.STEP_STATE).write_text("\n".join([f"id: '{step['labels']['dataset_id']}'", *files]) + "\n")
+    if status != Status.OK:  # what a failed step left is not an output
         for path in outputs.values():
             if path.is_dir():
                 shutil.rmtree(path, ignore_errors=True)
@@ -170,13 +175,13 @@ def run_component_step(step: dict, args) -> int:
         cache_key=step["component"].get("digest", ""), exit_code=exit_code, wall_seconds=round(wall, 3),
         peak_rss_bytes=peak, reason=reason, labels=step["labels"], outputs={k: str(v) for k, v in step["outputs"].items()},
         output_digests=sealed, limits={"timeout_seconds": None, "memory_bytes": None})
-    _write_json(directory / "step.json", {**asdict(record), "engine": "nextflow", "attempt": args.attempt,
+    _write_json(directory / layout.STEP_RECORD, {**asdict(record), "engine": "nextflow", "attempt": args.attempt,
                                           "arguments": step["arguments"]})
-    return 1 if status == "failed" and args.fail_fast else 0
+    return 1 if status == Status.FAILED and args.fail_fast else 0
 
 
 def check_record_path(step: dict) -> Path:
-    return Path(step["directory"]) / ("check.json" if step["kind"] == "split" else "partition_check.json")
+    return Path(step["directory"]) / layout.CHECK_RECORDS[step["kind"]]
 
 
 def run_check_step(step: dict, args) -> int:
@@ -186,27 +191,26 @@ def run_check_step(step: dict, args) -> int:
     inputs = step["inputs"]
     started = time.monotonic()
     try:
-        if step["kind"] == "split":
+        if step["kind"] == layout.SPLIT:
             problems = check_split(inputs["train"], inputs["test"], inputs["solution"], common_path=inputs["common"],
                                    train_cells_path=inputs.get("train_cells"),
                                    solution_cells_path=inputs.get("solution_cells"), cells_path=inputs.get("cells"))
         else:
-            tests = [inputs[key] for key in sorted((k for k in inputs if k.startswith("test_fold_")),
-                                                   key=lambda k: int(k.rsplit("_", 1)[1]))]
+            tests = layout.partition_test_inputs(inputs)
             problems = check_partition(tests, common_path=inputs["common"])
     except Exception as error:  # a check that cannot read an output fails the split only
-        problems = [f"[error] {type(error).__name__}: {error}"]
+        problems = [f"{layout.ERROR_TAG} {type(error).__name__}: {error}"]
     for problem in problems:
         print(f"[leak] {problem}", file=sys.stderr)
     _write_json(check_record_path(step), {
         "id": step["id"], "kind": step["kind"], "guards": step.get("guards"), "labels": step["labels"],
-        "status": "failed" if problems else "ok", "problems": problems,
+        "status": Status.FAILED if problems else Status.OK, "problems": problems,
         "wall_seconds": round(time.monotonic() - started, 3)})
     return 1 if problems and args.fail_fast else 0
 
 
 def step_command(args) -> int:
     step = json.loads(Path(args.step).read_text())
-    if step["stage"] == "check":
+    if step["stage"] == layout.CHECK:
         return run_check_step(step, args)
     return run_component_step(step, args)

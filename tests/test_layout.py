@@ -80,6 +80,17 @@ def test_every_planned_step_lies_where_the_layout_says(tmp_path):
     assert layout.log_of("partition/d/t/seed_0") is None and layout.log_of("config/methods/x") is None
 
 
+def test_check_steps_of_a_plan_are_named_by_the_layout():
+    partition = layout.step_id(layout.PARTITION, layout.partition_key("d", "t", 0))
+    assert layout.check_step_id(partition) == "check/partition/d/t/seed_0"
+    assert layout.checked_step_id("check/split/d/t/seed_0/fold_1") == "split/d/t/seed_0/fold_1"
+    assert layout.checked_step_id(layout.check_step_id(partition)) == partition
+    inputs = {"common": "c", layout.partition_test_input(10): "t10", layout.partition_test_input(2): "t2",
+              layout.partition_test_input(0): "t0"}
+    assert layout.partition_test_inputs(inputs) == ["t0", "t2", "t10"]
+    assert layout.CHECK_RECORDS == {layout.SPLIT: "check.json", layout.PARTITION: "partition_check.json"}
+
+
 def _score_file(path: Path, **uns):
     path.parent.mkdir(parents=True, exist_ok=True)
     obs = pd.DataFrame({"stratum": ["single"], "mse": [0.5]}, index=["A"])

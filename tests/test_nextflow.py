@@ -571,10 +571,13 @@ def test_nextflow_layout_aggregates_like_the_engine(tmp_path):
     shutil.copytree(ROOT / "src", project / "src", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(ROOT / "tests" / "fixtures" / "fault_components" / "metrics" / "delta_exit",
                     project / "src" / "metrics" / "delta_exit")
+    # a method that fails: its score steps are skipped, blocked by it
+    shutil.copytree(ROOT / "tests" / "fixtures" / "fault_components" / "methods" / "needs_argument",
+                    project / "src" / "methods" / "needs_argument")
     loader = next(c for c in discover_components(ROOT, errors=[]) if c.name == "simulated_grn")
     spec = tmp_path / "spec.yaml"
     spec.write_text(yaml.safe_dump({"datasets": [{"id": "simulated_grn", "arguments": loader.info["test_arguments"]}],
-                                    "tasks": ["unseen_perturbation"], "methods": ["train_mean"],
+                                    "tasks": ["unseen_perturbation"], "methods": ["train_mean", "needs_argument"],
                                     "metrics": ["delta_error", "delta_exit"], "n_folds": 2}))
     engine_out = tmp_path / "engine"
     perturbcast("benchmark", "--project", project, "--spec", spec, "--output", engine_out, "--jobs", "2",
@@ -600,11 +603,13 @@ def test_nextflow_layout_aggregates_like_the_engine(tmp_path):
         assert ours, f"{name} is empty"
     ours = pd.read_csv(task / "trace.tsv", sep="\t", keep_default_na=False)
     theirs = pd.read_csv(engine_out / "trace.tsv", sep="\t", keep_default_na=False)
-    columns = ["step", "stage", "component", "status", "exit_code", "reason"]
+    columns = ["step", "stage", "component", "status", "exit_code", "reason", "blocked_by", "blocked_by_status"]
     for table in (ours, theirs):
         table["exit_code"] = [str(int(float(x))) if str(x) != "" else "" for x in table["exit_code"]]
     assert ours[columns].astype(str).values.tolist() == theirs[columns].astype(str).values.tolist()
     assert (ours["wall_seconds"] > 0).any() and (ours["peak_rss_mib"] > 0).any()
+    skipped = ours[ours["status"] == "skipped"]
+    assert len(skipped) and (skipped["blocked_by"].str.startswith("predict/") & (skipped["blocked_by_status"] == "failed")).all()
 
     html_ours, html_theirs = (task / "report.html").read_text(), (engine_out / "report.html").read_text()
     sections_ours, sections_theirs = _sections(html_ours), _sections(html_theirs)
@@ -612,6 +617,11 @@ def test_nextflow_layout_aggregates_like_the_engine(tmp_path):
     for section in ("cost", "failures"):
         assert section in sections_ours and "No trace.tsv" not in sections_ours[section], sections_ours.get(section)
     assert "delta_exit" in sections_ours["failures"] and "exit code 3 on purpose" in sections_ours["failures"]
+    # the report groups the skipped steps by their root cause (blocked_by) as on the engine's output
+    from perturbcast.report.tables import failure_tables
+    groups_ours, groups_theirs = failure_tables(ours)["skipped"], failure_tables(theirs)["skipped"]
+    assert groups_ours.astype(str).values.tolist() == groups_theirs.astype(str).values.tolist()
+    assert sorted(groups_ours["cause"]) == sorted(skipped["blocked_by"].unique())
     assert (ours["status"] == "failed").sum() == (theirs["status"] == "failed").sum() > 0
     dataset_state = yaml.safe_load((publish / "datasets" / "simulated_grn" / "state.yaml").read_text()
                                    .replace("!file ", ""))
@@ -639,6 +649,28 @@ def test_records_of_lost_tasks_and_nextflow_trace(tmp_path):
     records = records_from_layout(plan, tmp_path, nextflow_trace(tmp_path / "trace.txt"))
     assert records[0].status == "failed" and "exit code 137" in records[0].reason and "attempt 3" in records[0].reason
     assert records[1].status == "skipped" and records[1].reason == "upstream dataset/d failed"
+    assert records[1].blocked_by == {"step": "dataset/d", "status": "failed"}  # as the engine's
+
+
+def test_a_leaky_split_fails_and_blocks_the_steps_below(tmp_path):
+    """A split whose check failed is failed, and the prediction Nextflow then never ran is skipped, blocked by it
+    (the plan lists the checks after every component step)."""
+    from perturbcast.plan_cli import records_from_layout
+
+    split = {"id": "split/d/t/seed_0", "stage": "split", "component": {"name": "t"}, "directory": "tasks/d/t/seed_0",
+             "inputs": {}, "outputs": {}, "depends": [], "labels": {}}
+    predict = {"id": "predict/d/t/seed_0/m", "stage": "predict", "component": {"name": "m"},
+               "directory": "predictions/d/t/seed_0/m", "inputs": {}, "outputs": {}, "depends": [split["id"]], "labels": {}}
+    check = {"id": "check/split/d/t/seed_0", "stage": "check", "kind": "split", "directory": "tasks/d/t/seed_0",
+             "guards": split["id"], "depends": [split["id"]], "labels": {}}
+    (tmp_path / split["directory"]).mkdir(parents=True)
+    (tmp_path / split["directory"] / "step.json").write_text(json.dumps(
+        {"id": split["id"], "stage": "split", "component": "t", "status": "ok", "exit_code": 0}))
+    (tmp_path / split["directory"] / "check.json").write_text(json.dumps({"status": "failed", "problems": ["A in train"]}))
+    records = records_from_layout({"steps": [split, predict, check]}, tmp_path)
+    assert [(r.id, r.status, r.reason) for r in records] == [
+        (split["id"], "failed", "leakage: A in train"), (predict["id"], "skipped", "upstream split/d/t/seed_0 failed")]
+    assert records[1].blocked_by == {"step": split["id"], "status": "failed"}
 
 
 def test_staged_files_keep_the_order_main_nf_listed(tmp_path):
