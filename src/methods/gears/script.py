@@ -75,6 +75,10 @@ if organism not in ("homo_sapiens", "human"):
     # cannot be represented, and there is no need to fetch the map to know it
     not_applicable(f"the dataset's organism is '{organism}'; GEARS' perturbation graph is built from human "
                    "GO annotation (Gene Ontology)")
+if not par.get("go_annotation") and os.environ.get("PERTURBCAST_GO_ANNOTATION"):
+    # the benchmark engine passes no method arguments: a run without access to Dataverse names the table here
+    par["go_annotation"] = os.environ["PERTURBCAST_GO_ANNOTATION"]
+    log(f"{NAME}: --go_annotation from $PERTURBCAST_GO_ANNOTATION")
 if par.get("go_annotation"):
     try:
         gene2go = go_annotation.from_table(par["go_annotation"])
