@@ -20,6 +20,7 @@ meta = {"name": "gears", "resources_dir": "src/utils", "config": None, "cpus": N
 
 sys.path.append(meta["resources_dir"])
 
+import json  # noqa: E402
 import os  # noqa: E402
 import pickle  # noqa: E402
 import tempfile  # noqa: E402
@@ -34,6 +35,27 @@ from component_io import ComponentIO, fail, log, not_applicable  # noqa: E402
 
 NOT_INSTALLED_EXIT_CODE = 98
 NAME = meta.get("name") or "gears"
+
+def _settings_from_environment():
+    """`$PERTURBCAST_<NAME>_ARGS` ("--epochs 2 --max_cells_per_condition 100"): this component's own
+    arguments for a benchmark run, whose engine passes none to methods; every value used is logged and
+    kept in the prediction's uns['settings_from_environment']."""
+    import shlex
+    variable = f"PERTURBCAST_{NAME.upper()}_ARGS"
+    words = shlex.split(os.environ.get(variable, ""))
+    if len(words) % 2 or any(not w.startswith("--") or w[2:] not in par for w in words[::2]):
+        fail(f"${variable}: expected pairs '--argument value' of this component's arguments, got {words}")
+    chosen = {}
+    for key, value in zip(words[::2], words[1::2]):
+        key = key[2:]
+        kind = type(par[key]) if par[key] is not None else str
+        par[key] = chosen[key] = kind(value)
+    if chosen:
+        log(f"{NAME}: arguments from ${variable}: {chosen}")
+    return chosen
+
+
+SETTINGS_FROM_ENVIRONMENT = _settings_from_environment()
 try:
     import anndata as ad
     import torch
@@ -203,4 +225,6 @@ for row, (context, targets) in enumerate(zip(test_contexts, test_targets)):
 log(f"{NAME}: {n_without_go} of {test.n_obs} test conditions have a target outside GEARS' GO graph")
 output = baselines.prediction(train, test, X, NAME)
 output.uns["n_without_go"] = int(n_without_go)
+if SETTINGS_FROM_ENVIRONMENT:
+    output.uns["settings_from_environment"] = json.dumps(SETTINGS_FROM_ENVIRONMENT)
 io.write("output", output)

@@ -40,6 +40,27 @@ from component_io import ComponentIO, fail, log  # noqa: E402
 
 NOT_INSTALLED_EXIT_CODE = 98
 NAME = meta.get("name") or "scgpt"
+
+def _settings_from_environment():
+    """`$PERTURBCAST_<NAME>_ARGS` ("--epochs 2 --max_cells_per_condition 100"): this component's own
+    arguments for a benchmark run, whose engine passes none to methods; every value used is logged and
+    kept in the prediction's uns['settings_from_environment']."""
+    import shlex
+    variable = f"PERTURBCAST_{NAME.upper()}_ARGS"
+    words = shlex.split(os.environ.get(variable, ""))
+    if len(words) % 2 or any(not w.startswith("--") or w[2:] not in par for w in words[::2]):
+        fail(f"${variable}: expected pairs '--argument value' of this component's arguments, got {words}")
+    chosen = {}
+    for key, value in zip(words[::2], words[1::2]):
+        key = key[2:]
+        kind = type(par[key]) if par[key] is not None else str
+        par[key] = chosen[key] = kind(value)
+    if chosen:
+        log(f"{NAME}: arguments from ${variable}: {chosen}")
+    return chosen
+
+
+SETTINGS_FROM_ENVIRONMENT = _settings_from_environment()
 try:
     import anndata as ad
     import torch
@@ -213,6 +234,8 @@ ids = np.array(ids, dtype=object)
 X = np.vstack([predicted[ids == name].mean(axis=0) for name in test.obs_names.astype(str)])
 outputs = {"output": baselines.prediction(train, test, X, NAME)}
 outputs["output"].uns["pretrained"] = bool(pretrained)
+if SETTINGS_FROM_ENVIRONMENT:
+    outputs["output"].uns["settings_from_environment"] = json.dumps(SETTINGS_FROM_ENVIRONMENT)
 if par.get("output_cells"):
     outputs["output_cells"] = ad.AnnData(
         X=predicted, obs=pd.DataFrame({"condition_id": ids}, index=[f"pred{i}" for i in range(len(ids))]),
