@@ -5,14 +5,16 @@ single-cell models (GEARS, scGPT, CPA) on the real subsets.
     python benchmarks/models.py [--n_perturbations 2000] [--n_genes 8000] [--n_test 200]
         [--methods ridge_regulators latent_additive] [--cpus 2] [--keep DIR]
     python benchmarks/models.py --real [--cell_models gears scgpt cpa] [--subsets norman2019_devel datlinger2017]
-        [--quick] [--cpus 2] [--keep DIR]
+        [--quick] [--set MODEL.ARGUMENT=VALUE ...] [--cpus 2] [--keep DIR]
 
 `--real`: each subset's split (norman2019_devel: unseen_combination; datlinger2017: cell_type_transfer,
 which holds out one stimulation state) is made by the task component from the real cells in
 ../shared/data, with its train_cells.h5ad built as tests/test_models_cells.py builds it; each model is
 trained on the cells and predicts every held-out condition on CPU, through the runner (its own
 environment where its config asks for one: built or reused before the clock starts, and its build time
-reported). `--quick` uses the tiny settings of the component tests instead of the components' defaults.
+reported). `--quick` uses the tiny settings of the component tests instead of the components' defaults;
+`--set scgpt.epochs=1` sets one argument of one model (over the defaults or `--quick`), e.g. the settings a
+benchmark run gave through `$PERTURBCAST_<MODEL>_ARGS`; every setting used is printed.
 
 Writes a train / test pair in the API formats (src/api/file_train.yaml, file_test.yaml) straight from a
 seeded low-rank effect model, without simulating cells: one cell type, `--n_control` control profiles,
@@ -119,12 +121,14 @@ def real_subsets(args, directory: Path) -> list:
                 except envs.EnvironmentError_ as error:
                     print(f"[not installed] {error}", flush=True)
             settings = dict(QUICK[model]) if args.quick else {}
+            settings.update(args.settings.get(model, {}))
             if model == "gears" and GO_ANNOTATION.exists():
                 settings["go_annotation"] = GO_ANNOTATION
             argv = ["--input_train", str(split / "train.h5ad"), "--input_test", str(split / "test.h5ad"),
                     "--input_train_cells", str(split / "train_cells.h5ad"),
                     "--output", str(split / f"{model}.h5ad")]
             argv += [x for key, value in settings.items() for x in (f"--{key}", str(value))]
+            print(f"{model}: settings {({k: str(v) for k, v in settings.items()}) or 'the defaults'}", flush=True)
             log = split / f"{model}.log"
             with open(log, "w") as handle:
                 result = run_component(ROOT / CELL_MODELS[model], argv, stdout=handle, stderr=handle, cpus=args.cpus)
@@ -144,6 +148,8 @@ def main() -> int:
     parser.add_argument("--cell_models", nargs="+", default=list(CELL_MODELS), choices=list(CELL_MODELS))
     parser.add_argument("--subsets", nargs="+", default=list(REAL_SUBSETS), choices=list(REAL_SUBSETS))
     parser.add_argument("--quick", action="store_true", help="tiny settings (those of the component tests)")
+    parser.add_argument("--set", dest="settings", action="append", default=[], metavar="MODEL.ARGUMENT=VALUE",
+                        help="one argument of one cell model, e.g. gears.epochs=2 (repeatable)")
     parser.add_argument("--n_perturbations", type=int, default=2000)
     parser.add_argument("--n_genes", type=int, default=8000)
     parser.add_argument("--n_test", type=int, default=200)
@@ -152,6 +158,14 @@ def main() -> int:
     parser.add_argument("--cpus", type=int, default=None, help="passed as ---cpus (torch threads)")
     parser.add_argument("--keep", type=Path, default=None, help="write data and predictions here and keep them")
     args = parser.parse_args()
+    settings: dict = {}
+    for item in args.settings:
+        key, _, value = item.partition("=")
+        model, _, argument = key.partition(".")
+        if model not in CELL_MODELS or not argument or not value:
+            parser.error(f"--set {item}: expected MODEL.ARGUMENT=VALUE with MODEL one of {', '.join(CELL_MODELS)}")
+        settings.setdefault(model, {})[argument] = value
+    args.settings = settings
 
     directory = args.keep or Path(tempfile.mkdtemp(prefix="perturbcast_models_"))
     directory.mkdir(parents=True, exist_ok=True)
