@@ -65,6 +65,9 @@ def _relative_argv(step: Step, root: Path | None) -> list[str]:
 def _cache_key(step: Step, upstream_keys: list[str], digests: dict, root: Path | None = None) -> str:
     payload = {"component": digests[step.component.path], "argv": _relative_argv(step, root), "upstream": upstream_keys,
                "perturbcast": __version__}
+    settings = layout.settings_from_environment(step.component.name, os.environ)
+    if settings:  # only when set, so that every existing cache key stays valid
+        payload["environment"] = settings
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 

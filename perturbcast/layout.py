@@ -49,6 +49,13 @@ INTERRUPTED_EXIT_CODE = 130
 # A command given bad options (argparse's convention).
 USAGE_EXIT_CODE = 2
 
+
+def settings_from_environment(component: str, environ) -> dict:
+    """The environment settings a component reads (its own arguments, the GO table): part of a step's cache
+    key, so that a changed setting reruns the step instead of reusing a result made with another."""
+    names = (vocabulary.settings_variable(component), vocabulary.GO_ANNOTATION_VARIABLE)
+    return {name: environ[name] for name in names if environ.get(name)}
+
 # Lines a step writes to its log that name its outcome; the engine takes the last of them as the reason.
 ERROR_TAG = "[error]"
 NOT_APPLICABLE_TAG = "[not applicable]"

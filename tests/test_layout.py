@@ -142,3 +142,36 @@ def test_benchmark_prints_the_folder_of_a_selection(capsys, monkeypatch, tmp_pat
                      "--metrics", "delta_error", "--dry-run", "--output", "mine"])
     captured = capsys.readouterr()
     assert code == 0 and "results in" not in captured.err and str(tmp_path / "mine") in captured.out
+
+
+def test_a_model_setting_from_the_environment_is_part_of_the_step_cache_key(monkeypatch):
+    from perturbcast.engine_run import _cache_key
+
+    gears = next(c for c in engine.discover_components(ROOT) if c.name == "gears")
+    step = engine.Step(id="predict/x/gears", stage=layout.PREDICT, component=gears, inputs={}, outputs={},
+                       arguments={}, directory=Path("/tmp/x"))
+    digests = {gears.path: "digest"}
+    monkeypatch.delenv("PERTURBCAST_GEARS_ARGS", raising=False)
+    monkeypatch.delenv("PERTURBCAST_GO_ANNOTATION", raising=False)
+    plain = _cache_key(step, [], digests)
+    monkeypatch.setenv("PERTURBCAST_GEARS_ARGS", "--epochs 2")
+    two_epochs = _cache_key(step, [], digests)
+    monkeypatch.setenv("PERTURBCAST_GEARS_ARGS", "--epochs 3")
+    assert len({plain, two_epochs, _cache_key(step, [], digests)}) == 3
+    monkeypatch.setenv("PERTURBCAST_CPA_ARGS", "--max_epochs 5")  # another component's setting
+    assert _cache_key(step, [], digests) == _cache_key(step, [], digests)
+    monkeypatch.delenv("PERTURBCAST_GEARS_ARGS")
+    assert _cache_key(step, [], digests) == plain
+
+
+def test_settings_from_environment_replace_arguments_and_reject_unknown_ones(monkeypatch, capsys):
+    from component_io import settings_from_environment
+
+    par = {"epochs": 20, "hidden_size": 64, "go_annotation": None}
+    monkeypatch.setenv("PERTURBCAST_GEARS_ARGS", "--epochs 2 --go_annotation /data/go.tsv")
+    assert settings_from_environment(par, "gears") == {"epochs": 2, "go_annotation": "/data/go.tsv"}
+    assert par == {"epochs": 2, "hidden_size": 64, "go_annotation": "/data/go.tsv"}
+    monkeypatch.setenv("PERTURBCAST_GEARS_ARGS", "--epoch 2")
+    with pytest.raises(SystemExit):
+        settings_from_environment(dict(par), "gears")
+    assert "$PERTURBCAST_GEARS_ARGS: expected pairs '--argument value'" in capsys.readouterr().err

@@ -41,6 +41,29 @@ def log(message: str):
     print(message, file=sys.stderr, flush=True)
 
 
+def settings_from_environment(par: dict, name: str) -> dict:
+    """`$PERTURBCAST_<NAME>_ARGS` ("--epochs 2 --max_cells_per_condition 100"): a component's own arguments in
+    a benchmark run, whose engine passes none to methods (the engine keys its step cache on this variable too,
+    so a changed setting reruns the step). The values replace those in `par`; the ones used are logged and
+    returned, for the output's uns['settings_from_environment']."""
+    import shlex
+
+    from vocabulary import settings_variable
+
+    variable = settings_variable(name)
+    words = shlex.split(os.environ.get(variable, ""))
+    if len(words) % 2 or any(not w.startswith("--") or w[2:] not in par for w in words[::2]):
+        fail(f"${variable}: expected pairs '--argument value' of this component's arguments, got {words}")
+    chosen = {}
+    for key, value in zip(words[::2], words[1::2]):
+        key = key[2:]
+        kind = type(par[key]) if par[key] is not None else str
+        par[key] = chosen[key] = kind(value)
+    if chosen:
+        log(f"{name}: arguments from ${variable}: {chosen}")
+    return chosen
+
+
 def number_argument(par: dict, name: str, default, kind=int, low=None, high=None, high_open: bool = False):
     """`par[name]` (or `default` when unset) as `kind`, within [low, high] (or [low, high) with
     `high_open`). Viash checks type and range already; this also covers runs from the VIASH START block

@@ -47,3 +47,13 @@ def label(targets_of_row) -> str:
     """The common label of some targets (any iterable): sorted and joined, `control` when there are none."""
     ordered = sorted(targets_of_row)
     return TARGET_SEPARATOR.join(ordered) if ordered else CONTROL
+
+
+def settings_variable(component: str) -> str:
+    """The environment variable that carries a component's own arguments into a benchmark run
+    (component_io.settings_from_environment reads it; the engine keys its step cache on it)."""
+    return f"PERTURBCAST_{component.upper()}_ARGS"
+
+
+# Read by the GEARS component when --go_annotation is not given (the gene -> GO table, offline).
+GO_ANNOTATION_VARIABLE = "PERTURBCAST_GO_ANNOTATION"

@@ -31,32 +31,13 @@ import scipy.sparse as sp  # noqa: E402
 
 import baselines  # noqa: E402
 import go_annotation  # noqa: E402
-from component_io import ComponentIO, fail, log, not_applicable  # noqa: E402
+from component_io import ComponentIO, fail, log, not_applicable, settings_from_environment  # noqa: E402
 
-from vocabulary import NOT_INSTALLED_EXIT_CODE  # noqa: E402
+from vocabulary import GO_ANNOTATION_VARIABLE, NOT_INSTALLED_EXIT_CODE  # noqa: E402
 
 NAME = meta.get("name") or "gears"
 
-def _settings_from_environment():
-    """`$PERTURBCAST_<NAME>_ARGS` ("--epochs 2 --max_cells_per_condition 100"): this component's own
-    arguments for a benchmark run, whose engine passes none to methods; every value used is logged and
-    kept in the prediction's uns['settings_from_environment']."""
-    import shlex
-    variable = f"PERTURBCAST_{NAME.upper()}_ARGS"
-    words = shlex.split(os.environ.get(variable, ""))
-    if len(words) % 2 or any(not w.startswith("--") or w[2:] not in par for w in words[::2]):
-        fail(f"${variable}: expected pairs '--argument value' of this component's arguments, got {words}")
-    chosen = {}
-    for key, value in zip(words[::2], words[1::2]):
-        key = key[2:]
-        kind = type(par[key]) if par[key] is not None else str
-        par[key] = chosen[key] = kind(value)
-    if chosen:
-        log(f"{NAME}: arguments from ${variable}: {chosen}")
-    return chosen
-
-
-SETTINGS_FROM_ENVIRONMENT = _settings_from_environment()
+SETTINGS_FROM_ENVIRONMENT = settings_from_environment(par, NAME)
 try:
     import anndata as ad
     import torch
@@ -98,9 +79,9 @@ if organism not in ("homo_sapiens", "human"):
     # cannot be represented, and there is no need to fetch the map to know it
     not_applicable(f"the dataset's organism is '{organism}'; GEARS' perturbation graph is built from human "
                    "GO annotation (Gene Ontology)")
-if not par.get("go_annotation") and os.environ.get("PERTURBCAST_GO_ANNOTATION"):
+if not par.get("go_annotation") and os.environ.get(GO_ANNOTATION_VARIABLE):
     # the benchmark engine passes no method arguments: a run without access to Dataverse names the table here
-    par["go_annotation"] = os.environ["PERTURBCAST_GO_ANNOTATION"]
+    par["go_annotation"] = os.environ[GO_ANNOTATION_VARIABLE]
     log(f"{NAME}: --go_annotation from $PERTURBCAST_GO_ANNOTATION")
 if par.get("go_annotation"):
     try:

@@ -36,32 +36,13 @@ import pandas as pd  # noqa: E402
 import scipy.sparse as sp  # noqa: E402
 
 import baselines  # noqa: E402
-from component_io import ComponentIO, fail, log  # noqa: E402
+from component_io import ComponentIO, fail, log, settings_from_environment  # noqa: E402
 
 from vocabulary import NOT_INSTALLED_EXIT_CODE, TARGET_SEPARATOR  # noqa: E402
 
 NAME = meta.get("name") or "scgpt"
 
-def _settings_from_environment():
-    """`$PERTURBCAST_<NAME>_ARGS` ("--epochs 2 --max_cells_per_condition 100"): this component's own
-    arguments for a benchmark run, whose engine passes none to methods; every value used is logged and
-    kept in the prediction's uns['settings_from_environment']."""
-    import shlex
-    variable = f"PERTURBCAST_{NAME.upper()}_ARGS"
-    words = shlex.split(os.environ.get(variable, ""))
-    if len(words) % 2 or any(not w.startswith("--") or w[2:] not in par for w in words[::2]):
-        fail(f"${variable}: expected pairs '--argument value' of this component's arguments, got {words}")
-    chosen = {}
-    for key, value in zip(words[::2], words[1::2]):
-        key = key[2:]
-        kind = type(par[key]) if par[key] is not None else str
-        par[key] = chosen[key] = kind(value)
-    if chosen:
-        log(f"{NAME}: arguments from ${variable}: {chosen}")
-    return chosen
-
-
-SETTINGS_FROM_ENVIRONMENT = _settings_from_environment()
+SETTINGS_FROM_ENVIRONMENT = settings_from_environment(par, NAME)
 try:
     import anndata as ad
     import torch
