@@ -93,3 +93,21 @@ def test_train_cells_hold_training_conditions_and_controls_only(tmp_path):
     assert "control" in seen and cells.obs["is_control"].sum() == (cells.obs["perturbation"] == "control").sum()
     assert list(cells.var_names) == list(ad.read_h5ad(split / "train.h5ad").var_names)
     assert set(cells.obs["replicate"]) == {"r1", "r2"}
+
+
+def test_profiles_from_predicted_cells_average_before_clipping():
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src" / "utils"))
+    import baselines
+
+    cells = np.array([[1.0, -0.5], [3.0, -0.1], [-2.0, 0.4], [1.0, 0.2]])
+    profiles, clipped_cells, share, message = baselines.profiles_from_predicted_cells(
+        cells, ["a", "a", "b", "b"], ["b", "a"], "model")
+    # b averages to (-0.5, 0.3) -> (0, 0.3); clipping its cells first would have given (0.5, 0.3).
+    # a averages to (2, -0.3) -> (2, 0).
+    assert np.allclose(profiles, [[0.0, 0.3], [2.0, 0.0]])
+    assert share == 3 / 8 and (clipped_cells >= 0).all() and clipped_cells[0, 0] == 1.0
+    assert message.startswith("model: 37.5% of the predicted cell values and 50.0% of the mean profiles' values")
+    same, _, zero_share, no_message = baselines.profiles_from_predicted_cells(np.ones((2, 2)), ["a", "b"], ["a", "b"], "m")
+    assert zero_share == 0.0 and no_message is None and np.allclose(same, 1.0)

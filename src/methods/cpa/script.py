@@ -131,20 +131,11 @@ model.predict(query, batch_size=par["batch_size"])
 predicted = np.asarray(query.obsm["CPA_pred"], dtype=np.float32)
 if not np.isfinite(predicted).all():
     fail("CPA's predictions hold non-finite values (training diverged); nothing written")
-# The Gaussian decoder's mean has unbounded support: for lowly expressed genes it goes below 0, which
-# log-normalised expression cannot be (Norman devel is 97% zeros: 46.5% of the predicted values were
-# negative, and the mean profiles' negatives summed to 51% of their positives, failing the format check).
-# The profile is the mean of CPA's own predictions, clipped at 0 afterwards (clipping each cell first
-# would bias every near-zero gene upwards); the written cells are clipped at 0. How much is logged.
 ids = np.array(query_ids, dtype=object)
-X = np.vstack([predicted[ids == obs_name].mean(axis=0) for obs_name in test.obs_names.astype(str)])
-n_clipped_share = float((predicted < 0).mean())
-if n_clipped_share:
-    log(f"{NAME}: {100 * n_clipped_share:.1f}% of the predicted cell values and {100 * float((X < 0).mean()):.1f}% "
-        f"of the mean profiles' values were below 0 (most negative {float(predicted.min()):.3f}); both clipped "
-        "at 0 (log-normalised expression), the profiles after averaging")
-    X = np.clip(X, 0.0, None)
-    predicted = np.clip(predicted, 0.0, None)
+X, predicted, n_clipped_share, clipped = baselines.profiles_from_predicted_cells(
+    predicted, ids, test.obs_names.astype(str), NAME)
+if clipped:
+    log(clipped)
 
 outputs = {"output": baselines.prediction(train, test, X, NAME)}
 outputs["output"].uns["n_with_unseen_target"] = int(n_partly_unseen)

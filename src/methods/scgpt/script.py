@@ -212,19 +212,10 @@ with torch.no_grad():
 predicted = np.vstack(predicted)
 if not np.isfinite(predicted).all():
     fail("scGPT's predictions hold non-finite values (training diverged); nothing written")
-ids = np.array(ids, dtype=object)
-X = np.vstack([predicted[ids == name].mean(axis=0) for name in test.obs_names.astype(str)])
-# The expression decoder's output is unbounded: below 0 it is no log-normalised expression (the test
-# settings' 4-step model on Norman devel, 97% zeros, wrote mostly negative values and failed the format
-# check). The profile is the mean of scGPT's own predicted cells, clipped at 0 afterwards; the written
-# cells are clipped at 0; how much is logged and kept in uns.
-share_clipped = float((predicted < 0).mean())
-if share_clipped:
-    log(f"{NAME}: {100 * share_clipped:.1f}% of the predicted cell values and {100 * float((X < 0).mean()):.1f}% of "
-        f"the mean profiles' values were below 0 (most negative {float(predicted.min()):.3f}); both clipped at 0 "
-        "(log-normalised expression), the profiles after averaging")
-    X = np.clip(X, 0.0, None)
-    predicted = np.clip(predicted, 0.0, None)
+X, predicted, share_clipped, clipped = baselines.profiles_from_predicted_cells(
+    predicted, ids, test.obs_names.astype(str), NAME)
+if clipped:
+    log(clipped)
 outputs = {"output": baselines.prediction(train, test, X, NAME)}
 outputs["output"].uns["pretrained"] = bool(pretrained)
 outputs["output"].uns["share_clipped_at_zero"] = share_clipped
