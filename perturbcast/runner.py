@@ -18,6 +18,7 @@ from pathlib import Path
 import yaml
 
 from . import envs, formats, viash
+from .layout import NOT_APPLICABLE_EXIT_CODE
 from .config import Argument, ComponentConfig, load_config
 from .languages import language_of
 
@@ -237,12 +238,12 @@ def run_component(component: str | os.PathLike, argv: list[str], *, keep: bool =
     except BaseException:
         shutil.rmtree(build_dir, ignore_errors=True)
         raise
-    # 99: "not applicable to this input" (src/utils/component_io.py), an answer, not a failure to inspect
-    if result.exit_code in (0, 99) and not keep:
+    # "not applicable to this input" is an answer, not a failure to inspect
+    if result.exit_code in (0, NOT_APPLICABLE_EXIT_CODE) and not keep:
         shutil.rmtree(build_dir, ignore_errors=True)
     elif spawner is None:  # under the engine the step's log is shared with the fork server: it keeps its own records
         out = stderr if stderr not in (None, -1) and hasattr(stderr, "write") else sys.stderr
-        why = "kept (-k)" if result.exit_code in (0, 99) else "kept for inspection after the failure; remove it when done"
+        why = "kept (-k)" if result.exit_code in (0, NOT_APPLICABLE_EXIT_CODE) else "kept for inspection after the failure; remove it when done"
         print(f"[notice] {config.name}: build folder {build_dir} {why}", file=out, flush=True)
     return result
 

@@ -350,7 +350,8 @@ def cell_project(tmp_path_factory):
     config = yaml.safe_load((ROOT / "src" / "methods" / "additive" / "config.vsh.yaml").read_text())
     config.update({"name": "control_cells", "label": "Control cells", "summary": "Training control cells.",
                    "info": {}, "resources": [{"type": "python_script", "path": "script.py"},
-                                             {"path": "/src/utils/component_io.py"}, {"path": "/src/utils/formats.py"}]})
+                                             {"path": "/src/utils/component_io.py"}, {"path": "/src/utils/formats.py"},
+                                             {"path": "/src/utils/vocabulary.py"}]})
     config["arguments"] = [
         {"name": "--input_train_cells", "__merge__": "/src/api/file_train_cells.yaml", "direction": "input",
          "required": False},

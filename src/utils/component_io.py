@@ -22,7 +22,7 @@ from formats import FormatError, alignment_problems, check_anndata, read_h5ad
 
 # Exit code of a task (or method) that cannot be applied to a dataset. The engine records the pair
 # as "not applicable" instead of as a failure.
-NOT_APPLICABLE_EXIT_CODE = 99
+from vocabulary import NOT_APPLICABLE_EXIT_CODE  # noqa: E402 (99: one definition, shipped with this file)
 
 
 def fail(message: str, exit_code: int = 1):
