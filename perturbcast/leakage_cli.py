@@ -50,13 +50,8 @@ def main(argv: list[str] | None = None) -> int:
         return int(exit_.code or 0)
     if args.partition:
         problems = check_partition(args.paths, common_path=args.common)
-        for problem in problems:
-            print(f"[leak] {problem}")
-        if problems:
-            print(f"check-split --partition: {len(problems)} problem(s) in {len(args.paths)} folds", file=sys.stderr)
-            return 1
-        print(f"check-split --partition: {len(args.paths)} folds: every condition tested exactly once")
-        return 0
+        return _report(problems, f"check-split --partition: {len(problems)} problem(s) in {len(args.paths)} folds",
+                       f"check-split --partition: {len(args.paths)} folds: every condition tested exactly once")
     try:
         train, test, solution = split_paths(args.paths)
     except ValueError as error:
@@ -71,10 +66,16 @@ def main(argv: list[str] | None = None) -> int:
                            train_cells_path=cell_files["train_cells"], solution_cells_path=cell_files["solution_cells"],
                            cells_path=args.cells)
     where = args.paths[0] if len(args.paths) == 1 else os.path.dirname(os.path.abspath(train)) or "."
+    return _report(problems, f"check-split: {len(problems)} problem(s) in {where}",
+                   f"check-split: {where}: no leakage found")
+
+
+def _report(problems: list, failed: str, passed: str) -> int:
+    """One `[leak]` line per problem on stdout, the verdict on stderr (failed, exit 1) or stdout (passed, 0)."""
     for problem in problems:
         print(f"[leak] {problem}")
     if problems:
-        print(f"check-split: {len(problems)} problem(s) in {where}", file=sys.stderr)
+        print(failed, file=sys.stderr)
         return 1
-    print(f"check-split: {where}: no leakage found")
+    print(passed)
     return 0
