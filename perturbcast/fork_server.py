@@ -19,9 +19,11 @@ MemoryError - instead of waking the kernel's global out-of-memory killer). The s
 thread that started it (PR_SET_PDEATHSIG) and kills its running step's group as it goes; a step's
 process dies with the server. SIGTERM to the server does the same: the engine's interrupt.
 
-Sessions. Requests that carry the same `session` key (the engine: the metric steps of one
-prediction) run one after another in one forked session process, in process, so what a script
-memoises (metric_utils' reading of the solution and prediction) is there for the next one. Each
+Sessions. Requests that carry the same `session` key (the engine: the metric steps scored against
+one solution, i.e. one fold) run one after another in one forked session process, in process, so what
+a script memoises (metric_utils' reading of the solution and prediction) is there for the next one;
+requests without a key run forked beside it meanwhile, and a request with another key, or
+`end_session`, ends it. Each
 script still has its own log, exit code, timeout and reply; sys.argv/path/cwd/environ and the random
 generators' states are restored between scripts, a module is reused by a later script only when that
 script ships a byte-identical file of the same name, and a script that kills the session process
@@ -256,6 +258,10 @@ class _ReuseIdenticalModules:
 
             def exec_module(self, module):
                 reuse.stash.pop(name, None)  # back in sys.modules for this script
+                # from now on it is this script's copy, so that it is put away again after this script
+                # (with the previous script's folder as its file it stayed behind, and the script after
+                # next imported the file afresh, losing what was memoised)
+                module.__file__, module.__spec__ = spec.origin, spec
 
         return importlib.util.spec_from_file_location(name, spec.origin, loader=Loader())
 
@@ -404,7 +410,9 @@ def serve(requests=sys.stdin, replies=sys.stdout, preloaded: bool = False):
     for line in requests:
         request = json.loads(line)
         key = request.get("session") if preloaded and "python_script" in request else None
-        if session is not None and session.key != key:
+        # a step outside any session (a method between two of a fold's predictions) leaves the session
+        # waiting, with what it memoised; another session's step or end_session ends it
+        if session is not None and (request.get("end_session") or (key is not None and session.key != key)):
             session.close()
             session = None
         if request.get("end_session"):

@@ -208,6 +208,33 @@ def reference_names(module, path: str) -> tuple[pd.Index, pd.Index]:
     return names
 
 
+# (realpath, inode, size, mtime) -> (obs, uns) of small files this process has read whole (score files):
+# the engine validates each score as its step ends, and aggregation then reads ~1,000 of them again, one
+# core working while the other waits; a changed file has another key
+_SMALL_FILE_BYTES = 1 << 20
+_OBS_UNS: dict = {}
+_OBS_UNS_LOCK = threading.Lock()
+_OBS_UNS_KEPT = 50_000
+
+
+def _remember_obs_uns(key: tuple, obs: pd.DataFrame, uns: dict):
+    if key[2] > _SMALL_FILE_BYTES:
+        return
+    with _OBS_UNS_LOCK:
+        while len(_OBS_UNS) >= _OBS_UNS_KEPT:
+            _OBS_UNS.pop(next(iter(_OBS_UNS)))
+        _OBS_UNS[key] = (obs, uns)
+
+
+def _remembered_obs_uns(path) -> tuple[tuple | None, tuple | None]:
+    try:
+        key = _file_key(path)
+    except OSError:
+        return None, None
+    with _OBS_UNS_LOCK:
+        return key, _OBS_UNS.get(key)
+
+
 def output_problems(config: ComponentConfig, values: dict) -> dict[str, list[str]]:
     """Problems of each h5ad output of a finished run: its format and its alignment with other files."""
     formatted = [a for a in config.arguments if a.type == "file" and a.direction == "output"
@@ -222,9 +249,12 @@ def output_problems(config: ComponentConfig, values: dict) -> dict[str, list[str
             continue
         found: list[str] = []
         try:
+            key = _file_key(path)
             adata = open_h5ad(module, path)
             try:
                 found += module.check_anndata(adata, argument.file_format)
+                if not found and isinstance(adata, FileView):
+                    _remember_obs_uns(key, adata.obs, adata.uns)
                 for axis in ("obs", "var"):
                     reference = argument.info.get(f"same_{axis}_names_as")
                     reference_path = values.get(reference) if reference else None
@@ -246,9 +276,14 @@ def output_problems(config: ComponentConfig, values: dict) -> dict[str, list[str
 def read_obs_uns(path, uns_keys=None) -> tuple[pd.DataFrame, dict]:
     """obs and uns of an h5ad file (score files, by aggregation), as `anndata.read_h5ad` gives them;
     with `uns_keys` only those entries of uns (where present). Files FileView does not handle, and
-    damaged ones, go to anndata (whose exception is raised)."""
+    damaged ones, go to anndata (whose exception is raised). A small file this process has already read
+    (validated as an output, or read here) is not read again while it is unchanged."""
     import h5py
 
+    key, remembered = _remembered_obs_uns(path)
+    if remembered is not None:
+        obs, uns = remembered
+        return obs.copy(), {k: v for k, v in uns.items() if uns_keys is None or k in uns_keys}
     try:
         with h5py.File(path, "r") as handle:
             if handle.attrs.get("encoding-type") != "anndata" or "raw" in handle:
@@ -257,8 +292,10 @@ def read_obs_uns(path, uns_keys=None) -> tuple[pd.DataFrame, dict]:
             group = handle["uns"] if "uns" in handle else {}
             if hasattr(group, "attrs") and group.attrs.get("encoding-type") != "dict":
                 raise _NotPlain("uns")
-            keys = list(group) if uns_keys is None else [key for key in uns_keys if key in group]
-            return obs, {key: _reader().read_element(group[key]) for key in keys}
+            uns = {k: _reader().read_element(group[k]) for k in group}
+        if key is not None:
+            _remember_obs_uns(key, obs, uns)
+        return obs.copy(), {k: v for k, v in uns.items() if uns_keys is None or k in uns_keys}
     except Exception:
         import anndata as ad
 

@@ -106,3 +106,26 @@ def test_programs_run_bounded_from_a_small_server(spawner, tmp_path):
     quick = spawner.run(["/bin/sh", "-c", "exit 3"], None, str(log))
     assert quick["exit_code"] == 3 and quick["peak_rss_bytes"] < 30 * 2**20  # not the preloaded server's size
     assert spawner.last_reply == quick
+
+
+def test_a_session_waits_through_steps_outside_it_and_ends_at_another_key(spawner, tmp_path):
+    """The engine keys a session by the solution (one fold): a method step run between two predictions'
+    scores leaves it open with its memo; the next fold's key starts a new one."""
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "memo.py").write_text("CACHE = []\n")
+    report = REPORT.format(where=str(tmp_path / "m"))
+    first, text_first = run(spawner, tmp_path, "fold0_a", report, session="fold0")
+    between, text_between = run(spawner, tmp_path, "method", report)
+    second, text_second = run(spawner, tmp_path, "fold0_b", report, session="fold0")
+    # each step has its own copy of the module (its own build folder): the memo must survive every step,
+    # not only the next one
+    (tmp_path / "m2").mkdir()
+    (tmp_path / "m2" / "memo.py").write_text("CACHE = []\n")
+    third, text_third = run(spawner, tmp_path, "fold0_c", REPORT.format(where=str(tmp_path / "m2")), session="fold0")
+    other, text_other = run(spawner, tmp_path, "fold1_a", report, session="fold1")
+    spawner.end_session()
+    assert all(reply["exit_code"] == 0 for reply in (first, between, second, third, other))
+    assert fields(text_between)["pid"] != fields(text_first)["pid"] and fields(text_between)["cache"] == 1
+    assert fields(text_second)["pid"] == fields(text_first)["pid"] and fields(text_second)["cache"] == 2
+    assert fields(text_third)["pid"] == fields(text_first)["pid"] and fields(text_third)["cache"] == 3
+    assert fields(text_other)["pid"] != fields(text_first)["pid"] and fields(text_other)["cache"] == 1
