@@ -173,6 +173,13 @@ def one_process_worker(tree: Path, directory: Path, prediction: str) -> int:
     # Python metric scripts only (an R script, limma_de, cannot run in this process)
     configs = sorted(path for path in (tree / "src" / "metrics").glob("*/config.vsh.yaml")
                      if (path.parent / "script.py").exists())
+    # as in the engine's session, the libraries its fork server preloads are imported before the clock starts
+    import importlib
+
+    from perturbcast.engine_run import PRELOADED_MODULES
+
+    for module in PRELOADED_MODULES:
+        importlib.import_module(module)
     start_all, cpu_all = time.perf_counter(), time.process_time()
     for path in configs:
         config = load_config(path)

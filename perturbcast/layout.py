@@ -209,6 +209,11 @@ def split_step_id(step: str) -> tuple[str, str]:
     return stage, key
 
 
+def dataset_of_step(step: str) -> str:
+    """The dataset id of a dataset, split, prediction or score step id (the first part of its key)."""
+    return split_step_id(step)[1].split("/", 1)[0]
+
+
 def check_step_id(checked: str) -> str:
     """The id of the check of the split or partition record `checked` (`check/split/...`, `check/partition/...`)."""
     return step_id(CHECK, checked)

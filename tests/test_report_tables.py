@@ -182,6 +182,11 @@ def test_failure_tables_group_by_cause():
 # ----------------------------------------------------------------------------------------------- datasets
 
 def _dataset_report_module():
+    import sys
+
+    # it imports its sibling resources (vocabulary) as a component would, from its own folder
+    if str(ROOT / "src" / "utils") not in sys.path:
+        sys.path.append(str(ROOT / "src" / "utils"))
     spec = importlib.util.spec_from_file_location("report_test_dataset_report", ROOT / "src" / "utils" / "dataset_report.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -232,3 +237,15 @@ def test_inputs_of_an_empty_directory(tmp_path):
     (tmp_path / "datasets" / "x").mkdir(parents=True)
     (tmp_path / "datasets" / "x" / "log.txt").write_text("one\ntwo\n")
     assert inputs.log_tail("dataset/x", "dataset", lines=1) == (inputs.log_of("dataset/x", "dataset"), "two")
+
+
+def test_cost_per_dataset_splits_each_method_by_the_dataset_of_its_steps():
+    trace = pd.concat([_trace(), pd.DataFrame(
+        [("predict/e/t/seed_0/fold_1/a", "predict", "a", "ok", False, 30.0, 900.0, "", "")],
+        columns=["step", "stage", "component", "status", "cached", "wall_seconds", "peak_rss_mib", "reason",
+                 "blocked_by"]).assign(exit_code="")], ignore_index=True)
+    by_dataset = tables.cost_by_dataset_table(trace, ["b", "a"])
+    assert list(by_dataset.index) == [("b", "d"), ("a", "d"), ("a", "e")]
+    assert by_dataset.loc[("a", "d")].tolist() == [2, 5.0, 10.0, 300.0]  # steps, median, total, peak
+    assert by_dataset.loc[("a", "e")].tolist() == [1, 30.0, 30.0, 900.0]
+    assert tables.cost_by_dataset_table(trace.iloc[:0], []).empty

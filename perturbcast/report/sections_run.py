@@ -12,7 +12,7 @@ from ..layout import NOT_APPLICABLE_TAG as _NOT_APPLICABLE_TAG, status_label
 from .inputs import FAILED, NOT_APPLICABLE, NOT_DONE, SKIPPED, STATUS_LABELS, Inputs, is_simulated
 from .markup import doi_links, esc, fmt, inline_code, links, paragraphs
 from .sections_scores import kind_badge, method_cell
-from .tables import dataset_facts, failure_tables, other_cost_table, stage_counts, tasks_scored
+from .tables import cost_by_dataset_table, dataset_facts, failure_tables, other_cost_table, stage_counts, tasks_scored
 
 
 def _facts_rows(facts: pd.DataFrame) -> list[tuple[str, str]]:
@@ -76,6 +76,7 @@ def section_cost(inputs: Inputs, figures: dict, cost: pd.DataFrame) -> str:
         f"<tr><td>{esc(stage)}</td><td><code>{esc(component)}</code></td><td class='num'>{int(r.steps)}</td>"
         f"<td class='num'>{fmt(r.median_wall, 2)}</td><td class='num'>{fmt(r.total_wall, 1)}</td>"
         f"<td class='num'>{fmt(r.peak_rss, 0)}</td></tr>" for (stage, component), r in other_cost_table(trace).iterrows())
+    per_dataset = _cost_by_dataset(inputs, cost_by_dataset_table(trace, list(cost.index)))
     plot = '<div id="fig-cost" class="plot"></div>' if "fig-cost" in figures else ""
     table = (f"<div class='scroll'><table class='data'><thead><tr><th>method</th><th>kind</th><th class='num'>steps</th>"
              f"<th class='num'>median wall s</th><th class='num'>total wall s</th><th class='num'>peak MiB</th>"
@@ -93,8 +94,34 @@ def section_cost(inputs: Inputs, figures: dict, cost: pd.DataFrame) -> str:
 them. Times depend on the machine and on how many steps ran at once.</p>
 {plot}
 {table}
+{per_dataset}
 {other}
 </section>"""
+
+
+def _cost_by_dataset(inputs: Inputs, by_dataset: pd.DataFrame) -> str:
+    """Methods x datasets: median wall seconds of one prediction step and the largest peak, where a run has
+    more than one dataset (with one, the table above says it)."""
+    if by_dataset.empty:
+        return ""
+    datasets = sorted(set(by_dataset.index.get_level_values(1)))
+    if len(datasets) < 2:
+        return ""
+    head = "".join(f"<th class='num'>{esc(d)}<br>median s · peak MiB · steps</th>" for d in datasets)
+    rows = []
+    for method in dict.fromkeys(by_dataset.index.get_level_values(0)):
+        cells = []
+        for dataset in datasets:
+            if (method, dataset) in by_dataset.index:
+                r = by_dataset.loc[(method, dataset)]
+                cells.append(f"<td class='num'>{fmt(r.median_wall, 1)} · {fmt(r.peak_rss, 0)} · {int(r.steps)}</td>")
+            else:
+                cells.append("<td class='num'>–</td>")
+        rows.append(f"<tr><td>{method_cell(inputs, method)}</td><td>{kind_badge(inputs.kind(method))}</td>{''.join(cells)}</tr>")
+    return (f"<h3>Per dataset</h3><p>One prediction step trains the method on a fold's training data and predicts "
+            f"its held-out conditions; a model's cost grows with the dataset's cells and genes.</p>"
+            f"<div class='scroll'><table class='data' id='cost-by-dataset'><thead><tr><th>method</th><th>kind</th>{head}"
+            f"</tr></thead><tbody>{''.join(rows)}</tbody></table></div>")
 
 
 # components may start their not-applicable message with this tag; the table's heading already says it

@@ -11,7 +11,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from ..layout import PREDICT
+from ..layout import PREDICT, dataset_of_step
 from .inputs import ALL_STRATA, BASELINE_METHOD, FAILED, HEADLINE_CLAMP, HEADLINE_PANEL, NOT_APPLICABLE, OK, \
     SKIPPED, blocked_by
 
@@ -169,6 +169,22 @@ def cost_table(trace: pd.DataFrame, order: list[str]) -> pd.DataFrame:
     cost["cached"] = cost["cached"].astype(int)
     ordered = [m for m in order if m in cost.index] + sorted(set(cost.index) - set(order))
     return cost.loc[ordered]
+
+
+def cost_by_dataset_table(trace: pd.DataFrame, order: list[str]) -> pd.DataFrame:
+    """Per method and dataset, of its finished prediction steps (each trains and predicts one fold of one
+    task): count, median and total wall seconds and largest peak RSS (MiB); a model's cost grows with the
+    dataset, which the pooled table hides. Rows (method, dataset), methods in leaderboard order."""
+    if trace.empty or "stage" not in trace:
+        return pd.DataFrame()
+    done = trace[(trace["stage"] == PREDICT) & (trace["status"] == OK)]
+    if done.empty:
+        return pd.DataFrame()
+    done = done.assign(dataset=done["step"].map(dataset_of_step))
+    cost = _wall_table(done, ["component", "dataset"])
+    rank = {m: i for i, m in enumerate(order)}
+    keys = sorted(cost.index, key=lambda key: (rank.get(key[0], len(rank)), key[0], key[1]))
+    return cost.loc[keys]
 
 
 def other_cost_table(trace: pd.DataFrame) -> pd.DataFrame:
