@@ -44,11 +44,22 @@ MEMORY_UNITS = {"B": 1, "KB": 2**10, "MB": 2**20, "GB": 2**30, "TB": 2**40}  # N
 class Limits:
     timeout: float | None = None   # seconds
     memory: int | None = None      # bytes
+    cpus: int | None = None        # meta['cpus'] of the step (its threads), as Nextflow gives task.cpus
 
     def describe(self) -> str:
         parts = [f"timeout {self.timeout:g} s" if self.timeout else "no timeout",
                  f"memory {format_bytes(self.memory)}" if self.memory else "no memory limit"]
-        return ", ".join(parts)
+        return ", ".join(parts + ([f"{self.cpus} CPU(s)"] if self.cpus else []))
+
+
+def cpu_share(jobs: int) -> int:
+    """CPUs each of `jobs` concurrent steps may use: two PyTorch steps with a thread per core each on
+    a 2-core machine ran CPA 3-4x slower than one thread each (threads spinning against each other)."""
+    try:
+        available = len(os.sched_getaffinity(0))
+    except AttributeError:
+        available = os.cpu_count() or 1
+    return max(1, available // max(1, jobs))
 
 
 def format_bytes(size: int) -> str:
@@ -97,7 +108,7 @@ def step_limits(config, overrides: Limits, table: dict) -> Limits:
     ceiling = physical_memory()
     if memory and ceiling and not overrides.memory:
         memory = min(memory, ceiling)
-    return Limits(timeout=timeout, memory=memory)
+    return Limits(timeout=timeout, memory=memory, cpus=overrides.cpus)
 
 
 OUT_OF_MEMORY = re.compile(r"MemoryError|Unable to allocate|Cannot allocate memory|cannot allocate vector|std::bad_alloc")

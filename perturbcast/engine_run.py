@@ -140,7 +140,8 @@ def run_step(step: Step, cache_key: str, limits: guard.Limits | None = None, ses
             spawner = _spawner()
             spawner.options = {"timeout": limits.timeout, "memory": limits.memory, "session": session}
             spawner.last_reply = {}
-            result = run_component(step.component.path, step.argv(), stdout=log, stderr=log, spawner=spawner)
+            result = run_component(step.component.path, step.argv(), stdout=log, stderr=log, spawner=spawner,
+                                   cpus=limits.cpus)
             exit_code, wall, peak = result.exit_code, result.wall_seconds, result.peak_rss_bytes
             reply = spawner.last_reply
         except Exception as error:  # a broken config or resource must not stop the other steps
@@ -244,6 +245,8 @@ def execute(steps: list[Step], jobs: int = 1, progress: Progress | None = None,
     step starts any more, running ones are killed and recorded `interrupted`; the records so far are
     returned (INTERRUPT.stopped tells the caller)."""
     overrides = limits or guard.Limits()
+    if overrides.cpus is None:  # the machine's CPUs shared by the steps that run at once
+        overrides = guard.Limits(timeout=overrides.timeout, memory=overrides.memory, cpus=guard.cpu_share(jobs))
     digests, component_limits = {}, {}
     table = guard.label_values(steps[0].component.package_root) if steps else {}
     for step in steps:
