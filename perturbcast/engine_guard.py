@@ -45,6 +45,7 @@ class Limits:
     timeout: float | None = None   # seconds
     memory: int | None = None      # bytes
     cpus: int | None = None        # meta['cpus'] of the step (its threads), as Nextflow gives task.cpus
+    shared_by: int = 1             # steps running at once, each given its share of the machine's memory
 
     def describe(self) -> str:
         parts = [f"timeout {self.timeout:g} s" if self.timeout else "no timeout",
@@ -108,7 +109,12 @@ def step_limits(config, overrides: Limits, table: dict) -> Limits:
     ceiling = physical_memory()
     if memory and ceiling and not overrides.memory:
         memory = min(memory, ceiling)
-    return Limits(timeout=timeout, memory=memory, cpus=overrides.cpus)
+    if memory and ceiling and not overrides.memory and overrides.shared_by > 1:
+        # steps that run at once share the machine: limits that add up to more than its memory would let
+        # two large steps wake the kernel's out-of-memory killer, which kills one of them (or the engine)
+        # without a word in its log (two scGPT steps of 14 and 10 GiB on 24 GiB did)
+        memory = min(memory, ceiling // overrides.shared_by)
+    return Limits(timeout=timeout, memory=memory, cpus=overrides.cpus, shared_by=overrides.shared_by)
 
 
 OUT_OF_MEMORY = re.compile(r"MemoryError|Unable to allocate|Cannot allocate memory|cannot allocate vector|std::bad_alloc")

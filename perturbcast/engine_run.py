@@ -104,7 +104,9 @@ def _failure_reason(log_path: Path, exit_code: int, reply: dict, limits: guard.L
     if reply.get("timed_out"):
         return f"timeout after {limits.timeout:g} s"
     if limits.memory and guard.ran_out_of_memory(log_path):
-        return f"out of memory (limit {guard.format_bytes(limits.memory)})"
+        shared = (f"; each of the {limits.shared_by} steps that run at once (--jobs) gets that share of the machine's "
+                  f"memory: --jobs 1 gives one step all of it") if limits.shared_by > 1 else ""
+        return f"out of memory (limit {guard.format_bytes(limits.memory)}{shared})"
     error = _last_error(log_path)
     if reply.get("signal"):
         name = signal.Signals(reply["signal"]).name if reply["signal"] in signal.Signals._value2member_map_ else reply["signal"]
@@ -245,8 +247,9 @@ def execute(steps: list[Step], jobs: int = 1, progress: Progress | None = None,
     step starts any more, running ones are killed and recorded `interrupted`; the records so far are
     returned (INTERRUPT.stopped tells the caller)."""
     overrides = limits or guard.Limits()
-    if overrides.cpus is None:  # the machine's CPUs shared by the steps that run at once
-        overrides = guard.Limits(timeout=overrides.timeout, memory=overrides.memory, cpus=guard.cpu_share(jobs))
+    if overrides.cpus is None:  # the machine's CPUs (and memory) shared by the steps that run at once
+        overrides = guard.Limits(timeout=overrides.timeout, memory=overrides.memory, cpus=guard.cpu_share(jobs),
+                                 shared_by=max(1, jobs))
     digests, component_limits = {}, {}
     table = guard.label_values(steps[0].component.package_root) if steps else {}
     for step in steps:

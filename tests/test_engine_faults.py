@@ -296,3 +296,30 @@ def test_step_limits_come_from_the_labels_and_the_overrides():
     limits = step_limits(gears, Limits(), table)
     assert limits.timeout == 4 * 3600 and limits.memory == min(32 * 2**30, physical_memory())
     assert step_limits(gears, Limits(timeout=5, memory=2**30), table) == Limits(timeout=5, memory=2**30)
+
+
+def test_steps_that_run_at_once_share_the_machines_memory_and_cpus():
+    """Two steps each allowed all of the memory can together wake the kernel's out-of-memory killer,
+    which kills one without a word in its log; with --jobs N each gets 1/N (an explicit --step-memory wins)."""
+    from perturbcast.config import load_config
+    from perturbcast.engine_guard import Limits, cpu_share, label_values, physical_memory, step_limits
+
+    table = label_values(ROOT)
+    gears = load_config(ROOT / "src" / "datasets" / "gears")  # midmem: 32 GiB
+    shared = step_limits(gears, Limits(cpus=1, shared_by=2), table)
+    assert shared.memory == min(32 * 2**30, physical_memory() // 2) and shared.cpus == 1
+    alone = step_limits(gears, Limits(cpus=2, shared_by=1), table)
+    assert alone.memory == min(32 * 2**30, physical_memory())
+    assert step_limits(gears, Limits(memory=2**40, shared_by=2), table).memory == 2**40  # the user's word
+    assert cpu_share(1) >= cpu_share(2) >= 1 and cpu_share(10**6) == 1
+
+
+def test_an_out_of_memory_step_is_told_how_to_get_more(tmp_path):
+    from perturbcast.engine_guard import Limits
+    from perturbcast.engine_run import _failure_reason
+
+    log = tmp_path / "log.txt"
+    log.write_text("numpy._core._exceptions._ArrayMemoryError: Unable to allocate 12.0 GiB\n")
+    reason = _failure_reason(log, 1, {}, Limits(memory=12 * 2**30, shared_by=2))
+    assert reason.startswith("out of memory (limit 12 GiB; each of the 2 steps") and "--jobs 1" in reason
+    assert _failure_reason(log, 1, {}, Limits(memory=2**30)) == "out of memory (limit 1 GiB)"
