@@ -195,14 +195,17 @@ for epoch in range(par["epochs"]):
 # ---------------------------------------------------------------- prediction
 model.eval()
 predicted, ids = [], []
+# every gene is predicted at once, so a batch's attention grows with n_tokens squared: as many cells per
+# batch as keep it at the training batches' size (64 cells x 2,000 genes took 18 GiB on Datlinger)
+predict_batch = max(1, min(batch_size, int(batch_size * (par["max_seq_len"] / n_tokens) ** 2)))
 with torch.no_grad():
     for obs_name, ctx, targets in zip(test.obs_names.astype(str), test_contexts, test_targets):
         controls = controls_of.get("|".join(ctx))
         if controls is None or len(controls) == 0:
             fail(f"--input_train_cells has no control cells of context {ctx}, which --input_test needs")
         rows = rng.choice(controls, size=min(par["n_query_cells"], len(controls)), replace=False)
-        for start in range(0, len(rows), batch_size):
-            part = rows[start: start + batch_size]
+        for start in range(0, len(rows), predict_batch):
+            part = rows[start: start + predict_batch]
             mapped = gene_ids.repeat(len(part), 1)
             output = model(mapped, torch.from_numpy(expression(part)), torch.from_numpy(flags([targets] * len(part))),
                            src_key_padding_mask=torch.zeros_like(mapped, dtype=torch.bool),
