@@ -109,12 +109,14 @@ def step_limits(config, overrides: Limits, table: dict) -> Limits:
     ceiling = physical_memory()
     if memory and ceiling and not overrides.memory:
         memory = min(memory, ceiling)
-    if memory and ceiling and not overrides.memory and overrides.shared_by > 1:
+    shared_by = 1  # set only where the share, not a label or the user, sets the limit (the failure says so)
+    if memory and ceiling and not overrides.memory and overrides.shared_by > 1 \
+            and ceiling // overrides.shared_by < memory:
         # steps that run at once share the machine: limits that add up to more than its memory would let
         # two large steps wake the kernel's out-of-memory killer, which kills one of them (or the engine)
         # without a word in its log (two scGPT steps of 14 and 10 GiB on 24 GiB did)
-        memory = min(memory, ceiling // overrides.shared_by)
-    return Limits(timeout=timeout, memory=memory, cpus=overrides.cpus, shared_by=overrides.shared_by)
+        memory, shared_by = ceiling // overrides.shared_by, overrides.shared_by
+    return Limits(timeout=timeout, memory=memory, cpus=overrides.cpus, shared_by=shared_by)
 
 
 OUT_OF_MEMORY = re.compile(r"MemoryError|Unable to allocate|Cannot allocate memory|cannot allocate vector|std::bad_alloc")

@@ -308,6 +308,8 @@ def test_steps_that_run_at_once_share_the_machines_memory_and_cpus():
     gears = load_config(ROOT / "src" / "datasets" / "gears")  # midmem: 32 GiB
     shared = step_limits(gears, Limits(cpus=1, shared_by=2), table)
     assert shared.memory == min(32 * 2**30, physical_memory() // 2) and shared.cpus == 1
+    assert shared.shared_by == (2 if physical_memory() // 2 < 32 * 2**30 else 1)  # only where the share binds
+    assert step_limits(gears, Limits(memory=2**30, shared_by=2), table).shared_by == 1  # the user's limit
     alone = step_limits(gears, Limits(cpus=2, shared_by=1), table)
     assert alone.memory == min(32 * 2**30, physical_memory())
     assert step_limits(gears, Limits(memory=2**40, shared_by=2), table).memory == 2**40  # the user's word
