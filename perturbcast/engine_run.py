@@ -15,7 +15,7 @@ import shutil
 import signal
 import threading
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from . import __version__
@@ -248,8 +248,7 @@ def execute(steps: list[Step], jobs: int = 1, progress: Progress | None = None,
     returned (INTERRUPT.stopped tells the caller)."""
     overrides = limits or guard.Limits()
     if overrides.cpus is None:  # the machine's CPUs (and memory) shared by the steps that run at once
-        overrides = guard.Limits(timeout=overrides.timeout, memory=overrides.memory, cpus=guard.cpu_share(jobs),
-                                 shared_by=max(1, jobs))
+        overrides = replace(overrides, cpus=guard.cpu_share(jobs), shared_by=max(1, jobs))
     digests, component_limits = {}, {}
     table = guard.label_values(steps[0].component.package_root) if steps else {}
     for step in steps:

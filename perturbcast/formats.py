@@ -280,10 +280,12 @@ def read_obs_uns(path, uns_keys=None) -> tuple[pd.DataFrame, dict]:
     (validated as an output, or read here) is not read again while it is unchanged."""
     import h5py
 
+    def chosen(obs, uns):
+        return obs.copy(), {k: v for k, v in uns.items() if uns_keys is None or k in uns_keys}
+
     key, remembered = _remembered_obs_uns(path)
     if remembered is not None:
-        obs, uns = remembered
-        return obs.copy(), {k: v for k, v in uns.items() if uns_keys is None or k in uns_keys}
+        return chosen(*remembered)
     try:
         with h5py.File(path, "r") as handle:
             if handle.attrs.get("encoding-type") != "anndata" or "raw" in handle:
@@ -295,7 +297,7 @@ def read_obs_uns(path, uns_keys=None) -> tuple[pd.DataFrame, dict]:
             uns = {k: _reader().read_element(group[k]) for k in group}
         if key is not None:
             _remember_obs_uns(key, obs, uns)
-        return obs.copy(), {k: v for k, v in uns.items() if uns_keys is None or k in uns_keys}
+        return chosen(obs, uns)
     except Exception:
         import anndata as ad
 
