@@ -1,4 +1,4 @@
-"""Command line: `perturbcast run | test | check-split | benchmark | plan | aggregate | report | cache | list`
+"""Command line: `perturbcast run | test | check-split | benchmark | plan | aggregate | report | cache | list | envs`
 (and `step`, the task of main.nf's component processes)."""
 from __future__ import annotations
 
@@ -55,13 +55,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     # `exec BUILD_DIR` (the entry point of built executables) is internal: main() handles it before parsing
 
-    from . import cache_cli, engine_cli, list_cli, plan_cli, report, step_cli  # benchmark, aggregate, report, cache, list
+    from . import cache_cli, engine_cli, envs_cli, list_cli, plan_cli, report, step_cli
     engine_cli.add_commands(commands)
     plan_cli.add_command(commands)
     step_cli.add_command(commands)
     report.add_command(commands)
     cache_cli.add_commands(commands)
     list_cli.add_command(commands)
+    envs_cli.add_command(commands)
     return parser
 
 

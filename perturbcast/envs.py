@@ -126,17 +126,33 @@ def _installed(python: Path) -> list[str]:
     return [item["name"].lower() for item in json.loads(listing.stdout or "[]")]
 
 
-def ensure(name: str, raw: dict, *, gpu: bool = False, log_file=None) -> Environment:
-    """The component's environment, built now if no ready one exists. Raises EnvironmentError_."""
+def location(name: str, raw: dict) -> Path:
+    """Where the component's environment lives (whether or not it is built); its setup's hash names it."""
+    return cache_root() / f"{name}-{environment_key(install_steps(raw))}"
+
+
+def ready(name: str, raw: dict) -> Environment | None:
+    """The component's environment if a finished build of its current setup exists, else None."""
+    path = location(name, raw)
+    python, marker = path / "bin" / "python", path / READY_FILE
+    if not (marker.exists() and python.exists()):
+        return None
+    return Environment(path, python, False, json.loads(marker.read_text()).get("build_seconds", 0.0))
+
+
+def ensure(name: str, raw: dict, *, gpu: bool = False, progress=None) -> Environment:
+    """The component's environment, built now if no ready one exists. Raises EnvironmentError_.
+    `progress(text)`, if given, hears each install step as it starts (a build takes minutes)."""
     steps = install_steps(raw)
     if not steps:
         raise EnvironmentError_(f"{name}: its docker engine's setup declares no Python packages to install")
+    existing = ready(name, raw)
+    if existing is not None:
+        return existing
     root = cache_root()
-    path = root / f"{name}-{environment_key(steps)}"
+    path = location(name, raw)
     python = path / "bin" / "python"
-    ready = path / READY_FILE
-    if ready.exists() and python.exists():
-        return Environment(path, python, False, json.loads(ready.read_text()).get("build_seconds", 0.0))
+    ready_marker = path / READY_FILE
     root.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".building-{name}-", dir=root))
     started = time.perf_counter()
@@ -145,7 +161,11 @@ def ensure(name: str, raw: dict, *, gpu: bool = False, log_file=None) -> Environ
         subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(staging)], check=True,
                        capture_output=True)
         with open(log_path, "w") as log:
-            for args in steps:
+            for number, args in enumerate(steps, 1):
+                if progress:
+                    command = " ".join(args)
+                    progress(f"{name}: step {number}/{len(steps)}: pip install "
+                             f"{command if len(command) <= 90 else command[:87] + '...'}")
                 _pip(staging / "bin" / "python", args, log)
         gpu_packages = [d for d in _installed(staging / "bin" / "python") if d.startswith(GPU_DISTRIBUTION_PREFIXES)]
         if gpu_packages and not gpu:
@@ -159,7 +179,7 @@ def ensure(name: str, raw: dict, *, gpu: bool = False, log_file=None) -> Environ
         try:
             staging.rename(path)
         except OSError:  # another process finished the same environment first
-            if not ready.exists():
+            if not ready_marker.exists():
                 raise
             shutil.rmtree(staging, ignore_errors=True)
         log_path.unlink(missing_ok=True)

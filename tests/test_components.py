@@ -1,6 +1,5 @@
 """Every component passes `perturbcast test` (its config metadata, and a run on the test data whose
 outputs conform to the API formats) and the viash schema check."""
-import os
 import shutil
 import subprocess
 import sys
@@ -11,6 +10,7 @@ from perturbcast.config import discover_components
 from perturbcast.runner import run_component_tests
 
 from conftest import ROOT
+from model_envs import skip_unless_environment
 
 COMPONENTS = discover_components(ROOT)
 
@@ -30,9 +30,8 @@ def needs_torch(config) -> bool:
 def test_component(component, test_resources, tmp_path, monkeypatch, capfd):
     if component.main_script.get("type") == "r_script" and shutil.which("Rscript") is None:
         pytest.skip("Rscript not on PATH (scripts/install_r.sh installs R from Debian)")
-    if component.info.get("isolated_environment") and os.environ.get("PERTURBCAST_TEST_MODEL_ENVS") != "1":
-        pytest.skip(f"{component.name} runs in its own environment (6-10 minutes to build); set "
-                    "PERTURBCAST_TEST_MODEL_ENVS=1 to build it and run this test")
+    if component.info.get("isolated_environment"):
+        skip_unless_environment(component.name, component.raw)
     monkeypatch.setenv("VIASH_TEMP", str(tmp_path))
     report = run_component_tests(component.directory)
     if report.failed and component.info.get("extra"):

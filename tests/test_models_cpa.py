@@ -4,7 +4,6 @@ file, a few tiny epochs. Where the environment cannot be built (e.g. no package 
 component ends with exit 98 and these tests skip with its line."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import anndata as ad
@@ -12,15 +11,14 @@ import numpy as np
 import pytest
 
 from test_methods_models import assert_one_line_stop, run
+from model_envs import skip_unless_environment
 from test_models_cells import make_split
 
 TINY = {"max_epochs": 3, "max_cells_per_condition": 40, "n_query_cells": 30, "n_latent": 8, "batch_size": 128}
 
 
 def run_cpa(split: Path, output: Path, **extra):
-    if os.environ.get("PERTURBCAST_TEST_MODEL_ENVS") != "1":
-        # its own environment takes 6-10 minutes to build from PyPI on a 2-core machine: opt in
-        pytest.skip("cpa runs in its own environment; set PERTURBCAST_TEST_MODEL_ENVS=1 to build it and run this test")
+    skip_unless_environment("cpa")
     args = {"input_train": split / "train.h5ad", "input_test": split / "test.h5ad",
             "input_train_cells": split / "train_cells.h5ad", **extra, "output": output}
     code, err = run("src/methods/cpa", args, output.with_suffix(".log"), cpus=2)

@@ -130,3 +130,44 @@ def test_environment_that_cannot_be_built_is_not_installed_98_and_leaves_nothing
     assert len(lines) == 1 and "envprobe: environment not built" in lines[0] and "no-such-package" in lines[0]
     assert not (tmp_path / "out.json").exists()
     assert not [p for p in (tmp_path / "cache" / "envs").iterdir() if p.is_dir()]
+
+
+def test_envs_cli_lists_builds_and_reuses_environments(tmp_path, monkeypatch, capsys):
+    from perturbcast.cli import main
+    monkeypatch.setenv("PERTURBCAST_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv(envs.ISOLATED_ENV, raising=False)
+    project = tmp_path / "project"
+    (project / "src" / "methods").mkdir(parents=True)
+    (project / "_viash.yaml").write_text("name: probe\n")
+    write_component(project / "src" / "methods" / "envprobe", [str(make_wheel(tmp_path))])
+    monkeypatch.chdir(project)
+
+    assert main(["envs", "list"]) == 0
+    assert "envprobe   not built (built on its first run" in capsys.readouterr().out
+
+    assert main(["envs", "build"]) == 0
+    err = capsys.readouterr().err
+    assert "[envs] envprobe: step 1/1: pip install " in err and "[envs] envprobe: built in" in err
+    listed = capsys.readouterr().out if main(["envs", "list", "src/methods/envprobe"]) == 0 else ""
+    built = next((tmp_path / "cache" / "envs").glob("envprobe-*"))
+    assert listed.startswith("envprobe   built (") and str(built) in listed
+
+    assert main(["envs", "build", "envprobe"]) == 0
+    assert f"[envs] envprobe: already built: {built}" in capsys.readouterr().err
+
+    assert main(["envs", "build", "nosuch"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("[error] no component with Python packages") and "nosuch" in err[0]
+
+
+def test_envs_cli_build_that_fails_says_so_in_one_line_and_exits_1(tmp_path, monkeypatch, capsys):
+    from perturbcast.cli import main
+    monkeypatch.setenv("PERTURBCAST_CACHE", str(tmp_path / "cache"))
+    project = tmp_path / "project"
+    (project / "src" / "methods").mkdir(parents=True)
+    (project / "_viash.yaml").write_text("name: probe\n")
+    write_component(project / "src" / "methods" / "envprobe", [str(tmp_path / "no-such-package.whl")])
+    assert main(["envs", "build", "--project", str(project)]) == 1
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("[error]")]
+    assert len(errors) == 1 and "envprobe: environment not built" in errors[0] and "no-such-package" in errors[0]
+    assert not [p for p in (tmp_path / "cache" / "envs").iterdir() if p.is_dir()]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import sys
-import os
 from pathlib import Path
 
 import anndata as ad
@@ -13,6 +12,7 @@ import numpy as np
 import pytest
 
 from test_methods_models import ROOT, assert_one_line_stop, run
+from model_envs import skip_unless_environment
 from test_models_cells import make_split
 
 TINY = {"epochs": 1, "max_steps_per_epoch": 4, "embsize": 16, "nlayers": 1, "nhead": 2, "batch_size": 32,
@@ -20,9 +20,7 @@ TINY = {"epochs": 1, "max_steps_per_epoch": 4, "embsize": 16, "nlayers": 1, "nhe
 
 
 def run_scgpt(split: Path, output: Path, **extra):
-    if os.environ.get("PERTURBCAST_TEST_MODEL_ENVS") != "1":
-        # its own environment takes 6-10 minutes to build from PyPI on a 2-core machine: opt in
-        pytest.skip("scgpt runs in its own environment; set PERTURBCAST_TEST_MODEL_ENVS=1 to build it and run this test")
+    skip_unless_environment("scgpt")
     args = {"input_train": split / "train.h5ad", "input_test": split / "test.h5ad",
             "input_train_cells": split / "train_cells.h5ad", **extra, "output": output}
     code, err = run("src/methods/scgpt", args, output.with_suffix(".log"), cpus=2)
