@@ -191,7 +191,9 @@ def _own_environment(config: ComponentConfig, invocation, stderr) -> str | None:
     out = stderr if hasattr(stderr, "write") else sys.stderr
     gpu = "gpu" in ((config.raw.get("runners") or [{}])[-1].get("directives") or {}).get("label", [])
     try:
-        environment = envs.ensure(config.name, config.raw, gpu=gpu and bool(os.environ.get("PERTURBCAST_GPU")))
+        # a first build takes minutes: say what it is doing
+        environment = envs.ensure(config.name, config.raw, gpu=gpu and bool(os.environ.get("PERTURBCAST_GPU")),
+                                  progress=lambda text: print(f"[environment] {text}", file=out, flush=True))
     except envs.EnvironmentError_ as error:
         print(f"[not installed] {error}", file=out, flush=True)
         return None

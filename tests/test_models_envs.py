@@ -102,6 +102,7 @@ def test_component_runs_in_its_own_built_and_reused_environment(tmp_path, monkey
     built = list((tmp_path / "cache" / "envs").glob("envprobe-*"))
     assert len(built) == 1 and out["value"] == "1.0" and Path(out["prefix"]) == built[0]
     assert "built its environment" in log.read_text()
+    assert f"[environment] envprobe: step 1/1: pip install {wheel.parent}" in log.read_text()
     record = json.loads((built[0] / envs.READY_FILE).read_text())
     assert record["steps"] == [[str(wheel)]] and record["build_seconds"] > 0
 
