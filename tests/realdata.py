@@ -3,7 +3,8 @@
 Each builder pseudobulks cells the way a loader does (src/api/file_common_dataset.yaml): one profile per
 perturbation x cell_type x condition x replicate, where the replicates `r1`/`r2` are a seeded random half
 of the condition's cells (seeded per condition, so adding a condition does not reshuffle the others),
-`X` = mean of the cells' log-normalized values, labels harmonised (`control`, targets sorted and joined
+`X` = mean of the cells' log-normalized values (`normalization_id` `log_cp10k_cell_mean`, as the
+PerturBench devel loader's; the scperturb loader's Datlinger profiles are logs of summed counts), labels harmonised (`control`, targets sorted and joined
 with `+`, modality names of the contract). The files are absent on a fresh clone elsewhere: the builders
 call `conftest.shared_file`, which skips the calling test.
 """
@@ -91,7 +92,7 @@ def _norman19(seed: int):
         cells.var_names, seed=seed,
         uns={"dataset_id": "norman19_devel", "dataset_name": "Norman 2019 (PerturBench devel subset)",
              "dataset_url": "https://github.com/altoslabs/perturbench", "dataset_reference": "10.1126/science.aax4438",
-             "normalization_id": "log1p"})
+             "normalization_id": "log_cp10k_cell_mean"})
 
 
 @lru_cache(maxsize=None)
@@ -104,7 +105,7 @@ def _mcfaline23(seed: int):
         ["none"] * cells.n_obs, cells.var_names, seed=seed,
         uns={"dataset_id": "mcfaline23_devel", "dataset_name": "McFaline-Figueroa 2023 (PerturBench devel subset)",
              "dataset_url": "https://github.com/altoslabs/perturbench",
-             "dataset_reference": "10.1016/j.xgen.2023.100487", "normalization_id": "log1p"})
+             "dataset_reference": "10.1016/j.xgen.2023.100487", "normalization_id": "log_cp10k_cell_mean"})
 
 
 @lru_cache(maxsize=None)
@@ -120,7 +121,7 @@ def _datlinger2017(seed: int):
         cells.obs["perturbation_2"].astype(str).to_numpy(), cells.var_names, counts=counts, seed=seed,
         uns={"dataset_id": "datlinger2017_subset", "dataset_name": "Datlinger 2017 Jurkat CROP-seq (subset)",
              "dataset_url": "https://github.com/sanderlab/scPerturb", "dataset_reference": "10.1038/nmeth.4177",
-             "normalization_id": "log_cp10k"})
+             "normalization_id": "log_cp10k_cell_mean"})
 
 
 def norman19_common(seed: int = 0):

@@ -16,6 +16,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+import pytest
+
 import realdata
 from test_methods_models import run
 
@@ -103,11 +105,57 @@ def test_profiles_from_predicted_cells_average_before_clipping():
 
     cells = np.array([[1.0, -0.5], [3.0, -0.1], [-2.0, 0.4], [1.0, 0.2]])
     profiles, clipped_cells, share, message = baselines.profiles_from_predicted_cells(
-        cells, ["a", "a", "b", "b"], ["b", "a"], "model")
+        cells, ["a", "a", "b", "b"], ["b", "a"], "model", "log_cp10k_cell_mean")
     # b averages to (-0.5, 0.3) -> (0, 0.3); clipping its cells first would have given (0.5, 0.3).
     # a averages to (2, -0.3) -> (2, 0).
     assert np.allclose(profiles, [[0.0, 0.3], [2.0, 0.0]])
     assert share == 3 / 8 and (clipped_cells >= 0).all() and clipped_cells[0, 0] == 1.0
-    assert message.startswith("model: 37.5% of the predicted cell values and 50.0% of the mean profiles' values")
-    same, _, zero_share, no_message = baselines.profiles_from_predicted_cells(np.ones((2, 2)), ["a", "b"], ["a", "b"], "m")
+    assert message.startswith("model: 37.5% of the predicted cell values and 50.0% of the profiles' values")
+    same, _, zero_share, no_message = baselines.profiles_from_predicted_cells(np.ones((2, 2)), ["a", "b"], ["a", "b"], "m",
+                                                                              "log_normalized_cell_mean")
     assert zero_share == 0.0 and no_message is None and np.allclose(same, 1.0)
+
+
+def _baselines():
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src" / "utils"))
+    import baselines
+    return baselines
+
+
+def test_profile_of_cells_follows_the_datasets_normalisation():
+    baselines = _baselines()
+    # log_cp10k: back to cp10k (0, 2) and (4, 2), averaged (2, 2), logged again: log(3) twice
+    cells = np.log1p(np.array([[0.0, 2.0], [4.0, 2.0]]))
+    np.testing.assert_allclose(baselines.profile_of_cells(cells, "log_cp10k"), np.log([3.0, 3.0]))
+    np.testing.assert_allclose(baselines.profile_of_cells(sp.csr_matrix(cells), "log_cp10k"), np.log([3.0, 3.0]))
+    # *_cell_mean: the mean of the logs, (log(5)/2, log(3))
+    np.testing.assert_allclose(baselines.profile_of_cells(cells, "log_cp10k_cell_mean"), [np.log(5) / 2, np.log(3)])
+    with pytest.raises(baselines.InputError, match="'scran'.*known: 'log_cp10k'"):
+        baselines.profile_of_cells(cells, "scran")
+
+
+def test_profile_of_datlinger_cells_is_on_the_scale_of_its_profiles():
+    """On the real Datlinger counts, each condition's cells (log1p cp10k per cell, as dataset_cells.h5ad holds
+    them) made into a profile land on the loader's profile scale, log1p(cp10k of the summed counts); the mean
+    of the cells' logs, which the cell models used to write, lies far below it."""
+    baselines = _baselines()
+    source = ad.read_h5ad(realdata.shared_file(realdata.DATLINGER))
+    counts = sp.csr_matrix(source.X)
+    totals = np.asarray(counts.sum(axis=1)).ravel()
+    cells = sp.diags(1e4 / totals) @ counts
+    cells.data = np.log1p(cells.data)
+    key = (source.obs["perturbation"].astype(str) + "|" + source.obs["perturbation_2"].astype(str)).to_numpy()
+    made, mean_of_logs = [], []
+    for condition in np.unique(key):
+        rows = key == condition
+        summed = np.asarray(counts[rows].sum(axis=0)).ravel()
+        profile = np.log1p(summed / summed.sum() * 1e4)
+        made.append(baselines.profile_of_cells(cells[rows], "log_cp10k") - profile)
+        mean_of_logs.append(baselines.profile_of_cells(cells[rows], "log_cp10k_cell_mean") - profile)
+    made, mean_of_logs = np.array(made), np.array(mean_of_logs)
+    assert len(made) == 42
+    # unweighted by library size (predicted cells have none), so noisy per gene but without bias
+    assert np.abs(made.mean(axis=1)).max() < 0.05 and np.abs(made).mean() < 0.3
+    assert mean_of_logs.mean(axis=1).max() < -0.5

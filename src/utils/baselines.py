@@ -192,20 +192,51 @@ class MethodInputs(NamedTuple):
     targets: list   # target genes of every test row
 
 
-def profiles_from_predicted_cells(predicted: np.ndarray, cell_conditions, conditions, name: str):
+def cell_normalization(train) -> str:
+    """`--input_train`'s uns['normalization_id'] when profiles can be made from cells for it (profile_of_cells);
+    one-line error (exit 1) otherwise, before a cell model spends minutes training."""
+    from component_io import fail
+
+    normalization_id = str(train.uns["normalization_id"])
+    try:
+        profile_of_cells(np.zeros((1, 1)), normalization_id)
+    except InputError as error:
+        fail(f"--input_train: {error}")
+    return normalization_id
+
+
+def profile_of_cells(X, normalization_id: str) -> np.ndarray:
+    """The profile the dataset's loader would make from these log-normalised cells (`normalization_id`):
+    `log_cp10k` (count sources): profiles are log1p(cp10k) of summed counts, so the cells go back to the linear
+    scale, are averaged and logged again, log1p(mean(expm1(X))); `*_cell_mean`: the mean of the cells' values.
+    The two differ a lot on sparse cells (Datlinger: profile sums ~1,270 against ~100 for the mean of logs),
+    so a cell model's mean of logs would be scored on the wrong scale."""
+    dense = X.toarray() if sp.issparse(X) else np.asarray(X, dtype=np.float64)
+    if normalization_id == "log_cp10k":
+        return np.log1p(np.expm1(dense.astype(np.float64)).mean(axis=0))
+    if str(normalization_id).endswith("_cell_mean"):
+        return dense.mean(axis=0)
+    raise InputError(f"uns['normalization_id'] is {normalization_id!r}: profiles cannot be made from cells for it "
+                     "(known: 'log_cp10k', '*_cell_mean')")
+
+
+def profiles_from_predicted_cells(predicted: np.ndarray, cell_conditions, conditions, name: str,
+                                  normalization_id: str):
     """(profiles, cells, share of cell values below 0, a log line or None) from a cell model's predicted cells.
 
-    A decoder's output is unbounded, but below 0 it is no log-normalised expression (on Norman devel, 97%
-    zeros, CPA and scGPT wrote 46-98% negative values and failed the format check). Each profile is the mean
-    of the model's own cells of that condition, clipped at 0 after averaging (clipping each cell first would
-    bias every near-zero gene upwards); the cells are clipped at 0 too."""
+    Each profile is made from the model's own cells of that condition as the dataset's profiles are made from
+    observed cells (profile_of_cells). A decoder's output is unbounded, but below 0 it is no log-normalised
+    expression (on Norman devel, 97% zeros, CPA and scGPT wrote 46-98% negative values and failed the format
+    check): the profiles are clipped at 0 after averaging (clipping each cell first would bias every near-zero
+    gene upwards), and the cells are clipped at 0 too."""
     cell_conditions = np.asarray(cell_conditions, dtype=object)
-    profiles = np.vstack([predicted[cell_conditions == condition].mean(axis=0) for condition in conditions])
+    profiles = np.vstack([profile_of_cells(predicted[cell_conditions == condition], normalization_id)
+                          for condition in conditions])
     share = float((predicted < 0).mean())
     if not share:
         return profiles, predicted, share, None
     message = (f"{name}: {100 * share:.1f}% of the predicted cell values and {100 * float((profiles < 0).mean()):.1f}% "
-               f"of the mean profiles' values were below 0 (most negative {float(predicted.min()):.3f}); both clipped "
+               f"of the profiles' values were below 0 (most negative {float(predicted.min()):.3f}); both clipped "
                "at 0 (log-normalised expression), the profiles after averaging")
     return np.clip(profiles, 0.0, None), np.clip(predicted, 0.0, None), share, message
 

@@ -180,6 +180,39 @@ def context_control_cells(train_cells) -> tuple[dict, np.ndarray]:
     return {k: np.array(v, dtype=np.int64) for k, v in out.items()}, np.flatnonzero(is_control)
 
 
+def mean_cell_shifts(train_cells, contexts) -> tuple[dict, list]:
+    """The cell-level train_mean shift of each context, in the cells' own log space: the mean over the
+    context's training conditions of (the mean of the condition's cells minus the mean of the context's control
+    cells). Profiles may live on another scale (log of summed counts), so a shift taken from them does not fit
+    the cells. A context without training conditions (or controls) gets the mean over every context's
+    conditions; those contexts are returned too."""
+    obs = train_cells.obs
+    is_control = obs["is_control"].to_numpy().astype(bool)
+    context = obs["cell_type"].astype(str).to_numpy().astype(object) + "|" + obs["condition"].astype(str).to_numpy()
+    condition = np.where(is_control, "", obs["perturbation"].astype(str).to_numpy().astype(object) + "|"
+                         + obs["perturbation_type"].astype(str).to_numpy())
+    codes, groups = pd.factorize(pd.MultiIndex.from_arrays([context, condition]))
+    indicator = sp.csr_matrix((np.ones(len(codes)), (codes, np.arange(len(codes)))), shape=(len(groups), len(codes)))
+    X = train_cells.X
+    sums = indicator @ (sp.csr_matrix(X, dtype=np.float64) if sp.issparse(X) else np.asarray(X, dtype=np.float64))
+    means = np.asarray(sums.toarray() if sp.issparse(sums) else sums) / np.bincount(codes)[:, None]
+    control_mean = {ctx: means[i] for i, (ctx, cond) in enumerate(groups) if cond == ""}
+    deltas: dict = {}
+    for i, (ctx, cond) in enumerate(groups):
+        if cond and ctx in control_mean:
+            deltas.setdefault(ctx, []).append(means[i] - control_mean[ctx])
+    if not deltas:
+        raise ValueError("has no context with both control cells and cells of a training condition")
+    overall = np.vstack([d for ds in deltas.values() for d in ds]).mean(axis=0)
+    shifts, fallback = {}, []
+    for key in contexts:
+        found = deltas.get("|".join(key))
+        shifts[key] = np.mean(found, axis=0) if found else overall
+        if not found:
+            fallback.append(key)
+    return shifts, fallback
+
+
 def shifted_control_cells(train_cells, test, shifts: dict | None, seed: int = 0, cap: int = MAX_CELLS):
     """Per test row, (a seeded subsample of at most `cap` of) the training control cells of its context,
     plus `shifts[context]` (genes) when given. Returns (X, condition_ids, fallback contexts): X is sparse

@@ -16,7 +16,7 @@ import numpy as np  # noqa: E402
 
 import baselines  # noqa: E402
 import cell_distances as cd  # noqa: E402
-from component_io import ComponentIO, log  # noqa: E402
+from component_io import ComponentIO, fail, log  # noqa: E402
 
 io = ComponentIO(par, meta)
 train, test, profiles, contexts, _ = baselines.read_method_inputs(io)
@@ -34,9 +34,20 @@ if fallback:
     log(f"train_mean: {sum(c in fallback for c in contexts)} test rows in contexts without training "
         f"perturbations ({', '.join('/'.join(c) for c in fallback)}) use the mean over all contexts")
 prediction = baselines.prediction(train, test, X, meta["name"])
-# predicted cells: the context's training control cells shifted by the context's mean training delta
-# (the profile prediction minus the mean control profile), so their mean is close to the profile prediction
-shifts = {c: means[c] - profiles.control_of(c) for c in means}
-cd.write_prediction(io, par, prediction, lambda: cd.prediction_cells(
-    *cd.shifted_control_cells(io.read("input_train_cells"), test, shifts)[:2], prediction),
-    needs=("input_train_cells",))
+
+
+def shifted_cells():
+    """The context's training control cells shifted by its mean training delta, taken from the cells (their
+    log space) rather than from the profiles, which may be on another scale (log of summed counts)."""
+    train_cells = io.read("input_train_cells")
+    try:
+        shifts, shift_fallback = cd.mean_cell_shifts(train_cells, sorted(set(contexts)))
+    except ValueError as error:
+        fail(f"--input_train_cells file '{par['input_train_cells']}': {error}")
+    if shift_fallback:
+        log(f"train_mean: predicted cells of {len(shift_fallback)} contexts without training cells of a perturbation "
+            "are shifted by the mean delta over all contexts")
+    return cd.prediction_cells(*cd.shifted_control_cells(train_cells, test, shifts)[:2], prediction)
+
+
+cd.write_prediction(io, par, prediction, shifted_cells, needs=("input_train_cells",))

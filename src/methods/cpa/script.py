@@ -64,6 +64,7 @@ test_genes = {t for ts in test_targets for t in ts}
 if not test_genes & trained_genes:
     not_applicable(f"none of the {len(test_genes)} test target genes was perturbed in the training cells; CPA "
                    "learns one embedding per perturbed gene and cannot predict unseen perturbations")
+normalization_id = baselines.cell_normalization(train)  # how its profiles are made from cells
 # A target never perturbed in training has no embedding: the condition is decoded with its other targets
 # only (with none left, as its context's control cells), as CPA itself cannot represent it.
 known_targets = [tuple(t for t in ts if t in trained_genes) for ts in test_targets]
@@ -133,7 +134,7 @@ if not np.isfinite(predicted).all():
     fail("CPA's predictions hold non-finite values (training diverged); nothing written")
 ids = np.array(query_ids, dtype=object)
 X, predicted, n_clipped_share, clipped = baselines.profiles_from_predicted_cells(
-    predicted, ids, test.obs_names.astype(str), NAME)
+    predicted, ids, test.obs_names.astype(str), NAME, normalization_id)
 if clipped:
     log(clipped)
 

@@ -69,6 +69,7 @@ if not sp.issparse(cells.X):
     cells.X = sp.csr_matrix(cells.X)
 rng = np.random.default_rng(par.get("seed") or 0)
 torch.manual_seed(par.get("seed") or 0)
+np.random.seed(par.get("seed") or 0)  # GEARS draws the control cells it predicts from with np.random
 if meta.get("cpus"):
     torch.set_num_threads(int(meta["cpus"]))
 
@@ -106,6 +107,7 @@ all_targets = {t for ts in cell_targets for t in ts} | {t for ts in test_targets
 if not all_targets & set(gene2go):
     not_applicable(f"none of the {len(all_targets)} target genes (e.g. {sorted(all_targets)[0]}) has a GO "
                    "annotation; GEARS' perturbation graph cannot represent them")
+normalization_id = baselines.cell_normalization(train)  # how its profiles are made from cells
 
 
 def gears_condition(targets) -> str | None:
@@ -167,6 +169,23 @@ def train_model(index: int, context):
     return model
 
 
+def predict_cells(model, targets) -> np.ndarray:
+    """GEARS.predict's own steps for one perturbation (its graphs of 300 control cells drawn by
+    create_cell_graph_dataset_for_prediction, its best model) keeping the predicted cells rather than their mean,
+    so that the profile is made from them as the dataset's profiles are made from cells."""
+    from gears.utils import create_cell_graph_dataset_for_prediction
+    from torch_geometric.loader import DataLoader
+
+    controls = model.adata[(model.adata.obs["condition"] == "ctrl").to_numpy()]
+    graphs = create_cell_graph_dataset_for_prediction(list(targets), controls, model.pert_list, model.device)
+    batch = next(iter(DataLoader(graphs, 300, shuffle=False))).to(model.device)
+    network = model.best_model.to(model.device)
+    network.eval()
+    with torch.no_grad():
+        output = network(batch)
+    return (output[0] if model.config["uncertainty"] else output).detach().cpu().numpy()
+
+
 def control_cells(context):
     rows = np.flatnonzero(np.array([c == context for c in cell_context]) & (labels == "ctrl"))
     return rows
@@ -191,21 +210,20 @@ for row, (context, targets) in enumerate(zip(test_contexts, test_targets)):
     model = models.get(context) or fallback_model
     if gears_condition(targets) is None or any(t not in model.pert_list for t in targets):
         n_without_go += 1
-        X[row] = np.asarray(cells.X[controls].mean(axis=0)).ravel()
+        X[row] = baselines.profile_of_cells(cells.X[controls], normalization_id)
         log(f"{NAME}: {'+'.join(targets)} in {context}: a target is outside GEARS' GO graph (or more than two "
-            "targets); predicted as the context's control mean")
+            "targets); predicted as the profile of the context's control cells")
         continue
     own_adata = model.adata
     if models.get(context) is None:
         # a context with controls but no trained model (cell_type_transfer): GEARS' network adds the
         # perturbation's effect to each control cell it is given, so it gets this context's controls
         model.adata = gears_anndata(controls, "transfer")
-    model.saved_pred = {}  # GEARS caches predictions by target names only, not by controls
-    X[row] = model.predict([list(targets)])["_".join(targets)]
+    X[row] = baselines.profile_of_cells(predict_cells(model, targets), normalization_id)
     model.adata = own_adata
 
 log(f"{NAME}: {n_without_go} of {test.n_obs} test conditions have a target outside GEARS' GO graph")
-# GEARS adds an unbounded predicted change to the control profile: for lowly expressed genes the result can
+# GEARS adds an unbounded predicted change to each control cell: for lowly expressed genes the result can
 # go below 0, which log-normalised expression cannot be (Norman devel, 97% zeros, one epoch: the negatives
 # summed to 51% of the positives on one fold and the output failed its format check). Clipped at 0; logged.
 share_clipped = float((X < 0).mean())

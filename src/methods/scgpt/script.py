@@ -64,6 +64,7 @@ if meta.get("cpus"):
 
 io = ComponentIO(par, meta)
 train, test, _profiles, test_contexts, test_targets = baselines.read_method_inputs(io)
+normalization_id = baselines.cell_normalization(train)  # how its profiles are made from cells
 cells = io.read("input_train_cells", required_obs=("perturbation", "is_control", "cell_type", "condition"))
 if list(cells.var_names) != list(train.var_names):
     fail(f"--input_train_cells file '{par['input_train_cells']}': its genes differ from --input_train's; "
@@ -216,7 +217,7 @@ predicted = np.vstack(predicted)
 if not np.isfinite(predicted).all():
     fail("scGPT's predictions hold non-finite values (training diverged); nothing written")
 X, predicted, share_clipped, clipped = baselines.profiles_from_predicted_cells(
-    predicted, ids, test.obs_names.astype(str), NAME)
+    predicted, ids, test.obs_names.astype(str), NAME, normalization_id)
 if clipped:
     log(clipped)
 outputs = {"output": baselines.prediction(train, test, X, NAME)}
