@@ -192,6 +192,15 @@ class MethodInputs(NamedTuple):
     targets: list   # target genes of every test row
 
 
+PROFILE_FROM_CELLS = ("log_cp10k", "*_cell_mean")  # the normalisations profile_of_cells knows
+
+
+def _check_cell_normalization(normalization_id: str) -> None:
+    if normalization_id != "log_cp10k" and not normalization_id.endswith("_cell_mean"):
+        raise InputError(f"uns['normalization_id'] is {normalization_id!r}: profiles cannot be made from cells for it "
+                         f"(known: {', '.join(repr(n) for n in PROFILE_FROM_CELLS)})")
+
+
 def cell_normalization(train) -> str:
     """`--input_train`'s uns['normalization_id'] when profiles can be made from cells for it (profile_of_cells);
     one-line error (exit 1) otherwise, before a cell model spends minutes training."""
@@ -199,7 +208,7 @@ def cell_normalization(train) -> str:
 
     normalization_id = str(train.uns["normalization_id"])
     try:
-        profile_of_cells(np.zeros((1, 1)), normalization_id)
+        _check_cell_normalization(normalization_id)
     except InputError as error:
         fail(f"--input_train: {error}")
     return normalization_id
@@ -211,13 +220,9 @@ def profile_of_cells(X, normalization_id: str) -> np.ndarray:
     scale, are averaged and logged again, log1p(mean(expm1(X))); `*_cell_mean`: the mean of the cells' values.
     The two differ a lot on sparse cells (Datlinger: profile sums ~1,270 against ~100 for the mean of logs),
     so a cell model's mean of logs would be scored on the wrong scale."""
-    dense = X.toarray() if sp.issparse(X) else np.asarray(X, dtype=np.float64)
-    if normalization_id == "log_cp10k":
-        return np.log1p(np.expm1(dense.astype(np.float64)).mean(axis=0))
-    if str(normalization_id).endswith("_cell_mean"):
-        return dense.mean(axis=0)
-    raise InputError(f"uns['normalization_id'] is {normalization_id!r}: profiles cannot be made from cells for it "
-                     "(known: 'log_cp10k', '*_cell_mean')")
+    _check_cell_normalization(str(normalization_id))
+    dense = np.asarray(X.toarray() if sp.issparse(X) else X, dtype=np.float64)
+    return np.log1p(np.expm1(dense).mean(axis=0)) if normalization_id == "log_cp10k" else dense.mean(axis=0)
 
 
 def profiles_from_predicted_cells(predicted: np.ndarray, cell_conditions, conditions, name: str,
