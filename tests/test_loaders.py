@@ -395,9 +395,9 @@ def test_stream_sums_match_an_in_memory_sum(tmp_path, monkeypatch, layout):
     ad.AnnData(X={"csr": X, "csc": X.tocsc(), "dense": X.toarray()}[layout]).write_h5ad(path)
     with pytest.raises(SourceError, match="non-integer values"):
         stream_sums(path, np.zeros(500, dtype=int), 1, counts=True)
-    import pseudobulk
+    import matrix_stream
 
-    monkeypatch.setattr(pseudobulk, "COUNT_CHECK_SAMPLE", 2)  # past the checked values: the sums show it
+    monkeypatch.setattr(matrix_stream, "COUNT_CHECK_SAMPLE", 2)  # past the checked values: the sums show it
     with pytest.raises(SourceError, match=r"non-integer values \(e.g. [0-9.]*5\)"):
         stream_sums(path, codes.clip(0), 7, counts=True)
     X.data[5] = -1
@@ -408,7 +408,7 @@ def test_stream_sums_match_an_in_memory_sum(tmp_path, monkeypatch, layout):
 
 @pytest.mark.parametrize("layout", ["csr", "csc"])
 def test_stream_sums_without_the_compiled_kernels(tmp_path, monkeypatch, layout):
-    import pseudobulk
+    import matrix_stream
 
     X = sp.random(200, 10, density=0.5, format=layout, random_state=2, dtype=np.float32)
     path = tmp_path / "x.h5ad"
@@ -416,7 +416,7 @@ def test_stream_sums_without_the_compiled_kernels(tmp_path, monkeypatch, layout)
     codes = np.arange(200) % 4 - 1  # some cells left out
     expected = stream_sums(path, codes, 3)
     for kernel in ("_coo_todense", "_csr_todense", "_csr_row_index"):  # the numpy fallbacks
-        monkeypatch.setattr(pseudobulk, kernel, None)
+        monkeypatch.setattr(matrix_stream, kernel, None)
     np.testing.assert_allclose(stream_sums(path, codes, 3, chunk_nnz=50), expected)
     np.testing.assert_allclose(expected, np.vstack([X.toarray()[codes == k].sum(axis=0) for k in range(3)]), rtol=1e-6)
 
