@@ -7,23 +7,25 @@ Runs the scperturb loader (through perturbcast.runner, exactly as the benchmark 
 subset (the only real subset with raw counts; PerturBench's devel file is log-normalised per cell) with the
 condition column `perturbation_2` (stimulated or not), once per `--normalization`:
 `log_cp10k` (log1p(cp10k) of the counts summed over a profile's cells) and `log_cp10k_cell_mean` (the
-mean over the cells of each cell's log1p(cp10k)). For each it prints:
+mean over the cells of each cell's log1p(cp10k)), for each seed of the random halves (`--seeds`). It prints:
 
-- reproducible: perturbation conditions with a reproducible effect (split-half Pearson of deltas > 0.2,
-  `src/utils/dataset_report.py`, whose halves share no control noise), of those assessed;
-- r(sum, log depth): Pearson, over profiles, of a profile's value sum with the log of its summed counts
-  (its pooled depth), and with the log of its mean counts per cell;
+- reproducible effects: perturbation conditions with a reproducible effect (split-half Pearson of deltas
+  > 0.2, `src/utils/dataset_report.py`, whose halves share no control noise), of those assessed;
+- r(value sum, ...): Pearson of a profile's value sum with the log of its summed counts (its pooled depth,
+  over all profiles), and within each context (cell type x condition, then the mean over contexts) with the
+  log of its number of cells and with the log of its depth per cell; beside them the correlation of those
+  two, which is all a profile free of pool-size bias inherits from its number of cells;
 - train_mean-like r: per context, each perturbation's delta (its profiles' mean minus the controls') against
   the mean delta of the context's other perturbations (what train_mean predicts), Pearson over genes, median
-  over perturbations; `shared`: both deltas against the same control estimate (as today); `indep.`: the
-  observed delta against one random half of the control cells (profile r1), the prediction against the other
-  (r2), so the two share no control noise;
-- control noise share: the share of the observed delta's variance that is the control estimate's noise:
-  mean over genes of ((c1 - c2) / 2)^2, the variance of the mean of two disjoint control halves c1, c2
-  (profiles r1, r2), over the mean over genes and perturbations of the squared delta against (c1 + c2) / 2;
-  per context, then the median over contexts;
-- mean delta: the mean over genes and perturbations of the delta; 0 without a global shift (a depth bias
-  of the control against the perturbations shows here).
+  over perturbations; `shared control`: both deltas against the same control estimate (as today);
+  `independent halves`: the observed delta against one random half of the control cells (profile r1), the
+  prediction against the other (r2), so that the two share no control noise;
+- control noise share: the share of the observed delta's variance (over genes) that is the control
+  estimate's noise: the variance of (c1 - c2) / 2 for the disjoint control halves c1, c2 (the noise of their
+  mean), over the mean over perturbations of the variance of the delta against (c1 + c2) / 2; per context,
+  then the median over contexts;
+- mean delta: the mean over genes and perturbations of the delta (mean over contexts); 0 without a global
+  shift (a depth bias of the control against the perturbations shows here).
 Not part of the test suite; each loader run takes a few seconds.
 """
 from __future__ import annotations
