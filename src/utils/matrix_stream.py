@@ -215,9 +215,9 @@ def _stream_sums(path, codes, n_profiles, layer, counts, chunk_nnz, chunk_rows, 
             raise SourceError(path, f"{where} has {n_cells} rows but obs has {len(codes)} cells")
         if cell_scale is not None and len(cell_scale) != n_cells:
             raise ValueError(f"cell_scale has {len(cell_scale)} factors for {n_cells} cells")
-        if chunk_nnz is None:  # a per-value factor costs 8 more bytes per value
+        if chunk_nnz is None:  # a per-value factor, or the running sum of the totals, costs 8 bytes more per value
             spare = MEMORY_BUDGET - 8 * n_profiles * n_genes - held_bytes
-            per_value = BYTES_PER_VALUE + (8 if cell_scale is not None else 0)
+            per_value = BYTES_PER_VALUE + (8 if cell_scale is not None else 0) + (8 if want_totals else 0)
             chunk_nnz = int(min(CHUNK_NNZ, max(MIN_CHUNK_NNZ, spare // per_value)))
         totals = np.zeros(n_cells, dtype=np.float64) if want_totals else None
 
