@@ -189,7 +189,7 @@ def _csr_row_blocks(indptr: np.ndarray, rows: np.ndarray):
 
 def _source_blocks(handle, path, layer, rows: np.ndarray):
     """CSR blocks (all genes) of the source rows `rows` (sorted), in order."""
-    from pseudobulk import matrix_layout
+    from matrix_stream import matrix_layout
 
     kind, (n_cells, n_genes), node = matrix_layout(handle, path, layer)
     if kind == "csr":
@@ -239,7 +239,7 @@ def write_source_cells(path, output, *, codes, profiles: pd.DataFrame, keep: np.
     order; keep: boolean per source gene (the common dataset's genes); var: the cells file's var (index =
     the common dataset's var_names); values: 'counts' or 'log' as in `pseudobulk`.
     """
-    from pseudobulk import _open
+    from matrix_stream import _open
 
     codes = np.asarray(codes, dtype=np.int64)
     rows = select_cells(codes, profiles, max_cells, max_control, seed)
