@@ -29,7 +29,7 @@ def fallback_shares(per_condition: pd.DataFrame) -> pd.DataFrame:
         "fallback_share").reset_index()
 
 
-def slice_verdicts(panel: dict, evidence: dict | None) -> dict:
+def slice_verdicts(panel: dict, evidence: dict | None, min_panel_metrics: int = MIN_PANEL_METRICS) -> dict:
     """(dataset, task) -> {ranked, not_ranked_reason, n_panel_metrics, n_reproducible, n_evaluated}.
 
     `panel`: (dataset, task, seed) -> {metric: ...} of the panel metrics with a scale in that partition;
@@ -46,9 +46,9 @@ def slice_verdicts(panel: dict, evidence: dict | None) -> dict:
         if np.isfinite(n_reproducible) and n_reproducible == 0:
             reason = (f"no reproducible effect (the loader found 0 of {int(n_evaluated)} perturbation conditions "
                       "with a split-half correlation of their deltas above 0.2)")
-        elif n_metrics < MIN_PANEL_METRICS:
+        elif n_metrics < min_panel_metrics:
             reason = (f"too few calibrated panel metrics ({n_metrics} of {len(HEADLINE_PANEL)}; at least "
-                      f"{MIN_PANEL_METRICS} needed: on the others the ceiling does not beat train_mean beyond noise)")
+                      f"{min_panel_metrics} needed: on the others the ceiling does not beat train_mean beyond noise)")
         verdicts[(dataset, task)] = {"ranked": not reason, "not_ranked_reason": reason, "n_panel_metrics": n_metrics,
                                      "n_reproducible": n_reproducible, "n_evaluated": n_evaluated}
     return verdicts
@@ -129,27 +129,31 @@ def headline_tables(results: pd.DataFrame, panel: dict, verdicts: dict,
                 (float(np.mean([e[0] for e in entries])), nanmean([e[1] for e in entries]),
                  int(max(e[2] for e in entries)), len(entries)))
     types = results.drop_duplicates("method_id").set_index("method_id")["method_type"].to_dict()
+    overall_rows = results[results["stratum"] == ALL_STRATA]
+    conditions = overall_rows.groupby(["dataset_id", "task_id", "method_id"], sort=True)["n_conditions"].max()
     slice_rows, overall = [], {}
-    for (dataset, task), methods in sorted(per_seed.items()):
+    for (dataset, task, method), n_conditions in conditions.items():
         verdict = verdicts.get((dataset, task), {"ranked": True, "not_ranked_reason": ""})
-        for method, seeds in methods.items():
-            share = shares.get((dataset, task, method), np.nan)
-            status = FALLBACK_STATUS if share == 1.0 and method != BASELINE_METHOD else ""
-            seed_points = [s[0] for s in seeds]
-            counted = verdict["ranked"] and not status
-            point = float(np.mean(seed_points)) if counted else np.nan
-            boot = nanmean([s[1] for s in seeds])
-            low, high = finite_interval(boot) if counted else (np.nan, np.nan)
-            slice_rows.append({"dataset_id": dataset, "task_id": task, "method_id": method,
-                               "method_type": types.get(method, "method"), "headline": point,
-                               "headline_low": low, "headline_high": high,
-                               "n_conditions": int(max(s[2] for s in seeds)), "n_panel_metrics": int(max(s[3] for s in seeds)),
-                               "n_partitions": len(seeds), "partition_min": float(min(seed_points)),
-                               "partition_max": float(max(seed_points)), "fallback_share": share, "status": status,
-                               **{k: verdict.get(k) for k in ("ranked", "not_ranked_reason", "n_reproducible",
-                                                                "n_evaluated")}})
-            if counted:
-                overall.setdefault(method, []).append((point, boot, len(seeds), max(seed_points) - min(seed_points)))
+        seeds = per_seed.get((dataset, task), {}).get(method, [])
+        share = shares.get((dataset, task, method), np.nan)
+        status = FALLBACK_STATUS if share == 1.0 and method != BASELINE_METHOD else ""
+        seed_points = [s[0] for s in seeds]
+        counted = bool(seeds) and verdict["ranked"] and not status
+        point = float(np.mean(seed_points)) if counted else np.nan
+        boot = nanmean([s[1] for s in seeds]) if seeds else None
+        low, high = finite_interval(boot) if counted else (np.nan, np.nan)
+        slice_rows.append({"dataset_id": dataset, "task_id": task, "method_id": method,
+                           "method_type": types.get(method, "method"), "headline": point,
+                           "headline_low": low, "headline_high": high, "n_conditions": int(n_conditions),
+                           "n_panel_metrics": int(max(s[3] for s in seeds)) if seeds else 0,
+                           "n_partitions": len(seeds),
+                           "partition_min": float(min(seed_points)) if seeds else np.nan,
+                           "partition_max": float(max(seed_points)) if seeds else np.nan,
+                           "fallback_share": share, "status": status,
+                           **{k: verdict.get(k) for k in ("ranked", "not_ranked_reason", "n_reproducible",
+                                                            "n_evaluated")}})
+        if counted:
+            overall.setdefault(method, []).append((point, boot, len(seeds), max(seed_points) - min(seed_points)))
     by_slice = pd.DataFrame(slice_rows)
     ranked = {key for key, verdict in verdicts.items() if verdict["ranked"]}
     in_ranked = np.array([(d, t) in ranked for d, t in zip(results["dataset_id"], results["task_id"])], dtype=bool)

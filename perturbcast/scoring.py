@@ -22,7 +22,7 @@ from . import layout
 
 from .headline import fallback_shares, headline_tables, pooled_outcomes, slice_verdicts
 from .panel import (ALL_STRATA, BASELINE_METHOD, CEILING_METHOD, FALLBACK_STATUS, FAMILY_ALPHA,  # noqa: F401
-                    HEADLINE_CLAMP, HEADLINE_PANEL, MIN_DYNAMIC_RANGE, MIN_STRATUM_CONDITIONS, holm, interval,
+                    HEADLINE_CLAMP, HEADLINE_PANEL, MIN_DYNAMIC_RANGE, MIN_PANEL_METRICS, MIN_STRATUM_CONDITIONS, holm, interval,
                     orientation, p_value)
 
 KEYS = ["dataset_id", "task_id", "seed", "metric_id", "stratum"]
@@ -163,8 +163,8 @@ def _significant_headroom(dynamic: float, range_boot: np.ndarray, maximize: bool
 
 
 def results_table(per_condition: pd.DataFrame, n_resamples: int = 1000, seed: int = 0,
-                  maximize: dict | None = None, evidence: dict | None = None,
-                  no_outcome=()) -> tuple[pd.DataFrame, pd.DataFrame]:
+                  maximize: dict | None = None, evidence: dict | None = None, no_outcome=(),
+                  min_panel_metrics: int = MIN_PANEL_METRICS) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Raw mean per stratum and overall, calibrated score, paired bootstrap 95% intervals, Holm-corrected
     outcomes against `train_mean`, and the per-method headline summary (headline.headline_tables).
 
@@ -177,7 +177,7 @@ def results_table(per_condition: pd.DataFrame, n_resamples: int = 1000, seed: in
     MIN_STRATUM_CONDITIONS conditions gets raw values only. `evidence`: dataset -> the loader's
     reproducible-effect counts (headline.slice_verdicts); `no_outcome`: metric ids that get no win / tie /
     loss call; per_condition's optional `fallback` column marks conditions where a method returned the
-    training mean.
+    training mean; `min_panel_metrics`: the calibrated panel metrics a slice needs to be ranked.
     """
     columns = KEYS + ["method_id", "method_type", "metric_component", "n_conditions", "value", "value_low",
                       "value_high", "baseline", "ceiling", "dynamic_range", "score", "score_low", "score_high",
@@ -196,6 +196,8 @@ def results_table(per_condition: pd.DataFrame, n_resamples: int = 1000, seed: in
         rng = np.random.default_rng([seed, zlib.crc32(f"{dataset}|{task}|{stratum}".encode())])
         common_counts = _bootstrap_counts(len(union), n_resamples, rng)
         for partition, partition_rows in group.groupby("seed", sort=True, observed=True):
+            if stratum == ALL_STRATA:
+                panel.setdefault((dataset, task, partition), {})  # a slice without any scale is a verdict too
             conditions = sorted(partition_rows["condition"].unique())
             counts = common_counts[:, [position[c] for c in conditions]]
             scaled = stratum == ALL_STRATA or len(conditions) >= MIN_STRATUM_CONDITIONS
@@ -227,7 +229,7 @@ def results_table(per_condition: pd.DataFrame, n_resamples: int = 1000, seed: in
     results["p_holm"], results["outcome_partition"] = _outcomes(results, maximize, set(no_outcome))
     results = pooled_outcomes(results, {k: {s: _without(m, b, k[:2], fell_back) for s, (m, b) in v.items()}
                                         for k, v in boots.items()}, maximize, set(no_outcome))
-    verdicts = slice_verdicts(panel, evidence)
+    verdicts = slice_verdicts(panel, evidence, min_panel_metrics)
     unranked = {key for key, verdict in verdicts.items() if not verdict["ranked"]}
     silent = np.array([(d, t) in unranked or (d, t, m) in fell_back
                        for d, t, m in zip(results["dataset_id"], results["task_id"], results["method_id"])], dtype=bool)

@@ -18,6 +18,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 import baselines  # noqa: E402
+import splits  # noqa: E402
 import cell_distances as cd  # noqa: E402
 import deltas  # noqa: E402
 from component_io import ComponentIO, log, number_argument  # noqa: E402
@@ -84,16 +85,16 @@ def two_group_moments(u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return pi, kappa
 
 
-def split_half_signal(A, B, centre) -> np.ndarray:
-    """Per condition, the z-score of its departure from the centre measured by its two replicate halves:
-    sum_g (A_g - c_g)(B_g - c_g), whose expectation is the squared departure of the true profile and which
-    carries no noise term (the halves' noises are independent), over its empirical standard deviation
-    sqrt(sum_g (A_g - c_g)^2 (B_g - c_g)^2). Self-normalised, so its null law does not depend on the shape of
-    the count noise (a chi-square test on X alone passed null conditions on heavy-tailed 20-cell profiles)."""
-    product = (A - centre) * (B - centre)
-    spread = np.sqrt((product ** 2).sum(axis=1))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(spread > 0, product.sum(axis=1) / spread, 0.0)
+def split_half_signal(A, B, centre_A, centre_B, half_variance, centre_variance) -> np.ndarray:
+    """Per condition, the z-score of its departure from the training mean measured by its two replicate
+    halves, each against the training mean of its own half: sum_g (A_g - a_g)(B_g - b_g), whose expectation
+    is the squared departure of the true profile and which carries no noise term (the halves' noises, and the
+    two half centres' noises, are independent), over its standard deviation without a departure,
+    sqrt(sum_g (v_half + v_centre)^2). The variance of a product of independent noises needs their variances
+    only, so the test holds for heavy-tailed count noise (a chi-square test on X alone, which needs Gaussian
+    fourth moments, passed null conditions of 20 cells)."""
+    product = (A - centre_A) * (B - centre_B)
+    return product.sum(axis=1) / np.sqrt(((half_variance + centre_variance) ** 2).sum(axis=1))
 
 
 def ceiling_draws(X, variance, centre, centre_variance, n_draws: int, rng, signal_z=None):
@@ -138,21 +139,39 @@ def ceiling_draws(X, variance, centre, centre_variance, n_draws: int, rng, signa
 
 
 def training_centre(train, test):
-    """Per test row, the training mean of its context (train_mean's prediction) and that mean's sampling
-    variance factor: sum over the averaged training conditions of 1 / n_cells, divided by their number
-    squared (times a gene's per-cell noise variance sigma2_g it is the centre's noise variance)."""
+    """Per test row, the training mean of its context (train_mean's prediction), that mean within each
+    replicate half (the centre of each of the row's halves: halves carry their replicates' batch effects,
+    and a half compared with a centre of the other batch mix departs from it by their difference), and the
+    mean's sampling variance factor: sum over the averaged training conditions of 1 / n_cells, divided by
+    their number squared (times a gene's per-cell noise variance it is the centre's noise variance)."""
     profiles = baselines.TrainingProfiles(train)
-    obs = train.obs[~train.obs["is_control"].to_numpy().astype(bool)]
-    cells = obs.groupby([obs["perturbation"].astype(str), obs["perturbation_type"].astype(str),
-                         obs["cell_type"].astype(str), obs["condition"].astype(str)], sort=True,
-                        observed=True)["n_cells"].sum()
-    inverse_cells = 1.0 / np.maximum(cells.to_numpy(dtype=np.float64), 1.0)  # in TrainingProfiles' row order
-    centre, factor = [], []
+    obs = train.obs
+    perturbed = ~obs["is_control"].to_numpy().astype(bool)
+    keys = [obs[c].astype(str).to_numpy() for c in ("perturbation", "perturbation_type", "cell_type", "condition")]
+    frame = pd.DataFrame({"key": pd.Series(list(zip(*keys))), "n_cells": obs["n_cells"].to_numpy(dtype=np.float64),
+                          "half": obs["replicate"].astype(str).map(splits.replicate_half_of_labels(obs["replicate"])).to_numpy()})
+    cells = frame[perturbed].groupby("key", sort=False)["n_cells"].sum()
+    order = list(zip(profiles.obs["perturbation"], profiles.obs["perturbation_type"], profiles.obs["cell_type"],
+                     profiles.obs["condition"]))
+    inverse_cells = 1.0 / np.maximum(cells.reindex(order).to_numpy(dtype=np.float64), 1.0)
+    X = train.X
+    halves = {}
+    for half in (1, 2):
+        rows = np.flatnonzero(perturbed & (frame["half"].to_numpy() == half))
+        contexts = list(zip(obs["cell_type"].astype(str).to_numpy()[rows], obs["condition"].astype(str).to_numpy()[rows]))
+        by_context = {}
+        for row, context in zip(rows, contexts):
+            by_context.setdefault(context, []).append(int(row))
+        halves[half] = {c: baselines.group_mean(X, [np.array(r)])[0] for c, r in by_context.items()}
+    centre, centre_halves, factor = [], ([], []), []
     for context in baselines.test_contexts(test):
         rows, _ = profiles.rows_or_all(context)
-        centre.append(profiles.X[rows].mean(axis=0))
+        mean = profiles.X[rows].mean(axis=0)
+        centre.append(mean)
+        for half in (1, 2):
+            centre_halves[half - 1].append(halves[half].get(tuple(context), mean))
         factor.append(inverse_cells[rows].sum() / len(rows) ** 2)
-    return np.vstack(centre), np.array(factor)
+    return np.vstack(centre), np.vstack(centre_halves[0]), np.vstack(centre_halves[1]), np.array(factor)
 
 
 io = ComponentIO(par, meta)
@@ -171,7 +190,7 @@ contexts = pd.Series(list(zip(solution.obs["cell_type"].astype(str), solution.ob
 sigma2, n_informative = noise_variance(A, B, n_cells, contexts)
 n_draws = int(max(1, min(n_draws, MAX_DRAW_BYTES // (4 * X.size or 1))))
 rng = np.random.default_rng(seed)
-centre, centre_factor = training_centre(train, test)
+centre, centre_A, centre_B, centre_factor = training_centre(train, test)
 if sigma2 is None:
     # Without two differing replicate halves anywhere there is no noise estimate and so no telling signal
     # from noise: the ceiling is the training mean (no scale, nothing calibrated), and the log says so.
@@ -181,7 +200,9 @@ if sigma2 is None:
 else:
     sigma2 = np.maximum(sigma2, 0.0)[None, :]
     draws, signal = ceiling_draws(X, sigma2 / n_cells[:, None] + 1e-12, centre, sigma2 * centre_factor[:, None],
-                                  n_draws, rng, signal_z=split_half_signal(A, B, centre))
+                                  n_draws, rng, signal_z=split_half_signal(
+                                      A, B, centre_A, centre_B, 2 * sigma2 / n_cells[:, None],
+                                      2 * sigma2 * centre_factor[:, None]))
     log(f"replicate_ceiling: {n_draws} draws from the posterior of each of {test.n_obs} test conditions' true "
         f"profile around the training mean (noise variance from {n_informative} conditions' replicate halves); "
         f"{int(signal.sum())} conditions depart from the training mean beyond noise (z > {SIGNAL_Z:g}), the "
