@@ -132,8 +132,9 @@ def test_norman19_records_exactly_the_conditions_its_log_counts(norman19):
     genes = set(ad.read_h5ad(out / "train.h5ad", backed="r").var_names)
     absent = [name for name, p in zip(test.obs_names, test.obs["perturbation"])
               if not any(t in genes for t in p.split("+"))]
-    # the devel file's 500 genes hold few of Norman's targets: most test conditions have none of them
-    assert (len(absent), test.n_obs) == (NORMAN19_ABSENT, NORMAN19_TEST)
+    # the devel file's 500 genes hold few of Norman's targets: none of fold 0's 8 test conditions (CBL+CNN1,
+    # CNN1+MAPK1, FOXO4, HK2, MAPK1, MAPK1+TGFBR2, SGK1, SGK1+TBX3) has a target among them (issue 21's log line)
+    assert (len(absent), test.n_obs) == (8, 8)
     code, err = results["linear_baseline"]
     assert code == 0, err
     assert fallback_conditions(out / "linear_baseline.h5ad") == absent

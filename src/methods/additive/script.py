@@ -45,8 +45,8 @@ n_fallback_context = 0
 fell_back = np.zeros(test.n_obs, dtype=bool)  # a single not in training: its prediction is the training mean
 for i, (context, row_targets) in enumerate(zip(contexts, targets)):
     if context not in mean_effect:
-        rows, fell_back = profiles.rows_or_all(context)
-        n_fallback_context += fell_back
+        rows, all_contexts = profiles.rows_or_all(context)
+        n_fallback_context += all_contexts
         mean_effect[context] = deltas[rows].mean(axis=0)
     X[i] = profiles.control_of(context)
     found = 0

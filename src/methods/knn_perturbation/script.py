@@ -62,8 +62,8 @@ n_all_contexts = 0
 mean_effects = {}
 for i, (context, row_targets) in enumerate(zip(contexts, targets)):
     control = profiles.control_of(context)
-    rows, fell_back = profiles.rows_or_all(context)
-    n_all_contexts += fell_back
+    rows, searched_all = profiles.rows_or_all(context)
+    n_all_contexts += searched_all
     if context not in mean_effects:
         mean_effects[context] = deltas[rows].mean(axis=0)
     mean_effect = mean_effects[context]
