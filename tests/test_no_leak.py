@@ -49,7 +49,10 @@ def contents(path: Path) -> dict:
     with h5py.File(path, "r") as handle:
         def visit(name, node):
             attrs = {k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in node.attrs.items()}
-            found[name] = (attrs, node[()].tobytes() if isinstance(node, h5py.Dataset) else None)
+            value = node[()] if isinstance(node, h5py.Dataset) else None
+            if isinstance(value, np.ndarray):  # strings (object arrays) by value, numbers by their bytes
+                value = value.tolist() if value.dtype == object else (str(value.dtype), value.shape, value.tobytes())
+            found[name] = (attrs, value)
         handle.visititems(visit)
         found["/"] = ({k: str(v) for k, v in handle.attrs.items()}, None)
     return found
