@@ -321,7 +321,12 @@ def fallback_conditions(path) -> list[str] | None:
     with h5py.File(path, "r") as handle:
         if "uns" not in handle or FALLBACK_CONDITIONS not in handle["uns"]:
             return None
-        value = _reader().read_element(handle["uns"][FALLBACK_CONDITIONS])
+        node = handle["uns"][FALLBACK_CONDITIONS]
+        if _reader() is not None:
+            value = _reader().read_element(node)
+        else:  # perturbcast installed without the source tree: anndata's own element reader
+            from anndata.io import read_elem
+            value = read_elem(node)
     values = np.atleast_1d(np.asarray(value, dtype=object))
     if isinstance(value, (str, bytes)) or values.ndim != 1 or (len(values) and not all(
             isinstance(v, (str, bytes)) for v in values)):

@@ -38,11 +38,15 @@ def _tiny_test(names):
 
 
 @pytest.mark.parametrize("fell_back", [[False, False, False], [True, False, True], [True, True, True]])
-def test_the_slot_round_trips_through_h5ad(tmp_path, fell_back):
+def test_the_slot_round_trips_through_h5ad(tmp_path, fell_back, monkeypatch):
     test = _tiny_test(["G1|K562|none", "G2|K562|none", "G1+G2|K562|none"])
     output = baselines.prediction(test, test, np.ones((3, 2)), "m", fell_back)
     output.write_h5ad(tmp_path / "prediction.h5ad")
     expected = [name for name, flag in zip(test.obs_names, fell_back) if flag]
+    assert fallback_conditions(tmp_path / "prediction.h5ad") == expected
+    # the same through anndata's element reader (perturbcast installed without src/utils/formats.py)
+    import perturbcast.formats
+    monkeypatch.setattr(perturbcast.formats, "_reader", lambda: None)
     assert fallback_conditions(tmp_path / "prediction.h5ad") == expected
     assert [str(v) for v in ad.read_h5ad(tmp_path / "prediction.h5ad").uns["fallback_conditions"]] == expected
     # written as a string array even when empty (what the contract's checker and readers expect)
