@@ -4,8 +4,8 @@ For every task, the task runs twice on the test resources' simulated dataset and
 once after a test condition's expression was changed (its profiles' `X` and `counts`, its cells, and what a
 loader computes over all conditions from them: `dataset_report`, the var statistics). The files a method
 reads (train.h5ad, test.h5ad, train_cells.h5ad) must be identical element by element (every HDF5 dataset's
-values and attributes: X, layers, obs, var, uns), while the solution files, which only scoring reads,
-change. The target genes keep their values: the test file reveals their measured level on purpose
+values and attributes: X, layers, obs, var, uns) and byte for byte, while the solution files, which only
+scoring reads, change. The target genes keep their values: the test file reveals their measured level on purpose
 (`obs['target_expression']`, DESIGN §3), so that reveal is tested on its own (it changes with them and
 nothing else does).
 """
@@ -131,7 +131,9 @@ def runs(test_resources, tmp_path_factory):
 def test_changing_a_test_condition_leaves_the_method_visible_files_identical(runs, task):
     original, changed, report_before, report_after = runs[task]
     for name in METHOD_VISIBLE:
-        assert differences(original / name, changed / name) == [], (task, name)
+        assert differences(original / name, changed / name) == [], (task, name)   # which element, if any
+        # and byte for byte: the tasks write h5ad deterministically (same input, same bytes)
+        assert (original / name).read_bytes() == (changed / name).read_bytes(), (task, name)
     # the change is real: the files scoring reads differ, and so does the loaders' card, which is therefore
     # kept out of what methods read (before issue 21 it was copied into train.h5ad and test.h5ad)
     solution = differences(original / "solution.h5ad", changed / "solution.h5ad")
