@@ -781,3 +781,66 @@ def test_a_killed_step_is_retried_then_recorded(tmp_path, monkeypatch):
     assert step_cli.run_component_step(step, args(3)) == 0
     record = json.loads((tmp_path / step["directory"] / "step.json").read_text())
     assert record["status"] == "failed" and "exit code 137" in record["reason"] and record["attempt"] == 3
+
+
+# ---------------------------------------------------------------- a loader task in a container, as any user
+
+def test_a_loader_task_downloads_with_an_unwritable_home(tmp_path):
+    """A dataset task as main.nf writes it for a container (docker runs as the launching user, whose HOME is not
+    writable there): the task's own HOME, cache and VIASH_TEMP, and the loader's real download path (fetch:
+    request, checksum against the pinned sha256, cache record) on the source file served on 127.0.0.1 (through
+    PERTURBCAST_MIRROR). The same task without main.nf's script fails: its cache would be under HOME."""
+    import threading
+    from functools import partial
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    from conftest import shared_file
+
+    source = shared_file("perturbench_devel.h5ad")
+    if _groovy_jar() is None:
+        pytest.skip("needs java and the Groovy jar of nf-check (run ../shared/tools/nf-check once)")
+    url_path = "raw.githubusercontent.com/altoslabs/perturbench/d357dfae/src/perturbench/data/resources/devel.h5ad"
+    served = tmp_path / "mirror" / url_path
+    served.parent.mkdir(parents=True)
+    shutil.copy(source, served)
+    requests = []
+
+    class Handler(SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            requests.append(self.path)
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), partial(Handler, directory=str(tmp_path / "mirror")))
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        plan = json.loads(perturbcast("plan", "--json", "--datasets", "norman2019_devel", "--stages", "dataset").stdout)
+        step = plan["steps"][0]
+        assert step["component"]["name"] == "perturbench_devel"
+        # no cache of the caller's (an empty PERTURBCAST_CACHE is unset for the loaders)
+        env = {"HOME": "/dev/null", "PERTURBCAST_CACHE": "", "PERTURBCAST_MIRROR": f"http://127.0.0.1:{httpd.server_port}",
+               "no_proxy": "127.0.0.1", "NO_PROXY": "127.0.0.1", "http_proxy": "", "HTTP_PROXY": ""}
+        script = step_scripts([step], tmp_path, container_engine="docker")[step["id"]]
+        assert 'export HOME="$PWD/.home"' in script and "PERTURBCAST_ISOLATED_ENVIRONMENTS=0" in script
+        assert 'export PERTURBCAST_CACHE="$PWD/.perturbcast_cache"' in script and 'VIASH_TEMP="$PWD/.viash_temp"' in script
+        publish = tmp_path / "publish"
+        ran = emulate_nextflow({"steps": [step], "score_units": []}, publish, tmp_path / "work", {step["id"]: script},
+                               env=env)
+        assert ran == [step["id"]]
+        record = json.loads((publish / step["directory"] / "step.json").read_text())
+        assert record["status"] == "ok", record["reason"]
+        assert requests and requests[0] == "/" + url_path
+        task = tmp_path / "work" / "0000"
+        cached = task / ".perturbcast_cache" / url_path
+        assert cached.is_file() and json.loads(Path(f"{cached}.checksum.json").read_text())["verified_against"].endswith("(pinned sha256)")
+        # without main.nf's script (HOME unwritable, no cache set) the loader cannot cache the file: failed, said so
+        plain = tmp_path / "plain"
+        emulate_nextflow({"steps": [step], "score_units": []}, plain, tmp_path / "work_plain", env=env)
+        failed = json.loads((plain / step["directory"] / "step.json").read_text())
+        assert failed["status"] == "failed" and "/dev/null" in failed["reason"] and "PERTURBCAST_CACHE" in failed["reason"]
+        # a cloud param: a cache shared by the tasks
+        shared = step_scripts([step], tmp_path, container_engine="docker", cache_dir="/mnt/cache")[step["id"]]
+        assert "export PERTURBCAST_CACHE='/mnt/cache'" in shared
+        # without a container a writable home and the user's cache are kept
+        local = step_scripts([step], tmp_path)[step["id"]]
+        assert "ISOLATED_ENVIRONMENTS" not in local and '${PERTURBCAST_CACHE:-$HOME/.cache/perturbcast}' in local
+    finally:
+        httpd.shutdown()
