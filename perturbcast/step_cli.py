@@ -172,6 +172,13 @@ def run_component_step(step: dict, args, component: Path | None = None, user: di
                 # as OpenProblems' dataset folders have it: the id and the files (what --datasets_dir reuses)
                 files = [f"{'output_dataset' if name == 'output' else name}: !file '{path.name}'" for name, path in outputs.items()]
                 (directory / layout.STEP_STATE).write_text("\n".join([f"id: '{step['labels']['dataset_id']}'", *files]) + "\n")
+            elif step["stage"] == layout.SPLIT:
+                # a split's state: one input state of the viash workflow src/workflows/run_benchmark (OpenProblems'
+                # launch: --input_states 'tasks/**/state.yaml' --rename_keys 'input_train:output_train;...')
+                key = layout.split_step_id(step["id"])[1]
+                ids = [f"{name}: '{step['labels'][name]}'" for name in ("dataset_id", "task_id")]
+                files = [f"{name}: !file '{path.name}'" for name, path in outputs.items()]
+                (directory / layout.STEP_STATE).write_text("\n".join([f"id: '{key}'", *ids, *files]) + "\n")
     if status != Status.OK:  # what a failed step left is not an output
         for path in outputs.values():
             if path.is_dir():

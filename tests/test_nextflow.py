@@ -87,7 +87,7 @@ def test_main_nf_holds_no_discovery_selection_or_argument_logic():
         assert forbidden not in text, f"main.nf still holds '{forbidden}'"
     assert "perturbcast plan --json" in text and "process PLAN" in text
     # no component is named in main.nf
-    names = {p.name for p in (ROOT / "src").glob("*/*") if p.is_dir()} - GENERIC_WORDS
+    names = {p.name for p in (ROOT / "src").glob("*/*") if p.is_dir() and p.parent.name != "workflows"} - GENERIC_WORDS
     named = sorted(name for name in names if re.search(rf"\b{re.escape(name)}\b", text))
     assert not named, f"main.nf names components {named}"
 
@@ -706,6 +706,12 @@ def test_nextflow_layout_aggregates_like_the_engine(tmp_path):
     dataset_state = yaml.safe_load((publish / "datasets" / "simulated_grn" / "state.yaml").read_text()
                                    .replace("!file ", ""))
     assert dataset_state == {"id": "simulated_grn", "output_dataset": "dataset.h5ad"}
+    # a split's state: an input state of src/workflows/run_benchmark (OpenProblems' --input_states, --rename_keys)
+    split = next(s for s in plan["steps"] if s["id"] == "split/simulated_grn/unseen_perturbation/seed_0/fold_1")
+    split_state = yaml.safe_load((publish / split["directory"] / "state.yaml").read_text().replace("!file ", ""))
+    assert split_state == {"id": "simulated_grn/unseen_perturbation/seed_0/fold_1", "dataset_id": "simulated_grn",
+                           "task_id": "unseen_perturbation", "output_train": "train.h5ad", "output_test": "test.h5ad",
+                           "output_solution": "solution.h5ad"}
     state = (task / "state.yaml").read_text()
     assert "id: 'emulated'" in state and "output_scores: !file 'score_uns.yaml'" in state
 
@@ -844,3 +850,66 @@ def test_a_loader_task_downloads_with_an_unwritable_home(tmp_path):
         assert "ISOLATED_ENVIRONMENTS" not in local and '${PERTURBCAST_CACHE:-$HOME/.cache/perturbcast}' in local
     finally:
         httpd.shutdown()
+
+
+# ---------------------------------------------------------------- the OpenProblems entry: src/workflows/run_benchmark
+
+RUN_BENCHMARK = ROOT / "src" / "workflows" / "run_benchmark"
+
+
+def test_run_benchmark_workflow_passes_the_static_checks():
+    validator = ROOT.parent / "shared" / "tools" / "validate-viash-config"
+    if not validator.exists():
+        pytest.skip("needs ../shared/tools/validate-viash-config")
+    result = subprocess.run([sys.executable, str(validator), str(RUN_BENCHMARK / "config.vsh.yaml")], capture_output=True, text=True)
+    assert result.returncode == 0 and ": OK" in result.stdout, result.stdout + result.stderr
+    if shutil.which("java") is None or not NF_CHECK.exists():
+        pytest.skip("nf-check needs java and ../shared/tools/nf-check")
+    result = subprocess.run([str(NF_CHECK), "src/workflows/run_benchmark/main.nf"], cwd=ROOT, capture_output=True, text=True)
+    if result.returncode != 0 and "could not fetch the Groovy jar" in result.stderr:
+        pytest.skip("nf-check could not fetch its Groovy jar (no network)")
+    assert result.returncode == 0 and "workflows=[auto, run_wf]" in result.stdout, result.stdout + result.stderr
+
+
+def test_run_benchmark_workflow_lists_every_component_and_selects_as_the_plan(tmp_path):
+    """Its dependencies and its methods / metrics lists name exactly the components of src/ (the engine does not
+    discover src/workflows); its selection functions, run with Groovy on the components' configs, choose per task
+    what `perturbcast plan` chooses for the default selection."""
+    config = yaml.safe_load((RUN_BENCHMARK / "config.vsh.yaml").read_text())
+    text = (RUN_BENCHMARK / "main.nf").read_text()
+    components = discover_components(ROOT, errors=[])
+    assert "run_benchmark" not in {c.name for c in components}
+    predictors = sorted(c.name for c in components if c.component_type in ("method", "control_method"))
+    metrics = sorted(c.name for c in components if c.component_type == "metric")
+    listed = lambda name: sorted(re.findall(r"\b(\w+)\b", re.search(rf"^{name} = \[(.*?)\]", text, re.S | re.M).group(1)))  # noqa: E731
+    assert listed("methods") == predictors and listed("metrics") == metrics
+    local = sorted(d["name"].split("/")[1] for d in config["dependencies"] if "repository" not in d)
+    assert local == sorted(predictors + metrics)
+    assert {"name": "h5ad/extract_uns_metadata", "repository": "core"} in config["dependencies"]
+    # OpenProblems' rename_keys of a split state (what `perturbcast step` publishes) reach its inputs
+    arguments = {a["name"].lstrip("-") for g in config["argument_groups"] for a in g["arguments"]}
+    assert {"input_train", "input_test", "input_solution", "task_id", "dataset_id"} <= arguments
+
+    if _groovy_jar() is None:
+        pytest.skip("needs java and the Groovy jar of nf-check (run ../shared/tools/nf-check once)")
+    functions = text[text.index("// a component runs when"):text.index("workflow run_wf")]
+    plan = json.loads(perturbcast("plan", "--json").stdout)
+    tasks = sorted({s["labels"]["task_id"] for s in plan["steps"] if s["stage"] == "split"})
+    comps = {c.name: {"config": {"name": c.name, "info": c.info}} for c in components}
+    code = functions + f"""
+def comps = {groovy_literal(comps)}
+def predictors = {groovy_literal(predictors)}
+def metrics = {groovy_literal(metrics)}
+{groovy_literal(tasks)}.each {{ task ->
+    println(task + '\\t' + predictors.findAll {{ methodRuns(comps[it], [task_id: task, method_ids: null]) }}.join(','))
+}}
+println('metrics\\t' + metrics.findAll {{ selected(comps[it], null) }}.join(','))
+println('named\\t' + predictors.findAll {{ methodRuns(comps[it], [task_id: 'unseen_perturbation', method_ids: ['gears', 'train_mean']]) }}.join(','))
+"""
+    rows = dict(line.split("\t") for line in run_groovy(code, tmp_path).splitlines() if "\t" in line)
+    for task in tasks:
+        planned = sorted({s["labels"]["method_id"] for s in plan["steps"] if s["stage"] == "predict" and s["labels"]["task_id"] == task})
+        assert sorted(rows[task].split(",")) == planned, task
+    assert sorted(rows["metrics"].split(",")) == sorted({s["labels"]["metric_component"] for s in plan["steps"]
+                                                         if s["stage"] == "score"})
+    assert rows["named"] == "gears,train_mean"
