@@ -124,6 +124,10 @@ def main() -> int:
         if not trace.exists():
             print(f"no trace.tsv; see {work / output.name}.log")
             return 1
+        with open(trace, newline="") as handle:
+            failed = [row for row in csv.DictReader(handle, delimiter="\t") if row["status"] == "failed"]
+        for row in failed[:3]:
+            print(f"failed: {row['step']}: {row['reason']}")
         stages, kinds = stage_totals(trace), step_kinds(trace)
         total = sum(s["wall"] for s in stages.values())
         steps = sum(s["steps"] for s in stages.values())

@@ -156,7 +156,12 @@ def test_random_perturbation_is_scored_as_its_expectation(tmp_path):
     assert result.exit_code == 0
     prediction = ad.read_h5ad(tmp_path / "r.h5ad")
     assert prediction.uns["n_draws"] == 400
-    draws = np.stack([prediction.X] + [prediction.layers[f"draw_{k}"] for k in range(1, 400)]).astype(np.float64)
+    # the draws are stored as the profiles drawn and their indices (uns), not as 399 layers
+    assert not any(name.startswith("draw_") for name in prediction.layers)
+    stored, rows = prediction.uns["draw_profiles"], prediction.uns["draw_rows"]
+    assert rows.shape == (400, test.n_obs) and len(stored) <= train.n_obs
+    draws = stored[rows].astype(np.float64)
+    np.testing.assert_allclose(draws[0], prediction.X, rtol=1e-6)
     sys.path.insert(0, str(ROOT / "src" / "utils"))
     import baselines
 
