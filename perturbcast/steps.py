@@ -72,7 +72,7 @@ class Selection:
         return list(range(self.n_folds)) if self.folds is None else list(self.folds)
 
 
-def environment_key(component: ComponentConfig) -> str:
+def image_key(component: ComponentConfig) -> str:
     """What a component's image is built from (its config's engines): components with the same key run in one
     image, so main.nf can run them in one task."""
     import json
@@ -83,7 +83,7 @@ def environment_key(component: ComponentConfig) -> str:
 def score_units(steps) -> dict[str, list]:
     """The score steps of each prediction, by score unit id (layout.score_unit_id), in plan order: the unit of
     work both engines share (one engine worker job, one SCORE task of main.nf). The metrics of one unit share
-    an environment (environment_key): a prediction whose metrics need two images (Python, R) has two units.
+    an image (image_key): a prediction whose metrics need two images (Python, R) has two units.
 
     Per prediction rather than per fold: a unit starts as soon as its prediction exists (a fold's slowest
     model does not hold the other methods' scores back), and a retry reruns one prediction's metrics."""
@@ -92,7 +92,7 @@ def score_units(steps) -> dict[str, list]:
     for step in steps:
         if step.stage != layout.SCORE or not step.depends:
             continue
-        key = (step.depends[0], environment_key(step.component))
+        key = (step.depends[0], image_key(step.component))
         if key not in environments:
             environments[key] = layout.score_unit_id(step.depends[0], step.component.name)
         units.setdefault(environments[key], []).append(step)

@@ -227,9 +227,9 @@ def test_plan_json_equals_engine_plan(name, tmp_path):
     if name == "default":
         # main.nf's tasks: one per step but the score steps, one per score unit (and PLAN, AGGREGATE); the default
         # metrics share one image, so one SCORE task per prediction (1294 -> 394 tasks when this was written)
-        from perturbcast.steps import environment_key
+        from perturbcast.steps import image_key
         predictions = [s for s in steps if s.stage == "predict"]
-        images = {environment_key(s.component) for s in steps if s.stage == "score"}
+        images = {image_key(s.component) for s in steps if s.stage == "score"}
         scores = [s for s in document["steps"] if s["stage"] == "score"]
         assert len(document["score_units"]) == len(predictions) * len(images) < len(scores)
         print(f"default run: {len(document['steps'])} tasks with a task per score step, "
