@@ -104,10 +104,12 @@ def aggregate_results(root: Path, output: Path, only: set | None = None, n_resam
 
     components = discover_components(root, errors=[])  # a broken config was reported when the run was planned
     method_types = {c.name: c.component_type for c in components}
-    maximize = {m["name"]: bool(m.get("maximize")) for c in components if c.component_type == "metric"
-                for m in c.info.get("metrics") or [] if "name" in m}
-    per_condition = scoring.per_condition_table(output, method_types, only)
-    results, summary = scoring.results_table(per_condition, n_resamples=n_resamples, maximize=maximize)
+    declared = [m for c in components if c.component_type == "metric" for m in c.info.get("metrics") or [] if "name" in m]
+    maximize = {m["name"]: bool(m.get("maximize")) for m in declared}
+    no_outcome = {m["name"] for m in declared if m.get("outcome") is False}  # see the metric's outcome_reason
+    per_condition = scoring.mark_fallbacks(scoring.per_condition_table(output, method_types, only), output)
+    results, summary = scoring.results_table(per_condition, n_resamples=n_resamples, maximize=maximize,
+                                             evidence=scoring.dataset_evidence(output), no_outcome=no_outcome)
     scoring.write_results(per_condition, results, summary, output)
     paths = [path for path in scoring.score_files(output) if only is None or path.resolve() in only]
     write_openproblems_files(root, output, components, paths)
