@@ -37,7 +37,17 @@ SELECTION_KEYS = ['datasets', 'tasks', 'methods', 'metrics', 'exclude_datasets',
 workflow {
     main:
     validateParameters()
+    warnOpenProblemsParams(params)
     benchmark()
+}
+
+// OpenProblems' launch params belong to the viash workflow (src/workflows/run_benchmark, built by `viash ns build`)
+def warnOpenProblemsParams(Map p) {
+    def given = ['input_states', 'rename_keys', 'output_state', 'settings'].findAll { p[it] != null }
+    if (given) {
+        log.warn("perturbcast: ${given.collect { '--' + it }.join(', ')} are the params of the viash workflow " +
+                 "target/nextflow/workflows/run_benchmark/main.nf (viash ns build); this main.nf plans from the selection params and ignores them")
+    }
 }
 
 // The benchmark: plan, datasets (or the prepared ones of --datasets_dir), splits and their leakage checks,
@@ -49,6 +59,7 @@ workflow benchmark {
     def plan = planned(PLAN(Channel.of([tooling, planSpec(params), []]), Channel.value(userDataFiles(params)), project.tooling))
     plan.subscribe { Map p ->
         log.info("perturbcast: ${p.steps.size()} steps planned (${p.steps.countBy { it.stage }.collect { k, v -> "${v} ${k}" }.join(', ')}), " +
+                 "the score steps in ${p.score_units.size()} tasks (one per prediction and image), " +
                  "${p.not_applicable.size()} not applicable by declaration; results in ${params.publish_dir}")
     }
     def steps = plan.flatMap { it.steps }.filter { !params.dry_run }
@@ -80,10 +91,12 @@ workflow benchmark {
         .map { step, record -> [step.guards] }
     def checkedSplitFiles = withoutIds(splitFiles.combine(passed, by: 0))
 
-    // predictions: split x (control) method; scores: prediction x metric
+    // predictions: split x (control) method; scores: one task per score unit (the metrics of one prediction that
+    // share an image), each metric with its own step.json and status
     PREDICTIONS(steps.filter { it.stage == 'predict' }, checkedSplitFiles, project.runner, project.shared)
     def predictionFiles = layoutFiles(PREDICTIONS.out.files)
-    SCORES(steps.filter { it.stage == 'score' }, checkedSplitFiles.mix(withoutIds(predictionFiles)), project.runner, project.shared)
+    def units = plan.flatMap { it.score_units }.filter { !params.dry_run }
+    SCORES(units, checkedSplitFiles.mix(withoutIds(predictionFiles)), project.runner, project.shared)
 
     // results: every step record, log, dataset uns and score file in its layout path, aggregated once
     // (combine flattens one level: the list of items goes in wrapped)
@@ -219,18 +232,31 @@ process AGGREGATE {
 // ==================================================================== functions: wiring from the plan
 // No component, argument or selection logic: the plan (perturbcast/plan_cli.py) decides all of it.
 
-// The task of every component step: `perturbcast step` on the step as the plan lists it (perturbcast/step_cli.py)
-String stepScript(Map step, attempt, cpus, memoryMegabytes, Map p) {
+// The task of every component step: `perturbcast step` on the step as the plan lists it (perturbcast/step_cli.py);
+// a score unit runs its member steps, their components staged side by side in project/src/component/.
+// Any container, any user: in a container (containerEngine set) HOME is the task's own folder (docker runs as
+// the launching user, whose home is not in the image), the loaders' download cache is params.cache_dir or the
+// task's folder, and model environments are not built at run time (PERTURBCAST_ISOLATED_ENVIRONMENTS=0: the
+// images carry the models' packages). Without a container a writable home and the user's cache are kept (local
+// runs reuse downloads and the models' environments), an unwritable home is replaced the same way.
+String stepScript(Map step, attempt, cpus, memoryMegabytes, Map p, containerEngine = null) {
+    def component = step.steps ? '--components project/src/component' : "--component project/src/component/${step.component.name}"
     def options = [cpus ? "--cpus ${cpus}" : '', memoryMegabytes ? "--memory ${memoryMegabytes}MB" : '', p.fail_fast ? '--fail-fast' : '']
+    def home = containerEngine ? 'export HOME="\$PWD/.home"' : 'if [ ! -d "\${HOME:-}" ] || [ ! -w "\${HOME:-}" ]; then export HOME="\$PWD/.home"; fi'
+    def cache = p.cache_dir ? "export PERTURBCAST_CACHE='${p.cache_dir}'" :
+        (containerEngine ? 'export PERTURBCAST_CACHE="\$PWD/.perturbcast_cache"' : 'export PERTURBCAST_CACHE="\${PERTURBCAST_CACHE:-\$HOME/.cache/perturbcast}"')
     return """\
         cat > plan_step.json <<'PERTURBCAST_STEP'
         ${groovy.json.JsonOutput.toJson(step)}
         PERTURBCAST_STEP
         export PYTHONPATH="\$PWD/project\${PYTHONPATH:+:\$PYTHONPATH}"
         export PYTHONDONTWRITEBYTECODE=1
+        ${home}
+        ${cache}
+        ${containerEngine ? 'export PERTURBCAST_ISOLATED_ENVIRONMENTS=0' : ''}
         export VIASH_TEMP="\$PWD/.viash_temp"
-        mkdir -p "\$VIASH_TEMP"
-        ${p.python} -m perturbcast step plan_step.json --component project/src/component/${step.component.name} --attempt ${attempt} --max-attempts ${(p.max_retries as int) + 1} ${options.findAll { it }.join(' ')}
+        mkdir -p "\$HOME" "\$VIASH_TEMP" "\$PERTURBCAST_CACHE"
+        ${p.python} -m perturbcast step plan_step.json ${component} --attempt ${attempt} --max-attempts ${(p.max_retries as int) + 1} ${options.findAll { it }.join(' ')}
         """.stripIndent()
 }
 
@@ -255,10 +281,20 @@ def stepsWithInputs(steps, files) {
     return split.none.map { step -> [step, []] }.mix(matched)
 }
 
-// [step id, layout path, file] of what a process emitted as [step, file or files]
+// [step id, layout path, file] of what a process emitted as [step, file or files]; a score unit's files lie in
+// its members' folders (<unit directory>/<metric>/score.h5ad)
 def layoutFiles(emitted) {
     return emitted.flatMap { step, made ->
-        (made instanceof List ? made : [made]).collect { f -> [step.id, "${step.directory}/${f.name}".toString(), f] } }
+        (made instanceof List ? made : [made]).collect { f -> [step.id, layoutPath(step, f.parent.name, f.name), f] } }
+}
+
+String layoutPath(Map step, String folder, String name) {
+    return "${step.directory}/${step.steps ? folder + '/' : ''}${name}".toString()
+}
+
+// the component folders a step's task stages: its component's, or each member's of a score unit
+List componentFolders(Map step) {
+    return (step.steps ?: [step]).collect { file("${projectDir}/${it.component.dir}") }.unique()
 }
 
 def withoutIds(items) {
@@ -302,7 +338,7 @@ def planned(planFile) {
             log.warn("perturbcast: no process carries the labels of ${unknown.join(', ')}: they run with the process " +
                      "defaults (run python scripts/nextflow_processes.py)")
         }
-        plan.steps.each { step -> step.image = step.component ? imageName(step.component as Map, params) : null }
+        (plan.steps + plan.score_units).each { step -> step.image = step.component ? imageName(step.component as Map, params) : null }
         return plan
     }
 }
@@ -411,7 +447,7 @@ process DATASET_LOWCPU_LOWMEM_LOWTIME {
     tuple val(step), path("${step.directory}/{step.json,log.txt,dataset_uns.yaml,state.yaml}"), emit: records, optional: true
 
     script:
-    stepScript(step, task.attempt, task.cpus, task.memory ? task.memory.toMega() : null, params)
+    stepScript(step, task.attempt, task.cpus, task.memory ? task.memory.toMega() : null, params, workflow.containerEngine)
 }
 
 process DATASET_LOWCPU_MIDMEM_MIDTIME {
@@ -432,7 +468,7 @@ process DATASET_LOWCPU_MIDMEM_MIDTIME {
     tuple val(step), path("${step.directory}/{step.json,log.txt,dataset_uns.yaml,state.yaml}"), emit: records, optional: true
 
     script:
-    stepScript(step, task.attempt, task.cpus, task.memory ? task.memory.toMega() : null, params)
+    stepScript(step, task.attempt, task.cpus, task.memory ? task.memory.toMega() : null, params, workflow.containerEngine)
 }
 
 process DATASET_UNLABELLED {
@@ -450,7 +486,7 @@ process DATASET_UNLABELLED {
     tuple val(step), path("${step.directory}/{step.json,log.txt,dataset_uns.yaml,state.yaml}"), emit: records, optional: true
 
     script:
-    stepScript(step, task.attempt, task.cpus, task.memory ? task.memory.toMega() : null, params)
+    stepScript(step, task.attempt, task.cpus, task.memory ? task.memory.toMega() : null, params, workflow.containerEngine)
 }
 
 workflow DATASETS {
@@ -462,7 +498,7 @@ workflow DATASETS {
 
     main:
     def ready = stepsWithInputs(steps, made)
-        .map { step, staged -> [step, staged, file("${projectDir}/${step.component.dir}")] }
+        .map { step, staged -> [step, staged, componentFolders(step)] }
     DATASET_LOWCPU_LOWMEM_LOWTIME(ready.filter { step, staged, component -> labelKey(step) == 'lowcpu,lowmem,lowtime' }, project_files, shared_src)
     DATASET_LOWCPU_MIDMEM_MIDTIME(ready.filter { step, staged, component -> labelKey(step) == 'lowcpu,midmem,midtime' }, project_files, shared_src)
     DATASET_UNLABELLED(ready.filter { step, staged, component -> !(labelKey(step) in ['lowcpu,lowmem,lowtime', 'lowcpu,midmem,midtime']) }, project_files, shared_src)
@@ -490,7 +526,7 @@ process SPLIT_LOWCPU_LOWMEM_LOWTIME {
     tuple val(step), path("${step.directory}/{step.json,log.txt,dataset_uns.yaml,state.yaml}"), emit: records, optional: true
 
     script:
-    stepScript(step, task.attempt, task.cpus, task.memory ? task.memory.toMega() : null, params)
+    stepScript(step, task.attempt, task.cpus, task.memory ? task.memory.toMega() : null, params, workflow.containerEngine)
 }
 
 process SPLIT_UNLABELLED {
@@ -508,7 +544,7 @@ process SPLIT_UNLABELLED {
     tuple val(step), path("${step.directory}/{step.json,log.txt,dataset_uns.yaml,state.yaml}"), emit: records, optional: true
 
     script:
-    stepScript(step, task.attempt, task.cpus, task.memory ? task.memory.toMega() : null, params)
+    stepScript(step, task.attempt, task.cpus, task.memory ? task.memory.toMega() : null, params, workflow.containerEngine)
 }
 
 workflow SPLITS {
@@ -520,7 +556,7 @@ workflow SPLITS {
 
     main:
     def ready = stepsWithInputs(steps, made)
-        .map { step, staged -> [step, staged, file("${projectDir}/${step.component.dir}")] }
+        .map { step, staged -> [step, staged, componentFolders(step)] }
     SPLIT_LOWCPU_LOWMEM_LOWTIME(ready.filter { step, staged, component -> labelKey(step) == 'lowcpu,lowmem,lowtime' }, project_files, shared_src)
     SPLIT_UNLABELLED(ready.filter { step, staged, component -> !(labelKey(step) in ['lowcpu,lowmem,lowtime']) }, project_files, shared_src)
 
@@ -548,7 +584,7 @@ process PREDICT_GPU_HIGHMEM_HIGHTIME_MIDCPU {
     tuple val(step), path("${step.directory}/{step.json,log.txt,dataset_uns.yaml,state.yaml}"), emit: records, optional: true
 
     script:
-    stepScript(step, task.attempt, task.cpus, task.memory ? task.memory.toMega() : null, params)
+    stepScript(step, task.attempt, task.cpus, task.memory ? task.memory.toMega() : null, params, workflow.containerEngine)
 }
 
 process PREDICT_GPU_HIGHTIME_MIDCPU_MIDMEM {
@@ -570,7 +606,7 @@ process PREDICT_GPU_HIGHTIME_MIDCPU_MIDMEM {
     tuple val(step), path("${step.directory}/{step.json,log.txt,dataset_uns.yaml,state.yaml}"), emit: records, optional: true
 
     script:
-    stepScript(step, task.attempt, task.cpus, task.memory ? task.memory.toMega() : null, params)
+    stepScript(step, task.attempt, task.cpus, task.memory ? task.memory.toMega() : null, params, workflow.containerEngine)
 }
 
 process PREDICT_LOWCPU_LOWMEM_LOWTIME {
@@ -591,7 +627,7 @@ process PREDICT_LOWCPU_LOWMEM_LOWTIME {
     tuple val(step), path("${step.directory}/{step.json,log.txt,dataset_uns.yaml,state.yaml}"), emit: records, optional: true
 
     script:
-    stepScript(step, task.attempt, task.cpus, task.memory ? task.memory.toMega() : null, params)
+    stepScript(step, task.attempt, task.cpus, task.memory ? task.memory.toMega() : null, params, workflow.containerEngine)
 }
 
 process PREDICT_LOWCPU_LOWTIME_MIDMEM {
@@ -612,7 +648,7 @@ process PREDICT_LOWCPU_LOWTIME_MIDMEM {
     tuple val(step), path("${step.directory}/{step.json,log.txt,dataset_uns.yaml,state.yaml}"), emit: records, optional: true
 
     script:
-    stepScript(step, task.attempt, task.cpus, task.memory ? task.memory.toMega() : null, params)
+    stepScript(step, task.attempt, task.cpus, task.memory ? task.memory.toMega() : null, params, workflow.containerEngine)
 }
 
 process PREDICT_LOWCPU_MIDMEM_MIDTIME {
@@ -633,7 +669,7 @@ process PREDICT_LOWCPU_MIDMEM_MIDTIME {
     tuple val(step), path("${step.directory}/{step.json,log.txt,dataset_uns.yaml,state.yaml}"), emit: records, optional: true
 
     script:
-    stepScript(step, task.attempt, task.cpus, task.memory ? task.memory.toMega() : null, params)
+    stepScript(step, task.attempt, task.cpus, task.memory ? task.memory.toMega() : null, params, workflow.containerEngine)
 }
 
 process PREDICT_UNLABELLED {
@@ -651,7 +687,7 @@ process PREDICT_UNLABELLED {
     tuple val(step), path("${step.directory}/{step.json,log.txt,dataset_uns.yaml,state.yaml}"), emit: records, optional: true
 
     script:
-    stepScript(step, task.attempt, task.cpus, task.memory ? task.memory.toMega() : null, params)
+    stepScript(step, task.attempt, task.cpus, task.memory ? task.memory.toMega() : null, params, workflow.containerEngine)
 }
 
 workflow PREDICTIONS {
@@ -663,7 +699,7 @@ workflow PREDICTIONS {
 
     main:
     def ready = stepsWithInputs(steps, made)
-        .map { step, staged -> [step, staged, file("${projectDir}/${step.component.dir}")] }
+        .map { step, staged -> [step, staged, componentFolders(step)] }
     PREDICT_GPU_HIGHMEM_HIGHTIME_MIDCPU(ready.filter { step, staged, component -> labelKey(step) == 'gpu,highmem,hightime,midcpu' }, project_files, shared_src)
     PREDICT_GPU_HIGHTIME_MIDCPU_MIDMEM(ready.filter { step, staged, component -> labelKey(step) == 'gpu,hightime,midcpu,midmem' }, project_files, shared_src)
     PREDICT_LOWCPU_LOWMEM_LOWTIME(ready.filter { step, staged, component -> labelKey(step) == 'lowcpu,lowmem,lowtime' }, project_files, shared_src)
@@ -690,11 +726,11 @@ process SCORE_LOWCPU_LOWMEM_LOWTIME {
     path(shared_src, stageAs: 'project/src/*')
 
     output:
-    tuple val(step), path("${step.directory}/*.h5ad"), emit: files, optional: true
-    tuple val(step), path("${step.directory}/{step.json,log.txt,dataset_uns.yaml,state.yaml}"), emit: records, optional: true
+    tuple val(step), path("${step.directory}/*/*.h5ad"), emit: files, optional: true
+    tuple val(step), path("${step.directory}/*/{step.json,log.txt,dataset_uns.yaml,state.yaml}"), emit: records, optional: true
 
     script:
-    stepScript(step, task.attempt, task.cpus, task.memory ? task.memory.toMega() : null, params)
+    stepScript(step, task.attempt, task.cpus, task.memory ? task.memory.toMega() : null, params, workflow.containerEngine)
 }
 
 process SCORE_LOWCPU_MIDMEM_MIDTIME {
@@ -711,11 +747,11 @@ process SCORE_LOWCPU_MIDMEM_MIDTIME {
     path(shared_src, stageAs: 'project/src/*')
 
     output:
-    tuple val(step), path("${step.directory}/*.h5ad"), emit: files, optional: true
-    tuple val(step), path("${step.directory}/{step.json,log.txt,dataset_uns.yaml,state.yaml}"), emit: records, optional: true
+    tuple val(step), path("${step.directory}/*/*.h5ad"), emit: files, optional: true
+    tuple val(step), path("${step.directory}/*/{step.json,log.txt,dataset_uns.yaml,state.yaml}"), emit: records, optional: true
 
     script:
-    stepScript(step, task.attempt, task.cpus, task.memory ? task.memory.toMega() : null, params)
+    stepScript(step, task.attempt, task.cpus, task.memory ? task.memory.toMega() : null, params, workflow.containerEngine)
 }
 
 process SCORE_UNLABELLED {
@@ -729,11 +765,11 @@ process SCORE_UNLABELLED {
     path(shared_src, stageAs: 'project/src/*')
 
     output:
-    tuple val(step), path("${step.directory}/*.h5ad"), emit: files, optional: true
-    tuple val(step), path("${step.directory}/{step.json,log.txt,dataset_uns.yaml,state.yaml}"), emit: records, optional: true
+    tuple val(step), path("${step.directory}/*/*.h5ad"), emit: files, optional: true
+    tuple val(step), path("${step.directory}/*/{step.json,log.txt,dataset_uns.yaml,state.yaml}"), emit: records, optional: true
 
     script:
-    stepScript(step, task.attempt, task.cpus, task.memory ? task.memory.toMega() : null, params)
+    stepScript(step, task.attempt, task.cpus, task.memory ? task.memory.toMega() : null, params, workflow.containerEngine)
 }
 
 workflow SCORES {
@@ -745,7 +781,7 @@ workflow SCORES {
 
     main:
     def ready = stepsWithInputs(steps, made)
-        .map { step, staged -> [step, staged, file("${projectDir}/${step.component.dir}")] }
+        .map { step, staged -> [step, staged, componentFolders(step)] }
     SCORE_LOWCPU_LOWMEM_LOWTIME(ready.filter { step, staged, component -> labelKey(step) == 'lowcpu,lowmem,lowtime' }, project_files, shared_src)
     SCORE_LOWCPU_MIDMEM_MIDTIME(ready.filter { step, staged, component -> labelKey(step) == 'lowcpu,midmem,midtime' }, project_files, shared_src)
     SCORE_UNLABELLED(ready.filter { step, staged, component -> !(labelKey(step) in ['lowcpu,lowmem,lowtime', 'lowcpu,midmem,midtime']) }, project_files, shared_src)

@@ -17,6 +17,9 @@ PACKAGE_FILE = "_viash.yaml"
 CONFIG_FILE = "config.vsh.yaml"
 NAME_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 COMPONENT_TYPES = ("dataset_loader", "task", "method", "control_method", "metric")
+# src/workflows/: viash workflows that wire the components for Nextflow (OpenProblems' entry), not components
+# of the benchmark
+WORKFLOWS_NAMESPACE = "workflows"
 
 
 class ConfigError(ValueError):
@@ -306,6 +309,8 @@ def discover_components(package_root: Path, errors: list | None = None) -> list[
     ConfigError is appended to `errors` when given, else raised."""
     components = []
     for path in sorted((package_root / "src").glob(f"*/*/{CONFIG_FILE}")):
+        if path.parent.parent.name == WORKFLOWS_NAMESPACE:
+            continue
         try:
             components.append(load_config(path))
         except ConfigError as error:

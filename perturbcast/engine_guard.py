@@ -100,6 +100,23 @@ def component_labels(config) -> list[str]:
     return labels
 
 
+# The resource labels of one kind, smallest first: a job that runs several components (a score unit) takes
+# the largest of each kind its members carry, and every other label (gpu, ...) any of them carries.
+LABEL_SCALES = (("lowcpu", "midcpu", "highcpu"), ("lowmem", "midmem", "highmem"),
+                ("lowtime", "midtime", "hightime", "veryhightime"))
+
+
+def merged_labels(label_lists) -> list[str]:
+    """The sorted labels of a job running components with these labels one after another."""
+    labels = {label for labels in label_lists for label in labels}
+    merged = labels - {label for scale in LABEL_SCALES for label in scale}
+    for scale in LABEL_SCALES:
+        present = [label for label in scale if label in labels]
+        if present:
+            merged.add(present[-1])
+    return sorted(merged)
+
+
 def step_limits(config, overrides: Limits, table: dict) -> Limits:
     """The limits of one component's steps: the override, else the largest its labels give."""
     times = [table[label][1] for label in component_labels(config) if table.get(label, ("",))[0] == "time"]

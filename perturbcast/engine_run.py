@@ -27,7 +27,7 @@ from .layout import Status
 from .leakage import check_split
 from .runner import run_component
 from .spawner import Spawner
-from .steps import Step, StepRecord
+from .steps import Step, StepRecord, score_units
 
 
 def _file_digest(path: Path) -> str:
@@ -344,13 +344,9 @@ def execute(steps: list[Step], jobs: int = 1, progress: Progress | None = None,
 
 def _units(ready: list[Step], group_scores: bool) -> list[list[Step]]:
     """Ready steps as worker jobs: the score steps of one prediction together, every other step alone."""
-    units, scores = [], {}
-    for step in ready:
-        if group_scores and step.stage == layout.SCORE and step.depends:
-            scores.setdefault(tuple(step.depends), []).append(step)
-        else:
-            units.append([step])
-    return units + list(scores.values())
+    scores = score_units(ready) if group_scores else {}
+    grouped = {id(step) for unit in scores.values() for step in unit}
+    return [[step] for step in ready if id(step) not in grouped] + list(scores.values())
 
 
 def trace_rows(records: list[StepRecord]) -> list[dict]:

@@ -195,6 +195,18 @@ def score_key(split: str, method_id: str, metric_component: str) -> str:
     return f"{split}/{method_id}/{metric_component}"
 
 
+# A score unit: the score steps of one prediction that share an image, run one after another as one job (one
+# worker job of the engine, one SCORE task of main.nf); each member keeps its own folder, step.json and status.
+# Its id is `score_unit/<key of the prediction>/<first member's metric component>`; its folder is the
+# prediction's folder under scores/, the parent of its members' folders.
+SCORE_UNIT = "score_unit"
+
+
+def score_unit_id(prediction_step: str, first_metric: str) -> str:
+    """The id of a score unit of a prediction step (`predict/<key>` -> `score_unit/<key>/<metric>`)."""
+    return step_id(SCORE_UNIT, f"{split_step_id(prediction_step)[1]}/{first_metric}")
+
+
 def partition_key(dataset_id: str, task_id: str, seed: int) -> str:
     return split_key(dataset_id, task_id, seed)
 

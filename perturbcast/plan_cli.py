@@ -12,7 +12,12 @@ JSON (`version` 1): `steps`, in dependency order, each with
   digest}, directory, inputs {argument: path}, outputs {argument: path}, staged {argument: path},
   arguments {name: value}, depends [step ids], labels {dataset_id, task_id, ...}, resource_labels [lowmem, ...],
   runner_digest (this package, src/api, src/utils: part of every Nextflow task's hash);
-and `not_applicable` (predictor x task pairs excluded by `info.supported_tasks`), `broken_configs`, `selection`,
+`score_units`: the score steps of one prediction that share an image, run by one task (steps.score_units; the
+engine runs the same units as one worker job): id, stage `score`, kind `score_unit`, the first member's component
+(its image), directory (the members' parent), inputs (every member's, once), depends, labels, resource_labels
+(the largest of each kind), runner_digest and `steps` (the members' own documents, each also in `steps` with
+`unit` naming its unit); and
+`not_applicable` (predictor x task pairs excluded by `info.supported_tasks`), `broken_configs`, `selection`,
 `package`. Paths under the results folder are relative to it (the layout both engines publish); `staged` holds
 the user's own files a loader reads (a `--dataset-file` or a spec's `file:` entries), as given, for Nextflow
 to stage. `check` steps are the leakage checks the engine runs inside its split steps (perturbcast.leakage):
@@ -32,6 +37,8 @@ from .layout import Status
 
 PLAN_VERSION = 1
 CHECK_STAGE = layout.CHECK
+# The plan's list of score units (what main.nf's SCORE processes run: each prediction's metrics, in one task).
+SCORE_UNITS = "score_units"
 # The plan's list of the steps not applicable by declaration (info.supported_tasks), named after their status.
 DECLARED = Status.NOT_APPLICABLE.value
 
@@ -189,6 +196,36 @@ def check_steps(steps: list, output: Path, n_folds: int) -> list[dict]:
     return checks
 
 
+def score_unit_documents(steps: list, documents: dict) -> list[dict]:
+    """The score units (steps.score_units) as the plan's JSON: what one SCORE task of main.nf runs. A unit has
+    the inputs of all its members (each path once), the largest resource label of each kind they carry
+    (engine_guard.merged_labels), the image of its first member (its members share one: same engines), and
+    its members' own step documents under `steps`, each run with its own record (a failing metric fails alone)."""
+    from .engine_guard import merged_labels
+    from .steps import score_units
+
+    units = []
+    for unit_id, members in score_units(steps).items():
+        member_documents = [documents[step.id] for step in members]
+        inputs, seen = {}, set()
+        for document in member_documents:
+            for name, path in document["inputs"].items():
+                if path not in seen:
+                    seen.add(path)
+                    inputs[name if name not in inputs else f"{name}_{len(inputs)}"] = path
+        first = member_documents[0]
+        labels = {k: v for k, v in first["labels"].items() if k != "metric_component"}
+        for document in member_documents:
+            document["unit"] = unit_id
+        units.append({
+            "id": unit_id, "stage": layout.SCORE, "kind": layout.SCORE_UNIT, "component": first["component"],
+            "directory": Path(first["directory"]).parent.as_posix(), "inputs": inputs, "outputs": {}, "staged": {},
+            "arguments": {}, "depends": list(first["depends"]), "labels": labels,
+            "resource_labels": merged_labels(d["resource_labels"] for d in member_documents),
+            "steps": member_documents})
+    return units
+
+
 def runner_digest(root: Path) -> str:
     """SHA-256 of what runs every component besides its own folder: this package, src/api, src/utils and
     _viash.yaml. Each step carries it, so that Nextflow's -resume reruns the steps when it changes (Nextflow's
@@ -216,12 +253,14 @@ def build_plan(root: Path, output: Path, selection, stages: list | None = None) 
     steps, declared = engine.plan(root, output, selection)
     digests: dict = {}
     documents = [step_json(step, output, root, digests) for step in steps]
+    units = score_unit_documents(steps, {d["id"]: d for d in documents})
     documents += check_steps(steps, output, selection.n_folds)
     shared = runner_digest(root)
-    for document in documents:
+    for document in documents + units:
         document["runner_digest"] = shared
     if stages:
         documents = [d for d in documents if d["stage"] in stages]
+        units = [u for u in units if u["stage"] in stages]
         declared = [r for r in declared if r.stage in stages]
     package = load_package_config(root)
     return {
@@ -232,6 +271,7 @@ def build_plan(root: Path, output: Path, selection, stages: list | None = None) 
                       "metrics": selection.metrics, "seeds": selection.seeds, "n_folds": selection.n_folds,
                       "folds": selection.fold_list()},
         "steps": documents,
+        SCORE_UNITS: units,
         DECLARED: [asdict(record) for record in declared],
         "broken_configs": [asdict(record) for record in engine.broken_configs()],
     }
@@ -261,6 +301,9 @@ def plan_command(args) -> int:
         arguments = " ".join(f"--{k} {v}" for k, v in {**step["inputs"], **step["staged"], **step["outputs"],
                                                         **step["arguments"]}.items())
         print(f"{step['id']}\t{what}\t{arguments}".rstrip())
+    for unit in document[SCORE_UNITS]:
+        print(f"{unit['id']}\t{len(unit['steps'])} score steps in one task: "
+              f"{' '.join(s['component']['name'] for s in unit['steps'])}")
     for record in document[DECLARED]:
         print(f"{record['id']}\t{Status.NOT_APPLICABLE.label}: {record['reason']}")
     return 0
@@ -370,7 +413,7 @@ def records_from_layout(plan: dict, results: Path, trace: dict | None = None) ->
                 cause = layout.blocked_by(blocked[0].id, blocked[0].status)
                 status, reason = layout.blocked_status(r.status for r in blocked), layout.blocked_reason(cause)
             else:
-                row = trace.get(step["id"], {})
+                row = trace.get(step["id"]) or trace.get(step.get("unit"), {})  # a score step ran in its unit's task
                 status = Status.FAILED
                 reason = (f"no step record: the task ended with exit code {row.get('exit')} ({row.get('status')}, attempt "
                           f"{row.get('attempt')}; {layout.NEXTFLOW_TRACE})" if row else

@@ -15,6 +15,9 @@ Exit code: a task killed for memory or time (137-140, 143) before its last attem
 that Nextflow retries it with more resources; otherwise 0 (the record says what happened: one failing component
 never stops the others), or 1 for a failure with --fail-fast.
 
+A score unit (plan_cli.score_unit_documents: the metrics of one prediction) runs its members one after another
+in the same way, each leaving its own step.json and log.txt in its own folder.
+
 `check` steps (plan_cli.check_steps) run perturbcast's leakage checks on a split or a complete partition and
 write `check.json` / `partition_check.json` instead. File names, statuses and exit codes are perturbcast.layout's.
 """
@@ -44,6 +47,9 @@ def add_command(commands):
                     "write log.txt and step.json (the engine's step record) in the step's folder.")
     step.add_argument("step", help="the step as JSON (a file)")
     step.add_argument("--component", help="the component's folder (default: the step's component.dir under --project)")
+    step.add_argument("--components",
+                      help="a score unit's folder holding its members' component folders by name (default: "
+                           "--project's src/component)")
     step.add_argument("--project", default="project", help="the staged project (default: %(default)s)")
     step.add_argument("--staged", default="staged", help="folder of the staged inputs in1/, in2/, ... (default: %(default)s)")
     step.add_argument("--attempt", type=int, default=1, help="Nextflow's task.attempt")
@@ -116,14 +122,16 @@ def dataset_uns(path: Path) -> list:
         adata.file.close()
 
 
-def run_component_step(step: dict, args) -> int:
+def run_component_step(step: dict, args, component: Path | None = None, user: dict | None = None) -> int:
+    """One component step; `component` and `user` given: a member of a score unit, its inputs already linked."""
     from . import engine, engine_guard as guard
     from .runner import run_component
 
-    user = link_inputs(step, Path(args.staged))
+    if user is None:
+        user = link_inputs(step, Path(args.staged))
     directory = Path(step["directory"])
     directory.mkdir(parents=True, exist_ok=True)
-    component = Path(args.component or Path(args.project) / step["component"]["dir"])
+    component = Path(component or args.component or Path(args.project) / step["component"]["dir"])
     argv = _argv(step, user)
     log_path = directory / layout.STEP_LOG
     started = time.monotonic()
@@ -164,6 +172,13 @@ def run_component_step(step: dict, args) -> int:
                 # as OpenProblems' dataset folders have it: the id and the files (what --datasets_dir reuses)
                 files = [f"{'output_dataset' if name == 'output' else name}: !file '{path.name}'" for name, path in outputs.items()]
                 (directory / layout.STEP_STATE).write_text("\n".join([f"id: '{step['labels']['dataset_id']}'", *files]) + "\n")
+            elif step["stage"] == layout.SPLIT:
+                # a split's state: one input state of the viash workflow src/workflows/run_benchmark (OpenProblems'
+                # launch: --input_states 'tasks/**/state.yaml' --rename_keys 'input_train:output_train;...')
+                key = layout.split_step_id(step["id"])[1]
+                ids = [f"{name}: '{step['labels'][name]}'" for name in ("dataset_id", "task_id")]
+                files = [f"{name}: !file '{path.name}'" for name, path in outputs.items()]
+                (directory / layout.STEP_STATE).write_text("\n".join([f"id: '{key}'", *ids, *files]) + "\n")
     if status != Status.OK:  # what a failed step left is not an output
         for path in outputs.values():
             if path.is_dir():
@@ -178,6 +193,21 @@ def run_component_step(step: dict, args) -> int:
     _write_json(directory / layout.STEP_RECORD, {**asdict(record), "engine": "nextflow", "attempt": args.attempt,
                                           "arguments": step["arguments"]})
     return 1 if status == Status.FAILED and args.fail_fast else 0
+
+
+def run_score_unit(unit: dict, args) -> int:
+    """The score steps of one prediction (plan_cli.score_unit_documents), one after another, each with its own
+    log and step.json: a failing metric fails alone. A member killed for memory or time before the last attempt
+    ends the task with its exit code, so Nextflow retries the whole unit with more resources."""
+    user = link_inputs(unit, Path(args.staged))
+    folder = Path(args.components or Path(args.project) / "src" / "component")
+    code = 0
+    for member in unit["steps"]:
+        result = run_component_step(member, args, component=folder / member["component"]["name"], user=user)
+        if result in RETRIED_EXIT_CODES or (result and args.fail_fast):
+            return result
+        code = code or result
+    return code
 
 
 def check_record_path(step: dict) -> Path:
@@ -213,4 +243,6 @@ def step_command(args) -> int:
     step = json.loads(Path(args.step).read_text())
     if step["stage"] == layout.CHECK:
         return run_check_step(step, args)
+    if step.get("kind") == layout.SCORE_UNIT:
+        return run_score_unit(step, args)
     return run_component_step(step, args)

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import layout
 from .config import ComponentConfig
 from .layout import Status
 
@@ -69,3 +70,30 @@ class Selection:
 
     def fold_list(self) -> list[int]:
         return list(range(self.n_folds)) if self.folds is None else list(self.folds)
+
+
+def image_key(component: ComponentConfig) -> str:
+    """What a component's image is built from (its config's engines): components with the same key run in one
+    image, so main.nf can run them in one task."""
+    import json
+
+    return json.dumps(component.raw.get("engines") or [], sort_keys=True, default=str)
+
+
+def score_units(steps) -> dict[str, list]:
+    """The score steps of each prediction, by score unit id (layout.score_unit_id), in plan order: the unit of
+    work both engines share (one engine worker job, one SCORE task of main.nf). The metrics of one unit share
+    an image (image_key): a prediction whose metrics need two images (Python, R) has two units.
+
+    Per prediction rather than per fold: a unit starts as soon as its prediction exists (a fold's slowest
+    model does not hold the other methods' scores back), and a retry reruns one prediction's metrics."""
+    units: dict[str, list] = {}
+    environments: dict[tuple, str] = {}
+    for step in steps:
+        if step.stage != layout.SCORE or not step.depends:
+            continue
+        key = (step.depends[0], image_key(step.component))
+        if key not in environments:
+            environments[key] = layout.score_unit_id(step.depends[0], step.component.name)
+        units.setdefault(environments[key], []).append(step)
+    return units

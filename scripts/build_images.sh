@@ -69,7 +69,8 @@ DOCKERFILE
 fi
 
 # ---- the components
-mapfile -t configs < <(ls src/*/*/config.vsh.yaml)
+# src/workflows/ holds viash workflows (no image of their own; viash ns build builds them too)
+mapfile -t configs < <(ls src/*/*/config.vsh.yaml | grep -v '^src/workflows/')
 if [ -n "$ONLY" ]; then configs=("${ONLY%/}/config.vsh.yaml"); fi
 if command -v viash >/dev/null && [ -z "$ONLY" ]; then
   echo "+ viash ns build (tag $TAG)"

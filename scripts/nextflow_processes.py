@@ -31,11 +31,21 @@ def label_sets() -> dict[str, list[tuple[str, ...]]]:
     from perturbcast.engine import STAGE_OF_TYPE
     from perturbcast.engine_guard import component_labels
 
+    from perturbcast.engine_guard import merged_labels
+
     sets: dict[str, set] = {stage: set() for stage in STAGES}
     for component in discover_components(ROOT, errors=[]):
         stage = STAGE_OF_TYPE.get(component.component_type)
         if stage:
             sets[stage].add(tuple(sorted(set(component_labels(component)))))
+    # a SCORE task runs a score unit: several metrics, with the largest label of each kind among them
+    merged = set(sets["score"])
+    while True:
+        grown = merged | {tuple(merged_labels([a, b])) for a in merged for b in merged}
+        if grown == merged:
+            break
+        merged = grown
+    sets["score"] = merged
     return {stage: sorted(found) for stage, found in sets.items()}
 
 
@@ -44,6 +54,7 @@ def process_name(stage: str, labels: tuple[str, ...]) -> str:
 
 
 def process(stage: str, labels: tuple[str, ...]) -> str:
+    members = "*/" if stage == "score" else ""
     lines = [f"process {process_name(stage, labels)} {{", '    tag "${step.id}"']
     lines += [f"    label '{label}'" for label in labels]
     lines += [
@@ -56,11 +67,12 @@ def process(stage: str, labels: tuple[str, ...]) -> str:
         "    path(shared_src, stageAs: 'project/src/*')",
         "",
         "    output:",
-        '    tuple val(step), path("${step.directory}/*.h5ad"), emit: files, optional: true',
-        '    tuple val(step), path("${step.directory}/{step.json,log.txt,dataset_uns.yaml,state.yaml}"), emit: records, optional: true',
+        # a score unit's members write in their own folders below the unit's
+        f'    tuple val(step), path("${{step.directory}}/{members}*.h5ad"), emit: files, optional: true',
+        f'    tuple val(step), path("${{step.directory}}/{members}{{step.json,log.txt,dataset_uns.yaml,state.yaml}}"), emit: records, optional: true',
         "",
         "    script:",
-        "    stepScript(step, task.attempt, task.cpus, task.memory ? task.memory.toMega() : null, params)",
+        "    stepScript(step, task.attempt, task.cpus, task.memory ? task.memory.toMega() : null, params, workflow.containerEngine)",
         "}",
     ]
     return "\n".join(lines)
@@ -71,7 +83,7 @@ def workflow(stage: str, sets: list[tuple[str, ...]]) -> str:
     keys = ", ".join(f"'{','.join(labels)}'" for labels in sets)
     lines = [f"workflow {WORKFLOWS[stage]} {{", "    take:", "    steps", "    made", "    project_files", "    shared_src", "",
              "    main:", "    def ready = stepsWithInputs(steps, made)",
-             "        .map { step, staged -> [step, staged, file(\"${projectDir}/${step.component.dir}\")] }"]
+             "        .map { step, staged -> [step, staged, componentFolders(step)] }"]
     for labels, name in zip(sets, names):
         lines.append(f"    {name}(ready.filter {{ step, staged, component -> labelKey(step) == '{','.join(labels)}' }}, "
                      "project_files, shared_src)")

@@ -156,7 +156,12 @@ def test_random_perturbation_is_scored_as_its_expectation(tmp_path):
     assert result.exit_code == 0
     prediction = ad.read_h5ad(tmp_path / "r.h5ad")
     assert prediction.uns["n_draws"] == 400
-    draws = np.stack([prediction.X] + [prediction.layers[f"draw_{k}"] for k in range(1, 400)]).astype(np.float64)
+    # the draws are stored as the profiles drawn and their indices (uns), not as 399 layers
+    assert not any(name.startswith("draw_") for name in prediction.layers)
+    stored, rows = prediction.uns["draw_profiles"], prediction.uns["draw_rows"]
+    assert rows.shape == (400, test.n_obs) and len(stored) <= train.n_obs
+    draws = stored[rows].astype(np.float64)
+    np.testing.assert_allclose(draws[0], prediction.X, rtol=1e-6)
     sys.path.insert(0, str(ROOT / "src" / "utils"))
     import baselines
 
@@ -297,3 +302,25 @@ def test_fractional_top_ks_equal_one_k_at_a_time():
         want = above + tied * share[:, None]
         np.testing.assert_allclose(together[k][0].toarray(), want, atol=1e-15)
         np.testing.assert_array_equal(together[k][1], k_row)
+
+
+def test_indexed_draws_score_as_the_same_layers_and_bad_indices_are_refused(two_draws, tmp_path):
+    """Draws stored as profiles + indices (random_perturbation's) score exactly as the same draws stored as layers;
+    indices out of range or an X that is not draw 0 stop the metric with one [error] line."""
+    solution, prediction = write_files(tmp_path, OBSERVED, [DRAW_0])
+    adata = ad.read_h5ad(prediction)
+    profiles = (1.0 + OBSERVED).astype(np.float32)   # the control is 1 everywhere: DRAW_0 = rows 0 1 2, DRAW_1 = 1 2 0
+    adata.uns.update(n_draws=2, draw_profiles=profiles, draw_rows=np.array([[0, 1, 2], [1, 2, 0]], dtype=np.int32))
+    adata.write_h5ad(prediction)
+    code, indexed, log = score("delta_error", solution, prediction, tmp_path / "indexed.h5ad")
+    assert code == 0, log
+    layered = two_draws["delta_error"][1]
+    np.testing.assert_allclose(indexed.obs["mse_delta"], layered.obs["mse_delta"], rtol=1e-7)
+    # by hand: condition 0's draws are exact (0) and the next observation (16 + 16 over 4 genes = 8): mean 4
+    np.testing.assert_allclose(indexed.obs["mse_delta"], [4.0, 4.0, 4.0])
+    for rows, message in ((np.array([[0, 1, 2], [1, 2, 3]], dtype=np.int32), "expected integers in [0, 3)"),
+                          (np.array([[1, 1, 2], [1, 2, 0]], dtype=np.int32), "X is not draw 0")):
+        adata.uns["draw_rows"] = rows
+        adata.write_h5ad(prediction)
+        code, _, log = score("delta_error", solution, prediction, tmp_path / "bad.h5ad")
+        assert code == 1 and message in log and "Traceback" not in log, log

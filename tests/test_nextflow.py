@@ -87,7 +87,7 @@ def test_main_nf_holds_no_discovery_selection_or_argument_logic():
         assert forbidden not in text, f"main.nf still holds '{forbidden}'"
     assert "perturbcast plan --json" in text and "process PLAN" in text
     # no component is named in main.nf
-    names = {p.name for p in (ROOT / "src").glob("*/*") if p.is_dir()} - GENERIC_WORDS
+    names = {p.name for p in (ROOT / "src").glob("*/*") if p.is_dir() and p.parent.name != "workflows"} - GENERIC_WORDS
     named = sorted(name for name in names if re.search(rf"\b{re.escape(name)}\b", text))
     assert not named, f"main.nf names components {named}"
 
@@ -116,11 +116,16 @@ def test_base_config_labels_agree_with_viash_config_mods():
     text = BASE_CONFIG.read_text()
     table = dict(re.findall(r"withLabel:\s*(\w+)\s*\{\s*([^\n]*?)\s*\}?\s*$", text, re.M))
     used = {label for c in discover_components(ROOT, errors=[]) for label in component_labels(c)}
+    # GPU options only under the `gpu` profile (a Docker host without a GPU refuses --gpus all)
+    gpu_profile = re.search(r"^    gpu \{\n(.*?)^    \}", CONFIG.read_text(), re.S | re.M).group(1)
+    assert "withLabel: gpu" in gpu_profile and "--gpus all" in gpu_profile and "--nv" in gpu_profile
+    assert "--gpus" not in text and "accelerator" not in text
+    table["gpu"] = gpu_profile
     for label, setting in _config_mod_labels().items():
         assert label in table, f"conf/base.config has no withLabel: {label}"
         key, value = [part.strip() for part in setting.split("=")]
         if key == "accelerator":
-            assert "accelerator" in text.split(f"withLabel: {label}", 1)[1].split("}")[0]
+            assert re.search(r"accelerator\s*=", table[label])
             continue
         assert re.search(rf"{key}\s*=\s*\{{?\s*{re.escape(value)}", table[label]), (label, table[label], setting)
     assert used <= set(table), f"labels without a withLabel: {sorted(used - set(table))}"
@@ -219,9 +224,51 @@ def test_plan_json_equals_engine_plan(name, tmp_path):
     # the checks: one per split, one per complete partition
     checks = [s for s in document["steps"] if s["stage"] == "check"]
     assert {c["guards"] for c in checks if c["kind"] == "split"} == {s.id for s in steps if s.stage == "split"}
+    if name == "default":
+        # main.nf's tasks: one per step but the score steps, one per score unit (and PLAN, AGGREGATE); the default
+        # metrics share one image, so one SCORE task per prediction (1294 -> 394 tasks when this was written)
+        from perturbcast.steps import image_key
+        predictions = [s for s in steps if s.stage == "predict"]
+        images = {image_key(s.component) for s in steps if s.stage == "score"}
+        scores = [s for s in document["steps"] if s["stage"] == "score"]
+        assert len(document["score_units"]) == len(predictions) * len(images) < len(scores)
+        print(f"default run: {len(document['steps'])} tasks with a task per score step, "
+              f"{len(document['steps']) - len(scores) + len(document['score_units'])} with score units")
     for step in document["steps"]:
         assert not Path(str(step["directory"])).is_absolute()
         assert all(not Path(v).is_absolute() for v in {**step["inputs"], **step["outputs"]}.values())
+
+
+def test_score_units_batch_each_predictions_metrics_by_image(tmp_path):
+    """One SCORE task per prediction and image (steps.score_units, shared with the engine's worker jobs): every
+    score step in exactly one unit; limma_de (R image) apart from the Python metrics."""
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump({"datasets": ["simulated_grn"], "tasks": ["unseen_perturbation"],
+                                    "methods": ["train_mean"], "metrics": ["delta_error", "weighted_error", "limma_de"],
+                                    "n_folds": 2}))
+    plan = json.loads(perturbcast("plan", "--json", "--spec", spec).stdout)
+    predictions = [s["id"] for s in plan["steps"] if s["stage"] == "predict"]
+    scores = [s for s in plan["steps"] if s["stage"] == "score"]
+    assert len(scores) == 3 * len(predictions)
+    units = plan["score_units"]
+    assert len(units) == 2 * len(predictions)
+    members = [[m["component"]["name"] for m in u["steps"]] for u in units]
+    assert sorted(map(tuple, members)) == sorted([("delta_error", "weighted_error"), ("limma_de",)] * len(predictions))
+    assert sorted(m["id"] for u in units for m in u["steps"]) == sorted(s["id"] for s in scores)
+    for unit in units:
+        assert {m["unit"] for m in unit["steps"]} == {unit["id"]}
+        assert unit["depends"] == unit["steps"][0]["depends"] and unit["depends"][0] in predictions
+        assert set(unit["inputs"].values()) == {p for m in unit["steps"] for p in m["inputs"].values()}
+        assert all(Path(m["directory"]).parent.as_posix() == unit["directory"] for m in unit["steps"])
+    # the engine runs the same units as its worker jobs
+    from perturbcast.engine_run import _units
+    steps, _ = engine.plan(ROOT, tmp_path.resolve(), _engine_selection(["--spec", str(spec)]))
+    jobs = [[s.id for s in job] for job in _units([s for s in steps if s.stage == "score"], True)]
+    assert sorted(jobs) == sorted([m["id"] for m in u["steps"]] for u in units)
+    # the largest label of each kind a member carries: limma_de's own, the Python pair's (both lowmem) own
+    from perturbcast.engine_guard import merged_labels
+    assert merged_labels([["lowcpu", "lowmem", "lowtime"], ["midtime", "midmem", "lowcpu"], ["gpu"]]) == [
+        "gpu", "lowcpu", "midmem", "midtime"]
 
 
 def test_plan_reads_a_spec_with_own_files_excludes_and_test_arguments(tmp_path, tiny_common_dataset):
@@ -440,12 +487,13 @@ println planSpec(p)
                                   "seeds": "0,1", "n_folds": 3, "use_test_arguments": True}
 
 
-def step_scripts(steps: list[dict], tmp_path: Path) -> dict[str, str]:
-    """main.nf's task script (stepScript) of each component step, as the processes write it."""
+def step_scripts(steps: list[dict], tmp_path: Path, container_engine: str | None = None,
+                 cache_dir: str | None = None) -> dict[str, str]:
+    """main.nf's task script (stepScript) of each component step or score unit, as the processes write it."""
     out = run_groovy(f"""
 def steps = {groovy_literal(steps)}
-def p = [python: {json.dumps(sys.executable)}, max_retries: 2, fail_fast: false]
-steps.each {{ step -> println(step.id + '\\t' + stepScript(step, 1, 2, 4096, p).bytes.encodeBase64().toString()) }}
+def p = [python: {json.dumps(sys.executable)}, max_retries: 2, fail_fast: false, cache_dir: {groovy_literal(cache_dir)}]
+steps.each {{ step -> println(step.id + '\\t' + stepScript(step, 1, 2, 4096, p, {groovy_literal(container_engine)}).bytes.encodeBase64().toString()) }}
 """, tmp_path)
     import base64
     return {line.split("\t")[0]: base64.b64decode(line.split("\t")[1]).decode() for line in out.splitlines() if "\t" in line}
@@ -453,15 +501,16 @@ steps.each {{ step -> println(step.id + '\\t' + stepScript(step, 1, 2, 4096, p).
 
 # ---------------------------------------------------------------- an emulated Nextflow run vs the engine
 
-def _stage_project(task: Path, component_dir: Path | None, root: Path = ROOT):
+def _stage_project(task: Path, component_dirs: list[Path], root: Path = ROOT):
     project = task / "project"
     (project / "src").mkdir(parents=True)
     os.symlink(root / "_viash.yaml", project / "_viash.yaml")
     os.symlink(ROOT / "perturbcast", project / "perturbcast")
     for shared in ("api", "utils"):
         os.symlink(root / "src" / shared, project / "src" / shared)
-    if component_dir is not None:
+    if component_dirs:
         (project / "src" / "component").mkdir()
+    for component_dir in component_dirs:
         os.symlink(component_dir, project / "src" / "component" / component_dir.name)
 
 
@@ -485,14 +534,20 @@ def _publish(task: Path, directory: str, publish: Path, patterns=("*.h5ad", "ste
             shutil.copy2(made, target)
 
 
-def emulate_nextflow(plan: dict, publish: Path, work: Path, scripts: dict | None = None, root: Path = ROOT) -> list[str]:
-    """Every step of `plan` as main.nf runs it (its task script from `scripts` where given); returns the ids of
-    the steps that ran."""
+def emulated_tasks(plan: dict) -> list[dict]:
+    """What main.nf makes a task of: every step of the plan but the score steps, and one task per score unit."""
+    return [s for s in plan["steps"] if s["stage"] != "score"] + plan["score_units"]
+
+
+def emulate_nextflow(plan: dict, publish: Path, work: Path, scripts: dict | None = None, root: Path = ROOT,
+                     env: dict | None = None) -> list[str]:
+    """Every task of `plan` as main.nf runs it (its task script from `scripts` where given); returns the ids of
+    the tasks that ran (a score unit's id for its member steps)."""
     scripts = scripts or {}
     ran = []
     passed = set()
     order = {"dataset": 0, "split": 1, "check": 2, "predict": 3, "score": 4}
-    for number, step in enumerate(sorted(plan["steps"], key=lambda s: order[s["stage"]])):
+    for number, step in enumerate(sorted(emulated_tasks(plan), key=lambda s: order[s["stage"]])):
         inputs = [publish / p for p in step["inputs"].values()]
         if not all(p.exists() for p in inputs):
             continue  # an upstream step made nothing: this one never starts
@@ -502,10 +557,14 @@ def emulate_nextflow(plan: dict, publish: Path, work: Path, scripts: dict | None
             continue
         task = work / f"{number:04d}"
         task.mkdir(parents=True)
-        _stage_project(task, root / step["component"]["dir"] if step["component"] else None, root)
+        members = step.get("steps") or [step]
+        _stage_project(task, [root / m["component"]["dir"] for m in members if m["component"]], root)
         _stage_inputs(task, inputs + [Path(p) for p in step["staged"].values()])
         (task / "plan_step.json").write_text(json.dumps(step))
-        if step["component"]:
+        if step.get("steps"):
+            command = ["step", "plan_step.json", "--components", "project/src/component", "--attempt", "1",
+                       "--max-attempts", "3"]
+        elif step["component"]:
             command = ["step", "plan_step.json", "--component", f"project/src/component/{step['component']['name']}",
                        "--attempt", "1", "--max-attempts", "3"]
         else:
@@ -515,9 +574,11 @@ def emulate_nextflow(plan: dict, publish: Path, work: Path, scripts: dict | None
         else:
             command = [sys.executable, "-m", "perturbcast", *command]
         result = subprocess.run(command, cwd=task, capture_output=True, text=True,
-                                env={**os.environ, "PYTHONPATH": str(task / "project"), "VIASH_TEMP": str(task / ".viash_temp")})
+                                env={**os.environ, "PYTHONPATH": str(task / "project"),
+                                     "VIASH_TEMP": str(task / ".viash_temp"), **(env or {})})
         assert result.returncode == 0, f"{step['id']}:\n{result.stdout}\n{result.stderr}"
-        _publish(task, step["directory"], publish)
+        for member in members:
+            _publish(task, member["directory"], publish)
         if step["stage"] == "check" and step["kind"] == "split":
             if json.loads((task / step["directory"] / "check.json").read_text())["status"] == "ok":
                 passed.add(step["guards"])
@@ -529,7 +590,7 @@ def emulate_aggregate(plan_path: Path, publish: Path, work: Path, root: Path = R
     """AGGREGATE: step records, logs, dataset uns and score files staged, then its command."""
     task = work / "aggregate"
     task.mkdir(parents=True)
-    _stage_project(task, None, root)
+    _stage_project(task, [], root)
     os.unlink(task / "project" / "src" / "api")
     os.unlink(task / "project" / "src" / "utils")
     os.rmdir(task / "project" / "src")
@@ -571,6 +632,10 @@ def test_nextflow_layout_aggregates_like_the_engine(tmp_path):
     shutil.copytree(ROOT / "src", project / "src", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(ROOT / "tests" / "fixtures" / "fault_components" / "metrics" / "delta_exit",
                     project / "src" / "metrics" / "delta_exit")
+    # with delta_error's image (engines), so the two share a score unit: one task, where delta_exit fails alone
+    exiting = yaml.safe_load((project / "src" / "metrics" / "delta_exit" / "config.vsh.yaml").read_text())
+    exiting["engines"] = yaml.safe_load((ROOT / "src" / "metrics" / "delta_error" / "config.vsh.yaml").read_text())["engines"]
+    (project / "src" / "metrics" / "delta_exit" / "config.vsh.yaml").write_text(yaml.safe_dump(exiting, sort_keys=False))
     # a method that fails: its score steps are skipped, blocked by it
     shutil.copytree(ROOT / "tests" / "fixtures" / "fault_components" / "methods" / "needs_argument",
                     project / "src" / "methods" / "needs_argument")
@@ -587,9 +652,19 @@ def test_nextflow_layout_aggregates_like_the_engine(tmp_path):
     plan_path.write_text(perturbcast("plan", "--json", "--project", project, "--spec", spec).stdout)
     plan = json.loads(plan_path.read_text())
     publish = tmp_path / "publish"
-    scripts = step_scripts([s for s in plan["steps"] if s["component"]], tmp_path) if _groovy_jar() else {}
+    scripts = step_scripts([s for s in emulated_tasks(plan) if s["component"]], tmp_path) if _groovy_jar() else {}
     ran = emulate_nextflow(plan, publish, tmp_path / "work", scripts, project)
-    assert any(s.startswith("check/partition/") for s in ran) and any(s.startswith("score/") for s in ran)
+    assert any(s.startswith("check/partition/") for s in ran) and any(s.startswith("score_unit/") for s in ran)
+    # one unit of its 2 metrics per prediction (2 folds x the methods and the controls a selection always gets);
+    # the units of needs_argument's failed predictions never start
+    units = plan["score_units"]
+    predictions = [s for s in plan["steps"] if s["stage"] == "predict"]
+    assert len(predictions) >= 4 and len(units) == len(predictions)
+    assert all([m["component"]["name"] for m in u["steps"]] == ["delta_error", "delta_exit"] for u in units)
+    scores = [s for s in plan["steps"] if s["stage"] == "score"]
+    assert len(emulated_tasks(plan)) == len(plan["steps"]) - len(scores) + len(units) == len(plan["steps"]) - len(units)
+    assert sorted(r for r in ran if r.startswith("score")) == sorted(
+        u["id"] for u in units if u["labels"]["method_id"] != "needs_argument")
     task = emulate_aggregate(plan_path, publish, tmp_path / "work", project)
 
     for name in ("results.parquet",):
@@ -623,9 +698,21 @@ def test_nextflow_layout_aggregates_like_the_engine(tmp_path):
     assert groups_ours.astype(str).values.tolist() == groups_theirs.astype(str).values.tolist()
     assert sorted(groups_ours["cause"]) == sorted(skipped["blocked_by"].unique())
     assert (ours["status"] == "failed").sum() == (theirs["status"] == "failed").sum() > 0
+    # in each unit that ran, delta_exit failed alone: delta_error's score of the same task is kept
+    statuses = dict(zip(ours["step"], ours["status"]))
+    for unit in units:
+        if unit["labels"]["method_id"] != "needs_argument":
+            assert [statuses[m["id"]] for m in unit["steps"]] == ["ok", "failed"]
+            assert (publish / unit["steps"][0]["directory"] / "score.h5ad").is_file()
     dataset_state = yaml.safe_load((publish / "datasets" / "simulated_grn" / "state.yaml").read_text()
                                    .replace("!file ", ""))
     assert dataset_state == {"id": "simulated_grn", "output_dataset": "dataset.h5ad"}
+    # a split's state: an input state of src/workflows/run_benchmark (OpenProblems' --input_states, --rename_keys)
+    split = next(s for s in plan["steps"] if s["id"] == "split/simulated_grn/unseen_perturbation/seed_0/fold_1")
+    split_state = yaml.safe_load((publish / split["directory"] / "state.yaml").read_text().replace("!file ", ""))
+    assert split_state == {"id": "simulated_grn/unseen_perturbation/seed_0/fold_1", "dataset_id": "simulated_grn",
+                           "task_id": "unseen_perturbation", "output_train": "train.h5ad", "output_test": "test.h5ad",
+                           "output_solution": "solution.h5ad"}
     state = (task / "state.yaml").read_text()
     assert "id: 'emulated'" in state and "output_scores: !file 'score_uns.yaml'" in state
 
@@ -701,3 +788,129 @@ def test_a_killed_step_is_retried_then_recorded(tmp_path, monkeypatch):
     assert step_cli.run_component_step(step, args(3)) == 0
     record = json.loads((tmp_path / step["directory"] / "step.json").read_text())
     assert record["status"] == "failed" and "exit code 137" in record["reason"] and record["attempt"] == 3
+
+
+# ---------------------------------------------------------------- a loader task in a container, as any user
+
+def test_a_loader_task_downloads_with_an_unwritable_home(tmp_path):
+    """A dataset task as main.nf writes it for a container (docker runs as the launching user, whose HOME is not
+    writable there): the task's own HOME, cache and VIASH_TEMP, and the loader's real download path (fetch:
+    request, checksum against the pinned sha256, cache record) on the source file served on 127.0.0.1 (through
+    PERTURBCAST_MIRROR). The same task without main.nf's script fails: its cache would be under HOME."""
+    import threading
+    from functools import partial
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    from conftest import shared_file
+
+    source = shared_file("perturbench_devel.h5ad")
+    if _groovy_jar() is None:
+        pytest.skip("needs java and the Groovy jar of nf-check (run ../shared/tools/nf-check once)")
+    url_path = "raw.githubusercontent.com/altoslabs/perturbench/d357dfae/src/perturbench/data/resources/devel.h5ad"
+    served = tmp_path / "mirror" / url_path
+    served.parent.mkdir(parents=True)
+    shutil.copy(source, served)
+    requests = []
+
+    class Handler(SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            requests.append(self.path)
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), partial(Handler, directory=str(tmp_path / "mirror")))
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        plan = json.loads(perturbcast("plan", "--json", "--datasets", "norman2019_devel", "--stages", "dataset").stdout)
+        step = plan["steps"][0]
+        assert step["component"]["name"] == "perturbench_devel"
+        # no cache of the caller's (an empty PERTURBCAST_CACHE is unset for the loaders)
+        env = {"HOME": "/dev/null", "PERTURBCAST_CACHE": "", "PERTURBCAST_MIRROR": f"http://127.0.0.1:{httpd.server_port}",
+               "no_proxy": "127.0.0.1", "NO_PROXY": "127.0.0.1", "http_proxy": "", "HTTP_PROXY": ""}
+        script = step_scripts([step], tmp_path, container_engine="docker")[step["id"]]
+        assert 'export HOME="$PWD/.home"' in script and "PERTURBCAST_ISOLATED_ENVIRONMENTS=0" in script
+        assert 'export PERTURBCAST_CACHE="$PWD/.perturbcast_cache"' in script and 'VIASH_TEMP="$PWD/.viash_temp"' in script
+        publish = tmp_path / "publish"
+        ran = emulate_nextflow({"steps": [step], "score_units": []}, publish, tmp_path / "work", {step["id"]: script},
+                               env=env)
+        assert ran == [step["id"]]
+        record = json.loads((publish / step["directory"] / "step.json").read_text())
+        assert record["status"] == "ok", record["reason"]
+        assert requests and requests[0] == "/" + url_path
+        task = tmp_path / "work" / "0000"
+        cached = task / ".perturbcast_cache" / url_path
+        assert cached.is_file() and json.loads(Path(f"{cached}.checksum.json").read_text())["verified_against"].endswith("(pinned sha256)")
+        # without main.nf's script (HOME unwritable, no cache set) the loader cannot cache the file: failed, said so
+        plain = tmp_path / "plain"
+        emulate_nextflow({"steps": [step], "score_units": []}, plain, tmp_path / "work_plain", env=env)
+        failed = json.loads((plain / step["directory"] / "step.json").read_text())
+        assert failed["status"] == "failed" and "/dev/null" in failed["reason"] and "PERTURBCAST_CACHE" in failed["reason"]
+        # a cloud param: a cache shared by the tasks
+        shared = step_scripts([step], tmp_path, container_engine="docker", cache_dir="/mnt/cache")[step["id"]]
+        assert "export PERTURBCAST_CACHE='/mnt/cache'" in shared
+        # without a container a writable home and the user's cache are kept
+        local = step_scripts([step], tmp_path)[step["id"]]
+        assert "ISOLATED_ENVIRONMENTS" not in local and '${PERTURBCAST_CACHE:-$HOME/.cache/perturbcast}' in local
+    finally:
+        httpd.shutdown()
+
+
+# ---------------------------------------------------------------- the OpenProblems entry: src/workflows/run_benchmark
+
+RUN_BENCHMARK = ROOT / "src" / "workflows" / "run_benchmark"
+
+
+def test_run_benchmark_workflow_passes_the_static_checks():
+    validator = ROOT.parent / "shared" / "tools" / "validate-viash-config"
+    if not validator.exists():
+        pytest.skip("needs ../shared/tools/validate-viash-config")
+    result = subprocess.run([sys.executable, str(validator), str(RUN_BENCHMARK / "config.vsh.yaml")], capture_output=True, text=True)
+    assert result.returncode == 0 and ": OK" in result.stdout, result.stdout + result.stderr
+    if shutil.which("java") is None or not NF_CHECK.exists():
+        pytest.skip("nf-check needs java and ../shared/tools/nf-check")
+    result = subprocess.run([str(NF_CHECK), "src/workflows/run_benchmark/main.nf"], cwd=ROOT, capture_output=True, text=True)
+    if result.returncode != 0 and "could not fetch the Groovy jar" in result.stderr:
+        pytest.skip("nf-check could not fetch its Groovy jar (no network)")
+    assert result.returncode == 0 and "workflows=[auto, run_wf]" in result.stdout, result.stdout + result.stderr
+
+
+def test_run_benchmark_workflow_lists_every_component_and_selects_as_the_plan(tmp_path):
+    """Its dependencies and its methods / metrics lists name exactly the components of src/ (the engine does not
+    discover src/workflows); its selection functions, run with Groovy on the components' configs, choose per task
+    what `perturbcast plan` chooses for the default selection."""
+    config = yaml.safe_load((RUN_BENCHMARK / "config.vsh.yaml").read_text())
+    text = (RUN_BENCHMARK / "main.nf").read_text()
+    components = discover_components(ROOT, errors=[])
+    assert "run_benchmark" not in {c.name for c in components}
+    predictors = sorted(c.name for c in components if c.component_type in ("method", "control_method"))
+    metrics = sorted(c.name for c in components if c.component_type == "metric")
+    listed = lambda name: sorted(re.findall(r"\b(\w+)\b", re.search(rf"^{name} = \[(.*?)\]", text, re.S | re.M).group(1)))  # noqa: E731
+    assert listed("methods") == predictors and listed("metrics") == metrics
+    local = sorted(d["name"].split("/")[1] for d in config["dependencies"] if "repository" not in d)
+    assert local == sorted(predictors + metrics)
+    assert {"name": "h5ad/extract_uns_metadata", "repository": "core"} in config["dependencies"]
+    # OpenProblems' rename_keys of a split state (what `perturbcast step` publishes) reach its inputs
+    arguments = {a["name"].lstrip("-") for g in config["argument_groups"] for a in g["arguments"]}
+    assert {"input_train", "input_test", "input_solution", "task_id", "dataset_id"} <= arguments
+
+    if _groovy_jar() is None:
+        pytest.skip("needs java and the Groovy jar of nf-check (run ../shared/tools/nf-check once)")
+    functions = text[text.index("// a component runs when"):text.index("workflow run_wf")]
+    plan = json.loads(perturbcast("plan", "--json").stdout)
+    tasks = sorted({s["labels"]["task_id"] for s in plan["steps"] if s["stage"] == "split"})
+    comps = {c.name: {"config": {"name": c.name, "info": c.info}} for c in components}
+    code = functions + f"""
+def comps = {groovy_literal(comps)}
+def predictors = {groovy_literal(predictors)}
+def metrics = {groovy_literal(metrics)}
+{groovy_literal(tasks)}.each {{ task ->
+    println(task + '\\t' + predictors.findAll {{ methodRuns(comps[it], [task_id: task, method_ids: null]) }}.join(','))
+}}
+println('metrics\\t' + metrics.findAll {{ selected(comps[it], null) }}.join(','))
+println('named\\t' + predictors.findAll {{ methodRuns(comps[it], [task_id: 'unseen_perturbation', method_ids: ['gears', 'train_mean']]) }}.join(','))
+"""
+    rows = dict(line.split("\t") for line in run_groovy(code, tmp_path).splitlines() if "\t" in line)
+    for task in tasks:
+        planned = sorted({s["labels"]["method_id"] for s in plan["steps"] if s["stage"] == "predict" and s["labels"]["task_id"] == task})
+        assert sorted(rows[task].split(",")) == planned, task
+    assert sorted(rows["metrics"].split(",")) == sorted({s["labels"]["metric_component"] for s in plan["steps"]
+                                                         if s["stage"] == "score"})
+    assert rows["named"] == "gears,train_mean"

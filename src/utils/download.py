@@ -5,6 +5,9 @@ Included as a viash resource by every loader that downloads (standard library on
     from download import DownloadError, fetch, zenodo_checksum
     path, sha256 = fetch(url, sha256=PINNED_OR_NONE, published=zenodo_checksum(13350497, "X.h5ad"), log=log)
 
+Mirror: with `$PERTURBCAST_MIRROR` set (an http(s) prefix), files are requested from `<mirror>/<host>/<url path>`
+(the cache's layout) instead of their host, and verified and cached as if they came from it (`source_url`).
+
 Layout: a URL is cached at `$PERTURBCAST_CACHE/<host>/<url path>` (default cache `~/.cache/perturbcast`),
 e.g. `zenodo.org/records/13350497/files/DatlingerBock2017.h5ad`. Beside every cached file lies a record
 `<file>.checksum.json` (url, sha256, size, what the file was verified against).
@@ -56,6 +59,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 CACHE_ENV = "PERTURBCAST_CACHE"
+MIRROR_ENV = "PERTURBCAST_MIRROR"
 RECORD_SUFFIX = ".checksum.json"
 PART_SUFFIX = ".part"
 USER_AGENT = "perturbcast-loader/1 (+https://github.com/openproblems-bio/task_expression_forecasting)"
@@ -88,6 +92,18 @@ def _stderr(message: str):
 def cache_root() -> str:
     """`$PERTURBCAST_CACHE`, else `~/.cache/perturbcast`."""
     return os.path.abspath(os.path.expanduser(os.environ.get(CACHE_ENV) or os.path.join("~", ".cache", "perturbcast")))
+
+
+def source_url(url: str) -> str:
+    """Where `url` is requested from: `$PERTURBCAST_MIRROR/<host>/<path>` when that is set (the cache's own
+    layout, so a copy of a cache served over http(s), or a bucket's https endpoint, is a mirror), else `url`.
+    What arrives is verified exactly as a download from `url` is (pinned sha256, else the host's checksum) and
+    cached under `url`'s name."""
+    mirror = os.environ.get(MIRROR_ENV, "").strip().rstrip("/")
+    if not mirror:
+        return url
+    relative = os.path.relpath(cache_path(url, root=os.sep), os.sep).replace(os.sep, "/")
+    return f"{mirror}/{urllib.parse.quote(relative)}"
 
 
 def _safe_part(text: str) -> str:
@@ -502,7 +518,7 @@ def _attempt(url: str, part: str, path: str, offset: int, timeout: float, state:
         if validator:  # the host sends the whole file instead of the tail if it changed since the .part began
             headers["If-Range"] = validator.get("etag") or validator["last_modified"]
     try:
-        response = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
+        response = urllib.request.urlopen(urllib.request.Request(source_url(url), headers=headers), timeout=timeout)
     except urllib.error.HTTPError as error:
         if error.code == 416 and offset:  # nothing left to send: complete, or the .part is not this file
             _, total = _content_range(error.headers.get("Content-Range"))

@@ -51,6 +51,8 @@ from distances import (TIE_RTOL, available_cpus, context_genes, context_ranks, d
                        groups, leave_one_out_means, pairwise_distances)
 
 DRAW_LAYER = "draw_{}"
+# draws stored as the rows of a few profiles (IndexedDraws)
+DRAW_PROFILES, DRAW_ROWS = "draw_profiles", "draw_rows"
 # The k of the observed top-k gene sets used by the metric components (one partition finds them all).
 OBSERVED_KS = (20, 100, 200)
 # Rows ranked at a time (a block of 8,000 genes stays within a few MB of cache).
@@ -240,8 +242,47 @@ def _read_observed(io, par) -> Observed:
     return result
 
 
+class IndexedDraws:
+    """Draws that are rows of a few stored profiles (a stochastic control that picks existing profiles, such as
+    random_perturbation): `uns['draw_profiles']` (profiles x genes) and `uns['draw_rows']` (draws x rows, the
+    profile each row gets in each draw). Draw k is built when a metric asks for it, so K draws cost the file and
+    the memory of the profiles plus K x rows integers, not K prediction matrices."""
+
+    def __init__(self, X, profiles: np.ndarray, rows: np.ndarray):
+        self.X, self.profiles, self.rows = X, profiles, rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, k: int):
+        return self.X if k == 0 else self.profiles[self.rows[k]]
+
+
+def _indexed_draws(prediction, path: str, n_draws: int) -> IndexedDraws:
+    """The draws of `uns['draw_profiles']` / `uns['draw_rows']`, checked: shapes, indices, finite profiles, X = draw 0."""
+    from component_io import fail
+
+    profiles = np.asarray(prediction.uns[DRAW_PROFILES])
+    rows = np.asarray(prediction.uns.get(DRAW_ROWS))
+    where = f"--input_prediction file '{path}'"
+    if profiles.ndim != 2 or profiles.shape[1] != prediction.n_vars or not np.issubdtype(profiles.dtype, np.floating):
+        fail(f"{where}: uns['{DRAW_PROFILES}'] has shape {profiles.shape} ({profiles.dtype}), expected a float matrix "
+             f"with one column per gene ({prediction.n_vars})")
+    if rows.shape != (n_draws, prediction.n_obs) or not np.issubdtype(rows.dtype, np.integer) \
+            or (rows.size and (rows.min() < 0 or rows.max() >= len(profiles))):
+        fail(f"{where}: uns['{DRAW_ROWS}'] has shape {rows.shape} ({rows.dtype}), expected integers in "
+             f"[0, {len(profiles)}) of shape (n_draws {n_draws}, rows {prediction.n_obs})")
+    if not np.isfinite(profiles).all():
+        fail(f"{where}: uns['{DRAW_PROFILES}'] has {int((~np.isfinite(profiles)).sum())} NaN or infinite values, "
+             "expected finite numbers")
+    if not np.allclose(deltas.as_dense(prediction.X), profiles[rows[0]], rtol=1e-6, atol=1e-6):
+        fail(f"{where}: X is not draw 0 of uns['{DRAW_ROWS}'] (profiles uns['{DRAW_PROFILES}'][uns['{DRAW_ROWS}'][0]])")
+    return IndexedDraws(prediction.X, profiles, rows)
+
+
 def _draw_matrices(prediction, par, io) -> list:
-    """X and the `draw_k` layers announced by `uns['n_draws']`, each checked like X."""
+    """X and the `draw_k` layers announced by `uns['n_draws']`, each checked like X (or the indexed draws of
+    `uns['draw_profiles']` and `uns['draw_rows']`)."""
     from component_io import fail
     from formats import check_anndata
 
@@ -253,6 +294,8 @@ def _draw_matrices(prediction, par, io) -> list:
         fail(f"--input_prediction file '{path}': uns['n_draws'] is {n_draws!r}, expected an integer >= 1 "
              "(the number of draws: X and layers['draw_1'] ... layers['draw_{n_draws-1}'])")
     n_draws = int(n_draws)
+    if DRAW_PROFILES in prediction.uns:
+        return _indexed_draws(prediction, path, n_draws)
     names = [DRAW_LAYER.format(k) for k in range(1, n_draws)]
     missing = [name for name in names if name not in prediction.layers]
     stray = sorted(name for name in prediction.layers if name.startswith("draw_") and name not in names)
