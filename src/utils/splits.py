@@ -208,6 +208,31 @@ def _format_level(value) -> str:
     return "nan" if not np.isfinite(value) else f"{float(value):.6g}"
 
 
+def control_parts(columns: dict, eligible: np.ndarray, row_half: np.ndarray, seed: int):
+    """Each context's control profiles (rows where `eligible`) cut into a training part and a disjoint
+    reference part: the replicate halves where the context has control profiles in both (half 1 trains,
+    half 2 is the reference: with random halves of the cells, each part pools half of the control cells),
+    else a seeded split of its profiles; a context with a single control profile cannot be cut and uses it
+    for both (counted: the third value). Returns ({context: training rows}, {context: reference rows}, n)."""
+    by_context: dict[tuple[str, str], list[int]] = {}
+    for r in np.flatnonzero(eligible):
+        by_context.setdefault((columns["cell_type"][r], columns["condition"][r]), []).append(int(r))
+    training, reference, n_shared = {}, {}, 0
+    for context in sorted(by_context):
+        rows = np.array(by_context[context], dtype=np.int64)
+        halves = row_half[rows]
+        if (halves == 1).any() and (halves == 2).any():
+            training[context], reference[context] = rows[halves == 1], rows[halves == 2]
+        elif len(rows) >= 2:
+            first, second = _fallback_halves(rows, columns["replicate"], seed, ID_SEPARATOR.join(context))
+            training[context], reference[context] = np.asarray(first), np.asarray(second)
+        else:
+            training[context] = reference[context] = rows
+            n_shared += 1
+    return ({c: [int(r) for r in rows] for c, rows in training.items()},
+            {c: [int(r) for r in rows] for c, rows in reference.items()}, n_shared)
+
+
 def build_split(common, is_test, stratum, task_id: str, seed: int, extra_solution_uns: dict | None = None,
                 exclude=None, n_folds: int | None = None, fold: int | None = None, extra_uns: dict | None = None,
                 assignment: dict | None = None):
@@ -279,13 +304,17 @@ def build_split(common, is_test, stratum, task_id: str, seed: int, extra_solutio
     counts = pd.Series(ids).value_counts()
     ids = [i + ID_SEPARATOR + c["perturbation_type"] if counts[i] > 1 else i for i, c in zip(ids, conditions)]
 
-    # control profiles per context (all, and per replicate half), from training controls
+    # Control profiles per context, cut into a training part (what methods see: predicted deltas subtract its
+    # mean) and a disjoint reference part that only scoring sees (observed deltas subtract its mean), so the two
+    # sides of a comparison never share a control estimate's sampling noise (control_parts).
     replicates = columns["replicate"]
     half_of = replicate_half_of_labels(replicates)
     row_half = np.array([half_of[label] for label in replicates], dtype=np.int64)
-    context_rows: dict[tuple[str, str], list[int]] = {}
-    for r in np.flatnonzero(is_control & is_train):
-        context_rows.setdefault((columns["cell_type"][r], columns["condition"][r]), []).append(int(r))
+    context_rows, reference_rows, n_shared = control_parts(columns, is_control & is_train, row_half, seed)
+    held_for_scoring = sorted({r for c in reference_rows for r in reference_rows[c]}
+                              - {r for c in context_rows for r in context_rows[c]})
+    is_train = is_train.copy()
+    is_train[np.array(held_for_scoring, dtype=np.int64)] = False
     lacking = [i for i, c in zip(ids, conditions) if (c["cell_type"], c["condition"]) not in context_rows]
     if lacking:
         c = conditions[ids.index(lacking[0])]
@@ -324,15 +353,22 @@ def build_split(common, is_test, stratum, task_id: str, seed: int, extra_solutio
     context_index = {context: k for k, context in enumerate(context_list)}
     per_context = _group_mean(X, [np.array(context_rows[context]) for context in context_list])
     control = per_context[[context_index[context] for context in context_of]]
-    layers = {"replicate_1": replicate_1, "replicate_2": replicate_2, "control": control}
+    reference = _group_mean(X, [np.array(reference_rows[context]) for context in context_list])
+    layers = {"replicate_1": replicate_1, "replicate_2": replicate_2, "control": control,
+              "control_reference": reference[[context_index[context] for context in context_of]]}
+    # per replicate half, the control of the same half (training part: half 1, reference part: half 2 where
+    # the context's controls have both), for statistics on the replicate halves (limma_de)
+    every_control = {context: sorted(set(context_rows[context]) | set(reference_rows[context])) for context in context_list}
+    per_context = _group_mean(X, [np.array(every_control[context]) for context in context_list])
     for half in (1, 2):
-        half_rows = [np.array([r for r in context_rows[context] if row_half[r] == half], dtype=np.int64)
+        half_rows = [np.array([r for r in every_control[context] if row_half[r] == half], dtype=np.int64)
                      for context in context_list]
         present = [k for k, rows in enumerate(half_rows) if len(rows)]
         by_context = per_context.copy()
         by_context[present] = _group_mean(X, [half_rows[k] for k in present])
         layer = by_context[[context_index[context] for context in context_of]]
-        layer[~np.array(by_label, dtype=bool)] = control[~np.array(by_label, dtype=bool)]
+        whole = per_context[[context_index[context] for context in context_of]]
+        layer[~np.array(by_label, dtype=bool)] = whole[~np.array(by_label, dtype=bool)]
         layers[f"control_replicate_{half}"] = layer
     if "expected" in common.layers:
         layers["expected"] = _group_mean(common.layers["expected"], [c["rows"] for c in conditions])
@@ -377,6 +413,7 @@ def build_split(common, is_test, stratum, task_id: str, seed: int, extra_solutio
     solution = ad.AnnData(X=mean, obs=solution_obs, var=var.copy(), layers=layers,
                           uns={**uns, **(extra_uns or {}), "n_single_replicate_conditions": int(n_single_replicate),
                                "n_replicate_fallback_conditions": int(n_fallback),
+                               "n_contexts_shared_control": int(n_shared),
                                **({"n_excluded_profiles": int(exclude.sum())} if exclude.any() else {}),
                                **(extra_solution_uns or {})})
     return train, test, solution
