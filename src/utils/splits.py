@@ -29,11 +29,17 @@ import scipy.sparse as sp
 import vocabulary
 from vocabulary import CONTROL, TARGET_SEPARATOR
 ID_SEPARATOR = "|"
+# obs column of the common dataset that cuts each context's control profiles into a training part (1) and a
+# reference part (2) that only scoring sees; 0 for perturbation profiles.
+CONTROL_PART = "control_part"
 # obs columns of the common dataset that every task reads (checked on input even without a config).
 REQUIRED_OBS = ("perturbation", "is_control", "perturbation_type", "n_targets", "cell_type", "condition",
                 "replicate", "n_cells")
 # uns entries copied from the common dataset into every task output.
 COPIED_UNS = ("normalization_id", "source_sha256", "replicate_kind")
+# dataset_* entries NOT copied: the loaders' QC card is computed over every condition, the held-out ones
+# included, so a method reading it would see test rows (the report reads it from the dataset file itself)
+WITHHELD_UNS = ("dataset_report",)
 REQUIRED_UNS = ("dataset_id", "normalization_id")
 
 
@@ -125,13 +131,13 @@ def condition_id(perturbation: str, cell_type: str, condition: str) -> str:
 
 
 def output_uns(common, task_id: str, seed: int, n_folds: int | None = None, fold: int | None = None) -> dict:
-    """uns of every task output: dataset_* fields, normalization_id, source_sha256, task_id, split_seed and,
-    for a fold of a partition, n_folds and fold."""
+    """uns of every task output: dataset_* fields but dataset_report, normalization_id, source_sha256, task_id,
+    split_seed and, for a fold of a partition, n_folds and fold."""
     missing = [key for key in REQUIRED_UNS if key not in common.uns]
     if missing:
         raise SplitInputError(f"uns['{missing[0]}'] is missing (expected string)")
     uns = {key: common.uns[key] for key in sorted(common.uns.keys())
-           if key.startswith("dataset_") or key in COPIED_UNS}
+           if (key.startswith("dataset_") and key not in WITHHELD_UNS) or key in COPIED_UNS}
     uns["task_id"] = str(task_id)
     uns["split_seed"] = int(seed)
     if n_folds is not None:
@@ -208,29 +214,32 @@ def _format_level(value) -> str:
     return "nan" if not np.isfinite(value) else f"{float(value):.6g}"
 
 
-def control_parts(columns: dict, eligible: np.ndarray, row_half: np.ndarray, seed: int):
+def control_parts(obs: pd.DataFrame, eligible: np.ndarray):
     """Each context's control profiles (rows where `eligible`) cut into a training part and a disjoint
-    reference part: the replicate halves where the context has control profiles in both (half 1 trains,
-    half 2 is the reference: with random halves of the cells, each part pools half of the control cells),
-    else a seeded split of its profiles; a context with a single control profile cannot be cut and uses it
-    for both (counted: the third value). Returns ({context: training rows}, {context: reference rows}, n)."""
+    reference part by the common dataset's obs['control_part'] (1 = training, 2 = reference): the loaders
+    cut every control replicate profile's cells into two random parts, so both parts hold every replicate
+    and their batch effects alike. Cutting by replicate instead would put one replicate's batch into the
+    training control and another's into the reference, and every observed delta would then carry their
+    difference with the opposite sign of every predicted delta. A context without both parts (a file made
+    without obs['control_part']) uses all its controls for both: its deltas share the control's noise, as
+    they did before parts existed (counted, third value). Returns ({context: training rows}, {context:
+    reference rows}, n_shared)."""
+    part = (obs["control_part"].to_numpy(dtype=np.int64) if CONTROL_PART in obs.columns
+            else np.zeros(len(obs), dtype=np.int64))
+    cell_type, condition = obs["cell_type"].astype(str).to_numpy(), obs["condition"].astype(str).to_numpy()
     by_context: dict[tuple[str, str], list[int]] = {}
     for r in np.flatnonzero(eligible):
-        by_context.setdefault((columns["cell_type"][r], columns["condition"][r]), []).append(int(r))
+        by_context.setdefault((cell_type[r], condition[r]), []).append(int(r))
     training, reference, n_shared = {}, {}, 0
     for context in sorted(by_context):
         rows = np.array(by_context[context], dtype=np.int64)
-        halves = row_half[rows]
-        if (halves == 1).any() and (halves == 2).any():
-            training[context], reference[context] = rows[halves == 1], rows[halves == 2]
-        elif len(rows) >= 2:
-            first, second = _fallback_halves(rows, columns["replicate"], seed, ID_SEPARATOR.join(context))
-            training[context], reference[context] = np.asarray(first), np.asarray(second)
+        if (part[rows] == 1).any() and (part[rows] == 2).any():
+            training[context] = [int(r) for r in rows[part[rows] != 2]]
+            reference[context] = [int(r) for r in rows[part[rows] == 2]]
         else:
-            training[context] = reference[context] = rows
+            training[context] = reference[context] = [int(r) for r in rows]
             n_shared += 1
-    return ({c: [int(r) for r in rows] for c, rows in training.items()},
-            {c: [int(r) for r in rows] for c, rows in reference.items()}, n_shared)
+    return training, reference, n_shared
 
 
 def build_split(common, is_test, stratum, task_id: str, seed: int, extra_solution_uns: dict | None = None,
@@ -310,7 +319,7 @@ def build_split(common, is_test, stratum, task_id: str, seed: int, extra_solutio
     replicates = columns["replicate"]
     half_of = replicate_half_of_labels(replicates)
     row_half = np.array([half_of[label] for label in replicates], dtype=np.int64)
-    context_rows, reference_rows, n_shared = control_parts(columns, is_control & is_train, row_half, seed)
+    context_rows, reference_rows, n_shared = control_parts(obs, is_control & is_train)
     held_for_scoring = sorted({r for c in reference_rows for r in reference_rows[c]}
                               - {r for c in context_rows for r in context_rows[c]})
     is_train = is_train.copy()

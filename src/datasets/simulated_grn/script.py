@@ -79,6 +79,7 @@ SHARE_ACTIVATING = 0.6
 LIBRARY_SIZE_LOG_SD = 0.3
 CELL_CHUNK = 256
 REPLICATES = ("r1", "r2")
+CONTROL_PARTS = (1, 2)
 
 INTEGER_ARGUMENTS = ("seed", "n_genes", "n_regulators", "n_perturbed_genes", "n_combos", "n_cell_types",
                      "cells_per_perturbation", "n_control_cells")
@@ -399,21 +400,34 @@ def simulate_condition(cell_rng, solve, baseline, abundance, targets, guide_of, 
 
     in_r1 = np.zeros(n_cells, dtype=bool)
     in_r1[cell_rng.permutation(n_cells)[: (n_cells + 1) // 2]] = True
-    sums = np.zeros((2, len(baseline)), dtype=np.float64)
-    log_sums = np.zeros((2, len(baseline)), dtype=np.float64)
+    # Profiles of the condition: its two replicate halves; a control's halves are each cut once more into two
+    # control parts (CONTROL_PARTS), so that the task can hold one part of every replicate out of training
+    # as the reference of observed deltas, with the same replicate (batch) mix as the training part.
+    profile_of_cell = np.where(in_r1, 0, 1)
+    if not targets:
+        part = np.zeros(n_cells, dtype=np.int64)
+        for half in (0, 1):
+            members = np.flatnonzero(profile_of_cell == half)
+            part[members[cell_rng.permutation(len(members))[len(members) // 2:]]] = 1
+        profile_of_cell = profile_of_cell * 2 + part
+    n_profiles = 2 if targets else 4
+    sums = np.zeros((n_profiles, len(baseline)), dtype=np.float64)
+    log_sums = np.zeros((n_profiles, len(baseline)), dtype=np.float64)
     for start in range(0, n_cells, CELL_CHUNK):
         stop = min(n_cells, start + CELL_CHUNK)
         efficiencies = np.column_stack([cell_efficiencies(cell_rng, guide_of[t], stop - start) for t in targets]) \
             if targets else np.zeros((stop - start, 0))
         share = shares(solve, baseline, abundance, targets, efficiencies, guide_of, buffering, kind)
-        for half, selected in enumerate((in_r1[start:stop], ~in_r1[start:stop])):
+        for half in range(n_profiles):  # `half`: the profile's index within the condition (cell_files.CellRecorder)
+            selected = profile_of_cell[start:stop] == half
             if selected.any():
-                counts = sample_counts(cell_rng, with_batch(share[selected], batches[half]),
+                counts = sample_counts(cell_rng, with_batch(share[selected], batches[half * 2 // n_profiles]),
                                        args["mean_library_size"], args["dispersion"])
                 sums[half] += counts.sum(axis=0)
                 log_sums[half] += cell_log_normalised(counts).sum(axis=0)
-    n_half = (int(in_r1.sum()), int((~in_r1).sum()))
-    return sums, n_half, expected, log_sums / np.maximum(np.array(n_half, dtype=np.float64), 1.0)[:, None]
+    n_half = np.bincount(profile_of_cell, minlength=n_profiles)
+    expected = [expected[k * 2 // n_profiles] for k in range(n_profiles)]
+    return sums, [int(n) for n in n_half], expected, log_sums / np.maximum(n_half.astype(np.float64), 1.0)[:, None]
 
 
 def simulate(args: dict) -> ad.AnnData:
@@ -451,13 +465,16 @@ def simulate(args: dict) -> ad.AnnData:
             sums, halves, means, cell_means = simulate_condition(cell_rng, solve, baseline_c, abundance, list(targets),
                                                                  guide_of, buffering, batches, args)
             name = vocabulary.label(genes[t] for t in targets)
-            for replicate, counts, n, mean, cell_mean in zip(REPLICATES, sums, halves, means, cell_means):
+            labels = ([(r, 0) for r in REPLICATES] if targets
+                      else [(r, part) for r in REPLICATES for part in CONTROL_PARTS])
+            for (replicate, part), counts, n, mean, cell_mean in zip(labels, sums, halves, means, cell_means):
                 profiles.append(counts)
                 cell_profiles.append(cell_mean)
                 expected.append(mean)
                 rows.append({"perturbation": name, "is_control": not targets,
                              "perturbation_type": args["perturbation_type"], "n_targets": len(targets),
-                             "cell_type": cell_type, "condition": "none", "replicate": replicate, "n_cells": n})
+                             "cell_type": cell_type, "condition": "none", "replicate": replicate, "n_cells": n,
+                             "control_part": part})
     n_ineffective = sum(g["efficiency"] < INEFFECTIVE_MAX for g in guide_of.values())
     return assemble(np.vstack(profiles), np.vstack(expected), rows, genes, args, W, n_ineffective,
                     np.vstack(cell_profiles))
@@ -465,7 +482,9 @@ def simulate(args: dict) -> ad.AnnData:
 
 def assemble(counts, expected, rows, genes, args, W, n_ineffective: int, cell_means) -> ad.AnnData:
     obs = pd.DataFrame(rows)
-    obs.index = obs[["perturbation", "cell_type", "condition", "replicate"]].agg("|".join, axis=1).to_numpy()
+    obs.index = [f"{p}|{c}|{k}|{r}" + (f"|p{part}" if part else "") for p, c, k, r, part in
+                 obs[["perturbation", "cell_type", "condition", "replicate", "control_part"]].itertuples(index=False)]
+    obs["control_part"] = obs["control_part"].astype(np.int64)
     obs["is_control"] = obs["is_control"].astype(bool)
     obs["n_targets"] = obs["n_targets"].astype(np.int64)
     obs["n_cells"] = obs["n_cells"].astype(np.int64)
