@@ -13,7 +13,11 @@ the score. cell-eval then scores the same profiles with `MetricsEvaluator(..., s
 `compute(profile="anndata")` (its AnnData metrics: pearson_delta, mse, mae, mse_delta, mae_delta,
 discrimination_score_l1/l2/cosine, pearson_edistance, clustering_agreement), one evaluator per context
 (cell-eval has no contexts), with file paths as inputs so that it reads its files as our components do.
-Prints one line per component with wall time and peak memory, the totals, and the speed-up.
+Prints one line per component with wall time and peak memory, and the totals. cell-eval2 (the VCC 2026
+scorer) then scores the same profiles with its `anndata` profile (v2 preset, CPU, one thread, each label's
+target gene excluded through `target_gene_map`) in its own environment (`perturbcast envs build
+cell_eval2`; skipped with a line when it is not built). Both reference scorers are compared, wall and
+CPU, with every perturbcast metric id scored in one process (the engine's worker), the ratios printed.
 
 It then times every metric script of src/metrics one after the other in one Python process (how the
 local engine's worker scores one prediction: the inputs are read and checked once, later scripts reuse
@@ -134,6 +138,52 @@ def time_cell_eval(paths, outdir: Path) -> tuple[float, float, str]:
     return time.perf_counter() - start, time.process_time() - start_cpu, f"cell-eval {version('cell-eval')}"
 
 
+CELL_EVAL2_TIMER = """
+import json, logging, sys, time, warnings
+warnings.filterwarnings("ignore"); logging.disable(logging.WARNING)
+from dataclasses import replace
+from importlib.metadata import version
+from cell_eval2 import EvalConfig, compute_metrics
+jobs = json.loads(sys.argv[1])
+start, start_cpu = time.perf_counter(), time.process_time()
+for real, pred, gene_map in jobs:
+    config = replace(EvalConfig.from_preset("v2"), metrics="anndata", pert_col="target", control="non-targeting",
+                     input_type="lognorm", num_threads=1, gather_threads=1, device="cpu", target_gene_map=gene_map)
+    compute_metrics(pred, real, config=config)
+print(json.dumps([time.perf_counter() - start, time.process_time() - start_cpu, version("cell-eval2")]))
+"""
+
+
+def time_cell_eval2(paths) -> tuple[float, float, str]:
+    """Wall and CPU seconds of cell-eval2's `anndata` profile (after its import) on the same profiles, one
+    thread, CPU, each label's target gene excluded through `target_gene_map`; in cell-eval2's own
+    environment (`perturbcast envs build cell_eval2`), as the component runs it."""
+    import os
+
+    import anndata as ad
+    import yaml
+
+    from perturbcast import envs
+
+    raw = yaml.safe_load((ROOT / "src" / "metrics" / "cell_eval2" / "config.vsh.yaml").read_text())
+    environment = envs.ready("cell_eval2", raw)
+    if environment is None:
+        return float("nan"), float("nan"), "cell-eval2's environment is not built (perturbcast envs build cell_eval2)"
+    jobs = []
+    for real, pred in paths:
+        labels = ad.read_h5ad(real, backed="r").obs["target"].astype(str)
+        gene_map = {label: label.split("#")[0].split("+")[0] for label in labels if label != "non-targeting"}
+        jobs.append((str(real), str(pred), gene_map))
+    single_thread = {key: "1" for key in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+                                          "NUMBA_NUM_THREADS", "POLARS_MAX_THREADS")}
+    output = subprocess.run([str(environment.python), "-c", CELL_EVAL2_TIMER, json.dumps(jobs)], capture_output=True,
+                            text=True, env={**os.environ, **single_thread})
+    if output.returncode != 0:
+        return float("nan"), float("nan"), f"cell-eval2 failed: {output.stderr.strip().splitlines()[-1:]}"
+    wall, cpu, ce2_version = json.loads(output.stdout.strip().splitlines()[-1])
+    return wall, cpu, f"cell-eval2 {ce2_version}"
+
+
 MAX_DRAW_BYTES = 200_000_000  # random_perturbation's bound on its draws
 
 
@@ -211,19 +261,50 @@ def one_process_worker(tree: Path, directory: Path, prediction: str) -> int:
     return 0
 
 
-def time_one_process(tree: Path, directory: Path, prediction: str, label: str) -> float:
-    """Print the one-process timings of `tree`'s metric scripts on `prediction`; returns the total wall."""
+def time_one_process(tree: Path, directory: Path, prediction: str, label: str) -> tuple[float, float]:
+    """Print the one-process timings of `tree`'s metric scripts on `prediction`; returns the total wall and CPU."""
     output = subprocess.run([sys.executable, __file__, "--worker", str(tree), str(directory), prediction],
                             capture_output=True, text=True)
     if output.returncode != 0:
         print(f"{label}: failed\n{output.stderr[-2000:]}")
-        return float("nan")
+        return float("nan"), float("nan")
     timing = json.loads(output.stdout.strip().splitlines()[-1])
     for name, wall, cpu, status in timing["components"]:
         print(f"  {label:<10} {name:<20} {wall:8.1f} {cpu:7.1f}" + ("" if status == "ok" else f"  {status}"), flush=True)
     print(f"  {label:<10} {'all, one process':<20} {timing['total']:8.1f} {timing['cpu']:7.1f}  "
           f"peak {timing['peak_mib']:.0f} MiB", flush=True)
-    return timing["total"]
+    return timing["total"], timing["cpu"]
+
+
+def time_separately(directory: Path) -> None:
+    """Every metric component in its own process, as `perturbcast run` runs it; one line each."""
+    import anndata as ad
+
+    metrics = [c for c in discover_components(ROOT) if c.component_type == "metric"]
+    total = total_cpu = 0.0
+    print(f"{'component':<20} {'wall s':>8} {'CPU s':>7} {'peak MiB':>9}  metric ids", flush=True)
+    for component in metrics:
+        output = directory / f"score_{component.name}.h5ad"
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        with open(directory / f"{component.name}.log", "w") as log:
+            result = run_component(component.directory, [
+                "--input_solution", str(directory / "solution.h5ad"),
+                "--input_prediction", str(directory / "prediction.h5ad"), "--output", str(output)],
+                stdout=log, stderr=log)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+        if result.exit_code == 99:  # e.g. the cell metrics: the synthetic split has no cells
+            print(f"{component.name:<20} not applicable (no cells in the synthetic split)", flush=True)
+            continue
+        if result.exit_code != 0:
+            print(f"{component.name:<20} failed (exit {result.exit_code}); see {directory / component.name}.log")
+            continue
+        ids = list(ad.read_h5ad(output).uns["metric_ids"])
+        total += result.wall_seconds
+        total_cpu += cpu
+        print(f"{component.name:<20} {result.wall_seconds:8.1f} {cpu:7.1f} {result.peak_rss_bytes / 2**20:9.0f}  "
+              f"{', '.join(ids)}", flush=True)
+    print(f"{'all our metrics':<20} {total:8.1f} {total_cpu:7.1f}", flush=True)
 
 
 def main() -> int:
@@ -248,8 +329,8 @@ def main() -> int:
         print(f"generated {args.n_conditions} conditions x {args.n_genes} genes in {args.n_contexts} context(s) "
               f"in {time.perf_counter() - start:.1f} s", flush=True)
         print(f"every metric script in one process ({'component':<20} {'wall s':>8} {'CPU s':>7})", flush=True)
-        before = time_one_process(args.baseline, directory, "prediction.h5ad", "before") if args.baseline else None
-        after = time_one_process(ROOT, directory, "prediction.h5ad", "after")
+        before = time_one_process(args.baseline, directory, "prediction.h5ad", "before")[0] if args.baseline else None
+        after, after_cpu = time_one_process(ROOT, directory, "prediction.h5ad", "after")
         if before is not None:
             print(f"one process, all metric ids: before {before:.1f} s, after {after:.1f} s "
                   f"({before / after:.1f}x)", flush=True)
@@ -259,40 +340,21 @@ def main() -> int:
             print(f"random draws: {n_draws} draws written in {time.perf_counter() - start:.1f} s "
                   f"(requested {args.random_draws}, cap {MAX_DRAW_BYTES / 1e6:.0f} MB of float32)", flush=True)
             time_one_process(ROOT, directory, "random.h5ad", f"{n_draws} draws")
-        if args.skip_separate:
-            return 0
-        metrics = [c for c in discover_components(ROOT) if c.component_type == "metric"]
-        total = total_cpu = 0.0
-        print(f"{'component':<20} {'wall s':>8} {'CPU s':>7} {'peak MiB':>9}  metric ids", flush=True)
-        for component in metrics:
-            output = directory / f"score_{component.name}.h5ad"
-            before = resource.getrusage(resource.RUSAGE_CHILDREN)
-            with open(directory / f"{component.name}.log", "w") as log:
-                result = run_component(component.directory, [
-                    "--input_solution", str(directory / "solution.h5ad"),
-                    "--input_prediction", str(directory / "prediction.h5ad"), "--output", str(output)],
-                    stdout=log, stderr=log)
-            after = resource.getrusage(resource.RUSAGE_CHILDREN)
-            cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-            if result.exit_code != 0:
-                print(f"{component.name:<20} failed (exit {result.exit_code}); see {directory / component.name}.log")
-                continue
-            import anndata as ad
-
-            ids = list(ad.read_h5ad(output).uns["metric_ids"])
-            total += result.wall_seconds
-            total_cpu += cpu
-            print(f"{component.name:<20} {result.wall_seconds:8.1f} {cpu:7.1f} {result.peak_rss_bytes / 2**20:9.0f}  "
-                  f"{', '.join(ids)}", flush=True)
-        print(f"{'all our metrics':<20} {total:8.1f} {total_cpu:7.1f}", flush=True)
+        if not args.skip_separate:
+            time_separately(directory)
         if args.skip_cell_eval:
             return 0
-        seconds, cpu, label = time_cell_eval(paths, directory / "cell-eval-out")
-        if not np.isfinite(seconds):
-            print(label)
-            return 0
-        print(f"{label + ', profile anndata':<20} {seconds:8.1f} {cpu:7.1f}")
-        print(f"speed-up: {seconds / total:.1f}x wall, {cpu / total_cpu:.1f}x CPU")
+        # the reference scorers on the same profiles, against every perturbcast metric id scored as the
+        # engine's worker scores one prediction (one process, the `after` line above)
+        print(f"{'scorer':<34} {'wall s':>8} {'CPU s':>7}  perturbcast (one process) is faster by", flush=True)
+        print(f"{'perturbcast, every metric id':<34} {after:8.1f} {after_cpu:7.1f}", flush=True)
+        for timer in (lambda: time_cell_eval(paths, directory / "cell-eval-out"), lambda: time_cell_eval2(paths)):
+            seconds, cpu, label = timer()
+            if not np.isfinite(seconds):
+                print(label, flush=True)
+                continue
+            print(f"{label + ', profile anndata':<34} {seconds:8.1f} {cpu:7.1f}  "
+                  f"{seconds / after:.1f}x wall, {cpu / after_cpu:.1f}x CPU", flush=True)
         return 0
     finally:
         if args.keep is None:

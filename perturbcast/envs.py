@@ -126,6 +126,18 @@ def _installed(python: Path) -> list[str]:
     return [item["name"].lower() for item in json.loads(listing.stdout or "[]")]
 
 
+def python_too_old(raw: dict) -> str | None:
+    """Why this interpreter cannot build the component's environment (`info.requires_python`, e.g. "3.11":
+    the environment is made from the running Python), or None when it can."""
+    required = str((raw.get("info") or {}).get("requires_python") or "").strip()
+    if not required:
+        return None
+    wanted_version = tuple(int(part) for part in required.split("."))
+    if sys.version_info[:len(wanted_version)] >= wanted_version:
+        return None
+    return f"needs Python >= {required}; this interpreter is {sys.version.split()[0]}"
+
+
 def location(name: str, raw: dict) -> Path:
     """Where the component's environment lives (whether or not it is built); its setup's hash names it."""
     return cache_root() / f"{name}-{environment_key(install_steps(raw))}"
@@ -146,6 +158,9 @@ def ensure(name: str, raw: dict, *, gpu: bool = False, progress=None) -> Environ
     steps = install_steps(raw)
     if not steps:
         raise EnvironmentError_(f"{name}: its docker engine's setup declares no Python packages to install")
+    too_old = python_too_old(raw)
+    if too_old:
+        raise EnvironmentError_(f"{name}: environment not built: {too_old}")
     existing = ready(name, raw)
     if existing is not None:
         return existing

@@ -80,6 +80,10 @@ def run(args) -> int:
 def _build(config) -> bool:
     from . import envs
     where = envs.location(config.name, config.raw)
+    too_old = envs.python_too_old(config.raw)
+    if too_old:  # not a failure: the component is "not installed" under this Python, as it says when run
+        print(f"[envs] {config.name}: skipped: {too_old}", file=sys.stderr)
+        return True
     if envs.ready(config.name, config.raw):
         print(f"[envs] {config.name}: already built: {where}", file=sys.stderr)
         return True

@@ -147,3 +147,80 @@ def test_r_helper_reads_sparse_and_categorical_and_writes_what_python_reads(tmp_
     assert list(written.uns["one"]) == ["m"] and written.uns["scalar"] == 2.5 and written.uns["text"] == "t"
     assert list(written.uns["deep"]["k"]) == [1, 2]
     assert not (tmp_path / "out.h5ad.partial").exists()
+
+
+# ------------------------------------------------------------------ the closed-form fit against lmFit
+
+# The implementation before the closed-form fit (commit 399d29a: one lmFit + eBayes per group of rows,
+# O(n^2) grouping), kept verbatim as the reference the current script must reproduce.
+REFERENCE = ROOT / "tests" / "fixtures" / "limma_de_lmfit.R"
+
+
+def run_reference(tmp_path, solution, prediction, fdr=0.05):
+    """The reference script with its VIASH block replaced by the inputs, through Rscript."""
+    text = REFERENCE.read_text()
+    start, end = text.index("## VIASH START"), text.index("## VIASH END")
+    output = tmp_path / "reference_score.h5ad"
+    block = (f'par <- list(input_solution = "{solution}", input_prediction = "{prediction}", output = "{output}", '
+             f'fdr = {fdr})\nmeta <- list(name = "limma_de", resources_dir = "{ROOT / "src" / "utils"}")\n')
+    script = tmp_path / "reference.R"
+    script.write_text(text[:start] + block + text[end:])
+    subprocess.run(["Rscript", str(script)], check=True, capture_output=True, text=True)
+    return ad.read_h5ad(output)
+
+
+def assert_same_scores(tmp_path, solution, prediction):
+    result, current = score(tmp_path, solution, prediction)
+    assert result.exit_code == 0
+    reference = run_reference(tmp_path, solution, prediction)
+    assert list(current.uns["n_de_genes"]) == list(reference.uns["n_de_genes"])  # the same DE calls
+    for column in ("limma_de_auroc", "limma_de_recall"):
+        assert np.allclose(current.obs[column], reference.obs[column], rtol=0, atol=1e-12), column
+    assert np.allclose(current.uns["metric_values"], reference.uns["metric_values"], rtol=0, atol=1e-12)
+    assert list(current.obs_names) == list(reference.obs_names)
+    return current
+
+
+def test_same_values_as_lmfit_on_the_test_resources(tmp_path):
+    """Two contexts with control halves (two fits), a prediction with ties (train_mean)."""
+    folder = ROOT / "resources_test" / "simulated_grn" / "unseen_perturbation"
+    if not (folder / "solution.h5ad").exists():
+        pytest.skip("resources_test/ is missing: scripts/create_test_resources.py makes it")
+    scored = assert_same_scores(tmp_path, folder / "solution.h5ad", folder / "prediction.h5ad")
+    assert sum(scored.uns["n_de_genes"]) > 0
+
+
+@pytest.mark.parametrize("control_halves", [True, False, "identical"])
+def test_same_values_as_lmfit_on_the_hand_case(tmp_path, control_halves):
+    assert_same_scores(tmp_path, *split_files(tmp_path, control_halves=control_halves))
+
+
+def test_same_values_as_lmfit_on_a_real_subset_with_single_replicates(tmp_path):
+    """Norman 2019 (PerturBench devel subset), fold 0 of 2: 12 held-out conditions x 500 genes in 1 context
+    with real control halves; every third condition made single-replicate (identical halves), a noisy
+    prediction. Same DE calls, same scores."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "src" / "utils"))
+    import partitions
+    import splits
+
+    from realdata import norman19_common
+
+    common = norman19_common()
+    is_test, stratum, exclude, _ = partitions.perturbation_fold(common.obs, 2, 0, 0)
+    _, _, solution = splits.build_split(common, is_test, stratum, "unseen_perturbation", 0, exclude=exclude,
+                                        n_folds=2, fold=0)
+    single = np.arange(solution.n_obs) % 3 == 0
+    solution.layers["replicate_2"][single] = solution.layers["replicate_1"][single]
+    rng = np.random.default_rng(0)
+    delta = np.asarray(solution.X) - solution.layers["control"]
+    predicted = solution.layers["control"] + 0.5 * delta + rng.normal(0, 0.05, size=delta.shape)
+    prediction = ad.AnnData(X=predicted.astype(np.float32), obs=pd.DataFrame(index=solution.obs_names.copy()),
+                            var=pd.DataFrame(index=solution.var_names.copy()),
+                            uns={"dataset_id": solution.uns["dataset_id"], "task_id": solution.uns["task_id"],
+                                 "method_id": "noisy"})
+    solution.write_h5ad(tmp_path / "solution.h5ad")
+    prediction.write_h5ad(tmp_path / "prediction.h5ad")
+    scored = assert_same_scores(tmp_path, tmp_path / "solution.h5ad", tmp_path / "prediction.h5ad")
+    assert solution.n_obs >= 10 and sum(scored.uns["n_de_genes"]) > 0
