@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..layout import NOT_APPLICABLE_TAG as _NOT_APPLICABLE_TAG, status_label
-from .inputs import FAILED, NOT_APPLICABLE, NOT_DONE, SKIPPED, STATUS_LABELS, Inputs, is_simulated
+from ..layout import NOT_APPLICABLE_TAG as _NOT_APPLICABLE_TAG, NOT_INSTALLED_TAG as _NOT_INSTALLED_TAG, status_label
+from .inputs import FAILED, NOT_APPLICABLE, NOT_DONE, NOT_INSTALLED, SKIPPED, STATUS_LABELS, Inputs, is_simulated
 from .markup import doi_links, esc, fmt, inline_code, links, paragraphs
 from .sections_scores import kind_badge, method_cell
 from .tables import cost_by_dataset_table, dataset_facts, failure_tables, other_cost_table, stage_counts, tasks_scored
@@ -126,6 +126,7 @@ def _cost_by_dataset(inputs: Inputs, by_dataset: pd.DataFrame) -> str:
 
 # components may start their not-applicable message with this tag; the table's heading already says it
 NOT_APPLICABLE_TAG = re.compile(r"^" + re.escape(_NOT_APPLICABLE_TAG) + r"\s*")
+NOT_INSTALLED_TAG = re.compile(r"^" + re.escape(_NOT_INSTALLED_TAG) + r"\s*")
 
 
 def _exit_code(value) -> str:
@@ -160,16 +161,26 @@ def section_failures(inputs: Inputs, output: Path) -> str:
     tables = failure_tables(trace)
     failed_rows = []
     for row in tables[FAILED].itertuples(index=False):
-        log_path, tail = inputs.log_tail(row.step, row.stage)
+        log_path, tail = inputs.log_tail(row.steps[0], row.stage)
         log_link = ""
         if log_path:
             href = os.path.relpath(inputs.dir / log_path, output.parent)
             log_link = f' <a href="{esc(Path(href).as_posix())}">log</a>'
         tail_html = f"<details><summary>last lines of the log</summary><pre>{esc(tail)}</pre></details>" if tail else ""
-        failed_rows.append(f"<tr><td><code>{esc(row.step)}</code></td><td><code>{esc(row.component)}</code></td>"
-                           f"<td class='num'>{esc(_exit_code(row.exit_code))}</td><td>{esc(row.reason)}{log_link}{tail_html}</td></tr>")
-    failed = ("<h3>Failed steps</h3>" + _table("<th>step</th><th>component</th><th class='num'>exit</th><th>reason</th>",
-                                                 failed_rows)) if failed_rows else ""
+        failed_rows.append(f"<tr><td><code>{esc(row.component)}</code></td><td class='num'>{len(row.steps)}</td>"
+                           f"<td class='num'>{esc(_exit_code(row.exit_code))}</td><td>{esc(row.reason)}{log_link}"
+                           f"{tail_html}</td><td>{_step_list(row.steps)}</td></tr>")
+    failed = ("<h3>Failed steps</h3><p class='lead'>Grouped by component and reason; the log is the first step's."
+              "</p>" + _table("<th>component</th><th class='num'>steps</th><th class='num'>exit</th><th>reason</th>"
+                              "<th>steps</th>", failed_rows)) if failed_rows else ""
+    installed_rows = [
+        f"<tr><td><code>{esc(row.component)}</code></td><td>{esc(NOT_INSTALLED_TAG.sub('', row.reason))}</td>"
+        f"<td class='num'>{len(row.steps)}</td><td class='num'>{len(row.downstream) or ''}</td></tr>"
+        for row in tables[NOT_INSTALLED].itertuples(index=False)]
+    not_installed = ("<h3>Not installed</h3><p class='lead'>Methods whose packages are absent on this machine: not "
+                     "a failure; the command installs them, and a rerun adds their scores.</p>"
+                     + _table("<th>method</th><th>how to install it</th><th class='num'>steps</th>"
+                              "<th class='num'>steps not run after them</th>", installed_rows)) if installed_rows else ""
     not_applicable_rows = [
         f"<tr><td>{esc(NOT_APPLICABLE_TAG.sub('', row.reason))}</td><td>{_step_list(row.steps)}</td>"
         f"<td class='num'>{len(row.downstream) or ''}</td></tr>"
@@ -182,14 +193,15 @@ def section_failures(inputs: Inputs, output: Path) -> str:
     skipped_rows = []
     for row in tables[SKIPPED].itertuples(index=False):
         if row.cause:
-            cause = (f"<code>{esc(row.cause)}</code> <span class='status-{esc(row.cause_status)}'>"
+            more = f" and {row.roots - 1} more of its steps" if row.roots > 1 else ""
+            cause = (f"<code>{esc(row.cause)}</code>{esc(more)} <span class='status-{esc(row.cause_status)}'>"
                      f"{esc(status_label(row.cause_status))}</span>")
         else:
             cause = esc(row.reason or "no reason recorded")
         skipped_rows.append(f"<tr><td>{cause}</td><td class='num'>{len(row.steps)}</td>"
                             f"<td>{esc(stage_counts(row.steps))}</td><td>{_step_list(row.steps)}</td></tr>")
     skipped = ("<h3>Skipped</h3><p class='lead'>Steps that could not run because a step they depend on failed, "
-               "grouped by that first cause.</p>"
+               "grouped by the failing component.</p>"
                + _table("<th>cause</th><th class='num'>steps</th><th>stages</th><th>steps</th>", skipped_rows)) \
         if skipped_rows else ""
     return f"""
@@ -197,7 +209,7 @@ def section_failures(inputs: Inputs, output: Path) -> str:
 {title}
 <p class="lead">{esc(summary)} of {len(trace)} steps. One failing component never stops the others; its
 scores are simply absent from the tables above.</p>
-{failed}{not_applicable}{skipped}
+{not_installed}{failed}{not_applicable}{skipped}
 </section>"""
 
 
