@@ -13,6 +13,11 @@ from .layout import Status
 from .report import write_report
 
 
+def say(text: str, stream=None):
+    """Print to stderr (or `stream`) in lines of at most layout.LINE_WIDTH columns."""
+    print("\n".join(layout.fit_lines(text)), file=stream or sys.stderr)
+
+
 def _names(values):
     if values is None:
         return None
@@ -128,8 +133,7 @@ def aggregate(args) -> int:
     root = project_root(args.project)
     output = Path(args.results).resolve()
     if root is None or not output.is_dir():
-        print(f"[error] need the project root (_viash.yaml) and an existing results directory '{args.results}'",
-              file=sys.stderr)
+        say(f"[error] need the project root (_viash.yaml) and an existing results directory '{args.results}'")
         return 1
     only = None
     if args.plan:
@@ -140,7 +144,7 @@ def aggregate(args) -> int:
                 plan_cli.link_staged(output, Path(args.staged), json.loads(Path(args.staged_paths).read_text()))
             plan = json.loads(Path(args.plan).read_text())
         except (OSError, ValueError) as error:
-            print(f"[error] --plan {args.plan}: {error}", file=sys.stderr)
+            say(f"[error] --plan {args.plan}: {error}")
             return 1
         trace_path = Path(args.nextflow_trace) if args.nextflow_trace else output / layout.NEXTFLOW_TRACE
         records = plan_cli.records_from_layout(plan, output, plan_cli.nextflow_trace(trace_path))
@@ -186,8 +190,8 @@ def benchmark(args) -> int:
     try:
         return _benchmark(args)
     except KeyboardInterrupt:  # while planning or writing the tables (steps have their own handling)
-        print(f"[interrupted] {engine.INTERRUPT.name if engine.INTERRUPT.stopped else 'SIGINT'}: stopped outside "
-              f"the steps; finished steps stay cached in '{args.output or layout.DEFAULT_RESULTS}'", file=sys.stderr)
+        say(f"[interrupted] {engine.INTERRUPT.name if engine.INTERRUPT.stopped else 'SIGINT'}: stopped outside "
+              f"the steps; finished steps stay cached in '{args.output or layout.DEFAULT_RESULTS}'")
         return layout.INTERRUPTED_EXIT_CODE
 
 
@@ -250,11 +254,11 @@ def selection_from_args(args, command: str):
 
     root = project_root(args.project)
     if root is None:
-        print(f"[error] {NO_PROJECT.format(args.project)}", file=sys.stderr)
+        say(f"[error] {NO_PROJECT.format(args.project)}")
         return None, None, 1
     if args.n_folds < 2 or any(not 0 <= f < args.n_folds for f in args.folds or []):
-        print(f"[error] --n-folds is {args.n_folds} and --folds {args.folds}: expected --n-folds >= 2 and folds "
-              f"between 0 and {args.n_folds - 1}", file=sys.stderr)
+        say(f"[error] --n-folds is {args.n_folds} and --folds {args.folds}: expected --n-folds >= 2 and folds "
+              f"between 0 and {args.n_folds - 1}")
         return root, None, 2
     methods = _names(args.methods)
     if methods is not None:
@@ -263,13 +267,13 @@ def selection_from_args(args, command: str):
         added = [c for c in engine.SCALE_CONTROLS if c in present and c not in methods]
         if added:
             methods = methods + added
-            print(f"perturbcast {command}: added the controls that set the scale: {', '.join(added)}", file=sys.stderr)
+            say(f"perturbcast {command}: added the controls that set the scale: {', '.join(added)}")
     selection = engine.Selection(datasets=_names(args.datasets), tasks=_names(args.tasks),
                                  methods=methods, metrics=_names(args.metrics), seeds=args.seeds,
                                  n_folds=args.n_folds, folds=args.folds)
     problem = _user_datasets(args, root, selection)
     if problem:
-        print(f"[error] {problem}", file=sys.stderr)
+        say(f"[error] {problem}")
         return root, None, 2
     return root, selection, 0
 
@@ -293,7 +297,7 @@ def _benchmark(args) -> int:
 
     problem, limits = _engine_options(args)
     if problem:
-        print(problem, file=sys.stderr)
+        say(problem)
         return 2
     root, selection, code = selection_from_args(args, "benchmark")
     if selection is None:
@@ -302,7 +306,7 @@ def _benchmark(args) -> int:
     if args.compare:
         selection, problem = _compared(args, selection)
         if problem:
-            print(f"[error] {problem}", file=sys.stderr)
+            say(f"[error] {problem}")
             return layout.USAGE_EXIT_CODE
     if args.output is None:
         requested = set(_names(args.methods) or [])
@@ -311,23 +315,23 @@ def _benchmark(args) -> int:
     record = compare.selection_record(selection)
     folder, problem = compare.folder_for(Path(args.output), record, chosen)
     if problem:
-        print(f"[error] {problem}", file=sys.stderr)
+        say(f"[error] {problem}")
         return layout.USAGE_EXIT_CODE
     if not chosen:
         args.output = str(folder)
-        print(f"perturbcast benchmark: results in {args.output} (each selection has its own folder; --output "
-              "chooses another)", file=sys.stderr)
+        say(f"perturbcast benchmark: results in {args.output} (each selection has its own folder; --output "
+              "chooses another)")
     output = Path(args.output).resolve()
     try:
         steps, declared = engine.plan(root, output, selection)
     except ValueError as error:
         broken = engine.broken_configs()
-        print(f"[error] {error}" + (f" (configs that could not be loaded: {', '.join(r.component for r in broken)})"
-                                    if broken else ""), file=sys.stderr)
+        say(f"[error] {error}" + (f" (configs that could not be loaded: {', '.join(r.component for r in broken)})"
+                                    if broken else ""))
         return 1
     broken = engine.broken_configs()
     for record in broken:
-        print(f"{record.reason}: its steps are left out", file=sys.stderr)
+        say(f"{record.reason}: its steps are left out")
     if args.dry_run:
         for step in steps:
             inputs = " ".join(f"--{k} {v}" for k, v in step.inputs.items())
@@ -340,21 +344,21 @@ def _benchmark(args) -> int:
     try:
         output.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        print(f"[error] cannot create the results directory '{output}': {error.strerror}", file=sys.stderr)
+        say(f"[error] cannot create the results directory '{output}': {error.strerror}")
         return 1
     try:
         with engine.results_lock(output), engine.INTERRUPT.handling_signals():
             compare.write_selection(output, record)
             return _run(args, root, output, steps, declared + broken, limits, selection.n_folds)
     except engine.ResultsLocked as error:
-        print(f"[error] {error}", file=sys.stderr)
+        say(f"[error] {error}")
         return 1
 
 
 def _run(args, root: Path, output: Path, steps, declared, limits, n_folds: int) -> int:
     from . import engine
 
-    print(f"perturbcast benchmark: {len(steps)} steps, {args.jobs} at once, results in {output}", file=sys.stderr)
+    say(f"perturbcast benchmark: {len(steps)} steps, {args.jobs} at once, results in {output}")
     progress = engine.Progress(len(steps), verbose=args.verbose)
     reuse = compare.reuser(Path(args.compare), output) if getattr(args, "compare", None) else None
     records = engine.execute(steps, jobs=args.jobs, limits=limits, progress=progress, reuse=reuse)
@@ -371,8 +375,8 @@ def _run(args, root: Path, output: Path, steps, declared, limits, n_folds: int) 
             except Exception as error:  # partial results may not aggregate; the trace is what counts
                 tables = f" (no result tables: {type(error).__name__}: {error})"
         done = sum(Status(r.status).reusable for r in records if r.stage != layout.CONFIG)
-        print(f"[interrupted] {engine.INTERRUPT.name}: stopped after {done} of {len(records)} steps; partial "
-              f"results in {output} ({layout.TRACE}{tables})", file=sys.stderr)
+        say(f"[interrupted] {engine.INTERRUPT.name}: stopped after {done} of {len(records)} steps; partial "
+              f"results in {output} ({layout.TRACE}{tables})")
         return layout.INTERRUPTED_EXIT_CODE
     text = aggregate_results(root, output, this_run, n_resamples=args.n_resamples)
     print(text)

@@ -205,10 +205,11 @@ def test_report_of_a_benchmark_is_one_offline_file(benchmark_output, benchmark_r
     assert not re.search(r"cdn|@import|url\(", own, re.IGNORECASE)
     results = pd.read_parquet(benchmark_output / "results.parquet")
     summary = pd.read_parquet(benchmark_output / "summary.parquet")
-    # every section, and the calibration explained at the top
-    for anchor in ("calibration", "leaderboard", "heatmap", "details", "datasets", "cost", "failures", "components"):
+    # every section: the answer first (verdict, leaderboard), the explanation of the scores below them
+    for anchor in ("verdict", "calibration", "leaderboard", "heatmap", "details", "datasets", "cost", "failures",
+                   "components"):
         assert f'id="{anchor}"' in text, anchor
-    assert text.index('id="calibration"') < text.index('id="leaderboard"')
+    assert text.index('id="verdict"') < text.index('id="leaderboard"') < text.index('id="calibration"')
     assert "0 = no better than the training mean" in text and "scores above 1" in text
     assert "Holm" in text and "clamped" in text and "folds" in text
     # leaderboard sorted by calibrated score, methods named, wins/ties/losses shown
@@ -317,9 +318,10 @@ def test_report_of_hand_made_tables(constructed_output, tmp_path):
     # headroom in the better direction (mse: 0.04 - 0.01; pearson: 0.8 - 0.2), never a signed range
     assert "headroom 0.0300" in text and "headroom 0.6000" in text and not re.search(r"dynamic range -?\d", text)
     assert "headroom of mse_delta<\\/th><td class='num' title='b = 0.0400, r = 0.0100'>0.0300<\\/td>" in text
-    # the partition spread beside the headline, the p-values behind the win/tie/loss calls
-    board = text[text.index('<table class="data board">'):text.index("</table>", text.index('<table class="data board">'))]
-    assert "over partitions" in board and "<td class='num'>0.12</td>" in board
+    # the partition spread beside the raw means (below the leaderboard), the p-values behind the win/tie/loss calls
+    start = text.index("Raw mean of every metric")
+    raw = text[start:text.index("</table>", start)]
+    assert "over partitions" in raw and "<td class='num'>0.12</td>" in raw
     assert "p = 0.012, Holm-adjusted 0.046" in text
     # bibtex references become a titled link; dois link to doi.org
     assert '<a href="https://example.org/paper">A Bib title (2024)</a>' in text
