@@ -28,6 +28,13 @@ VERDICT_DEFAULTS = {"ranked": True, "not_ranked_reason": "", "n_reproducible": n
 TASK_SHORT = {"unseen_perturbation": "unseen pert", "unseen_combination": "unseen combo",
               "cell_type_transfer": "cell transfer"}
 CELL = 13  # width of one task column: "-0.03 fb100%"
+# Task columns in this order (the task biologists ask about first), any other task after them by name.
+TASK_ORDER = ("unseen_perturbation", "unseen_combination", "cell_type_transfer")
+
+
+def task_order(tasks) -> list[str]:
+    rank = {task: i for i, task in enumerate(TASK_ORDER)}
+    return sorted(dict.fromkeys(tasks), key=lambda task: (rank.get(task, len(rank)), task))
 
 
 def _finite(value) -> bool:
@@ -146,7 +153,7 @@ def leaderboard(summary: pd.DataFrame, by_slice: pd.DataFrame | None = None) -> 
         return pd.DataFrame()
     by_slice = by_slice if by_slice is not None else summary.attrs.get("by_slice", pd.DataFrame())
     per_task = task_columns(by_slice)
-    tasks = list(dict.fromkeys(per_task["task_id"]))
+    tasks = task_order(per_task["task_id"])
     board = summary[["method_id", "method_type", "calibrated", "calibrated_low", "calibrated_high", "wins", "ties",
                      "losses"]].copy()
     for task in tasks:

@@ -418,3 +418,61 @@ def test_report_is_a_package_of_small_modules():
     sizes = {path.name: len(path.read_text().splitlines()) for path in (ROOT / "perturbcast" / "report").glob("*.py")}
     assert {"inputs.py", "tables.py", "figures.py", "page.py"} <= set(sizes)
     assert max(sizes.values()) <= 500, sizes
+
+
+# ------------------------------------------------------------------------------------ the answer above the fold
+
+# After the page drew in a 1,280 x 800 window: where the verdict's first row ends, how wide the page is, and the
+# leaderboard's column heads.
+FOLD_PROBE = """
+var row = document.querySelector('#verdict tbody tr');
+var box = row ? row.getBoundingClientRect() : null;
+document.body.setAttribute('data-verdict-bottom', box ? String(box.bottom) : 'none');
+document.body.setAttribute('data-page-width', String(document.documentElement.scrollWidth));
+var heads = [];
+document.querySelectorAll('table.board thead th').forEach(function (th) { heads.push(th.textContent); });
+document.body.setAttribute('data-board-heads', JSON.stringify(heads));
+document.body.setAttribute('data-banner', (document.querySelector('header .headline') || {}).textContent || '');
+"""
+
+
+def above_the_fold(page: Path, work: Path) -> dict:
+    import json
+
+    dom, errors = render_dom(page, work, FOLD_PROBE, "--window-size=1280,800")
+    assert errors == [], errors
+
+    def attribute(name):
+        return re.search(rf'{name}="([^"]*)"', dom).group(1).replace("&quot;", '"').replace("&amp;", "&")
+    return {"verdict_bottom": attribute("data-verdict-bottom"), "page_width": int(attribute("data-page-width")),
+            "heads": json.loads(attribute("data-board-heads")), "banner": attribute("data-banner")}
+
+
+def test_default_run_shows_the_verdict_above_the_fold_and_a_column_per_task(chromium, benchmark_report, tmp_path):
+    seen = above_the_fold(benchmark_report, tmp_path)
+    assert seen["verdict_bottom"] != "none" and float(seen["verdict_bottom"]) <= 800
+    assert seen["page_width"] <= 1280  # the leaderboard scrolls inside its box, not the page
+    assert [h for h in seen["heads"] if h.startswith("unseen_")] == ["unseen_perturbationheadline",
+                                                                     "unseen_combinationheadline"]
+    assert seen["heads"].index("unseen_combinationheadline") < next(
+        i for i, h in enumerate(seen["heads"]) if h.startswith("overall"))
+
+
+def test_no_signal_run_says_not_ranked_above_the_fold_and_names_no_best_method(chromium, constructed_output,
+                                                                                tmp_path):
+    headline = pd.read_parquet(constructed_output / "headline.parquet")
+    headline[["headline", "headline_low", "headline_high"]] = float("nan")
+    headline = headline.assign(ranked=False, not_ranked_reason="no perturbation with a reproducible effect",
+                               n_reproducible=0, n_evaluated=40)
+    headline.to_parquet(constructed_output / "headline.parquet", index=False)
+    summary = pd.read_parquet(constructed_output / "summary.parquet")
+    summary[["calibrated", "calibrated_low", "calibrated_high"]] = float("nan")
+    summary.to_parquet(constructed_output / "summary.parquet", index=False)
+    page = report.write_report(constructed_output)
+    seen = above_the_fold(page, tmp_path)
+    assert "Best method" not in seen["banner"] and "No method beats the training mean" in seen["banner"]
+    assert "not ranked: no perturbation with a reproducible effect (0 of 40 perturbations" in seen["banner"]
+    assert float(seen["verdict_bottom"]) <= 800
+    assert any(h.startswith("unseen_combination") for h in seen["heads"])
+    ARTIFACTS.mkdir(exist_ok=True)
+    screenshot(page, ARTIFACTS / "report_not_ranked.png")

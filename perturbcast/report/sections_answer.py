@@ -101,7 +101,7 @@ def section_leaderboard(inputs: Inputs, figures: dict, cost: pd.DataFrame) -> st
         return ('<section id="leaderboard"><h2>Leaderboard</h2><p class="empty">No scores yet: results.parquet '
                 'or summary.parquet is missing or empty (see the failures below).</p></section>')
     slices = _slices(inputs)
-    tasks = list(dict.fromkeys(slices["task_id"])) if not slices.empty else []
+    tasks = answer.task_order(slices["task_id"]) if not slices.empty else []
     board = leaderboard_table(summary, inputs.results, inputs.metric_order(), cost)
     task_heads = "".join(f"<th class='num'>{esc(t)}<br><span class='dir'>headline</span></th>" for t in tasks)
     rows = []
