@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from perturbcast import layout
 from perturbcast.cli import main
 
 from conftest import ROOT
@@ -72,7 +73,9 @@ def test_a_hanging_method_costs_its_time_limit_and_nothing_else(faulty_run):
     output, code, wall = faulty_run
     steps = trace(output)
     hanging = steps.loc[f"predict/{SPLIT}/hanging"]
-    assert code == 0 and hanging.status == "failed" and hanging.reason == f"timeout after {STEP_TIMEOUT} s"
+    # steps failed, so the exit code says so (layout.STEPS_FAILED_EXIT_CODE), while every other step completed
+    assert code == layout.STEPS_FAILED_EXIT_CODE and hanging.status == "failed"
+    assert hanging.reason == f"timeout after {STEP_TIMEOUT} s"
     assert STEP_TIMEOUT <= hanging.wall_seconds < STEP_TIMEOUT + 5
     assert not alive(pid_in(output / "predictions" / SPLIT / "hanging"))
     assert "[error] timeout after 12 s" in (output / "predictions" / SPLIT / "hanging" / "log.txt").read_text()
