@@ -312,8 +312,8 @@ def _benchmark(args) -> int:
         requested = set(_names(args.methods) or [])
         added = [m for m in selection.methods or [] if m not in requested] if args.methods else []
         args.output = str(selection_folder(selection, added, args.spec))
-    record = compare.selection_record(selection)
-    folder, problem = compare.folder_for(Path(args.output), record, chosen)
+    made_with = compare.selection_record(selection)
+    folder, problem = compare.folder_for(Path(args.output), made_with, chosen)
     if problem:
         say(f"[error] {problem}")
         return layout.USAGE_EXIT_CODE
@@ -348,7 +348,7 @@ def _benchmark(args) -> int:
         return 1
     try:
         with engine.results_lock(output), engine.INTERRUPT.handling_signals():
-            compare.write_selection(output, record)
+            compare.write_selection(output, made_with)
             return _run(args, root, output, steps, declared + broken, limits, selection.n_folds)
     except engine.ResultsLocked as error:
         say(f"[error] {error}")
