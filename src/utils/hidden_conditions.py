@@ -10,7 +10,8 @@ The test: the control cells of each candidate group are split into two seeded ra
 squared distance of log-normalised half profiles of different groups (first halves with first halves, second with
 second), `within` the mean squared distance of the two halves of one group. Both compare profiles of about the
 same number of cells, so without a difference between groups the ratio is about 1; a column is named when it is
-RATIO times more (noise alone gives about 1 +- 0.2 at 20 cells per half and 2,000 genes).
+RATIO times more. Measured on Poisson counts with no group effect (a random 2-level column, 100 draws each): median
+1.00 and largest 1.07 at 60 cells x 2,000 genes, 1.14 at 80 cells x 500 genes, 1.05 at 200 cells x 2,000 genes.
 """
 from __future__ import annotations
 
