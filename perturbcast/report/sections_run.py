@@ -147,6 +147,11 @@ def _table(head: str, rows: list[str]) -> str:
             f"</tbody></table></div>")
 
 
+def _block(title: str, lead: str, head: str, rows: list[str]) -> str:
+    """A titled table of the failures section, or nothing without rows."""
+    return f"<h3>{title}</h3><p class='lead'>{lead}</p>" + _table(head, rows) if rows else ""
+
+
 def section_failures(inputs: Inputs, output: Path) -> str:
     trace = inputs.trace
     title = "<h2>Failures and not-applicable pairs</h2>"
@@ -170,26 +175,26 @@ def section_failures(inputs: Inputs, output: Path) -> str:
         failed_rows.append(f"<tr><td><code>{esc(row.component)}</code></td><td class='num'>{len(row.steps)}</td>"
                            f"<td class='num'>{esc(_exit_code(row.exit_code))}</td><td>{esc(row.reason)}{log_link}"
                            f"{tail_html}</td><td>{_step_list(row.steps)}</td></tr>")
-    failed = ("<h3>Failed steps</h3><p class='lead'>Grouped by component and reason; the log is the first step's."
-              "</p>" + _table("<th>component</th><th class='num'>steps</th><th class='num'>exit</th><th>reason</th>"
-                              "<th>steps</th>", failed_rows)) if failed_rows else ""
+    failed = _block("Failed steps", "Grouped by component and reason; the log is the first step's.",
+                    "<th>component</th><th class='num'>steps</th><th class='num'>exit</th><th>reason</th><th>steps</th>",
+                    failed_rows)
     installed_rows = [
         f"<tr><td><code>{esc(row.component)}</code></td><td>{esc(NOT_INSTALLED_TAG.sub('', row.reason))}</td>"
         f"<td class='num'>{len(row.steps)}</td><td class='num'>{len(row.downstream) or ''}</td></tr>"
         for row in tables[NOT_INSTALLED].itertuples(index=False)]
-    not_installed = ("<h3>Not installed</h3><p class='lead'>Methods whose packages are absent on this machine: not "
-                     "a failure; the command installs them, and a rerun adds their scores.</p>"
-                     + _table("<th>method</th><th>how to install it</th><th class='num'>steps</th>"
-                              "<th class='num'>steps not run after them</th>", installed_rows)) if installed_rows else ""
+    not_installed = _block("Not installed", "Methods whose packages are absent on this machine: not a failure; the "
+                           "command installs them, and a rerun adds their scores.",
+                           "<th>method</th><th>how to install it</th><th class='num'>steps</th>"
+                           "<th class='num'>steps not run after them</th>", installed_rows)
     not_applicable_rows = [
         f"<tr><td>{esc(NOT_APPLICABLE_TAG.sub('', row.reason))}</td><td>{_step_list(row.steps)}</td>"
         f"<td class='num'>{len(row.downstream) or ''}</td></tr>"
         for row in tables[NOT_APPLICABLE].itertuples(index=False)]
-    not_applicable = ("<h3>Not applicable</h3><p class='lead'>A task that cannot be made on a dataset (no "
-                      "combinations, one cell type) or a method that cannot or does not serve a task: expected, not "
-                      "an error. The steps after them (predictions, scores) are not run either.</p>"
-                      + _table("<th>reason</th><th>steps</th><th class='num'>steps not run after them</th>",
-                               not_applicable_rows)) if not_applicable_rows else ""
+    not_applicable = _block("Not applicable", "A task that cannot be made on a dataset (no combinations, one cell "
+                            "type) or a method that cannot or does not serve a task: expected, not an error. The steps "
+                            "after them (predictions, scores) are not run either.",
+                            "<th>reason</th><th>steps</th><th class='num'>steps not run after them</th>",
+                            not_applicable_rows)
     skipped_rows = []
     for row in tables[SKIPPED].itertuples(index=False):
         if row.cause:
@@ -200,10 +205,9 @@ def section_failures(inputs: Inputs, output: Path) -> str:
             cause = esc(row.reason or "no reason recorded")
         skipped_rows.append(f"<tr><td>{cause}</td><td class='num'>{len(row.steps)}</td>"
                             f"<td>{esc(stage_counts(row.steps))}</td><td>{_step_list(row.steps)}</td></tr>")
-    skipped = ("<h3>Skipped</h3><p class='lead'>Steps that could not run because a step they depend on failed, "
-               "grouped by the failing component.</p>"
-               + _table("<th>cause</th><th class='num'>steps</th><th>stages</th><th>steps</th>", skipped_rows)) \
-        if skipped_rows else ""
+    skipped = _block("Skipped", "Steps that could not run because a step they depend on failed, grouped by the "
+                     "failing component.", "<th>cause</th><th class='num'>steps</th><th>stages</th><th>steps</th>",
+                     skipped_rows)
     return f"""
 <section id="failures">
 {title}
