@@ -14,8 +14,10 @@ from .report import write_report
 
 
 def say(text: str, stream=None):
-    """Print to stderr (or `stream`) in lines of at most layout.LINE_WIDTH columns."""
-    print("\n".join(layout.fit_lines(text)), file=stream or sys.stderr)
+    """Print to stderr (or `stream`) in lines of at most layout.LINE_WIDTH columns; an `[error]` stays one line
+    (the project's rule for bad input: one line a script or a person can quote)."""
+    lines = [text] if text.startswith(layout.ERROR_TAG) else layout.fit_lines(text)
+    print("\n".join(lines), file=stream or sys.stderr)
 
 
 def _names(values):

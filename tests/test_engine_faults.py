@@ -144,14 +144,15 @@ def test_a_broken_config_only_removes_its_own_steps(faulty_run):
 @pytest.fixture(scope="module")
 def small_run(project, tmp_path_factory):
     output = tmp_path_factory.mktemp("small") / "results"
-    assert main(arguments(project, output, "train_mean")) == 0
+    # the project's broken config is a failed record: the exit code says so (the steps themselves all run)
+    assert main(arguments(project, output, "train_mean")) == layout.STEPS_FAILED_EXIT_CODE
     return output
 
 
 def test_a_moved_results_folder_keeps_its_cache(project, small_run, tmp_path):
     moved = tmp_path / "elsewhere" / "results"
     shutil.copytree(small_run, moved)
-    assert main(arguments(project, moved, "train_mean")) == 0
+    assert main(arguments(project, moved, "train_mean")) == layout.STEPS_FAILED_EXIT_CODE  # the broken config
     steps = trace(moved)
     steps = steps[steps.stage != "config"]
     assert (steps.status == "ok").all() and steps.cached.all()
@@ -162,7 +163,7 @@ def test_a_truncated_cached_output_is_recomputed(project, small_run):
     size = prediction.stat().st_size
     with open(prediction, "r+b") as handle:
         handle.truncate(size // 2)
-    assert main(arguments(project, small_run, "train_mean")) == 0
+    assert main(arguments(project, small_run, "train_mean")) == layout.STEPS_FAILED_EXIT_CODE  # the broken config
     steps = trace(small_run)
     assert not steps.loc[f"predict/{SPLIT}/train_mean"].cached
     assert steps.loc[f"split/{SPLIT}"].cached and steps.loc[f"score/{SPLIT}/train_mean/delta_error"].cached
