@@ -62,7 +62,7 @@ def marks(config) -> str:
     extra = info.get("extra")
     if envs.wanted(config.raw) and envs.install_steps(config.raw):
         if not envs.ready(config.name, config.raw):
-            out.append("own environment not built: perturbcast envs build " + config.name)
+            out.append("environment not built: perturbcast envs build")
     elif extra and not extra_installed(str(extra)):
         out.append(f"not installed: pip install -e '.[{extra}]'")
     return "".join(f" [{m}]" for m in out)
@@ -93,5 +93,6 @@ def run(args) -> int:
         width = max(len(c.name) for c in members)
         for config in members:
             line = f"  {config.name:<{width}}{marks(config)}  {_summary(config)}"
-            print("\n".join(layout.fit_lines(line, indent=" " * (width + 2))))
+            # one line per component, cut to the width (the full summary is in its config)
+            print(line if len(line) <= layout.LINE_WIDTH else line[:layout.LINE_WIDTH - 1] + "…")
     return 0

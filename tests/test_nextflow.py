@@ -580,8 +580,9 @@ def test_nextflow_layout_aggregates_like_the_engine(tmp_path):
                                     "tasks": ["unseen_perturbation"], "methods": ["train_mean", "needs_argument"],
                                     "metrics": ["delta_error", "delta_exit"], "n_folds": 2}))
     engine_out = tmp_path / "engine"
-    perturbcast("benchmark", "--project", project, "--spec", spec, "--output", engine_out, "--jobs", "2",
-                "--n-resamples", "50")
+    engine_run = perturbcast("benchmark", "--project", project, "--spec", spec, "--output", engine_out, "--jobs", "2",
+                             "--n-resamples", "50", check=False)
+    assert engine_run.returncode == 1, engine_run.stderr[-2000:]  # needs_argument and delta_exit fail on purpose
 
     plan_path = tmp_path / "plan.json"
     plan_path.write_text(perturbcast("plan", "--json", "--project", project, "--spec", spec).stdout)
