@@ -32,6 +32,7 @@ import partitions  # noqa: E402
 import splits  # noqa: E402
 import vocabulary  # noqa: E402
 from realdata import norman19_common  # noqa: E402
+from test_tasks import reference_controls  # noqa: E402
 
 TASK_ID = "unseen_perturbation"
 
@@ -163,9 +164,10 @@ def check_split_properties(common, out):
         assert held.isdisjoint(targets)
     for targets in targets_of(test.obs):
         assert not held.isdisjoint(targets)
-    # controls all in train, none in test
+    # controls in train except the reference part (replicate half 2 of each context), none in test
     controls = common.obs_names[common.obs["is_control"].to_numpy()]
-    assert set(controls) <= set(train.obs_names)
+    reference = reference_controls(common.obs)
+    assert set(controls) - reference == set(controls) & set(train.obs_names)
     assert "control" not in set(test.obs["perturbation"])
     # every common row is in train, a replicate of a test condition, or excluded: a perturbation touching a
     # held-out gene whose first target (in the partition's seeded gene order) belongs to another fold
@@ -177,7 +179,7 @@ def check_split_properties(common, out):
         targets = () if row["perturbation"] == "control" else tuple(row["perturbation"].split("+"))
         owner = fold_of[min(targets, key=position.__getitem__)] if targets else -1
         excluded = bool(held & set(targets)) and owner != solution.uns["fold"]
-        assert (name in train.obs_names) + (key in test_keys) + excluded == 1, name
+        assert (name in train.obs_names) + (key in test_keys) + excluded + (name in reference) == 1, name
         assert (key in test_keys) == (bool(held & set(targets)) and owner == solution.uns["fold"])
     # train = common rows unchanged; same genes in the same order everywhere
     assert list(train.var_names) == list(common.var_names)
@@ -212,7 +214,10 @@ def check_split_properties(common, out):
         assert row.n_cells == int(common.obs["n_cells"][mask].sum())
         control_mask = (common.obs["is_control"] & (common.obs["cell_type"] == row.cell_type)
                         & (common.obs["condition"] == row.condition)).to_numpy()
-        np.testing.assert_allclose(solution.layers["control"][k], row_mean(common, np.flatnonzero(control_mask)),
+        held_controls = control_mask & common.obs_names.isin(reference_controls(common.obs))
+        np.testing.assert_allclose(solution.layers["control"][k],
+                                   row_mean(common, np.flatnonzero(control_mask & ~held_controls)), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(solution.layers["control_reference"][k], row_mean(common, np.flatnonzero(held_controls)),
                                    rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(solution.X, (solution.layers["replicate_1"] + solution.layers["replicate_2"]) / 2,
                                rtol=1e-5, atol=1e-6)
@@ -329,9 +334,12 @@ def test_strata_on_a_hand_made_case(tmp_path):
     k = list(solution.obs_names).index("A+B|K562|none")
     assert float(test.obs.loc["A+B|K562|none", "target_expression"].split("+")[0]) == pytest.approx(
         float(solution.X[k, genes.index("A")]), rel=1e-5)
-    # control layer = mean of the two training control profiles of K562 x none
-    control_rows = np.flatnonzero(common.obs["is_control"].to_numpy())
-    np.testing.assert_allclose(solution.layers["control"][k], row_mean(common, control_rows), rtol=1e-5)
+    # control layer = the training part of K562 x none's controls (replicate half 1); the reference = half 2
+    is_control = common.obs["is_control"].to_numpy()
+    for layer, replicate in (("control", "r1"), ("control_reference", "r2")):
+        rows = np.flatnonzero(is_control & (common.obs["replicate"] == replicate).to_numpy())
+        assert len(rows) == 1
+        np.testing.assert_allclose(solution.layers[layer][k], row_mean(common, rows), rtol=1e-5)
 
 
 def test_a_combination_across_two_parts_is_tested_once_and_excluded_elsewhere():

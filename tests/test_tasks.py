@@ -140,20 +140,36 @@ def label_halves(labels) -> dict:
     return {label: 1 + i % 2 for i, label in enumerate(sorted(set(labels), key=key))}
 
 
+def reference_controls(obs) -> set:
+    """The documented control parts, restated: in a context whose control profiles fall in both replicate
+    halves, those of half 2 are the reference (held out of train, subtracted from observed deltas); a
+    context with a single control profile uses it for both parts."""
+    half_of = label_halves(obs["replicate"].astype(str))
+    held = set()
+    controls = obs[obs["is_control"].to_numpy()]
+    for _, frame in controls.groupby(["cell_type", "condition"], observed=True):
+        halves = frame["replicate"].astype(str).map(half_of)
+        assert halves.nunique() == 2 or len(frame) == 1, "tests use contexts whose controls span both halves"
+        if halves.nunique() == 2:
+            held |= set(frame.index[(halves == 2).to_numpy()])
+    return held
+
+
 def check_common_properties(common, train, test, solution, task_id, seed, excluded=(), n_folds=5, fold=0):
     """What every split must satisfy; `excluded`: common obs_names in neither training nor test."""
     obs = common.obs
     key = lambda frame: list(zip(frame["perturbation"].astype(str), frame["cell_type"].astype(str),  # noqa: E731
                                  frame["condition"].astype(str)))
     test_keys = set(key(test.obs))
-    excluded = set(excluded)
-    # partition of the common rows: training (unchanged), test conditions, excluded
+    reference = reference_controls(obs)
+    excluded = set(excluded) - reference
+    # partition of the common rows: training (unchanged), test conditions, excluded, reference controls
     for name, k in zip(obs.index, key(obs)):
-        assert (name in train.obs_names) + (k in test_keys) + (name in excluded) == 1, name
+        assert (name in train.obs_names) + (k in test_keys) + (name in excluded) + (name in reference) == 1, name
     rows = common.obs_names.get_indexer(train.obs_names)
     assert (rows >= 0).all()
     np.testing.assert_array_equal(dense(train.X), dense(common.X[rows]))
-    assert set(obs.index[obs["is_control"].to_numpy()]) <= set(train.obs_names)
+    assert set(obs.index[obs["is_control"].to_numpy()]) - reference <= set(train.obs_names)
     assert "control" not in set(test.obs["perturbation"])
     # gene statistics over training rows only
     np.testing.assert_allclose(train.var["mean_expression"].to_numpy(), dense(train.X).astype(np.float64).mean(0),
@@ -184,7 +200,11 @@ def check_common_properties(common, train, test, solution, task_id, seed, exclud
         np.testing.assert_allclose(solution.X[k], X[mask].mean(0), rtol=1e-5, atol=1e-6)
         controls = (obs["is_control"] & (obs["cell_type"] == row.cell_type)
                     & (obs["condition"] == row.condition)).to_numpy()
-        np.testing.assert_allclose(solution.layers["control"][k], X[controls].mean(0), rtol=1e-5, atol=1e-6)
+        held = controls & obs.index.isin(reference)
+        training = controls & ~held
+        np.testing.assert_allclose(solution.layers["control"][k], X[training].mean(0), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(solution.layers["control_reference"][k], X[held if held.any() else training].mean(0),
+                                   rtol=1e-5, atol=1e-6)
         by_label = len(set(row_half[mask])) == 2
         for half in (1, 2):
             if by_label:

@@ -61,49 +61,59 @@ def noise_variance(A, B, n_cells, contexts):
     return numerator / denominator, used
 
 
-def leave_one_out_mean(X, contexts):
-    """Per row, the mean of the other test profiles of its context (the row itself if it is alone)."""
-    centre = X.copy()
-    for context in np.unique(contexts):
-        rows = np.flatnonzero(contexts == context)
-        if len(rows) >= 2:
-            centre[rows] = (X[rows].sum(axis=0) - X[rows]) / (len(rows) - 1)
-    return centre
+# A condition's prior scale is estimated only where its excess over noise is beyond chance (one-sided z above
+# this): under no effect the floored moment estimate is positive for half the conditions, and a draw that keeps
+# part of its own observation shares that observation's noise, the inflation a ceiling must not have.
+SIGNAL_Z = 3.0
 
 
-def ceiling_draws(X, variance, contexts, n_draws: int, rng):
-    """Draws of each condition's true profile mu given X = mu + N(0, variance).
+def ceiling_draws(X, variance, centre, centre_variance, contexts, n_draws: int, rng):
+    """Draws of each condition's true profile mu given X = mu + N(0, variance), shrunk toward `centre`.
 
-    Prior: mu_cg = c_g + theta_cg, theta_cg ~ N(0, lambda_c tau2_g). c is the mean of the other test
-    profiles of the row's context (leaving the row out keeps the centre independent of the profile it
-    is applied to); tau2_g how much gene g varies between conditions beyond noise, pooled over the
-    contexts; lambda_c how strong condition c is relative to the others. Both are method-of-moments
-    estimates floored at 0, from E[(X_c - c)^2] = lambda_c tau2 + v (1 + 1 / (k - 1)) for a centre of
-    k - 1 profiles (the centre's own noise counts as noise of the deviation). The per-condition scale
-    matters: real screens are mostly perturbations without measurable effect and a few strong ones; with
-    one scale for all, a null condition's posterior would keep part of its observed noise, and its draw
-    would sit closest to its own observation, the inflation a ceiling must not have. A row alone in its
-    context has no centre and gets a flat prior (mu = X + noise).
+    Prior: mu_cg = centre_cg + theta_cg, theta_cg ~ N(0, lambda_c tau2_g). The centre is the training mean
+    of the row's context (what `train_mean` predicts), built from training rows only, so it shares no noise
+    with X; its own sampling variance `centre_variance` counts as noise of the deviation. tau2_g is how much
+    gene g departs from the training mean beyond noise, pooled over the test conditions; lambda_c how far
+    condition c departs relative to the others, a method-of-moments estimate kept only where its z-score of
+    excess over noise reaches SIGNAL_Z (else 0: the condition is drawn as the training mean). With no
+    signal every draw is the training mean, so the ceiling cannot beat the baseline; with strong signal a
+    draw is X plus noise of X's size, the oracle's relation to X. Shrinking toward the training mean rather
+    than toward the other test conditions keeps a fully shrunk condition at the baseline instead of at
+    -1/(k-1) times its own observed deviation (which gave Systema -1 and discrimination below chance).
     """
-    draws = np.repeat(X[None], n_draws, axis=0)
-    centre = leave_one_out_mean(X, contexts)
-    size = pd.Series(contexts).map(pd.Series(contexts).value_counts()).to_numpy()
-    alone = size < 2
-    if alone.any():
-        draws[:, alone] = X[alone] + np.sqrt(variance[alone]) * rng.standard_normal((n_draws, int(alone.sum()), X.shape[1]))
-    rows = np.flatnonzero(~alone)
-    if len(rows) == 0:
-        return draws
-    deviation = X[rows] - centre[rows]
-    v = variance[rows] * (1.0 + 1.0 / (size[rows, None] - 1))
+    deviation = X - centre
+    v = variance + centre_variance
     excess = deviation ** 2 - v
-    tau2 = np.maximum(excess.mean(axis=0), 0.0)
-    scale = np.maximum(excess.sum(axis=1) / max(tau2.sum(), 1e-300), 0.0)
+    z = excess.sum(axis=1) / np.sqrt(2.0 * (v ** 2).sum(axis=1))
+    signal = z > SIGNAL_Z
+    draws = np.repeat(centre[None], n_draws, axis=0)
+    if not signal.any():
+        return draws, signal
+    tau2 = np.maximum(excess[signal].mean(axis=0), 0.0)
+    scale = np.where(signal, np.maximum(excess.sum(axis=1) / max(tau2.sum(), 1e-300), 0.0), 0.0)
     prior = scale[:, None] * tau2[None, :]
     shrink = prior / (prior + v)
     for k in range(n_draws):
-        draws[k, rows] = centre[rows] + shrink * deviation + np.sqrt(shrink * v) * rng.standard_normal(deviation.shape)
-    return draws
+        draws[k] = centre + shrink * deviation + np.sqrt(shrink * v) * rng.standard_normal(deviation.shape)
+    return draws, signal
+
+
+def training_centre(train, test):
+    """Per test row, the training mean of its context (train_mean's prediction) and that mean's sampling
+    variance factor: sum over the averaged training conditions of 1 / n_cells, divided by their number
+    squared (times a gene's per-cell noise variance sigma2_g it is the centre's noise variance)."""
+    profiles = baselines.TrainingProfiles(train)
+    obs = train.obs[~train.obs["is_control"].to_numpy().astype(bool)]
+    cells = obs.groupby([obs["perturbation"].astype(str), obs["perturbation_type"].astype(str),
+                         obs["cell_type"].astype(str), obs["condition"].astype(str)], sort=True,
+                        observed=True)["n_cells"].sum()
+    inverse_cells = 1.0 / np.maximum(cells.to_numpy(dtype=np.float64), 1.0)  # in TrainingProfiles' row order
+    centre, factor = [], []
+    for context in baselines.test_contexts(test):
+        rows, _ = profiles.rows_or_all(context)
+        centre.append(profiles.X[rows].mean(axis=0))
+        factor.append(inverse_cells[rows].sum() / len(rows) ** 2)
+    return np.vstack(centre), np.array(factor)
 
 
 io = ComponentIO(par, meta)
@@ -122,15 +132,21 @@ contexts = pd.Series(list(zip(solution.obs["cell_type"].astype(str), solution.ob
 sigma2, n_informative = noise_variance(A, B, n_cells, contexts)
 n_draws = int(max(1, min(n_draws, MAX_DRAW_BYTES // (4 * X.size or 1))))
 rng = np.random.default_rng(seed)
+centre, centre_factor = training_centre(train, test)
 if sigma2 is None:
-    # Without two differing replicate halves anywhere there is no noise estimate; the observed profile
-    # itself is then the only guess left (it flatters the ceiling, and the log says so).
-    log("replicate_ceiling: no condition has two differing replicate halves; predicting the observed profiles")
-    draws = np.repeat(X[None], n_draws, axis=0)
+    # Without two differing replicate halves anywhere there is no noise estimate and so no telling signal
+    # from noise: the ceiling is the training mean (no scale, nothing calibrated), and the log says so.
+    log("replicate_ceiling: no condition has two differing replicate halves; predicting the training mean "
+        "(no noise estimate, so no scale to calibrate on)")
+    draws = np.repeat(centre[None], n_draws, axis=0)
 else:
-    draws = ceiling_draws(X, np.maximum(sigma2, 0.0)[None, :] / n_cells[:, None] + 1e-12, contexts, n_draws, rng)
+    sigma2 = np.maximum(sigma2, 0.0)[None, :]
+    draws, signal = ceiling_draws(X, sigma2 / n_cells[:, None] + 1e-12, centre, sigma2 * centre_factor[:, None],
+                                  contexts, n_draws, rng)
     log(f"replicate_ceiling: {n_draws} draws from the posterior of each of {test.n_obs} test conditions' true "
-        f"profile (noise variance from {n_informative} conditions' replicate halves)")
+        f"profile around the training mean (noise variance from {n_informative} conditions' replicate halves); "
+        f"{int(signal.sum())} conditions depart from the training mean beyond noise (z > {SIGNAL_Z:g}), the "
+        "others are drawn as the training mean")
 prediction = baselines.prediction(train, test, draws[0], meta["name"])
 for k in range(1, n_draws):
     prediction.layers[f"draw_{k}"] = draws[k].astype(np.float32)
