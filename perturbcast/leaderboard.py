@@ -95,7 +95,8 @@ def verdicts(by_slice: pd.DataFrame) -> list[dict]:
                     "not_ranked": "" if ranked else not_ranked_text(first), "evidence": evidence(first),
                     "winners": [(w.method_id, float(w.headline), float(w.headline_low), float(w.headline_high))
                                 for w in winners.itertuples(index=False)]})
-    return out
+    order = {task: i for i, task in enumerate(task_order(v["task_id"] for v in out))}
+    return sorted(out, key=lambda v: (v["dataset_id"], order[v["task_id"]]))
 
 
 def verdict_lines(by_slice: pd.DataFrame) -> list[str]:

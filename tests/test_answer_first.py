@@ -68,8 +68,9 @@ def no_signal():
 
 def test_terminal_verdict_names_winners_with_gain_interval_and_n(signal):
     lines = leaderboard.verdict_lines(signal.attrs["by_slice"])
-    assert lines == ["screen / unseen_combination (n = 40): beat train_mean: linear_baseline by 0.33 [0.20, 0.41]",
-                     "screen / unseen_perturbation (n = 40): no method beats the training mean"]
+    # unseen_perturbation first (the task order of the columns), then unseen_combination
+    assert lines == ["screen / unseen_perturbation (n = 40): no method beats the training mean",
+                     "screen / unseen_combination (n = 40): beat train_mean: linear_baseline by 0.33 [0.20, 0.41]"]
 
 
 def test_terminal_leaderboard_has_a_column_per_task_with_the_fallback_share(signal):
