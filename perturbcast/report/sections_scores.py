@@ -5,10 +5,10 @@ from __future__ import annotations
 import pandas as pd
 
 from .figures import forest_figure, raw_figure, stratum_figure
-from .inputs import ALL_STRATA, BASELINE_METHOD, FAMILY_ALPHA, HEADLINE_CLAMP, HEADLINE_PANEL, NOT_DONE, OK, \
+from .inputs import ALL_STRATA, FAMILY_ALPHA, HEADLINE_CLAMP, HEADLINE_PANEL, NOT_DONE, OK, \
     STATUS_LABELS, Inputs, is_simulated
 from ..layout import Status
-from .markup import esc, finite, fmt
+from .markup import esc
 from .plotting import KIND_COLOURS
 from .tables import headroom_overview, headroom_text, slice_table
 
