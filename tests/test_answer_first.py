@@ -162,6 +162,8 @@ def test_report_banner_says_not_ranked_and_names_no_best_method(constructed_outp
     summary.to_parquet(constructed_output / "summary.parquet", index=False)
     page = report.write_report(constructed_output).read_text()
     header = page[page.index("<header"):page.index("</header>")]
+    # the heatmap colours no cell of a slice that is not ranked (toy_a and toy_b: every slice here)
+    assert all(value is None for row in heatmap_figure(Inputs(constructed_output))["data"][0]["z"] for value in row)
     assert "Best method" not in page
     assert "No method beats the training mean" in header
     assert ("toy_a · unseen_combination: not ranked: no perturbation with a reproducible effect (0 of 40 "

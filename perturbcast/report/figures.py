@@ -7,6 +7,7 @@ import html
 import numpy as np
 import pandas as pd
 
+from ..leaderboard import with_verdict_columns
 from .inputs import ALL_STRATA, BASELINE_METHOD, HEADLINE_CLAMP, Inputs
 from .markup import finite, fmt
 from .plotting import KIND_COLOURS, OUTCOME_COLOURS, STRATUM_COLOURS, base_layout, clip, edge_position, \
@@ -65,11 +66,15 @@ def heatmap_figure(inputs: Inputs, by_stratum: bool = False) -> dict | None:
     names = ["<br>".join(column) for column in columns]
     order = inputs.method_order()
     what = "panel metrics x datasets x partitions" if by_stratum else "panel metrics x partitions"
+    slices = with_verdict_columns(inputs.headline)
+    # a dataset x task that is not ranked shows no colour: its scores cannot tell methods apart
+    unranked = set() if by_stratum or slices.empty else {
+        (d, t) for d, t, ranked in zip(slices["dataset_id"], slices["task_id"], slices["ranked"]) if not ranked}
     z, text, hover = [], [], []
     for method in order:
         z_row, text_row, hover_row = [], [], []
         for column in columns:
-            value = table["mean"].get((method, *column), np.nan)
+            value = np.nan if tuple(column) in unranked else table["mean"].get((method, *column), np.nan)
             count = table["count"].get((method, *column), 0)
             z_row.append(min(max(value, HEAT_RANGE[0]), HEAT_RANGE[1]) if finite(value) else None)
             text_row.append(fmt(value, 2) if finite(value) else "")
