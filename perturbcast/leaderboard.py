@@ -73,7 +73,8 @@ def not_ranked_text(row) -> str:
     """'not ranked: <reason> (<evidence>)' of an unranked slice."""
     reason = str(row.get("not_ranked_reason") or "no reason recorded")
     proof = evidence(row)
-    return f"{NOT_RANKED}: {reason}" + (f" ({proof})" if proof and proof not in reason else "")
+    counted = proof.split(" perturbations")[0]  # "k of n": a reason may state the evidence in its own words
+    return f"{NOT_RANKED}: {reason}" + (f" ({proof})" if proof and counted not in reason else "")
 
 
 def verdicts(by_slice: pd.DataFrame) -> list[dict]:

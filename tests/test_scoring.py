@@ -21,7 +21,7 @@ def table(values: dict, metric="pearson_delta", strata=None) -> pd.DataFrame:
 def test_calibrated_score_is_zero_at_baseline_and_one_at_ceiling():
     per_condition = table({"train_mean": [0.2, 0.4], "replicate_ceiling": [0.8, 1.0], "m": [0.5, 0.7],
                            "ground_truth": [1.0, 1.0]})
-    results, summary = scoring.results_table(per_condition, n_resamples=200, maximize={"pearson_delta": True})
+    results, summary = scoring.results_table(per_condition, min_panel_metrics=1, n_resamples=200, maximize={"pearson_delta": True})
     overall = results[results.stratum == "all"].set_index("method_id")
     assert overall.loc["m", "value"] == pytest.approx(0.6)
     assert overall.loc["m", "baseline"] == pytest.approx(0.3) and overall.loc["m", "ceiling"] == pytest.approx(0.9)
@@ -37,7 +37,7 @@ def test_calibrated_score_is_zero_at_baseline_and_one_at_ceiling():
 
 def test_lower_is_better_metrics_calibrate_the_same_way():
     per_condition = table({"train_mean": [4.0, 4.0], "replicate_ceiling": [1.0, 1.0], "m": [2.5, 2.5]}, metric="mse_delta")
-    results, _ = scoring.results_table(per_condition, n_resamples=50, maximize={"mse_delta": False})
+    results, _ = scoring.results_table(per_condition, min_panel_metrics=1, n_resamples=50, maximize={"mse_delta": False})
     overall = results[results.stratum == "all"].set_index("method_id")
     assert overall.loc["m", "score"] == pytest.approx(0.5)
     assert overall.loc["m", "outcome"] == "win"  # lower error than train_mean on every resample
@@ -47,8 +47,8 @@ def test_intervals_cover_the_mean_and_are_seeded():
     rng = np.random.default_rng(1)
     per_condition = table({"train_mean": rng.normal(0.3, 0.1, 40), "replicate_ceiling": rng.normal(0.9, 0.05, 40),
                            "m": rng.normal(0.32, 0.2, 40)})
-    first, _ = scoring.results_table(per_condition, n_resamples=500, seed=3)
-    second, _ = scoring.results_table(per_condition, n_resamples=500, seed=3)
+    first, _ = scoring.results_table(per_condition, min_panel_metrics=1, n_resamples=500, seed=3)
+    second, _ = scoring.results_table(per_condition, min_panel_metrics=1, n_resamples=500, seed=3)
     pd.testing.assert_frame_equal(first, second)
     row = first[(first.stratum == "all") & (first.method_id == "m")].iloc[0]
     assert row.value_low < row.value < row.value_high
@@ -60,7 +60,7 @@ def test_intervals_cover_the_mean_and_are_seeded():
 def test_strata_are_reported_beside_all():
     per_condition = table({"train_mean": [0.0, 0.2, 0.4], "replicate_ceiling": [1.0, 1.0, 1.0], "m": [0.5, 0.6, 0.4]},
                           strata=["single", "single", "combo_seen1"])
-    results, _ = scoring.results_table(per_condition, n_resamples=50)
+    results, _ = scoring.results_table(per_condition, min_panel_metrics=1, n_resamples=50)
     single = results[(results.stratum == "single") & (results.method_id == "m")].iloc[0]
     combo = results[(results.stratum == "combo_seen1") & (results.method_id == "m")].iloc[0]
     assert single.value == pytest.approx(0.55) and single.n_conditions == 2
@@ -70,7 +70,7 @@ def test_strata_are_reported_beside_all():
 
 def test_no_ceiling_gives_no_calibrated_score_rather_than_a_wrong_one():
     per_condition = table({"train_mean": [0.2, 0.4], "m": [0.5, 0.7]})
-    results, summary = scoring.results_table(per_condition, n_resamples=20)
+    results, summary = scoring.results_table(per_condition, min_panel_metrics=1, n_resamples=20)
     assert results["score"].isna().all()
     assert results.set_index("method_id").loc["m"].iloc[0]["diff_from_baseline"] == pytest.approx(0.3)
 
@@ -80,7 +80,7 @@ def test_summary_counts_outcomes_and_averages_scores():
         table({"train_mean": [0.2, 0.4], "replicate_ceiling": [0.8, 1.0], "m": [0.5, 0.7]}, metric="pearson_delta"),
         table({"train_mean": [4.0, 4.0], "replicate_ceiling": [1.0, 1.0], "m": [5.0, 5.0]}, metric="mse_delta"),
     ])
-    results, summary = scoring.results_table(per_condition, n_resamples=100,
+    results, summary = scoring.results_table(per_condition, min_panel_metrics=1, n_resamples=100,
                                              maximize={"pearson_delta": True, "mse_delta": False})
     m = summary.set_index("method_id").loc["m"]
     assert m.calibrated == pytest.approx((0.5 + (-1 / 3)) / 2)
@@ -92,9 +92,15 @@ def test_summary_counts_outcomes_and_averages_scores():
 
 def test_no_calibrated_score_when_the_ceiling_is_not_better_than_the_baseline():
     per_condition = table({"train_mean": [0.5, 0.5], "replicate_ceiling": [0.4, 0.4], "m": [0.9, 0.9]})
-    results, _ = scoring.results_table(per_condition, n_resamples=20, maximize={"pearson_delta": True})
+    results, summary = scoring.results_table(per_condition, min_panel_metrics=1, n_resamples=20, maximize={"pearson_delta": True})
     assert results["score"].isna().all()
-    assert results.set_index("method_id").loc["m"].iloc[0]["outcome"] == "win"  # the raw comparison stays
+    # no panel metric has a scale: the slice is not ranked, so no call at all (the raw difference stays)
+    assert results.set_index("method_id").loc["m"].iloc[0]["outcome"] == ""
+    assert results.set_index("method_id").loc["m"].iloc[0]["diff_from_baseline"] == pytest.approx(0.4)
+    by_slice = summary.attrs["by_slice"].set_index("method_id")
+    assert not by_slice.loc["m", "ranked"] and by_slice.loc["m", "not_ranked_reason"].startswith(
+        "too few calibrated panel metrics (0 of 5")
+    assert np.isnan(by_slice.loc["m", "headline"])
 
 
 def test_no_calibrated_score_where_the_ceiling_is_not_clearly_above_the_baseline():
@@ -103,10 +109,10 @@ def test_no_calibrated_score_where_the_ceiling_is_not_clearly_above_the_baseline
     ceiling = np.array([0.9, 0.1, 0.52, 0.5])
     per_condition = table({"train_mean": [0.5, 0.5, 0.5, 0.5], "replicate_ceiling": ceiling,
                            "m": [0.7, 0.7, 0.7, 0.7]})
-    results, summary = scoring.results_table(per_condition, n_resamples=400, maximize={"pearson_delta": True})
+    results, summary = scoring.results_table(per_condition, min_panel_metrics=1, n_resamples=400, maximize={"pearson_delta": True})
     overall = results[results.stratum == "all"].set_index("method_id")
     assert overall.loc["m", "dynamic_range"] == pytest.approx(ceiling.mean() - 0.5)
-    assert overall.loc["m", "outcome"] == "win"  # the raw comparison with train_mean stands
+    assert overall.loc["m", "outcome"] == ""  # no scale: not ranked, no call
     assert overall[["score", "score_low", "score_high"]].isna().all().all()
     assert summary.set_index("method_id")["n_scores"].eq(0).all()
 
@@ -116,7 +122,7 @@ def test_calibrated_intervals_stay_finite_when_some_resamples_lose_the_headroom(
     base = rng.normal(0.3, 0.05, 30)
     ceiling = base + np.r_[np.full(27, 0.4), np.full(3, -1.5)]  # 3 conditions where the replicate fails badly
     per_condition = table({"train_mean": base, "replicate_ceiling": ceiling, "m": base + 0.1})
-    results, summary = scoring.results_table(per_condition, n_resamples=2000, maximize={"pearson_delta": True})
+    results, summary = scoring.results_table(per_condition, min_panel_metrics=1, n_resamples=2000, maximize={"pearson_delta": True})
     row = results[(results.stratum == "all") & (results.method_id == "m")].iloc[0]
     assert np.isfinite([row.score, row.score_low, row.score_high]).all()
     assert row.score_low < row.score < row.score_high < 10
@@ -143,7 +149,7 @@ def test_a_difference_significant_alone_becomes_a_tie_among_many_tests():
         frames.append(table({"train_mean": base, "replicate_ceiling": base + 1.0,
                              "m": base + rng.normal(0.09, 0.2, 25)}, metric=metric))
     per_condition = pd.concat(frames)
-    results, summary = scoring.results_table(per_condition, n_resamples=2000,
+    results, summary = scoring.results_table(per_condition, min_panel_metrics=1, n_resamples=2000,
                                              maximize={m: True for m in scoring.HEADLINE_PANEL})
     m = results[(results.method_id == "m") & (results.stratum == "all")]
     assert (m["p_holm"] >= m["p_value"]).all()
@@ -162,7 +168,7 @@ def test_headline_clamps_each_calibrated_score_and_ignores_metrics_outside_the_p
         # not in the panel: a huge score that must not move the headline
         table({"train_mean": [0.0, 0.0], "replicate_ceiling": [0.01, 0.01], "m": [1.0, 1.0]}, metric="cosine_delta"),
     ])
-    results, summary = scoring.results_table(per_condition, n_resamples=100,
+    results, summary = scoring.results_table(per_condition, min_panel_metrics=1, n_resamples=100,
                                              maximize={"pearson_delta": True, "mse_delta": False, "cosine_delta": True})
     overall = results[results.stratum == "all"].set_index(["method_id", "metric_id"])
     assert overall.loc[("m", "pearson_delta"), "score"] == pytest.approx(5.0)
@@ -188,7 +194,7 @@ def test_folds_of_a_partition_are_pooled_and_partitions_are_averaged():
         fold_table(1, 0, ["a", "c"], {"train_mean": [0.0, 0.0], "replicate_ceiling": [1.0, 1.0], "m": [0.0, 0.0]}),
         fold_table(1, 1, ["b", "d"], {"train_mean": [0.0, 0.0], "replicate_ceiling": [1.0, 1.0], "m": [0.0, 0.0]}),
     ])
-    results, summary = scoring.results_table(per_condition, n_resamples=100, maximize={"pearson_delta": True})
+    results, summary = scoring.results_table(per_condition, min_panel_metrics=1, n_resamples=100, maximize={"pearson_delta": True})
     seed0 = results[(results.stratum == "all") & (results.method_id == "m") & (results.seed == 0)].iloc[0]
     assert seed0.n_conditions == 4 and seed0.value == pytest.approx(0.4)
     slice_row = summary.attrs["by_slice"].set_index("method_id").loc["m"]

@@ -37,6 +37,9 @@ REQUIRED_OBS = ("perturbation", "is_control", "perturbation_type", "n_targets", 
                 "replicate", "n_cells")
 # uns entries copied from the common dataset into every task output.
 COPIED_UNS = ("normalization_id", "source_sha256", "replicate_kind")
+# dataset_* entries NOT copied: the loaders' QC card is computed over every condition, the held-out ones
+# included, so a method reading it would see test rows (the report reads it from the dataset file itself)
+WITHHELD_UNS = ("dataset_report",)
 REQUIRED_UNS = ("dataset_id", "normalization_id")
 
 
@@ -128,13 +131,13 @@ def condition_id(perturbation: str, cell_type: str, condition: str) -> str:
 
 
 def output_uns(common, task_id: str, seed: int, n_folds: int | None = None, fold: int | None = None) -> dict:
-    """uns of every task output: dataset_* fields, normalization_id, source_sha256, task_id, split_seed and,
-    for a fold of a partition, n_folds and fold."""
+    """uns of every task output: dataset_* fields but dataset_report, normalization_id, source_sha256, task_id,
+    split_seed and, for a fold of a partition, n_folds and fold."""
     missing = [key for key in REQUIRED_UNS if key not in common.uns]
     if missing:
         raise SplitInputError(f"uns['{missing[0]}'] is missing (expected string)")
     uns = {key: common.uns[key] for key in sorted(common.uns.keys())
-           if key.startswith("dataset_") or key in COPIED_UNS}
+           if (key.startswith("dataset_") and key not in WITHHELD_UNS) or key in COPIED_UNS}
     uns["task_id"] = str(task_id)
     uns["split_seed"] = int(seed)
     if n_folds is not None:
