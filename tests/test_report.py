@@ -476,3 +476,37 @@ def test_no_signal_run_says_not_ranked_above_the_fold_and_names_no_best_method(c
     assert any(h.startswith("unseen_combination") for h in seen["heads"])
     ARTIFACTS.mkdir(exist_ok=True)
     screenshot(page, ARTIFACTS / "report_not_ranked.png")
+
+
+def null_screen(path: Path) -> Path:
+    """A user's CRISPRi screen with no effect at all: 12 targets and controls drawn from one Poisson profile."""
+    import anndata as ad
+    import numpy as np
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(0)
+    genes = [f"GENE{i}" for i in range(40)]
+    base = rng.gamma(2.0, 4.0, size=len(genes))
+    labels = [label for label in ["non-targeting"] + genes[:12] for _ in range(40)]
+    counts = rng.poisson(base, size=(len(labels), len(genes))).astype(np.float32)
+    obs = pd.DataFrame({"target_gene": labels, "perturbation_type": "CRISPRi"},
+                       index=[f"cell{i}" for i in range(len(labels))])
+    ad.AnnData(X=sp.csr_matrix(counts), obs=obs, var=pd.DataFrame(index=genes)).write_h5ad(path)
+    return path
+
+
+def test_no_signal_own_data_run_says_not_ranked_in_the_terminal_and_the_report(chromium, tmp_path, capsys):
+    output = tmp_path / "null"
+    code = cli_main(["benchmark", "--project", str(ROOT), "--output", str(output), "--dataset-file",
+                     str(null_screen(tmp_path / "null_screen.h5ad")), "--dataset-arg", "perturbation_column=target_gene",
+                     "--methods", "linear_baseline", "--metrics", "delta_error", "delta_correlation", "--folds", "0",
+                     "--n-resamples", "50", "--jobs", "2"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "null_screen / unseen_perturbation" in printed and ": not ranked: no reproducible effect" in printed
+    assert "Best method" not in printed and max(map(len, printed.splitlines())) <= 120
+    seen = above_the_fold(output / "report.html", tmp_path)
+    assert "Best method" not in seen["banner"] and "No method beats the training mean" in seen["banner"]
+    assert "not ranked: no reproducible effect" in seen["banner"]
+    assert float(seen["verdict_bottom"]) <= 800
+    assert [h for h in seen["heads"] if h.startswith("unseen_")] == ["unseen_perturbationheadline"]
