@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 # A column is a candidate when the control cells take 2 to MAX_LEVELS of its values, each on at least
-# MIN_CELLS cells (two halves of MIN_CELLS // 2), and it names fewer levels than a tenth of the cells.
+# MIN_CELLS cells (two halves of MIN_CELLS // 2).
 MAX_LEVELS = 8
 MIN_CELLS = 20
 RATIO = 2.0
