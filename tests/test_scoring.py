@@ -202,3 +202,119 @@ def test_folds_of_a_partition_are_pooled_and_partitions_are_averaged():
     assert slice_row.headline == pytest.approx(0.2)  # (0.4 + 0.0) / 2
     assert (slice_row.partition_min, slice_row.partition_max) == (pytest.approx(0.0), pytest.approx(0.4))
     assert summary.set_index("method_id").loc["m", "partition_spread"] == pytest.approx(0.4)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Verdicts: what can be ranked, partitions, fallbacks (headline.py)
+# ------------------------------------------------------------------------------------------------------------
+
+PANEL_UP = ("pearson_delta", "overlap_top100_de", "discrimination_l1")
+
+
+def panel_table(values: dict, seed=0, strata=None, n=None) -> pd.DataFrame:
+    """The same per-condition values under three panel metrics where larger is better."""
+    frames = [table(values, metric=m, strata=strata) for m in PANEL_UP]
+    frame = pd.concat(frames, ignore_index=True)
+    frame["seed"] = seed
+    return frame
+
+
+MAXIMIZE = {m: True for m in PANEL_UP}
+
+
+def test_three_calibrated_panel_metrics_rank_a_slice_and_two_do_not():
+    rng = np.random.default_rng(2)
+    base = rng.normal(0.2, 0.05, 30)
+    values = {"train_mean": base, "replicate_ceiling": base + 0.5, "m": base + 0.25}
+    three = panel_table(values)
+    results, summary = scoring.results_table(three, n_resamples=200, maximize=MAXIMIZE)
+    by_slice = summary.attrs["by_slice"].set_index("method_id")
+    assert by_slice.loc["m", "ranked"] and by_slice.loc["m", "not_ranked_reason"] == ""
+    assert by_slice.loc["m", "headline"] == pytest.approx(0.5)
+    assert summary.set_index("method_id").loc["m", "wins"] == 3
+    two = three[three.metric_id != "discrimination_l1"]
+    results, summary = scoring.results_table(two, n_resamples=200, maximize=MAXIMIZE)
+    by_slice = summary.attrs["by_slice"].set_index("method_id")
+    assert not by_slice.loc["m", "ranked"]
+    assert by_slice.loc["m", "not_ranked_reason"].startswith("too few calibrated panel metrics (2 of 5")
+    assert np.isnan(by_slice.loc["m", "headline"]) and np.isnan(summary.set_index("method_id").loc["m", "calibrated"])
+    assert (results["outcome"] == "").all()
+    assert results.loc[results.method_id == "m", "score"].notna().all()  # calibrated values stay in the table
+
+
+def test_no_reproducible_effect_means_not_ranked():
+    rng = np.random.default_rng(3)
+    base = rng.normal(0.2, 0.05, 30)
+    per_condition = panel_table({"train_mean": base, "replicate_ceiling": base + 0.5, "m": base + 0.25})
+    evidence = {"d": {"n_reproducible": 0.0, "n_evaluated": 40.0}}
+    results, summary = scoring.results_table(per_condition, n_resamples=100, maximize=MAXIMIZE, evidence=evidence)
+    row = summary.attrs["by_slice"].set_index("method_id").loc["m"]
+    assert not row.ranked and row.not_ranked_reason.startswith("no reproducible effect (the loader found 0 of 40")
+    assert (row.n_reproducible, row.n_evaluated) == (0.0, 40.0)
+    assert (results["outcome"] == "").all()
+
+
+def test_partitions_share_their_condition_resamples():
+    """The same values in two partitions: the mean over partitions has exactly one partition's interval (with
+    resamples drawn per partition, averaging two independent bootstrap distributions narrows it)."""
+    rng = np.random.default_rng(4)
+    base = rng.normal(0.2, 0.1, 25)
+    values = {"train_mean": base, "replicate_ceiling": base + 0.6, "m": base + rng.normal(0.2, 0.3, 25)}
+    one = panel_table(values)
+    two = pd.concat([panel_table(values, seed=0), panel_table(values, seed=1)], ignore_index=True)
+    _, summary_one = scoring.results_table(one, n_resamples=400, maximize=MAXIMIZE)
+    _, summary_two = scoring.results_table(two, n_resamples=400, maximize=MAXIMIZE)
+    a = summary_one.attrs["by_slice"].set_index("method_id").loc["m"]
+    b = summary_two.attrs["by_slice"].set_index("method_id").loc["m"]
+    assert b.n_partitions == 2 and b.headline == pytest.approx(a.headline)
+    assert (b.headline_low, b.headline_high) == (pytest.approx(a.headline_low), pytest.approx(a.headline_high))
+
+
+def test_a_win_must_hold_in_every_partition():
+    """m wins clearly in partition 0 and loses clearly in partition 1: on average it is better, but the call
+    flips between partitions, so it is a tie."""
+    rng = np.random.default_rng(5)
+    base = rng.normal(0.2, 0.02, 30)
+    good = panel_table({"train_mean": base, "replicate_ceiling": base + 0.5, "m": base + 0.3}, seed=0)
+    bad = panel_table({"train_mean": base, "replicate_ceiling": base + 0.5, "m": base - 0.1}, seed=1)
+    results, summary = scoring.results_table(pd.concat([good, bad], ignore_index=True), n_resamples=300,
+                                             maximize=MAXIMIZE)
+    rows = results[(results.method_id == "m") & (results.stratum == "all")]
+    assert set(rows.loc[rows.seed == 0, "outcome_partition"]) == {"win"}
+    assert set(rows.loc[rows.seed == 1, "outcome_partition"]) == {"loss"}
+    assert set(rows["outcome"]) == {"tie"}
+    assert (rows["p_pooled_holm"] < 0.05).all()  # the pooled test alone would have called it a win
+    m = summary.set_index("method_id").loc["m"]
+    assert (m.wins, m.ties, m.losses) == (0, 3, 0)
+
+
+def test_small_strata_get_raw_values_only():
+    rng = np.random.default_rng(6)
+    base = rng.normal(0.2, 0.05, 12)
+    strata = ["single"] * 8 + ["combo_seen1"] * 4
+    per_condition = panel_table({"train_mean": base, "replicate_ceiling": base + 0.5, "m": base + 0.3}, strata=strata)
+    results, _ = scoring.results_table(per_condition, n_resamples=100, maximize=MAXIMIZE)
+    small = results[results.stratum == "combo_seen1"]
+    assert (small.n_conditions == 4).all() and small.value.notna().all()
+    assert small.score.isna().all() and (small.outcome == "").all() and small.p_value.isna().all()
+    large = results[(results.stratum == "single") & (results.method_id == "m")]
+    assert large.score.notna().all() and set(large.outcome) == {"win"}
+
+
+def test_a_method_that_only_fell_back_is_not_applicable_and_a_partial_share_is_shown():
+    rng = np.random.default_rng(7)
+    base = rng.normal(0.2, 0.05, 20)
+    per_condition = panel_table({"train_mean": base, "replicate_ceiling": base + 0.5, "m": base, "k": base + 0.2})
+    per_condition["fallback"] = np.where(per_condition.method_id == "m", 1.0,
+                                         np.where(per_condition.method_id == "k",
+                                                  (per_condition.condition.isin(["c0", "c1", "c2", "c3", "c4"])).astype(float),
+                                                  np.nan))
+    results, summary = scoring.results_table(per_condition, n_resamples=100, maximize=MAXIMIZE)
+    by_slice = summary.attrs["by_slice"].set_index("method_id")
+    assert by_slice.loc["m", "status"] == scoring.FALLBACK_STATUS and np.isnan(by_slice.loc["m", "headline"])
+    assert by_slice.loc["m", "fallback_share"] == 1.0
+    assert (results.loc[results.method_id == "m", "outcome"] == "").all()
+    assert results.loc[results.method_id == "m", "score"].isna().all()
+    assert np.isnan(summary.set_index("method_id").loc["m", "calibrated"])  # not a 0 in its headline
+    assert by_slice.loc["k", "fallback_share"] == pytest.approx(0.25) and by_slice.loc["k", "status"] == ""
+    assert by_slice.loc["k", "headline"] == pytest.approx(0.4)

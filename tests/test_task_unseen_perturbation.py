@@ -83,13 +83,16 @@ def make_common(perturbations, cell_types=("K562", "RPE1"), genes=None, replicat
                 continue
             for replicate in replicates:
                 n_targets = 0 if perturbation == "control" else len(perturbation.split("+"))
-                records.append({
-                    "perturbation": perturbation, "is_control": perturbation == "control",
-                    "perturbation_type": perturbation_type, "n_targets": n_targets, "cell_type": cell_type,
-                    "condition": "none", "replicate": replicate, "n_cells": int(rng.integers(20, 200)),
-                })
+                for part in ((1, 2) if perturbation == "control" else (0,)):  # control parts, as loaders cut them
+                    records.append({
+                        "perturbation": perturbation, "is_control": perturbation == "control",
+                        "perturbation_type": perturbation_type, "n_targets": n_targets, "cell_type": cell_type,
+                        "condition": "none", "replicate": replicate, "n_cells": int(rng.integers(20, 200)),
+                        "control_part": part,
+                    })
     obs = pd.DataFrame(records)
-    obs.index = [f"{r.perturbation}|{r.cell_type}|{r.condition}|{r.replicate}" for r in obs.itertuples()]
+    obs.index = [f"{r.perturbation}|{r.cell_type}|{r.condition}|{r.replicate}" + (f"|p{r.control_part}" if r.control_part
+                 else "") for r in obs.itertuples()]
     X = rng.gamma(2.0, 0.5, size=(len(obs), len(genes))).astype(np.float32)
     X[rng.random(X.shape) < 0.3] = 0
     counts = np.round(np.expm1(X) * 10).astype(np.float32)
@@ -217,7 +220,8 @@ def check_split_properties(common, out):
         held_controls = control_mask & common.obs_names.isin(reference_controls(common.obs))
         np.testing.assert_allclose(solution.layers["control"][k],
                                    row_mean(common, np.flatnonzero(control_mask & ~held_controls)), rtol=1e-5, atol=1e-6)
-        np.testing.assert_allclose(solution.layers["control_reference"][k], row_mean(common, np.flatnonzero(held_controls)),
+        reference = held_controls if held_controls.any() else control_mask  # no parts: one control for both
+        np.testing.assert_allclose(solution.layers["control_reference"][k], row_mean(common, np.flatnonzero(reference)),
                                    rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(solution.X, (solution.layers["replicate_1"] + solution.layers["replicate_2"]) / 2,
                                rtol=1e-5, atol=1e-6)
@@ -334,11 +338,11 @@ def test_strata_on_a_hand_made_case(tmp_path):
     k = list(solution.obs_names).index("A+B|K562|none")
     assert float(test.obs.loc["A+B|K562|none", "target_expression"].split("+")[0]) == pytest.approx(
         float(solution.X[k, genes.index("A")]), rel=1e-5)
-    # control layer = the training part of K562 x none's controls (replicate half 1); the reference = half 2
+    # control layer = part 1 of K562 x none's controls (both replicates); the reference = part 2
     is_control = common.obs["is_control"].to_numpy()
-    for layer, replicate in (("control", "r1"), ("control_reference", "r2")):
-        rows = np.flatnonzero(is_control & (common.obs["replicate"] == replicate).to_numpy())
-        assert len(rows) == 1
+    for layer, part in (("control", 1), ("control_reference", 2)):
+        rows = np.flatnonzero(is_control & (common.obs["control_part"] == part).to_numpy())
+        assert len(rows) == 2 and set(common.obs["replicate"].iloc[rows]) == {"r1", "r2"}
         np.testing.assert_allclose(solution.layers[layer][k], row_mean(common, rows), rtol=1e-5)
 
 

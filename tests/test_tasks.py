@@ -49,27 +49,32 @@ UNS = {"dataset_id": "synthetic", "dataset_name": "Synthetic", "dataset_summary"
 
 
 def make_common(perturbations: dict, contexts, n_replicates=2, genes=None, seed=0, sparse=False,
-                perturbation_type="knockdown", controls_in=None):
+                perturbation_type="knockdown", controls_in=None, control_parts=True):
     """Common dataset: `perturbations` maps a perturbation string to the contexts (cell_type, condition)
-    where it is measured; controls are measured in every context of `controls_in` (default all)."""
+    where it is measured; controls are measured in every context of `controls_in` (default all), each
+    control replicate in two parts (obs['control_part'] 1 and 2, as the loaders write them) unless
+    `control_parts` is False (a file made without them)."""
     rng = np.random.default_rng(seed)
     contexts = [tuple(c) for c in contexts]
     all_targets = sorted({g for p in perturbations for g in p.split("+")})
     genes = list(genes) if genes is not None else all_targets + [f"F{i}" for i in range(4)]
     records = []
     for context in contexts if controls_in is None else controls_in:
-        records += [("control", *context, r) for r in range(n_replicates)]
+        records += [("control", *context, r, part) for r in range(n_replicates)
+                    for part in ((1, 2) if control_parts else (0,))]
     for perturbation in sorted(perturbations):
         for context in sorted(perturbations[perturbation]):
-            records += [(perturbation, *context, r) for r in range(n_replicates)]
-    obs = pd.DataFrame(records, columns=["perturbation", "cell_type", "condition", "replicate"])
+            records += [(perturbation, *context, r, 0) for r in range(n_replicates)]
+    obs = pd.DataFrame(records, columns=["perturbation", "cell_type", "condition", "replicate", "control_part"])
     obs["replicate"] = [f"r{r + 1}" for r in obs["replicate"]]
     obs["is_control"] = obs["perturbation"] == "control"
     obs["perturbation_type"] = perturbation_type
     obs["n_targets"] = np.array([0 if p == "control" else len(p.split("+")) for p in obs["perturbation"]],
                                 dtype=np.int64)
     obs["n_cells"] = rng.integers(10, 200, size=len(obs)).astype(np.int64)
-    obs.index = [f"{r.perturbation}|{r.cell_type}|{r.condition}|{r.replicate}" for r in obs.itertuples()]
+    obs["control_part"] = obs["control_part"].astype(np.int64)
+    obs.index = [f"{r.perturbation}|{r.cell_type}|{r.condition}|{r.replicate}" + (f"|p{r.control_part}" if r.control_part
+                 else "") for r in obs.itertuples()]
     X = rng.gamma(2.0, 0.5, size=(len(obs), len(genes))).astype(np.float32)
     X[rng.random(X.shape) < 0.2] = 0
     var = pd.DataFrame(index=pd.Index(genes, dtype=object))
@@ -141,17 +146,17 @@ def label_halves(labels) -> dict:
 
 
 def reference_controls(obs) -> set:
-    """The documented control parts, restated: in a context whose control profiles fall in both replicate
-    halves, those of half 2 are the reference (held out of train, subtracted from observed deltas); a
-    context with a single control profile uses it for both parts."""
-    half_of = label_halves(obs["replicate"].astype(str))
+    """The documented control parts, restated: in a context whose control profiles come in both parts
+    (obs['control_part'] 1 and 2), those of part 2 are the reference (held out of train, subtracted from
+    observed deltas); a context without both parts uses all its controls on both sides."""
+    if "control_part" not in obs.columns:
+        return set()
     held = set()
     controls = obs[obs["is_control"].to_numpy()]
     for _, frame in controls.groupby(["cell_type", "condition"], observed=True):
-        halves = frame["replicate"].astype(str).map(half_of)
-        assert halves.nunique() == 2 or len(frame) == 1, "tests use contexts whose controls span both halves"
-        if halves.nunique() == 2:
-            held |= set(frame.index[(halves == 2).to_numpy()])
+        parts = set(frame["control_part"].astype(int))
+        if {1, 2} <= parts:
+            held |= set(frame.index[(frame["control_part"] == 2).to_numpy()])
     return held
 
 
