@@ -269,11 +269,11 @@ def add_commands(commands):
 
 
 def _root(args) -> Path:
-    from .config import ConfigError, find_package_root
+    from .config import NO_PROJECT, ConfigError, project_root
 
-    root = find_package_root(args.project)
+    root = project_root(args.project)
     if root is None:
-        raise ConfigError(f"no _viash.yaml at or above '{args.project}': run from the perturbcast project")
+        raise ConfigError(NO_PROJECT.format(args.project))
     return root
 
 

@@ -37,6 +37,17 @@ def find_package_root(start: str | os.PathLike) -> Path | None:
     return None
 
 
+def project_root(start: str | os.PathLike | None) -> Path | None:
+    """The project a command works on: the nearest `_viash.yaml` at or above `start` (--project, default the
+    current directory), else the project this perturbcast was installed from (an editable install or a clone
+    beside the package), so the CLI works from any directory."""
+    return find_package_root(start or ".") or find_package_root(Path(__file__).resolve().parent)
+
+
+NO_PROJECT = ("no _viash.yaml at or above '{}' nor beside the installed perturbcast: run inside the perturbcast "
+              "project or give --project DIR")
+
+
 def _concat_deep_merge(base, override):
     if isinstance(base, dict) and isinstance(override, dict):
         merged = dict(base)

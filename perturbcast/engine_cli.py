@@ -7,10 +7,17 @@ import os
 import sys
 from pathlib import Path
 
-from . import layout
-from .config import find_package_root
+from . import compare, layout
+from .config import NO_PROJECT, project_root
 from .layout import Status
 from .report import write_report
+
+
+def say(text: str, stream=None):
+    """Print to stderr (or `stream`) in lines of at most layout.LINE_WIDTH columns; an `[error]` stays one line
+    (the project's rule for bad input: one line a script or a person can quote)."""
+    lines = [text] if text.startswith(layout.ERROR_TAG) else layout.fit_lines(text)
+    print("\n".join(lines), file=stream or sys.stderr)
 
 
 def _names(values):
@@ -31,6 +38,11 @@ def add_commands(commands):
                                         f"{layout.results_folder({'methods': ['mine']})}, so a selection never "
                                         "overwrites another run's results)")
     add_selection_arguments(bench)
+    bench.add_argument("--compare", metavar="RESULTS_DIR",
+                       help="compare --methods with everything in an earlier run's results folder: run that folder's "
+                            "selection plus these methods in a folder of its own (default RESULTS_DIR-with_<methods>), "
+                            "taking every step whose inputs are identical (same cache key) from RESULTS_DIR, so only "
+                            "the new steps run and the tables hold every method")
     bench.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
                        help="steps run at once (default: number of CPUs, %(default)s)")
     bench.add_argument("--dry-run", action="store_true", help="list the jobs (component, inputs, outputs) and stop")
@@ -39,7 +51,10 @@ def add_commands(commands):
     bench.add_argument("--verbose", action="store_true",
                        help="one progress line per finished step (default: one updating line, failures and a "
                             "summary of not-applicable steps per cause)")
-    bench.add_argument("--fail-on-error", action="store_true", help="exit 1 if any step failed")
+    bench.add_argument("--fail-on-error", action="store_true",
+                       help=f"kept for scripts; the exit code always says it: {layout.STEPS_FAILED_EXIT_CODE} when a "
+                            f"step failed, {layout.NO_SCORES_EXIT_CODE} when no score was produced, 0 otherwise (not "
+                            "applicable and not installed steps are not failures)")
     bench.add_argument("--step-timeout", type=float, metavar="SECONDS",
                        help="wall-time limit of every step (default: from the component's labels: lowtime 1 h, "
                             "midtime 4 h, hightime 12 h, veryhightime 48 h, as _viash.yaml's config_mods say)")
@@ -99,7 +114,7 @@ def add_selection_arguments(parser):
 
 def aggregate_results(root: Path, output: Path, only: set | None = None, n_resamples: int = 1000) -> str:
     """Tables from the published step folders (both engines write the same layout); returns the leaderboard text."""
-    from . import scoring
+    from . import leaderboard, scoring
     from .config import discover_components
     from .openproblems import write_openproblems_files
 
@@ -114,22 +129,16 @@ def aggregate_results(root: Path, output: Path, only: set | None = None, n_resam
     scoring.write_results(per_condition, results, summary, output)
     paths = [path for path in scoring.score_files(output) if only is None or path.resolve() in only]
     write_openproblems_files(root, output, components, paths)
-    text = scoring.format_leaderboard(scoring.leaderboard(results, summary), maximize)
-    (output / layout.LEADERBOARD).write_text(text + "\n")
-    panel = ", ".join(scoring.HEADLINE_PANEL)
-    return ("\nLeaderboard. headline: mean calibrated score (0 = train_mean, 1 = replicate_ceiling; each clamped to "
-            f"[-1, 1]) over the panel {panel}, averaged over folds pooled per partition, partitions and datasets x "
-            "tasks, with its paired bootstrap 95% interval. vs train_mean: wins/ties/losses on the panel metrics "
-            "(bootstrap tests, Holm-corrected at 0.05). Then the panel's raw means (^ higher is better, v lower). "
-            "Every metric: results.parquet and report.html.\n" + text)
+    text = leaderboard.text(summary, scoring.HEADLINE_PANEL)
+    (output / layout.LEADERBOARD).write_text(text.lstrip("\n") + "\n")
+    return text
 
 
 def aggregate(args) -> int:
-    root = find_package_root(args.project)
+    root = project_root(args.project)
     output = Path(args.results).resolve()
     if root is None or not output.is_dir():
-        print(f"[error] need the project root (_viash.yaml) and an existing results directory '{args.results}'",
-              file=sys.stderr)
+        say(f"[error] need the project root (_viash.yaml) and an existing results directory '{args.results}'")
         return 1
     only = None
     if args.plan:
@@ -140,7 +149,7 @@ def aggregate(args) -> int:
                 plan_cli.link_staged(output, Path(args.staged), json.loads(Path(args.staged_paths).read_text()))
             plan = json.loads(Path(args.plan).read_text())
         except (OSError, ValueError) as error:
-            print(f"[error] --plan {args.plan}: {error}", file=sys.stderr)
+            say(f"[error] --plan {args.plan}: {error}")
             return 1
         trace_path = Path(args.nextflow_trace) if args.nextflow_trace else output / layout.NEXTFLOW_TRACE
         records = plan_cli.records_from_layout(plan, output, plan_cli.nextflow_trace(trace_path))
@@ -186,8 +195,8 @@ def benchmark(args) -> int:
     try:
         return _benchmark(args)
     except KeyboardInterrupt:  # while planning or writing the tables (steps have their own handling)
-        print(f"[interrupted] {engine.INTERRUPT.name if engine.INTERRUPT.stopped else 'SIGINT'}: stopped outside "
-              f"the steps; finished steps stay cached in '{args.output or layout.DEFAULT_RESULTS}'", file=sys.stderr)
+        say(f"[interrupted] {engine.INTERRUPT.name if engine.INTERRUPT.stopped else 'SIGINT'}: stopped outside "
+              f"the steps; finished steps stay cached in '{args.output or layout.DEFAULT_RESULTS}'")
         return layout.INTERRUPTED_EXIT_CODE
 
 
@@ -247,21 +256,21 @@ def selection_from_args(args, command: str):
     after printing the problem as one `[error]` line (`benchmark` and `plan` share this)."""
     from . import engine
 
-    root = find_package_root(args.project)
+    root = project_root(args.project)
     if root is None:
-        print(f"[error] no _viash.yaml at or above '{args.project}': run from the perturbcast project", file=sys.stderr)
+        say(f"[error] {NO_PROJECT.format(args.project)}")
         return None, None, 1
     given = {key: getattr(args, key) for key in ("seeds", "n_folds", "folds") if getattr(args, key) is not None}
     selection = engine.Selection(datasets=_names(args.datasets), tasks=_names(args.tasks),
                                  methods=_names(args.methods), metrics=_names(args.metrics), **given)
     problem = _user_datasets(args, root, selection)
     if problem:
-        print(f"[error] {problem}", file=sys.stderr)
+        say(f"[error] {problem}")
         return root, None, 2
     if selection.n_folds < 2 or any(not 0 <= f < selection.n_folds for f in selection.folds or []):
-        print(f"[error] --n-folds is {selection.n_folds} and --folds {selection.folds}: expected --n-folds >= 2 and "
-              f"folds between 0 and {selection.n_folds - 1}" + (" (options given override the spec's keys)"
-                                                                 if args.spec else ""), file=sys.stderr)
+        say(f"[error] --n-folds is {selection.n_folds} and --folds {selection.folds}: expected --n-folds >= 2 and "
+            f"folds between 0 and {selection.n_folds - 1}" + (" (options given override the spec's keys)"
+                                                              if args.spec else ""))
         return root, None, 2
     if selection.methods is not None:
         # scores are only readable on the scale these controls set: always run them with a selection, whether
@@ -270,9 +279,22 @@ def selection_from_args(args, command: str):
         args.added_controls = [c for c in engine.SCALE_CONTROLS if c in present and c not in selection.methods]
         if args.added_controls:
             selection.methods = selection.methods + args.added_controls
-            print(f"perturbcast {command}: added the controls that set the scale: {', '.join(args.added_controls)}",
-                  file=sys.stderr)
+            say(f"perturbcast {command}: added the controls that set the scale: {', '.join(args.added_controls)}")
     return root, selection, 0
+
+
+def _compared(args, selection):
+    """The selection of a --compare run (the earlier folder's, plus --methods) and its default folder."""
+    new = _names(args.methods)
+    if not new:
+        return None, "--compare needs --methods: the methods to compare with everything in the earlier run"
+    if args.datasets or args.dataset_file or args.spec or args.tasks or args.metrics:
+        return None, ("--compare takes the datasets, tasks and metrics of the earlier run; give only --methods "
+                      "(and --output)")
+    compared, problem = compare.compared_selection(Path(args.compare), selection.methods)
+    if compared is not None and args.output is None:
+        args.output = str(compare.compare_folder(Path(args.compare), new))
+    return compared, problem
 
 
 def _benchmark(args) -> int:
@@ -280,26 +302,39 @@ def _benchmark(args) -> int:
 
     problem, limits = _engine_options(args)
     if problem:
-        print(problem, file=sys.stderr)
+        say(problem)
         return 2
     root, selection, code = selection_from_args(args, "benchmark")
     if selection is None:
         return code
+    chosen = args.output is not None
+    if args.compare:
+        selection, problem = _compared(args, selection)
+        if problem:
+            say(f"[error] {problem}")
+            return layout.USAGE_EXIT_CODE
     if args.output is None:
         args.output = str(selection_folder(selection, getattr(args, "added_controls", ()), args.spec))
-        print(f"perturbcast benchmark: results in {args.output} (each selection has its own folder; --output "
-              "chooses another)", file=sys.stderr)
+    made_with = compare.selection_record(selection)
+    folder, problem = compare.folder_for(Path(args.output), made_with, chosen)
+    if problem:
+        say(f"[error] {problem}")
+        return layout.USAGE_EXIT_CODE
+    if not chosen:
+        args.output = str(folder)
+        say(f"perturbcast benchmark: results in {args.output} (each selection has its own folder; --output "
+            "chooses another)")
     output = Path(args.output).resolve()
     try:
         steps, declared = engine.plan(root, output, selection)
     except ValueError as error:
         broken = engine.broken_configs()
-        print(f"[error] {error}" + (f" (configs that could not be loaded: {', '.join(r.component for r in broken)})"
-                                    if broken else ""), file=sys.stderr)
+        say(f"[error] {error}" + (f" (configs that could not be loaded: {', '.join(r.component for r in broken)})"
+                                    if broken else ""))
         return 1
     broken = engine.broken_configs()
     for record in broken:
-        print(f"{record.reason}: its steps are left out", file=sys.stderr)
+        say(f"{record.reason}: its steps are left out")
     if args.dry_run:
         for step in steps:
             inputs = " ".join(f"--{k} {v}" for k, v in step.inputs.items())
@@ -312,22 +347,24 @@ def _benchmark(args) -> int:
     try:
         output.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        print(f"[error] cannot create the results directory '{output}': {error.strerror}", file=sys.stderr)
+        say(f"[error] cannot create the results directory '{output}': {error.strerror}")
         return 1
     try:
         with engine.results_lock(output), engine.INTERRUPT.handling_signals():
+            compare.write_selection(output, made_with)
             return _run(args, root, output, steps, declared + broken, limits, selection.n_folds)
     except engine.ResultsLocked as error:
-        print(f"[error] {error}", file=sys.stderr)
+        say(f"[error] {error}")
         return 1
 
 
 def _run(args, root: Path, output: Path, steps, declared, limits, n_folds: int) -> int:
     from . import engine
 
-    print(f"perturbcast benchmark: {len(steps)} steps, {args.jobs} at once, results in {output}", file=sys.stderr)
+    say(f"perturbcast benchmark: {len(steps)} steps, {args.jobs} at once, results in {output}")
     progress = engine.Progress(len(steps), verbose=args.verbose)
-    records = engine.execute(steps, jobs=args.jobs, limits=limits, progress=progress)
+    reuse = compare.reuser(Path(args.compare), output) if getattr(args, "compare", None) else None
+    records = engine.execute(steps, jobs=args.jobs, limits=limits, progress=progress, reuse=reuse)
     records += engine.check_partitions(steps, records, n_folds) + declared
     engine.write_trace(records, output / layout.TRACE)
     this_run = {Path(r.outputs["output"]).resolve() for r in records if r.stage == layout.SCORE and r.status == Status.OK}
@@ -341,20 +378,79 @@ def _run(args, root: Path, output: Path, steps, declared, limits, n_folds: int) 
             except Exception as error:  # partial results may not aggregate; the trace is what counts
                 tables = f" (no result tables: {type(error).__name__}: {error})"
         done = sum(Status(r.status).reusable for r in records if r.stage != layout.CONFIG)
-        print(f"[interrupted] {engine.INTERRUPT.name}: stopped after {done} of {len(records)} steps; partial "
-              f"results in {output} ({layout.TRACE}{tables})", file=sys.stderr)
+        say(f"[interrupted] {engine.INTERRUPT.name}: stopped after {done} of {len(records)} steps; partial "
+              f"results in {output} ({layout.TRACE}{tables})")
         return layout.INTERRUPTED_EXIT_CODE
     text = aggregate_results(root, output, this_run, n_resamples=args.n_resamples)
-    failed = [r for r in records if r.status == Status.FAILED]
     print(text)
     print(f"\nreport: {write_report(output)}")
-    counts = {status: sum(r.status == status for r in records) for status in layout.STATUS_ORDER}
-    print("\nsteps: " + ", ".join(f"{counts[s]} {s.label}" for s in layout.STATUS_ORDER if counts[s] or s == Status.OK)
-          + f"; tables in {output}")
     for record in declared:
         progress.update_cause(record)
-    print("\n".join(progress.summary()))
-    for record in failed:
+    print("\n".join(run_summary(records, progress, output)))
+    return exit_code(records, this_run)
+
+
+def exit_code(records, scores) -> int:
+    """layout.NO_SCORES_EXIT_CODE when no score was produced, STEPS_FAILED_EXIT_CODE when a step failed or was
+    skipped after a failure, else 0 (not applicable and not installed are statuses, not failures)."""
+    if not scores:
+        return layout.NO_SCORES_EXIT_CODE
+    if any(r.status in (Status.FAILED, Status.SKIPPED) for r in records):
+        return layout.STEPS_FAILED_EXIT_CODE
+    return 0
+
+
+# the download helper's message for a file it could not fetch (src/utils/download.py)
+DOWNLOAD_FAILED = "cannot download"
+
+
+def not_installed_lines(records) -> list[str]:
+    """One line per method whose packages are not installed: how many steps it would have had and the way to
+    install it (the component's own [not installed] message says it)."""
+    first, steps = {}, {}
+    for record in records:
+        if record.status == Status.NOT_INSTALLED:
+            first.setdefault(record.component, str(record.reason or "").replace(layout.NOT_INSTALLED_TAG, "").strip())
+            steps[record.component] = steps.get(record.component, 0) + 1
+    return [f"  not installed (not a failure; {steps[c]} steps): {reason or c}" for c, reason in sorted(first.items())]
+
+
+def hint_lines(records, output: Path) -> list[str]:
+    """The advice the dataset steps logged (layout.HINT_TAG lines, e.g. an obs column that splits the controls)."""
+    lines = []
+    for record in records:
+        if record.stage != layout.DATASET or record.status != Status.OK or layout.log_of(record.id) is None:
+            continue
+        try:
+            text = (output / layout.log_of(record.id)).read_text(errors="replace")
+        except OSError:
+            continue
+        dataset = layout.dataset_of_step(record.id)
+        lines += [f"  hint ({dataset}): {line.split(layout.HINT_TAG, 1)[1].strip()}"
+                  for line in text.splitlines() if layout.HINT_TAG in line]
+    return lines
+
+
+def run_summary(records, progress, output: Path) -> list[str]:
+    """The closing lines: step counts, methods not installed (once, with their install command), the causes of
+    not-applicable and skipped steps, every failure (a failed download with the offline way in), the exit code's
+    meaning; each at most layout.LINE_WIDTH columns."""
+    counts = {status: sum(r.status == status for r in records) for status in layout.STATUS_ORDER}
+    lines = ["", "steps: " + ", ".join(f"{counts[s]} {s.label}" for s in layout.STATUS_ORDER
+                                       if counts[s] or s == Status.OK) + f"; tables in {output}"]
+    lines += not_installed_lines(records) + hint_lines(records, output)
+    own = f" {Status.NOT_INSTALLED.label} ("  # listed once above, with the command that installs it
+    lines += [line for line in progress.summary() if own not in line]
+    for record in (r for r in records if r.status == Status.FAILED):
         log = output / layout.log_of(record.id) if layout.log_of(record.id) else None
-        print(f"  failed: {record.id}: {record.reason}" + (f"  (log: {log})" if log else ""))
-    return 1 if (failed and args.fail_on_error) else 0
+        lines.append(f"  failed: {record.id}: {record.reason}" + (f"  (log: {log})" if log else ""))
+        if record.stage == layout.DATASET and DOWNLOAD_FAILED in (record.reason or ""):
+            dataset = layout.dataset_of_step(record.id)
+            lines.append(f"    offline? place a copy you downloaded elsewhere: perturbcast cache add FILE --dataset "
+                         f"{dataset}")
+    code = exit_code(records, [r for r in records if r.stage == layout.SCORE and r.status == Status.OK])
+    if code == layout.NO_SCORES_EXIT_CODE:
+        lines.append(f"no score was produced: exit code {code}")
+    elif code == layout.STEPS_FAILED_EXIT_CODE:
+        lines.append(f"some steps failed (results are partial): exit code {code}")
+    return [piece for line in lines for piece in layout.fit_lines(line)]

@@ -163,6 +163,10 @@ def last_error(log_path: Path) -> str:
     return (errors[-1] if errors else (lines[-1] if lines else "")).strip()[:500]
 
 
+# the updating progress line, one column short of the width so a terminal of that width does not wrap it
+LINE = layout.LINE_WIDTH - 1
+
+
 class Progress:
     """Progress on stderr. Quiet (default): on a terminal one line that updates in place (counts by status and
     the step just finished); elsewhere a line at every tenth of the run; failed steps always get their own line.
@@ -176,11 +180,22 @@ class Progress:
         self.counts: dict[str, int] = {}
         self.causes: dict[tuple[str, str], int] = {}
         self.next_milestone = 1
+        self.started = time.monotonic()
+        self.ran = 0  # steps that ran (a cached one costs nothing and says nothing about the rate)
+
+    def eta(self) -> str:
+        """Time left: the remaining steps at the rate the steps that ran (not cached) have finished so far, as
+        ' ETA m:ss'; '' until a step has run."""
+        left = self.total - self.done
+        if left <= 0 or self.ran == 0:
+            return ""
+        seconds = left * (time.monotonic() - self.started) / self.ran
+        return f" ETA {int(seconds // 60)}:{int(seconds % 60):02d}"
 
     def _bar(self) -> str:
         width = 20
         filled = int(width * self.done / max(self.total, 1))
-        return "[" + "#" * filled + "-" * (width - filled) + f"] {self.done:>4}/{self.total}"
+        return "[" + "#" * filled + "-" * (width - filled) + f"] {self.done:>4}/{self.total}{self.eta()}"
 
     def _counts(self) -> str:
         return ", ".join(f"{self.counts[s]} {s.label}" for s in layout.STATUS_ORDER if self.counts.get(s))
@@ -191,19 +206,22 @@ class Progress:
             status = Status(record.status)
             self.counts[status] = self.counts.get(status, 0) + 1
             self._count_cause(record)
+            if not record.cached:
+                self.ran += 1
             cost = "cached" if record.cached else f"{record.wall_seconds:6.1f}s {record.peak_rss_bytes / 2**20:7.0f} MiB"
             if self.verbose:
-                line = f"{self._bar()} {status.label:<14} {record.id}  {cost}"
+                lines = layout.fit_lines(f"{self._bar()} {status.label:<14} {record.id}  {cost}")
                 if record.reason and status != Status.OK:
-                    line += f"\n        {record.reason}"
-                print(line, file=self.stream, flush=True)
+                    lines += layout.fit_lines(f"        {record.reason}")
+                print("\n".join(lines), file=self.stream, flush=True)
                 return
             if status == Status.FAILED:
                 self._clear()
-                print(f"failed: {record.id}: {record.reason}", file=self.stream, flush=True)
+                print("\n".join(layout.fit_lines(f"failed: {record.id}: {record.reason}")), file=self.stream,
+                      flush=True)
             if self.interactive:
                 text = f"{self._bar()} {self._counts()} | {record.id}"
-                print("\r" + text[:160].ljust(160), end="", file=self.stream, flush=True)
+                print("\r" + text[:LINE].ljust(LINE), end="", file=self.stream, flush=True)
                 if self.done == self.total:
                     print(file=self.stream, flush=True)
             elif self.done * 10 >= self.next_milestone * self.total or self.done == self.total:
@@ -229,7 +247,7 @@ class Progress:
 
     def _clear(self):
         if self.interactive:
-            print("\r" + " " * 160 + "\r", end="", file=self.stream, flush=True)
+            print("\r" + " " * LINE + "\r", end="", file=self.stream, flush=True)
 
     def summary(self, limit: int = 8) -> list[str]:
         """Not-applicable and skipped steps grouped by cause, most frequent first."""

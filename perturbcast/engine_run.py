@@ -239,13 +239,14 @@ def _worker_loop(units: queue.Queue, limits_of, finished: queue.Queue):
 
 
 def execute(steps: list[Step], jobs: int = 1, progress: Progress | None = None,
-            limits: guard.Limits | None = None, group_scores: bool = True) -> list[StepRecord]:
+            limits: guard.Limits | None = None, group_scores: bool = True, reuse=None) -> list[StepRecord]:
     """Run `steps` respecting dependencies with up to `jobs` at once; never stops on a failing step.
 
     `limits` override the components' own (labels). The metric steps of one prediction run in one
     worker process one after another (`group_scores`). On SIGINT/SIGTERM (or INTERRUPT.stop()) no
     step starts any more, running ones are killed and recorded `interrupted`; the records so far are
-    returned (INTERRUPT.stopped tells the caller)."""
+    returned (INTERRUPT.stopped tells the caller). `reuse(step, cache_key)`: a finished record of the step taken
+    from elsewhere (another results folder, perturbcast.compare) or None, asked when the step's own cache misses."""
     overrides = limits or guard.Limits()
     if overrides.cpus is None:  # the machine's CPUs (and memory) shared by the steps that run at once
         overrides = replace(overrides, cpus=guard.cpu_share(jobs), shared_by=max(1, jobs))
@@ -294,6 +295,8 @@ def execute(steps: list[Step], jobs: int = 1, progress: Progress | None = None,
                         continue
                     keys[step.id] = _cache_key(step, [keys[d] for d in step.depends], digests, root)
                     cached = _cached_record(step, keys[step.id])
+                    if cached is None and reuse is not None:
+                        cached = reuse(step, keys[step.id])
                     if cached is not None:
                         finish(cached)
                         continue

@@ -49,11 +49,11 @@ def _select(components, wanted_names: list[str]):
 
 def run(args) -> int:
     from . import envs
-    from .config import discover_components, find_package_root
+    from .config import NO_PROJECT, discover_components, project_root
 
-    root = find_package_root(args.project)
+    root = project_root(args.project)
     if root is None:
-        print(f"[error] no _viash.yaml at or above '{args.project}': run from the perturbcast project", file=sys.stderr)
+        print(f"[error] {NO_PROJECT.format(args.project)}", file=sys.stderr)
         return 1
     chosen, unknown = _select(discover_components(root), args.components)
     if unknown:

@@ -48,6 +48,26 @@ NOT_INSTALLED_EXIT_CODE = vocabulary.NOT_INSTALLED_EXIT_CODE     # 98
 INTERRUPTED_EXIT_CODE = 130
 # A command given bad options (argparse's convention).
 USAGE_EXIT_CODE = 2
+# `perturbcast benchmark`: some selected step failed or was skipped after a failure (the results are partial),
+# and no score at all was produced (nothing to read). 0: every selected step ran, or was not applicable by
+# declaration, or its method is not installed (its own status, listed with the command that installs it).
+STEPS_FAILED_EXIT_CODE = 1
+NO_SCORES_EXIT_CODE = 3
+
+# Every line perturbcast prints to a terminal fits this many columns.
+LINE_WIDTH = 120
+
+
+def fit_lines(text: str, indent: str = "    ") -> list[str]:
+    """`text` as lines of at most LINE_WIDTH columns (continuations indented), each existing line kept apart."""
+    import textwrap
+
+    out = []
+    for line in str(text).splitlines() or [""]:
+        lead = line[:len(line) - len(line.lstrip())]
+        out += textwrap.wrap(line, LINE_WIDTH, subsequent_indent=lead + indent, break_on_hyphens=False,
+                             break_long_words=True) or [""]
+    return out
 
 
 def settings_from_environment(component: str, environ) -> dict:
@@ -61,6 +81,7 @@ ERROR_TAG = "[error]"
 NOT_APPLICABLE_TAG = "[not applicable]"
 NOT_INSTALLED_TAG = "[not installed]"
 OUTCOME_TAGS = (ERROR_TAG, NOT_APPLICABLE_TAG, NOT_INSTALLED_TAG)
+HINT_TAG = vocabulary.HINT_TAG
 
 
 # -- statuses --------------------------------------------------------------------------------------------
@@ -276,6 +297,7 @@ PER_CONDITION = "results_per_condition.parquet"
 SUMMARY = "summary.parquet"
 HEADLINE = "headline.parquet"
 LEADERBOARD = "leaderboard.txt"
+SELECTION_RECORD = "selection.json"  # what the folder's results were made with (perturbcast.compare)
 REPORT = "report.html"
 TASK_INFO = "task_info.yaml"
 DATASET_UNS = "dataset_uns.yaml"

@@ -314,47 +314,6 @@ def _outcomes(results: pd.DataFrame, maximize: dict, no_outcome: set) -> tuple[n
     return adjusted, outcomes
 
 
-def leaderboard(results: pd.DataFrame, summary: pd.DataFrame, metric_ids: list[str] | None = None) -> pd.DataFrame:
-    """The summary with the raw mean of each metric (all strata; default: the headline panel) beside it."""
-    overall = results[results["stratum"] == ALL_STRATA]
-    overall = overall[overall["metric_id"].isin(metric_ids or HEADLINE_PANEL)]
-    if overall.empty or summary.empty:
-        return pd.DataFrame()
-    raw = overall.pivot_table(index="method_id", columns="metric_id", values="value", aggfunc="mean")
-    board = summary.merge(raw, left_on="method_id", right_index=True, how="left")
-    board["interval"] = [f"[{lo:.2f}, {hi:.2f}]" if np.isfinite(lo) else "-"
-                         for lo, hi in zip(board["calibrated_low"], board["calibrated_high"])]
-    board["vs train_mean"] = [f"{w}/{t}/{l}" if m != BASELINE_METHOD else "-"
-                              for m, w, t, l in zip(board["method_id"], board["wins"], board["ties"], board["losses"])]
-    front = ["method_id", "method_type", "calibrated", "interval", "vs train_mean"]
-    return board[front + list(raw.columns)]
-
-
-# Short column names of the panel metrics in the terminal leaderboard (the files keep the metric ids).
-PANEL_SHORT = {"mse_delta": "mse", "pearson_delta": "pearson", "overlap_top100_de": "top100",
-               "discrimination_l1": "discrim", "pearson_delta_perturbed_ref": "systema"}
-
-
-def format_leaderboard(board: pd.DataFrame, maximize: dict | None = None) -> str:
-    """The terminal leaderboard, at most 120 characters wide: headline with its interval, W/T/L against
-    train_mean and the panel metrics' raw means with their direction (full tables are in the files)."""
-    if board.empty:
-        return "(no scores)"
-    maximize = maximize or {}
-    metrics = [m for m in HEADLINE_PANEL if m in board.columns]
-    arrows = {m: "" if maximize.get(m) is None else ("^" if maximize[m] else "v") for m in metrics}
-    head = (f"{'method':<22} {'kind':<7} {'headline':>8} {'95% interval':>16} {'W/T/L':>9}"
-            + "".join(f" {PANEL_SHORT.get(m, m[:8]) + arrows[m]:>9}" for m in metrics))
-    lines = [head]
-    for _, row in board.iterrows():
-        kind = {"control_method": "control", "method": "method"}.get(row["method_type"], str(row["method_type"]))[:7]
-        value = f"{row['calibrated']:.3f}" if np.isfinite(row["calibrated"]) else "-"
-        values = "".join(f" {row[m]:>9.3f}" if np.isfinite(row[m]) else f" {'-':>9}" for m in metrics)
-        lines.append(f"{str(row['method_id'])[:22]:<22} {kind:<7} {value:>8} {row['interval']:>16} "
-                     f"{row['vs train_mean']:>9}{values}")
-    return "\n".join(lines)
-
-
 def write_results(per_condition: pd.DataFrame, results: pd.DataFrame, summary: pd.DataFrame, output_dir: Path):
     results.to_parquet(output_dir / layout.RESULTS, index=False)
     per_condition.to_parquet(output_dir / layout.PER_CONDITION, index=False)

@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from perturbcast import layout
 from perturbcast.cli import main
 
 from conftest import ROOT
@@ -44,7 +45,7 @@ def benchmark(project, output, *extra):
 @pytest.fixture(scope="module")
 def first_run(project, tmp_path_factory):
     output = tmp_path_factory.mktemp("bench")
-    assert benchmark(project, output) == 0
+    assert benchmark(project, output) == layout.STEPS_FAILED_EXIT_CODE  # the crashing method failed; the rest ran
     return output
 
 
@@ -90,7 +91,7 @@ def test_leaderboard_orders_controls(first_run):
 
 
 def test_rerun_is_cached(project, first_run):
-    assert benchmark(project, first_run) == 0
+    assert benchmark(project, first_run) == layout.STEPS_FAILED_EXIT_CODE
     steps = trace(first_run)
     ok = steps[steps.status == "ok"]
     assert ok.cached.all()
@@ -99,7 +100,7 @@ def test_rerun_is_cached(project, first_run):
 def test_changed_component_reruns_only_its_steps(project, first_run):
     script = project / "src" / "control_methods" / "train_mean" / "script.py"
     script.write_text(script.read_text() + "\n# changed\n")
-    assert benchmark(project, first_run) == 0
+    assert benchmark(project, first_run) == layout.STEPS_FAILED_EXIT_CODE
     steps = trace(first_run)
     rerun = set(steps[(steps.status == "ok") & ~steps.cached].step)
     assert rerun == {"predict/simulated_grn_small/unseen_perturbation/seed_0/fold_0/train_mean",

@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from perturbcast import layout
 from perturbcast.cli import main
 
 from conftest import ROOT
@@ -72,7 +73,9 @@ def test_a_hanging_method_costs_its_time_limit_and_nothing_else(faulty_run):
     output, code, wall = faulty_run
     steps = trace(output)
     hanging = steps.loc[f"predict/{SPLIT}/hanging"]
-    assert code == 0 and hanging.status == "failed" and hanging.reason == f"timeout after {STEP_TIMEOUT} s"
+    # steps failed, so the exit code says so (layout.STEPS_FAILED_EXIT_CODE), while every other step completed
+    assert code == layout.STEPS_FAILED_EXIT_CODE and hanging.status == "failed"
+    assert hanging.reason == f"timeout after {STEP_TIMEOUT} s"
     assert STEP_TIMEOUT <= hanging.wall_seconds < STEP_TIMEOUT + 5
     assert not alive(pid_in(output / "predictions" / SPLIT / "hanging"))
     assert "[error] timeout after 12 s" in (output / "predictions" / SPLIT / "hanging" / "log.txt").read_text()
@@ -141,14 +144,15 @@ def test_a_broken_config_only_removes_its_own_steps(faulty_run):
 @pytest.fixture(scope="module")
 def small_run(project, tmp_path_factory):
     output = tmp_path_factory.mktemp("small") / "results"
-    assert main(arguments(project, output, "train_mean")) == 0
+    # the project's broken config is a failed record: the exit code says so (the steps themselves all run)
+    assert main(arguments(project, output, "train_mean")) == layout.STEPS_FAILED_EXIT_CODE
     return output
 
 
 def test_a_moved_results_folder_keeps_its_cache(project, small_run, tmp_path):
     moved = tmp_path / "elsewhere" / "results"
     shutil.copytree(small_run, moved)
-    assert main(arguments(project, moved, "train_mean")) == 0
+    assert main(arguments(project, moved, "train_mean")) == layout.STEPS_FAILED_EXIT_CODE  # the broken config
     steps = trace(moved)
     steps = steps[steps.stage != "config"]
     assert (steps.status == "ok").all() and steps.cached.all()
@@ -159,7 +163,7 @@ def test_a_truncated_cached_output_is_recomputed(project, small_run):
     size = prediction.stat().st_size
     with open(prediction, "r+b") as handle:
         handle.truncate(size // 2)
-    assert main(arguments(project, small_run, "train_mean")) == 0
+    assert main(arguments(project, small_run, "train_mean")) == layout.STEPS_FAILED_EXIT_CODE  # the broken config
     steps = trace(small_run)
     assert not steps.loc[f"predict/{SPLIT}/train_mean"].cached
     assert steps.loc[f"split/{SPLIT}"].cached and steps.loc[f"score/{SPLIT}/train_mean/delta_error"].cached

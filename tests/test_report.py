@@ -205,10 +205,11 @@ def test_report_of_a_benchmark_is_one_offline_file(benchmark_output, benchmark_r
     assert not re.search(r"cdn|@import|url\(", own, re.IGNORECASE)
     results = pd.read_parquet(benchmark_output / "results.parquet")
     summary = pd.read_parquet(benchmark_output / "summary.parquet")
-    # every section, and the calibration explained at the top
-    for anchor in ("calibration", "leaderboard", "heatmap", "details", "datasets", "cost", "failures", "components"):
+    # every section: the answer first (verdict, leaderboard), the explanation of the scores below them
+    for anchor in ("verdict", "calibration", "leaderboard", "heatmap", "details", "datasets", "cost", "failures",
+                   "components"):
         assert f'id="{anchor}"' in text, anchor
-    assert text.index('id="calibration"') < text.index('id="leaderboard"')
+    assert text.index('id="verdict"') < text.index('id="leaderboard"') < text.index('id="calibration"')
     assert "0 = no better than the training mean" in text and "scores above 1" in text
     assert "Holm" in text and "clamped" in text and "folds" in text
     # leaderboard sorted by calibrated score, methods named, wins/ties/losses shown
@@ -317,9 +318,10 @@ def test_report_of_hand_made_tables(constructed_output, tmp_path):
     # headroom in the better direction (mse: 0.04 - 0.01; pearson: 0.8 - 0.2), never a signed range
     assert "headroom 0.0300" in text and "headroom 0.6000" in text and not re.search(r"dynamic range -?\d", text)
     assert "headroom of mse_delta<\\/th><td class='num' title='b = 0.0400, r = 0.0100'>0.0300<\\/td>" in text
-    # the partition spread beside the headline, the p-values behind the win/tie/loss calls
-    board = text[text.index('<table class="data board">'):text.index("</table>", text.index('<table class="data board">'))]
-    assert "over partitions" in board and "<td class='num'>0.12</td>" in board
+    # the partition spread beside the raw means (below the leaderboard), the p-values behind the win/tie/loss calls
+    start = text.index("Raw mean of every metric")
+    raw = text[start:text.index("</table>", start)]
+    assert "over partitions" in raw and "<td class='num'>0.12</td>" in raw
     assert "p = 0.012, Holm-adjusted 0.046" in text
     # bibtex references become a titled link; dois link to doi.org
     assert '<a href="https://example.org/paper">A Bib title (2024)</a>' in text
@@ -416,3 +418,95 @@ def test_report_is_a_package_of_small_modules():
     sizes = {path.name: len(path.read_text().splitlines()) for path in (ROOT / "perturbcast" / "report").glob("*.py")}
     assert {"inputs.py", "tables.py", "figures.py", "page.py"} <= set(sizes)
     assert max(sizes.values()) <= 500, sizes
+
+
+# ------------------------------------------------------------------------------------ the answer above the fold
+
+# After the page drew in a 1,280 x 800 window: where the verdict's first row ends, how wide the page is, and the
+# leaderboard's column heads.
+FOLD_PROBE = """
+var row = document.querySelector('#verdict tbody tr');
+var box = row ? row.getBoundingClientRect() : null;
+document.body.setAttribute('data-verdict-bottom', box ? String(box.bottom) : 'none');
+document.body.setAttribute('data-page-width', String(document.documentElement.scrollWidth));
+var heads = [];
+document.querySelectorAll('table.board thead th').forEach(function (th) { heads.push(th.textContent); });
+document.body.setAttribute('data-board-heads', JSON.stringify(heads));
+document.body.setAttribute('data-banner', (document.querySelector('header .headline') || {}).textContent || '');
+"""
+
+
+def above_the_fold(page: Path, work: Path) -> dict:
+    import json
+
+    dom, errors = render_dom(page, work, FOLD_PROBE, "--window-size=1280,800")
+    assert errors == [], errors
+
+    def attribute(name):
+        return re.search(rf'{name}="([^"]*)"', dom).group(1).replace("&quot;", '"').replace("&amp;", "&")
+    return {"verdict_bottom": attribute("data-verdict-bottom"), "page_width": int(attribute("data-page-width")),
+            "heads": json.loads(attribute("data-board-heads")), "banner": attribute("data-banner")}
+
+
+def test_default_run_shows_the_verdict_above_the_fold_and_a_column_per_task(chromium, benchmark_report, tmp_path):
+    seen = above_the_fold(benchmark_report, tmp_path)
+    assert seen["verdict_bottom"] != "none" and float(seen["verdict_bottom"]) <= 800
+    assert seen["page_width"] <= 1280  # the leaderboard scrolls inside its box, not the page
+    assert [h for h in seen["heads"] if h.startswith("unseen_")] == ["unseen_perturbationheadline",
+                                                                     "unseen_combinationheadline"]
+    assert seen["heads"].index("unseen_combinationheadline") < next(
+        i for i, h in enumerate(seen["heads"]) if h.startswith("overall"))
+
+
+def test_no_signal_run_says_not_ranked_above_the_fold_and_names_no_best_method(chromium, constructed_output,
+                                                                                tmp_path):
+    headline = pd.read_parquet(constructed_output / "headline.parquet")
+    headline[["headline", "headline_low", "headline_high"]] = float("nan")
+    headline = headline.assign(ranked=False, not_ranked_reason="no perturbation with a reproducible effect",
+                               n_reproducible=0, n_evaluated=40)
+    headline.to_parquet(constructed_output / "headline.parquet", index=False)
+    summary = pd.read_parquet(constructed_output / "summary.parquet")
+    summary[["calibrated", "calibrated_low", "calibrated_high"]] = float("nan")
+    summary.to_parquet(constructed_output / "summary.parquet", index=False)
+    page = report.write_report(constructed_output)
+    seen = above_the_fold(page, tmp_path)
+    assert "Best method" not in seen["banner"] and "No method beats the training mean" in seen["banner"]
+    assert "not ranked: no perturbation with a reproducible effect (0 of 40 perturbations" in seen["banner"]
+    assert float(seen["verdict_bottom"]) <= 800
+    assert any(h.startswith("unseen_combination") for h in seen["heads"])
+    ARTIFACTS.mkdir(exist_ok=True)
+    screenshot(page, ARTIFACTS / "report_not_ranked.png")
+
+
+def null_screen(path: Path) -> Path:
+    """A user's CRISPRi screen with no effect at all: 12 targets and controls drawn from one Poisson profile."""
+    import anndata as ad
+    import numpy as np
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(0)
+    genes = [f"GENE{i}" for i in range(40)]
+    base = rng.gamma(2.0, 4.0, size=len(genes))
+    labels = [label for label in ["non-targeting"] + genes[:12] for _ in range(40)]
+    counts = rng.poisson(base, size=(len(labels), len(genes))).astype(np.float32)
+    obs = pd.DataFrame({"target_gene": labels, "perturbation_type": "CRISPRi"},
+                       index=[f"cell{i}" for i in range(len(labels))])
+    ad.AnnData(X=sp.csr_matrix(counts), obs=obs, var=pd.DataFrame(index=genes)).write_h5ad(path)
+    return path
+
+
+def test_no_signal_own_data_run_says_not_ranked_in_the_terminal_and_the_report(chromium, tmp_path, capsys):
+    output = tmp_path / "null"
+    code = cli_main(["benchmark", "--project", str(ROOT), "--output", str(output), "--dataset-file",
+                     str(null_screen(tmp_path / "null_screen.h5ad")), "--dataset-arg", "perturbation_column=target_gene",
+                     "--methods", "linear_baseline", "--metrics", "delta_error", "delta_correlation", "--folds", "0",
+                     "--n-resamples", "50", "--jobs", "2"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "null_screen / unseen_perturbation" in printed and ": not ranked: no reproducible effect" in printed
+    assert "Best method" not in printed and max(map(len, printed.splitlines())) <= 120
+    seen = above_the_fold(output / "report.html", tmp_path)
+    assert "Best method" not in seen["banner"] and "No method beats the training mean" in seen["banner"]
+    assert "not ranked: no reproducible effect" in seen["banner"]
+    assert float(seen["verdict_bottom"]) <= 800
+    assert [h for h in seen["heads"] if h.startswith("unseen_")] == ["unseen_perturbationheadline"]

@@ -167,7 +167,7 @@ def test_root_causes_follow_the_chain_to_the_first_step():
 
 def test_failure_tables_group_by_cause():
     found = tables.failure_tables(_trace())
-    assert found["failed"]["step"].tolist() == ["dataset/bad"]
+    assert found["failed"]["steps"].tolist() == [["dataset/bad"]]
     not_applicable = found["not_applicable"]
     assert not_applicable["steps"].tolist() == [["split/d/c/seed_0"]]
     assert not_applicable["downstream"].tolist() == [["predict/d/c/seed_0/a"]]

@@ -7,9 +7,10 @@ import html
 import numpy as np
 import pandas as pd
 
-from .inputs import ALL_STRATA, BASELINE_METHOD, Inputs
+from ..leaderboard import with_verdict_columns
+from .inputs import ALL_STRATA, BASELINE_METHOD, HEADLINE_CLAMP, Inputs
 from .markup import finite, fmt
-from .plotting import KIND_COLOURS, OUTCOME_COLOURS, SCORE_CLIP, STRATUM_COLOURS, base_layout, clip, edge_position, \
+from .plotting import KIND_COLOURS, OUTCOME_COLOURS, STRATUM_COLOURS, base_layout, clip, edge_position, \
     edge_text, error_bars, facet_layout, score_range, symbols, vline
 from .tables import headroom_table, headroom_text, heatmap_table
 
@@ -51,6 +52,10 @@ def leaderboard_figure(inputs: Inputs) -> dict | None:
     return {"data": traces, "layout": layout}
 
 
+# The heatmap shows means of scores clamped to [-HEADLINE_CLAMP, HEADLINE_CLAMP]: its colour scale spans exactly that.
+HEAT_RANGE = (-HEADLINE_CLAMP, HEADLINE_CLAMP)
+
+
 def heatmap_figure(inputs: Inputs, by_stratum: bool = False) -> dict | None:
     """Mean over the headline panel of the clamped calibrated scores (and partitions): methods x dataset/task,
     or methods x task/stratum (then also over datasets)."""
@@ -61,22 +66,25 @@ def heatmap_figure(inputs: Inputs, by_stratum: bool = False) -> dict | None:
     names = ["<br>".join(column) for column in columns]
     order = inputs.method_order()
     what = "panel metrics x datasets x partitions" if by_stratum else "panel metrics x partitions"
+    slices = with_verdict_columns(inputs.headline)
+    # a dataset x task that is not ranked shows no colour: its scores cannot tell methods apart
+    unranked = set() if by_stratum or slices.empty else {
+        (d, t) for d, t, ranked in zip(slices["dataset_id"], slices["task_id"], slices["ranked"]) if not ranked}
     z, text, hover = [], [], []
     for method in order:
         z_row, text_row, hover_row = [], [], []
         for column in columns:
-            value = table["mean"].get((method, *column), np.nan)
+            value = np.nan if tuple(column) in unranked else table["mean"].get((method, *column), np.nan)
             count = table["count"].get((method, *column), 0)
-            z_row.append(min(max(value, SCORE_CLIP[0]), SCORE_CLIP[1]) if finite(value) else None)
+            z_row.append(min(max(value, HEAT_RANGE[0]), HEAT_RANGE[1]) if finite(value) else None)
             text_row.append(fmt(value, 2) if finite(value) else "")
             hover_row.append(f"<b>{html.escape(method)}</b><br>{html.escape(' · '.join(column))}<br>mean calibrated "
                              f"score {fmt(value)}<br>mean of {count} score{'s' if count != 1 else ''} ({what})")
         z.append(z_row)
         text.append(text_row)
         hover.append(hover_row)
-    low, high = SCORE_CLIP
-    scale = [[0.0, "#b2182b"], [(0 - low) / (high - low) / 2, "#ef8a62"], [(0 - low) / (high - low), "#f7f7f7"],
-             [(1 - low) / (high - low), "#4393c3"], [1.0, "#08306b"]]
+    low, high = HEAT_RANGE
+    scale = [[0.0, "#b2182b"], [0.25, "#ef8a62"], [0.5, "#f7f7f7"], [0.75, "#4393c3"], [1.0, "#08306b"]]
     layout = base_layout(110 + 34 * len(order))
     layout["margin"].update({"t": 34, "b": 20})
     layout["xaxis"] = {"type": "category", "side": "bottom", "automargin": True,
@@ -89,14 +97,15 @@ def heatmap_figure(inputs: Inputs, by_stratum: bool = False) -> dict | None:
             value = z[i][j]
             if value is None:
                 continue
-            dark = value < low + 0.25 * (high - low) or value > 1.2
+            dark = value < low + 0.25 * (high - low) or value > high - 0.25 * (high - low)
             annotations.append({"x": names[j], "y": method, "text": text[i][j], "showarrow": False,
                                 "font": {"size": 12, "color": "white" if dark else "#1d2329"}})
     layout["annotations"] = annotations
     trace = {"type": "heatmap", "z": z, "x": names, "y": order, "zmin": low, "zmax": high, "colorscale": scale,
              "hovertext": hover, "hoverinfo": "text", "xgap": 2, "ygap": 2,
              "colorbar": {"title": {"text": "calibrated", "side": "right"}, "thickness": 14,
-                          "tickvals": [-1, 0, 1, 2], "ticktext": ["≤ −1", "0 train_mean", "1 ceiling", "≥ 2"]}}
+                          "tickvals": [low, 0, high], "ticktext": [f"−{HEADLINE_CLAMP:g}", "0 train_mean",
+                                                                   f"{HEADLINE_CLAMP:g} ceiling"]}}
     return {"data": [trace], "layout": layout}
 
 

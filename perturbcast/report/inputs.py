@@ -20,8 +20,9 @@ from ..scoring import ALL_STRATA, BASELINE_METHOD, FAMILY_ALPHA, HEADLINE_CLAMP,
 
 TRACE_COLUMNS = layout.TRACE_COLUMNS
 OK, FAILED, NOT_APPLICABLE, SKIPPED = Status.OK, Status.FAILED, Status.NOT_APPLICABLE, Status.SKIPPED
+NOT_INSTALLED = Status.NOT_INSTALLED
 # The statuses the report's failures section lists, and how it names each.
-NOT_DONE = (FAILED, NOT_APPLICABLE, SKIPPED)
+NOT_DONE = (FAILED, NOT_APPLICABLE, NOT_INSTALLED, SKIPPED)
 STATUS_LABELS = {status: status.label for status in NOT_DONE}
 
 

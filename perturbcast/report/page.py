@@ -11,12 +11,13 @@ from .figures import cost_figure, heatmap_figure, leaderboard_figure
 from .inputs import Inputs
 from .markup import doi_links, esc, json_for_script, links
 from .sections_run import section_components, section_cost, section_datasets, section_failures
-from .sections_scores import section_calibration, section_details, section_header, section_heatmap, \
-    section_leaderboard, slices
+from .sections_answer import banner, section_leaderboard, section_verdict
+from .sections_scores import section_calibration, section_details, section_header, section_heatmap, slices
 from .tables import cost_table
 
 REPORT_NAME = layout.REPORT
-NAVIGATION = [("calibration", "How to read"), ("leaderboard", "Leaderboard"), ("heatmap", "Datasets × tasks"),
+NAVIGATION = [("verdict", "Verdict"), ("leaderboard", "Leaderboard"), ("heatmap", "Datasets × tasks"),
+              ("calibration", "How to read"),
               ("details", "Per stratum · raw · vs train_mean"), ("datasets", "Datasets"), ("cost", "Cost"),
               ("failures", "Failures"), ("components", "Components")]
 
@@ -68,9 +69,10 @@ def render(inputs: Inputs, output: Path) -> str:
         figures["fig-cost"] = figure
     options, slice_figures, slice_tables = slices(inputs)
     body = "".join([
-        section_calibration(inputs),
+        section_verdict(inputs),
         section_leaderboard(inputs, figures, cost),
         section_heatmap(inputs, figures),
+        section_calibration(inputs),
         section_details(options),
         section_datasets(inputs),
         section_cost(inputs, figures, cost),
@@ -84,7 +86,7 @@ def render(inputs: Inputs, output: Path) -> str:
     return (f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
             f"<meta name='viewport' content='width=device-width, initial-scale=1'>"
             f"<title>{esc(title)}</title><style>{static('report.css')}</style></head><body>"
-            f"{section_header(inputs)}<nav><div class='wrap'>{nav}</div></nav><main class='wrap'>{body}</main>"
+            f"{section_header(inputs, banner(inputs))}<nav><div class='wrap'>{nav}</div></nav><main class='wrap'>{body}</main>"
             f"{_footer(inputs, version)}"
             f"<script>{js}</script>"
             f"<script type='application/json' id='report-data'>{payload}</script>"

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..layout import NOT_APPLICABLE_TAG as _NOT_APPLICABLE_TAG, status_label
-from .inputs import FAILED, NOT_APPLICABLE, NOT_DONE, SKIPPED, STATUS_LABELS, Inputs, is_simulated
+from ..layout import NOT_APPLICABLE_TAG as _NOT_APPLICABLE_TAG, NOT_INSTALLED_TAG as _NOT_INSTALLED_TAG, status_label
+from .inputs import FAILED, NOT_APPLICABLE, NOT_DONE, NOT_INSTALLED, SKIPPED, STATUS_LABELS, Inputs, is_simulated
 from .markup import doi_links, esc, fmt, inline_code, links, paragraphs
 from .sections_scores import kind_badge, method_cell
 from .tables import cost_by_dataset_table, dataset_facts, failure_tables, other_cost_table, stage_counts, tasks_scored
@@ -126,6 +126,7 @@ def _cost_by_dataset(inputs: Inputs, by_dataset: pd.DataFrame) -> str:
 
 # components may start their not-applicable message with this tag; the table's heading already says it
 NOT_APPLICABLE_TAG = re.compile(r"^" + re.escape(_NOT_APPLICABLE_TAG) + r"\s*")
+NOT_INSTALLED_TAG = re.compile(r"^" + re.escape(_NOT_INSTALLED_TAG) + r"\s*")
 
 
 def _exit_code(value) -> str:
@@ -146,6 +147,11 @@ def _table(head: str, rows: list[str]) -> str:
             f"</tbody></table></div>")
 
 
+def _block(title: str, lead: str, head: str, rows: list[str]) -> str:
+    """A titled table of the failures section, or nothing without rows."""
+    return f"<h3>{title}</h3><p class='lead'>{lead}</p>" + _table(head, rows) if rows else ""
+
+
 def section_failures(inputs: Inputs, output: Path) -> str:
     trace = inputs.trace
     title = "<h2>Failures and not-applicable pairs</h2>"
@@ -160,44 +166,54 @@ def section_failures(inputs: Inputs, output: Path) -> str:
     tables = failure_tables(trace)
     failed_rows = []
     for row in tables[FAILED].itertuples(index=False):
-        log_path, tail = inputs.log_tail(row.step, row.stage)
+        log_path, tail = inputs.log_tail(row.steps[0], row.stage)
         log_link = ""
         if log_path:
             href = os.path.relpath(inputs.dir / log_path, output.parent)
             log_link = f' <a href="{esc(Path(href).as_posix())}">log</a>'
         tail_html = f"<details><summary>last lines of the log</summary><pre>{esc(tail)}</pre></details>" if tail else ""
-        failed_rows.append(f"<tr><td><code>{esc(row.step)}</code></td><td><code>{esc(row.component)}</code></td>"
-                           f"<td class='num'>{esc(_exit_code(row.exit_code))}</td><td>{esc(row.reason)}{log_link}{tail_html}</td></tr>")
-    failed = ("<h3>Failed steps</h3>" + _table("<th>step</th><th>component</th><th class='num'>exit</th><th>reason</th>",
-                                                 failed_rows)) if failed_rows else ""
+        failed_rows.append(f"<tr><td><code>{esc(row.component)}</code></td><td class='num'>{len(row.steps)}</td>"
+                           f"<td class='num'>{esc(_exit_code(row.exit_code))}</td><td>{esc(row.reason)}{log_link}"
+                           f"{tail_html}</td><td>{_step_list(row.steps)}</td></tr>")
+    failed = _block("Failed steps", "Grouped by component and reason; the log is the first step's.",
+                    "<th>component</th><th class='num'>steps</th><th class='num'>exit</th><th>reason</th><th>steps</th>",
+                    failed_rows)
+    installed_rows = [
+        f"<tr><td><code>{esc(row.component)}</code></td><td>{esc(NOT_INSTALLED_TAG.sub('', row.reason))}</td>"
+        f"<td class='num'>{len(row.steps)}</td><td class='num'>{len(row.downstream) or ''}</td></tr>"
+        for row in tables[NOT_INSTALLED].itertuples(index=False)]
+    not_installed = _block("Not installed", "Methods whose packages are absent on this machine: not a failure; the "
+                           "command installs them, and a rerun adds their scores.",
+                           "<th>method</th><th>how to install it</th><th class='num'>steps</th>"
+                           "<th class='num'>steps not run after them</th>", installed_rows)
     not_applicable_rows = [
         f"<tr><td>{esc(NOT_APPLICABLE_TAG.sub('', row.reason))}</td><td>{_step_list(row.steps)}</td>"
         f"<td class='num'>{len(row.downstream) or ''}</td></tr>"
         for row in tables[NOT_APPLICABLE].itertuples(index=False)]
-    not_applicable = ("<h3>Not applicable</h3><p class='lead'>A task that cannot be made on a dataset (no "
-                      "combinations, one cell type) or a method that cannot or does not serve a task: expected, not "
-                      "an error. The steps after them (predictions, scores) are not run either.</p>"
-                      + _table("<th>reason</th><th>steps</th><th class='num'>steps not run after them</th>",
-                               not_applicable_rows)) if not_applicable_rows else ""
+    not_applicable = _block("Not applicable", "A task that cannot be made on a dataset (no combinations, one cell "
+                            "type) or a method that cannot or does not serve a task: expected, not an error. The steps "
+                            "after them (predictions, scores) are not run either.",
+                            "<th>reason</th><th>steps</th><th class='num'>steps not run after them</th>",
+                            not_applicable_rows)
     skipped_rows = []
     for row in tables[SKIPPED].itertuples(index=False):
         if row.cause:
-            cause = (f"<code>{esc(row.cause)}</code> <span class='status-{esc(row.cause_status)}'>"
+            more = f" and {row.roots - 1} more of its steps" if row.roots > 1 else ""
+            cause = (f"<code>{esc(row.cause)}</code>{esc(more)} <span class='status-{esc(row.cause_status)}'>"
                      f"{esc(status_label(row.cause_status))}</span>")
         else:
             cause = esc(row.reason or "no reason recorded")
         skipped_rows.append(f"<tr><td>{cause}</td><td class='num'>{len(row.steps)}</td>"
                             f"<td>{esc(stage_counts(row.steps))}</td><td>{_step_list(row.steps)}</td></tr>")
-    skipped = ("<h3>Skipped</h3><p class='lead'>Steps that could not run because a step they depend on failed, "
-               "grouped by that first cause.</p>"
-               + _table("<th>cause</th><th class='num'>steps</th><th>stages</th><th>steps</th>", skipped_rows)) \
-        if skipped_rows else ""
+    skipped = _block("Skipped", "Steps that could not run because a step they depend on failed, grouped by the "
+                     "failing component.", "<th>cause</th><th class='num'>steps</th><th>stages</th><th>steps</th>",
+                     skipped_rows)
     return f"""
 <section id="failures">
 {title}
 <p class="lead">{esc(summary)} of {len(trace)} steps. One failing component never stops the others; its
 scores are simply absent from the tables above.</p>
-{failed}{not_applicable}{skipped}
+{not_installed}{failed}{not_applicable}{skipped}
 </section>"""
 
 

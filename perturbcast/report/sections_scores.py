@@ -1,15 +1,16 @@
-"""The page's header and its score sections: how to read the scores, the leaderboard, the heatmaps and the
+"""The page's header and its score sections: how to read the scores, the heatmaps and the
 per dataset x task views (HTML strings; the numbers come from `tables` and the plots from `figures`)."""
 from __future__ import annotations
 
 import pandas as pd
 
 from .figures import forest_figure, raw_figure, stratum_figure
-from .inputs import ALL_STRATA, BASELINE_METHOD, FAMILY_ALPHA, HEADLINE_CLAMP, HEADLINE_PANEL, NOT_DONE, OK, \
+from .inputs import ALL_STRATA, FAMILY_ALPHA, HEADLINE_CLAMP, HEADLINE_PANEL, NOT_DONE, OK, \
     STATUS_LABELS, Inputs, is_simulated
-from .markup import esc, finite, fmt
+from ..layout import Status
+from .markup import esc
 from .plotting import KIND_COLOURS
-from .tables import headline_slices, headroom_overview, headroom_text, leaderboard_table, slice_table
+from .tables import headroom_overview, headroom_text, slice_table
 
 
 def method_cell(inputs: Inputs, method: str, line_break: bool = False) -> str:
@@ -42,7 +43,8 @@ def _dataset_banner(inputs: Inputs) -> str:
     return f'<p class="facts datasets">{"Dataset" if len(shown) == 1 else "Datasets"}: {" · ".join(shown)}{note}</p>'
 
 
-def section_header(inputs: Inputs) -> str:
+def section_header(inputs: Inputs, headline: str = "") -> str:
+    """Title, facts, datasets and `headline`, the answer's one sentence (sections_answer.banner)."""
     info = inputs.task_info
     title = info.get("task_name") or "Expression forecasting"
     results, trace = inputs.results, inputs.trace
@@ -51,7 +53,11 @@ def section_header(inputs: Inputs) -> str:
         methods = results[["method_id", "method_type"]].drop_duplicates()
         n_methods = sum(inputs.kind(m, t) == "method" for m, t in zip(methods["method_id"], methods["method_type"]))
         folds = inputs.results_folds()
-        facts += [_plural(n_methods, "method"), f"<b>{len(methods) - n_methods}</b> controls and baselines",
+        absent = sorted(set(trace.loc[trace["status"] == Status.NOT_INSTALLED, "component"])) \
+            if not trace.empty and "status" in trace else []
+        installed = (f' (<a href="#failures">+ {len(absent)} not installed</a>: {esc(", ".join(absent))})'
+                     if absent else "")
+        facts += [_plural(n_methods, "method") + installed, f"<b>{len(methods) - n_methods}</b> controls and baselines",
                   _plural(results["dataset_id"].nunique(), "dataset"), _plural(results["task_id"].nunique(), "task"),
                   f"<b>{results['metric_id'].nunique()}</b> metrics",
                   _plural(results["seed"].nunique(), "partition") + (f" × <b>{folds}</b> folds" if folds else "")]
@@ -62,19 +68,6 @@ def section_header(inputs: Inputs) -> str:
             if counts.get(status, 0):
                 steps += f', <a href="#failures">{counts[status]} {STATUS_LABELS[status]}</a>'
         facts.append(steps)
-    headline = ""
-    if not inputs.summary.empty:
-        board = inputs.summary
-        methods = board[[inputs.kind(m, t) == "method" for m, t in zip(board["method_id"], board["method_type"])]]
-        methods = methods[methods["calibrated"].notna()]
-        if not methods.empty:
-            best = methods.iloc[0]
-            beat = int((methods["calibrated_low"] > 0).sum())
-            headline = (f'<p class="headline">Best method: <b>{esc(inputs.method_label(best["method_id"]))}</b> '
-                        f'<span class="id">{esc(best["method_id"])}</span> with a headline score of '
-                        f'<b>{fmt(best["calibrated"], 2)}</b> [{fmt(best["calibrated_low"], 2)}, '
-                        f'{fmt(best["calibrated_high"], 2)}]. {beat} of {len(methods)} methods beat the training '
-                        f'mean on average (interval above 0).</p>')
     return (f'<header><div class="wrap"><p class="kicker">perturbcast benchmark report</p>'
             f'<h1>{esc(title)}</h1><p class="summary">{esc(info.get("task_summary") or "")}</p>'
             f'<p class="facts">{" · ".join(facts)}</p>{_dataset_banner(inputs)}{headline}</div></header>')
@@ -132,85 +125,6 @@ calibrated score there (its headroom reads "within noise", or "none" when the ce
 All metrics exclude the perturbed target genes.</p>
 {_headroom_details(inputs)}
 </section>"""
-
-
-def section_leaderboard(inputs: Inputs, figures: dict, cost: pd.DataFrame) -> str:
-    summary = inputs.summary
-    if summary.empty:
-        return ('<section id="leaderboard"><h2>Leaderboard</h2><p class="empty">No scores yet: results.parquet '
-                'or summary.parquet is missing or empty (see the failures below).</p></section>')
-    metrics = inputs.metric_order()
-    board = leaderboard_table(summary, inputs.results, metrics, cost)
-    spread = bool(board["partition_spread"].notna().any())
-    metric_heads = "".join(
-        f"<th class='num' title='{esc(inputs.metrics.get(m, {}).get('summary', ''))}'>{esc(m).replace('_', '_<wbr>')}"
-        f"<br><span class='dir'>{'' if inputs.maximize(m) is None else '↑ higher better' if inputs.maximize(m) else '↓ lower better'}</span></th>"
-        for m in metrics)
-    rows = []
-    for row in board.to_dict("records"):
-        method = row["method_id"]
-        kind = inputs.kind(method, row["method_type"])
-        interval = f"[{fmt(row['calibrated_low'], 2)}, {fmt(row['calibrated_high'], 2)}]" \
-            if finite(row["calibrated_low"]) else ""
-        if method == BASELINE_METHOD:
-            outcome = "<span class='id'>reference</span>"
-        else:
-            outcome = (f"<span class='win'>{row['wins']}</span> / <span class='tie'>{row['ties']}</span> / "
-                       f"<span class='loss'>{row['losses']}</span>")
-        raws = "".join(f"<td class='num'>{fmt(row[m], 3)}</td>" for m in metrics)
-        wall = fmt(row["median_wall"], 1) + " s" if finite(row["median_wall"]) else "–"
-        spread_cell = f"<td class='num'>{fmt(row['partition_spread'], 2)}</td>" if spread else ""
-        rows.append(f"<tr class='{'ctrl' if kind != 'method' else ''}'><td class='num rank'>{row['rank']}</td>"
-                    f"<td class='who'>{method_cell(inputs, method, True)} {kind_badge(kind)}</td>"
-                    f"<td class='num score'><b>{fmt(row['calibrated'], 3)}</b><br><span class='interval'>{interval}</span></td>"
-                    f"<td class='num'>{outcome}</td><td class='num'>{row['n_scores']}</td>{spread_cell}{raws}"
-                    f"<td class='num'>{wall}</td></tr>")
-    spread_head = ("<th class='num' title='range of the headline over partitions (seeds), averaged over datasets "
-                   "× tasks'>spread<br><span class='dir'>over partitions</span></th>") if spread else ""
-    plot = '<div id="fig-leaderboard" class="plot"></div>' if "fig-leaderboard" in figures else ""
-    return f"""
-<section id="leaderboard">
-<h2>Leaderboard</h2>
-<p class="lead">Methods ranked by their headline score (the panel's clamped calibrated scores, averaged over
-partitions and datasets × tasks; see above), with a bootstrap 95% interval. <b>W / T / L</b> counts the dataset ×
-task × partition × panel-metric combinations where the method is significantly better than / indistinguishable from /
-worse than <code>train_mean</code> (Holm-corrected). Raw columns are plain means of each metric. Controls and
-baselines are shaded: they frame the scale, they do not compete.</p>
-{_headline_slices(inputs)}
-<div class="scroll"><table class="data board">
-<thead><tr><th>#</th><th>method</th><th class="num">headline<br><span class="dir">95% interval</span></th>
-<th class="num">W / T / L<br><span class="dir">vs train_mean</span></th><th class="num">scores</th>{spread_head}{metric_heads}
-<th class="num">time<br><span class="dir">median / step</span></th></tr></thead>
-<tbody>{''.join(rows)}</tbody></table></div>
-{plot}
-</section>"""
-
-
-def _headline_slices(inputs: Inputs) -> str:
-    """Headline per dataset x task: n test conditions, partitions, the score with its interval."""
-    columns, table = headline_slices(inputs.headline, inputs.method_order())
-    if table.empty:
-        return ""
-    head = "".join(f"<th class='num'>{esc(c.dataset_id)}<br><span class='id'>{esc(c.task_id)}</span><br>"
-                   f"<span class='dir'>n = {int(c.n_conditions)}, {int(c.n_partitions)} partition(s)</span></th>"
-                   for c in columns.itertuples(index=False))
-    rows = []
-    for method, mine in table.groupby("method_id", sort=False):
-        cells = []
-        for d, t in zip(columns["dataset_id"], columns["task_id"]):
-            hit = mine[(mine["dataset_id"] == d) & (mine["task_id"] == t)]
-            if hit.empty:
-                cells.append("<td class='num'>–</td>")
-                continue
-            h = hit.iloc[0]
-            spread = (f"<br><span class='interval'>partitions {fmt(h['partition_min'], 2)} … {fmt(h['partition_max'], 2)}</span>"
-                      if int(h["n_partitions"]) > 1 else "")
-            cells.append(f"<td class='num'>{fmt(h['headline'], 2)}<br><span class='interval'>[{fmt(h['headline_low'], 2)}, "
-                         f"{fmt(h['headline_high'], 2)}]</span>{spread}</td>")
-        rows.append(f"<tr><td class='who'>{method_cell(inputs, method, False)}</td>{''.join(cells)}</tr>")
-    return (f"<details open><summary>Headline per dataset × task (n = test conditions, all folds pooled)</summary>"
-            f"<div class='scroll'><table class='data compact'><thead><tr><th>method</th>{head}</tr></thead>"
-            f"<tbody>{''.join(rows)}</tbody></table></div></details>")
 
 
 def section_heatmap(inputs: Inputs, figures: dict) -> str:

@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 
 from ..layout import PREDICT, dataset_of_step
-from .inputs import ALL_STRATA, BASELINE_METHOD, FAILED, HEADLINE_CLAMP, HEADLINE_PANEL, NOT_APPLICABLE, OK, \
-    SKIPPED, blocked_by
+from .inputs import ALL_STRATA, BASELINE_METHOD, FAILED, HEADLINE_CLAMP, HEADLINE_PANEL, NOT_APPLICABLE, \
+    NOT_INSTALLED, OK, SKIPPED, blocked_by
 
 SLICE = ["dataset_id", "task_id", "seed"]
 DIGITS = 4
@@ -225,39 +225,63 @@ def stage_counts(steps: list[str]) -> str:
 
 
 def failure_tables(trace: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    """What did not finish, in three tables:
-    - `failed`: every failed step (step, stage, component, exit_code, reason);
+    """What did not finish, in four tables, repeated rows grouped by their root cause with a count:
+    - `failed`: failed steps grouped by component and reason (`steps`, the first one's stage and exit code);
     - `not_applicable`: steps not applicable for their own reason, grouped by reason, with the steps not
       run after them (`downstream`);
-    - `skipped`: steps that did not run because of another, grouped by the first cause of their chain
-      (`cause`, `cause_status`), then skipped steps with no recorded cause, grouped by reason (`cause` empty).
+    - `not_installed`: per component whose packages are absent, its steps, reason (the install command) and the
+      steps not run after them: a status of its own, never a failure;
+    - `skipped`: steps that did not run because of a failure, grouped by the failing root's component and status
+      (`cause`: the first root step, `cause_status`, `roots`), then skipped steps with no recorded cause, grouped by
+      reason (`cause` empty).
     """
-    empty = {FAILED: pd.DataFrame(), NOT_APPLICABLE: pd.DataFrame(), SKIPPED: pd.DataFrame()}
+    installed = str(NOT_INSTALLED)
+    empty = {FAILED: pd.DataFrame(), NOT_APPLICABLE: pd.DataFrame(), SKIPPED: pd.DataFrame(),
+             NOT_INSTALLED: pd.DataFrame()}
     if trace.empty or "status" not in trace:
         return empty
-    bad = trace[trace["status"].isin([FAILED, NOT_APPLICABLE, SKIPPED])]
+    bad = trace[trace["status"].isin([FAILED, NOT_APPLICABLE, SKIPPED, installed])]
     if bad.empty:
         return empty
-    failed = bad[bad["status"] == FAILED]
-    failed = failed.reindex(columns=["step", "stage", "component", "exit_code", "reason"]).reset_index(drop=True)
     roots = root_causes(trace)
     status_of = dict(zip(trace["step"], trace["status"]))
+    component_of = dict(zip(trace["step"], trace["component"])) if "component" in trace else {}
     downstream: dict[str, list[str]] = {}
     for step, root in roots.items():
         if status_of.get(step) in (SKIPPED, NOT_APPLICABLE):
             downstream.setdefault(root, []).append(step)
+    failed_rows = bad[bad["status"] == FAILED].reindex(columns=["step", "stage", "component", "exit_code", "reason"])
+    failed = pd.DataFrame(
+        [{"component": component, "reason": str(reason), "steps": list(group["step"]),
+          "stage": group["stage"].iloc[0], "exit_code": group["exit_code"].iloc[0]}
+         for (component, reason), group in failed_rows.groupby(["component", "reason"], sort=True, dropna=False)],
+        columns=["component", "reason", "steps", "stage", "exit_code"])
     own = bad[(bad["status"] == NOT_APPLICABLE) & ~bad["step"].isin(list(roots))]
     not_applicable = pd.DataFrame(
         [{"reason": str(reason), "steps": list(group["step"]),
           "downstream": [d for s in group["step"] for d in downstream.get(s, [])]}
          for reason, group in own.groupby("reason", sort=True)], columns=["reason", "steps", "downstream"])
-    skipped = [{"cause": root, "cause_status": status_of.get(root, ""), "reason": "", "steps": steps}
-               for root, steps in sorted(downstream.items()) if status_of.get(root) != NOT_APPLICABLE]
+    absent = bad[bad["status"] == installed]
+    not_installed = pd.DataFrame(
+        [{"component": component, "reason": str(group["reason"].iloc[0]), "steps": list(group["step"]),
+          "downstream": [d for s in group["step"] for d in downstream.get(s, [])]}
+         for component, group in absent.groupby("component", sort=True)],
+        columns=["component", "reason", "steps", "downstream"])
+    by_root: dict[tuple, dict] = {}
+    for root, steps in sorted(downstream.items()):
+        if status_of.get(root) in (NOT_APPLICABLE, installed):
+            continue
+        entry = by_root.setdefault((component_of.get(root, root), status_of.get(root, "")),
+                                   {"cause": root, "cause_status": status_of.get(root, ""), "reason": "", "steps": [],
+                                    "roots": 0})
+        entry["steps"] += steps
+        entry["roots"] += 1
+    skipped = list(by_root.values())
     unexplained = bad[(bad["status"] == SKIPPED) & ~bad["step"].isin(list(roots))]
-    skipped += [{"cause": "", "cause_status": "", "reason": str(reason), "steps": list(group["step"])}
+    skipped += [{"cause": "", "cause_status": "", "reason": str(reason), "steps": list(group["step"]), "roots": 0}
                 for reason, group in unexplained.groupby("reason", sort=True)]
-    return {FAILED: failed, NOT_APPLICABLE: not_applicable,
-            SKIPPED: pd.DataFrame(skipped, columns=["cause", "cause_status", "reason", "steps"])}
+    return {FAILED: failed, NOT_APPLICABLE: not_applicable, NOT_INSTALLED: not_installed,
+            SKIPPED: pd.DataFrame(skipped, columns=["cause", "cause_status", "reason", "steps", "roots"])}
 
 
 # ----------------------------------------------------------------------------------------------- datasets
@@ -324,6 +348,10 @@ def dataset_facts(report: dict | None, replicate_kind: str) -> pd.DataFrame:
             add("left out: too few cells", f"{_number(report['n_conditions_too_few_cells'])} conditions"
                 + (f" (fewer than {_number(minimum)} cells per half)" if minimum else ""),
                 "" if minimum else "the producer of this dataset did not record its minimum")
+    for role, text in (report.get("columns_used") or {}).items():
+        add(f"{role} column", str(text), "which obs column of the file the loader used, and why")
+    for hint in report.get("hints") or []:
+        add("hint", str(hint), "", strong=True)
     add("replicate halves", replicate_kind, "biological = whole replicates to each half; random_half = a seeded "
                                             "random half of the cells")
     if report:

@@ -22,6 +22,9 @@ TARGET_SEPARATOR = "+"
 NOT_APPLICABLE_EXIT_CODE = 99
 # The component's optional packages (an extra, its own environment) are not installed here.
 NOT_INSTALLED_EXIT_CODE = 98
+# A log line that advises the user (e.g. an obs column the loader should be told about); the benchmark prints
+# these lines of its dataset steps' logs at the end of a run.
+HINT_TAG = "[hint]"
 
 
 class TargetLabelError(ValueError):

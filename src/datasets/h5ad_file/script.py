@@ -42,7 +42,8 @@ from download import sha256_file  # noqa: E402
 from formats import FormatError, check_anndata, read_h5ad  # noqa: E402
 from harmonize import DEFAULT_DROP_PART  # noqa: E402
 from pseudobulk import (COUNT_NORMALIZATIONS, SourceError, count_normalization, gene_table,  # noqa: E402
-                        harmonize_cells, matrix_layout, obs_columns, pseudobulk, read_obs)
+                        harmonize_cells, matrix_layout, obs_columns, pseudobulk, read_obs, stream_sums)
+import vocabulary  # noqa: E402
 
 # What marks a file as already aggregated: the common dataset's own obs columns and its normalisation note.
 COMMON_OBS = ("perturbation", "is_control", "replicate", "n_cells")
@@ -128,6 +129,7 @@ def from_cells(path: str):
         condition_column=given("condition_column"), control_labels=list(given("control_label") or []),
         separators=tuple(given("combination_separator") or ["+"]), drop_part=DEFAULT_DROP_PART,
         replicate_column=given("replicate_column"), log=log)
+    hints = [] if given("condition_column") else hidden_conditions(path, cells, [c for c in wanted if c], values, layer)
     name = os.path.basename(path)
     replicates = (f"replicate (obs['{par['replicate_column']}'])" if given("replicate_column")
                   else "seeded random half of its cells")
@@ -153,7 +155,42 @@ def from_cells(path: str):
                        cells_output=par.get("output_cells"), cells_options=loader_options(par),
                        normalization=normalization if values == "counts" else None)
     adata.uns["dataset_report"] = dataset_report(adata, log=log)
+    adata.uns["dataset_report"]["columns_used"] = columns_used(obs, hints)
+    if hints:
+        adata.uns["dataset_report"]["hints"] = [hint["line"] for hint in hints]
     ComponentIO(par, meta).write("output", adata)
+
+
+def hidden_conditions(path: str, cells, used: list, values: str, layer) -> list:
+    """Obs columns that split the control cells into groups differing more than replicate halves do, each logged
+    as one [hint] line naming the --dataset-arg that would use it."""
+    from hidden_conditions import hidden_condition_columns
+
+    controls = (cells["perturbation"] == vocabulary.CONTROL).to_numpy()
+    sums = lambda codes, n: stream_sums(path, codes, n, layer=layer, counts=values == "counts")  # noqa: E731
+    hints = hidden_condition_columns(read_obs(path), controls, used, sums, counts=values == "counts",
+                                     seed=int(par["seed"]))
+    for hint in hints:
+        log(f"{vocabulary.HINT_TAG} {hint['line']}")
+    return hints
+
+
+def columns_used(obs, hints: list) -> dict:
+    """Which obs column the dataset takes each role from, and why (for the dataset card)."""
+    def role(argument: str, absent: str) -> str:
+        column = given(argument)
+        if column and column in obs.columns:
+            return f"obs['{column}'] (--{argument})"
+        return absent
+
+    cell_type = given("cell_type") or "unspecified"
+    condition = role("condition_column", "none: every cell in one condition (no --condition_column)")
+    if hints:
+        condition += "; but " + "; ".join(f"obs['{h['column']}'] splits the control cells (see the hint)" for h in hints)
+    return {"perturbation": f"obs['{par['perturbation_column']}'] (--perturbation_column)",
+            "cell type": role("cell_type_column", f"none: every cell is '{cell_type}' (no --cell_type_column in obs)"),
+            "condition": condition,
+            "replicate": role("replicate_column", "none: seeded random halves of each condition's cells")}
 
 
 path = par.get("input")
