@@ -67,9 +67,12 @@ def test_cell_level_file_runs_through_the_loader_and_every_task(screen_file, tmp
     assert common.uns["normalization_id"] == "log_cp10k_cell_mean"  # integer X is read as raw counts, the default
     assert set(common.obs["cell_type"]) == {"unspecified"}
     assert set(common.obs["perturbation_type"]) == {"knockdown"}  # CRISPRi, from the file's column
-    assert common.obs["is_control"].sum() == 2  # the two random halves of the non-targeting cells
+    # the two random halves of the non-targeting cells, each cut into its two control parts
+    controls = common.obs[common.obs["is_control"].to_numpy()]
+    assert len(controls) == 4 and sorted(zip(controls["replicate"], controls["control_part"])) == [
+        ("r1", 1), ("r1", 2), ("r2", 1), ("r2", 2)]
     assert sorted(set(common.obs["perturbation"]) - {"control"})[:2] == ["GENE0", "GENE0+GENE1"]
-    assert len(common.obs) == 2 * 19
+    assert len(common.obs) == 2 * 18 + 4
     # the knocked-down target really is lower than in the controls (log cp10k of the pseudobulk)
     x = pd.DataFrame(np.asarray(common.X), index=common.obs["perturbation"].to_numpy(), columns=common.var_names)
     assert x.loc["GENE3", "GENE3"].mean() < x.loc["control", "GENE3"].mean() - 1.5
