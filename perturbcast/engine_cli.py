@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
@@ -9,6 +10,7 @@ from pathlib import Path
 
 from . import layout
 from .config import find_package_root
+from .engine_guard import SPACE_MARGIN, format_bytes, shutil_disk_free
 from .layout import Status
 from .report import write_report
 
@@ -112,7 +114,10 @@ def aggregate_results(root: Path, output: Path, only: set | None = None, n_resam
     paths = [path for path in scoring.score_files(output) if only is None or path.resolve() in only]
     write_openproblems_files(root, output, components, paths)
     text = scoring.format_leaderboard(scoring.leaderboard(results, summary), maximize)
-    (output / layout.LEADERBOARD).write_text(text + "\n")
+    from .engine_guard import replaced_atomically
+
+    with replaced_atomically(output / layout.LEADERBOARD) as temporary:
+        temporary.write_text(text + "\n")
     panel = ", ".join(scoring.HEADLINE_PANEL)
     return ("\nLeaderboard. headline: mean calibrated score (0 = train_mean, 1 = replicate_ceiling; each clamped to "
             f"[-1, 1]) over the panel {panel}, averaged over folds pooled per partition, partitions and datasets x "
@@ -171,9 +176,8 @@ def _engine_options(args) -> tuple[str | None, object]:
         memory = memory_as_bytes(args.step_memory)
         if not memory:
             return f"[error] --step-memory must be an amount of memory such as 4GiB or 512MB (got '{args.step_memory}')", None
-    output = Path(args.output or layout.DEFAULT_RESULTS)
-    if output.exists() and not output.is_dir():
-        return f"[error] --output '{args.output}' is an existing file; expected a results directory", None
+    if args.output is not None and not args.output.strip():
+        return "[error] --output is empty; expected a results folder (e.g. --output results/)", None
     return None, Limits(timeout=args.step_timeout, memory=memory)
 
 
@@ -288,6 +292,10 @@ def _benchmark(args) -> int:
         print(f"perturbcast benchmark: results in {args.output} (each selection has its own folder; --output "
               "chooses another)", file=sys.stderr)
     output = Path(args.output).resolve()
+    problem = layout.results_folder_problem(output, root)
+    if problem:
+        print(f"[error] --output {problem}", file=sys.stderr)
+        return 2
     try:
         steps, declared = engine.plan(root, output, selection)
     except ValueError as error:
@@ -309,15 +317,39 @@ def _benchmark(args) -> int:
         return 0
     try:
         output.mkdir(parents=True, exist_ok=True)
+        with engine.results_lock(output):
+            # checked again under the lock: the folder may have been filled since
+            problem = layout.results_folder_problem(output, root)
+            if problem:
+                print(f"[error] --output {problem}", file=sys.stderr)
+                return 2
+            if layout.read_marker(output) is None:
+                layout.write_marker(output, layout.normalized_selection(selection))
+            with engine.INTERRUPT.handling_signals():
+                return _run(args, root, output, steps, declared + broken, limits, selection.n_folds)
     except OSError as error:
-        print(f"[error] cannot create the results directory '{output}': {error.strerror}", file=sys.stderr)
+        full = error.errno == errno.ENOSPC
+        if not full and (error.filename is None or not _is_under(error.filename, output)):
+            raise
+        print(f"[error] cannot write the results folder '{output}': {error.strerror or error}"
+              + (f" ({_free_space(output)} free, at least {format_bytes(SPACE_MARGIN)} needed; free some space and "
+                 "rerun: finished steps stay cached, and every file it replaces keeps its previous version)"
+                 if full else ""), file=sys.stderr)
         return 1
-    try:
-        with engine.results_lock(output), engine.INTERRUPT.handling_signals():
-            return _run(args, root, output, steps, declared + broken, limits, selection.n_folds)
     except engine.ResultsLocked as error:
         print(f"[error] {error}", file=sys.stderr)
         return 1
+
+
+def _free_space(folder: Path) -> str:
+    try:
+        return format_bytes(shutil_disk_free(folder))
+    except OSError:
+        return "unknown"
+
+
+def _is_under(path, folder: Path) -> bool:
+    return Path(os.path.abspath(path)).is_relative_to(folder)
 
 
 def _run(args, root: Path, output: Path, steps, declared, limits, n_folds: int) -> int:
@@ -329,6 +361,11 @@ def _run(args, root: Path, output: Path, steps, declared, limits, n_folds: int) 
     records += engine.check_partitions(steps, records, n_folds) + declared
     engine.write_trace(records, output / layout.TRACE)
     this_run = {Path(r.outputs["output"]).resolve() for r in records if r.stage == layout.SCORE and r.status == Status.OK}
+    if engine.DISK.problem and not engine.INTERRUPT.stopped:
+        done = sum(Status(r.status).reusable for r in records if r.stage != layout.CONFIG)
+        print(f"[error] {engine.DISK.problem} ({done} of {len(records)} steps done; {output / layout.TRACE} lists them)",
+              file=sys.stderr)
+        return 1
     if engine.INTERRUPT.stopped:
         # whatever tables the finished scores allow; the second Ctrl-C (handler still installed) exits at once
         tables = ""

@@ -25,12 +25,16 @@ def _summary(config) -> str:
 def run(args) -> int:
     from .config import discover_components, find_package_root
     from .engine import dataset_instances
+    from .layout import INVALID_CONFIG
 
     root = find_package_root(args.project)
     if root is None:
         print(f"[error] no _viash.yaml at or above '{args.project}': run from the perturbcast project", file=sys.stderr)
         return 1
-    components = discover_components(root)
+    errors = []
+    components = discover_components(root, errors=errors)
+    for error in errors:  # each broken config once; the others are listed
+        print(f"[error] {INVALID_CONFIG}: {error} (left out)", file=sys.stderr)
     if args.kind == "dataset_ids":
         rows = [(instance["id"], config.name, " (default)" if instance["default"] else "")
                 for config in components if config.component_type == "dataset_loader"
@@ -38,7 +42,7 @@ def run(args) -> int:
         width = max(len(r[0]) for r in rows)
         for dataset_id, loader, default in rows:
             print(f"{dataset_id:<{width}}  loader {loader}{default}")
-        return 0
+        return 1 if errors else 0
     for kind in ([args.kind] if args.kind else KINDS):
         members = [c for c in components if c.namespace == kind]
         if not members:
@@ -47,4 +51,4 @@ def run(args) -> int:
         width = max(len(c.name) for c in members)
         for config in members:
             print(f"  {config.name:<{width}}  {_summary(config)}")
-    return 0
+    return 1 if errors else 0
