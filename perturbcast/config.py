@@ -124,7 +124,7 @@ def _value_problem(argument: "Argument", value) -> str | None:
         elif argument.type == "boolean" and not isinstance(value, bool) and text.lower() not in _BOOLEAN_WORDS:
             raise ValueError
     except ValueError:
-        return f"is not a {argument.type}"
+        return f"is not {'an' if argument.type[0] in 'aeiou' else 'a'} {argument.type}"
     if argument.choices and value not in argument.choices and text not in [str(c) for c in argument.choices]:
         return f"is not one of its choices {argument.choices}"
     return None

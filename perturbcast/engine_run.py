@@ -140,6 +140,8 @@ def run_step(step: Step, cache_key: str, limits: guard.Limits | None = None, ses
     limits = limits or guard.Limits()
     if INTERRUPT.stopped:
         return _not_started(step, f"not started: {INTERRUPT.name}")
+    if DISK.problem:  # queued before the disk filled up
+        return _not_started(step, f"not started: {guard.NO_SPACE}")
     record_path = step.directory / layout.STEP_RECORD
     _clear_step_folder(step)
     workdir = step.directory / layout.STEP_WORKDIR

@@ -406,7 +406,7 @@ def results_folder_problem(folder: Path, project_root: Path | None = None) -> st
     if not folder.exists():
         return None
     if not folder.is_dir():
-        return f"'{folder}' is an existing file; expected a results folder"
+        return f"'{folder}' is an existing file; expected a results directory"
     try:
         entries = [entry.name for entry in folder.iterdir()]
     except OSError as error:

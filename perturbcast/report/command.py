@@ -46,7 +46,7 @@ def report_command(args) -> int:
         print(f"[error] {error}", file=sys.stderr)
         return 1
     except OSError as error:  # e.g. a full disk: the previous report stays (write_report)
-        print(f"[error] cannot write '{error.filename or target}': {error.strerror or error}; the previous report "
+        print(f"[error] cannot write '{target}': {error.strerror or error}; the previous report "
               "is left as it was", file=sys.stderr)
         return 1
     print(f"report: {path}")

@@ -1,0 +1,388 @@
+"""Hostile cases (issue 22): nothing a user has is lost, a broken contributed config fails alone, a full
+disk is a clear stop. Each case failed on the main before this file: the user's files in an output folder
+were deleted or overwritten, Ctrl-C on `perturbcast run` left a half-written file in place of the user's,
+a self-merging config made every command die with a RecursionError, and a full disk cut trace.tsv.
+
+Disk-full cases inject ENOSPC (a failing write, a free-space figure) instead of filling a real disk.
+"""
+import errno
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from perturbcast import layout
+from perturbcast.cli import main
+
+from conftest import ROOT
+
+SPLIT = "simulated_grn_small/unseen_perturbation/seed_0/fold_0"
+
+METHOD_CONFIG = """__merge__: ../../api/comp_method.yaml
+name: {name}
+label: {name}
+summary: A hostile-test fixture.
+description: A fixture of tests/test_hostile.py; never part of a real benchmark.
+resources:
+  - type: python_script
+    path: script.py
+runners:
+  - type: executable
+  - type: nextflow
+    directives:
+      label: [lowtime, lowmem, lowcpu]
+"""
+
+SCRIPT_HEAD = """import os
+## VIASH START
+par = {"output": "prediction.h5ad"}
+meta = {"name": "fixture"}
+## VIASH END
+"""
+
+SCRIPTS = {
+    # writes half an output, says where it is, then waits to be interrupted
+    "slow_writer": SCRIPT_HEAD + """folder = os.path.dirname(os.path.abspath(par["output"]))
+with open(par["output"], "w") as handle:
+    handle.write("half an h5ad")
+with open(os.path.join(folder, "writer.pid"), "w") as handle:
+    handle.write(str(os.getpid()))
+import time
+while True:
+    time.sleep(60)
+""",
+    # exits 0 with an output that is not an h5ad at all
+    "invalid_writer": SCRIPT_HEAD + """with open(par["output"], "w") as handle:
+    handle.write("not an h5ad")
+""",
+    # as a component on a full disk ends
+    "disk_full": SCRIPT_HEAD + """import errno
+raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), par["output"])
+""",
+}
+
+# Broken contributed configs: folder -> (config text, the field the one error line must name)
+BROKEN = {
+    "self_merge": ("__merge__: config.vsh.yaml\nname: self_merge\n", "`__merge__: config.vsh.yaml` makes a cycle"),
+    "merge_cycle": ("__merge__: other.yaml\nname: merge_cycle\n", "`__merge__: config.vsh.yaml` makes a cycle"),
+    "float_type": (METHOD_CONFIG.format(name="float_type") + "arguments:\n  - name: --alpha\n    type: float\n",
+                   "argument '--alpha': `type: float` is not a viash type"),
+    "bad_label": (METHOD_CONFIG.format(name="bad_label").replace("lowcpu]", "lowcpu, tinymem]"),
+                  "`runners[nextflow].directives.label: tinymem` is not a label of _viash.yaml"),
+    "bad_default": (METHOD_CONFIG.format(name="bad_default") + "arguments:\n  - name: --k\n    type: integer\n"
+                    "    default: many\n", "argument '--k': `default: many` is not an integer"),
+    "wrong_name": (METHOD_CONFIG.format(name="other_name"), "`name: other_name` differs from its folder 'wrong_name'"),
+    "no_script": (METHOD_CONFIG.format(name="no_script"), "`resources[0].path: script.py` (the component's script) "
+                                                          "does not exist"),
+    "misspelt_tasks": (METHOD_CONFIG.format(name="misspelt_tasks") + "info:\n  supported_tasks: [unseen_perturbaton]\n",
+                       "`info.supported_tasks` names unseen_perturbaton, which is not a task"),
+}
+
+
+def add_method(root: Path, name: str, config: str, script: str | None = None):
+    folder = root / "src" / "methods" / name
+    folder.mkdir(parents=True)
+    (folder / "config.vsh.yaml").write_text(config)
+    if script is not None:
+        (folder / "script.py").write_text(script)
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    root = tmp_path_factory.mktemp("project")
+    shutil.copy(ROOT / "_viash.yaml", root)
+    shutil.copytree(ROOT / "src", root / "src", ignore=shutil.ignore_patterns("__pycache__"))
+    for name, script in SCRIPTS.items():
+        add_method(root, name, METHOD_CONFIG.format(name=name), script)
+    for name, (config, _) in BROKEN.items():
+        add_method(root, name, config, None if name == "no_script" else SCRIPTS["invalid_writer"])
+    (root / "src" / "methods" / "merge_cycle" / "other.yaml").write_text("__merge__: config.vsh.yaml\nlabel: x\n")
+    return root
+
+
+def arguments(project, output, methods, *extra):
+    return ["benchmark", "--project", str(project), "--output", str(output), "--datasets", "simulated_grn_small",
+            "--tasks", "unseen_perturbation", "--methods", methods, "--metrics", "delta_error", "--folds", "0",
+            "--jobs", "2", *extra]
+
+
+def trace(output: Path) -> pd.DataFrame:
+    return pd.read_csv(output / "trace.tsv", sep="\t", keep_default_na=False).set_index("step")
+
+
+def errors(text: str, configs: bool = False) -> list[str]:
+    """The `[error]` lines of `text` (without the broken configs of the fixture project unless `configs`)."""
+    return [line for line in text.splitlines() if line.startswith("[error]")
+            and (configs or not line.startswith("[error] invalid config: "))]
+
+
+def snapshot(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+# ---------------------------------------------------------------- output folders
+
+
+@pytest.fixture(scope="module")
+def run(project, tmp_path_factory):
+    """A small benchmark with the broken configs beside it (and two of them selected by name)."""
+    output = tmp_path_factory.mktemp("run") / "results"
+    code = main(arguments(project, output, "train_mean,no_script,self_merge"))
+    return output, code
+
+
+def test_a_folder_with_a_users_files_is_refused_and_left_as_it_was(project, tmp_path, capsys):
+    home = tmp_path / "folder_with_files"
+    (home / "datasets" / "simulated_grn_small").mkdir(parents=True)
+    (home / "datasets" / "simulated_grn_small" / "notes.txt").write_text("my notes")
+    (home / "report.html").write_text("<html>my own report</html>")
+    before = snapshot(home)
+    assert main(arguments(project, home, "train_mean")) == 2
+    err = capsys.readouterr().err
+    assert errors(err) == [f"[error] --output '{home}' already holds files (datasets, report.html) and no "
+                           f"{layout.RESULTS_MARKER}: it is not a results folder of perturbcast, and nothing in it "
+                           "is touched; choose an empty or new folder"]
+    assert "Traceback" not in err and snapshot(home) == before
+
+
+@pytest.mark.parametrize("given", ["", "  ", "PROJECT"])
+def test_an_empty_output_and_the_project_root_are_refused(project, given, capsys):
+    before = sorted(p.name for p in project.iterdir())
+    output = str(project) if given == "PROJECT" else given
+    assert main(arguments(project, output, "train_mean")) == 2
+    err = errors(capsys.readouterr().err)
+    expected = (f"[error] --output '{project}' is the project root; expected a results folder of its own "
+                f"(e.g. {layout.DEFAULT_RESULTS})" if given == "PROJECT" else
+                "[error] --output is empty; expected a results folder (e.g. --output results/)")
+    assert err == [expected]
+    assert sorted(p.name for p in project.iterdir()) == before
+
+
+def test_a_new_folder_is_marked_with_its_selection(run):
+    output, code = run
+    assert code == 0
+    selection = layout.read_marker_selection(output)
+    assert selection["datasets"] == ["simulated_grn_small"] and selection["tasks"] == ["unseen_perturbation"]
+    assert selection["metrics"] == ["delta_error"] and selection["folds"] == [0] and selection["seeds"] == [0]
+    assert selection["n_folds"] == 5 and selection["dataset_arguments"] == {} and selection["extra_datasets"] == []
+    # the named methods and the controls the command adds to set the scale
+    assert {"train_mean", "no_script", "self_merge", "replicate_ceiling"} <= set(selection["methods"])
+    assert layout.read_marker_selection(output.parent) is None
+
+
+def test_a_rerun_removes_only_what_the_step_made(project, run):
+    """A marked folder is the project's, but a file a user put into a step's folder is still theirs."""
+    output, _ = run
+    folder = output / "predictions" / SPLIT / "train_mean"
+    (folder / "notes.txt").write_text("mine")
+    (folder / "step.json").unlink()  # the step must run again
+    assert main(arguments(project, output, "train_mean,no_script,self_merge")) == 0
+    assert (folder / "notes.txt").read_text() == "mine"
+    assert not trace(output).loc[f"predict/{SPLIT}/train_mean"].cached
+    assert sorted(p.name for p in folder.iterdir()) == ["log.txt", "notes.txt", "prediction.h5ad", "step.json"]
+
+
+def test_a_step_runs_in_its_own_working_directory(run, project):
+    output, _ = run
+    log = (output / "predictions" / SPLIT / "train_mean" / "log.txt").read_text()
+    assert log.startswith("$ perturbcast run ")
+    # its working directory was removed when it stayed empty; nothing was written into the project root
+    assert not (output / "predictions" / SPLIT / "train_mean" / layout.STEP_WORKDIR).exists()
+    assert sorted(p.name for p in project.iterdir()) == ["_viash.yaml", "src"]
+
+
+def run_fixture(project: Path, name: str, folder: Path, **popen) -> subprocess.Popen:
+    for input_name in ("train.h5ad", "test.h5ad"):
+        (folder / input_name).write_text("an input the fixture never reads")
+    command = [sys.executable, "-m", "perturbcast", "run", str(project / "src" / "methods" / name), "--",
+               "--input_train", str(folder / "train.h5ad"), "--input_test", str(folder / "test.h5ad"),
+               "--output", str(folder / "existing.h5ad")]
+    return subprocess.Popen(command, cwd=folder, env={**os.environ, "PYTHONPATH": str(ROOT)}, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen)
+
+
+def test_ctrl_c_on_run_leaves_the_users_earlier_file(project, tmp_path):
+    (tmp_path / "existing.h5ad").write_bytes(b"the user's earlier prediction")
+    process = run_fixture(project, "slow_writer", tmp_path, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not ((tmp_path / "writer.pid").exists() and (tmp_path / "writer.pid").read_text()):
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.1)
+    os.killpg(process.pid, signal.SIGINT)  # as Ctrl-C in a terminal: the whole foreground group
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+    assert err.strip().splitlines()[-1].startswith("[interrupted] perturbcast run: stopped by SIGINT")
+    assert (tmp_path / "existing.h5ad").read_bytes() == b"the user's earlier prediction"
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(layout.PARTIAL_PREFIX)]
+
+
+def test_an_invalid_output_never_replaces_the_users_file(project, tmp_path):
+    (tmp_path / "existing.h5ad").write_bytes(b"the user's earlier prediction")
+    process = run_fixture(project, "invalid_writer", tmp_path)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 1
+    assert f"[error] invalid_writer: output --output file '{tmp_path / 'existing.h5ad'}' does not match its API" in err
+    assert (tmp_path / "existing.h5ad").read_bytes() == b"the user's earlier prediction"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["existing.h5ad", "test.h5ad", "train.h5ad"]
+
+
+def test_report_never_replaces_a_good_report_with_an_empty_one(run, capsys):
+    output, _ = run
+    results = output / layout.RESULTS
+    good_report, good_results = (output / layout.REPORT).read_bytes(), results.read_bytes()
+    try:
+        results.write_bytes(b"PAR1 truncated")
+        assert main(["report", str(output)]) == 1
+        assert errors(capsys.readouterr().err) == [
+            f"[error] {results}: cannot be read as a parquet table (ArrowInvalid); '{output / layout.REPORT}' is left "
+            f"as it was (rerun `perturbcast aggregate {output}` to rebuild the tables)"]
+        assert (output / layout.REPORT).read_bytes() == good_report
+    finally:
+        results.write_bytes(good_results)
+
+
+# ---------------------------------------------------------------- broken contributed configs
+
+
+def test_list_names_each_broken_config_once_and_lists_the_rest(project, capsys):
+    assert main(["list", "--project", str(project), "--kind", "methods"]) == 1
+    captured = capsys.readouterr()
+    lines = errors(captured.err, configs=True)
+    assert len(lines) == len(BROKEN) and "Traceback" not in captured.err and "RecursionError" not in captured.err
+    for name, (_, field) in BROKEN.items():
+        config = project / "src" / "methods" / name / "config.vsh.yaml"
+        assert sum(line.startswith(f"[error] invalid config: {config}: ") and field in line for line in lines) == 1, name
+    listed = [line.split()[0] for line in captured.out.splitlines()[1:]]
+    assert "linear_baseline" in listed and "slow_writer" in listed and not set(BROKEN) & set(listed)
+
+
+def test_test_reports_a_broken_config_in_one_line_and_goes_on(project, capsys):
+    components = [str(project / "src" / "methods" / name) for name in ("self_merge", "float_type")]
+    assert main(["test", *components]) == 1
+    captured = capsys.readouterr()
+    assert len(errors(captured.err, configs=True)) == 2 and "Traceback" not in captured.err
+    assert captured.out.strip() == "0 passed, 2 failed"
+
+
+def test_run_of_a_self_merging_config_is_one_line(project, capsys):
+    assert main(["run", str(project / "src" / "methods" / "self_merge"), "--", "--help"]) == 1
+    config = project / "src" / "methods" / "self_merge" / "config.vsh.yaml"
+    assert errors(capsys.readouterr().err) == [
+        f"[error] {config}: `__merge__: config.vsh.yaml` makes a cycle ({config} -> {config}); a config merges its "
+        "API file, never itself"]
+
+
+def test_the_benchmark_leaves_out_only_the_broken_components(run):
+    output, code = run
+    steps = trace(output)
+    assert code == 0
+    for name in BROKEN:
+        reason = steps.loc[f"config/methods/{name}"].reason
+        assert steps.loc[f"config/methods/{name}"].status == "failed"
+        assert reason.startswith("[error] invalid config: ")
+        assert BROKEN[name][1] in reason
+    assert steps.loc[f"predict/{SPLIT}/train_mean"].status == "ok"
+    assert steps.loc[f"score/{SPLIT}/train_mean/delta_error"].status == "ok"
+    assert not [step for step in steps.index if "/no_script" in step and not step.startswith("config/")]
+    assert len(pd.read_parquet(output / layout.RESULTS)) > 0
+
+
+# ---------------------------------------------------------------- a full disk
+
+
+def test_a_full_disk_stops_before_the_first_step_with_one_line(project, tmp_path, capsys, monkeypatch):
+    from perturbcast import engine_guard
+
+    monkeypatch.setattr(engine_guard, "shutil_disk_free", lambda folder: 5 * 2**20)
+    output = tmp_path / "results"
+    assert main(arguments(project, output, "train_mean")) == 1
+    err = capsys.readouterr().err
+    lines = errors(err)
+    assert len(lines) == 1 and "Traceback" not in err
+    assert lines[0].startswith(f"[error] no space left for dataset/simulated_grn_small: 5 MiB free in '{output}', "
+                               "about 64 MiB needed; free some space and rerun (finished steps stay cached)")
+    steps = trace(output)
+    assert (steps[steps.stage != "config"].reason == "not started: No space left on device").all()
+    assert not (output / "datasets").exists()
+
+
+def test_a_step_that_meets_a_full_disk_stops_the_run(project, tmp_path, capsys):
+    output = tmp_path / "results"
+    assert main(arguments(project, output, "train_mean,disk_full", "--jobs", "1")) == 1
+    err = capsys.readouterr().err
+    lines = errors(err)
+    assert "Traceback" not in err
+    assert len(lines) == 1 and lines[0].startswith(f"[error] no space left on the device of '{output}' (") \
+        and f"while predict/{SPLIT}/disk_full ran; at least 64 MiB more is needed" in lines[0]
+    steps = trace(output)
+    assert "No space left on device" in steps.loc[f"predict/{SPLIT}/disk_full"].reason
+    not_started = steps[steps.reason == "not started: No space left on device"]
+    assert len(not_started) >= 1 and (not_started.status == "skipped").all()
+    assert not (output / layout.RESULTS).exists()
+
+
+def failing_write(monkeypatch, module, name):
+    """`module.name` writes half its file and then fails as a full disk does."""
+    original = getattr(module, name)
+
+    def write(self, path, *args, **kwargs):
+        with open(path, "w") as handle:
+            handle.write("step\tsta")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    monkeypatch.setattr(module, name, write)
+    return original
+
+
+def test_trace_is_replaced_atomically(tmp_path, monkeypatch):
+    from perturbcast.engine_run import write_trace
+    from perturbcast.steps import StepRecord
+
+    path = tmp_path / "trace.tsv"
+    write_trace([StepRecord(id="dataset/a", stage="dataset", component="x", status="ok")], path)
+    before = path.read_bytes()
+    failing_write(monkeypatch, pd.DataFrame, "to_csv")
+    with pytest.raises(OSError):
+        write_trace([StepRecord(id="dataset/b", stage="dataset", component="x", status="ok")], path)
+    assert path.read_bytes() == before and before.startswith(b"step\tstage\t")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["trace.tsv"]
+
+
+def test_a_full_disk_while_writing_the_trace_is_one_line_and_keeps_the_old_trace(project, run, capsys, monkeypatch):
+    output, _ = run
+    before = (output / layout.TRACE).read_bytes()
+    failing_write(monkeypatch, pd.DataFrame, "to_csv")
+    assert main(arguments(project, output, "train_mean,no_script,self_merge")) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert errors(err)[-1].startswith(f"[error] cannot write the results folder '{output}': No space left on device (")
+    assert (output / layout.TRACE).read_bytes() == before
+    assert not [p for p in output.iterdir() if p.name.endswith(".partial")]
+
+
+def test_a_full_disk_while_writing_the_report_keeps_the_old_one(run, capsys, monkeypatch):
+    output, _ = run
+    before = (output / layout.REPORT).read_bytes()
+    original = Path.write_text
+
+    def write_text(self, text, *args, **kwargs):
+        if self.name.endswith(".tmp"):
+            original(self, text[:1000], *args, **kwargs)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self))
+        return original(self, text, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", write_text)
+    assert main(["report", str(output)]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and errors(err) == [
+        f"[error] cannot write '{output / layout.REPORT}': No space left on device; the previous report is left "
+        "as it was"]
+    assert (output / layout.REPORT).read_bytes() == before
+    assert not (output / f"{layout.REPORT}.tmp").exists()
