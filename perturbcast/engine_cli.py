@@ -178,6 +178,9 @@ def _engine_options(args) -> tuple[str | None, object]:
             return f"[error] --step-memory must be an amount of memory such as 4GiB or 512MB (got '{args.step_memory}')", None
     if args.output is not None and not args.output.strip():
         return "[error] --output is empty; expected a results folder (e.g. --output results/)", None
+    problem = layout.results_folder_problem(Path(args.output)) if args.output else None
+    if problem:  # before anything is planned (the project root is checked once it is known)
+        return f"[error] --output {problem}", None
     return None, Limits(timeout=args.step_timeout, memory=memory)
 
 

@@ -145,9 +145,9 @@ def execute(config: ComponentConfig, argv: list[str], resources_dir: Path, *, na
             result = RunResult(execution.exit_code, execution.wall_seconds, execution.peak_rss_bytes, final_values)
             if execution.exit_code != 0:
                 return result  # what it wrote is discarded below; an earlier file at the output path stays
-            for name, (final, temporary) in partial.items():
+            for name, (_, temporary) in partial.items():
                 if config.argument(name).must_exist and not os.path.exists(temporary):
-                    viash.error_exit(f"Output file '{final}' does not exist.")
+                    viash.error_exit(f"Output file '{final_values[name]}' does not exist.")
             viash.check_outputs_exist(config, invocation)
             if validate:
                 result.problems = formats.output_problems(config, _absolute(invocation.values, cwd))
