@@ -160,6 +160,11 @@ def aggregate(args) -> int:
     return 0
 
 
+# Beyond these a limit is a typo (`inf`, `1e30`, `9999PiB`): the timers and rlimits of the steps cannot hold it.
+MAX_STEP_TIMEOUT = 30 * 24 * 3600.0
+MAX_STEP_MEMORY = 2**50  # 1 PiB
+
+
 def _engine_options(args) -> tuple[str | None, object]:
     """The first bad engine option as an `[error]` line (and None), else (None, the step limits)."""
     from .engine_guard import Limits
@@ -169,13 +174,17 @@ def _engine_options(args) -> tuple[str | None, object]:
         return f"[error] --jobs must be at least 1 (got {args.jobs})", None
     if args.n_resamples < 1:
         return f"[error] --n-resamples must be at least 1 (got {args.n_resamples})", None
-    if args.step_timeout is not None and not args.step_timeout > 0:
-        return f"[error] --step-timeout must be a positive number of seconds (got {args.step_timeout:g})", None
+    if args.step_timeout is not None and not 0 < args.step_timeout <= MAX_STEP_TIMEOUT:
+        return (f"[error] --step-timeout must be a positive number of seconds, at most {MAX_STEP_TIMEOUT:.0f} (30 days) "
+                f"(got {args.step_timeout:g})"), None
     memory = None
     if args.step_memory is not None:
         memory = memory_as_bytes(args.step_memory)
         if not memory:
             return f"[error] --step-memory must be an amount of memory such as 4GiB or 512MB (got '{args.step_memory}')", None
+        if not 2**20 <= memory <= MAX_STEP_MEMORY:
+            return (f"[error] --step-memory must be between 1 MiB and 1 PiB "
+                    f"(got '{args.step_memory}')"), None
     if args.output is not None and not args.output.strip():
         return "[error] --output is empty; expected a results folder (e.g. --output results/)", None
     problem = layout.results_folder_problem(Path(args.output)) if args.output else None

@@ -148,6 +148,7 @@ def run_step(step: Step, cache_key: str, limits: guard.Limits | None = None, ses
     workdir.mkdir(parents=True)
     log_path = step.directory / layout.STEP_LOG
     reply = {}
+    inputs_before = guard.input_states(step.inputs)
     with open(log_path, "w") as log, guard.routed_stderr() as stderr, stderr.to(log):
         log.write(f"$ perturbcast run {step.component.directory} -- {' '.join(step.argv())}\n")
         log.flush()
@@ -164,8 +165,16 @@ def run_step(step: Step, cache_key: str, limits: guard.Limits | None = None, ses
         except Exception as error:  # a broken config or resource must not stop the other steps
             log.write(f"{layout.ERROR_TAG} {type(error).__name__}: {error}\n")
             exit_code, wall, peak = 1, 0.0, 0
+        log.flush()
+        guard.cap_log(log_path)
+        log.seek(0, os.SEEK_END)
         status = Status.of_exit_code(exit_code)
         reason = "" if status == Status.OK else _failure_reason(log_path, exit_code, reply, limits)
+        changed = guard.changed_inputs(step.inputs, inputs_before)
+        if changed:  # the inputs are shared with its siblings: this step's result (and theirs) cannot be trusted
+            status, reason = Status.FAILED, (f"{layout.ERROR_TAG} {step.component.name} changed its input "
+                                             f"{', '.join(changed)}; a step must only read its inputs")
+            log.write(reason + "\n")
         if status == Status.FAILED and INTERRUPT.stopped:
             status, reason = Status.INTERRUPTED, f"interrupted by {INTERRUPT.name}: its process group was killed"
             log.write(f"{layout.ERROR_TAG} {reason}\n")

@@ -193,7 +193,8 @@ def test_a_second_run_on_the_same_folder_is_refused(project, small_run, capsys):
 @pytest.mark.parametrize("extra, message", [
     (["--jobs", "0"], "[error] --jobs must be at least 1 (got 0)"),
     (["--n-resamples", "-5"], "[error] --n-resamples must be at least 1 (got -5)"),
-    (["--step-timeout", "0"], "[error] --step-timeout must be a positive number of seconds (got 0)"),
+    (["--step-timeout", "0"], "[error] --step-timeout must be a positive number of seconds, at most 2592000 (30 days) "
+                              "(got 0)"),
     (["--step-memory", "lots"], "[error] --step-memory must be an amount of memory such as 4GiB or 512MB (got 'lots')"),
 ])
 def test_bad_engine_options_are_rejected_before_anything_runs(project, tmp_path, capsys, extra, message):

@@ -57,6 +57,23 @@ import time
 while True:
     time.sleep(60)
 """,
+    # starts a child in a session of its own (out of the step's process group), then fails
+    "setsid_spawner": SCRIPT_HEAD + """import subprocess
+folder = os.path.dirname(os.path.abspath(par["output"]))
+child = subprocess.Popen(["sleep", "600"], start_new_session=True)
+with open(os.path.join(folder, "child.pid"), "w") as handle:
+    handle.write(str(child.pid))
+raise SystemExit("[error] setsid_spawner: left a child in its own session on purpose")
+""",
+    # 3 MiB of output, then a failure
+    "loud": SCRIPT_HEAD + """import sys
+for _ in range(3 * 1024):
+    sys.stdout.write("x" * 1023 + "\\n")
+raise SystemExit("[error] loud: said too much on purpose")
+""",
+    # changes the test file its siblings read (only its time, so that they still can)
+    "toucher": SCRIPT_HEAD + """os.utime(par["input_test"], (0, 0))
+""",
     # exits 0 with an output that is not an h5ad at all
     "invalid_writer": SCRIPT_HEAD + """with open(par["output"], "w") as handle:
     handle.write("not an h5ad")
@@ -133,7 +150,7 @@ def snapshot(folder: Path) -> dict:
 def run(project, tmp_path_factory):
     """A small benchmark with the broken configs beside it (and two of them selected by name)."""
     output = tmp_path_factory.mktemp("run") / "results"
-    code = main(arguments(project, output, "train_mean,no_script,self_merge"))
+    code = main(arguments(project, output, "train_mean,no_script,self_merge,setsid_spawner,loud,toucher"))
     return output, code
 
 
@@ -182,7 +199,7 @@ def test_a_rerun_removes_only_what_the_step_made(project, run):
     folder = output / "predictions" / SPLIT / "train_mean"
     (folder / "notes.txt").write_text("mine")
     (folder / "step.json").unlink()  # the step must run again
-    assert main(arguments(project, output, "train_mean,no_script,self_merge")) == 0
+    assert main(arguments(project, output, "train_mean,no_script,self_merge,setsid_spawner,loud,toucher")) == 0
     assert (folder / "notes.txt").read_text() == "mine"
     assert not trace(output).loc[f"predict/{SPLIT}/train_mean"].cached
     assert sorted(p.name for p in folder.iterdir()) == ["log.txt", "notes.txt", "prediction.h5ad", "step.json"]
@@ -195,6 +212,56 @@ def test_a_step_runs_in_its_own_working_directory(run, project):
     # its working directory was removed when it stayed empty; nothing was written into the project root
     assert not (output / "predictions" / SPLIT / "train_mean" / layout.STEP_WORKDIR).exists()
     assert sorted(p.name for p in project.iterdir()) == ["_viash.yaml", "src"]
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+
+
+def test_a_child_in_its_own_session_dies_with_its_step(run):
+    output, _ = run
+    folder = output / "predictions" / SPLIT / "setsid_spawner"
+    step = trace(output).loc[f"predict/{SPLIT}/setsid_spawner"]
+    assert step.status == "failed" and step.reason == "[error] setsid_spawner: left a child in its own session on purpose"
+    assert not alive(int((folder / "child.pid").read_text()))
+
+
+def test_a_steps_log_keeps_its_first_and_last_mib(run):
+    output, _ = run
+    log = (output / "predictions" / SPLIT / "loud" / "log.txt").read_text()
+    step = trace(output).loc[f"predict/{SPLIT}/loud"]
+    assert step.status == "failed" and step.reason == "[error] loud: said too much on purpose"
+    assert 2 * 2**20 < len(log) < 2 * 2**20 + 1000
+    assert "[... 1 MiB of output cut here: the log keeps its first and last 1 MiB ...]" in log
+    assert log.startswith("$ perturbcast run ") and log.rstrip().endswith("[error] loud: said too much on purpose")
+
+
+def test_a_step_that_changes_its_input_fails(run):
+    output, _ = run
+    steps = trace(output)
+    test_file = output / "tasks" / SPLIT / "test.h5ad"
+    assert steps.loc[f"predict/{SPLIT}/toucher"].status == "failed"
+    assert steps.loc[f"predict/{SPLIT}/toucher"].reason == (
+        f"[error] toucher changed its input --input_test {test_file}; a step must only read its inputs")
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--step-timeout", "inf", "[error] --step-timeout must be a positive number of seconds, at most 2592000 (30 days) "
+                              "(got inf)"),
+    ("--step-timeout", "nan", "[error] --step-timeout must be a positive number of seconds, at most 2592000 (30 days) "
+                              "(got nan)"),
+    ("--step-memory", "9999PiB", "[error] --step-memory must be between 1 MiB and 1 PiB (got '9999PiB')"),
+    ("--step-memory", "10b", "[error] --step-memory must be between 1 MiB and 1 PiB (got '10b')"),
+])
+def test_absurd_step_limits_are_refused(project, tmp_path, capsys, option, value, message):
+    output = tmp_path / "results"
+    assert main(arguments(project, output, "train_mean", option, value)) == 2
+    assert errors(capsys.readouterr().err) == [message]
+    assert not output.exists()
 
 
 def run_fixture(project: Path, name: str, folder: Path, **popen) -> subprocess.Popen:
@@ -359,7 +426,7 @@ def test_a_full_disk_while_writing_the_trace_is_one_line_and_keeps_the_old_trace
     output, _ = run
     before = (output / layout.TRACE).read_bytes()
     failing_write(monkeypatch, pd.DataFrame, "to_csv")
-    assert main(arguments(project, output, "train_mean,no_script,self_merge")) == 1
+    assert main(arguments(project, output, "train_mean,no_script,self_merge,setsid_spawner,loud,toucher")) == 1
     err = capsys.readouterr().err
     assert "Traceback" not in err
     assert errors(err)[-1].startswith(f"[error] cannot write the results folder '{output}': No space left on device (")
