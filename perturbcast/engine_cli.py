@@ -265,6 +265,15 @@ def selection_from_args(args, command: str):
     if root is None:
         print(f"[error] no _viash.yaml at or above '{args.project}': run from the perturbcast project", file=sys.stderr)
         return None, None, 1
+    if any(seed < 0 for seed in args.seeds):
+        print(f"[error] --seeds {' '.join(map(str, args.seeds))}: expected seeds >= 0", file=sys.stderr)
+        return root, None, 2
+    for option, values in (("--seeds", args.seeds), ("--folds", args.folds)):
+        if values is not None and len(set(values)) < len(values):
+            unique = list(dict.fromkeys(values))
+            print(f"perturbcast {command}: {option} {' '.join(map(str, values))} names some twice; each runs once: "
+                  f"{' '.join(map(str, unique))}", file=sys.stderr)
+            setattr(args, option.lstrip("-"), unique)
     if args.n_folds < 2 or any(not 0 <= f < args.n_folds for f in args.folds or []):
         print(f"[error] --n-folds is {args.n_folds} and --folds {args.folds}: expected --n-folds >= 2 and folds "
               f"between 0 and {args.n_folds - 1}", file=sys.stderr)

@@ -453,3 +453,67 @@ def test_a_full_disk_while_writing_the_report_keeps_the_old_one(run, capsys, mon
         "as it was"]
     assert (output / layout.REPORT).read_bytes() == before
     assert not (output / f"{layout.REPORT}.tmp").exists()
+
+
+# ---------------------------------------------------------------- the cache
+
+
+def test_a_changed_cached_file_is_refused_and_listed_as_changed(tmp_path, monkeypatch, capsys):
+    """Added offline (unverified: nothing pinned, no host to ask), then changed on disk: `cache list` says so
+    now (it said `unverified` from its record before), and the loader's fetch refuses it in one line."""
+    from perturbcast import cache_cli
+
+    monkeypatch.setenv("PERTURBCAST_CACHE", str(tmp_path / "cache"))
+    for variable in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
+        monkeypatch.setenv(variable, "http://127.0.0.1:9")  # nothing can be asked over the network
+    url = "https://zenodo.org/records/13350497/files/ReplogleWeissman2022_K562_essential.h5ad"
+    source = tmp_path / "downloaded.h5ad"
+    source.write_bytes(b"a source file" * 1000)
+    assert main(["cache", "add", str(source), "--url", url, "--offline", "--project", str(ROOT)]) == 0
+    download = cache_cli._download_module(str(ROOT))
+    cached = Path(download.cache_path(url))
+    recorded = download.read_record(str(cached))["sha256"]
+    capsys.readouterr()
+    assert main(["cache", "list", "--project", str(ROOT)]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].endswith("  unverified")
+    with open(cached, "r+b") as handle:  # damaged in place: same size, another time and content
+        handle.write(b"X")
+    now = download.sha256_file(str(cached))
+    assert main(["cache", "list", "--project", str(ROOT)]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].endswith(
+        f"  CHANGED since recorded (sha256 {now}, recorded {recorded}): not used; put a good copy in place with "
+        f"`perturbcast cache add GOOD_COPY --url {url} --force`")
+    with pytest.raises(download.DownloadError, match=f"^cached file {cached} changed since it was recorded"):
+        download.fetch(url, retries=0, delay=0, timeout=2, log=lambda message: None)
+    assert cached.read_bytes().startswith(b"X source file")
+
+
+# ---------------------------------------------------------------- bad values named where they are
+
+
+def test_a_negative_seed_is_refused_and_a_repeated_one_runs_once(project, tmp_path, capsys):
+    assert main(arguments(project, tmp_path / "a", "train_mean", "--seeds", "-1")) == 2
+    assert errors(capsys.readouterr().err) == ["[error] --seeds -1: expected seeds >= 0"]
+    assert main(arguments(project, tmp_path / "b", "train_mean", "--seeds", "0", "0", "--dry-run")) == 0
+    captured = capsys.readouterr()
+    assert "perturbcast benchmark: --seeds 0 0 names some twice; each runs once: 0" in captured.err
+    steps = [line.split("\t")[0] for line in captured.out.splitlines()]
+    assert steps.count(f"split/{SPLIT}") == 1 and len(steps) == len(set(steps))
+
+
+@pytest.mark.parametrize("text, message", [
+    ("datasets:\n  - id: simulated_grn_small\n    arguments: {n_gene: 10}\n",
+     "datasets[0].arguments.n_gene: not an argument of the loader simulated_grn of 'simulated_grn_small'; expected "
+     "some of batch_effect,"),
+    ("tasks: [unseen_perturbation]\ntasks: [cell_type_transfer]\n",
+     "not valid YAML (key 'tasks' appears twice (line 2))"),
+])
+def test_a_spec_with_an_unknown_dataset_argument_or_a_duplicated_key_is_refused(project, tmp_path, capsys, text,
+                                                                                 message):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(text)
+    output = tmp_path / "results"
+    assert main(["benchmark", "--project", str(project), "--spec", str(spec), "--output", str(output)]) == 2
+    lines = errors(capsys.readouterr().err)
+    assert len(lines) == 1 and lines[0].startswith(f"[error] spec '{spec}': {message}"), lines
+    assert not output.exists()
