@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -517,3 +518,23 @@ def test_a_spec_with_an_unknown_dataset_argument_or_a_duplicated_key_is_refused(
     lines = errors(capsys.readouterr().err)
     assert len(lines) == 1 and lines[0].startswith(f"[error] spec '{spec}': {message}"), lines
     assert not output.exists()
+
+
+@pytest.mark.parametrize("value, expected", [
+    (np.complex64(1 + 2j), "X has complex dtype complex64, expected real numbers"),
+    (1e30, "X has 1 values beyond ±1e+15, more than any count or expression matrix holds; expected counts or "
+           "log-normalized expression"),
+])
+def test_complex_and_absurd_matrices_are_refused(value, expected):
+    sys.path.insert(0, str(ROOT / "src" / "utils"))
+    try:
+        import anndata as ad
+        from formats import check_anndata
+    finally:
+        sys.path.remove(str(ROOT / "src" / "utils"))
+    X = np.ones((3, 2), dtype=np.complex64 if np.iscomplexobj(value) else np.float32)
+    X[1, 1] = value
+    adata = ad.AnnData(X=X)
+    adata.obs_names, adata.var_names = ["a", "b", "c"], ["g1", "g2"]
+    assert check_anndata(adata, {"X": {"type": "double"}}) == [expected]
+    assert check_anndata(ad.AnnData(X=np.ones((3, 2), dtype=np.float32)), {"X": {"type": "double"}}) == []
