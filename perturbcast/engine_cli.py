@@ -10,7 +10,8 @@ from pathlib import Path
 
 from . import layout
 from .config import find_package_root
-from .engine_guard import SPACE_MARGIN, format_bytes, shutil_disk_free
+from .disk_space import SPACE_MARGIN, replaced_atomically, shutil_disk_free
+from .engine_guard import format_bytes
 from .layout import Status
 from .report import write_report
 
@@ -114,8 +115,6 @@ def aggregate_results(root: Path, output: Path, only: set | None = None, n_resam
     paths = [path for path in scoring.score_files(output) if only is None or path.resolve() in only]
     write_openproblems_files(root, output, components, paths)
     text = scoring.format_leaderboard(scoring.leaderboard(results, summary), maximize)
-    from .engine_guard import replaced_atomically
-
     with replaced_atomically(output / layout.LEADERBOARD) as temporary:
         temporary.write_text(text + "\n")
     panel = ", ".join(scoring.HEADLINE_PANEL)
@@ -187,7 +186,7 @@ def _engine_options(args) -> tuple[str | None, object]:
                     f"(got '{args.step_memory}')"), None
     if args.output is not None and not args.output.strip():
         return "[error] --output is empty; expected a results folder (e.g. --output results/)", None
-    problem = layout.results_folder_problem(Path(args.output)) if args.output else None
+    problem = layout.results_folder_problem(Path(args.output), find_package_root(args.project)) if args.output else None
     if problem:  # before anything is planned (the project root is checked once it is known)
         return f"[error] --output {problem}", None
     return None, Limits(timeout=args.step_timeout, memory=memory)
@@ -352,7 +351,9 @@ def _benchmark(args) -> int:
         full = error.errno == errno.ENOSPC
         if not full and (error.filename is None or not _is_under(error.filename, output)):
             raise
-        print(f"[error] cannot write the results folder '{output}': {error.strerror or error}"
+        where = "" if full or not error.filename else f" ('{error.filename}')"
+        print(f"[error] cannot {'write' if full or error.errno in (errno.EACCES, errno.EROFS) else 'use'} the results "
+              f"folder '{output}': {error.strerror or error}{where}"
               + (f" ({_free_space(output)} free, at least {format_bytes(SPACE_MARGIN)} needed; free some space and "
                  "rerun: finished steps stay cached, and every file it replaces keeps its previous version)"
                  if full else ""), file=sys.stderr)

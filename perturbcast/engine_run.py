@@ -19,6 +19,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from . import __version__
+from . import disk_space
 from . import engine_guard as guard
 from . import layout
 from .config import ComponentConfig
@@ -72,7 +73,7 @@ def _cache_key(step: Step, upstream_keys: list[str], digests: dict, root: Path |
 
 
 def _write_json_atomic(path: Path, payload: dict):
-    with guard.replaced_atomically(path) as tmp, open(tmp, "w") as handle:
+    with disk_space.replaced_atomically(path) as tmp, open(tmp, "w") as handle:
         handle.write(json.dumps(payload, indent=2, default=str))
         handle.flush()
         os.fsync(handle.fileno())
@@ -82,7 +83,7 @@ ResultsLocked, results_lock = guard.ResultsLocked, guard.results_lock
 _worker = threading.local()
 STOP_GRACE_SECONDS = 3.0  # after an interrupt, how long running steps get to be recorded
 INTERRUPT = guard.Interrupt()
-DISK = guard.DiskSpace()  # a full disk stops the run like an interrupt, but lets running steps finish
+DISK = disk_space.DiskSpace()  # a full disk stops the run like an interrupt, but lets running steps finish
 
 
 # imported by every component; loaded once per worker instead of once per step (~0.6 s each)
@@ -141,7 +142,7 @@ def run_step(step: Step, cache_key: str, limits: guard.Limits | None = None, ses
     if INTERRUPT.stopped:
         return _not_started(step, f"not started: {INTERRUPT.name}")
     if DISK.problem:  # queued before the disk filled up
-        return _not_started(step, f"not started: {guard.NO_SPACE}")
+        return _not_started(step, f"not started: {disk_space.NO_SPACE}")
     record_path = step.directory / layout.STEP_RECORD
     _clear_step_folder(step)
     workdir = step.directory / layout.STEP_WORKDIR
@@ -331,7 +332,7 @@ def execute(steps: list[Step], jobs: int = 1, progress: Progress | None = None,
                     if cached is not None:
                         finish(cached)
                         continue
-                    if not DISK.check(step.directory, guard.space_needed(step), step.id):
+                    if not DISK.check(step.directory, disk_space.space_needed(step), step.id):
                         break  # this step and every later one stay unstarted
                     ready.append(step)
                 if not stopping():
@@ -377,7 +378,7 @@ def execute(steps: list[Step], jobs: int = 1, progress: Progress | None = None,
     elif DISK.problem:
         for step in steps:
             if step.id not in records:
-                records[step.id] = _not_started(step, f"not started: {guard.NO_SPACE}")
+                records[step.id] = _not_started(step, f"not started: {disk_space.NO_SPACE}")
     return [records[step.id] for step in steps]
 
 
@@ -401,5 +402,5 @@ def write_trace(records: list[StepRecord], path: Path):
     """trace.tsv, replaced atomically: a failure (a full disk) leaves the previous trace, never a cut one."""
     import pandas as pd
 
-    with guard.replaced_atomically(path) as temporary:
+    with disk_space.replaced_atomically(path) as temporary:
         pd.DataFrame(trace_rows(records), columns=layout.TRACE_COLUMNS).to_csv(temporary, sep="\t", index=False)

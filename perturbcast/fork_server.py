@@ -62,9 +62,8 @@ def _prctl(option: int, value: int):
         pass
 
 
-def _children_of(pid: int) -> list[int]:
-    """The live processes whose parent is `pid` (from /proc)."""
-    children = []
+def _processes():
+    """(pid, state, parent, process group) of every process, from /proc (fields 1, 3, 4 and 5 of its stat)."""
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -73,9 +72,12 @@ def _children_of(pid: int) -> list[int]:
                 fields = handle.read().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        if int(fields[1]) == pid and fields[0] not in ("Z", "X"):  # field 4: the parent
-            children.append(int(entry))
-    return children
+        yield int(entry), fields[0], int(fields[1]), int(fields[2])
+
+
+def _children_of(pid: int) -> list[int]:
+    """The live processes whose parent is `pid`."""
+    return [child for child, state, parent, _ in _processes() if parent == pid and state not in ("Z", "X")]
 
 
 def _sweep_orphans():
@@ -349,17 +351,10 @@ def _session_main(requests_fd: int, replies_fd: int):
 def _kill_strays():
     """In a session process: kill what a finished script left running in the session's group, reap it."""
     me = os.getpid()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == me:
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as handle:
-                fields = handle.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == me or int(fields[1]) == me:  # field 5: the process group; 4: the parent (a setsid child)
+    for pid, _, parent, group in _processes():
+        if pid != me and me in (group, parent):  # in the session's group, or its child in a session of its own
             try:
-                os.kill(int(entry), signal.SIGKILL)
+                os.kill(pid, signal.SIGKILL)
             except OSError:
                 pass
     while True:

@@ -22,6 +22,7 @@ from perturbcast import layout
 from perturbcast.cli import main
 
 from conftest import ROOT
+from test_engine_faults import alive
 
 SPLIT = "simulated_grn_small/unseen_perturbation/seed_0/fold_0"
 
@@ -74,6 +75,8 @@ raise SystemExit("[error] loud: said too much on purpose")
 """,
     # changes the test file its siblings read (only its time, so that they still can)
     "toucher": SCRIPT_HEAD + """os.utime(par["input_test"], (0, 0))
+with open(os.path.join(os.path.dirname(os.path.abspath(par["output"])), "cwd.txt"), "w") as handle:
+    handle.write(os.getcwd())
 """,
     # exits 0 with an output that is not an h5ad at all
     "invalid_writer": SCRIPT_HEAD + """with open(par["output"], "w") as handle:
@@ -212,15 +215,9 @@ def test_a_step_runs_in_its_own_working_directory(run, project):
     assert log.startswith("$ perturbcast run ")
     # its working directory was removed when it stayed empty; nothing was written into the project root
     assert not (output / "predictions" / SPLIT / "train_mean" / layout.STEP_WORKDIR).exists()
+    toucher = output / "predictions" / SPLIT / "toucher"
+    assert (toucher / "cwd.txt").read_text() == str(toucher / layout.STEP_WORKDIR)
     assert sorted(p.name for p in project.iterdir()) == ["_viash.yaml", "src"]
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except OSError:
-        return False
 
 
 def test_a_child_in_its_own_session_dies_with_its_step(run):
@@ -366,9 +363,9 @@ def test_the_benchmark_leaves_out_only_the_broken_components(run):
 
 
 def test_a_full_disk_stops_before_the_first_step_with_one_line(project, tmp_path, capsys, monkeypatch):
-    from perturbcast import engine_guard
+    from perturbcast import disk_space
 
-    monkeypatch.setattr(engine_guard, "shutil_disk_free", lambda folder: 5 * 2**20)
+    monkeypatch.setattr(disk_space, "shutil_disk_free", lambda folder: 5 * 2**20)
     output = tmp_path / "results"
     assert main(arguments(project, output, "train_mean")) == 1
     err = capsys.readouterr().err
