@@ -174,12 +174,17 @@ def _partial_outputs(config: ComponentConfig, invocation, cwd: str | None) -> di
 
     partial = {}
     tag = f"{os.getpid()}{secrets.token_hex(3)}"
+    absolute = lambda value: os.path.realpath(os.path.join(cwd, value) if cwd and not os.path.isabs(value) else value)  # noqa: E731
+    inputs = {absolute(value) for argument in config.arguments if argument.type == "file" and argument.direction == "input"
+              for value in [invocation.values.get(argument.plain_name)] if value and "*" not in value}
     for argument in config.arguments:
         value = invocation.values.get(argument.plain_name)
         if argument.type != "file" or argument.direction != "output" or argument.multiple or not value or "*" in value:
             continue
         final = os.path.join(cwd, value) if cwd and not os.path.isabs(value) else os.path.abspath(value)
-        if os.path.isdir(final):  # a folder output (viash test's `dir`): written in place
+        # a folder output (viash test's `dir`) is written in place; an output that is an input is left for the
+        # component to refuse (component_io names both arguments)
+        if os.path.isdir(final) or absolute(value) in inputs:
             continue
         partial[argument.plain_name] = (final, layout.partial_name(final, tag))
         invocation.values[argument.plain_name] = partial[argument.plain_name][1]
