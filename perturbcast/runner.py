@@ -3,8 +3,9 @@
 `run` builds the component into a temporary directory the way `viash run` does (processed
 `.config.vsh.yaml`, the non-main resources; the main script is only injected, never copied), runs it
 with the current Python, `Rscript` or `bash` (by the main script's resource type), checks `must_exist`
-outputs, and then validates every h5ad output against its API format. Invalid outputs are removed so
-that nothing half-right is left behind.
+outputs, and then validates every h5ad output against its API format. A component writes each output under
+a temporary name beside it (layout.partial_name), renamed to the output path only once validated: a failed,
+invalid or interrupted run leaves nothing half-right behind, and never replaces the file that was there.
 """
 from __future__ import annotations
 
@@ -175,16 +176,18 @@ def _partial_outputs(config: ComponentConfig, invocation, cwd: str | None) -> di
     partial = {}
     tag = f"{os.getpid()}{secrets.token_hex(3)}"
     absolute = lambda value: os.path.realpath(os.path.join(cwd, value) if cwd and not os.path.isabs(value) else value)  # noqa: E731
-    inputs = {absolute(value) for argument in config.arguments if argument.type == "file" and argument.direction == "input"
-              for value in [invocation.values.get(argument.plain_name)] if value and "*" not in value}
+    files = [(argument.direction, absolute(value)) for argument in config.arguments if argument.type == "file"
+             for value in [invocation.values.get(argument.plain_name)] if value and "*" not in value]
+    outputs = [path for direction, path in files if direction == "output"]
+    shared = {path for direction, path in files if direction == "input"} | {p for p in outputs if outputs.count(p) > 1}
     for argument in config.arguments:
         value = invocation.values.get(argument.plain_name)
         if argument.type != "file" or argument.direction != "output" or argument.multiple or not value or "*" in value:
             continue
         final = os.path.join(cwd, value) if cwd and not os.path.isabs(value) else os.path.abspath(value)
-        # a folder output (viash test's `dir`) is written in place; an output that is an input is left for the
-        # component to refuse (component_io names both arguments)
-        if os.path.isdir(final) or absolute(value) in inputs:
+        # a folder output (viash test's `dir`) is written in place; an output that is an input or another output
+        # is left for the component to refuse (component_io names both arguments)
+        if os.path.isdir(final) or absolute(value) in shared:
             continue
         partial[argument.plain_name] = (final, layout.partial_name(final, tag))
         invocation.values[argument.plain_name] = partial[argument.plain_name][1]
