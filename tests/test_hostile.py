@@ -74,7 +74,8 @@ for _ in range(3 * 1024):
 raise SystemExit("[error] loud: said too much on purpose")
 """,
     # changes the test file its siblings read (only its time, so that they still can)
-    "toucher": SCRIPT_HEAD + """os.utime(par["input_test"], (0, 0))
+    "toucher": SCRIPT_HEAD + """stat = os.stat(par["input_test"])
+os.utime(par["input_test"], ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
 with open(os.path.join(os.path.dirname(os.path.abspath(par["output"])), "cwd.txt"), "w") as handle:
     handle.write(os.getcwd())
 """,
