@@ -87,12 +87,13 @@ def add_selection_arguments(parser):
                         help="a benchmark spec (YAML: datasets with arguments or files, tasks, methods, metrics, seeds, "
                              "n_folds, folds); the same file works as `nextflow run . -params-file FILE`. Options given "
                              "on the command line override it")
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0],
+    # None: not given, so a spec's key (else the default) applies; given, it overrides the spec
+    parser.add_argument("--seeds", nargs="+", type=int,
                         help="partition seeds: each seed is one K-fold partition of the held-out units, and every "
                              "fold of it is run (default: 0)")
-    parser.add_argument("--n-folds", type=int, default=5,
+    parser.add_argument("--n-folds", type=int,
                         help="folds per partition; across them every eligible perturbation is tested once "
-                             "(default: %(default)s)")
+                             "(default: 5)")
     parser.add_argument("--folds", nargs="+", type=int, metavar="F",
                         help="run only these folds (0-based) of each partition, e.g. for a quick look; results then "
                              "cover only part of each dataset (default: all)")
@@ -107,10 +108,12 @@ def aggregate_results(root: Path, output: Path, only: set | None = None, n_resam
 
     components = discover_components(root, errors=[])  # a broken config was reported when the run was planned
     method_types = {c.name: c.component_type for c in components}
-    maximize = {m["name"]: bool(m.get("maximize")) for c in components if c.component_type == "metric"
-                for m in c.info.get("metrics") or [] if "name" in m}
-    per_condition = scoring.per_condition_table(output, method_types, only)
-    results, summary = scoring.results_table(per_condition, n_resamples=n_resamples, maximize=maximize)
+    declared = [m for c in components if c.component_type == "metric" for m in c.info.get("metrics") or [] if "name" in m]
+    maximize = {m["name"]: bool(m.get("maximize")) for m in declared}
+    no_outcome = {m["name"] for m in declared if m.get("outcome") is False}  # see the metric's outcome_reason
+    per_condition = scoring.mark_fallbacks(scoring.per_condition_table(output, method_types, only), output)
+    results, summary = scoring.results_table(per_condition, n_resamples=n_resamples, maximize=maximize,
+                                             evidence=scoring.dataset_evidence(output), no_outcome=no_outcome)
     scoring.write_results(per_condition, results, summary, output)
     paths = [path for path in scoring.score_files(output) if only is None or path.resolve() in only]
     write_openproblems_files(root, output, components, paths)
@@ -239,10 +242,9 @@ def _user_datasets(args, root: Path, selection) -> str | None:
                     elif entry["arguments"]:
                         selection.dataset_arguments[entry["id"]] = entry["arguments"]
                     selection.datasets.append(entry["id"])
-            if args.seeds == [0]:
-                selection.seeds = spec["seeds"]
-            if args.n_folds == 5 and args.folds is None:
-                selection.n_folds, selection.folds = spec["n_folds"], spec["folds"]
+            for key in ("seeds", "n_folds", "folds"):  # each command-line option overrides its spec key alone
+                if getattr(args, key) is None:
+                    setattr(selection, key, spec[key])
         if args.dataset_file:
             loader, dataset_id, arguments = dataset_step_arguments(
                 args.dataset_file, args.dataset_id, parse_dataset_args(args.dataset_arg), root=root)
@@ -264,34 +266,38 @@ def selection_from_args(args, command: str):
     if root is None:
         print(f"[error] no _viash.yaml at or above '{args.project}': run from the perturbcast project", file=sys.stderr)
         return None, None, 1
-    if any(seed < 0 for seed in args.seeds):
-        print(f"[error] --seeds {' '.join(map(str, args.seeds))}: expected seeds >= 0", file=sys.stderr)
-        return root, None, 2
-    for option, values in (("--seeds", args.seeds), ("--folds", args.folds)):
-        if values is not None and len(set(values)) < len(values):
-            unique = list(dict.fromkeys(values))
-            print(f"perturbcast {command}: {option} {' '.join(map(str, values))} names some twice; each runs once: "
-                  f"{' '.join(map(str, unique))}", file=sys.stderr)
-            setattr(args, option.lstrip("-"), unique)
-    if args.n_folds < 2 or any(not 0 <= f < args.n_folds for f in args.folds or []):
-        print(f"[error] --n-folds is {args.n_folds} and --folds {args.folds}: expected --n-folds >= 2 and folds "
-              f"between 0 and {args.n_folds - 1}", file=sys.stderr)
-        return root, None, 2
-    methods = _names(args.methods)
-    if methods is not None:
-        # scores are only readable on the scale these controls set: always run them with a selection
-        present = {c.name for c in engine.discover_components(root) if c.component_type == "control_method"}
-        added = [c for c in engine.SCALE_CONTROLS if c in present and c not in methods]
-        if added:
-            methods = methods + added
-            print(f"perturbcast {command}: added the controls that set the scale: {', '.join(added)}", file=sys.stderr)
+    given = {key: getattr(args, key) for key in ("seeds", "n_folds", "folds") if getattr(args, key) is not None}
     selection = engine.Selection(datasets=_names(args.datasets), tasks=_names(args.tasks),
-                                 methods=methods, metrics=_names(args.metrics), seeds=args.seeds,
-                                 n_folds=args.n_folds, folds=args.folds)
+                                 methods=_names(args.methods), metrics=_names(args.metrics), **given)
     problem = _user_datasets(args, root, selection)
     if problem:
         print(f"[error] {problem}", file=sys.stderr)
         return root, None, 2
+    if any(seed < 0 for seed in selection.seeds):
+        print(f"[error] --seeds {' '.join(map(str, selection.seeds))}: expected seeds >= 0"
+              + (" (options given override the spec's keys)" if args.spec else ""), file=sys.stderr)
+        return root, None, 2
+    for option, key in (("--seeds", "seeds"), ("--folds", "folds")):
+        values = getattr(selection, key)
+        if values is not None and len(set(values)) < len(values):
+            unique = list(dict.fromkeys(values))
+            print(f"perturbcast {command}: {option} {' '.join(map(str, values))} names some twice; each runs once: "
+                  f"{' '.join(map(str, unique))}", file=sys.stderr)
+            setattr(selection, key, unique)
+    if selection.n_folds < 2 or any(not 0 <= f < selection.n_folds for f in selection.folds or []):
+        print(f"[error] --n-folds is {selection.n_folds} and --folds {selection.folds}: expected --n-folds >= 2 and "
+              f"folds between 0 and {selection.n_folds - 1}" + (" (options given override the spec's keys)"
+                                                                 if args.spec else ""), file=sys.stderr)
+        return root, None, 2
+    if selection.methods is not None:
+        # scores are only readable on the scale these controls set: always run them with a selection, whether
+        # it came from --methods or from a spec's `methods:`
+        present = {c.name for c in engine.discover_components(root) if c.component_type == "control_method"}
+        args.added_controls = [c for c in engine.SCALE_CONTROLS if c in present and c not in selection.methods]
+        if args.added_controls:
+            selection.methods = selection.methods + args.added_controls
+            print(f"perturbcast {command}: added the controls that set the scale: {', '.join(args.added_controls)}",
+                  file=sys.stderr)
     return root, selection, 0
 
 
@@ -306,9 +312,7 @@ def _benchmark(args) -> int:
     if selection is None:
         return code
     if args.output is None:
-        requested = set(_names(args.methods) or [])
-        added = [m for m in selection.methods or [] if m not in requested] if args.methods else []
-        args.output = str(selection_folder(selection, added, args.spec))
+        args.output = str(selection_folder(selection, getattr(args, "added_controls", ()), args.spec))
         print(f"perturbcast benchmark: results in {args.output} (each selection has its own folder; --output "
               "chooses another)", file=sys.stderr)
     output = Path(args.output).resolve()

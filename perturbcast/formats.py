@@ -304,3 +304,31 @@ def read_obs_uns(path, uns_keys=None) -> tuple[pd.DataFrame, dict]:
         adata = ad.read_h5ad(path)
         uns = dict(adata.uns) if uns_keys is None else {key: adata.uns[key] for key in uns_keys if key in adata.uns}
         return adata.obs, uns
+
+
+# uns slot of src/api/file_prediction.yaml: the test conditions a method predicted with its fallback
+FALLBACK_CONDITIONS = "fallback_conditions"
+
+
+def fallback_conditions(path) -> list[str] | None:
+    """`uns['fallback_conditions']` of a prediction file (the condition ids the method could not predict from
+    their perturbation and gave its fallback), read with h5py without touching X; None when the prediction
+    does not say (a control, or a file written before the slot). A value that is not a list of strings
+    raises ValueError naming the file."""
+    import h5py
+    import numpy as np
+
+    with h5py.File(path, "r") as handle:
+        if "uns" not in handle or FALLBACK_CONDITIONS not in handle["uns"]:
+            return None
+        node = handle["uns"][FALLBACK_CONDITIONS]
+        if _reader() is not None:
+            value = _reader().read_element(node)
+        else:  # perturbcast installed without the source tree: anndata's own element reader
+            from anndata.io import read_elem
+            value = read_elem(node)
+    values = np.atleast_1d(np.asarray(value, dtype=object))
+    if isinstance(value, (str, bytes)) or values.ndim != 1 or (len(values) and not all(
+            isinstance(v, (str, bytes)) for v in values)):
+        raise ValueError(f"file '{path}': uns['{FALLBACK_CONDITIONS}'] is {value!r}, expected a list of condition ids")
+    return [v.decode() if isinstance(v, bytes) else str(v) for v in values]

@@ -340,11 +340,44 @@ def check_split(train_path, test_path, solution_path, task_id: str | None = None
         else:
             is_control = common.obs["is_control"].to_numpy().astype(bool) if "is_control" in common.obs else \
                 _strings(common.obs, "perturbation") == CONTROL
-            missing = sorted(set(common.obs_names[is_control]) - set(train.obs_names))
-            if missing:
-                problems.append(f"train: {len(missing)} control profiles of the common dataset are missing, e.g. "
-                                f"{_examples(missing)}")
+            problems += _control_part_problems(common, is_control, train, solution)
     return problems
+
+
+def _control_part_problems(common, is_control: np.ndarray, train, solution) -> list[str]:
+    """Every control profile of the common dataset is in train or in the reference part that observed deltas
+    subtract (solution layer `control_reference`), and the two parts are disjoint: per context of a test row,
+    the mean of the controls missing from train must be the reference (so no training control is in it)."""
+    missing = sorted(set(common.obs_names[is_control]) - set(train.obs_names))
+    if "control_reference" not in solution.layers:
+        return [f"train: {len(missing)} control profiles of the common dataset are missing, e.g. "
+                f"{_examples(missing)}"] if missing else []
+    problems = []
+    contexts = list(zip(_strings(common.obs, "cell_type"), _strings(common.obs, "condition")))
+    position = {name: i for i, name in enumerate(common.obs_names)}
+    held = {}
+    for name in missing:
+        held.setdefault(contexts[position[name]], []).append(position[name])
+    genes = [common.var_names.get_loc(g) for g in solution.var_names]
+    reference = np.asarray(solution.layers["control_reference"], dtype=np.float64)
+    shared = int(solution.uns.get("n_contexts_shared_control", 0))
+    checked = set()
+    for row, context in enumerate(zip(_strings(solution.obs, "cell_type"), _strings(solution.obs, "condition"))):
+        if context in checked:
+            continue
+        checked.add(context)
+        rows = held.get(context)
+        if not rows:
+            if shared == 0:
+                problems.append(f"solution: the reference control of context {'/'.join(context)} holds no control "
+                                "profile outside train (the observed and predicted deltas would share its noise)")
+            continue
+        mean = np.asarray(_dense_rows(common.X[sorted(rows)], 0, len(rows)), dtype=np.float64).mean(axis=0)[genes]
+        if not np.allclose(mean, reference[row], rtol=1e-5, atol=1e-5):
+            problems.append(f"train: control profiles of the common dataset are missing in context {'/'.join(context)}: "
+                            f"the {len(rows)} held out of train are not the reference part (layers['control_reference'] "
+                            f"of '{solution.obs_names[row]}' is not their mean)")
+    return problems[:3]
 
 
 CONDITION_COLUMNS = ("perturbation", "cell_type", "condition", "perturbation_type")

@@ -1,4 +1,4 @@
-"""From score files to the results tables: raw values per stratum, calibrated scores, the headline.
+"""From score files to the results tables: raw values per stratum, calibrated scores, intervals, outcomes.
 
 Calibrated score (VCC 2026): `(u - b) / (r - b)` with `b` the `train_mean` control and `r` the
 `replicate_ceiling` control on the same dataset x task x seed x stratum x metric, the folds of a partition
@@ -7,14 +7,11 @@ true-mean oracle). Where the ceiling does not beat the baseline in the metric's 
 noise (the paired bootstrap interval of `r - b` includes 0) there is no scale, and the score is left empty;
 `r - b` (the dynamic range) is kept so a metric with no headroom is visible rather than hidden in a ratio.
 
-Headline: the mean over a pre-registered panel (`HEADLINE_PANEL`, one metric per family) of calibrated
-scores clamped to [-1, 1], averaged over partitions and then over dataset x task slices, with a paired
-bootstrap interval. Wins / ties / losses against `train_mean` are bootstrap tests with Holm's correction
-within each method's family of tests (`FAMILY_ALPHA`).
+The headline, which slices can be ranked at all, and the win / tie / loss calls that must hold in every
+partition: headline.py. The vocabulary (baseline, ceiling, panel) and the bootstrap statistics: panel.py.
 """
 from __future__ import annotations
 
-import warnings
 import zlib
 from pathlib import Path
 
@@ -23,23 +20,12 @@ import pandas as pd
 
 from . import layout
 
-BASELINE_METHOD = "train_mean"
-CEILING_METHOD = "replicate_ceiling"
-ALL_STRATA = "all"
+from .headline import fallback_shares, headline_tables, pooled_outcomes, slice_verdicts
+from .panel import (ALL_STRATA, BASELINE_METHOD, CEILING_METHOD, FALLBACK_STATUS, FAMILY_ALPHA,  # noqa: F401
+                    HEADLINE_CLAMP, HEADLINE_PANEL, MIN_DYNAMIC_RANGE, MIN_PANEL_METRICS, MIN_STRATUM_CONDITIONS, holm, interval,
+                    orientation, p_value)
+
 KEYS = ["dataset_id", "task_id", "seed", "metric_id", "stratum"]
-# Below this dynamic range the ratio is numerically meaningless.
-MIN_DYNAMIC_RANGE = 1e-12
-# The headline's pre-registered panel, one metric per family: an error, a correlation, a top-k DE agreement,
-# a discrimination between perturbations, and a correlation against the perturbed centroid (Systema) that a
-# prediction of the average perturbation effect cannot win. Fixed before any result was seen; the full
-# metric table stays in results.parquet and the report.
-HEADLINE_PANEL = ("mse_delta", "pearson_delta", "overlap_top100_de", "discrimination_l1",
-                  "pearson_delta_perturbed_ref")
-# Calibrated scores enter the headline clamped to [-1, 1]: bounded and symmetric, so one metric with a tiny
-# dynamic range cannot dominate the mean and a loss counts as much as a gain of the same size.
-HEADLINE_CLAMP = 1.0
-# Family-wise error rate of the win / tie / loss calls (Holm's step-down correction within each family).
-FAMILY_ALPHA = 0.05
 
 
 def score_labels(path: Path, uns) -> dict:
@@ -110,17 +96,57 @@ def per_condition_table(output_dir: Path, method_types: dict[str, str] | None = 
     return pd.DataFrame({column: np.concatenate(parts[column]) for column in columns})
 
 
+def dataset_evidence(output_dir: Path) -> dict:
+    """Per dataset of a results folder, the loader's evidence of signal from its dataset card
+    (`uns['dataset_report']`: perturbation conditions with a reproducible effect, of those assessed)."""
+    import h5py
+
+    evidence = {}
+    for path in sorted(Path(output_dir).glob(layout.DATASET_GLOB)):
+        try:
+            with h5py.File(path, "r") as handle:
+                uns = handle.get("uns")
+                report = uns.get("dataset_report") if uns is not None else None
+                dataset_id = uns["dataset_id"][()] if uns is not None and "dataset_id" in uns else None
+                if report is None or dataset_id is None:
+                    continue
+                values = {key: report[key][()] for key in ("n_reproducible_effect", "n_perturbation_conditions_assessed")
+                          if key in report}
+        except (OSError, KeyError):
+            continue
+        if len(values) == 2:
+            name = dataset_id.decode() if isinstance(dataset_id, bytes) else str(dataset_id)
+            evidence[name] = {"n_reproducible": float(values["n_reproducible_effect"]),
+                              "n_evaluated": float(values["n_perturbation_conditions_assessed"])}
+    return evidence
+
+
+def mark_fallbacks(per_condition: pd.DataFrame, output_dir: Path) -> pd.DataFrame:
+    """per_condition with a `fallback` column: whether the method returned the training mean for the
+    condition, as its prediction's uns['fallback_conditions'] says (NaN where the prediction does not say)."""
+    from .formats import fallback_conditions
+
+    if per_condition.empty:
+        return per_condition.assign(fallback=np.nan)
+    said = {}
+    for key in per_condition[["dataset_id", "task_id", "seed", "fold", "method_id"]].drop_duplicates().itertuples(index=False):
+        split = layout.split_key(key.dataset_id, key.task_id, int(key.seed), int(key.fold))
+        path = layout.step_dir(Path(output_dir), layout.PREDICT, layout.predict_key(split, key.method_id)) / \
+            layout.STAGE_OUTPUTS[layout.PREDICT]["output"]
+        conditions = fallback_conditions(path) if path.exists() else None
+        said[tuple(key)] = None if conditions is None else set(conditions)
+    keys = zip(per_condition["dataset_id"], per_condition["task_id"], per_condition["seed"], per_condition["fold"],
+               per_condition["method_id"])
+    flags = [np.nan if said.get(k) is None else float(c in said[k]) for k, c in zip(keys, per_condition["condition"])]
+    return per_condition.assign(fallback=np.array(flags, dtype=float))
+
+
 def _bootstrap_counts(n_conditions: int, n_resamples: int, rng) -> np.ndarray:
     """How often each condition is drawn in each resample (resamples x conditions)."""
     draws = rng.integers(0, n_conditions, size=(n_resamples, n_conditions))
     counts = np.zeros((n_resamples, n_conditions))
     np.add.at(counts, (np.arange(n_resamples)[:, None], draws), 1.0)
     return counts
-
-
-def _interval(samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    with np.errstate(all="ignore"):
-        return np.nanpercentile(samples, 2.5, axis=0), np.nanpercentile(samples, 97.5, axis=0)
 
 
 def _significant_headroom(dynamic: float, range_boot: np.ndarray, maximize: bool | None) -> bool:
@@ -136,80 +162,95 @@ def _significant_headroom(dynamic: float, range_boot: np.ndarray, maximize: bool
         return bool(np.nanpercentile(range_boot * sign, 2.5) > 0)
 
 
-def _p_value(oriented: np.ndarray) -> float:
-    """Two-sided bootstrap p-value of a difference oriented so that > 0 is better: twice the share of
-    resamples on the less frequent side of 0 (1 when the difference is exactly 0 everywhere)."""
-    oriented = oriented[np.isfinite(oriented)]
-    if oriented.size == 0:
-        return np.nan
-    return float(min(1.0, 2.0 * min(np.mean(oriented <= 0), np.mean(oriented >= 0))))
-
-
-def holm(p_values) -> np.ndarray:
-    """Holm's step-down adjusted p-values (NaN stays NaN and does not count as a test)."""
-    p = np.asarray(p_values, dtype=float)
-    adjusted = np.full(p.shape, np.nan)
-    tested = np.flatnonzero(np.isfinite(p))
-    if tested.size == 0:
-        return adjusted
-    order = tested[np.argsort(p[tested], kind="stable")]
-    m = order.size
-    running = 0.0
-    for rank, index in enumerate(order):
-        running = max(running, min(1.0, (m - rank) * p[index]))
-        adjusted[index] = running
-    return adjusted
-
-
 def results_table(per_condition: pd.DataFrame, n_resamples: int = 1000, seed: int = 0,
-                  maximize: dict | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+                  maximize: dict | None = None, evidence: dict | None = None, no_outcome=(),
+                  min_panel_metrics: int = MIN_PANEL_METRICS) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Raw mean per stratum and overall, calibrated score, paired bootstrap 95% intervals, Holm-corrected
-    outcomes against `train_mean`, and the per-method headline summary (see `headline`).
+    outcomes against `train_mean`, and the per-method headline summary (headline.headline_tables).
 
     The folds of one partition (a `seed`) are pooled: their test conditions are disjoint, so a dataset x task
-    x seed holds every eligible perturbation once. Within one dataset x task x seed x stratum every method and
-    every metric sees the same resamples of conditions, so differences are paired and the panel mean of the
-    headline is resampled jointly across metrics.
+    x seed holds every eligible perturbation once. One set of condition resamples is drawn per dataset x task
+    x stratum and applied to every partition (a partition uses the columns of its own conditions), so every
+    method, metric and partition sees the same resamples: differences are paired, the panel mean of the
+    headline is resampled jointly across metrics, and the mean over partitions keeps the width of one
+    partition's interval instead of shrinking by averaging independent resamples. A stratum with fewer than
+    MIN_STRATUM_CONDITIONS conditions gets raw values only. `evidence`: dataset -> the loader's
+    reproducible-effect counts (headline.slice_verdicts); `no_outcome`: metric ids that get no win / tie /
+    loss call; per_condition's optional `fallback` column marks conditions where a method returned the
+    training mean; `min_panel_metrics`: the calibrated panel metrics a slice needs to be ranked.
     """
     columns = KEYS + ["method_id", "method_type", "metric_component", "n_conditions", "value", "value_low",
                       "value_high", "baseline", "ceiling", "dynamic_range", "score", "score_low", "score_high",
-                      "diff_from_baseline", "diff_low", "diff_high", "p_value", "p_holm", "outcome"]
+                      "diff_from_baseline", "diff_low", "diff_high", "p_value", "p_holm", "outcome_partition",
+                      "p_pooled", "p_pooled_holm", "outcome"]
     if per_condition.empty:
         return pd.DataFrame(columns=columns), pd.DataFrame()
     maximize = maximize or {}
+    fallback = fallback_shares(per_condition)
+    fell_back = {(r.dataset_id, r.task_id, r.method_id) for r in fallback.itertuples() if r.fallback_share == 1.0}
     both = pd.concat([per_condition.assign(stratum=ALL_STRATA), per_condition], ignore_index=True)
-    rows, panel = [], {}
-    for group_key, group in both.groupby(["dataset_id", "task_id", "seed", "stratum"], sort=True, observed=True):
-        conditions = sorted(group["condition"].unique())
-        rng = np.random.default_rng([seed, zlib.crc32("|".join(map(str, group_key)).encode())])
-        counts = _bootstrap_counts(len(conditions), n_resamples, rng)
-        for metric_id, metric_rows in group.groupby("metric_id", sort=True, observed=True):
-            key = (*group_key[:3], metric_id, group_key[3])
-            matrix = metric_rows.pivot_table(index=["method_id", "method_type", "metric_component"],
-                                             columns="condition", values="value", aggfunc="mean")
-            matrix = matrix.reindex(columns=conditions)
-            calibration = _calibrate(matrix.to_numpy(dtype=float), counts, list(matrix.index.get_level_values(0)),
-                                     maximize.get(metric_id))
-            if group_key[3] == ALL_STRATA and metric_id in HEADLINE_PANEL and calibration["score_boot"] is not None:
-                panel.setdefault(group_key[:3], {})[metric_id] = (
-                    list(matrix.index.get_level_values(0)), calibration["score"], calibration["score_boot"],
-                    calibration["n"])
-            for index, (method, method_type, component) in enumerate(matrix.index):
-                rows.append([*key, method, method_type, component, *(calibration[c][index] for c in (
-                    "n", "means", "low", "high")), calibration["baseline"], calibration["ceiling"],
-                    calibration["dynamic"], *(calibration[c][index] for c in (
-                        "score", "score_low", "score_high", "diff", "diff_low", "diff_high", "p"))])
-    results = pd.DataFrame(rows, columns=columns[:-2])
-    results["p_holm"], results["outcome"] = _outcomes(results, maximize)
+    rows, panel, boots = [], {}, {}
+    for (dataset, task, stratum), group in both.groupby(["dataset_id", "task_id", "stratum"], sort=True, observed=True):
+        union = sorted(group["condition"].unique())
+        position = {c: i for i, c in enumerate(union)}
+        rng = np.random.default_rng([seed, zlib.crc32(f"{dataset}|{task}|{stratum}".encode())])
+        common_counts = _bootstrap_counts(len(union), n_resamples, rng)
+        for partition, partition_rows in group.groupby("seed", sort=True, observed=True):
+            if stratum == ALL_STRATA:
+                panel.setdefault((dataset, task, partition), {})  # a slice without any scale is a verdict too
+            conditions = sorted(partition_rows["condition"].unique())
+            counts = common_counts[:, [position[c] for c in conditions]]
+            scaled = stratum == ALL_STRATA or len(conditions) >= MIN_STRATUM_CONDITIONS
+            for metric_id, metric_rows in partition_rows.groupby("metric_id", sort=True, observed=True):
+                key = (dataset, task, partition, metric_id, stratum)
+                matrix = metric_rows.pivot_table(index=["method_id", "method_type", "metric_component"],
+                                                 columns="condition", values="value", aggfunc="mean")
+                matrix = matrix.reindex(columns=conditions)
+                methods = list(matrix.index.get_level_values(0))
+                calibration = _calibrate(matrix.to_numpy(dtype=float), counts, methods, maximize.get(metric_id),
+                                         scaled=scaled)
+                if stratum == ALL_STRATA and metric_id in HEADLINE_PANEL and calibration["score_boot"] is not None:
+                    panel.setdefault((dataset, task, partition), {})[metric_id] = (
+                        methods, calibration["score"], calibration["score_boot"], calibration["n"])
+                for index, method in enumerate(methods):  # only fell back: no calibrated score, no test
+                    if (dataset, task, method) in fell_back and method != BASELINE_METHOD:
+                        for column in ("score", "score_low", "score_high", "p"):
+                            calibration[column] = np.array(calibration[column], dtype=float, copy=True)
+                            calibration[column][index] = np.nan
+                if calibration.get("diff_boot") is not None and scaled:
+                    boots.setdefault((dataset, task, stratum, metric_id), {})[partition] = (
+                        methods, calibration["diff_boot"])
+                for index, (method, method_type, component) in enumerate(matrix.index):
+                    rows.append([*key, method, method_type, component, *(calibration[c][index] for c in (
+                        "n", "means", "low", "high")), calibration["baseline"], calibration["ceiling"],
+                        calibration["dynamic"], *(calibration[c][index] for c in (
+                            "score", "score_low", "score_high", "diff", "diff_low", "diff_high", "p"))])
+    results = pd.DataFrame(rows, columns=columns[:-5])
+    results["p_holm"], results["outcome_partition"] = _outcomes(results, maximize, set(no_outcome))
+    results = pooled_outcomes(results, {k: {s: _without(m, b, k[:2], fell_back) for s, (m, b) in v.items()}
+                                        for k, v in boots.items()}, maximize, set(no_outcome))
+    verdicts = slice_verdicts(panel, evidence, min_panel_metrics)
+    unranked = {key for key, verdict in verdicts.items() if not verdict["ranked"]}
+    silent = np.array([(d, t) in unranked or (d, t, m) in fell_back
+                       for d, t, m in zip(results["dataset_id"], results["task_id"], results["method_id"])], dtype=bool)
+    results.loc[silent, ["outcome", "outcome_partition"]] = ""
     results = results[columns]
-    summary, by_slice = headline_tables(results, panel)
+    summary, by_slice = headline_tables(results, panel, verdicts, fallback)
     summary.attrs["by_slice"] = by_slice
     return results, summary
 
 
-def _calibrate(values: np.ndarray, counts: np.ndarray, methods: list[str], better: bool | None) -> dict:
+def _without(methods: list, diff_boot: np.ndarray, slice_key: tuple, fell_back: set):
+    """A partition's difference resamples without the methods that only fell back on that slice."""
+    keep = [i for i, m in enumerate(methods) if (*slice_key, m) not in fell_back or m == BASELINE_METHOD]
+    return [methods[i] for i in keep], diff_boot[:, keep]
+
+
+def _calibrate(values: np.ndarray, counts: np.ndarray, methods: list[str], better: bool | None,
+               scaled: bool = True) -> dict:
     """Means, intervals, calibrated scores and differences from the baseline of one metric on one slice
-    (rows = methods, columns = conditions; NaN = the method has no value for that condition)."""
+    (rows = methods, columns = conditions; NaN = the method has no value for that condition). `scaled`
+    False: raw values and differences only (no calibrated score, no test)."""
     present = np.isfinite(values)
     filled = np.where(present, values, 0.0)
     with np.errstate(all="ignore"):
@@ -218,129 +259,59 @@ def _calibrate(values: np.ndarray, counts: np.ndarray, methods: list[str], bette
     nan = np.full(len(methods), np.nan)
     base = methods.index(BASELINE_METHOD) if BASELINE_METHOD in methods else None
     ceil = methods.index(CEILING_METHOD) if CEILING_METHOD in methods else None
-    low, high = _interval(boot)
+    low, high = interval(boot)
     out = {"n": present.sum(axis=1).astype(int), "means": means, "low": low, "high": high,
            "baseline": means[base] if base is not None else np.nan,
            "ceiling": means[ceil] if ceil is not None else np.nan,
            "score": nan, "score_low": nan, "score_high": nan, "diff": nan, "diff_low": nan, "diff_high": nan,
-           "p": nan, "score_boot": None}
+           "p": nan, "score_boot": None, "diff_boot": None}
     out["dynamic"] = out["ceiling"] - out["baseline"]
     if base is None:
         return out
     diff_boot = boot - boot[:, [base]]
     out["diff"] = means - out["baseline"]
-    out["diff_low"], out["diff_high"] = _interval(diff_boot)
+    out["diff_low"], out["diff_high"] = interval(diff_boot)
+    out["diff_boot"] = diff_boot
+    if not scaled:
+        return out
     # the metric's direction orients the test; without it, the ceiling's side of the baseline does
-    sign = (1.0 if better else -1.0) if better is not None else (
-        np.sign(out["dynamic"]) if np.isfinite(out["dynamic"]) and out["dynamic"] != 0 else np.nan)
+    sign = orientation(better, out["dynamic"])
     if np.isfinite(sign):
-        out["p"] = np.array([_p_value(diff_boot[:, i] * sign) if i != base else np.nan for i in range(len(methods))])
-        out["oriented"] = out["diff"] * sign
+        out["p"] = np.array([p_value(diff_boot[:, i] * sign) if i != base else np.nan for i in range(len(methods))])
     if ceil is not None and _significant_headroom(out["dynamic"], diff_boot[:, ceil], better):
         range_boot = diff_boot[:, [ceil]]
         with np.errstate(all="ignore"):
             # a resample whose ceiling falls to or below its baseline has no scale: left out, not +-inf
             score_boot = np.where(range_boot * np.sign(out["dynamic"]) > MIN_DYNAMIC_RANGE, diff_boot / range_boot, np.nan)
         out["score"] = out["diff"] / out["dynamic"]
-        out["score_low"], out["score_high"] = _interval(score_boot)
+        out["score_low"], out["score_high"] = interval(score_boot)
         out["score_boot"] = score_boot
     return out
 
 
-def _outcomes(results: pd.DataFrame, maximize: dict) -> tuple[np.ndarray, list[str]]:
-    """Win / tie / loss against train_mean at family-wise level 0.05 with Holm's correction.
+def _outcomes(results: pd.DataFrame, maximize: dict, no_outcome: set) -> tuple[np.ndarray, list[str]]:
+    """Each partition's own win / tie / loss against train_mean at family-wise level 0.05 with Holm's
+    correction (`outcome_partition`; the final call, `outcome`, also needs the pooled test: headline.py).
 
     A family is one method's tests of one kind: the headline panel over every dataset x task x seed (all
     strata pooled), the other metrics likewise, and the per-stratum rows of each. A win needs the Holm-adjusted
-    bootstrap p-value below 0.05 and the difference on the better side."""
+    bootstrap p-value below 0.05 and the difference on the better side. Metrics in `no_outcome` are not tested."""
     adjusted = np.full(len(results), np.nan)
+    p = results["p_value"].to_numpy(dtype=float).copy()
+    p[results["metric_id"].isin(no_outcome).to_numpy()] = np.nan
     family = (results["method_id"].astype(str) + "|" + results["metric_id"].isin(HEADLINE_PANEL).map(
         {True: "panel", False: "other"}) + "|" + (results["stratum"] == ALL_STRATA).map({True: "all", False: "strata"}))
     for _, index in results.groupby(family, sort=False).indices.items():
-        adjusted[index] = holm(results["p_value"].to_numpy()[index])
+        adjusted[index] = holm(p[index])
     outcomes = []
     for row, p_adjusted in zip(results.itertuples(index=False), adjusted):
         if row.method_id == BASELINE_METHOD or not np.isfinite(p_adjusted):
             outcomes.append("")
             continue
-        better = maximize.get(row.metric_id)
-        sign = (1.0 if better else -1.0) if better is not None else np.sign(row.dynamic_range)
-        oriented = row.diff_from_baseline * sign
+        oriented = row.diff_from_baseline * orientation(maximize.get(row.metric_id), row.dynamic_range)
         outcomes.append("win" if p_adjusted < FAMILY_ALPHA and oriented > 0
                         else "loss" if p_adjusted < FAMILY_ALPHA and oriented < 0 else "tie")
     return adjusted, outcomes
-
-
-def _clamped(values: np.ndarray) -> np.ndarray:
-    return np.clip(values, -HEADLINE_CLAMP, HEADLINE_CLAMP)
-
-
-def _nanmean(arrays: list[np.ndarray]) -> np.ndarray:
-    with warnings.catch_warnings():  # a resample with no calibrated value anywhere has no mean: NaN
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return np.nanmean(np.vstack(arrays), axis=0)
-
-
-def _finite_interval(samples: np.ndarray) -> tuple[float, float]:
-    samples = samples[np.isfinite(samples)]
-    if samples.size == 0:
-        return np.nan, np.nan
-    low, high = np.percentile(samples, [2.5, 97.5])
-    return float(low), float(high)
-
-
-def headline_tables(results: pd.DataFrame, panel: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The headline: per dataset x task x seed the mean over the panel metrics of the clamped calibrated score
-    (metrics without a scale on that slice left out); per dataset x task the mean over partitions (seeds); per
-    method the mean over dataset x task slices. Intervals come from the same paired resamples all the way up.
-
-    Returns (summary per method, headline per dataset x task x method)."""
-    per_seed: dict[tuple, dict[str, tuple[float, np.ndarray, int]]] = {}
-    for (dataset, task, seed), metrics in panel.items():
-        by_method: dict[str, list] = {}
-        for methods, score, score_boot, n in metrics.values():
-            for index, method in enumerate(methods):
-                if np.isfinite(score[index]):
-                    by_method.setdefault(method, []).append((_clamped(score[index]), _clamped(score_boot[:, index]), n[index]))
-        for method, entries in by_method.items():
-            per_seed.setdefault((dataset, task), {}).setdefault(method, []).append(
-                (float(np.mean([e[0] for e in entries])), _nanmean([e[1] for e in entries]),
-                 int(max(e[2] for e in entries)), len(entries)))
-    types = results.drop_duplicates("method_id").set_index("method_id")["method_type"].to_dict()
-    slice_rows, overall = [], {}
-    for (dataset, task), methods in sorted(per_seed.items()):
-        for method, seeds in methods.items():
-            point = float(np.mean([s[0] for s in seeds]))
-            boot = _nanmean([s[1] for s in seeds])
-            low, high = _finite_interval(boot)
-            seed_points = [s[0] for s in seeds]
-            slice_rows.append({"dataset_id": dataset, "task_id": task, "method_id": method,
-                               "method_type": types.get(method, "method"), "headline": point,
-                               "headline_low": low, "headline_high": high,
-                               "n_conditions": int(max(s[2] for s in seeds)), "n_panel_metrics": int(max(s[3] for s in seeds)),
-                               "n_partitions": len(seeds), "partition_min": float(min(seed_points)),
-                               "partition_max": float(max(seed_points))})
-            overall.setdefault(method, []).append((point, boot, len(seeds), max(seed_points) - min(seed_points)))
-    by_slice = pd.DataFrame(slice_rows)
-    panel_rows = results[(results["stratum"] == ALL_STRATA) & results["metric_id"].isin(HEADLINE_PANEL)]
-    rows = []
-    for (method, method_type), group in results.groupby(["method_id", "method_type"], sort=False):
-        entries = overall.get(method, [])
-        point = float(np.mean([e[0] for e in entries])) if entries else np.nan
-        low, high = _finite_interval(_nanmean([e[1] for e in entries])) if entries else (np.nan, np.nan)
-        outcomes = panel_rows[panel_rows["method_id"] == method]["outcome"].value_counts()
-        spreads = [e[3] for e in entries if e[2] > 1]
-        rows.append({"method_id": method, "method_type": method_type, "calibrated": point,
-                     "calibrated_low": low, "calibrated_high": high,
-                     "n_scores": int(panel_rows[panel_rows["method_id"] == method]["score"].notna().sum()),
-                     "n_slices": len(entries), "wins": int(outcomes.get("win", 0)), "ties": int(outcomes.get("tie", 0)),
-                     "losses": int(outcomes.get("loss", 0)),
-                     "partition_spread": float(np.mean(spreads)) if spreads else np.nan})
-    summary = pd.DataFrame(rows)
-    if not summary.empty:
-        summary = summary.sort_values(["calibrated", "method_id"], ascending=[False, True],
-                                      na_position="last").reset_index(drop=True)
-    return summary, by_slice
 
 
 def leaderboard(results: pd.DataFrame, summary: pd.DataFrame, metric_ids: list[str] | None = None) -> pd.DataFrame:

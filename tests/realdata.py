@@ -4,8 +4,8 @@ Each builder pseudobulks cells the way a loader does (src/api/file_common_datase
 perturbation x cell_type x condition x replicate, where the replicates `r1`/`r2` are a seeded random half
 of the condition's cells (seeded per condition, so adding a condition does not reshuffle the others),
 `X` = mean of the cells' log-normalized values (`normalization_id` `log_cp10k_cell_mean`, as the
-PerturBench devel loader's; the scperturb loader's Datlinger profiles are logs of summed counts), labels harmonised (`control`, targets sorted and joined
-with `+`, modality names of the contract). The files are absent on a fresh clone elsewhere: the builders
+PerturBench devel loader's, and the scperturb loader's default for Datlinger's counts), labels harmonised
+(`control`, targets sorted and joined with `+`, modality names of the contract). The files are absent on a fresh clone elsewhere: the builders
 call `conftest.shared_file`, which skips the calling test.
 """
 from __future__ import annotations

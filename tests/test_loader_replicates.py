@@ -102,8 +102,12 @@ def test_profiles_follow_biological_replicates(runs):
     counts = pd.DataFrame(adata.layers["counts"], index=observed.index, columns=adata.var_names)
     ratio = counts.loc["control|rep2", BATCH_GENES] / counts.loc["control|rep1", BATCH_GENES]
     assert ratio.between(3.2, 4.8).all()  # 4-fold batch effect (Poisson noise of about 1,200 vs 300 counts)
-    for replicate in REPLICATES:  # T3 has no effect: noise only (rep3 has 4-fold fewer counts there, noisier)
-        assert np.abs(profile(adata, "T3", replicate)[batch] - profile(adata, "control", replicate)[batch]).mean() < 0.3
+    # T3 has no effect: noise only. rep3 has 4-fold fewer counts on the batch genes (1.25 per cell), where a
+    # profile, the mean of 30 cells' log1p(cp10k) (0 or about 3.6 and more per cell), has an SD of about 0.3
+    noise = {"rep1": 0.3, "rep2": 0.3, "rep3": 0.6}
+    for replicate in REPLICATES:
+        assert np.abs(profile(adata, "T3", replicate)[batch] - profile(adata, "control", replicate)[batch]).mean() \
+            < noise[replicate]
     assert np.abs(profile(adata, "T3", "rep2")[batch] - profile(adata, "control", "rep1")[batch]).mean() > 1.0
 
 

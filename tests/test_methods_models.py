@@ -224,6 +224,9 @@ def test_ridge_recovers_a_known_linear_network(ridge_hand):
     # the fit is on deltas to control: a condition moving no regulator is the control profile exactly
     np.testing.assert_allclose(X[3], control, atol=1e-5)
     assert "1 test target(s) are not among the genes and 1 have no revealed level" in err
+    # ... and that row alone is recorded as a fallback (uns['fallback_conditions'])
+    from perturbcast.formats import fallback_conditions
+    assert fallback_conditions(out / "plain.h5ad") == [str(prediction.obs_names[3])]
     # an unmeasured target next to a measured one: A is set, Z ignored; one step, so C moves by 2 x A's
     # change (B is not set; its own prediction from A does not feed back into C)
     assert X[2, A] == pytest.approx(2.5, abs=1e-5)

@@ -78,3 +78,71 @@ def test_bad_specs_are_one_line(tmp_path, text, message):
 def test_missing_spec(tmp_path):
     with pytest.raises(SpecError, match="file does not exist"):
         load_spec(tmp_path / "nope.yaml", root=ROOT)
+
+
+# ---------------------------------------------------------------- a spec on the command line (engine_cli)
+
+def selection(tmp_path, spec_text: str | None, *options):
+    """(engine.Selection or None, exit code, stderr) of `perturbcast benchmark [--spec FILE] OPTIONS`."""
+    import contextlib
+    import io
+
+    from perturbcast.cli import build_parser
+    from perturbcast.engine_cli import selection_from_args
+
+    argv = ["benchmark", "--project", str(ROOT), *options]
+    if spec_text is not None:
+        argv += ["--spec", str(write(tmp_path, spec_text))]
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        _, chosen, code = selection_from_args(build_parser().parse_args(argv), "benchmark")
+    return chosen, code, err.getvalue()
+
+
+def test_a_spec_methods_key_gets_the_same_controls_as_the_command_line(tmp_path):
+    from perturbcast import engine
+
+    by_spec, code, err = selection(tmp_path, "methods: [linear_baseline]\n")
+    assert code == 0 and "added the controls that set the scale" in err
+    by_flag, _, _ = selection(tmp_path, None, "--methods", "linear_baseline")
+    assert by_spec.methods == by_flag.methods == ["linear_baseline", *engine.SCALE_CONTROLS]
+    # a control the spec names itself is not added twice
+    both, _, _ = selection(tmp_path, "methods: linear_baseline,train_mean\n")
+    assert both.methods.count("train_mean") == 1 and set(engine.SCALE_CONTROLS) <= set(both.methods)
+    # without a methods key (or option) every method runs: nothing to add
+    neither, _, err = selection(tmp_path, "tasks: [unseen_perturbation]\n")
+    assert neither.methods is None and "added the controls" not in err
+    # the results folder is named after the selection, without the controls the command added
+    from perturbcast.engine_cli import selection_folder
+    assert selection_folder(by_spec, engine.SCALE_CONTROLS, "bench.yaml") == \
+        selection_folder(engine.Selection(methods=["linear_baseline"]), (), "bench.yaml")
+
+
+def test_command_line_options_override_the_spec_keys(tmp_path):
+    spec = "methods: [knn_perturbation]\ntasks: [unseen_combination]\nseeds: [1, 2]\nn_folds: 3\nfolds: [2]\n"
+    from_spec, code, _ = selection(tmp_path, spec)
+    assert code == 0
+    assert (from_spec.seeds, from_spec.n_folds, from_spec.folds, from_spec.tasks) == ([1, 2], 3, [2], ["unseen_combination"])
+    assert from_spec.methods[0] == "knn_perturbation"
+    # --seeds 0 is the default value, and still overrides the spec's seeds (it did not before)
+    chosen, code, _ = selection(tmp_path, spec, "--seeds", "0", "--tasks", "unseen_perturbation",
+                                "--methods", "additive")
+    assert code == 0
+    assert (chosen.seeds, chosen.n_folds, chosen.folds, chosen.tasks) == ([0], 3, [2], ["unseen_perturbation"])
+    assert chosen.methods[0] == "additive" and "knn_perturbation" not in chosen.methods
+    # each option replaces its own key only
+    chosen, _, _ = selection(tmp_path, spec, "--n-folds", "5")
+    assert (chosen.seeds, chosen.n_folds, chosen.folds) == ([1, 2], 5, [2])
+    chosen, _, _ = selection(tmp_path, spec, "--folds", "0", "1")
+    assert (chosen.n_folds, chosen.folds) == (3, [0, 1])
+    # without a spec the defaults stay
+    default, _, _ = selection(tmp_path, None)
+    assert (default.seeds, default.n_folds, default.folds) == ([0], 5, None)
+
+
+def test_an_override_that_leaves_a_fold_out_of_range_is_one_line(tmp_path):
+    chosen, code, err = selection(tmp_path, "n_folds: 5\nfolds: [4]\n", "--n-folds", "3")
+    assert chosen is None and code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("[error] --n-folds is 3 and --folds [4]") \
+        and "override the spec's keys" in lines[0]

@@ -32,6 +32,7 @@ import partitions  # noqa: E402
 import splits  # noqa: E402
 import vocabulary  # noqa: E402
 from realdata import norman19_common  # noqa: E402
+from test_tasks import reference_controls  # noqa: E402
 
 TASK_ID = "unseen_perturbation"
 
@@ -82,13 +83,16 @@ def make_common(perturbations, cell_types=("K562", "RPE1"), genes=None, replicat
                 continue
             for replicate in replicates:
                 n_targets = 0 if perturbation == "control" else len(perturbation.split("+"))
-                records.append({
-                    "perturbation": perturbation, "is_control": perturbation == "control",
-                    "perturbation_type": perturbation_type, "n_targets": n_targets, "cell_type": cell_type,
-                    "condition": "none", "replicate": replicate, "n_cells": int(rng.integers(20, 200)),
-                })
+                for part in ((1, 2) if perturbation == "control" else (0,)):  # control parts, as loaders cut them
+                    records.append({
+                        "perturbation": perturbation, "is_control": perturbation == "control",
+                        "perturbation_type": perturbation_type, "n_targets": n_targets, "cell_type": cell_type,
+                        "condition": "none", "replicate": replicate, "n_cells": int(rng.integers(20, 200)),
+                        "control_part": part,
+                    })
     obs = pd.DataFrame(records)
-    obs.index = [f"{r.perturbation}|{r.cell_type}|{r.condition}|{r.replicate}" for r in obs.itertuples()]
+    obs.index = [f"{r.perturbation}|{r.cell_type}|{r.condition}|{r.replicate}" + (f"|p{r.control_part}" if r.control_part
+                 else "") for r in obs.itertuples()]
     X = rng.gamma(2.0, 0.5, size=(len(obs), len(genes))).astype(np.float32)
     X[rng.random(X.shape) < 0.3] = 0
     counts = np.round(np.expm1(X) * 10).astype(np.float32)
@@ -163,9 +167,10 @@ def check_split_properties(common, out):
         assert held.isdisjoint(targets)
     for targets in targets_of(test.obs):
         assert not held.isdisjoint(targets)
-    # controls all in train, none in test
+    # controls in train except the reference part (replicate half 2 of each context), none in test
     controls = common.obs_names[common.obs["is_control"].to_numpy()]
-    assert set(controls) <= set(train.obs_names)
+    reference = reference_controls(common.obs)
+    assert set(controls) - reference == set(controls) & set(train.obs_names)
     assert "control" not in set(test.obs["perturbation"])
     # every common row is in train, a replicate of a test condition, or excluded: a perturbation touching a
     # held-out gene whose first target (in the partition's seeded gene order) belongs to another fold
@@ -177,7 +182,7 @@ def check_split_properties(common, out):
         targets = () if row["perturbation"] == "control" else tuple(row["perturbation"].split("+"))
         owner = fold_of[min(targets, key=position.__getitem__)] if targets else -1
         excluded = bool(held & set(targets)) and owner != solution.uns["fold"]
-        assert (name in train.obs_names) + (key in test_keys) + excluded == 1, name
+        assert (name in train.obs_names) + (key in test_keys) + excluded + (name in reference) == 1, name
         assert (key in test_keys) == (bool(held & set(targets)) and owner == solution.uns["fold"])
     # train = common rows unchanged; same genes in the same order everywhere
     assert list(train.var_names) == list(common.var_names)
@@ -212,7 +217,10 @@ def check_split_properties(common, out):
         assert row.n_cells == int(common.obs["n_cells"][mask].sum())
         control_mask = (common.obs["is_control"] & (common.obs["cell_type"] == row.cell_type)
                         & (common.obs["condition"] == row.condition)).to_numpy()
-        np.testing.assert_allclose(solution.layers["control"][k], row_mean(common, np.flatnonzero(control_mask)),
+        held_controls = control_mask & common.obs_names.isin(reference_controls(common.obs))
+        np.testing.assert_allclose(solution.layers["control"][k],
+                                   row_mean(common, np.flatnonzero(control_mask & ~held_controls)), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(solution.layers["control_reference"][k], row_mean(common, np.flatnonzero(held_controls)),
                                    rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(solution.X, (solution.layers["replicate_1"] + solution.layers["replicate_2"]) / 2,
                                rtol=1e-5, atol=1e-6)
@@ -329,9 +337,12 @@ def test_strata_on_a_hand_made_case(tmp_path):
     k = list(solution.obs_names).index("A+B|K562|none")
     assert float(test.obs.loc["A+B|K562|none", "target_expression"].split("+")[0]) == pytest.approx(
         float(solution.X[k, genes.index("A")]), rel=1e-5)
-    # control layer = mean of the two training control profiles of K562 x none
-    control_rows = np.flatnonzero(common.obs["is_control"].to_numpy())
-    np.testing.assert_allclose(solution.layers["control"][k], row_mean(common, control_rows), rtol=1e-5)
+    # control layer = part 1 of K562 x none's controls (both replicates); the reference = part 2
+    is_control = common.obs["is_control"].to_numpy()
+    for layer, part in (("control", 1), ("control_reference", 2)):
+        rows = np.flatnonzero(is_control & (common.obs["control_part"] == part).to_numpy())
+        assert len(rows) == 2 and set(common.obs["replicate"].iloc[rows]) == {"r1", "r2"}
+        np.testing.assert_allclose(solution.layers[layer][k], row_mean(common, rows), rtol=1e-5)
 
 
 def test_a_combination_across_two_parts_is_tested_once_and_excluded_elsewhere():

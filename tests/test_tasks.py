@@ -49,27 +49,32 @@ UNS = {"dataset_id": "synthetic", "dataset_name": "Synthetic", "dataset_summary"
 
 
 def make_common(perturbations: dict, contexts, n_replicates=2, genes=None, seed=0, sparse=False,
-                perturbation_type="knockdown", controls_in=None):
+                perturbation_type="knockdown", controls_in=None, control_parts=True):
     """Common dataset: `perturbations` maps a perturbation string to the contexts (cell_type, condition)
-    where it is measured; controls are measured in every context of `controls_in` (default all)."""
+    where it is measured; controls are measured in every context of `controls_in` (default all), each
+    control replicate in two parts (obs['control_part'] 1 and 2, as the loaders write them) unless
+    `control_parts` is False (a file made without them)."""
     rng = np.random.default_rng(seed)
     contexts = [tuple(c) for c in contexts]
     all_targets = sorted({g for p in perturbations for g in p.split("+")})
     genes = list(genes) if genes is not None else all_targets + [f"F{i}" for i in range(4)]
     records = []
     for context in contexts if controls_in is None else controls_in:
-        records += [("control", *context, r) for r in range(n_replicates)]
+        records += [("control", *context, r, part) for r in range(n_replicates)
+                    for part in ((1, 2) if control_parts else (0,))]
     for perturbation in sorted(perturbations):
         for context in sorted(perturbations[perturbation]):
-            records += [(perturbation, *context, r) for r in range(n_replicates)]
-    obs = pd.DataFrame(records, columns=["perturbation", "cell_type", "condition", "replicate"])
+            records += [(perturbation, *context, r, 0) for r in range(n_replicates)]
+    obs = pd.DataFrame(records, columns=["perturbation", "cell_type", "condition", "replicate", "control_part"])
     obs["replicate"] = [f"r{r + 1}" for r in obs["replicate"]]
     obs["is_control"] = obs["perturbation"] == "control"
     obs["perturbation_type"] = perturbation_type
     obs["n_targets"] = np.array([0 if p == "control" else len(p.split("+")) for p in obs["perturbation"]],
                                 dtype=np.int64)
     obs["n_cells"] = rng.integers(10, 200, size=len(obs)).astype(np.int64)
-    obs.index = [f"{r.perturbation}|{r.cell_type}|{r.condition}|{r.replicate}" for r in obs.itertuples()]
+    obs["control_part"] = obs["control_part"].astype(np.int64)
+    obs.index = [f"{r.perturbation}|{r.cell_type}|{r.condition}|{r.replicate}" + (f"|p{r.control_part}" if r.control_part
+                 else "") for r in obs.itertuples()]
     X = rng.gamma(2.0, 0.5, size=(len(obs), len(genes))).astype(np.float32)
     X[rng.random(X.shape) < 0.2] = 0
     var = pd.DataFrame(index=pd.Index(genes, dtype=object))
@@ -140,20 +145,36 @@ def label_halves(labels) -> dict:
     return {label: 1 + i % 2 for i, label in enumerate(sorted(set(labels), key=key))}
 
 
+def reference_controls(obs) -> set:
+    """The documented control parts, restated: in a context whose control profiles come in both parts
+    (obs['control_part'] 1 and 2), those of part 2 are the reference (held out of train, subtracted from
+    observed deltas); a context without both parts uses all its controls on both sides."""
+    if "control_part" not in obs.columns:
+        return set()
+    held = set()
+    controls = obs[obs["is_control"].to_numpy()]
+    for _, frame in controls.groupby(["cell_type", "condition"], observed=True):
+        parts = set(frame["control_part"].astype(int))
+        if {1, 2} <= parts:
+            held |= set(frame.index[(frame["control_part"] == 2).to_numpy()])
+    return held
+
+
 def check_common_properties(common, train, test, solution, task_id, seed, excluded=(), n_folds=5, fold=0):
     """What every split must satisfy; `excluded`: common obs_names in neither training nor test."""
     obs = common.obs
     key = lambda frame: list(zip(frame["perturbation"].astype(str), frame["cell_type"].astype(str),  # noqa: E731
                                  frame["condition"].astype(str)))
     test_keys = set(key(test.obs))
-    excluded = set(excluded)
-    # partition of the common rows: training (unchanged), test conditions, excluded
+    reference = reference_controls(obs)
+    excluded = set(excluded) - reference
+    # partition of the common rows: training (unchanged), test conditions, excluded, reference controls
     for name, k in zip(obs.index, key(obs)):
-        assert (name in train.obs_names) + (k in test_keys) + (name in excluded) == 1, name
+        assert (name in train.obs_names) + (k in test_keys) + (name in excluded) + (name in reference) == 1, name
     rows = common.obs_names.get_indexer(train.obs_names)
     assert (rows >= 0).all()
     np.testing.assert_array_equal(dense(train.X), dense(common.X[rows]))
-    assert set(obs.index[obs["is_control"].to_numpy()]) <= set(train.obs_names)
+    assert set(obs.index[obs["is_control"].to_numpy()]) - reference <= set(train.obs_names)
     assert "control" not in set(test.obs["perturbation"])
     # gene statistics over training rows only
     np.testing.assert_allclose(train.var["mean_expression"].to_numpy(), dense(train.X).astype(np.float64).mean(0),
@@ -184,7 +205,11 @@ def check_common_properties(common, train, test, solution, task_id, seed, exclud
         np.testing.assert_allclose(solution.X[k], X[mask].mean(0), rtol=1e-5, atol=1e-6)
         controls = (obs["is_control"] & (obs["cell_type"] == row.cell_type)
                     & (obs["condition"] == row.condition)).to_numpy()
-        np.testing.assert_allclose(solution.layers["control"][k], X[controls].mean(0), rtol=1e-5, atol=1e-6)
+        held = controls & obs.index.isin(reference)
+        training = controls & ~held
+        np.testing.assert_allclose(solution.layers["control"][k], X[training].mean(0), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(solution.layers["control_reference"][k], X[held if held.any() else training].mean(0),
+                                   rtol=1e-5, atol=1e-6)
         by_label = len(set(row_half[mask])) == 2
         for half in (1, 2):
             if by_label:

@@ -64,7 +64,7 @@ def test_cell_level_file_runs_through_the_loader_and_every_task(screen_file, tmp
     assert run_component(LOADER, loader_argv(arguments, dataset)).exit_code == 0
     common = ad.read_h5ad(dataset)
     assert common.uns["dataset_id"] == "my_screen"
-    assert common.uns["normalization_id"] == "log_cp10k"  # integer X is read as raw counts
+    assert common.uns["normalization_id"] == "log_cp10k_cell_mean"  # integer X is read as raw counts, the default
     assert set(common.obs["cell_type"]) == {"unspecified"}
     assert set(common.obs["perturbation_type"]) == {"knockdown"}  # CRISPRi, from the file's column
     assert common.obs["is_control"].sum() == 2  # the two random halves of the non-targeting cells

@@ -9,7 +9,7 @@ Included as a viash resource; needs numpy, pandas, scipy and anndata, and compon
     profiles = TrainingProfiles(train)            # one row per training perturbation x context x type
     rows = profiles.rows_in(context)              # that context's conditions (may be empty)
     control = profiles.control_of(context)        # its mean control profile
-    io.write("output", prediction(train, test, X, method_id))
+    io.write("output", prediction(train, test, X, method_id, fell_back))  # fell_back: one bool per test row
 
 A *context* is a (cell_type, condition) pair. A *condition* is a perturbation x context x
 perturbation_type; its profile is the mean over its replicate profiles (replicates averaged first, so a
@@ -169,8 +169,26 @@ def test_targets(test) -> list[tuple[str, ...]]:
 # Output
 # --------------------------------------------------------------------------------------------------
 
-def prediction(train, test, X, method_id: str):
-    """The prediction AnnData: test rows (same order), training genes (same order), ids in uns."""
+# uns key of the test conditions a method predicted with its training-mean fallback (src/api/file_prediction.yaml)
+FALLBACK_CONDITIONS = "fallback_conditions"
+
+
+def fallback_conditions(test, fell_back) -> np.ndarray:
+    """The test obs names (condition ids) where `fell_back` (one bool per test row) is True, in row order, as a
+    string array: h5ad writes it as a string array even when empty, so it reads back as a list of names."""
+    fell_back = np.asarray(fell_back, dtype=bool)
+    if fell_back.shape != (test.n_obs,):
+        raise ValueError(f"fell_back has shape {fell_back.shape}, expected one value per test row ({test.n_obs})")
+    return np.asarray([str(name) for name in test.obs_names[fell_back]], dtype=object)
+
+
+def prediction(train, test, X, method_id: str, fell_back=None):
+    """The prediction AnnData: test rows (same order), training genes (same order), ids in uns.
+
+    `fell_back` (methods: one bool per test row, required of every method, all False when it never falls
+    back): the rows the method could not predict from their perturbation and gave its training-mean fallback;
+    their names go to `uns['fallback_conditions']` so that scoring can tell a fallback from a prediction.
+    Controls leave it None (no such slot: they are what they are)."""
     import anndata as ad
 
     X = np.asarray(X, dtype=np.float64)
@@ -181,6 +199,8 @@ def prediction(train, test, X, method_id: str):
     uns = {"dataset_id": str(test.uns.get("dataset_id", train.uns.get("dataset_id", "unknown"))),
            "task_id": str(test.uns.get("task_id", train.uns.get("task_id", "unknown"))),
            "method_id": str(method_id)}
+    if fell_back is not None:
+        uns[FALLBACK_CONDITIONS] = fallback_conditions(test, fell_back)
     return ad.AnnData(X=X.astype(np.float32), obs=obs, var=var, uns=uns)
 
 

@@ -189,7 +189,7 @@ def _csr_row_blocks(indptr: np.ndarray, rows: np.ndarray):
 
 def _source_blocks(handle, path, layer, rows: np.ndarray):
     """CSR blocks (all genes) of the source rows `rows` (sorted), in order."""
-    from pseudobulk import matrix_layout
+    from matrix_stream import matrix_layout
 
     kind, (n_cells, n_genes), node = matrix_layout(handle, path, layer)
     if kind == "csr":
@@ -239,7 +239,7 @@ def write_source_cells(path, output, *, codes, profiles: pd.DataFrame, keep: np.
     order; keep: boolean per source gene (the common dataset's genes); var: the cells file's var (index =
     the common dataset's var_names); values: 'counts' or 'log' as in `pseudobulk`.
     """
-    from pseudobulk import _open
+    from matrix_stream import _open
 
     codes = np.asarray(codes, dtype=np.int64)
     rows = select_cells(codes, profiles, max_cells, max_control, seed)
@@ -407,25 +407,29 @@ class CellRecorder:
     The simulator adds each cell's counts into its profile as soon as they are sampled. Rather than threading
     cells through its code, the recorder wraps two of its module functions (in `namespace`, the script's
     globals): `condition_function` (one call per condition, in profile order) and `sampler` (returns the
-    counts of a block of cells; the caller's local `half` says which replicate profile they go to). `write`
+    counts of a block of cells; the caller's local `half` says which of the condition's profiles they go to). `write`
     then checks that the recorded cells add up exactly to the profiles' counts, so a change of the
     simulator that breaks this bookkeeping stops with an error instead of writing wrong cells.
     """
 
-    def __init__(self, namespace: dict, condition_function: str, sampler: str, n_replicates: int = 2):
+    def __init__(self, namespace: dict, condition_function: str, sampler: str):
         import sys
 
-        self.blocks, self.condition, self.n_replicates = [], -1, n_replicates
+        # `offset`: the first profile of the condition being simulated; a condition returns its profiles' sums
+        # first, so the next condition starts after them (controls have more profiles than perturbations)
+        self.blocks, self.offset, self.next_offset = [], 0, 0
         original_condition, original_sampler = namespace[condition_function], namespace[sampler]
 
         def condition_wrapper(*args, **kwargs):
-            self.condition += 1
-            return original_condition(*args, **kwargs)
+            self.offset = self.next_offset
+            result = original_condition(*args, **kwargs)
+            self.next_offset += len(result[0])
+            return result
 
         def sampler_wrapper(*args, **kwargs):
             counts = original_sampler(*args, **kwargs)
             half = sys._getframe(1).f_locals.get("half")
-            self.blocks.append((self.condition * n_replicates + (-10 ** 9 if half is None else int(half)),
+            self.blocks.append((self.offset + (-10 ** 9 if half is None else int(half)),
                                 sp.csr_matrix(counts, dtype=np.float64)))
             return counts
 

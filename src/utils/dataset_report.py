@@ -28,7 +28,13 @@ PEREGGRN) and how it was made:
   the mean split-half correlation per context, then the mean over contexts;
 - `median_pairwise_delta_correlation`: the median Pearson correlation between the deltas (replicate mean
   minus control mean) of every pair of perturbations in the same context. High: perturbations look alike,
-  so the mean of the training perturbations already predicts a held-out one well.
+  so the mean of the training perturbations already predicts a held-out one well;
+- control noise (where the controls come in two parts, obs `control_part`, as the tasks use them): the same
+  median with the two deltas of a pair taken against the two disjoint parts
+  (`median_pairwise_delta_correlation_independent_controls`; what the shared control added to the first is
+  its noise), and `control_noise_share`, the median over perturbation conditions of the share of an observed
+  delta's sum of squares (condition mean minus the reference part) that is the reference part's own noise,
+  estimated as half the squared difference of the two parts.
 Values are plain Python scalars, small dicts and lists, so the report is written to h5ad as it is.
 """
 from __future__ import annotations
@@ -65,6 +71,16 @@ def _row_correlations(deltas: np.ndarray) -> np.ndarray:
         return np.empty(0)
     correlation = centred @ centred.T
     return correlation[np.triu_indices(len(centred), k=1)]
+
+
+def _cross_correlations(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """Pearson correlations of row i of `first` with row j of `second` for every pair i < j."""
+    def unit(rows):
+        centred = rows - rows.mean(axis=1, keepdims=True)
+        norms = np.sqrt((centred * centred).sum(axis=1, keepdims=True))
+        return np.divide(centred, norms, out=np.zeros_like(centred), where=norms > 0)
+    correlation = unit(first) @ unit(second).T
+    return correlation[np.triu_indices(len(first), k=1)]
 
 
 def _finite_mean(values) -> float:
@@ -114,7 +130,9 @@ def dataset_report(adata, *, seed: int = 0, max_pairwise: int = MAX_PAIRWISE, lo
     perturbed = obs.loc[~is_control, ["perturbation", "perturbation_type", "n_targets"]].drop_duplicates("perturbation")
     rng = np.random.default_rng(seed)
 
+    part = obs["control_part"].to_numpy(dtype=np.int64) if "control_part" in obs.columns else np.zeros(len(obs), np.int64)
     reproducibility, pairwise, pooled, split_half = {}, {}, [], []
+    independent, noise_shares = [], []
     for (cell_type, condition), rows in obs.groupby(["cell_type", "condition"], observed=True, sort=True).indices.items():
         rows = np.asarray(rows)
         controls = rows[is_control[rows]]
@@ -140,6 +158,18 @@ def dataset_report(adata, *, seed: int = 0, max_pairwise: int = MAX_PAIRWISE, lo
         key = _key(cell_type, condition)
         reproducibility[key] = _finite_mean(correlations)
         split_half += correlations
+        parts = [controls[part[controls] == k] for k in (1, 2)]
+        if len(means) and all(len(p) for p in parts):
+            first_part, second_part = (X[p].mean(axis=0) for p in parts)
+            profiles = np.vstack(means) + control_mean  # condition means
+            against = profiles - second_part
+            noise = 0.5 * float(((first_part - second_part) ** 2).sum())
+            sizes = (against ** 2).sum(axis=1)
+            noise_shares += [noise / size for size in sizes if size > 0]
+            if len(profiles) >= 2:
+                chosen = np.arange(len(profiles)) if len(profiles) <= max_pairwise else \
+                    np.sort(rng.choice(len(profiles), max_pairwise, replace=False))
+                independent.append(_cross_correlations(profiles[chosen] - first_part, profiles[chosen] - second_part))
         if len(means) >= 2:
             deltas = np.vstack(means)
             if len(deltas) > max_pairwise:
@@ -148,6 +178,7 @@ def dataset_report(adata, *, seed: int = 0, max_pairwise: int = MAX_PAIRWISE, lo
             pairwise[key] = float(np.median(values)) if len(values) else float("nan")
             pooled.append(values)
     pooled = np.concatenate(pooled) if pooled else np.empty(0)
+    independent = np.concatenate(independent) if independent else np.empty(0)
     split_half = np.asarray([v for v in split_half if np.isfinite(v)], dtype=np.float64)
 
     conditions = obs.groupby(["perturbation", "cell_type", "condition"], observed=True, sort=True)
@@ -187,6 +218,9 @@ def dataset_report(adata, *, seed: int = 0, max_pairwise: int = MAX_PAIRWISE, lo
         "replicate_reproducibility_per_context": reproducibility,
         "median_pairwise_delta_correlation": float(np.median(pooled)) if len(pooled) else float("nan"),
         "median_pairwise_delta_correlation_per_context": pairwise,
+        "median_pairwise_delta_correlation_independent_controls":
+            float(np.median(independent)) if len(independent) else float("nan"),
+        "control_noise_share": float(np.median(noise_shares)) if noise_shares else float("nan"),
     }
     if log is not None:
         for line in format_report(report, uns.get("dataset_id", "dataset")):
@@ -219,5 +253,10 @@ def format_report(report: dict, dataset_id: str) -> list[str]:
         f"{report['n_reproducible_effect']} of {report['n_perturbation_conditions_assessed']} perturbation conditions "
         f"({report['share_reproducible_effect']:.2f}); median split-half Pearson {report['split_half_correlation_median']:.3f}",
         f"  replicate reproducibility (mean split-half Pearson per context): {report['replicate_reproducibility']:.3f}",
-        f"  median pairwise Pearson of perturbation deltas: {report['median_pairwise_delta_correlation']:.3f}",
+        f"  median pairwise Pearson of perturbation deltas: {report['median_pairwise_delta_correlation']:.3f}"
+        + (f" (against disjoint control parts: {report['median_pairwise_delta_correlation_independent_controls']:.3f})"
+           if np.isfinite(report.get("median_pairwise_delta_correlation_independent_controls", np.nan)) else ""),
+        "  control noise share of an observed delta (median over perturbation conditions): "
+        + (f"{report['control_noise_share']:.3f}" if np.isfinite(report.get("control_noise_share", np.nan))
+           else "not measured (the controls have no two parts)"),
     ]

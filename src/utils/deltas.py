@@ -2,8 +2,8 @@
 
 Included as a viash resource by metric components; needs only numpy (and scipy for sparse input).
 
-    control = as_dense(solution.layers["control"])
-    observed = as_dense(solution.X) - control
+    control = as_dense(solution.layers["control"])                 # training controls: what methods saw
+    observed = as_dense(solution.X) - as_dense(solution.layers["control_reference"])  # controls no method saw
     predicted = as_dense(prediction.X) - control
     keep = ~target_mask(solution.obs["perturbation"], solution.var_names)   # True = gene is scored
     errors = masked_errors(predicted, observed, keep)                       # mse / mae / rmse per row
@@ -19,6 +19,9 @@ import numpy as np
 
 import vocabulary
 from vocabulary import CONTROL  # noqa: F401 (deltas.CONTROL: also the name of the layer of control means)
+
+# The solution layer of control means that observed deltas subtract: control cells no method saw.
+CONTROL_REFERENCE = "control_reference"
 
 
 def as_dense(matrix) -> np.ndarray:

@@ -25,7 +25,10 @@ validated inputs and the quantities that depend only on the solution are kept fo
 long as the files are unchanged (same path, size and modification time); `forget_inputs()` drops them.
 
 Conventions shared by all metric components (each config's description repeats what applies to it):
-- delta = profile minus the solution's `control` layer (same control for prediction and observation);
+- delta = profile minus a control profile of the row's context: a predicted delta subtracts the solution's
+  `control` layer (the training controls, which methods see), an observed delta its `control_reference`
+  layer (control cells no method saw), so that the two never share a control estimate's sampling noise
+  (a solution without `control_reference` uses `control` for both);
 - a *context* is a cell_type x condition; comparisons between conditions stay inside a context and use
   the genes that are a target of none of the context's test conditions (`context_genes`);
 - "constant" means a spread at or below the row's storage resolution, `resolution` = 4 float32 epsilons
@@ -64,12 +67,13 @@ SPLIT_LABELS = ("split_seed", "fold", "n_folds")
 class Observed:
     """The solution side, identical for every draw and every prediction scored against the solution."""
     solution: object
-    control: np.ndarray      # rows x genes, the solution's control layer
+    control: np.ndarray      # rows x genes, the solution's control layer (training controls)
+    reference: np.ndarray    # rows x genes, the control the observation is compared with (control_reference)
     truth: np.ndarray        # rows x genes, observed profile (solution X)
-    observed: np.ndarray     # truth - control
+    observed: np.ndarray     # truth - reference
     keep: np.ndarray         # True = gene scored for the row (not one of its targets)
     contexts: np.ndarray     # per row, integer code of its cell_type x condition
-    scale: np.ndarray        # per row, largest |value| of truth and control
+    scale: np.ndarray        # per row, largest |value| of truth and both controls
     shared: dict = field(default_factory=dict)  # quantities of the observation only, computed on demand
 
 
@@ -96,7 +100,7 @@ class Inputs:
         guess = deltas.as_dense(self.matrices[k])
         resolution = storage_resolution(guess, scale=o.scale)
         return MetricData(io=self.io, par=self.par, solution=o.solution, prediction=self.prediction,
-                          control=o.control, truth=o.truth, guess=guess, observed=o.observed,
+                          control=o.control, reference=o.reference, truth=o.truth, guess=guess, observed=o.observed,
                           predicted=guess - o.control, keep=o.keep, resolution=resolution, contexts=o.contexts,
                           draw=k, n_draws=self.n_draws, inputs=self, cache={})
 
@@ -108,10 +112,11 @@ class MetricData:
     par: dict
     solution: object
     prediction: object
-    control: np.ndarray      # rows x genes, the solution's control layer
+    control: np.ndarray      # rows x genes, the solution's control layer (training controls)
+    reference: np.ndarray    # rows x genes, the observation's control (control_reference)
     truth: np.ndarray        # rows x genes, observed profile (solution X)
     guess: np.ndarray        # rows x genes, predicted profile (this draw)
-    observed: np.ndarray     # truth - control
+    observed: np.ndarray     # truth - reference
     predicted: np.ndarray    # guess - control
     keep: np.ndarray         # True = gene scored for the row (not one of its targets)
     resolution: np.ndarray   # per row, the storage resolution (see module docstring)
@@ -217,18 +222,20 @@ def _read_observed(io, par) -> Observed:
     _MEMO.pop("prediction", None)
     solution = io.read("input_solution")
     control = deltas.as_dense(solution.layers[deltas.CONTROL])
+    reference = (deltas.as_dense(solution.layers[deltas.CONTROL_REFERENCE])
+                 if deltas.CONTROL_REFERENCE in solution.layers else control)
     truth = deltas.as_dense(solution.X)
     keep = ~deltas.target_mask(solution.obs["perturbation"], solution.var_names)
     empty = np.flatnonzero(keep.sum(axis=1) == 0)
     if len(empty):
         fail(f"--input_solution file '{par['input_solution']}': row {solution.obs_names[empty[0]]!r} has no gene "
              "left once its target genes are excluded")
-    observed = truth - control
-    for array in (control, truth, observed, keep):
+    observed = truth - reference
+    for array in (control, reference, truth, observed, keep):
         array.flags.writeable = False  # kept for the next metric: no script may change them
-    result = Observed(solution=solution, control=control, truth=truth, observed=observed, keep=keep,
-                      contexts=context_codes(solution.obs),
-                      scale=np.maximum(_row_abs_max(truth), _row_abs_max(control)))
+    result = Observed(solution=solution, control=control, reference=reference, truth=truth, observed=observed,
+                      keep=keep, contexts=context_codes(solution.obs),
+                      scale=np.maximum(np.maximum(_row_abs_max(truth), _row_abs_max(control)), _row_abs_max(reference)))
     _MEMO["solution"] = (key, result)
     return result
 

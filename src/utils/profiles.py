@@ -13,6 +13,13 @@ Minimum: every kept profile has at least `min_cells` cells (`--min_cells_per_hal
 replicate label (a replicate half is one or more whole labels, so it has at least as many). A replicate
 profile below the minimum is left out; a condition left with fewer than two profiles is left out whole,
 with a logged reason, and counted in `profiles.attrs['left_out']`.
+
+Control parts. Every control replicate profile is cut once more, at random (seeded), into two profiles of
+half its cells, `control_part` 1 and 2 (0 for perturbation profiles): a task trains methods on part 1 of
+every replicate and takes observed deltas against part 2, so the two sides of a comparison never share a
+control estimate's sampling noise while both hold every replicate's batch alike. A control replicate
+profile of fewer than 2 * min_cells cells stays whole (`control_part` 0; the task then uses the context's
+controls for both sides and counts it).
 """
 from __future__ import annotations
 
@@ -250,7 +257,40 @@ def assign_profiles(cells: pd.DataFrame, *, seed: int, min_cells: int, log=print
     profiles.index = profiles[["perturbation", "cell_type", "condition", "replicate"]].agg(ID_SEPARATOR.join, axis=1).to_numpy()
     profiles = profiles[["perturbation", "is_control", "perturbation_type", "n_targets", "cell_type", "condition",
                          "replicate", "n_cells"]]
+    codes, profiles = split_control_parts(codes, profiles, seed, minimum)
     profiles.attrs["left_out"] = left_out
     profiles.attrs["replicate_kind"] = BIOLOGICAL if biological else RANDOM_HALF
     profiles.attrs["min_cells_per_half"] = minimum
     return codes, profiles
+
+
+def split_control_parts(codes: np.ndarray, profiles: pd.DataFrame, seed: int, minimum: int):
+    """Cut each control profile with at least 2 * `minimum` cells into two profiles of random halves of its
+    cells (`control_part` 1 and 2, the larger first on odd counts); see the module docstring. Returns the
+    cells' new profile codes and the new profiles (controls' parts next to each other, names `...|p1`)."""
+    n_cells = profiles["n_cells"].to_numpy()
+    cut = profiles["is_control"].to_numpy() & (n_cells >= 2 * minimum)
+    width = np.where(cut, 2, 1)
+    first = np.concatenate([[0], np.cumsum(width)[:-1]])  # new index of each old profile's (first) part
+    assigned = np.flatnonzero(codes >= 0)
+    old = codes[assigned]
+    new_codes = codes.copy()
+    new_codes[assigned] = first[old]
+    in_cut = assigned[cut[old]]
+    if len(in_cut):
+        rng = np.random.default_rng([int(seed), 1])  # its own stream: the replicate halves stay as they were
+        group = codes[in_cut]
+        order = np.lexsort((rng.random(len(in_cut)), group))
+        sizes = np.bincount(group, minlength=len(profiles))
+        starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+        rank = np.empty(len(in_cut), dtype=np.int64)
+        rank[order] = np.arange(len(in_cut)) - starts[group[order]]
+        new_codes[in_cut] += (rank >= (sizes[group] + 1) // 2).astype(np.int64)
+    rows = np.repeat(np.arange(len(profiles)), width)
+    parts = profiles.iloc[rows].copy()
+    part = np.zeros(len(parts), dtype=np.int64)
+    part[first[cut]], part[first[cut] + 1] = 1, 2
+    parts["control_part"] = part
+    parts["n_cells"] = np.bincount(new_codes[new_codes >= 0], minlength=len(parts)).astype(np.int64)
+    parts.index = [name + (f"{ID_SEPARATOR}p{k}" if k else "") for name, k in zip(profiles.index[rows], part)]
+    return new_codes, parts

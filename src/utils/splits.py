@@ -29,11 +29,17 @@ import scipy.sparse as sp
 import vocabulary
 from vocabulary import CONTROL, TARGET_SEPARATOR
 ID_SEPARATOR = "|"
+# obs column of the common dataset that cuts each context's control profiles into a training part (1) and a
+# reference part (2) that only scoring sees; 0 for perturbation profiles.
+CONTROL_PART = "control_part"
 # obs columns of the common dataset that every task reads (checked on input even without a config).
 REQUIRED_OBS = ("perturbation", "is_control", "perturbation_type", "n_targets", "cell_type", "condition",
                 "replicate", "n_cells")
 # uns entries copied from the common dataset into every task output.
 COPIED_UNS = ("normalization_id", "source_sha256", "replicate_kind")
+# dataset_* entries NOT copied: the loaders' QC card is computed over every condition, the held-out ones
+# included, so a method reading it would see test rows (the report reads it from the dataset file itself)
+WITHHELD_UNS = ("dataset_report",)
 REQUIRED_UNS = ("dataset_id", "normalization_id")
 
 
@@ -125,13 +131,13 @@ def condition_id(perturbation: str, cell_type: str, condition: str) -> str:
 
 
 def output_uns(common, task_id: str, seed: int, n_folds: int | None = None, fold: int | None = None) -> dict:
-    """uns of every task output: dataset_* fields, normalization_id, source_sha256, task_id, split_seed and,
-    for a fold of a partition, n_folds and fold."""
+    """uns of every task output: dataset_* fields but dataset_report, normalization_id, source_sha256, task_id,
+    split_seed and, for a fold of a partition, n_folds and fold."""
     missing = [key for key in REQUIRED_UNS if key not in common.uns]
     if missing:
         raise SplitInputError(f"uns['{missing[0]}'] is missing (expected string)")
     uns = {key: common.uns[key] for key in sorted(common.uns.keys())
-           if key.startswith("dataset_") or key in COPIED_UNS}
+           if (key.startswith("dataset_") and key not in WITHHELD_UNS) or key in COPIED_UNS}
     uns["task_id"] = str(task_id)
     uns["split_seed"] = int(seed)
     if n_folds is not None:
@@ -208,6 +214,34 @@ def _format_level(value) -> str:
     return "nan" if not np.isfinite(value) else f"{float(value):.6g}"
 
 
+def control_parts(obs: pd.DataFrame, eligible: np.ndarray):
+    """Each context's control profiles (rows where `eligible`) cut into a training part and a disjoint
+    reference part by the common dataset's obs['control_part'] (1 = training, 2 = reference): the loaders
+    cut every control replicate profile's cells into two random parts, so both parts hold every replicate
+    and their batch effects alike. Cutting by replicate instead would put one replicate's batch into the
+    training control and another's into the reference, and every observed delta would then carry their
+    difference with the opposite sign of every predicted delta. A context without both parts (a file made
+    without obs['control_part']) uses all its controls for both: its deltas share the control's noise, as
+    they did before parts existed (counted, third value). Returns ({context: training rows}, {context:
+    reference rows}, n_shared)."""
+    part = (obs["control_part"].to_numpy(dtype=np.int64) if CONTROL_PART in obs.columns
+            else np.zeros(len(obs), dtype=np.int64))
+    cell_type, condition = obs["cell_type"].astype(str).to_numpy(), obs["condition"].astype(str).to_numpy()
+    by_context: dict[tuple[str, str], list[int]] = {}
+    for r in np.flatnonzero(eligible):
+        by_context.setdefault((cell_type[r], condition[r]), []).append(int(r))
+    training, reference, n_shared = {}, {}, 0
+    for context in sorted(by_context):
+        rows = np.array(by_context[context], dtype=np.int64)
+        if (part[rows] == 1).any() and (part[rows] == 2).any():
+            training[context] = [int(r) for r in rows[part[rows] != 2]]
+            reference[context] = [int(r) for r in rows[part[rows] == 2]]
+        else:
+            training[context] = reference[context] = [int(r) for r in rows]
+            n_shared += 1
+    return training, reference, n_shared
+
+
 def build_split(common, is_test, stratum, task_id: str, seed: int, extra_solution_uns: dict | None = None,
                 exclude=None, n_folds: int | None = None, fold: int | None = None, extra_uns: dict | None = None,
                 assignment: dict | None = None):
@@ -279,13 +313,17 @@ def build_split(common, is_test, stratum, task_id: str, seed: int, extra_solutio
     counts = pd.Series(ids).value_counts()
     ids = [i + ID_SEPARATOR + c["perturbation_type"] if counts[i] > 1 else i for i, c in zip(ids, conditions)]
 
-    # control profiles per context (all, and per replicate half), from training controls
+    # Control profiles per context, cut into a training part (what methods see: predicted deltas subtract its
+    # mean) and a disjoint reference part that only scoring sees (observed deltas subtract its mean), so the two
+    # sides of a comparison never share a control estimate's sampling noise (control_parts).
     replicates = columns["replicate"]
     half_of = replicate_half_of_labels(replicates)
     row_half = np.array([half_of[label] for label in replicates], dtype=np.int64)
-    context_rows: dict[tuple[str, str], list[int]] = {}
-    for r in np.flatnonzero(is_control & is_train):
-        context_rows.setdefault((columns["cell_type"][r], columns["condition"][r]), []).append(int(r))
+    context_rows, reference_rows, n_shared = control_parts(obs, is_control & is_train)
+    held_for_scoring = sorted({r for c in reference_rows for r in reference_rows[c]}
+                              - {r for c in context_rows for r in context_rows[c]})
+    is_train = is_train.copy()
+    is_train[np.array(held_for_scoring, dtype=np.int64)] = False
     lacking = [i for i, c in zip(ids, conditions) if (c["cell_type"], c["condition"]) not in context_rows]
     if lacking:
         c = conditions[ids.index(lacking[0])]
@@ -324,15 +362,22 @@ def build_split(common, is_test, stratum, task_id: str, seed: int, extra_solutio
     context_index = {context: k for k, context in enumerate(context_list)}
     per_context = _group_mean(X, [np.array(context_rows[context]) for context in context_list])
     control = per_context[[context_index[context] for context in context_of]]
-    layers = {"replicate_1": replicate_1, "replicate_2": replicate_2, "control": control}
+    reference = _group_mean(X, [np.array(reference_rows[context]) for context in context_list])
+    layers = {"replicate_1": replicate_1, "replicate_2": replicate_2, "control": control,
+              "control_reference": reference[[context_index[context] for context in context_of]]}
+    # per replicate half, the control of the same half (training part: half 1, reference part: half 2 where
+    # the context's controls have both), for statistics on the replicate halves (limma_de)
+    every_control = {context: sorted(set(context_rows[context]) | set(reference_rows[context])) for context in context_list}
+    per_context = _group_mean(X, [np.array(every_control[context]) for context in context_list])
     for half in (1, 2):
-        half_rows = [np.array([r for r in context_rows[context] if row_half[r] == half], dtype=np.int64)
+        half_rows = [np.array([r for r in every_control[context] if row_half[r] == half], dtype=np.int64)
                      for context in context_list]
         present = [k for k, rows in enumerate(half_rows) if len(rows)]
         by_context = per_context.copy()
         by_context[present] = _group_mean(X, [half_rows[k] for k in present])
         layer = by_context[[context_index[context] for context in context_of]]
-        layer[~np.array(by_label, dtype=bool)] = control[~np.array(by_label, dtype=bool)]
+        whole = per_context[[context_index[context] for context in context_of]]
+        layer[~np.array(by_label, dtype=bool)] = whole[~np.array(by_label, dtype=bool)]
         layers[f"control_replicate_{half}"] = layer
     if "expected" in common.layers:
         layers["expected"] = _group_mean(common.layers["expected"], [c["rows"] for c in conditions])
@@ -377,6 +422,7 @@ def build_split(common, is_test, stratum, task_id: str, seed: int, extra_solutio
     solution = ad.AnnData(X=mean, obs=solution_obs, var=var.copy(), layers=layers,
                           uns={**uns, **(extra_uns or {}), "n_single_replicate_conditions": int(n_single_replicate),
                                "n_replicate_fallback_conditions": int(n_fallback),
+                               "n_contexts_shared_control": int(n_shared),
                                **({"n_excluded_profiles": int(exclude.sum())} if exclude.any() else {}),
                                **(extra_solution_uns or {})})
     return train, test, solution

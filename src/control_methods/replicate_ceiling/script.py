@@ -18,6 +18,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 import baselines  # noqa: E402
+import splits  # noqa: E402
 import cell_distances as cd  # noqa: E402
 import deltas  # noqa: E402
 from component_io import ComponentIO, log, number_argument  # noqa: E402
@@ -61,49 +62,116 @@ def noise_variance(A, B, n_cells, contexts):
     return numerator / denominator, used
 
 
-def leave_one_out_mean(X, contexts):
-    """Per row, the mean of the other test profiles of its context (the row itself if it is alone)."""
-    centre = X.copy()
-    for context in np.unique(contexts):
-        rows = np.flatnonzero(contexts == context)
-        if len(rows) >= 2:
-            centre[rows] = (X[rows].sum(axis=0) - X[rows]) / (len(rows) - 1)
-    return centre
+# A condition's prior scale is estimated only where its excess over noise is beyond chance (one-sided z above
+# this): under no effect the floored moment estimate is positive for half the conditions, and a draw that keeps
+# part of its own observation shares that observation's noise, the inflation a ceiling must not have.
+SIGNAL_Z = 3.0
 
 
-def ceiling_draws(X, variance, contexts, n_draws: int, rng):
-    """Draws of each condition's true profile mu given X = mu + N(0, variance).
+def two_group_moments(u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of standardised squared deviations u = d^2 / v (chi-square with 1 df where a gene does not
+    depart from the centre), the share pi of genes that depart and their variance kappa in units of the
+    noise, by the method of moments of the two-group model d ~ (1 - pi) N(0, v) + pi N(0, v (1 + kappa)):
+    E[u] - 1 = pi kappa, E[u^2] - 3 = 6 pi kappa + 3 pi kappa^2. pi is capped at 1 (then kappa = E[u] - 1);
+    rows without excess get pi = 0."""
+    m1 = u.mean(axis=1) - 1.0
+    m2 = (u ** 2).mean(axis=1) - 3.0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        kappa = np.where(m1 > 0, (m2 - 6.0 * m1) / (3.0 * m1), 0.0)
+        pi = np.where(kappa > 0, m1 / kappa, 0.0)
+    dense = (m1 > 0) & ((kappa <= 0) | (pi > 1.0))
+    kappa = np.where(dense, np.maximum(m1, 0.0), np.maximum(kappa, 0.0))
+    pi = np.where(dense, 1.0, np.clip(pi, 0.0, 1.0))
+    return pi, kappa
 
-    Prior: mu_cg = c_g + theta_cg, theta_cg ~ N(0, lambda_c tau2_g). c is the mean of the other test
-    profiles of the row's context (leaving the row out keeps the centre independent of the profile it
-    is applied to); tau2_g how much gene g varies between conditions beyond noise, pooled over the
-    contexts; lambda_c how strong condition c is relative to the others. Both are method-of-moments
-    estimates floored at 0, from E[(X_c - c)^2] = lambda_c tau2 + v (1 + 1 / (k - 1)) for a centre of
-    k - 1 profiles (the centre's own noise counts as noise of the deviation). The per-condition scale
-    matters: real screens are mostly perturbations without measurable effect and a few strong ones; with
-    one scale for all, a null condition's posterior would keep part of its observed noise, and its draw
-    would sit closest to its own observation, the inflation a ceiling must not have. A row alone in its
-    context has no centre and gets a flat prior (mu = X + noise).
+
+def split_half_signal(A, B, centre_A, centre_B, half_variance, centre_variance) -> np.ndarray:
+    """Per condition, the z-score of its departure from the training mean measured by its two replicate
+    halves, each against the training mean of its own half: sum_g (A_g - a_g)(B_g - b_g), whose expectation
+    is the squared departure of the true profile and which carries no noise term (the halves' noises, and the
+    two half centres' noises, are independent), over its standard deviation without a departure,
+    sqrt(sum_g (v_half + v_centre)^2). The variance of a product of independent noises needs their variances
+    only, so the test holds for heavy-tailed count noise (a chi-square test on X alone, which needs Gaussian
+    fourth moments, passed null conditions of 20 cells)."""
+    product = (A - centre_A) * (B - centre_B)
+    return product.sum(axis=1) / np.sqrt(((half_variance + centre_variance) ** 2).sum(axis=1))
+
+
+def ceiling_draws(X, variance, centre, centre_variance, n_draws: int, rng, signal_z=None):
+    """Draws of each condition's true profile mu given X = mu + N(0, variance), around `centre`.
+
+    The centre is the training mean of the row's context (what `train_mean` predicts), built from training
+    rows only, so it shares no noise with X; its own sampling variance `centre_variance` counts as noise of
+    the deviation d = X - centre. Prior, per condition: a share pi of its genes departs from the centre with
+    variance kappa times the noise, the others do not (a perturbation moves some genes, not all); pi and
+    kappa by the method of moments (two_group_moments), and only where the condition's excess over noise
+    has a z-score above SIGNAL_Z (else it is drawn as the training mean). Each gene is drawn from its
+    posterior: with the posterior probability that it departs, from N(centre + s d, s v) with
+    s = kappa / (1 + kappa), else as the centre. If the model holds, a draw and X have the joint law of the
+    true mean and X, so a metric's expectation over draws is a true-mean oracle's. With no signal every draw
+    is the training mean and the ceiling cannot beat the baseline. Shrinking toward the training mean rather
+    than toward the other test conditions keeps a fully shrunk condition at the baseline instead of at
+    -1/(k-1) times its own observed deviation (which gave Systema -1 and discrimination below chance); a
+    gene-by-gene two-group posterior rather than one Gaussian prior per condition keeps the genes a
+    perturbation does not move from carrying their own observation's noise into the draw.
     """
-    draws = np.repeat(X[None], n_draws, axis=0)
-    centre = leave_one_out_mean(X, contexts)
-    size = pd.Series(contexts).map(pd.Series(contexts).value_counts()).to_numpy()
-    alone = size < 2
-    if alone.any():
-        draws[:, alone] = X[alone] + np.sqrt(variance[alone]) * rng.standard_normal((n_draws, int(alone.sum()), X.shape[1]))
-    rows = np.flatnonzero(~alone)
-    if len(rows) == 0:
-        return draws
-    deviation = X[rows] - centre[rows]
-    v = variance[rows] * (1.0 + 1.0 / (size[rows, None] - 1))
-    excess = deviation ** 2 - v
-    tau2 = np.maximum(excess.mean(axis=0), 0.0)
-    scale = np.maximum(excess.sum(axis=1) / max(tau2.sum(), 1e-300), 0.0)
-    prior = scale[:, None] * tau2[None, :]
-    shrink = prior / (prior + v)
+    deviation = X - centre
+    v = variance + centre_variance
+    u = deviation ** 2 / v
+    z = (u - 1.0).sum(axis=1) / np.sqrt(2.0 * u.shape[1]) if signal_z is None else signal_z
+    pi, kappa = two_group_moments(u)
+    signal = (z > SIGNAL_Z) & (pi > 0) & (kappa > 0)
+    draws = np.repeat(centre[None], n_draws, axis=0)
+    if not signal.any():
+        return draws, signal
+    rows = np.flatnonzero(signal)
+    pi, kappa, d, v_rows, u_rows = pi[rows, None], kappa[rows, None], deviation[rows], v[rows], u[rows]
+    with np.errstate(divide="ignore", over="ignore"):
+        log_odds = (np.log(pi) - np.log1p(-np.minimum(pi, 1 - 1e-12)) - 0.5 * np.log1p(kappa)
+                    + 0.5 * u_rows * kappa / (1.0 + kappa))
+    departs = 1.0 / (1.0 + np.exp(-np.clip(log_odds, -50, 50)))
+    shrink = kappa / (1.0 + kappa)
     for k in range(n_draws):
-        draws[k, rows] = centre[rows] + shrink * deviation + np.sqrt(shrink * v) * rng.standard_normal(deviation.shape)
-    return draws
+        moved = rng.random(d.shape) < departs
+        sample = shrink * d + np.sqrt(shrink * v_rows) * rng.standard_normal(d.shape)
+        draws[k, rows] = centre[rows] + np.where(moved, sample, 0.0)
+    return draws, signal
+
+
+def training_centre(train, test):
+    """Per test row, the training mean of its context (train_mean's prediction), that mean within each
+    replicate half (the centre of each of the row's halves: halves carry their replicates' batch effects,
+    and a half compared with a centre of the other batch mix departs from it by their difference), and the
+    mean's sampling variance factor: sum over the averaged training conditions of 1 / n_cells, divided by
+    their number squared (times a gene's per-cell noise variance it is the centre's noise variance)."""
+    profiles = baselines.TrainingProfiles(train)
+    obs = train.obs
+    perturbed = ~obs["is_control"].to_numpy().astype(bool)
+    keys = [obs[c].astype(str).to_numpy() for c in ("perturbation", "perturbation_type", "cell_type", "condition")]
+    frame = pd.DataFrame({"key": pd.Series(list(zip(*keys))), "n_cells": obs["n_cells"].to_numpy(dtype=np.float64),
+                          "half": obs["replicate"].astype(str).map(splits.replicate_half_of_labels(obs["replicate"])).to_numpy()})
+    cells = frame[perturbed].groupby("key", sort=False)["n_cells"].sum()
+    order = list(zip(profiles.obs["perturbation"], profiles.obs["perturbation_type"], profiles.obs["cell_type"],
+                     profiles.obs["condition"]))
+    inverse_cells = 1.0 / np.maximum(cells.reindex(order).to_numpy(dtype=np.float64), 1.0)
+    X = train.X
+    halves = {}
+    for half in (1, 2):
+        rows = np.flatnonzero(perturbed & (frame["half"].to_numpy() == half))
+        contexts = list(zip(obs["cell_type"].astype(str).to_numpy()[rows], obs["condition"].astype(str).to_numpy()[rows]))
+        by_context = {}
+        for row, context in zip(rows, contexts):
+            by_context.setdefault(context, []).append(int(row))
+        halves[half] = {c: baselines.group_mean(X, [np.array(r)])[0] for c, r in by_context.items()}
+    centre, centre_halves, factor = [], ([], []), []
+    for context in baselines.test_contexts(test):
+        rows, _ = profiles.rows_or_all(context)
+        mean = profiles.X[rows].mean(axis=0)
+        centre.append(mean)
+        for half in (1, 2):
+            centre_halves[half - 1].append(halves[half].get(tuple(context), mean))
+        factor.append(inverse_cells[rows].sum() / len(rows) ** 2)
+    return np.vstack(centre), np.vstack(centre_halves[0]), np.vstack(centre_halves[1]), np.array(factor)
 
 
 io = ComponentIO(par, meta)
@@ -122,15 +190,23 @@ contexts = pd.Series(list(zip(solution.obs["cell_type"].astype(str), solution.ob
 sigma2, n_informative = noise_variance(A, B, n_cells, contexts)
 n_draws = int(max(1, min(n_draws, MAX_DRAW_BYTES // (4 * X.size or 1))))
 rng = np.random.default_rng(seed)
+centre, centre_A, centre_B, centre_factor = training_centre(train, test)
 if sigma2 is None:
-    # Without two differing replicate halves anywhere there is no noise estimate; the observed profile
-    # itself is then the only guess left (it flatters the ceiling, and the log says so).
-    log("replicate_ceiling: no condition has two differing replicate halves; predicting the observed profiles")
-    draws = np.repeat(X[None], n_draws, axis=0)
+    # Without two differing replicate halves anywhere there is no noise estimate and so no telling signal
+    # from noise: the ceiling is the training mean (no scale, nothing calibrated), and the log says so.
+    log("replicate_ceiling: no condition has two differing replicate halves; predicting the training mean "
+        "(no noise estimate, so no scale to calibrate on)")
+    draws = np.repeat(centre[None], n_draws, axis=0)
 else:
-    draws = ceiling_draws(X, np.maximum(sigma2, 0.0)[None, :] / n_cells[:, None] + 1e-12, contexts, n_draws, rng)
+    sigma2 = np.maximum(sigma2, 0.0)[None, :]
+    draws, signal = ceiling_draws(X, sigma2 / n_cells[:, None] + 1e-12, centre, sigma2 * centre_factor[:, None],
+                                  n_draws, rng, signal_z=split_half_signal(
+                                      A, B, centre_A, centre_B, 2 * sigma2 / n_cells[:, None],
+                                      2 * sigma2 * centre_factor[:, None]))
     log(f"replicate_ceiling: {n_draws} draws from the posterior of each of {test.n_obs} test conditions' true "
-        f"profile (noise variance from {n_informative} conditions' replicate halves)")
+        f"profile around the training mean (noise variance from {n_informative} conditions' replicate halves); "
+        f"{int(signal.sum())} conditions depart from the training mean beyond noise (z > {SIGNAL_Z:g}), the "
+        "others are drawn as the training mean")
 prediction = baselines.prediction(train, test, draws[0], meta["name"])
 for k in range(1, n_draws):
     prediction.layers[f"draw_{k}"] = draws[k].astype(np.float32)

@@ -22,6 +22,7 @@ par = {
     "perturbation_type_column": "perturbation_type",
     "counts_layer": None,
     "values": "auto",
+    "normalization": "log_cp10k_cell_mean",
     "gene_symbol_column": None,
     "seed": 0,
     "n_top_genes": 2000,
@@ -40,7 +41,8 @@ from dataset_report import dataset_report  # noqa: E402
 from download import sha256_file  # noqa: E402
 from formats import FormatError, check_anndata, read_h5ad  # noqa: E402
 from harmonize import DEFAULT_DROP_PART  # noqa: E402
-from pseudobulk import SourceError, gene_table, harmonize_cells, matrix_layout, obs_columns, pseudobulk, read_obs  # noqa: E402
+from pseudobulk import (COUNT_NORMALIZATIONS, SourceError, count_normalization, gene_table,  # noqa: E402
+                        harmonize_cells, matrix_layout, obs_columns, pseudobulk, read_obs)
 
 # What marks a file as already aggregated: the common dataset's own obs columns and its normalisation note.
 COMMON_OBS = ("perturbation", "is_control", "replicate", "n_cells")
@@ -129,9 +131,10 @@ def from_cells(path: str):
     name = os.path.basename(path)
     replicates = (f"replicate (obs['{par['replicate_column']}'])" if given("replicate_column")
                   else "seeded random half of its cells")
-    reading = ("raw counts" + (f" (layers['{layer}'])" if layer else " (X)") + " summed per condition and "
-               f"{replicates}, log1p(counts per 10k)-normalised" if values == "counts"
-               else f"log-normalised cell values (X) averaged per condition and {replicates}")
+    normalization = count_normalization(par.get("normalization")) if values == "counts" else "log_normalized_cell_mean"
+    reading = ("raw counts" + (f" (layers['{layer}'])" if layer else " (X)") + f" per condition and {replicates}: "
+               f"{COUNT_NORMALIZATIONS[normalization]} (`{normalization}`); the summed counts in layers['counts']"
+               if values == "counts" else f"log-normalised cell values (X) averaged per condition and {replicates}")
     uns = {
         "dataset_id": dataset_id,
         "dataset_name": given("dataset_name") or f"{dataset_id} (own file {name})",
@@ -140,14 +143,15 @@ def from_cells(path: str):
         "dataset_url": "",
         "dataset_reference": par.get("dataset_reference") or "",
         "dataset_organism": par.get("organism") or "homo_sapiens",
-        "normalization_id": "log_cp10k" if values == "counts" else "log_normalized_cell_mean",
+        "normalization_id": normalization,
         "source_sha256": sha256_file(path),
         "replicate_column": given("replicate_column") or "none",
     }
     adata = pseudobulk(path, cells, values=values, layer=layer, seed=int(par["seed"]),
                        min_cells=int(par["min_cells_per_half"]), n_top_genes=int(par["n_top_genes"]),
                        genes=gene_table(path, symbol_column=given("gene_symbol_column")), uns=uns, log=log,
-                       cells_output=par.get("output_cells"), cells_options=loader_options(par))
+                       cells_output=par.get("output_cells"), cells_options=loader_options(par),
+                       normalization=normalization if values == "counts" else None)
     adata.uns["dataset_report"] = dataset_report(adata, log=log)
     ComponentIO(par, meta).write("output", adata)
 

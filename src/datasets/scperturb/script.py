@@ -16,6 +16,7 @@ par = {
     "seed": 0,
     "n_top_genes": 2000,
     "min_cells_per_half": 10,
+    "normalization": "log_cp10k_cell_mean",
     "output_cells": None,
     "max_cells_per_condition": 500,
     "max_control_cells": 2000,
@@ -31,7 +32,8 @@ from component_io import ComponentIO, fail, log  # noqa: E402
 from dataset_report import dataset_report  # noqa: E402
 from download import DownloadError, fetch, sha256_file, zenodo_checksum  # noqa: E402
 from harmonize import DEFAULT_DROP_PART  # noqa: E402
-from pseudobulk import SourceError, gene_table, harmonize_cells, obs_columns, pseudobulk, read_obs  # noqa: E402
+from pseudobulk import (COUNT_NORMALIZATIONS, SourceError, count_normalization, gene_table, harmonize_cells,  # noqa: E402
+                        obs_columns, pseudobulk, read_obs)
 
 # Outputs are checked now (not an input, writable), not after the slow part.
 outputs = ComponentIO(par, meta)
@@ -124,6 +126,7 @@ if not par.get("output"):
     fail("--output was not given")
 try:
     cells_options = loader_options(par)
+    normalization = count_normalization(par.get("normalization"))
 except ValueError as error:
     fail(str(error))
 known = STUDIES.get(study_name, {})
@@ -186,17 +189,17 @@ try:
                                 f"{RECORD}) summed per condition and "
                                 + (f"replicate (obs['{replicate_column}']: {replicate_unit})" if replicate_column
                                    else "seeded random half of its cells")
-                                + ", log1p(counts per 10k)-normalised."),
+                                + f"; {COUNT_NORMALIZATIONS[normalization]} (`{normalization}`)."),
         "dataset_url": url,
         "dataset_reference": known.get("doi", SCPERTURB_DOI),
         "dataset_organism": organism,
-        "normalization_id": "log_cp10k",
+        "normalization_id": normalization,
         "source_sha256": source_sha256,
         "replicate_column": replicate_column or "none",
     }
     adata = pseudobulk(path, cells, values="counts", seed=int(par["seed"]), min_cells=int(par["min_cells_per_half"]),
                        n_top_genes=int(par["n_top_genes"]), genes=gene_table(path), uns=uns, log=log,
-                       cells_output=par.get("output_cells"), cells_options=cells_options)
+                       cells_output=par.get("output_cells"), cells_options=cells_options, normalization=normalization)
 except (DownloadError, SourceError, OSError) as error:
     fail(str(error))
 

@@ -22,12 +22,15 @@ par = {
     "share_ineffective": 0.2,
     "escape_rate": 0.1,
     "batch_effect": 0.1,
+    "effect_scale": 1.0,
+    "normalization": "log_cp10k_cell_mean",
 }
 meta = {"name": "simulated_grn", "resources_dir": "src/utils", "config": None}
 ## VIASH END
 
 sys.path.append(meta["resources_dir"])
 
+import functools  # noqa: E402
 import hashlib  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
@@ -50,7 +53,7 @@ outputs = ComponentIO(par, meta)
 DATASET_ID = par.get("dataset_id") or "simulated_grn"
 # Bumped whenever the simulation algorithm changes, so that source_sha256 (and any cache keyed on it)
 # changes with it even when the arguments do not.
-SIMULATOR_VERSION = 2
+SIMULATOR_VERSION = 3
 
 # What a fully efficient perturbation does to its target (see the config's description):
 # CRISPRi keeps 10% of transcription; CRISPRa multiplies it by 4; a knockout leaves 2% of the protein's
@@ -76,13 +79,24 @@ SHARE_ACTIVATING = 0.6
 LIBRARY_SIZE_LOG_SD = 0.3
 CELL_CHUNK = 256
 REPLICATES = ("r1", "r2")
+CONTROL_PARTS = (1, 2)
 
 INTEGER_ARGUMENTS = ("seed", "n_genes", "n_regulators", "n_perturbed_genes", "n_combos", "n_cell_types",
                      "cells_per_perturbation", "n_control_cells")
 FLOAT_ARGUMENTS = ("edge_density", "cell_type_divergence", "mean_library_size", "dispersion", "rewiring",
-                   "share_ineffective", "escape_rate", "batch_effect")
-STRING_ARGUMENTS = ("model", "perturbation_type")
+                   "share_ineffective", "escape_rate", "batch_effect", "effect_scale")
+STRING_ARGUMENTS = ("model", "perturbation_type", "normalization")
 PERTURBATION_TYPES = ("knockout", "knockdown", "activation")
+# How a profile is made from its cells' counts: the mean over cells of log1p(cp10k of each cell), whose
+# expectation does not depend on how many cells a profile pools; or log1p(cp10k) of the summed counts,
+# which rises with the pooled depth (Jensen), so that a control pooling more cells than a perturbation
+# differs from it even where no gene responds.
+NORMALIZATIONS = ("log_cp10k_cell_mean", "log_cp10k")
+# Gauss-Hermite nodes over the log-normal library size, and the largest mean count whose expected
+# log1p(cp10k) is summed exactly over the count distribution (above it a gamma approximation is exact
+# to about 1e-4).
+LIBRARY_NODES = 16
+EXACT_MEAN_MAX = 400.0
 
 
 def simulation_arguments(par: dict) -> dict:
@@ -132,6 +146,9 @@ def simulation_arguments(par: dict) -> dict:
          f"--share_ineffective is {args['share_ineffective']}, expected in [0, 1]"),
         (0.0 <= args["escape_rate"] < 1.0, f"--escape_rate is {args['escape_rate']}, expected in [0, 1)"),
         (args["batch_effect"] >= 0, f"--batch_effect is {args['batch_effect']}, expected >= 0"),
+        (0.0 <= args["effect_scale"] <= 1.0, f"--effect_scale is {args['effect_scale']}, expected in [0, 1]"),
+        (args["normalization"] in NORMALIZATIONS,
+         f"--normalization is '{args['normalization']}', expected one of {list(NORMALIZATIONS)}"),
     ]
     for ok, message in checks:
         if not ok:
@@ -235,15 +252,16 @@ def choose_perturbations(rng, n_genes: int, regulators, n_perturbed: int, n_comb
     return [(int(t),) for t in targets] + combos
 
 
-def guides(rng, targets, share_ineffective: float, escape_rate: float) -> dict:
+def guides(rng, targets, share_ineffective: float, escape_rate: float, effect_scale: float = 1.0) -> dict:
     """Per target gene: the guide's efficiency, its share of escaping cells and (knockouts) its NMD.
 
     One guide per target, used in every cell type and combination. Escape shares ~ Beta with mean
-    `escape_rate` (some guides leave many cells unperturbed, most few)."""
+    `escape_rate` (some guides leave many cells unperturbed, most few). `effect_scale` multiplies every
+    efficiency after it is drawn (the draws stay the same): 0 makes a null screen."""
     result = {}
     for t in targets:
         ineffective = rng.random() < share_ineffective
-        efficiency = rng.uniform(0.0, INEFFECTIVE_MAX) if ineffective else rng.beta(*EFFICIENCY_BETA)
+        efficiency = effect_scale * (rng.uniform(0.0, INEFFECTIVE_MAX) if ineffective else rng.beta(*EFFICIENCY_BETA))
         escape = rng.beta(2.0 * escape_rate / (1 - escape_rate), 2.0) if escape_rate > 0 else 0.0
         result[int(t)] = {"efficiency": float(efficiency), "escape": float(escape),
                           "nmd": float(rng.uniform(0.0, NMD_MAX))}
@@ -306,6 +324,59 @@ def sample_counts(rng, share, mean_library_size: float, dispersion: float):
     return rng.poisson(mean)
 
 
+def cell_log_normalised(counts) -> np.ndarray:
+    """log1p(cp10k) of each cell (row) by its own total (scanpy's normalize_total + log1p); 0 for a cell
+    without counts."""
+    totals = counts.sum(axis=1, keepdims=True).astype(np.float64)
+    return np.log1p(counts * (1e4 / np.where(totals > 0, totals, 1.0)))
+
+
+@functools.lru_cache(maxsize=4)  # the same table serves every condition of a simulation
+def _mean_log1p_table(a_values: tuple, dispersion: float):
+    """E[log1p(a c)] for c with mean mu and variance mu + dispersion mu^2 (negative binomial; Poisson at
+    dispersion 0), on a log grid of mu up to EXACT_MEAN_MAX: (grid, table[len(a_values), len(grid)])."""
+    from scipy import stats
+
+    grid = np.geomspace(1e-6, EXACT_MEAN_MAX, 600)
+    k_max = int(np.ceil(EXACT_MEAN_MAX + 12 * np.sqrt(EXACT_MEAN_MAX + dispersion * EXACT_MEAN_MAX ** 2) + 30))
+    k = np.arange(k_max + 1, dtype=np.float64)
+    if dispersion > 0:
+        r = 1.0 / dispersion
+        pmf = stats.nbinom.pmf(k[None, :], r, (r / (r + grid))[:, None])
+    else:
+        pmf = stats.poisson.pmf(k[None, :], grid[:, None])
+    return grid, np.log1p(np.outer(a_values, k)) @ pmf.T
+
+
+def expected_cell_log(share, mean_library_size: float, dispersion: float) -> np.ndarray:
+    """Expected log1p(cp10k) of one cell whose counts are drawn as `sample_counts` draws them, per entry of
+    `share` (rows of expression shares): the mean profile a large pool of such cells tends to. The
+    log-normal library size is integrated by Gauss-Hermite quadrature and the count distribution exactly
+    (a gamma approximation above a mean of EXACT_MEAN_MAX counts); the cell's total is taken to be its
+    library size (with hundreds of genes its relative spread is a few per cent, the same for every profile)."""
+    from scipy.special import digamma
+
+    nodes, weights = np.polynomial.hermite_e.hermegauss(LIBRARY_NODES)
+    weights = weights / weights.sum()
+    libraries = mean_library_size * np.exp(-LIBRARY_SIZE_LOG_SD ** 2 / 2 + LIBRARY_SIZE_LOG_SD * nodes)
+    scales = 1e4 / libraries
+    grid, table = _mean_log1p_table(tuple(scales), dispersion)
+    share = np.asarray(share, dtype=np.float64)
+    result = np.zeros_like(share)
+    gamma_shift = (digamma(1.0 / dispersion) + np.log(dispersion)) if dispersion > 0 else 0.0
+    for library, scale, weight, row in zip(libraries, scales, weights, table):
+        mean = library * share
+        small = mean <= EXACT_MEAN_MAX
+        value = np.empty_like(mean)
+        tiny = mean < grid[0]
+        value[small] = np.interp(np.log(np.maximum(mean[small], grid[0])), np.log(grid), row)
+        value[tiny] = mean[tiny] * np.log1p(scale)  # P(c = 1) ~ mean: the only count that matters
+        big = ~small
+        value[big] = (np.log(scale * mean[big]) + gamma_shift - 0.5 / mean[big] + 1.0 / (scale * mean[big]))
+        result += weight * value
+    return result
+
+
 def simulate_condition(cell_rng, solve, baseline, abundance, targets, guide_of, buffering, batches, args):
     """Summed counts and noise-free expected log-normalised profiles of both replicates of a condition."""
     n_cells = (args["n_control_cells"] if not targets
@@ -321,21 +392,42 @@ def simulate_condition(cell_rng, solve, baseline, abundance, targets, guide_of, 
     else:
         weights = np.ones(1)
         node_shares = shares(solve, baseline, abundance, targets, np.zeros((1, 0)), guide_of, buffering, kind)
-    expected = [np.log1p(1e4 * (weights @ with_batch(node_shares, batch))) for batch in batches]
+    if args["normalization"] == "log_cp10k":
+        expected = [np.log1p(1e4 * (weights @ with_batch(node_shares, batch))) for batch in batches]
+    else:
+        expected = [weights @ expected_cell_log(with_batch(node_shares, batch), args["mean_library_size"],
+                                                args["dispersion"]) for batch in batches]
 
     in_r1 = np.zeros(n_cells, dtype=bool)
     in_r1[cell_rng.permutation(n_cells)[: (n_cells + 1) // 2]] = True
-    sums = np.zeros((2, len(baseline)), dtype=np.float64)
+    # Profiles of the condition: its two replicate halves; a control's halves are each cut once more into two
+    # control parts (CONTROL_PARTS), so that the task can hold one part of every replicate out of training
+    # as the reference of observed deltas, with the same replicate (batch) mix as the training part.
+    profile_of_cell = np.where(in_r1, 0, 1)
+    if not targets:
+        part = np.zeros(n_cells, dtype=np.int64)
+        for half in (0, 1):
+            members = np.flatnonzero(profile_of_cell == half)
+            part[members[cell_rng.permutation(len(members))[len(members) // 2:]]] = 1
+        profile_of_cell = profile_of_cell * 2 + part
+    n_profiles = 2 if targets else 4
+    sums = np.zeros((n_profiles, len(baseline)), dtype=np.float64)
+    log_sums = np.zeros((n_profiles, len(baseline)), dtype=np.float64)
     for start in range(0, n_cells, CELL_CHUNK):
         stop = min(n_cells, start + CELL_CHUNK)
         efficiencies = np.column_stack([cell_efficiencies(cell_rng, guide_of[t], stop - start) for t in targets]) \
             if targets else np.zeros((stop - start, 0))
         share = shares(solve, baseline, abundance, targets, efficiencies, guide_of, buffering, kind)
-        for half, selected in enumerate((in_r1[start:stop], ~in_r1[start:stop])):
+        for half in range(n_profiles):  # `half`: the profile's index within the condition (cell_files.CellRecorder)
+            selected = profile_of_cell[start:stop] == half
             if selected.any():
-                sums[half] += sample_counts(cell_rng, with_batch(share[selected], batches[half]),
-                                            args["mean_library_size"], args["dispersion"]).sum(axis=0)
-    return sums, (int(in_r1.sum()), int((~in_r1).sum())), expected
+                counts = sample_counts(cell_rng, with_batch(share[selected], batches[half * 2 // n_profiles]),
+                                       args["mean_library_size"], args["dispersion"])
+                sums[half] += counts.sum(axis=0)
+                log_sums[half] += cell_log_normalised(counts).sum(axis=0)
+    n_half = np.bincount(profile_of_cell, minlength=n_profiles)
+    expected = [expected[k * 2 // n_profiles] for k in range(n_profiles)]
+    return sums, [int(n) for n in n_half], expected, log_sums / np.maximum(n_half.astype(np.float64), 1.0)[:, None]
 
 
 def simulate(args: dict) -> ad.AnnData:
@@ -355,7 +447,7 @@ def simulate(args: dict) -> ad.AnnData:
     perturbations = choose_perturbations(np.random.default_rng(design_seed), n_genes, regulators,
                                          args["n_perturbed_genes"], args["n_combos"])
     guide_of = guides(np.random.default_rng(guide_seed), sorted({t for p in perturbations for t in p}),
-                      args["share_ineffective"], args["escape_rate"])
+                      args["share_ineffective"], args["escape_rate"], args["effect_scale"])
     # One capture bias per replicate and gene, shared by every profile of that replicate (controls too).
     batches = np.random.default_rng(batch_seed).normal(0.0, args["batch_effect"], size=(len(REPLICATES), n_genes))
     context_rng = np.random.default_rng(context_seed)
@@ -366,26 +458,33 @@ def simulate(args: dict) -> ad.AnnData:
     width = max(4, len(str(n_genes)))
     genes = [f"G{i + 1:0{width}d}" for i in range(n_genes)]
     cell_rng = np.random.default_rng(cell_seed)
-    profiles, expected, rows = [], [], []
+    profiles, cell_profiles, expected, rows = [], [], [], []
     for cell_type, (W_c, baseline_c) in zip(cell_types, contexts):
         solve = steady_state_solver(W_c, args["model"])
         for targets in [()] + perturbations:
-            sums, halves, means = simulate_condition(cell_rng, solve, baseline_c, abundance, list(targets), guide_of,
-                                                     buffering, batches, args)
+            sums, halves, means, cell_means = simulate_condition(cell_rng, solve, baseline_c, abundance, list(targets),
+                                                                 guide_of, buffering, batches, args)
             name = vocabulary.label(genes[t] for t in targets)
-            for replicate, counts, n, mean in zip(REPLICATES, sums, halves, means):
+            labels = ([(r, 0) for r in REPLICATES] if targets
+                      else [(r, part) for r in REPLICATES for part in CONTROL_PARTS])
+            for (replicate, part), counts, n, mean, cell_mean in zip(labels, sums, halves, means, cell_means):
                 profiles.append(counts)
+                cell_profiles.append(cell_mean)
                 expected.append(mean)
                 rows.append({"perturbation": name, "is_control": not targets,
                              "perturbation_type": args["perturbation_type"], "n_targets": len(targets),
-                             "cell_type": cell_type, "condition": "none", "replicate": replicate, "n_cells": n})
+                             "cell_type": cell_type, "condition": "none", "replicate": replicate, "n_cells": n,
+                             "control_part": part})
     n_ineffective = sum(g["efficiency"] < INEFFECTIVE_MAX for g in guide_of.values())
-    return assemble(np.vstack(profiles), np.vstack(expected), rows, genes, args, W, n_ineffective)
+    return assemble(np.vstack(profiles), np.vstack(expected), rows, genes, args, W, n_ineffective,
+                    np.vstack(cell_profiles))
 
 
-def assemble(counts, expected, rows, genes, args, W, n_ineffective: int) -> ad.AnnData:
+def assemble(counts, expected, rows, genes, args, W, n_ineffective: int, cell_means) -> ad.AnnData:
     obs = pd.DataFrame(rows)
-    obs.index = obs[["perturbation", "cell_type", "condition", "replicate"]].agg("|".join, axis=1).to_numpy()
+    obs.index = [f"{p}|{c}|{k}|{r}" + (f"|p{part}" if part else "") for p, c, k, r, part in
+                 obs[["perturbation", "cell_type", "condition", "replicate", "control_part"]].itertuples(index=False)]
+    obs["control_part"] = obs["control_part"].astype(np.int64)
     obs["is_control"] = obs["is_control"].astype(bool)
     obs["n_targets"] = obs["n_targets"].astype(np.int64)
     obs["n_cells"] = obs["n_cells"].astype(np.int64)
@@ -393,7 +492,7 @@ def assemble(counts, expected, rows, genes, args, W, n_ineffective: int) -> ad.A
     if (totals == 0).any():
         fail(f"{int((totals == 0).sum())} profile(s) got no counts at all; "
              "raise --mean_library_size or the cell numbers")
-    X = np.log1p(counts / totals * 1e4).astype(np.float32)
+    X = (np.log1p(counts / totals * 1e4) if args["normalization"] == "log_cp10k" else cell_means).astype(np.float32)
     variance = X.astype(np.float64).var(axis=0)
     rank = np.empty(len(genes), dtype=np.int64)
     rank[np.argsort(-variance, kind="stable")] = np.arange(len(genes))
@@ -417,13 +516,16 @@ def assemble(counts, expected, rows, genes, args, W, n_ineffective: int) -> ad.A
             f"strengths and baselines. Guides vary in efficiency ({n_ineffective} of {args['n_perturbed_genes']} "
             f"nearly ineffective), cells in efficiency and escape (mean escape rate {args['escape_rate']:g}). "
             f"Cells get negative-binomial UMI counts (dispersion {args['dispersion']}, mean library size "
-            f"{args['mean_library_size']:g}) and are summed into pseudobulk profiles per random half of the cells "
+            f"{args['mean_library_size']:g}) and are pooled into pseudobulk profiles per random half of the cells "
             f"(r1, r2), each half measured with its own per-gene batch effect (sd {args['batch_effect']:g} on the "
-            "log scale). layers['expected'] holds each profile's noise-free expected value."),
+            "log scale); X is " + ("log1p(cp10k) of the summed counts" if args["normalization"] == "log_cp10k" else
+                                   "the mean of the cells' log1p(cp10k)")
+            + (f"; perturbation effects scaled by {args['effect_scale']:g}" if args["effect_scale"] != 1 else "")
+            + ". layers['expected'] holds each profile's noise-free expected value."),
         "dataset_url": "simulated by src/datasets/simulated_grn",
         "dataset_reference": "none",
         "dataset_organism": "synthetic",
-        "normalization_id": "log_cp10k",
+        "normalization_id": args["normalization"],
         # halves are random halves of each group's cells, each with its own batch effect
         "replicate_kind": "random_half",
         "source_sha256": hashlib.sha256(canonical.encode()).hexdigest(),

@@ -42,10 +42,11 @@ counts = {"combination, all singles observed": 0, "combination, some singles rep
           "combination, no single observed": 0, "single observed in training": 0,
           "single not in training (training mean)": 0}
 n_fallback_context = 0
+fell_back = np.zeros(test.n_obs, dtype=bool)  # a single not in training: its prediction is the training mean
 for i, (context, row_targets) in enumerate(zip(contexts, targets)):
     if context not in mean_effect:
-        rows, fell_back = profiles.rows_or_all(context)
-        n_fallback_context += fell_back
+        rows, all_contexts = profiles.rows_or_all(context)
+        n_fallback_context += all_contexts
         mean_effect[context] = deltas[rows].mean(axis=0)
     X[i] = profiles.control_of(context)
     found = 0
@@ -58,6 +59,7 @@ for i, (context, row_targets) in enumerate(zip(contexts, targets)):
             found += 1
     if len(row_targets) == 1:
         counts["single observed in training" if found else "single not in training (training mean)"] += 1
+        fell_back[i] = not found
     elif found == len(row_targets):
         counts["combination, all singles observed"] += 1
     elif found:
@@ -68,4 +70,4 @@ for i, (context, row_targets) in enumerate(zip(contexts, targets)):
 log("additive: " + "; ".join(f"{name}: {n}" for name, n in counts.items() if n)
     + (f"; {n_fallback_context} contexts without training perturbations use all contexts' mean effect"
        if n_fallback_context else ""))
-io.write("output", baselines.prediction(train, test, X, meta["name"]))
+io.write("output", baselines.prediction(train, test, X, meta["name"], fell_back))

@@ -138,7 +138,9 @@ X, predicted, n_clipped_share, clipped = baselines.profiles_from_predicted_cells
 if clipped:
     log(clipped)
 
-outputs = {"output": baselines.prediction(train, test, X, NAME)}
+# a condition with no target CPA learned is decoded from its context's control cells alone: a fallback
+fell_back = np.array([len(k) == 0 for k in known_targets], dtype=bool)
+outputs = {"output": baselines.prediction(train, test, X, NAME, fell_back)}
 outputs["output"].uns["n_with_unseen_target"] = int(n_partly_unseen)
 outputs["output"].uns["share_clipped_at_zero"] = n_clipped_share
 if SETTINGS_FROM_ENVIRONMENT:

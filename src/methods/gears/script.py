@@ -203,6 +203,7 @@ fallback_model = trained[0]
 
 X = np.empty((test.n_obs, train.n_vars))
 n_without_go = 0
+fell_back = np.zeros(test.n_obs, dtype=bool)  # predicted as the context's control cells
 for row, (context, targets) in enumerate(zip(test_contexts, test_targets)):
     controls = control_cells(context)
     if len(controls) == 0:
@@ -210,6 +211,7 @@ for row, (context, targets) in enumerate(zip(test_contexts, test_targets)):
     model = models.get(context) or fallback_model
     if gears_condition(targets) is None or any(t not in model.pert_list for t in targets):
         n_without_go += 1
+        fell_back[row] = True
         X[row] = baselines.profile_of_cells(cells.X[controls], normalization_id)
         log(f"{NAME}: {'+'.join(targets)} in {context}: a target is outside GEARS' GO graph (or more than two "
             "targets); predicted as the profile of the context's control cells")
@@ -231,7 +233,7 @@ if share_clipped:
     log(f"{NAME}: {100 * share_clipped:.1f}% of the predicted values were below 0 (most negative {float(X.min()):.3f}); "
         "clipped at 0 (log-normalised expression)")
     X = np.clip(X, 0.0, None)
-output = baselines.prediction(train, test, X, NAME)
+output = baselines.prediction(train, test, X, NAME, fell_back)
 output.uns["n_without_go"] = int(n_without_go)
 output.uns["share_clipped_at_zero"] = share_clipped
 if SETTINGS_FROM_ENVIRONMENT:

@@ -57,12 +57,13 @@ if not has_embedding.any():
         "prediction is the training mean of its context")
 
 X = np.empty((test.n_obs, train.n_vars), dtype=np.float64)
-n_fallback = n_all_contexts = 0
+fell_back = np.zeros(test.n_obs, dtype=bool)
+n_all_contexts = 0
 mean_effects = {}
 for i, (context, row_targets) in enumerate(zip(contexts, targets)):
     control = profiles.control_of(context)
-    rows, fell_back = profiles.rows_or_all(context)
-    n_all_contexts += fell_back
+    rows, searched_all = profiles.rows_or_all(context)
+    n_all_contexts += searched_all
     if context not in mean_effects:
         mean_effects[context] = deltas[rows].mean(axis=0)
     mean_effect = mean_effects[context]
@@ -70,7 +71,7 @@ for i, (context, row_targets) in enumerate(zip(contexts, targets)):
     query, _ = baselines.embed_targets(row_targets, position, embedding)
     query = unit(query) if query is not None else None
     if query is None or len(candidates) == 0:
-        n_fallback += 1
+        fell_back[i] = True
         X[i] = control + mean_effect
         continue
     similarity = E[candidates] @ query
@@ -81,7 +82,7 @@ for i, (context, row_targets) in enumerate(zip(contexts, targets)):
     X[i] = control + weights @ deltas[candidates[nearest]]
 
 log(f"knn_perturbation: {test.n_obs} test conditions from up to {n_neighbors} nearest of "
-    f"{int(has_embedding.sum())} embedded training perturbations ({source}); {n_fallback} without an "
+    f"{int(has_embedding.sum())} embedded training perturbations ({source}); {int(fell_back.sum())} without an "
     f"embedded target get the training mean" + (f"; {n_all_contexts} rows searched all contexts"
                                                   if n_all_contexts else ""))
-io.write("output", baselines.prediction(train, test, X, meta["name"]))
+io.write("output", baselines.prediction(train, test, X, meta["name"], fell_back))

@@ -382,7 +382,11 @@ if not np.isfinite(predicted).all():
     fail(f"training diverged: {int((~np.isfinite(predicted)).sum())} non-finite predicted values; "
          "try a smaller --learning_rate")
 
-output = baselines.prediction(train, test, predicted, NAME)
+# a condition whose every target is neither perturbed in training, measured nor in the prior gets only the
+# map's bias: the model's generic perturbation, i.e. its training-mean effect (recorded as a fallback)
+without = set(unseen_without)
+fell_back = np.array([bool(ts) and all(t in without for t in ts) for ts in test_targets], dtype=bool)
+output = baselines.prediction(train, test, predicted, NAME, fell_back)
 output.uns["epochs_trained"] = int(epochs_run)
 output.uns["best_epoch"] = int(best_epoch)
 io.write("output", output)

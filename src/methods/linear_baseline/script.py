@@ -90,19 +90,22 @@ for context in sorted(set(contexts)):
             f"(< --min_context_perturbations {min_context}); using the model pooled over all contexts")
 
 X = np.empty((test.n_obs, len(genes)), dtype=np.float64)
-n_fallback = n_partial = 0
+fell_back = np.zeros(test.n_obs, dtype=bool)
+n_partial = n_zero_model = 0
 for i, (context, row_targets) in enumerate(zip(contexts, targets)):
     model = models[context]
     b = context_mean.get(context, pooled_mean)
     X[i] = profiles.control_of(context) + b
     p, missing = baselines.embed_targets(row_targets, model.position, model.embedding)
-    if p is None:
-        n_fallback += 1
+    if p is None or model.n_without == model.n:  # no embedded target, or W = 0: the term below adds nothing
+        fell_back[i] = True
+        n_zero_model += p is not None
         continue
     n_partial += missing > 0
     X[i] += model.G @ (model.W @ p)
 
-log(f"linear_baseline: predicted {test.n_obs} test conditions; {n_fallback} have no target with an embedding "
-    f"and get the training mean (b + baseline)" + (f"; {n_partial} combinations use only their targets that "
-                                                    f"have one" if n_partial else ""))
-io.write("output", baselines.prediction(train, test, X, meta["name"]))
+log(f"linear_baseline: predicted {test.n_obs} test conditions; {int(fell_back.sum())} get the training mean "
+    f"(b + baseline): {int(fell_back.sum()) - n_zero_model} have no target with an embedding"
+    + (f", {n_zero_model} use a model with W = 0" if n_zero_model else "")
+    + (f"; {n_partial} combinations use only their targets that have one" if n_partial else ""))
+io.write("output", baselines.prediction(train, test, X, meta["name"], fell_back))

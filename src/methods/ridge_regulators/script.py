@@ -278,4 +278,6 @@ if not np.isfinite(prediction).all():
     fail(f"the regression produced {int((~np.isfinite(prediction)).sum())} non-finite values "
          f"(--num_steps {num_steps} may make predictions diverge); try --num_steps 1")
 
-io.write("output", baselines.prediction(train, test, prediction, NAME))
+# a condition with no target to set is predicted as its context's control profile: recorded as a fallback
+fell_back = np.array([not u for u in usable], dtype=bool)
+io.write("output", baselines.prediction(train, test, prediction, NAME, fell_back))

@@ -220,7 +220,8 @@ X, predicted, share_clipped, clipped = baselines.profiles_from_predicted_cells(
     predicted, ids, test.obs_names.astype(str), NAME, normalization_id)
 if clipped:
     log(clipped)
-outputs = {"output": baselines.prediction(train, test, X, NAME)}
+# every target has a token (an unmeasured one its own, see `extra`): no condition falls back
+outputs = {"output": baselines.prediction(train, test, X, NAME, np.zeros(test.n_obs, dtype=bool))}
 outputs["output"].uns["pretrained"] = bool(pretrained)
 outputs["output"].uns["share_clipped_at_zero"] = share_clipped
 if SETTINGS_FROM_ENVIRONMENT:

@@ -21,7 +21,7 @@ def compute(data: mu.MetricData) -> mu.Result:
     # conditions that do not target the gene); the control for a condition alone in its context
     reference, sizes = data.observed_leave_one_out()
     alone = sizes == 1
-    reference = np.where(alone[:, None], data.control, reference)
+    reference = np.where(alone[:, None], data.reference, reference)
     effect = data.truth - reference              # observed perturbation-specific effect, Mejia's delta
     weights = mu.deg_weights(effect, data.keep, data.resolution)
 
