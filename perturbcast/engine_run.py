@@ -173,8 +173,9 @@ def run_step(step: Step, cache_key: str, limits: guard.Limits | None = None, ses
         reason = "" if status == Status.OK else _failure_reason(log_path, exit_code, reply, limits)
         changed = guard.changed_inputs(step.inputs, inputs_before)
         if changed:  # the inputs are shared with its siblings: this step's result (and theirs) cannot be trusted
-            status, reason = Status.FAILED, (f"{layout.ERROR_TAG} {step.component.name} changed its input "
-                                             f"{', '.join(changed)}; a step must only read its inputs")
+            status, reason = Status.FAILED, (f"{layout.ERROR_TAG} its input {', '.join(changed)} changed while "
+                                             f"{step.component.name} ran (it or a step beside it wrote there; a step "
+                                             "must only read its inputs)")
             log.write(reason + "\n")
         if status == Status.FAILED and INTERRUPT.stopped:
             status, reason = Status.INTERRUPTED, f"interrupted by {INTERRUPT.name}: its process group was killed"

@@ -155,7 +155,8 @@ def snapshot(folder: Path) -> dict:
 def run(project, tmp_path_factory):
     """A small benchmark with the broken configs beside it (and two of them selected by name)."""
     output = tmp_path_factory.mktemp("run") / "results"
-    code = main(arguments(project, output, "train_mean,no_script,self_merge,setsid_spawner,loud,toucher"))
+    code = main(arguments(project, output, "train_mean,no_script,self_merge,setsid_spawner,loud,toucher",
+                     "--jobs", "1"))
     return output, code
 
 
@@ -204,7 +205,8 @@ def test_a_rerun_removes_only_what_the_step_made(project, run):
     folder = output / "predictions" / SPLIT / "train_mean"
     (folder / "notes.txt").write_text("mine")
     (folder / "step.json").unlink()  # the step must run again
-    assert main(arguments(project, output, "train_mean,no_script,self_merge,setsid_spawner,loud,toucher")) == 0
+    assert main(arguments(project, output, "train_mean,no_script,self_merge,setsid_spawner,loud,toucher",
+                     "--jobs", "1")) == 0
     assert (folder / "notes.txt").read_text() == "mine"
     assert not trace(output).loc[f"predict/{SPLIT}/train_mean"].cached
     assert sorted(p.name for p in folder.iterdir()) == ["log.txt", "notes.txt", "prediction.h5ad", "step.json"]
@@ -245,7 +247,8 @@ def test_a_step_that_changes_its_input_fails(run):
     test_file = output / "tasks" / SPLIT / "test.h5ad"
     assert steps.loc[f"predict/{SPLIT}/toucher"].status == "failed"
     assert steps.loc[f"predict/{SPLIT}/toucher"].reason == (
-        f"[error] toucher changed its input --input_test {test_file}; a step must only read its inputs")
+        f"[error] its input --input_test {test_file} changed while toucher ran (it or a step beside it wrote there; "
+        "a step must only read its inputs)")
 
 
 @pytest.mark.parametrize("option, value, message", [
@@ -425,7 +428,8 @@ def test_a_full_disk_while_writing_the_trace_is_one_line_and_keeps_the_old_trace
     output, _ = run
     before = (output / layout.TRACE).read_bytes()
     failing_write(monkeypatch, pd.DataFrame, "to_csv")
-    assert main(arguments(project, output, "train_mean,no_script,self_merge,setsid_spawner,loud,toucher")) == 1
+    assert main(arguments(project, output, "train_mean,no_script,self_merge,setsid_spawner,loud,toucher",
+                     "--jobs", "1")) == 1
     err = capsys.readouterr().err
     assert "Traceback" not in err
     assert errors(err)[-1].startswith(f"[error] cannot write the results folder '{output}': No space left on device (")
