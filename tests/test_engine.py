@@ -73,8 +73,11 @@ def test_every_step_runs_and_failures_are_isolated(first_run):
 def test_leaderboard_orders_controls(first_run):
     results = pd.read_parquet(first_run / "results.parquet")
     overall = results[results.stratum == "all"].set_index(["method_id", "metric_id"])["value"]
-    assert overall["ground_truth", "pearson_delta"] == pytest.approx(1.0)
-    assert overall["ground_truth", "mse_delta"] == pytest.approx(0.0, abs=1e-10)
+    # ground_truth predicts the observation itself; its delta differs from the observed one only by the two
+    # independent control parts (tests/test_null_screen.py computes that difference by hand)
+    others = [m for m in overall.index.get_level_values(0).unique() if m != "ground_truth"]
+    assert all(overall["ground_truth", "pearson_delta"] > overall[m, "pearson_delta"] for m in others)
+    assert all(overall["ground_truth", "mse_delta"] < overall[m, "mse_delta"] for m in others)
     for method in ("no_change", "train_mean"):
         assert overall[method, "pearson_delta"] < 0.99
         assert overall[method, "mse_delta"] > 1e-6

@@ -350,6 +350,13 @@ def dataset_facts(report: dict | None, replicate_kind: str) -> pd.DataFrame:
             "mean Pearson of replicate deltas; near 0 = little signal beyond noise", strong=True)
         add("median pairwise delta correlation", _share(report.get("median_pairwise_delta_correlation")),
             "high = perturbations look alike, the training mean is hard to beat", strong=True)
+        if "control_noise_share" in report:
+            independent = report.get("median_pairwise_delta_correlation_independent_controls")
+            add("control noise share", _share(report["control_noise_share"]),
+                "median share of an observed delta that is the noise of the control it is taken against"
+                + (f"; against disjoint control parts the pairwise delta correlation is {_share(independent)} "
+                   "(the rest of the one above was shared control noise)" if independent is not None else ""),
+                strong=True)
     return pd.DataFrame(rows, columns=["fact", "value", "note", "strong"])
 
 
