@@ -219,10 +219,16 @@ def entries(root: Path, check: bool = False) -> list[dict]:
             url = (record or {}).get("url")
             if url is None:  # a file placed by hand: find its URL from the layout
                 url = next((u for u in by_url if download.cache_path(u) == path), None)
+            changed = None
+            if record is not None and (check or not download.unchanged_since_recorded(path, record)):
+                # what the file is now: a size or mtime other than recorded means hashing it again
+                actual = download.sha256_file(path)
+                changed = actual if actual != record["sha256"] else None
             if record is None:
                 status = "no record (placed by hand; verified on first use)"
-            elif record.get("size") not in (None, size) or (check and download.sha256_file(path) != record["sha256"]):
-                status = "CHANGED since recorded (verified again on first use)"
+            elif changed:
+                status = (f"CHANGED since recorded (sha256 {changed}, recorded {record['sha256']}): not used; put a good "
+                          f"copy in place with {download.fix_command(url or record.get('url') or 'URL')}")
             elif str(record.get("verified_against", "")).startswith(UNVERIFIED):
                 status = "unverified"
             else:

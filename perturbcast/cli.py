@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from .config import ConfigError
+from .layout import INTERRUPTED_EXIT_CODE, INVALID_CONFIG
 
 DESCRIPTION = """\
 perturbcast: benchmark of expression forecasting for unseen genetic perturbations.
@@ -89,6 +90,11 @@ def main(argv: list[str] | None = None) -> int:
             parser.print_help()
             return 0
         return args.handler(args)
+    except KeyboardInterrupt:
+        # the component's own outputs are discarded on the way out (runner.execute): nothing half-written stays
+        print(f"\n[interrupted] perturbcast {args.command}: stopped by SIGINT; nothing was written in place of an "
+              "existing output", file=sys.stderr)
+        return INTERRUPTED_EXIT_CODE
     except ConfigError as error:
         print(f"[error] {error}", file=sys.stderr)
         return 1
@@ -101,7 +107,12 @@ def _test(args) -> int:
     from .runner import run_component_tests
     passed = failed = 0
     for component in args.components:
-        report = run_component_tests(component, keep=args.keep, cpus=args.cpus, memory=args.memory)
+        try:
+            report = run_component_tests(component, keep=args.keep, cpus=args.cpus, memory=args.memory)
+        except ConfigError as error:  # this component fails alone; the others are tested
+            print(f"[error] {INVALID_CONFIG}: {error}", file=sys.stderr)
+            failed += 1
+            continue
         passed += len(report.passed)
         failed += len(report.failed)
         status = "ok" if not report.failed else f"FAILED ({', '.join(report.failed)}; kept {report.directory})"

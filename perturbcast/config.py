@@ -88,14 +88,19 @@ def _resolve_path(reference: str, current_file: Path, package_root: Path | None)
     return current_file.parent / reference
 
 
-def resolve_merges(node, current_file: Path, package_root: Path | None):
-    """Resolve every `__merge__` in `node` recursively (the listed files first, the node itself last)."""
+def resolve_merges(node, current_file: Path, package_root: Path | None, _chain: tuple = ()):
+    """Resolve every `__merge__` in `node` recursively (the listed files first, the node itself last).
+    A file that merges itself, directly or through others, is a ConfigError naming the cycle."""
+    chain = _chain or (Path(os.path.abspath(current_file)),)
     if isinstance(node, list):
-        return [resolve_merges(item, current_file, package_root) for item in node]
+        return [resolve_merges(item, current_file, package_root, chain) for item in node]
     if not isinstance(node, dict):
         return node
     if "__merge__" in node:
         includes = node["__merge__"]
+        if not isinstance(includes, (str, list)) or not all(isinstance(i, str) for i in ([includes] if isinstance(includes, str) else includes)):
+            raise ConfigError(f"{chain[0]}: `__merge__` in {current_file}: expected a file path or a list of them "
+                              f"(got {includes!r})")
         includes = [includes] if isinstance(includes, str) else list(includes)
         if "." not in includes:
             includes.append(".")
@@ -105,12 +110,38 @@ def resolve_merges(node, current_file: Path, package_root: Path | None):
             if include == ".":
                 parts.append(own)
             else:
-                path = _resolve_path(include, current_file, package_root)
-                parts.append(resolve_merges(_load_yaml(path) or {}, path, package_root))
+                path = Path(os.path.abspath(_resolve_path(include, current_file, package_root)))
+                if path in chain:
+                    cycle = " -> ".join(str(p) for p in (*chain[chain.index(path):], path))
+                    raise ConfigError(f"{chain[0]}: `__merge__: {include}` makes a cycle ({cycle}); a config merges "
+                                      "its API file, never itself")
+                parts.append(resolve_merges(_load_yaml(path) or {}, path, package_root, (*chain, path)))
         node = parts[0]
         for part in parts[1:]:
             node = _concat_deep_merge(node, part)
-    return {key: resolve_merges(value, current_file, package_root) for key, value in node.items()}
+    return {key: resolve_merges(value, current_file, package_root, chain) for key, value in node.items()}
+
+
+# viash 0.9's argument types (its schema); `float`, `int` or `str` are not among them.
+ARGUMENT_TYPES = ("string", "integer", "long", "double", "boolean", "boolean_true", "boolean_false", "file")
+_BOOLEAN_WORDS = {"true", "false", "yes", "no"}
+
+
+def _value_problem(argument: "Argument", value) -> str | None:
+    """Why `value` is not a value of `argument` (its type and choices), or None."""
+    text = str(value).strip()
+    try:
+        if argument.type in ("integer", "long") and not isinstance(value, bool):
+            int(text)
+        elif argument.type == "double" and not isinstance(value, bool):
+            float(text)
+        elif argument.type == "boolean" and not isinstance(value, bool) and text.lower() not in _BOOLEAN_WORDS:
+            raise ValueError
+    except ValueError:
+        return f"is not {'an' if argument.type[0] in 'aeiou' else 'a'} {argument.type}"
+    if argument.choices and value not in argument.choices and text not in [str(c) for c in argument.choices]:
+        return f"is not one of its choices {argument.choices}"
+    return None
 
 
 @dataclass
@@ -165,8 +196,11 @@ class Argument:
 
     @classmethod
     def from_dict(cls, raw: dict, where: str) -> "Argument":
-        if "name" not in raw or "type" not in raw:
-            raise ConfigError(f"{where}: every argument needs `name` and `type` (got {sorted(raw)})")
+        if not isinstance(raw, dict) or "name" not in raw or "type" not in raw:
+            raise ConfigError(f"{where}: every argument needs `name` and `type` (got {sorted(raw) if isinstance(raw, dict) else raw!r})")
+        if raw["type"] not in ARGUMENT_TYPES:
+            raise ConfigError(f"{where}: argument '{raw['name']}': `type: {raw['type']}` is not a viash type; expected "
+                              f"one of {', '.join(ARGUMENT_TYPES)}")
         as_list = lambda value: None if value is None else (list(value) if isinstance(value, list) else [value])
         argument = cls(
             name=raw["name"], type=raw["type"], direction=raw.get("direction", "input"),
@@ -180,6 +214,10 @@ class Argument:
         if argument.is_boolean_flag:
             # viash forces these off for boolean_true/boolean_false
             argument.required, argument.multiple = False, False
+        for value in argument.default or []:
+            problem = _value_problem(argument, value)
+            if problem:
+                raise ConfigError(f"{where}: argument '{argument.name}': `default: {value}` {problem}")
         return argument
 
 
@@ -310,7 +348,43 @@ def load_config(path: str | os.PathLike) -> ComponentConfig:
         if argument.plain_name in seen:
             raise ConfigError(f"{path}: argument '{argument.name}' is defined twice")
         seen.add(argument.plain_name)
-    return ComponentConfig(path=path, package_root=package_root, raw=raw, arguments=arguments)
+    config = ComponentConfig(path=path, package_root=package_root, raw=raw, arguments=arguments)
+    _check_component(config, package)
+    return config
+
+
+def _package_labels(package: dict) -> set:
+    """The resource labels `_viash.yaml` defines (its config_mods' `labels := {...}`); empty: not checked."""
+    mods = str(package.get("config_mods") or "")
+    found = re.search(r"labels\s*:=\s*\{(.*?)\}", mods, re.S)
+    return set(re.findall(r"(\w+)\s*:\s*\"", found.group(1))) if found else set()
+
+
+def _check_component(config: ComponentConfig, package: dict):
+    """What makes a component unusable although its YAML loads: a name that is not its folder's, a script or
+    resource that is not there, an unknown component type or resource label. One ConfigError naming the field."""
+    path = config.path
+    if path.name == CONFIG_FILE and path.parent.parent.parent.name == "src" and config.name != path.parent.name:
+        raise ConfigError(f"{path}: `name: {config.name}` differs from its folder '{path.parent.name}'; expected "
+                          f"`name: {path.parent.name}` (the folder is the component's id)")
+    component_type = config.info.get("type")
+    if path.parent.parent.parent.name == "src" and component_type is not None and component_type not in COMPONENT_TYPES:
+        raise ConfigError(f"{path}: `info.type: {component_type}` is not a component type; expected one of "
+                          f"{', '.join(COMPONENT_TYPES)}")
+    for index, resource in enumerate(config.resources()):
+        if not isinstance(resource, dict) or ("path" not in resource and "text" not in resource):
+            raise ConfigError(f"{path}: `resources[{index}]` needs a `path` (or `text` and `dest`), got {resource!r}")
+        if "path" in resource and not config.resolve_resource(resource).exists():
+            what = "the component's script" if index == 0 else "a resource"
+            raise ConfigError(f"{path}: `resources[{index}].path: {resource['path']}` ({what}) does not exist "
+                              f"({config.resolve_resource(resource)})")
+    known = _package_labels(package)
+    for runner in config.raw.get("runners") or []:
+        labels = ((runner or {}).get("directives") or {}).get("label") or [] if isinstance(runner, dict) else []
+        for label in [labels] if isinstance(labels, str) else labels:
+            if known and label not in known:
+                raise ConfigError(f"{path}: `runners[{runner.get('type')}].directives.label: {label}` is not a label of "
+                                  f"{PACKAGE_FILE}; expected some of {', '.join(sorted(known))}")
 
 
 def discover_components(package_root: Path, errors: list | None = None) -> list[ComponentConfig]:
@@ -319,11 +393,19 @@ def discover_components(package_root: Path, errors: list | None = None) -> list[
     A config that cannot be loaded is left out, so that it affects only its own steps: its
     ConfigError is appended to `errors` when given, else raised."""
     components = []
+    # a method's supported_tasks name task folders (not loaded configs: a broken task is still a task)
+    tasks = {p.parent.name for p in (package_root / "src" / "tasks").glob(f"*/{CONFIG_FILE}")}
     for path in sorted((package_root / "src").glob(f"*/*/{CONFIG_FILE}")):
         if path.parent.parent.name == WORKFLOWS_NAMESPACE:
             continue
         try:
-            components.append(load_config(path))
+            config = load_config(path)
+            unknown = [t for t in config.info.get("supported_tasks") or [] if t not in tasks]
+            if unknown:
+                raise ConfigError(f"{path}: `info.supported_tasks` names {', '.join(map(str, unknown))}, which "
+                                  f"{'is not a task' if len(unknown) == 1 else 'are not tasks'}; expected some of "
+                                  f"{', '.join(sorted(tasks))}")
+            components.append(config)
         except ConfigError as error:
             if errors is None:
                 raise

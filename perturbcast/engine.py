@@ -26,7 +26,7 @@ from .layout import DATASET, PREDICT, SCORE, SPLIT, STAGE_OF_TYPE, STAGES, Statu
 from .leakage import check_partition
 from .steps import Selection, Step, StepRecord  # noqa: F401 (re-exported)
 from .engine_run import (  # noqa: F401 (re-exported: the engine's public names)
-    INTERRUPT, PRELOADED_MODULES, STOP_GRACE_SECONDS, Progress, ResultsLocked, _spawner, component_digest,
+    DISK, INTERRUPT, PRELOADED_MODULES, STOP_GRACE_SECONDS, Progress, ResultsLocked, _spawner, component_digest,
     execute, results_lock, run_step, trace_rows, write_trace)
 
 # Controls every method selection runs with: the baseline and ceiling of the calibration, the perfect and
@@ -53,7 +53,7 @@ def broken_configs() -> list[StepRecord]:
         where = Path(getattr(error, "config_path", text.split(": ", 1)[0]))
         records.append(StepRecord(id=layout.step_id(layout.CONFIG, f"{where.parent.parent.name}/{where.parent.name}"),
                                   stage=layout.CONFIG, component=where.parent.name, status=Status.FAILED,
-                                  reason=f"{layout.ERROR_TAG} {text}"))
+                                  reason=f"{layout.ERROR_TAG} {layout.INVALID_CONFIG}: {text}"))
     return records
 
 
@@ -85,7 +85,9 @@ def plan(package_root: Path, output_dir: Path, selection: Selection) -> tuple[li
         configs = configs or []
         if wanted is None:
             return configs
-        unknown = set(wanted) - {c.name for c in configs}
+        # a selected component whose config is broken is not unknown: broken_configs() records it, the rest runs
+        broken = {Path(getattr(e, "config_path", "")).parent.name for e in _broken_configs}
+        unknown = set(wanted) - {c.name for c in configs} - broken
         if unknown:
             raise ValueError(f"unknown component(s) {sorted(unknown)}; known: {sorted(c.name for c in configs)}")
         return [c for c in configs if c.name in wanted]

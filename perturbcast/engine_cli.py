@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
@@ -9,6 +10,8 @@ from pathlib import Path
 
 from . import compare, layout
 from .config import NO_PROJECT, project_root
+from .disk_space import SPACE_MARGIN, replaced_atomically, shutil_disk_free
+from .engine_guard import format_bytes
 from .layout import Status
 from .report import write_report
 
@@ -130,7 +133,8 @@ def aggregate_results(root: Path, output: Path, only: set | None = None, n_resam
     paths = [path for path in scoring.score_files(output) if only is None or path.resolve() in only]
     write_openproblems_files(root, output, components, paths)
     text = leaderboard.text(summary, scoring.HEADLINE_PANEL)
-    (output / layout.LEADERBOARD).write_text(text.lstrip("\n") + "\n")
+    with replaced_atomically(output / layout.LEADERBOARD) as temporary:
+        temporary.write_text(text.lstrip("\n") + "\n")
     return text
 
 
@@ -167,6 +171,11 @@ def aggregate(args) -> int:
     return 0
 
 
+# Beyond these a limit is a typo (`inf`, `1e30`, `9999PiB`): the timers and rlimits of the steps cannot hold it.
+MAX_STEP_TIMEOUT = 30 * 24 * 3600.0
+MAX_STEP_MEMORY = 2**50  # 1 PiB
+
+
 def _engine_options(args) -> tuple[str | None, object]:
     """The first bad engine option as an `[error]` line (and None), else (None, the step limits)."""
     from .engine_guard import Limits
@@ -176,16 +185,22 @@ def _engine_options(args) -> tuple[str | None, object]:
         return f"[error] --jobs must be at least 1 (got {args.jobs})", None
     if args.n_resamples < 1:
         return f"[error] --n-resamples must be at least 1 (got {args.n_resamples})", None
-    if args.step_timeout is not None and not args.step_timeout > 0:
-        return f"[error] --step-timeout must be a positive number of seconds (got {args.step_timeout:g})", None
+    if args.step_timeout is not None and not 0 < args.step_timeout <= MAX_STEP_TIMEOUT:
+        return (f"[error] --step-timeout must be a positive number of seconds, at most {MAX_STEP_TIMEOUT:.0f} (30 days) "
+                f"(got {args.step_timeout:g})"), None
     memory = None
     if args.step_memory is not None:
         memory = memory_as_bytes(args.step_memory)
         if not memory:
             return f"[error] --step-memory must be an amount of memory such as 4GiB or 512MB (got '{args.step_memory}')", None
-    output = Path(args.output or layout.DEFAULT_RESULTS)
-    if output.exists() and not output.is_dir():
-        return f"[error] --output '{args.output}' is an existing file; expected a results directory", None
+        if not 2**20 <= memory <= MAX_STEP_MEMORY:
+            return (f"[error] --step-memory must be between 1 MiB and 1 PiB "
+                    f"(got '{args.step_memory}')"), None
+    if args.output is not None and not args.output.strip():
+        return "[error] --output is empty; expected a results folder (e.g. --output results/)", None
+    problem = layout.results_folder_problem(Path(args.output), project_root(args.project)) if args.output else None
+    if problem:  # before anything is planned (the project root is checked once it is known)
+        return f"[error] --output {problem}", None
     return None, Limits(timeout=args.step_timeout, memory=memory)
 
 
@@ -267,6 +282,17 @@ def selection_from_args(args, command: str):
     if problem:
         say(f"[error] {problem}")
         return root, None, 2
+    if any(seed < 0 for seed in selection.seeds):
+        print(f"[error] --seeds {' '.join(map(str, selection.seeds))}: expected seeds >= 0"
+              + (" (options given override the spec's keys)" if args.spec else ""), file=sys.stderr)
+        return root, None, 2
+    for option, key in (("--seeds", "seeds"), ("--folds", "folds")):
+        values = getattr(selection, key)
+        if values is not None and len(set(values)) < len(values):
+            unique = list(dict.fromkeys(values))
+            print(f"perturbcast {command}: {option} {' '.join(map(str, values))} names some twice; each runs once: "
+                  f"{' '.join(map(str, unique))}", file=sys.stderr)
+            setattr(selection, key, unique)
     if selection.n_folds < 2 or any(not 0 <= f < selection.n_folds for f in selection.folds or []):
         say(f"[error] --n-folds is {selection.n_folds} and --folds {selection.folds}: expected --n-folds >= 2 and "
             f"folds between 0 and {selection.n_folds - 1}" + (" (options given override the spec's keys)"
@@ -325,6 +351,10 @@ def _benchmark(args) -> int:
         say(f"perturbcast benchmark: results in {args.output} (each selection has its own folder; --output "
             "chooses another)")
     output = Path(args.output).resolve()
+    problem = layout.results_folder_problem(output, root)
+    if problem:
+        print(f"[error] --output {problem}", file=sys.stderr)
+        return 2
     try:
         steps, declared = engine.plan(root, output, selection)
     except ValueError as error:
@@ -346,16 +376,42 @@ def _benchmark(args) -> int:
         return 0
     try:
         output.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        say(f"[error] cannot create the results directory '{output}': {error.strerror}")
-        return 1
-    try:
-        with engine.results_lock(output), engine.INTERRUPT.handling_signals():
+        with engine.results_lock(output):
+            # checked again under the lock: the folder may have been filled since
+            problem = layout.results_folder_problem(output, root)
+            if problem:
+                print(f"[error] --output {problem}", file=sys.stderr)
+                return 2
+            if layout.read_marker(output) is None:
+                layout.write_marker(output, layout.normalized_selection(selection))
             compare.write_selection(output, made_with)
-            return _run(args, root, output, steps, declared + broken, limits, selection.n_folds)
+            with engine.INTERRUPT.handling_signals():
+                return _run(args, root, output, steps, declared + broken, limits, selection.n_folds)
+    except OSError as error:
+        full = error.errno == errno.ENOSPC
+        if not full and (error.filename is None or not _is_under(error.filename, output)):
+            raise
+        where = "" if full or not error.filename else f" ('{error.filename}')"
+        print(f"[error] cannot {'write' if full or error.errno in (errno.EACCES, errno.EROFS) else 'use'} the results "
+              f"folder '{output}': {error.strerror or error}{where}"
+              + (f" ({_free_space(output)} free, at least {format_bytes(SPACE_MARGIN)} needed; free some space and "
+                 "rerun: finished steps stay cached, and every file it replaces keeps its previous version)"
+                 if full else ""), file=sys.stderr)
+        return 1
     except engine.ResultsLocked as error:
         say(f"[error] {error}")
         return 1
+
+
+def _free_space(folder: Path) -> str:
+    try:
+        return format_bytes(shutil_disk_free(folder))
+    except OSError:
+        return "unknown"
+
+
+def _is_under(path, folder: Path) -> bool:
+    return Path(os.path.abspath(path)).is_relative_to(folder)
 
 
 def _run(args, root: Path, output: Path, steps, declared, limits, n_folds: int) -> int:
@@ -368,6 +424,11 @@ def _run(args, root: Path, output: Path, steps, declared, limits, n_folds: int) 
     records += engine.check_partitions(steps, records, n_folds) + declared
     engine.write_trace(records, output / layout.TRACE)
     this_run = {Path(r.outputs["output"]).resolve() for r in records if r.stage == layout.SCORE and r.status == Status.OK}
+    if engine.DISK.problem and not engine.INTERRUPT.stopped:
+        done = sum(Status(r.status).reusable for r in records if r.stage != layout.CONFIG)
+        print(f"[error] {engine.DISK.problem} ({done} of {len(records)} steps done; {output / layout.TRACE} lists them)",
+              file=sys.stderr)
+        return 1
     if engine.INTERRUPT.stopped:
         # whatever tables the finished scores allow; the second Ctrl-C (handler still installed) exits at once
         tables = ""

@@ -262,6 +262,49 @@ class Progress:
         return lines
 
 
+# ---------------------------------------------------------------- what a step may touch
+
+# A step's log keeps its first and last LOG_KEEP bytes; what lies between is cut, and the cut is marked.
+LOG_KEEP = 2**20
+
+
+def cap_log(path: Path, keep: int = LOG_KEEP):
+    """Cut the middle of a log longer than 2 x `keep` bytes (100 MB of output is not a log anyone reads)."""
+    try:
+        size = os.stat(path).st_size
+        if size <= 2 * keep:
+            return
+        with open(path, "r+b") as handle:
+            handle.seek(size - keep)
+            tail = handle.read(keep)
+            marker = (f"\n[... {format_bytes(size - 2 * keep)} of output cut here: the log keeps its first and last "
+                      f"{format_bytes(keep)} ...]\n").encode()
+            handle.seek(keep)
+            handle.write(marker + tail)
+            handle.truncate()
+    except OSError:
+        pass
+
+
+def input_states(inputs: dict) -> dict:
+    """Size and mtime of every input file (argument -> (size, mtime_ns)), to tell whether a step changed one."""
+    states = {}
+    for name, value in inputs.items():
+        try:
+            stat = os.stat(value)
+        except (OSError, TypeError):
+            continue
+        if not Path(value).is_dir():
+            states[name] = (stat.st_size, stat.st_mtime_ns)
+    return states
+
+
+def changed_inputs(inputs: dict, before: dict) -> list[str]:
+    """The inputs a step changed (or removed) while it ran: its siblings read them too."""
+    after = input_states(inputs)
+    return [f"--{name} {inputs[name]}" for name, state in before.items() if after.get(name) != state]
+
+
 # ---------------------------------------------------------------- results lock
 
 class ResultsLocked(RuntimeError):
@@ -271,7 +314,7 @@ class ResultsLocked(RuntimeError):
 @contextlib.contextmanager
 def results_lock(output: Path):
     """Hold `<output>/.perturbcast.lock` for the run; ResultsLocked names the holder."""
-    path = Path(output) / ".perturbcast.lock"
+    path = Path(output) / layout.RESULTS_LOCK
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:

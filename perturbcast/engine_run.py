@@ -19,6 +19,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from . import __version__
+from . import disk_space
 from . import engine_guard as guard
 from . import layout
 from .config import ComponentConfig
@@ -72,18 +73,17 @@ def _cache_key(step: Step, upstream_keys: list[str], digests: dict, root: Path |
 
 
 def _write_json_atomic(path: Path, payload: dict):
-    tmp = path.with_suffix(".json.partial")
-    with open(tmp, "w") as handle:
+    with disk_space.replaced_atomically(path) as tmp, open(tmp, "w") as handle:
         handle.write(json.dumps(payload, indent=2, default=str))
         handle.flush()
         os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 ResultsLocked, results_lock = guard.ResultsLocked, guard.results_lock
 _worker = threading.local()
 STOP_GRACE_SECONDS = 3.0  # after an interrupt, how long running steps get to be recorded
 INTERRUPT = guard.Interrupt()
+DISK = disk_space.DiskSpace()  # a full disk stops the run like an interrupt, but lets running steps finish
 
 
 # imported by every component; loaded once per worker instead of once per step (~0.6 s each)
@@ -119,6 +119,20 @@ def _not_started(step: Step, reason: str) -> StepRecord:
                       reason=reason, labels=step.labels)
 
 
+def _clear_step_folder(step: Step):
+    """Remove what an older or failed attempt of `step` made; anything else in its folder is not ours and stays."""
+    if not step.directory.is_dir():
+        return
+    made = layout.step_made_files(step.stage) | {Path(p).name for p in step.outputs.values()}
+    for entry in step.directory.iterdir():
+        if entry.name in made or entry.name.startswith(layout.PARTIAL_PREFIX) or (
+                entry.name.startswith(f".{layout.STEP_RECORD}.") and entry.name.endswith(".partial")):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+
+
 def run_step(step: Step, cache_key: str, limits: guard.Limits | None = None, session: str | None = None) -> StepRecord:
     """Run one step in its own process (group); its outputs and log stay in the step's directory.
 
@@ -127,12 +141,15 @@ def run_step(step: Step, cache_key: str, limits: guard.Limits | None = None, ses
     limits = limits or guard.Limits()
     if INTERRUPT.stopped:
         return _not_started(step, f"not started: {INTERRUPT.name}")
+    if DISK.problem:  # queued before the disk filled up
+        return _not_started(step, f"not started: {disk_space.NO_SPACE}")
     record_path = step.directory / layout.STEP_RECORD
-    if step.directory.exists():
-        shutil.rmtree(step.directory)  # stale outputs of an older or failed attempt
-    step.directory.mkdir(parents=True)
+    _clear_step_folder(step)
+    workdir = step.directory / layout.STEP_WORKDIR
+    workdir.mkdir(parents=True)
     log_path = step.directory / layout.STEP_LOG
     reply = {}
+    inputs_before = guard.input_states(step.inputs)
     with open(log_path, "w") as log, guard.routed_stderr() as stderr, stderr.to(log):
         log.write(f"$ perturbcast run {step.component.directory} -- {' '.join(step.argv())}\n")
         log.flush()
@@ -143,14 +160,23 @@ def run_step(step: Step, cache_key: str, limits: guard.Limits | None = None, ses
             spawner.options = {"timeout": limits.timeout, "memory": limits.memory, "session": session}
             spawner.last_reply = {}
             result = run_component(step.component.path, step.argv(), stdout=log, stderr=log, spawner=spawner,
-                                   cpus=limits.cpus)
+                                   cpus=limits.cpus, cwd=str(workdir))
             exit_code, wall, peak = result.exit_code, result.wall_seconds, result.peak_rss_bytes
             reply = spawner.last_reply
         except Exception as error:  # a broken config or resource must not stop the other steps
             log.write(f"{layout.ERROR_TAG} {type(error).__name__}: {error}\n")
             exit_code, wall, peak = 1, 0.0, 0
+        log.flush()
+        guard.cap_log(log_path)
+        log.seek(0, os.SEEK_END)
         status = Status.of_exit_code(exit_code)
         reason = "" if status == Status.OK else _failure_reason(log_path, exit_code, reply, limits)
+        changed = guard.changed_inputs(step.inputs, inputs_before)
+        if changed:  # the inputs are shared with its siblings: this step's result (and theirs) cannot be trusted
+            status, reason = Status.FAILED, (f"{layout.ERROR_TAG} its input {', '.join(changed)} changed while "
+                                             f"{step.component.name} ran (it or a step beside it wrote there; a step "
+                                             "must only read its inputs)")
+            log.write(reason + "\n")
         if status == Status.FAILED and INTERRUPT.stopped:
             status, reason = Status.INTERRUPTED, f"interrupted by {INTERRUPT.name}: its process group was killed"
             log.write(f"{layout.ERROR_TAG} {reason}\n")
@@ -171,6 +197,10 @@ def run_step(step: Step, cache_key: str, limits: guard.Limits | None = None, ses
         except Exception as error:  # a check that cannot read an output fails this step only
             status, reason = Status.FAILED, f"{layout.ERROR_TAG} {type(error).__name__}: {error}"
             log.write(reason + "\n")
+    try:
+        workdir.rmdir()  # only when the step left nothing in it
+    except OSError:
+        pass
     record = StepRecord(
         id=step.id, stage=step.stage, component=step.component.name, status=status, cache_key=cache_key,
         exit_code=exit_code, wall_seconds=round(wall, 3), peak_rss_bytes=peak,
@@ -269,8 +299,14 @@ def execute(steps: list[Step], jobs: int = 1, progress: Progress | None = None,
     def finish(record: StepRecord):
         records[record.id] = record
         progress.update(record)
+        if root is not None:
+            DISK.notice(record, root)
+
+    def stopping() -> bool:
+        return INTERRUPT.stopped or DISK.problem is not None
 
     INTERRUPT.reset()
+    DISK.reset()
     stop_deadline = None
     workers = [threading.Thread(target=_worker_loop, args=(units, limits_of, finished), daemon=True,
                                 name=f"perturbcast-worker-{i}") for i in range(max(1, jobs))]
@@ -279,9 +315,9 @@ def execute(steps: list[Step], jobs: int = 1, progress: Progress | None = None,
             worker.start()
         INTERRUPT.executing = True
         try:
-            while (pending and not INTERRUPT.stopped) or in_flight:
+            while (pending and not stopping()) or in_flight:
                 still_pending, ready = [], []
-                for step in pending if not INTERRUPT.stopped else []:
+                for step in pending if not stopping() else []:
                     upstream = [records.get(d) for d in step.depends]
                     if any(r is None for r in upstream):
                         still_pending.append(step)
@@ -300,14 +336,16 @@ def execute(steps: list[Step], jobs: int = 1, progress: Progress | None = None,
                     if cached is not None:
                         finish(cached)
                         continue
+                    if not DISK.check(step.directory, disk_space.space_needed(step), step.id):
+                        break  # this step and every later one stay unstarted
                     ready.append(step)
-                if not INTERRUPT.stopped:
+                if not stopping():
                     pending = still_pending
                 for unit in _units(ready, group_scores):
                     in_flight.update(step.id for step in unit)
                     units.put([(step, keys[step.id]) for step in unit])
                 if not in_flight:
-                    if pending and not INTERRUPT.stopped:  # dependencies that are not part of the plan
+                    if pending and not stopping():  # dependencies that are not part of the plan
                         for step in pending:
                             missing = [d for d in step.depends if d not in by_id]
                             finish(StepRecord(id=step.id, stage=step.stage, component=step.component.name,
@@ -341,6 +379,10 @@ def execute(steps: list[Step], jobs: int = 1, progress: Progress | None = None,
                                               labels=step.labels)
             elif step.id not in records:
                 records[step.id] = _not_started(step, f"not started: {INTERRUPT.name}")
+    elif DISK.problem:
+        for step in steps:
+            if step.id not in records:
+                records[step.id] = _not_started(step, f"not started: {disk_space.NO_SPACE}")
     return [records[step.id] for step in steps]
 
 
@@ -357,6 +399,8 @@ def trace_rows(records: list[StepRecord]) -> list[dict]:
 
 
 def write_trace(records: list[StepRecord], path: Path):
+    """trace.tsv, replaced atomically: a failure (a full disk) leaves the previous trace, never a cut one."""
     import pandas as pd
 
-    pd.DataFrame(trace_rows(records), columns=layout.TRACE_COLUMNS).to_csv(path, sep="\t", index=False)
+    with disk_space.replaced_atomically(path) as temporary:
+        pd.DataFrame(trace_rows(records), columns=layout.TRACE_COLUMNS).to_csv(temporary, sep="\t", index=False)

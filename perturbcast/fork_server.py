@@ -43,17 +43,55 @@ import sys
 import time
 
 PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
 _running = set()  # process groups of the step or session running now (killed when the server stops)
 
 
 def _set_parent_death_signal(sig: int):
     """Linux: get `sig` when the parent thread dies (no-op elsewhere)."""
+    _prctl(PR_SET_PDEATHSIG, sig)
+
+
+def _prctl(option: int, value: int):
+    """Linux prctl (no-op elsewhere)."""
     try:
         import ctypes
 
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+        ctypes.CDLL(None, use_errno=True).prctl(option, int(value), 0, 0, 0)
     except (OSError, AttributeError):
         pass
+
+
+def _processes():
+    """(pid, state, parent, process group) of every process, from /proc (fields 1, 3, 4 and 5 of its stat)."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        yield int(entry), fields[0], int(fields[1]), int(fields[2])
+
+
+def _children_of(pid: int) -> list[int]:
+    """The live processes whose parent is `pid`."""
+    return [child for child, state, parent, _ in _processes() if parent == pid and state not in ("Z", "X")]
+
+
+def _sweep_orphans():
+    """Kill what a finished step left running in a session of its own (`setsid`, a daemon's double fork):
+    the server is the subreaper of everything its steps start, so such a process ends up its child; only
+    the step or session it runs now is its own."""
+    for pid in _children_of(os.getpid()):
+        if pid in _running:
+            continue
+        try:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        except (OSError, ChildProcessError):
+            pass
 
 
 def _kill_group(pgid: int):
@@ -313,17 +351,10 @@ def _session_main(requests_fd: int, replies_fd: int):
 def _kill_strays():
     """In a session process: kill what a finished script left running in the session's group, reap it."""
     me = os.getpid()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == me:
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as handle:
-                fields = handle.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == me:  # field 5: the process group
+    for pid, _, parent, group in _processes():
+        if pid != me and me in (group, parent):  # in the session's group, or its child in a session of its own
             try:
-                os.kill(int(entry), signal.SIGKILL)
+                os.kill(pid, signal.SIGKILL)
             except OSError:
                 pass
     while True:
@@ -402,6 +433,8 @@ class _Session:
 def _stop_server(signum, frame):
     for pgid in list(_running):
         _kill_group(pgid)
+    _running.clear()
+    _sweep_orphans()
     os._exit(128 + signum)
 
 
@@ -425,6 +458,7 @@ def serve(requests=sys.stdin, replies=sys.stdout, preloaded: bool = False):
             reply, alive = session.run(request)
             if not alive:
                 session = None
+        _sweep_orphans()
         replies.write(json.dumps(reply) + "\n")
         replies.flush()
     if session is not None:
@@ -437,6 +471,8 @@ if __name__ == "__main__":
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _stop_server)
     _set_parent_death_signal(signal.SIGTERM)
+    # orphans of the steps (a child that left its process group with setsid) become the server's: swept
+    _prctl(PR_SET_CHILD_SUBREAPER, 1)
     if len(sys.argv) > 2 and os.getppid() != int(sys.argv[2]):
         os._exit(0)  # the parent died before the death signal was armed
     modules = sys.argv[1].split(",") if len(sys.argv) > 1 and sys.argv[1] else []

@@ -78,6 +78,8 @@ def settings_from_environment(component: str, environ) -> dict:
 
 # Lines a step writes to its log that name its outcome; the engine takes the last of them as the reason.
 ERROR_TAG = "[error]"
+# The reason of a config record whose component could not be loaded (its steps are left out of the run).
+INVALID_CONFIG = "invalid config"
 NOT_APPLICABLE_TAG = "[not applicable]"
 NOT_INSTALLED_TAG = "[not installed]"
 OUTCOME_TAGS = (ERROR_TAG, NOT_APPLICABLE_TAG, NOT_INSTALLED_TAG)
@@ -169,6 +171,27 @@ STEP_LOG = "log.txt"
 # dataset_uns.yaml without staging the dataset) and an OpenProblems-style state.yaml (its id and files).
 STEP_DATASET_UNS = "dataset_uns.yaml"
 STEP_STATE = "state.yaml"
+
+# A step's working directory, inside its folder (removed when the step leaves nothing in it).
+STEP_WORKDIR = "work"
+# The prefix of a component's output while it is written and validated (renamed to its name on success).
+PARTIAL_PREFIX = ".partial-"
+
+
+def partial_name(path, tag: str) -> str:
+    """Where a component writes `path` until it is validated: a hidden name in the same folder, ending like
+    `path` (components may choose the format by the extension)."""
+    import os
+
+    head, tail = os.path.split(str(path))
+    return os.path.join(head, f"{PARTIAL_PREFIX}{tag}-{tail}")
+
+
+def step_made_files(stage: str) -> set:
+    """The names a step of `stage` makes in its folder: all a rerun may remove there (nothing else is)."""
+    return ({STEP_RECORD, STEP_LOG, STEP_DATASET_UNS, STEP_STATE, STEP_WORKDIR, *CHECK_RECORDS.values()}
+            | set(STAGE_OUTPUTS.get(stage, {}).values()))
+
 
 # The plan's leakage checks (`perturbcast plan --json`; the engine runs them inside its split steps): one per
 # split and one per complete partition, with the id `check/<id of the split or partition record>`, and the
@@ -346,3 +369,84 @@ def results_folder(selection: dict, default: Path = DEFAULT_RESULTS) -> Path:
     if len(slug) > _SLUG_LIMIT:
         slug = f"{slug[:80]}-{hashlib.sha256(slug.encode()).hexdigest()[:8]}"
     return Path(f"{default}-{slug}")
+
+
+# -- whose folder a results folder is --------------------------------------------------------------------
+
+# Written by `perturbcast benchmark` when it creates (or first fills an empty) results folder: the folder is
+# then the project's. A non-empty folder without it is someone else's and is never written into. The
+# marker records the selection the folder was made for (the normalized selection, dataset arguments
+# included), so a later run can tell whether it continues the same benchmark (read_marker_selection).
+RESULTS_MARKER = ".perturbcast-results.json"
+MARKER_KIND = "perturbcast results folder"
+MARKER_FORMAT = 1
+# Files a results folder may hold before its marker exists: the run lock, taken before the marker is written.
+RESULTS_LOCK = ".perturbcast.lock"
+
+
+def normalized_selection(selection) -> dict:
+    """A Selection (perturbcast.steps) as plain JSON data with a stable order: what the marker records."""
+    def names(values):
+        return None if values is None else sorted(str(v) for v in values)
+
+    return {"datasets": names(selection.datasets), "tasks": names(selection.tasks), "methods": names(selection.methods),
+            "metrics": names(selection.metrics), "seeds": sorted({int(s) for s in selection.seeds}),
+            "n_folds": int(selection.n_folds), "folds": None if selection.folds is None else sorted({int(f) for f in selection.folds}),
+            "dataset_arguments": {d: {k: str(v) for k, v in sorted(a.items())}
+                                  for d, a in sorted(selection.dataset_arguments.items())},
+            "extra_datasets": sorted(({"id": e["id"], "loader": e["loader"],
+                                       "arguments": {k: str(v) for k, v in sorted(e["arguments"].items())}}
+                                      for e in selection.extra_datasets), key=lambda e: e["id"])}
+
+
+def write_marker(folder: Path, selection: dict):
+    """Mark `folder` as a results folder of this project made for `selection` (written atomically)."""
+    import json
+    import os
+
+    path = Path(folder) / RESULTS_MARKER
+    temporary = path.with_name(path.name + f".{os.getpid()}.partial")
+    try:
+        temporary.write_text(json.dumps({"kind": MARKER_KIND, "format": MARKER_FORMAT, "selection": selection},
+                                        indent=2, sort_keys=True) + "\n")
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def read_marker(folder: Path) -> dict | None:
+    """The marker of `folder` (kind, format, selection), or None when it has none or not a readable one."""
+    import json
+
+    try:
+        marker = json.loads((Path(folder) / RESULTS_MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+    return marker if isinstance(marker, dict) and marker.get("kind") == MARKER_KIND else None
+
+
+def read_marker_selection(folder: Path) -> dict | None:
+    """The normalized selection a results folder was made for (normalized_selection), None if unmarked."""
+    marker = read_marker(folder)
+    return marker.get("selection") if marker else None
+
+
+def results_folder_problem(folder: Path, project_root: Path | None = None) -> str | None:
+    """Why `benchmark` must not write into `folder` (one sentence), or None: it is new, empty or marked as ours.
+    Nothing is ever deleted from a folder that is not the project's, so the answer decides alone."""
+    folder = Path(folder)
+    if project_root is not None and folder.resolve() == Path(project_root).resolve():
+        return f"'{folder}' is the project root; expected a results folder of its own (e.g. {DEFAULT_RESULTS})"
+    if not folder.exists():
+        return None
+    if not folder.is_dir():
+        return f"'{folder}' is an existing file; expected a results directory"
+    try:
+        entries = [entry.name for entry in folder.iterdir()]
+    except OSError as error:
+        return f"'{folder}' cannot be read ({error.strerror})"
+    if read_marker(folder) is not None or not [name for name in entries if name != RESULTS_LOCK]:
+        return None
+    shown = ", ".join(sorted(entries)[:3]) + (", ..." if len(entries) > 3 else "")
+    return (f"'{folder}' already holds files ({shown}) and no {RESULTS_MARKER}: it is not a results folder of "
+            "perturbcast, and nothing in it is touched; choose an empty or new folder")

@@ -71,12 +71,16 @@ def marks(config) -> str:
 def run(args) -> int:
     from .config import NO_PROJECT, discover_components, project_root
     from .engine import dataset_instances
+    from .layout import INVALID_CONFIG
 
     root = project_root(args.project)
     if root is None:
         print(f"[error] {NO_PROJECT.format(args.project)}", file=sys.stderr)
         return 1
-    components = discover_components(root)
+    errors = []
+    components = discover_components(root, errors=errors)
+    for error in errors:  # each broken config once; the others are listed
+        print(f"[error] {INVALID_CONFIG}: {error} (left out)", file=sys.stderr)
     if args.kind == "dataset_ids":
         rows = [(instance["id"], config.name, " (default)" if instance["default"] else "")
                 for config in components if config.component_type == "dataset_loader"
@@ -84,7 +88,7 @@ def run(args) -> int:
         width = max(len(r[0]) for r in rows)
         for dataset_id, loader, default in rows:
             print(f"{dataset_id:<{width}}  loader {loader}{default}")
-        return 0
+        return 1 if errors else 0
     for kind in ([args.kind] if args.kind else KINDS):
         members = [c for c in components if c.namespace == kind]
         if not members:
@@ -95,4 +99,4 @@ def run(args) -> int:
             line = f"  {config.name:<{width}}{marks(config)}  {_summary(config)}"
             # one line per component, cut to the width (the full summary is in its config)
             print(line if len(line) <= layout.LINE_WIDTH else line[:layout.LINE_WIDTH - 1] + "…")
-    return 0
+    return 1 if errors else 0

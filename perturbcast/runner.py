@@ -3,8 +3,9 @@
 `run` builds the component into a temporary directory the way `viash run` does (processed
 `.config.vsh.yaml`, the non-main resources; the main script is only injected, never copied), runs it
 with the current Python, `Rscript` or `bash` (by the main script's resource type), checks `must_exist`
-outputs, and then validates every h5ad output against its API format. Invalid outputs are removed so
-that nothing half-right is left behind.
+outputs, and then validates every h5ad output against its API format. A component writes each output under
+a temporary name beside it (layout.partial_name), renamed to the output path only once validated: a failed,
+invalid or interrupted run leaves nothing half-right behind, and never replaces the file that was there.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from . import envs, formats, viash
+from . import envs, formats, layout, viash
 from .layout import NOT_APPLICABLE_EXIT_CODE
 from .config import Argument, ComponentConfig, load_config
 from .languages import language_of
@@ -129,62 +130,78 @@ def execute(config: ComponentConfig, argv: list[str], resources_dir: Path, *, na
         invocation = viash.parse(config, argv)
         meta = viash.meta_values(config, Path(resources_dir), name)
         script_path = config.resolve_resource(config.main_script)
-        script = viash.inject(script_path.read_text(), viash.language_block(language, config, invocation, meta))
         if config.raw.get("set_wd_to_resources_dir"):
             cwd = str(resources_dir)
-        before = _output_states(config, invocation.values, cwd)
-        python_executable = None
-        if language.type == "python_script" and envs.wanted(config.raw, isolated) and envs.install_steps(config.raw):
-            python_executable = _own_environment(config, invocation, stderr)
-            if python_executable is None:
-                return RunResult(envs.NOT_INSTALLED_EXIT_CODE, values=invocation.values)
-        execution = viash.run_script(script, meta, cwd=cwd, stdout=stdout, stderr=stderr, spawner=spawner,
-                                     language=language, python_executable=python_executable)
-        result = RunResult(execution.exit_code, execution.wall_seconds, execution.peak_rss_bytes, invocation.values)
-        if execution.exit_code != 0:
-            _remove_partial_outputs(config, invocation.values, cwd, before, stderr)
+        final_values = dict(invocation.values)
+        partial = _partial_outputs(config, invocation, cwd)
+        try:
+            script = viash.inject(script_path.read_text(), viash.language_block(language, config, invocation, meta))
+            python_executable = None
+            if language.type == "python_script" and envs.wanted(config.raw, isolated) and envs.install_steps(config.raw):
+                python_executable = _own_environment(config, invocation, stderr)
+                if python_executable is None:
+                    return RunResult(envs.NOT_INSTALLED_EXIT_CODE, values=final_values)
+            execution = viash.run_script(script, meta, cwd=cwd, stdout=stdout, stderr=stderr, spawner=spawner,
+                                         language=language, python_executable=python_executable)
+            result = RunResult(execution.exit_code, execution.wall_seconds, execution.peak_rss_bytes, final_values)
+            if execution.exit_code != 0:
+                return result  # what it wrote is discarded below; an earlier file at the output path stays
+            for name, (_, temporary) in partial.items():
+                if config.argument(name).must_exist and not os.path.exists(temporary):
+                    viash.error_exit(f"Output file '{final_values[name]}' does not exist.")
+            viash.check_outputs_exist(config, invocation)
+            if validate:
+                result.problems = formats.output_problems(config, _absolute(invocation.values, cwd))
+                if result.problems:
+                    _report_invalid_outputs(config, result, stderr)
+                    return result
+            for final, temporary in partial.values():  # validated: only now may it replace what was there
+                if os.path.lexists(temporary):
+                    os.replace(temporary, final)
             return result
-        viash.check_outputs_exist(config, invocation)
+        finally:
+            for _, temporary in partial.values():
+                _discard(temporary)
     except viash.ViashExit as stop:
         return RunResult(stop.code)
-    if validate:
-        result.problems = formats.output_problems(config, _absolute(invocation.values, cwd))
-        if result.problems:
-            _report_invalid_outputs(config, result, stderr)
-    return result
 
 
-def _output_paths(config: ComponentConfig, values: dict, cwd: str | None) -> list[str]:
-    paths = []
+def _partial_outputs(config: ComponentConfig, invocation, cwd: str | None) -> dict:
+    """Point every single-file output at a hidden name in its own folder (layout.partial_name), so that the
+    component writes there and the file at the output path is replaced only once the output is validated (a
+    failed, invalid or interrupted run leaves what was there before). Returns plain name -> (final, temporary)
+    as absolute paths; `invocation.values` then hold the temporary names the script sees."""
+    import secrets
+
+    partial = {}
+    tag = f"{os.getpid()}{secrets.token_hex(3)}"
+    absolute = lambda value: os.path.realpath(os.path.join(cwd, value) if cwd and not os.path.isabs(value) else value)  # noqa: E731
+    files = [(argument.direction, absolute(value)) for argument in config.arguments if argument.type == "file"
+             for value in [invocation.values.get(argument.plain_name)] if value and "*" not in value]
+    outputs = [path for direction, path in files if direction == "output"]
+    shared = {path for direction, path in files if direction == "input"} | {p for p in outputs if outputs.count(p) > 1}
     for argument in config.arguments:
-        path = values.get(argument.plain_name)
-        if argument.type == "file" and argument.direction == "output" and path and "*" not in path:
-            paths.append(os.path.join(cwd, path) if cwd and not os.path.isabs(path) else path)
-    return paths
-
-
-def _output_states(config: ComponentConfig, values: dict, cwd: str | None) -> dict:
-    states = {}
-    for path in _output_paths(config, values, cwd):
-        try:
-            stat = os.stat(path)
-            states[path] = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
-        except OSError:
-            states[path] = None
-    return states
-
-
-def _remove_partial_outputs(config: ComponentConfig, values: dict, cwd: str | None, before: dict, stderr):
-    """A failed run leaves no output it wrote (files that were there before and are unchanged stay)."""
-    out = stderr if stderr not in (None, -1) and hasattr(stderr, "write") else sys.stderr
-    for path, state in before.items():
-        try:
-            stat = os.stat(path)
-        except OSError:
+        value = invocation.values.get(argument.plain_name)
+        if argument.type != "file" or argument.direction != "output" or argument.multiple or not value or "*" in value:
             continue
-        if os.path.isfile(path) and (stat.st_ino, stat.st_mtime_ns, stat.st_size) != state:
+        final = os.path.join(cwd, value) if cwd and not os.path.isabs(value) else os.path.abspath(value)
+        # a folder output (viash test's `dir`) is written in place; an output that is an input or another output
+        # is left for the component to refuse (component_io names both arguments)
+        if os.path.isdir(final) or absolute(value) in shared:
+            continue
+        partial[argument.plain_name] = (final, layout.partial_name(final, tag))
+        invocation.values[argument.plain_name] = partial[argument.plain_name][1]
+    return partial
+
+
+def _discard(path: str):
+    try:
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
             os.remove(path)
-            print(f"[notice] {config.name}: removed the output '{path}' written by the failed run", file=out, flush=True)
+    except FileNotFoundError:
+        pass
 
 
 def _own_environment(config: ComponentConfig, invocation, stderr) -> str | None:
@@ -216,17 +233,14 @@ def _report_invalid_outputs(config: ComponentConfig, result: RunResult, stderr):
         path = result.values.get(name.lstrip("-"))
         message = f"[error] {config.name}: output {name} file '{path}' does not match its API format: " + "; ".join(problems[:5])
         print(message, file=out or sys.stderr, flush=True)
-    for argument in config.arguments:
-        path = result.values.get(argument.plain_name)
-        if argument.type == "file" and argument.direction == "output" and path and os.path.isfile(path):
-            os.remove(path)  # no partial or invalid output is left behind
-    print(f"[error] {config.name}: removed its outputs", file=out or sys.stderr, flush=True)
+    # the invalid files are discarded (execute); a file that was at the output path before is left as it was
+    print(f"[error] {config.name}: its outputs were not written", file=out or sys.stderr, flush=True)
     result.exit_code = 1
 
 
 def run_component(component: str | os.PathLike, argv: list[str], *, keep: bool = False, stdout=None,
                   stderr=None, cpus: int | None = None, memory: str | None = None, validate: bool = True,
-                  spawner=None, isolated: bool | None = None) -> RunResult:
+                  spawner=None, isolated: bool | None = None, cwd: str | None = None) -> RunResult:
     """`viash run COMPONENT -- ARGS`: build into `$VIASH_TEMP/viash_<name>XXXX`, run, clean up on success."""
     config = load_config(component)
     argv = list(argv) + ([f"---cpus={cpus}"] if cpus else []) + ([f"---memory={memory}"] if memory else [])
@@ -236,7 +250,7 @@ def run_component(component: str | os.PathLike, argv: list[str], *, keep: bool =
     try:
         build(config, build_dir)
         result = execute(config, argv, build_dir, stdout=stdout, stderr=stderr, validate=validate, spawner=spawner,
-                         isolated=isolated)
+                         isolated=isolated, cwd=cwd)
     except BaseException:
         shutil.rmtree(build_dir, ignore_errors=True)
         raise

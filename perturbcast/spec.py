@@ -81,6 +81,37 @@ def _integers(where: str, value, low: int = 0) -> list[int]:
     return numbers
 
 
+def _check_loader_arguments(where: str, dataset_id: str, arguments: dict, root: Path | None):
+    """An argument the dataset's loader does not take is refused here, not warned about in a step log."""
+    if root is None or not arguments:
+        return
+    from .config import discover_components
+    from .engine import dataset_instances
+
+    for loader in discover_components(root, errors=[]):
+        if loader.component_type == "dataset_loader" and dataset_id in {d["id"] for d in dataset_instances(loader)}:
+            unknown = sorted(k for k in arguments if loader.argument(str(k)) is None)
+            if unknown:
+                known = sorted(a.plain_name for a in loader.arguments if a.direction == "input" and a.type != "file")
+                raise SpecError(f"{where}.arguments.{unknown[0]}: not an argument of the loader {loader.name} of "
+                                f"'{dataset_id}'; expected some of {', '.join(known)}")
+            return
+
+
+class _UniqueKeyLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):
+    """A YAML loader that refuses a key given twice in one mapping (PyYAML silently keeps the last)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key '{key}' appears twice (line {key_node.start_mark.line + 1})", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def _dataset(where: str, entry, base: Path, root: Path | None) -> dict:
     if isinstance(entry, str):
         entry = {"id": entry}
@@ -101,6 +132,7 @@ def _dataset(where: str, entry, base: Path, root: Path | None) -> dict:
     if "file" not in entry:
         if dataset_id is None:
             raise SpecError(f"{where}: needs an id (a dataset of a loader) or a file (your own h5ad)")
+        _check_loader_arguments(where, dataset_id, arguments, root)
         return {"id": dataset_id, "arguments": dict(arguments), "file": None, "loader": None}
     if not isinstance(entry["file"], str):
         raise SpecError(f"{where}.file: expected a path")
@@ -123,7 +155,7 @@ def load_spec(path, root: Path | None = None) -> dict:
     spec_path = Path(path)
     root = root or find_package_root(Path.cwd())
     try:
-        raw = yaml.safe_load(spec_path.read_text())
+        raw = yaml.load(spec_path.read_text(), Loader=_UniqueKeyLoader)
     except FileNotFoundError:
         raise SpecError(f"spec '{path}': file does not exist") from None
     except (OSError, UnicodeDecodeError) as error:

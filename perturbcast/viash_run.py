@@ -23,6 +23,17 @@ class Execution:
 
 
 
+def _die_with_parent():
+    """In the script's process before exec (Linux): SIGKILL when perturbcast dies."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def run_script(script_text: str, meta: dict, cwd: str | None = None, stdout=None, stderr=None,
                env: dict | None = None, spawner=None, language: Language = LANGUAGES["python_script"],
                python_executable: str | None = None) -> Execution:
@@ -74,7 +85,10 @@ def run_script(script_text: str, meta: dict, cwd: str | None = None, stdout=None
             os.remove(script_path)
         return Execution(reply["exit_code"], reply["wall_seconds"], reply["peak_rss_bytes"])
     started = time.perf_counter()
-    process = subprocess.Popen([*command, script_path], cwd=cwd, stdout=stdout, stderr=stderr, env=env)
+    # its own process group: Ctrl-C reaches perturbcast alone, which stops the script (no second traceback, from
+    # the script, after perturbcast's one line); it dies with perturbcast all the same
+    process = subprocess.Popen([*command, script_path], cwd=cwd, stdout=stdout, stderr=stderr, env=env,
+                               process_group=0, preexec_fn=_die_with_parent)
     try:
         _, status, usage = os.wait4(process.pid, 0)
     except KeyboardInterrupt:

@@ -306,18 +306,34 @@ def test_a_file_placed_by_hand_survives_an_offline_run_and_is_used(cache):
     assert not any("warning" in m for m in messages) and read_record(str(path))["verified_against"] == "pinned sha256"
 
 
-def test_a_file_with_an_unreadable_or_mismatching_record_is_kept_offline(cache):
+def test_a_file_with_an_unreadable_record_is_kept_offline_but_a_changed_one_is_refused(cache):
     url = unreachable_url()
     path = place_by_hand(url, PAYLOAD)
     Path(str(path) + download.RECORD_SUFFIX).write_text("{not json")
     messages = []
     assert fetch(url, log=quiet(messages), **FAST)[1] == SHA256 and path.read_bytes() == PAYLOAD
     assert any("no checksum record" in m for m in messages)
-    download.write_record(str(path), sha256="a" * 64, url=url)  # a record of another version
-    messages = []
-    assert fetch(url, log=quiet(messages), **FAST)[1] == SHA256 and path.read_bytes() == PAYLOAD
-    assert any("not the " + "a" * 64 in m and "UNVERIFIED" in m for m in messages), messages
-    assert read_record(str(path))["previous_sha256"] == "a" * 64
+    # a record of another version (its own size and time): the file changed since, and nothing can verify it
+    download.write_record(str(path), sha256="a" * 64, url=url, size=3, mtime_ns=1)
+    with pytest.raises(DownloadError) as error:
+        fetch(url, log=quiet([]), **FAST)
+    assert str(error.value) == (
+        f"cached file {path} changed since it was recorded (sha256 {SHA256}, recorded {'a' * 64}) and no checksum is "
+        f"pinned or published to verify it: put a good copy in place with `perturbcast cache add GOOD_COPY --url "
+        f"{url} --force`, or move the file away to download it again")
+    assert path.read_bytes() == PAYLOAD and read_record(str(path))["sha256"] == "a" * 64
+
+
+def test_an_unchanged_verified_file_is_used_without_hashing_and_a_changed_one_is_hashed(cache, monkeypatch):
+    url = unreachable_url()
+    path = place_by_hand(url, PAYLOAD)
+    download.write_record(str(path), sha256=SHA256, url=url, verified_against="pinned sha256")
+    hashed = []
+    original = download.file_digests
+    monkeypatch.setattr(download, "file_digests", lambda p, a=("sha256",): hashed.append(p) or original(p, a))
+    assert fetch(url, sha256=SHA256, log=quiet([]), **FAST)[1] == SHA256 and hashed == []
+    os.utime(path, ns=(1, 1))  # touched: the size and time no longer vouch for it
+    assert fetch(url, sha256=SHA256, log=quiet([]), **FAST)[1] == SHA256 and hashed == [str(path)]
 
 
 def test_a_cached_file_verified_by_the_published_checksum_is_used_without_download(server, cache):

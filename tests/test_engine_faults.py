@@ -21,7 +21,8 @@ from conftest import ROOT
 
 FIXTURES = ROOT / "tests" / "fixtures" / "fault_components"
 SPLIT = "simulated_grn_small/unseen_perturbation/seed_0/fold_0"
-STEP_TIMEOUT = 12
+STEP_TIMEOUT = 30  # far above what any other step of the run takes, even on a loaded machine
+HOG_TIMEOUT = 3600
 
 
 @pytest.fixture(scope="module")
@@ -63,14 +64,24 @@ def pid_in(folder: Path, name: str = "pid") -> int:
 def faulty_run(project, tmp_path_factory):
     output = tmp_path_factory.mktemp("faulty")
     started = time.monotonic()
-    code = main(arguments(project, output, "train_mean,replicate_ceiling,hanging,memory_hog,orphan_spawner,needs_argument",
+    code = main(arguments(project, output, "train_mean,replicate_ceiling,hanging,orphan_spawner,needs_argument",
                           "delta_error,delta_exit,delta_segfault,weighted_error",
                           "--step-timeout", str(STEP_TIMEOUT), "--step-memory", "1536MiB"))
     return output, code, time.monotonic() - started
 
 
+@pytest.fixture(scope="module")
+def hog_run(project, tmp_path_factory):
+    """The memory hog alone, with a time limit far above any allocation time (filling 1.5 GiB takes about a
+    second, minutes on the busiest machine): only the memory limit can stop it, however slow the machine."""
+    output = tmp_path_factory.mktemp("hog")
+    code = main(arguments(project, output, "train_mean,memory_hog", "delta_error",
+                          "--step-timeout", str(HOG_TIMEOUT), "--step-memory", "1536MiB"))
+    return output, code
+
+
 def test_a_hanging_method_costs_its_time_limit_and_nothing_else(faulty_run):
-    output, code, wall = faulty_run
+    output, code, _ = faulty_run
     steps = trace(output)
     hanging = steps.loc[f"predict/{SPLIT}/hanging"]
     # steps failed, so the exit code says so (layout.STEPS_FAILED_EXIT_CODE), while every other step completed
@@ -78,19 +89,20 @@ def test_a_hanging_method_costs_its_time_limit_and_nothing_else(faulty_run):
     assert hanging.reason == f"timeout after {STEP_TIMEOUT} s"
     assert STEP_TIMEOUT <= hanging.wall_seconds < STEP_TIMEOUT + 5
     assert not alive(pid_in(output / "predictions" / SPLIT / "hanging"))
-    assert "[error] timeout after 12 s" in (output / "predictions" / SPLIT / "hanging" / "log.txt").read_text()
+    assert f"[error] timeout after {STEP_TIMEOUT} s" in (output / "predictions" / SPLIT / "hanging" / "log.txt").read_text()
     assert (steps[steps.index.str.startswith(f"score/{SPLIT}/hanging/")].status == "skipped").all()
     for method in ("train_mean", "replicate_ceiling"):
         assert steps.loc[f"predict/{SPLIT}/{method}"].status == "ok"
-    # The benchmark did not wait for the hanging step beyond its limit: the run takes at most that limit plus
-    # the other steps done one after another (an upper bound with two workers) and a margin for planning and
-    # aggregation. Relative to the measured steps, so a loaded machine (other tests in parallel) does not fail it.
-    others = steps.drop(index=f"predict/{SPLIT}/hanging").wall_seconds.sum()
-    assert wall < STEP_TIMEOUT + others + 30, (wall, others)
+    # The step was stopped at its limit (its own wall time, above) and nothing waited for it: every step below
+    # it was recorded without running. The run's total wall time is not asserted: planning and aggregation
+    # took 3x longer with two busy processes per core beside the tests (issue 22), so any bound on it tests
+    # the machine, not the engine.
+    assert (steps[steps.index.str.startswith(f"score/{SPLIT}/hanging/")].wall_seconds == 0).all()
 
 
-def test_a_memory_hog_is_stopped_at_its_limit(faulty_run):
-    output, _, _ = faulty_run
+def test_a_memory_hog_is_stopped_at_its_limit(hog_run):
+    output, code = hog_run
+    assert code == 0
     hog = trace(output).loc[f"predict/{SPLIT}/memory_hog"]
     assert hog.status == "failed" and hog.reason == "out of memory (limit 1.5 GiB)"
     assert 500 < hog.peak_rss_mib < 1536
@@ -185,7 +197,8 @@ def test_a_second_run_on_the_same_folder_is_refused(project, small_run, capsys):
 @pytest.mark.parametrize("extra, message", [
     (["--jobs", "0"], "[error] --jobs must be at least 1 (got 0)"),
     (["--n-resamples", "-5"], "[error] --n-resamples must be at least 1 (got -5)"),
-    (["--step-timeout", "0"], "[error] --step-timeout must be a positive number of seconds (got 0)"),
+    (["--step-timeout", "0"], "[error] --step-timeout must be a positive number of seconds, at most 2592000 (30 days) "
+                              "(got 0)"),
     (["--step-memory", "lots"], "[error] --step-memory must be an amount of memory such as 4GiB or 512MB (got 'lots')"),
 ])
 def test_bad_engine_options_are_rejected_before_anything_runs(project, tmp_path, capsys, extra, message):

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from ..layout import RESULTS, TRACE
-from .page import write_report
+from .page import REPORT_NAME, write_report
 
 
 def add_command(commands):
@@ -33,13 +33,37 @@ def report_command(args) -> int:
         print(f"[error] '{results}' holds neither results.parquet nor trace.tsv: run `perturbcast benchmark "
               f"--output {results}` or `perturbcast aggregate {results}` first", file=sys.stderr)
         return 1
+    target = Path(args.output) if args.output else results / REPORT_NAME
+    problem = _unreadable_results(results / RESULTS)
+    if problem and target.exists():
+        # a report without the scores would replace one that has them
+        print(f"[error] {results / RESULTS}: {problem}; '{target}' is left as it was (rerun `perturbcast aggregate "
+              f"{results}` to rebuild the tables)", file=sys.stderr)
+        return 1
     try:
         path = write_report(results, Path(args.output) if args.output else None)
     except RuntimeError as error:
         print(f"[error] {error}", file=sys.stderr)
         return 1
+    except OSError as error:  # e.g. a full disk: the previous report stays (write_report)
+        print(f"[error] cannot write '{target}': {error.strerror or error}; the previous report "
+              "is left as it was", file=sys.stderr)
+        return 1
     print(f"report: {path}")
     return 0
+
+
+def _unreadable_results(path: Path) -> str | None:
+    """Why the results table cannot give the report its scores (absent or unreadable), or None."""
+    import pyarrow.parquet as pq
+
+    if not path.is_file():
+        return "does not exist"
+    try:
+        pq.read_metadata(path)
+    except Exception as error:  # pyarrow's errors for a truncated or foreign file have no common class
+        return f"cannot be read as a parquet table ({type(error).__name__})"
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -105,6 +105,9 @@ def write_report(results_dir: Path, output: Path | None = None) -> Path:
     text = render(inputs, output.resolve())
     output.parent.mkdir(parents=True, exist_ok=True)
     temporary = output.with_name(output.name + ".tmp")
-    temporary.write_text(text, encoding="utf-8")
-    temporary.replace(output)
+    try:
+        temporary.write_text(text, encoding="utf-8")
+        temporary.replace(output)
+    finally:  # a full disk leaves the previous report, not a half-written one beside it
+        temporary.unlink(missing_ok=True)
     return output

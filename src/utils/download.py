@@ -140,9 +140,11 @@ def read_record(path: str) -> dict | None:
 
 
 def write_record(path: str, *, sha256: str, url: str | None = None, size: int | None = None,
-                 verified_against: str = "recorded on first download", **extra) -> str:
-    """Write `<path>.checksum.json` atomically. Loaders never need this; tests use it to place files in the cache."""
+                 verified_against: str = "recorded on first download", mtime_ns: int | None = None, **extra) -> str:
+    """Write `<path>.checksum.json` atomically. Loaders never need this; tests use it to place files in the cache.
+    Size and mtime are recorded so that a later use can tell, without hashing, that the file is unchanged."""
     record = {"url": url, "sha256": sha256.lower(), "size": size if size is not None else _size(path),
+              "mtime_ns": mtime_ns if mtime_ns is not None else _mtime_ns(path),
               "verified_against": verified_against,
               "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **extra}
     target = record_path(path)
@@ -159,6 +161,28 @@ def _write_json_atomic(target: str, data: dict):
     except BaseException:  # a full disk must not leave the temporary file behind
         _remove(tmp)
         raise
+
+
+def _mtime_ns(path: str) -> int | None:
+    try:
+        return os.stat(path).st_mtime_ns
+    except OSError:
+        return None
+
+
+def unchanged_since_recorded(path: str, record: dict | None) -> bool:
+    """The fast check: size and mtime as the record has them (a file that was rewritten has another mtime)."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return False
+    return (record is not None and record.get("size") == stat.st_size and record.get("mtime_ns") is not None
+            and record.get("mtime_ns") == stat.st_mtime_ns)
+
+
+def fix_command(url: str) -> str:
+    """How a user puts a good copy of `url` back into the cache (the changed one is moved aside, not deleted)."""
+    return f"`perturbcast cache add GOOD_COPY --url {url} --force`"
 
 
 def _size(path: str) -> int | None:
@@ -283,11 +307,19 @@ def fetch(url: str, *, sha256: str | None = None, published=None, path: str | No
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with _lock(path, log):
+            refused = []
             if os.path.exists(path):
-                cached = _reuse(path, url, pinned, expected, log)
+                cached = _reuse(path, url, pinned, expected, log, refused)
                 if cached:
                     return path, cached
-            return _download_verified(url, path, expected(), options, log)
+            try:
+                return _download_verified(url, path, expected(), options, log)
+            except DownloadError as error:
+                if not refused:
+                    raise
+                # the reason the cached file was not used comes first: it is what the user can fix offline
+                raise DownloadError(f"cached file {path} {refused[0]}, and no replacement could be downloaded "
+                                    f"({error}); put a good copy in place with {fix_command(url)}") from None
     except OSError as error:
         raise DownloadError(_os_error_line(error, path, url)) from None
 
@@ -306,11 +338,20 @@ def _aside(path: str, sha256: str) -> str:
     return f"{path}.replaced-{sha256[:12]}"
 
 
-def _reuse(path: str, url: str, pinned: str | None, expected, log) -> str | None:
-    """The sha256 of the cached file when it is to be used; None when a replacement must be downloaded.
+def _reuse(path: str, url: str, pinned: str | None, expected, log, refused: list | None = None) -> str | None:
+    """The sha256 of the cached file when it is to be used; None when a replacement must be downloaded (the
+    reason is appended to `refused`). A file whose size and mtime are as its verified record has them is
+    used without hashing; any other is hashed in full. A file that changed since it was recorded and that
+    no checksum can verify is refused (DownloadError naming the file and the command that fixes it).
 
     Never removes the file: a file that is another version stays until its replacement is complete."""
+    refused = [] if refused is None else refused
     record = read_record(path)
+    trusted = record is not None and (record.get("verified_against") == "pinned sha256" if pinned
+                                      else not str(record.get("verified_against", "")).startswith(UNVERIFIED))
+    if trusted and (not pinned or record["sha256"] == pinned) and unchanged_since_recorded(path, record):
+        log(f"using cached {path} (sha256 {record['sha256']} verified before; size and mtime unchanged since)")
+        return record["sha256"]
     actual = sha256_file(path)
     if pinned and actual == pinned:
         if record is None or record.get("sha256") != actual or record.get("verified_against") != "pinned sha256":
@@ -336,10 +377,13 @@ def _reuse(path: str, url: str, pinned: str | None, expected, log) -> str | None
         log(f"[warning] cached file {path} {why} and does not match the {checksum.source} {checksum.algorithm}; "
             f"downloading a replacement (the cached file stays until it is complete, then moves to "
             f"{_aside(path, actual)})")
+        refused.append(f"{why} and does not match the {checksum.source} {checksum.algorithm} {checksum.value}")
         return None
-    previous = {"previous_sha256": record["sha256"]} if record is not None and not recorded else {}
-    write_record(path, url=url, sha256=actual, verified_against=f"{UNVERIFIED}: no checksum pinned or published",
-                 **previous)
+    if record is not None and not recorded:  # changed since recorded, and nothing can say which copy is right
+        raise DownloadError(f"cached file {path} changed since it was recorded (sha256 {actual}, recorded "
+                            f"{record['sha256']}) and no checksum is pinned or published to verify it: put a good "
+                            f"copy in place with {fix_command(url)}, or move the file away to download it again")
+    write_record(path, url=url, sha256=actual, verified_against=f"{UNVERIFIED}: no checksum pinned or published")
     log(f"[warning] using cached {path} UNVERIFIED: it {why}, and no checksum is pinned or could be read from the "
         f"host for {url}; its sha256 {actual} is recorded as unverified (delete the file to download it again)")
     return actual
@@ -363,7 +407,7 @@ def _download_verified(url: str, path: str, expected: Checksum | None, options: 
         aside = _aside(path, sha256_file(path))
         os.replace(path, aside)
         log(f"[warning] the earlier cached file was moved to {aside} (not deleted)")
-    write_record(path, url=url, sha256=digests["sha256"], size=_size(part),
+    write_record(path, url=url, sha256=digests["sha256"], size=_size(part), mtime_ns=_mtime_ns(part),
                  verified_against=_describe(expected) if expected else "recorded on first download")
     os.replace(part, path)
     _remove(path + VALIDATOR_SUFFIX)

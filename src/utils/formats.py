@@ -14,6 +14,8 @@ import numpy as np
 import pandas as pd
 
 SLOTS = ("obs", "var", "uns", "layers", "obsm")
+# No count (a cell's reads) or expression value comes near this; a value beyond it is a corrupt or foreign file.
+ABSURD_VALUE = 1e15
 # Rows per block when scanning a matrix for non-finite values: bounds memory on backed files.
 _ROW_BLOCK = 2048
 
@@ -174,6 +176,8 @@ def _matrix_problems(matrix, where: str, spec: dict) -> list[str]:
     dtype = matrix.dtype
     if not (np.issubdtype(dtype, np.number) and not np.issubdtype(dtype, np.bool_)):
         return [f"{where} has dtype {dtype}, expected numbers"]
+    if np.issubdtype(dtype, np.complexfloating):  # reading it as real would drop the imaginary part silently
+        return [f"{where} has complex dtype {dtype}, expected real numbers"]
     integer = np.issubdtype(dtype, np.integer)
     problems = []
     if integer and spec.get("log_normalized", False):
@@ -181,7 +185,7 @@ def _matrix_problems(matrix, where: str, spec: dict) -> list[str]:
                         "log-normalized expression")
     if spec.get("allow_nonfinite", False) and not any(k in spec for k in ("max_value", "min_value", "max_negative_mass")):
         return problems
-    n_nan = n_inf = 0
+    n_nan = n_inf = n_absurd = 0
     negative_mass = positive_mass = 0.0
     largest, smallest = -np.inf, np.inf
     # each pass over a block costs a full read of it (a solution has X and up to six layers): only the
@@ -198,6 +202,8 @@ def _matrix_problems(matrix, where: str, spec: dict) -> list[str]:
                 n_inf += int(np.isinf(values).sum())
                 values = values[finite]
             del finite
+        if values.size and not integer:
+            n_absurd += int(np.count_nonzero(np.abs(values) > ABSURD_VALUE))
         if values.size and extremes:
             largest, smallest = max(largest, float(values.max())), min(smallest, float(values.min()))
         if values.size and mass:
@@ -215,6 +221,9 @@ def _matrix_problems(matrix, where: str, spec: dict) -> list[str]:
         ratio = f"{negative_mass / positive_mass:.0%} of" if positive_mass else "more than"
         problems.append(f"{where} looks centred, scaled or log-fold-change: its negative values sum to {ratio} its "
                         f"positive ones (at most {float(bound):.0%} for log-normalized expression)")
+    if n_absurd:
+        problems.append(f"{where} has {n_absurd} values beyond ±{ABSURD_VALUE:.0e}, more than any count or expression "
+                        "matrix holds; expected counts or log-normalized expression")
     if n_nan and not spec.get("allow_nonfinite", False):
         problems.append(f"{where} has {n_nan} NaN values, expected finite numbers")
     if n_inf and not spec.get("allow_nonfinite", False):
