@@ -77,7 +77,10 @@ def runs(tmp_path_factory):
 
 
 def profile(adata, perturbation, replicate) -> np.ndarray:
-    return adata.X[(adata.obs["perturbation"] == perturbation).to_numpy() & (adata.obs["replicate"] == replicate).to_numpy()][0]
+    # a control replicate comes in two control parts: its profile is their cell-weighted mean (cell means)
+    rows = (adata.obs["perturbation"] == perturbation).to_numpy() & (adata.obs["replicate"] == replicate).to_numpy()
+    weights = adata.obs["n_cells"].to_numpy(dtype=np.float64)[rows]
+    return (np.asarray(adata.X[rows], dtype=np.float64) * weights[:, None]).sum(axis=0) / weights.sum()
 
 
 def test_profiles_follow_biological_replicates(runs):
@@ -87,16 +90,19 @@ def test_profiles_follow_biological_replicates(runs):
     assert adata.uns["replicate_kind"] == "biological" and adata.uns["replicate_column"] == "bio_rep"
     assert adata.uns["n_replicates"] == 3 and adata.uns["min_cells_per_half"] == 10
     per_condition = adata.obs.groupby("perturbation", observed=True)["replicate"].apply(lambda r: sorted(r)).to_dict()
-    assert per_condition == {"control": list(REPLICATES), "T1": list(REPLICATES), "T2": list(REPLICATES),
+    assert per_condition == {"control": sorted(list(REPLICATES) * 2), "T1": list(REPLICATES), "T2": list(REPLICATES),
                              "T3": list(REPLICATES), "TX": list(REPLICATES), "T4": ["rep1", "rep2"]}
+    controls = adata.obs[adata.obs["is_control"].to_numpy()]
+    assert sorted(zip(controls["replicate"], controls["control_part"])) == [(r, k) for r in REPLICATES for k in (1, 2)]
     # each profile is exactly the cells of its perturbation and replicate: counts summed, n_cells counted
     key = (source.obs["perturbation"].astype(str) + "|" + source.obs["bio_rep"].astype(str)).to_numpy()
     expected = pd.DataFrame(source.X.toarray(), index=key, columns=source.var_names).groupby(level=0).sum()
     observed = pd.DataFrame(adata.layers["counts"], columns=adata.var_names,
                             index=(adata.obs["perturbation"].astype(str) + "|" + adata.obs["replicate"].astype(str)).to_numpy())
+    observed = observed.groupby(level=0, sort=False).sum()  # a control replicate's two parts together
     np.testing.assert_array_equal(observed.to_numpy(), expected.loc[observed.index, observed.columns].to_numpy())
-    assert adata.obs["n_cells"].tolist() == [CELLS[p][REPLICATES.index(r)] for p, r in
-                                             zip(adata.obs["perturbation"], adata.obs["replicate"])]
+    n_cells = adata.obs.groupby(["perturbation", "replicate"], observed=True, sort=False)["n_cells"].sum()
+    assert {k: int(v) for k, v in n_cells.items()} == {(p, r): CELLS[p][REPLICATES.index(r)] for p, r in n_cells.index}
     # controls per replicate carry the batch effect, so a delta against the same replicate's control removes it
     batch = [adata.var_names.get_loc(g) for g in BATCH_GENES]
     counts = pd.DataFrame(adata.layers["counts"], index=observed.index, columns=adata.var_names)
@@ -196,7 +202,8 @@ def test_gene_selection_does_not_depend_on_how_cells_are_split_into_replicates(t
     kept = ~source.obs["perturbation"].isin(["T4", "T5"]).to_numpy()  # no replicate profile is too small
     results = {name: load_in_process(path, source, replicate_column=column, seed=seed, n_top_genes=8, keep=kept)
                for name, column, seed in (("biological", "bio_rep", 0), ("halves", None, 0), ("other_seed", None, 5))}
-    assert results["biological"].n_obs == 15 and results["halves"].n_obs == 10
+    # biological: 4 conditions x 3 replicates + 3 control replicates x 2 control parts; halves: 4 x 2 + 2 x 2
+    assert results["biological"].n_obs == 18 and results["halves"].n_obs == 12
     for name in ("halves", "other_seed"):
         assert list(results[name].var_names) == list(results["biological"].var_names)
         np.testing.assert_array_equal(results[name].var["highly_variable_rank"],
@@ -214,11 +221,14 @@ def test_log_normalised_sources_average_each_replicates_cells(tmp_path):
     adata = pseudobulk(path, cells, values="log", seed=0, min_cells=5, n_top_genes=0,
                        genes=gene_table(path, symbol_column="gene_name"), uns={"dataset_id": "gears_like"},
                        log=lambda m: None)
-    assert adata.uns["replicate_kind"] == "biological" and adata.n_obs == 6 * 3
+    assert adata.uns["replicate_kind"] == "biological" and adata.n_obs == 6 * 3 + 3  # + the controls' parts
     labels = [f"{harmonize_perturbation(c)}|{r}" for c, r in zip(source.obs["condition"], source.obs["bio_rep"])]
     expected = pd.DataFrame(source.X.toarray(), index=labels).groupby(level=0).mean()
     keys = (adata.obs["perturbation"].astype(str) + "|" + adata.obs["replicate"].astype(str)).to_numpy()
-    np.testing.assert_allclose(adata.X, expected.loc[keys].to_numpy(), atol=1e-5)
+    weights = adata.obs["n_cells"].to_numpy(dtype=np.float64)
+    weighted = pd.DataFrame(np.asarray(adata.X, dtype=np.float64) * weights[:, None], index=keys).groupby(level=0).sum()
+    means = weighted.div(pd.Series(weights, index=keys).groupby(level=0).sum(), axis=0)
+    np.testing.assert_allclose(means.to_numpy(), expected.loc[means.index].to_numpy(), atol=1e-5)
 
 
 def test_assign_profiles_with_replicate_labels():

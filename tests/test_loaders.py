@@ -152,7 +152,9 @@ def test_perturbench_norman2019(runs):
     assert adata.uns["source_sha256"] == PERTURBENCH_SHA256
     assert set(obs["cell_type"]) == {"K562"} and set(obs["condition"]) == {"none"}
     assert set(obs["perturbation_type"]) == {"activation"} and set(obs["replicate"]) == {"r1", "r2"}
-    assert obs["perturbation"].nunique() == 34 and adata.n_obs == 68 and adata.n_vars == 500
+    # 33 perturbations x 2 replicate halves, and the control's 2 halves x 2 control parts
+    assert obs["perturbation"].nunique() == 34 and adata.n_obs == 70 and adata.n_vars == 500
+    assert sorted(obs.loc[obs["is_control"], "control_part"]) == [1, 1, 2, 2]
     combos = obs.loc[obs["n_targets"] == 2, "perturbation"].unique()
     assert len(combos) == 15 and "KLF1+MAP2K6" in combos and "KLF1+SET" in combos  # SET+KLF1 sorted
     assert all(p == "+".join(sorted(p.split("+"))) for p in obs["perturbation"])
@@ -207,7 +209,8 @@ def test_scperturb_datlinger2017(runs):
     assert adata.uns["dataset_id"] == "datlinger2017" and adata.uns["normalization_id"] == "log_cp10k_cell_mean"
     assert set(obs["condition"]) == {"stimulated", "unstimulated"}
     assert set(obs["cell_type"]) == {"Jurkat"} and set(obs["perturbation_type"]) == {"knockout"}
-    assert obs[["perturbation", "condition"]].drop_duplicates().shape[0] == 42 and adata.n_obs == 84
+    # 40 perturbation conditions x 2 halves, 2 control conditions x 2 halves x 2 control parts
+    assert obs[["perturbation", "condition"]].drop_duplicates().shape[0] == 42 and adata.n_obs == 88
     assert obs["perturbation"].nunique() == 21 and obs["n_cells"].sum() == 7500 and adata.n_vars == 2000
     # counts are the sums of the cells' raw counts; X is the mean of the cells' log1p(cp10k): a condition's
     # profiles, weighted by their cells, average to the mean over all its cells
@@ -262,7 +265,12 @@ def test_scperturb_gene_selection_and_seed(runs):
     assert list(top.obs_names) == list(full.obs_names)
     seed0, seed1 = full[:, top.var_names].layers["counts"], top.layers["counts"]
     assert not np.array_equal(seed0, seed1)
-    np.testing.assert_array_equal(seed0[0::2] + seed0[1::2], seed1[0::2] + seed1[1::2])  # rows: r1, r2 of each
+    conditions = list(zip(full.obs["perturbation"], full.obs["condition"]))
+
+    def per_condition(counts):  # the profiles of a condition (halves, control parts) add up to its cells
+        frame = pd.DataFrame(np.asarray(counts, dtype=np.float64))
+        return frame.groupby(pd.Index(conditions)).sum().to_numpy()
+    np.testing.assert_array_equal(per_condition(seed0), per_condition(seed1))
 
 
 def test_gears_archives(runs):
@@ -390,8 +398,11 @@ def test_assign_profiles_is_seeded_and_drops_small_conditions():
                           "perturbation_type": "knockdown", "cell_type": "K562", "condition": "none"})
     messages = []
     codes, profiles = assign_profiles(cells, seed=3, min_cells=2, log=messages.append)
-    assert list(profiles.index) == ["A|K562|none|r1", "A|K562|none|r2", "control|K562|none|r1", "control|K562|none|r2"]
-    assert profiles["n_cells"].tolist() == [4, 3, 5, 5]
+    # each control half (5 cells) is cut into its two control parts (3 and 2)
+    assert list(profiles.index) == ["A|K562|none|r1", "A|K562|none|r2", "control|K562|none|r1|p1",
+                                    "control|K562|none|r1|p2", "control|K562|none|r2|p1", "control|K562|none|r2|p2"]
+    assert profiles["n_cells"].tolist() == [4, 3, 3, 2, 3, 2]
+    assert profiles["control_part"].tolist() == [0, 0, 1, 2, 1, 2]
     assert (codes[17:] == -1).all() and any("left out 1 of 3 conditions (3 cells): fewer than 2 cells per random half" in m and "B/K562/none (3 cells)" in m for m in messages)
     again, _ = assign_profiles(cells, seed=3, min_cells=2, log=messages.append)
     other, _ = assign_profiles(cells, seed=4, min_cells=2, log=messages.append)

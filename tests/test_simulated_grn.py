@@ -15,6 +15,7 @@ from unittest import mock
 
 import anndata as ad
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 
@@ -101,7 +102,7 @@ def test_output_conforms_to_common_dataset_format(name, request):
     assert set(adata.obs["perturbation_type"]) == {name}
     assert set(adata.obs["condition"]) == {"none"}
     assert adata.uns["dataset_id"] == "simulated_grn"
-    assert adata.uns["normalization_id"] == "log_cp10k"
+    assert adata.uns["normalization_id"] == "log_cp10k_cell_mean"
     assert adata.uns["dataset_organism"] == "synthetic"
     assert len(adata.uns["source_sha256"]) == 64
     assert adata.uns["simulation"]["perturbation_type"] == name
@@ -120,14 +121,19 @@ def test_design_singles_combos_cell_types_replicates(knockdown):
         assert genes == sorted(genes) and len(genes) == 2
         assert set(genes) <= singles
     assert set(obs["cell_type"]) == {"type_A", "type_B"}
-    groups = obs.groupby(["perturbation", "cell_type"], observed=True)["replicate"].apply(sorted)
+    groups = obs.groupby(["perturbation", "cell_type"], observed=True)[["replicate", "control_part"]].apply(
+        lambda frame: sorted(map(tuple, frame.to_numpy().tolist())))
     assert len(groups) == 2 * (1 + len(singles) + len(combos))
-    assert all(replicates == ["r1", "r2"] for replicates in groups)
+    # perturbations: one profile per replicate half; controls: each half cut into its two control parts
+    for (perturbation, _), profiles in groups.items():
+        assert profiles == ([("r1", 1), ("r1", 2), ("r2", 1), ("r2", 2)] if perturbation == "control"
+                            else [("r1", 0), ("r2", 0)])
     assert (obs["n_targets"] == obs["perturbation"].map(lambda p: 0 if p == "control" else p.count("+") + 1)).all()
     assert (obs["n_cells"] >= 1).all()
-    assert list(obs.index[:2]) == ["control|type_A|none|r1", "control|type_A|none|r2"]
-    assert all(name == "|".join(row) for name, row in
-               zip(obs.index, obs[["perturbation", "cell_type", "condition", "replicate"]].itertuples(index=False)))
+    assert list(obs.index[:2]) == ["control|type_A|none|r1|p1", "control|type_A|none|r1|p2"]
+    assert all(name == "|".join(row[:4]) + (f"|p{row[4]}" if row[4] else "") for name, row in
+               zip(obs.index, obs[["perturbation", "cell_type", "condition", "replicate", "control_part"]]
+                   .itertuples(index=False)))
 
 
 def test_controls(knockdown):
@@ -140,11 +146,28 @@ def test_controls(knockdown):
     assert set(controls["perturbation_type"]) == {"knockdown"}
 
 
-def test_counts_and_normalisation(knockdown):
+def test_counts_and_normalisation(knockdown, tmp_path_factory):
+    """X is the mean over a profile's cells of each cell's log1p(cp10k) (the cells file holds every cell
+    here); `--normalization log_cp10k` gives log1p(cp10k) of the summed counts instead."""
     counts = np.asarray(knockdown.layers["counts"], dtype=np.float64)
     assert (counts >= 0).all() and np.array_equal(counts, np.round(counts))
+    tmp_path = tmp_path_factory.mktemp("with_cells")
+    cells_path = tmp_path / "cells.h5ad"
+    completed, output = run_loader(tmp_path, **SMALL, output_cells=cells_path, max_cells_per_condition=100000,
+                                   max_control_cells=100000)
+    assert completed.returncode == 0, completed.stderr
+    profiles, cells = ad.read_h5ad(output), ad.read_h5ad(cells_path)
+    np.testing.assert_array_equal(np.asarray(profiles.X), np.asarray(knockdown.X))
+    assert cells.n_obs == int(profiles.obs["n_cells"].sum())
+    X = np.asarray(cells.X.toarray() if hasattr(cells.X, "toarray") else cells.X, dtype=np.float64)
+    by_profile = pd.Series(np.arange(cells.n_obs)).groupby(cells.obs["profile_id"].astype(str).to_numpy()).apply(list)
+    means = np.vstack([X[by_profile[name]].mean(axis=0) for name in profiles.obs_names])
+    np.testing.assert_allclose(np.asarray(profiles.X), means, rtol=1e-4, atol=1e-4)
+    summed = load(tmp_path_factory, "summed", **SMALL, normalization="log_cp10k")
+    assert summed.uns["normalization_id"] == "log_cp10k"
+    np.testing.assert_array_equal(np.asarray(summed.layers["counts"]), counts)  # same draws
     expected = np.log1p(counts / counts.sum(axis=1, keepdims=True) * 1e4)
-    np.testing.assert_allclose(np.asarray(knockdown.X), expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(summed.X), expected, rtol=1e-5, atol=1e-5)
 
 
 def test_var_columns(knockdown):
@@ -224,18 +247,25 @@ def test_expected_is_the_noise_free_mean_and_carries_the_replicate_batch(tmp_pat
     assert error["many"] < error["few"] / 20, error
     np.testing.assert_allclose(many.layers["expected"], few.layers["expected"])  # cells do not move the truth
     controls = few[(few.obs["perturbation"] == "control").to_numpy() & (few.obs["cell_type"] == "type_A").to_numpy()]
-    r1, r2 = np.asarray(controls.layers["expected"], dtype=np.float64)
-    assert np.abs(r1 - r2).max() > 0.1  # each replicate its own batch effect
+    expected = np.asarray(controls.layers["expected"], dtype=np.float64)
+    r1, r2 = (expected[(controls.obs["replicate"] == r).to_numpy()] for r in ("r1", "r2"))
+    np.testing.assert_allclose(r1[0], r1[1])  # the two control parts of a replicate share its truth
+    assert np.abs(r1[0] - r2[0]).max() > 0.1  # each replicate its own batch effect
     flat = load(tmp_path_factory, "no_batch", **SMALL, batch_effect=0.0)
-    controls = flat[(flat.obs["perturbation"] == "control").to_numpy()].layers["expected"]
-    np.testing.assert_allclose(controls[0], controls[1], atol=1e-6)
+    controls = flat[(flat.obs["perturbation"] == "control").to_numpy()]
+    expected = np.asarray(controls.layers["expected"], dtype=np.float64)
+    np.testing.assert_allclose(expected[(controls.obs["replicate"] == "r1").to_numpy()][0],
+                               expected[(controls.obs["replicate"] == "r2").to_numpy()][0], atol=1e-6)
 
 
 def test_effects_propagate_beyond_the_target_and_differ_by_cell_type(knockout):
     # Replicate noise sets the bar: a real downstream effect must clearly exceed the split-half spread.
     controls = knockout[knockout.obs["is_control"].to_numpy()]
-    noise = max(np.abs(np.diff(np.asarray(controls[controls.obs["cell_type"] == t].X), axis=0)).max()
-                for t in ("type_A", "type_B"))
+
+    def half(cell_type, replicate):  # a replicate half of the controls: the mean of its two control parts
+        rows = ((controls.obs["cell_type"] == cell_type) & (controls.obs["replicate"] == replicate)).to_numpy()
+        return np.asarray(controls.X[rows], dtype=np.float64).mean(axis=0)
+    noise = max(np.abs(half(t, "r1") - half(t, "r2")).max() for t in ("type_A", "type_B"))
     deltas = {}
     for cell_type in ("type_A", "type_B"):
         means = profile_means(knockout, cell_type)
