@@ -102,7 +102,7 @@ def test_a_hanging_method_costs_its_time_limit_and_nothing_else(faulty_run):
 
 def test_a_memory_hog_is_stopped_at_its_limit(hog_run):
     output, code = hog_run
-    assert code == 0
+    assert code == layout.STEPS_FAILED_EXIT_CODE  # the hog failed, as it must
     hog = trace(output).loc[f"predict/{SPLIT}/memory_hog"]
     assert hog.status == "failed" and hog.reason == "out of memory (limit 1.5 GiB)"
     assert 500 < hog.peak_rss_mib < 1536
