@@ -88,7 +88,8 @@ def test_a_folder_made_with_other_dataset_arguments_is_never_reused(tmp_path):
 def test_benchmark_refuses_an_output_folder_of_other_data(base_run, tmp_path, capsys):
     copy = tmp_path / "elsewhere"
     copy.mkdir()
-    (copy / layout.SELECTION_RECORD).write_text((base_run / layout.SELECTION_RECORD).read_text())
+    for name in (layout.SELECTION_RECORD, layout.RESULTS_MARKER):  # a results folder of perturbcast, of other data
+        (copy / name).write_text((base_run / name).read_text())
     assert main(["benchmark", "--project", str(ROOT), "--output", str(copy), "--datasets", "simulated_grn",
                  "--dry-run"]) == 2
     err = capsys.readouterr().err

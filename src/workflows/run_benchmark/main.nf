@@ -33,6 +33,7 @@ methods = [
 
 // metrics
 metrics = [
+  cell_eval2,
   de_agreement,
   delta_correlation,
   delta_error,
@@ -106,7 +107,8 @@ workflow run_wf {
   latent_additive,
   linear_baseline,
   ridge_regulators,
-  scgpt AND de_agreement,
+  scgpt AND cell_eval2,
+  de_agreement,
   delta_correlation,
   delta_error,
   discrimination,
