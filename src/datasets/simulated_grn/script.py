@@ -30,7 +30,6 @@ meta = {"name": "simulated_grn", "resources_dir": "src/utils", "config": None}
 
 sys.path.append(meta["resources_dir"])
 
-import functools  # noqa: E402
 import hashlib  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
@@ -43,6 +42,7 @@ import scipy.sparse as sp  # noqa: E402
 import scipy.sparse.linalg as spla  # noqa: E402
 from scipy.stats import norm  # noqa: E402
 
+from cell_expectation import cell_log_normalised, expected_cell_log  # noqa: E402
 from component_io import ComponentIO, fail, log  # noqa: E402
 from dataset_report import dataset_report  # noqa: E402
 import vocabulary  # noqa: E402
@@ -92,11 +92,7 @@ PERTURBATION_TYPES = ("knockout", "knockdown", "activation")
 # which rises with the pooled depth (Jensen), so that a control pooling more cells than a perturbation
 # differs from it even where no gene responds.
 NORMALIZATIONS = ("log_cp10k_cell_mean", "log_cp10k")
-# Gauss-Hermite nodes over the log-normal library size, and the largest mean count whose expected
-# log1p(cp10k) is summed exactly over the count distribution (above it a gamma approximation is exact
-# to about 1e-4).
-LIBRARY_NODES = 16
-EXACT_MEAN_MAX = 400.0
+
 
 
 def simulation_arguments(par: dict) -> dict:
@@ -324,59 +320,6 @@ def sample_counts(rng, share, mean_library_size: float, dispersion: float):
     return rng.poisson(mean)
 
 
-def cell_log_normalised(counts) -> np.ndarray:
-    """log1p(cp10k) of each cell (row) by its own total (scanpy's normalize_total + log1p); 0 for a cell
-    without counts."""
-    totals = counts.sum(axis=1, keepdims=True).astype(np.float64)
-    return np.log1p(counts * (1e4 / np.where(totals > 0, totals, 1.0)))
-
-
-@functools.lru_cache(maxsize=4)  # the same table serves every condition of a simulation
-def _mean_log1p_table(a_values: tuple, dispersion: float):
-    """E[log1p(a c)] for c with mean mu and variance mu + dispersion mu^2 (negative binomial; Poisson at
-    dispersion 0), on a log grid of mu up to EXACT_MEAN_MAX: (grid, table[len(a_values), len(grid)])."""
-    from scipy import stats
-
-    grid = np.geomspace(1e-6, EXACT_MEAN_MAX, 600)
-    k_max = int(np.ceil(EXACT_MEAN_MAX + 12 * np.sqrt(EXACT_MEAN_MAX + dispersion * EXACT_MEAN_MAX ** 2) + 30))
-    k = np.arange(k_max + 1, dtype=np.float64)
-    if dispersion > 0:
-        r = 1.0 / dispersion
-        pmf = stats.nbinom.pmf(k[None, :], r, (r / (r + grid))[:, None])
-    else:
-        pmf = stats.poisson.pmf(k[None, :], grid[:, None])
-    return grid, np.log1p(np.outer(a_values, k)) @ pmf.T
-
-
-def expected_cell_log(share, mean_library_size: float, dispersion: float) -> np.ndarray:
-    """Expected log1p(cp10k) of one cell whose counts are drawn as `sample_counts` draws them, per entry of
-    `share` (rows of expression shares): the mean profile a large pool of such cells tends to. The
-    log-normal library size is integrated by Gauss-Hermite quadrature and the count distribution exactly
-    (a gamma approximation above a mean of EXACT_MEAN_MAX counts); the cell's total is taken to be its
-    library size (with hundreds of genes its relative spread is a few per cent, the same for every profile)."""
-    from scipy.special import digamma
-
-    nodes, weights = np.polynomial.hermite_e.hermegauss(LIBRARY_NODES)
-    weights = weights / weights.sum()
-    libraries = mean_library_size * np.exp(-LIBRARY_SIZE_LOG_SD ** 2 / 2 + LIBRARY_SIZE_LOG_SD * nodes)
-    scales = 1e4 / libraries
-    grid, table = _mean_log1p_table(tuple(scales), dispersion)
-    share = np.asarray(share, dtype=np.float64)
-    result = np.zeros_like(share)
-    gamma_shift = (digamma(1.0 / dispersion) + np.log(dispersion)) if dispersion > 0 else 0.0
-    for library, scale, weight, row in zip(libraries, scales, weights, table):
-        mean = library * share
-        small = mean <= EXACT_MEAN_MAX
-        value = np.empty_like(mean)
-        tiny = mean < grid[0]
-        value[small] = np.interp(np.log(np.maximum(mean[small], grid[0])), np.log(grid), row)
-        value[tiny] = mean[tiny] * np.log1p(scale)  # P(c = 1) ~ mean: the only count that matters
-        big = ~small
-        value[big] = (np.log(scale * mean[big]) + gamma_shift - 0.5 / mean[big] + 1.0 / (scale * mean[big]))
-        result += weight * value
-    return result
-
-
 def simulate_condition(cell_rng, solve, baseline, abundance, targets, guide_of, buffering, batches, args):
     """Summed counts and noise-free expected log-normalised profiles of both replicates of a condition."""
     n_cells = (args["n_control_cells"] if not targets
@@ -396,7 +339,7 @@ def simulate_condition(cell_rng, solve, baseline, abundance, targets, guide_of, 
         expected = [np.log1p(1e4 * (weights @ with_batch(node_shares, batch))) for batch in batches]
     else:
         expected = [weights @ expected_cell_log(with_batch(node_shares, batch), args["mean_library_size"],
-                                                args["dispersion"]) for batch in batches]
+                                                args["dispersion"], LIBRARY_SIZE_LOG_SD) for batch in batches]
 
     in_r1 = np.zeros(n_cells, dtype=bool)
     in_r1[cell_rng.permutation(n_cells)[: (n_cells + 1) // 2]] = True
