@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from . import layout
+
 UNVERIFIED = "unverified"
 
 
@@ -122,8 +124,10 @@ def _expected(download, source: Source, checksum: str | None, offline: bool):
     """The checksum to verify against: --checksum, else pinned, else published (None when unknowable)."""
     if checksum:
         algorithm, _, value = checksum.partition(":")
-        if not value or algorithm.lower() not in ("md5", "sha1", "sha256", "sha512"):
-            raise CacheError(f"--checksum '{checksum}': expected ALGORITHM:HEX with md5, sha1, sha256 or sha512")
+        digits = {"md5": 32, "sha1": 40, "sha256": 64, "sha512": 128}.get(algorithm.lower())
+        if digits is None or not re.fullmatch(f"[0-9a-fA-F]{{{digits}}}", value.strip()):
+            raise CacheError(f"--checksum '{checksum}': expected ALGORITHM:HEX with md5 (32 hex digits), sha1 (40), "
+                             "sha256 (64) or sha512 (128)")
         return download.Checksum(algorithm.lower(), value.strip().lower(), "--checksum")
     if source.sha256:
         return download.Checksum("sha256", source.sha256, "pinned sha256")
@@ -148,8 +152,9 @@ def add(root: Path, file: str, *, dataset: str | None = None, url: str | None = 
     """Place `file` in the cache; returns the one-line summary. Raises CacheError."""
     download = _download_module(str(root))
     source_file = Path(file).expanduser()
-    if not source_file.is_file():
-        raise CacheError(f"file '{file}': does not exist")
+    problem = layout.not_a_file(source_file)
+    if problem:
+        raise CacheError(f"file '{file}': {problem}")
     if (dataset is None) == (url is None):
         raise CacheError("give exactly one of --dataset ID or --url URL")
     if dataset is not None:

@@ -136,7 +136,7 @@ def step_limits(config, overrides: Limits, table: dict) -> Limits:
     return Limits(timeout=timeout, memory=memory, cpus=overrides.cpus, shared_by=shared_by)
 
 
-OUT_OF_MEMORY = re.compile(r"MemoryError|Unable to allocate|Cannot allocate memory|cannot allocate vector|std::bad_alloc")
+OUT_OF_MEMORY = re.compile(r"MemoryError|memory limit exceeded|Unable to allocate|Cannot allocate memory|cannot allocate vector|std::bad_alloc")
 
 
 def ran_out_of_memory(log_path: Path) -> bool:

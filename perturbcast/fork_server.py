@@ -15,7 +15,9 @@ Bounds. Every step runs in its own process group (so a timeout or an interrupt k
 started too, and the group is killed when the step ends, so nothing it spawned outlives it), with
 an optional wall-time limit (`timeout`, seconds: the group is killed with SIGKILL) and memory limit
 (`memory`, bytes: RLIMIT_DATA, so an allocation beyond it fails inside the step -
-MemoryError - instead of waking the kernel's global out-of-memory killer). The server dies with the
+MemoryError - instead of waking the kernel's global out-of-memory killer; and, since RLIMIT_DATA does not
+see shared memory or mapped files, the group's proportional set size is read every 0.1 s and the group is
+killed when it holds more). The server dies with the
 thread that started it (PR_SET_PDEATHSIG) and kills its running step's group as it goes; a step's
 process dies with the server. SIGTERM to the server does the same: the engine's interrupt.
 
@@ -176,8 +178,40 @@ def _run_python_in_process(script: str, own_exit_handlers: bool = False) -> int:
     return code
 
 
-def _wait(pid: int, timeout):
-    """wait4 `pid` for at most `timeout` seconds: (status, usage) or None when the time is up."""
+def _group_memory(pgid: int) -> int:
+    """Bytes the processes of group `pgid` hold in memory, shared pages included: the sum of their
+    proportional set sizes (Pss, /proc/PID/smaps_rollup), so a page two of them share counts once and a
+    MAP_SHARED region or a mapped tmpfs file counts like the heap (RLIMIT_DATA sees neither)."""
+    total = 0
+    for pid, state, _, group in _processes():
+        if group != pgid or state in ("Z", "X"):
+            continue
+        try:
+            with open(f"/proc/{pid}/smaps_rollup") as handle:
+                for line in handle:
+                    if line.startswith("Pss:"):
+                        total += int(line.split()[1]) * 1024
+                        break
+        except (OSError, ValueError):
+            continue
+    return total
+
+
+MEMORY_POLL_SECONDS = 0.1
+
+
+def _memory_note(used: int, limit) -> str:
+    # "memory limit exceeded" is what engine_guard.OUT_OF_MEMORY recognises as a step out of memory
+    return (f"[error] memory limit exceeded: the step's processes held {used / 2**30:.2f} GiB "
+            f"(shared memory included) over its limit of {int(limit) / 2**30:.2f} GiB; its process group was killed")
+
+
+def _wait(pid: int, timeout, memory=None):
+    """wait4 `pid` for at most `timeout` seconds: (status, usage) or None when the time is up.
+
+    With `memory` (bytes), the memory of `pid`'s process group is read every MEMORY_POLL_SECONDS and the
+    group is killed when it holds more: then the string "memory" and the bytes it held are returned
+    instead, as ("memory", used)."""
     deadline = None if not timeout else time.monotonic() + float(timeout)
     try:
         pidfd = os.pidfd_open(pid)
@@ -188,9 +222,16 @@ def _wait(pid: int, timeout):
             waited, status, usage = os.wait4(pid, os.WNOHANG)
             if waited:
                 return status, usage
+            if memory:
+                used = _group_memory(pid)
+                if used > int(memory):
+                    _kill_group(pid)
+                    return "memory", used
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 return None
+            if memory:
+                left = MEMORY_POLL_SECONDS if left is None else min(MEMORY_POLL_SECONDS, left)
             if pidfd is not None:
                 select.select([pidfd], [], [], left)
             else:
@@ -242,12 +283,15 @@ def _run_forked(request: dict, preloaded: bool) -> dict:
     _running.add(pid)
     if log is not None:
         os.close(log)
-    waited = _wait(pid, request.get("timeout"))
+    waited = _wait(pid, request.get("timeout"), request.get("memory"))
     timed_out = waited is None
     _kill_group(pid)  # the step's leftovers (or, on timeout, the step itself) die with it
     if timed_out:
         _, status, usage = os.wait4(pid, 0)
         _note(request.get("log"), f"[error] timeout after {request['timeout']:g} s: the step's process group was killed")
+    elif waited[0] == "memory":
+        _note(request.get("log"), _memory_note(waited[1], request["memory"]))
+        _, status, usage = os.wait4(pid, 0)
     else:
         status, usage = waited
     _running.discard(pid)
@@ -396,8 +440,19 @@ class _Session:
         os.write(self.requests, (json.dumps(request) + "\n").encode())
         timeout = request.get("timeout")
         deadline = None if not timeout else time.monotonic() + float(timeout)
+        memory = request.get("memory")
         while b"\n" not in self.buffer:
             left = None if deadline is None else deadline - time.monotonic()
+            if memory:
+                used = _group_memory(self.pid)
+                if used > int(memory):
+                    self.close(kill=True)
+                    _note(request.get("log"), _memory_note(used, memory))
+                    return _reply(-signal.SIGKILL, used, started), False
+                if left is None or left > 0:
+                    ready = select.select([self.replies], [], [], MEMORY_POLL_SECONDS if left is None else min(MEMORY_POLL_SECONDS, left))[0]
+                    if not ready:
+                        continue
             if left is not None and left <= 0 or not select.select([self.replies], [], [], left)[0]:
                 self.close(kill=True)
                 _note(request.get("log"), f"[error] timeout after {timeout:g} s: the step's process group was killed")

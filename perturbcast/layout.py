@@ -187,6 +187,19 @@ def partial_name(path, tag: str) -> str:
     return os.path.join(head, f"{PARTIAL_PREFIX}{tag}-{tail}")
 
 
+def not_a_file(path) -> str | None:
+    """Why `path` cannot be read as a file (it is missing, a folder, a device, pipe or socket), or None."""
+    import os
+
+    if not os.path.exists(path):
+        return "does not exist"
+    if os.path.isdir(path):
+        return "is a directory, expected a file"
+    if not os.path.isfile(path):
+        return "is not a regular file (a device, pipe or socket)"
+    return None
+
+
 def step_made_files(stage: str) -> set:
     """The names a step of `stage` makes in its folder: all a rerun may remove there (nothing else is)."""
     return ({STEP_RECORD, STEP_LOG, STEP_DATASET_UNS, STEP_STATE, STEP_WORKDIR, *CHECK_RECORDS.values()}

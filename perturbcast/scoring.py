@@ -12,6 +12,7 @@ partition: headline.py. The vocabulary (baseline, ceiling, panel) and the bootst
 """
 from __future__ import annotations
 
+import os
 import zlib
 from pathlib import Path
 
@@ -315,10 +316,20 @@ def _outcomes(results: pd.DataFrame, maximize: dict, no_outcome: set) -> tuple[n
 
 
 def write_results(per_condition: pd.DataFrame, results: pd.DataFrame, summary: pd.DataFrame, output_dir: Path):
-    results.to_parquet(output_dir / layout.RESULTS, index=False)
-    per_condition.to_parquet(output_dir / layout.PER_CONDITION, index=False)
+    """The four tables, each written under a partial name and renamed only when all four are written: a full
+    disk or an interrupt leaves the previous tables (issue 22), never a truncated one."""
     by_slice = summary.attrs.get("by_slice", pd.DataFrame())
     plain = summary.copy()
     plain.attrs = {}
-    plain.to_parquet(output_dir / layout.SUMMARY, index=False)
-    by_slice.to_parquet(output_dir / layout.HEADLINE, index=False)
+    tables = {layout.RESULTS: results, layout.PER_CONDITION: per_condition, layout.SUMMARY: plain, layout.HEADLINE: by_slice}
+    written = {}
+    try:
+        for name, table in tables.items():
+            temporary = Path(layout.partial_name(output_dir / name, f"{os.getpid()}"))
+            written[name] = temporary
+            table.to_parquet(temporary, index=False)
+        for name, temporary in written.items():
+            os.replace(temporary, output_dir / name)
+    finally:
+        for temporary in written.values():
+            temporary.unlink(missing_ok=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from . import layout
 
 LOADER = "h5ad_file"
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
@@ -107,8 +108,9 @@ def dataset_step_arguments(path: str | os.PathLike, dataset_id: str | None = Non
     strings or lists; unknown names and values of the wrong type are refused. The input path is absolute.
     """
     file = Path(path).expanduser()
-    if not file.is_file():
-        raise UserDataError(f"file '{path}': does not exist (--dataset-file)")
+    problem = layout.not_a_file(file)
+    if problem:
+        raise UserDataError(f"file '{path}': {problem} (--dataset-file)")
     if dataset_id is not None and not ID_PATTERN.match(dataset_id):
         raise UserDataError(f"--dataset-id '{dataset_id}': expected letters, digits, '_', '.' or '-' (it names folders)")
     known = _loader_arguments(root)

@@ -142,11 +142,53 @@ SOLUTION_VARIANTS = {
     "nan": (_set_x(_cell(np.nan)), "NaN values"),
     "reordered_rows": (lambda a: a[a.obs_names[::-1]].copy(), "another order"),
 }
+def _uns_value(key, value):
+    def change(adata):
+        adata.uns[key] = value
+    return change
+
+
+def _complex_x(adata):
+    adata.X = np.asarray(adata.X.toarray() if hasattr(adata.X, "toarray") else adata.X).astype(np.complex64)
+
+
+def _contradicting_n_targets(adata):
+    n_targets = adata.obs["n_targets"].to_numpy().copy()
+    n_targets[-1] += 1
+    adata.obs["n_targets"] = n_targets
+
+
+def _negative_n_cells(adata):
+    n_cells = adata.obs["n_cells"].to_numpy().copy()
+    n_cells[0] = -3
+    adata.obs["n_cells"] = n_cells
+
+
+# The values issue 22 found accepted silently, each refused in one line that names the input and the field
+VALUE_VARIANTS = {
+    "complex": (_complex_x, "X has complex dtype"),
+    "absurd": (_set_x(_cell(1e30)), "beyond ±1e+15"),
+    "negative_n_cells": (_negative_n_cells, "obs['n_cells'] has 1 values below 1"),
+    "n_targets_contradicts_label": (_contradicting_n_targets, "obs['n_targets'] contradicts obs['perturbation']"),
+}
+TRAIN_VARIANTS.update(VALUE_VARIANTS)
+TRAIN_VARIANTS["other_dataset"] = (_uns_value("dataset_id", "another_dataset"),
+                                   "uns['dataset_id'] is 'another_dataset' in --input_train")
+TRAIN_VARIANTS["other_seed"] = (_uns_value("split_seed", 7), "uns['split_seed'] is '7' in --input_train")
+TEST_VARIANTS["n_targets_contradicts_label"] = VALUE_VARIANTS["n_targets_contradicts_label"]
+TEST_VARIANTS["other_task"] = (_uns_value("task_id", "cell_type_transfer"),
+                               "but 'cell_type_transfer' in --input_test")
+PREDICTION_VARIANTS.update({name: VALUE_VARIANTS[name] for name in ("complex", "absurd")})
+PREDICTION_VARIANTS["other_task"] = (_uns_value("task_id", "cell_type_transfer"), "expected a prediction for the same split")
+SOLUTION_VARIANTS.update(VALUE_VARIANTS)
+SOLUTION_VARIANTS["negative"] = (_set_x(_cell(-60.0)), "below")
+NEW_VALUE_CASES = {*VALUE_VARIANTS, "other_dataset", "other_seed", "other_task", "negative"}
 COMMON_VARIANTS = {name: EXPRESSION_VARIANTS[name] for name in
                    ("nan", "counts", "integer", "centred", "dup_obs", "dup_var", "no_rows")}
 COMMON_VARIANTS["negative"] = (_set_x(_cell(-0.5)), "below 0")
 COMMON_VARIANTS["centred"] = (EXPRESSION_VARIANTS["centred"][0], "below 0")  # a common dataset is never negative
 COMMON_VARIANTS["no_replicate"] = (_drop_obs("replicate"), "obs['replicate'] is missing")
+COMMON_VARIANTS.update(VALUE_VARIANTS)
 
 
 def _counts_source(n_cells=240, n_genes=12, seed=0) -> ad.AnnData:
@@ -184,7 +226,8 @@ def bad_files(test_resources, tmp_path_factory) -> dict:
     (folder / "a_folder.h5ad").mkdir()
     with h5py.File(folder / "plain_hdf5.h5ad", "w") as handle:
         handle["numbers"] = np.arange(10)
-    files.update({name: folder / f"{name}.h5ad" for name in ("text", "empty", "truncated", "a_folder", "plain_hdf5")})
+    os.mkfifo(folder / "a_pipe.h5ad")  # reading it would block forever: refused before it is opened
+    files.update({name: folder / f"{name}.h5ad" for name in ("text", "empty", "truncated", "a_folder", "plain_hdf5", "a_pipe")})
     # loader sources
     no_column = _counts_source()
     no_column.obs = no_column.obs.rename(columns={"perturbation": "guide"})
@@ -265,18 +308,20 @@ def _cases() -> list:
                   "empty": ("@bad:empty", ["empty.h5ad", "file is empty"]),
                   "truncated": ("@bad:truncated", ["truncated.h5ad", "cannot be read as AnnData"]),
                   "folder": ("@bad:a_folder", ["a_folder.h5ad", "is a directory"]),
-                  "plain_hdf5": ("@bad:plain_hdf5", ["plain_hdf5.h5ad", "cannot be read as AnnData"])}
+                  "plain_hdf5": ("@bad:plain_hdf5", ["plain_hdf5.h5ad", "cannot be read as AnnData"]),
+                  "pipe": ("@bad:a_pipe", ["a_pipe.h5ad", "is not a regular file"]),
+                  "device": ("/dev/zero", ["/dev/zero", "is not a regular file"])}
     for component in METHODS + CONTROLS:
         for name, (change, message) in TRAIN_VARIANTS.items():
-            if component not in ("additive", "train_mean") and name not in ("counts", "integer", "centred"):
+            if component not in ("additive", "train_mean") and name not in ("counts", "integer", "centred", *NEW_VALUE_CASES):
                 continue  # every variant on one method and one control, the scale holes on all of them
             add(f"{component}-train-{name}", component, predict(component, input_train=f"@bad:train_{name}"),
                 ["--input_train", message])
         for name, (path, fragments) in unreadable.items():
-            if component in ("linear_baseline", "no_change") or name == "text":
+            if component in ("linear_baseline", "no_change") or name in ("text", "pipe", "device"):
                 add(f"{component}-train-{name}", component, predict(component, input_train=path), fragments)
         for name, (change, message) in TEST_VARIANTS.items():
-            if component in ("knn_perturbation", "train_median"):
+            if component in ("knn_perturbation", "train_median") or name in NEW_VALUE_CASES:
                 add(f"{component}-test-{name}", component, predict(component, input_test=f"@bad:test_{name}"),
                     ["--input_test", message])
         add(f"{component}-output-is-input", component, predict(component, output="@train"),
@@ -287,7 +332,7 @@ def _cases() -> list:
             add(f"{component}-output-read-only", component, predict(component, output="@ro:prediction.h5ad"),
                 ["cannot write --output", "prediction.h5ad"])
     for component in ("ground_truth", "replicate_ceiling"):  # the controls that read the solution
-        for name in ("reordered_rows", "nan"):
+        for name in ("reordered_rows", "nan", *VALUE_VARIANTS):
             add(f"{component}-solution-{name}", component,
                 predict(component, input_solution=f"@bad:solution_{name}"),
                 ["--input_solution", SOLUTION_VARIANTS[name][1]])
@@ -310,11 +355,16 @@ def _cases() -> list:
 
     for metric in METRICS:
         for name, (change, message) in PREDICTION_VARIANTS.items():
-            if metric not in ("delta_error", "systema") and name not in ("counts", "integer", "centred", "extra_row"):
+            if metric not in ("delta_error", "systema") and name not in ("counts", "integer", "centred", "extra_row",
+                                                                          *NEW_VALUE_CASES):
                 continue
             add(f"{metric}-prediction-{name}", metric, score(input_prediction=f"@bad:prediction_{name}"),
                 ["--input_prediction", message])
         add(f"{metric}-prediction-text", metric, score(input_prediction="@bad:text"), ["text.h5ad", "no HDF5 signature"])
+        add(f"{metric}-prediction-pipe", metric, score(input_prediction="@bad:a_pipe"), ["a_pipe.h5ad", "is not a regular file"])
+        for name in (*VALUE_VARIANTS, "negative"):
+            add(f"{metric}-solution-{name}", metric, score(input_solution=f"@bad:solution_{name}"),
+                ["--input_solution", SOLUTION_VARIANTS[name][1]])
         add(f"{metric}-output-is-input", metric, score(output="@prediction"),
             ["--output", "is the same file as --input_prediction"])
         add(f"{metric}-output-is-folder", metric, score(output="@dir:score.h5ad"), ["cannot write --output", "is a directory"])
@@ -328,10 +378,11 @@ def _cases() -> list:
 
     for task in TASKS:
         for name, (change, message) in COMMON_VARIANTS.items():
-            if task != "unseen_perturbation" and name not in ("counts", "integer", "negative", "dup_obs"):
+            if task != "unseen_perturbation" and name not in ("counts", "integer", "negative", "dup_obs", *VALUE_VARIANTS):
                 continue
             add(f"{task}-common-{name}", task, split(input=f"@bad:common_{name}"), ["--input", message])
         add(f"{task}-common-text", task, split(input="@bad:text"), ["text.h5ad", "no HDF5 signature"])
+        add(f"{task}-common-device", task, split(input="/dev/zero"), ["/dev/zero", "is not a regular file"])
         add(f"{task}-output_train-is-input", task, split(output_train="@common"),
             ["--output_train", "is the same file as --input"])
         add(f"{task}-outputs-collide", task, split(output_test="@out:train.h5ad"),

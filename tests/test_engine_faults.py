@@ -75,7 +75,7 @@ def hog_run(project, tmp_path_factory):
     """The memory hog alone, with a time limit far above any allocation time (filling 1.5 GiB takes about a
     second, minutes on the busiest machine): only the memory limit can stop it, however slow the machine."""
     output = tmp_path_factory.mktemp("hog")
-    code = main(arguments(project, output, "train_mean,memory_hog", "delta_error",
+    code = main(arguments(project, output, "train_mean,memory_hog,shared_memory_hog", "delta_error",
                           "--step-timeout", str(HOG_TIMEOUT), "--step-memory", "1536MiB"))
     return output, code
 
@@ -108,6 +108,17 @@ def test_a_memory_hog_is_stopped_at_its_limit(hog_run):
     assert 500 < hog.peak_rss_mib < 1536
     log = (output / "predictions" / SPLIT / "memory_hog" / "log.txt").read_text()
     assert "MemoryError" in log and "memory_hog: 256 MiB" in log and "memory_hog: 2048 MiB" not in log
+
+
+def test_shared_memory_counts_against_the_limit(hog_run):
+    """MAP_SHARED pages escape RLIMIT_DATA (issue 22: 3 GiB passed a 1 GiB limit as ok); the engine reads the
+    step's proportional set size and kills its group beyond the limit."""
+    output, _ = hog_run
+    hog = trace(output).loc[f"predict/{SPLIT}/shared_memory_hog"]
+    assert hog.status == "failed" and hog.reason == "out of memory (limit 1.5 GiB)"
+    log = (output / "predictions" / SPLIT / "shared_memory_hog" / "log.txt").read_text()
+    assert "[error] memory limit exceeded" in log and "shared_memory_hog: 1280 MiB" in log
+    assert not alive(pid_in(output / "predictions" / SPLIT / "shared_memory_hog"))
 
 
 def test_a_steps_child_processes_die_with_it(faulty_run):

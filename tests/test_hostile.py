@@ -424,6 +424,38 @@ def test_trace_is_replaced_atomically(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["trace.tsv"]
 
 
+def test_result_tables_are_replaced_together_or_not_at_all(tmp_path, monkeypatch):
+    """The third of the four tables fails as a full disk does: the folder keeps all four previous tables
+    (before, results.parquet was already replaced by then) and no partial file."""
+    from perturbcast import scoring
+
+    def tables(value):
+        frame = pd.DataFrame({"value": [value]})
+        summary = frame.copy()
+        summary.attrs["by_slice"] = frame.copy()
+        return frame, frame, summary
+
+    scoring.write_results(*tables(1.0), tmp_path)
+    names = sorted(p.name for p in tmp_path.iterdir())
+    before = {name: (tmp_path / name).read_bytes() for name in names}
+    assert len(names) == 4
+    original = pd.DataFrame.to_parquet
+    calls = []
+
+    def to_parquet(self, path, *args, **kwargs):
+        calls.append(path)
+        if len(calls) == 3:
+            Path(path).write_bytes(b"PAR1")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        return original(self, path, *args, **kwargs)
+
+    monkeypatch.setattr(pd.DataFrame, "to_parquet", to_parquet)
+    with pytest.raises(OSError):
+        scoring.write_results(*tables(2.0), tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == names
+    assert {name: (tmp_path / name).read_bytes() for name in names} == before
+
+
 def test_a_full_disk_while_writing_the_trace_is_one_line_and_keeps_the_old_trace(project, run, capsys, monkeypatch):
     output, _ = run
     before = (output / layout.TRACE).read_bytes()

@@ -273,6 +273,7 @@ def read_method_inputs(io) -> MethodInputs:
 
     train, test = io.read("input_train"), io.read("input_test")
     try:
+        check_same_split(train, test)
         check_genes_match(train, test)
         return MethodInputs(train, test, TrainingProfiles(train), test_contexts(test), test_targets(test))
     except InputError as error:
@@ -289,6 +290,18 @@ def read_prior_argument(par: dict, need_embedding: bool = False) -> Prior | None
         return read_prior(par["input_prior"], need_embedding=need_embedding)
     except InputError as error:
         fail(f"--input_prior file '{par['input_prior']}': {error}")
+
+
+SPLIT_KEYS = ("dataset_id", "task_id", "split_seed", "fold")
+
+
+def check_same_split(train, test):
+    """Train and test must be the two halves of one split: the same dataset, task, seed and fold (where both
+    files say), else a method would be trained on one split and asked about another's conditions."""
+    for key in SPLIT_KEYS:
+        if key in train.uns and key in test.uns and str(train.uns[key]) != str(test.uns[key]):
+            raise InputError(f"uns['{key}'] is {str(train.uns[key])!r} in --input_train but {str(test.uns[key])!r} "
+                             "in --input_test; expected the train and test files of one split")
 
 
 def check_genes_match(train, test):

@@ -37,6 +37,8 @@ def h5ad_file_problems(path: str):
         raise FormatError(path, ["file does not exist"])
     if os.path.isdir(path):
         raise FormatError(path, ["is a directory, expected an .h5ad file"])
+    if not os.path.isfile(path):  # reading a FIFO would block, a device never ends
+        raise FormatError(path, ["is not a regular file (a device, pipe or socket), expected an .h5ad file"])
     if os.path.getsize(path) == 0:
         raise FormatError(path, ["file is empty, expected an .h5ad file"])
     with open(path, "rb") as handle:
@@ -159,7 +161,30 @@ def _column_problems(frame: pd.DataFrame, slot: str, spec: dict) -> list[str]:
         unexpected = sorted(set(map(str, series.unique())) - set(map(str, spec["choices"])))
         if unexpected:
             return [f"{where} has values {unexpected[:5]}, expected one of {spec['choices']}"]
+    if "min_value" in spec and kind in ("integer", "double") and len(series) and (series < spec["min_value"]).any():
+        low = series[series < spec["min_value"]]
+        return [f"{where} has {len(low)} values below {spec['min_value']} (e.g. {low.iloc[0]} in row {str(low.index[0])!r})"]
     return []
+
+
+def _target_count_problems(obs: pd.DataFrame) -> list[str]:
+    """obs['n_targets'] must count the targets its row's label names (`A+B` -> 2, `control` -> 0): a
+    contradiction would put the row in the wrong stratum. Labels are parsed as src/utils/vocabulary.py does;
+    malformed labels are that module's to report."""
+    if "n_targets" not in obs.columns or "perturbation" not in obs.columns:
+        return []
+    labels = obs["perturbation"].astype(str)
+    named = np.where(labels.to_numpy() == "control", 0, labels.str.count(r"\+").to_numpy() + 1)
+    try:
+        stated = obs["n_targets"].to_numpy(dtype=np.int64)
+    except (TypeError, ValueError):
+        return []  # the column's own check reports its dtype
+    wrong = np.flatnonzero(stated != named)
+    if not len(wrong):
+        return []
+    row = wrong[0]
+    return [f"obs['n_targets'] contradicts obs['perturbation'] in {len(wrong)} rows (e.g. row {str(obs.index[row])!r}: "
+            f"{labels.iloc[row]!r} names {named[row]} targets, n_targets is {stated[row]})"]
 
 
 def _matrix_problems(matrix, where: str, spec: dict) -> list[str]:
@@ -272,6 +297,8 @@ def check_anndata(adata, file_format: dict) -> list[str]:
     for slot in ("obs", "var"):
         for spec in file_format.get(slot, []) or []:
             problems += _column_problems(getattr(adata, slot), slot, spec)
+    if any(spec.get("name") == "n_targets" for spec in file_format.get("obs", []) or []):
+        problems += _target_count_problems(adata.obs)
     for spec in file_format.get("uns", []) or []:
         problems += _uns_problems(adata.uns, spec)
         other = spec.get("same_length_as")

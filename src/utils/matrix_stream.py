@@ -52,6 +52,8 @@ def _open(path):
         raise SourceError(path, "file does not exist")
     if os.path.isdir(path):
         raise SourceError(path, "is a directory, expected an .h5ad file")
+    if not os.path.isfile(path):  # reading a FIFO would block, a device never ends
+        raise SourceError(path, "is not a regular file (a device, pipe or socket), expected an .h5ad file")
     if os.path.getsize(path) == 0:
         raise SourceError(path, "file is empty (0 bytes), expected an .h5ad file")
     with open(path, "rb") as handle:

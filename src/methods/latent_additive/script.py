@@ -136,6 +136,7 @@ else:
 rng = np.random.default_rng(options["seed"])
 
 try:
+    baselines.check_same_split(train, test)
     baselines.check_genes_match(train, test)
     genes = pd.Index(train.var_names.astype(str))
     position = {g: j for j, g in enumerate(genes)}

@@ -174,6 +174,7 @@ if isinstance(num_steps, bool) or int(num_steps) != num_steps or num_steps < 1:
 num_steps = int(num_steps)
 
 try:
+    baselines.check_same_split(train, test)
     baselines.check_genes_match(train, test)
     genes = pd.Index(train.var_names.astype(str))
     position = {g: j for j, g in enumerate(genes)}
