@@ -295,13 +295,30 @@ def read_prior_argument(par: dict, need_embedding: bool = False) -> Prior | None
 SPLIT_KEYS = ("dataset_id", "task_id", "split_seed", "fold")
 
 
-def check_same_split(train, test):
-    """Train and test must be the two halves of one split: the same dataset, task, seed and fold (where both
-    files say), else a method would be trained on one split and asked about another's conditions."""
-    for key in SPLIT_KEYS:
-        if key in train.uns and key in test.uns and str(train.uns[key]) != str(test.uns[key]):
-            raise InputError(f"uns['{key}'] is {str(train.uns[key])!r} in --input_train but {str(test.uns[key])!r} "
-                             "in --input_test; expected the train and test files of one split")
+def check_same_split(train, test, **others):
+    """Train and test (and `others`, by argument name: input_solution=...) must come from one split: the
+    same dataset, task, seed and fold (where both files say), else a method would be trained on one split
+    and asked about another's conditions."""
+    files = {"input_train": train, "input_test": test, **others}
+    first_name, first = next(iter(files.items()))
+    for name, adata in list(files.items())[1:]:
+        for key in SPLIT_KEYS:
+            if key in first.uns and key in adata.uns and str(first.uns[key]) != str(adata.uns[key]):
+                raise InputError(f"uns['{key}'] is {str(first.uns[key])!r} in --{first_name} but "
+                                 f"{str(adata.uns[key])!r} in --{name}; expected the files of one split")
+
+
+def read_control_inputs(io):
+    """A control's `--input_train`, `--input_test` and `--input_solution`, checked to be of one split;
+    one-line error (exit 1) otherwise."""
+    from component_io import fail
+
+    train, test, solution = io.read("input_train"), io.read("input_test"), io.read("input_solution")
+    try:
+        check_same_split(train, test, input_solution=solution)
+    except InputError as error:
+        fail(f"--input_train/--input_test/--input_solution: {error}")
+    return train, test, solution
 
 
 def check_genes_match(train, test):

@@ -18,9 +18,7 @@ import deltas  # noqa: E402
 from component_io import ComponentIO, log  # noqa: E402
 
 io = ComponentIO(par, meta)
-train = io.read("input_train")
-test = io.read("input_test")
-solution = io.read("input_solution")  # rows and genes aligned with test and train (comp_control_method.yaml)
+train, test, solution = baselines.read_control_inputs(io)  # rows and genes aligned (comp_control_method.yaml)
 
 log(f"ground_truth: predicting the observed profiles of {test.n_obs} test conditions")
 prediction = baselines.prediction(train, test, deltas.as_dense(solution.X), meta["name"])

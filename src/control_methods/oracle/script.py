@@ -17,9 +17,7 @@ import deltas  # noqa: E402
 from component_io import ComponentIO, log, not_applicable  # noqa: E402
 
 io = ComponentIO(par, meta)
-train = io.read("input_train")
-test = io.read("input_test")
-solution = io.read("input_solution")  # rows and genes aligned with test and train (comp_control_method.yaml)
+train, test, solution = baselines.read_control_inputs(io)  # rows and genes aligned (comp_control_method.yaml)
 if "expected" not in solution.layers:
     not_applicable("the solution has no layers['expected'] (the noise-free truth exists for simulated data only)")
 

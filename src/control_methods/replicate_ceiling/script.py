@@ -175,9 +175,7 @@ def training_centre(train, test):
 
 
 io = ComponentIO(par, meta)
-train = io.read("input_train")
-test = io.read("input_test")
-solution = io.read("input_solution")  # rows and genes aligned with test and train (comp_control_method.yaml)
+train, test, solution = baselines.read_control_inputs(io)  # rows and genes aligned (comp_control_method.yaml)
 n_draws = number_argument(par, "n_draws", 20, int, low=1)
 seed = number_argument(par, "seed", 0, int, low=0)
 
