@@ -239,8 +239,32 @@ def run_check_step(step: dict, args) -> int:
     return 1 if problems and args.fail_fast else 0
 
 
+def read_step(path: str) -> dict:
+    """The planned step in `path` (one object of `plan --json`); ValueError with one line naming the file
+    and what is wrong."""
+    problem = layout.not_a_file(path)
+    if problem:
+        raise ValueError(f"step file '{path}': {problem}")
+    try:
+        step = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError) as error:
+        raise ValueError(f"step file '{path}': cannot be read ({error})") from None
+    except json.JSONDecodeError as error:
+        raise ValueError(f"step file '{path}': not valid JSON ({error.msg} at line {error.lineno}, column "
+                         f"{error.colno}); expected one step object of `perturbcast plan --json`") from None
+    missing = [key for key in ("id", "stage") if not isinstance(step, dict) or key not in step]
+    if missing:
+        raise ValueError(f"step file '{path}': has no '{missing[0]}'; expected one step object of "
+                         "`perturbcast plan --json`")
+    return step
+
+
 def step_command(args) -> int:
-    step = json.loads(Path(args.step).read_text())
+    try:
+        step = read_step(args.step)
+    except ValueError as error:
+        print(f"{layout.ERROR_TAG} {error}", file=sys.stderr)
+        return 2
     if step["stage"] == layout.CHECK:
         return run_check_step(step, args)
     if step.get("kind") == layout.SCORE_UNIT:

@@ -588,6 +588,16 @@ CLI_CASES = [  # (id, perturbcast arguments, expected exit, fragment of the one 
      1, "is a directory", []),
     ("run-missing-required", ["run", "src/methods/additive", "--", "--input_train", "@train", "--output",
                               "@tmp/p.h5ad"], 1, "'--input_test' is a required argument", ["p.h5ad"]),
+    # issue 22: a malformed step file gave a JSONDecodeError traceback
+    ("step-malformed-json", ["step", "@bad:text"], 2, "not valid JSON", []),
+    ("step-device", ["step", "/dev/zero"], 2, "is not a regular file", []),
+    ("step-missing", ["step", "@tmp/step.json"], 2, "does not exist", []),
+    ("dataset-file-pipe", ["benchmark", "--dataset-file", "@bad:a_pipe", "--output", "@tmp/out"], 2,
+     "is not a regular file", ["out"]),
+    ("dataset-file-folder", ["benchmark", "--dataset-file", "@bad:a_folder", "--output", "@tmp/out"], 2,
+     "is a directory", ["out"]),
+    ("cache-add-malformed-checksum", ["cache", "add", "--url", "https://example.org/a.h5ad", "--checksum", "md5:zz",
+                                      "--offline", "@train"], 1, "md5 (32 hex digits)", []),
 ]
 
 
