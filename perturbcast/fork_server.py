@@ -44,6 +44,8 @@ import signal
 import sys
 import time
 
+from process_watch import MEMORY_POLL_SECONDS, children_of, group_memory, memory_note, processes
+
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
 _running = set()  # process groups of the step or session running now (killed when the server stops)
@@ -64,29 +66,11 @@ def _prctl(option: int, value: int):
         pass
 
 
-def _processes():
-    """(pid, state, parent, process group) of every process, from /proc (fields 1, 3, 4 and 5 of its stat)."""
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as handle:
-                fields = handle.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        yield int(entry), fields[0], int(fields[1]), int(fields[2])
-
-
-def _children_of(pid: int) -> list[int]:
-    """The live processes whose parent is `pid`."""
-    return [child for child, state, parent, _ in _processes() if parent == pid and state not in ("Z", "X")]
-
-
 def _sweep_orphans():
     """Kill what a finished step left running in a session of its own (`setsid`, a daemon's double fork):
     the server is the subreaper of everything its steps start, so such a process ends up its child; only
     the step or session it runs now is its own."""
-    for pid in _children_of(os.getpid()):
+    for pid in children_of(os.getpid()):
         if pid in _running:
             continue
         try:
@@ -178,34 +162,6 @@ def _run_python_in_process(script: str, own_exit_handlers: bool = False) -> int:
     return code
 
 
-def _group_memory(pgid: int) -> int:
-    """Bytes the processes of group `pgid` hold in memory, shared pages included: the sum of their
-    proportional set sizes (Pss, /proc/PID/smaps_rollup), so a page two of them share counts once and a
-    MAP_SHARED region or a mapped tmpfs file counts like the heap (RLIMIT_DATA sees neither)."""
-    total = 0
-    for pid, state, _, group in _processes():
-        if group != pgid or state in ("Z", "X"):
-            continue
-        try:
-            with open(f"/proc/{pid}/smaps_rollup") as handle:
-                for line in handle:
-                    if line.startswith("Pss:"):
-                        total += int(line.split()[1]) * 1024
-                        break
-        except (OSError, ValueError):
-            continue
-    return total
-
-
-MEMORY_POLL_SECONDS = 0.1
-
-
-def _memory_note(used: int, limit) -> str:
-    # "memory limit exceeded" is what engine_guard.OUT_OF_MEMORY recognises as a step out of memory
-    return (f"[error] memory limit exceeded: the step's processes held {used / 2**30:.2f} GiB "
-            f"(shared memory included) over its limit of {int(limit) / 2**30:.2f} GiB; its process group was killed")
-
-
 def _wait(pid: int, timeout, memory=None):
     """wait4 `pid` for at most `timeout` seconds: (status, usage) or None when the time is up.
 
@@ -223,7 +179,7 @@ def _wait(pid: int, timeout, memory=None):
             if waited:
                 return status, usage
             if memory:
-                used = _group_memory(pid)
+                used = group_memory(pid)
                 if used > int(memory):
                     _kill_group(pid)
                     return "memory", used
@@ -290,7 +246,7 @@ def _run_forked(request: dict, preloaded: bool) -> dict:
         _, status, usage = os.wait4(pid, 0)
         _note(request.get("log"), f"[error] timeout after {request['timeout']:g} s: the step's process group was killed")
     elif waited[0] == "memory":
-        _note(request.get("log"), _memory_note(waited[1], request["memory"]))
+        _note(request.get("log"), memory_note(waited[1], request["memory"]))
         _, status, usage = os.wait4(pid, 0)
     else:
         status, usage = waited
@@ -395,7 +351,7 @@ def _session_main(requests_fd: int, replies_fd: int):
 def _kill_strays():
     """In a session process: kill what a finished script left running in the session's group, reap it."""
     me = os.getpid()
-    for pid, _, parent, group in _processes():
+    for pid, _, parent, group in processes():
         if pid != me and me in (group, parent):  # in the session's group, or its child in a session of its own
             try:
                 os.kill(pid, signal.SIGKILL)
@@ -444,10 +400,10 @@ class _Session:
         while b"\n" not in self.buffer:
             left = None if deadline is None else deadline - time.monotonic()
             if memory:
-                used = _group_memory(self.pid)
+                used = group_memory(self.pid)
                 if used > int(memory):
                     self.close(kill=True)
-                    _note(request.get("log"), _memory_note(used, memory))
+                    _note(request.get("log"), memory_note(used, memory))
                     return _reply(-signal.SIGKILL, used, started), False
                 if left is None or left > 0:
                     ready = select.select([self.replies], [], [], MEMORY_POLL_SECONDS if left is None else min(MEMORY_POLL_SECONDS, left))[0]
