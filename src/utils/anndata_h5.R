@@ -129,9 +129,16 @@ read_h5ad <- function(path, layers = NULL, X = TRUE, transposed = FALSE) {
 
 # ------------------------------------------------------------------------------------------- writing
 
+# One variable-length UTF-8 string type, made once and reused: a new hdf5r type object per attribute and
+# string array took about a third of writing a score file.
+.h5ad_env <- new.env(parent = emptyenv())
 .utf8 <- function() {
-  type <- H5T_STRING$new(size = Inf)
-  type$set_cset("UTF-8")
+  type <- .h5ad_env$utf8
+  if (is.null(type) || !type$is_valid) {
+    type <- H5T_STRING$new(size = Inf)
+    type$set_cset("UTF-8")
+    .h5ad_env$utf8 <- type
+  }
   type
 }
 
