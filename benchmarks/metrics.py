@@ -2,7 +2,8 @@
 """Time every metric component on a large synthetic split, next to cell-eval (not part of the test suite).
 
     python benchmarks/metrics.py [--n_conditions 2000] [--n_genes 8000] [--n_contexts 1] [--skip_cell_eval]
-                                 [--keep DIR] [--baseline TREE] [--random_draws K] [--skip_separate]
+                                 [--cell_eval_python PYTHON] [--keep DIR] [--baseline TREE] [--random_draws K]
+                                 [--skip_separate]
 
 Generates a solution (`--n_conditions` held-out perturbations in `--n_contexts` cell types, each a single
 or double knock-down of measured genes, with replicate halves and a control layer) and a prediction (the
@@ -12,7 +13,9 @@ the whole component: Python start, reading and validating the inputs, computing,
 the score. cell-eval then scores the same profiles with `MetricsEvaluator(..., skip_de=True)` and
 `compute(profile="anndata")` (its AnnData metrics: pearson_delta, mse, mae, mse_delta, mae_delta,
 discrimination_score_l1/l2/cosine, pearson_edistance, clustering_agreement), one evaluator per context
-(cell-eval has no contexts), with file paths as inputs so that it reads its files as our components do.
+(cell-eval has no contexts), with file paths as inputs so that it reads its files as our components do;
+it runs in `--cell_eval_python` (cell-eval 0.8.2 pins its own dependencies: a venv of its own, e.g.
+`python -m venv /tmp/ce && /tmp/ce/bin/pip install cell-eval==0.8.2`), one thread as cell-eval2.
 Prints one line per component with wall time and peak memory, and the totals. cell-eval2 (the VCC 2026
 scorer) then scores the same profiles with its `anndata` profile (v2 preset, CPU, one thread, each label's
 target gene excluded through `target_gene_map`) in its own environment (`perturbcast envs build
@@ -116,26 +119,52 @@ def synthetic_split(directory: Path, n_conditions: int, n_genes: int, n_contexts
     return paths
 
 
-def time_cell_eval(paths, outdir: Path) -> tuple[float, float, str]:
-    """Wall and CPU seconds of cell-eval's AnnData metrics on the same profiles (after its import)."""
-    try:
-        from importlib.metadata import version
+CELL_EVAL_TIMER = """
+import contextlib, io, json, logging, sys, time, warnings
+warnings.filterwarnings("ignore"); logging.disable(logging.WARNING)
+from importlib.metadata import version
+from cell_eval import MetricsEvaluator
+jobs, outdir = json.loads(sys.argv[1]), sys.argv[2]
+start, start_cpu = time.perf_counter(), time.process_time()
+with contextlib.redirect_stderr(io.StringIO()):  # cell-eval's progress bars
+    for real, pred in jobs:
+        evaluator = MetricsEvaluator(adata_pred=pred, adata_real=real, control_pert="non-targeting", pert_col="target",
+                                     skip_de=True, outdir=outdir, num_threads=1)
+        evaluator.compute(profile="anndata", write_csv=False)
+print(json.dumps([time.perf_counter() - start, time.process_time() - start_cpu, version("cell-eval")]))
+"""
 
-        from cell_eval import MetricsEvaluator
-    except ImportError:
-        return float("nan"), float("nan"), "cell-eval is not installed (pip install cell-eval)"
-    import contextlib
-    import io
-    import logging
+# one thread for every library the reference scorers use, so that their CPU time is one core's work
+SINGLE_THREAD = {key: "1" for key in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+                                      "NUMBA_NUM_THREADS", "POLARS_MAX_THREADS")}
 
-    logging.disable(logging.WARNING)
-    start, start_cpu = time.perf_counter(), time.process_time()
-    with contextlib.redirect_stderr(io.StringIO()):  # cell-eval's progress bars
-        for real, pred in paths:
-            evaluator = MetricsEvaluator(adata_pred=str(pred), adata_real=str(real), control_pert="non-targeting",
-                                         pert_col="target", skip_de=True, outdir=str(outdir), num_threads=1)
-            evaluator.compute(profile="anndata", write_csv=False)
-    return time.perf_counter() - start, time.process_time() - start_cpu, f"cell-eval {version('cell-eval')}"
+
+def run_timer(python: str, code: str, *arguments: str) -> tuple[float, float, str] | str:
+    """Run a timer script with `python` (one thread); its (wall, CPU, version) or the last error line."""
+    import os
+
+    output = subprocess.run([python, "-c", code, *arguments], capture_output=True, text=True,
+                            env={**os.environ, **SINGLE_THREAD})
+    if output.returncode != 0:
+        return (output.stderr.strip().splitlines() or ["no output"])[-1]
+    wall, cpu, package_version = json.loads(output.stdout.strip().splitlines()[-1])
+    return wall, cpu, package_version
+
+
+def time_cell_eval(paths, outdir: Path, python: str) -> tuple[float, float, str]:
+    """Wall and CPU seconds of cell-eval's AnnData metrics on the same profiles (after its import), run by
+    `python` (an interpreter with cell-eval installed, e.g. a venv of its own: `--cell_eval_python`)."""
+    probe = subprocess.run([python, "-c", "import cell_eval"], capture_output=True)
+    if probe.returncode != 0:
+        return float("nan"), float("nan"), (f"cell-eval is not installed for {python} (pip install cell-eval==0.8.2 "
+                                            "in a venv of its own, then --cell_eval_python VENV/bin/python)")
+    outdir.mkdir(parents=True, exist_ok=True)
+    timing = run_timer(python, CELL_EVAL_TIMER, json.dumps([[str(real), str(pred)] for real, pred in paths]),
+                       str(outdir))
+    if isinstance(timing, str):
+        return float("nan"), float("nan"), f"cell-eval failed: {timing}"
+    wall, cpu, package_version = timing
+    return wall, cpu, f"cell-eval {package_version}"
 
 
 CELL_EVAL2_TIMER = """
@@ -158,8 +187,6 @@ def time_cell_eval2(paths) -> tuple[float, float, str]:
     """Wall and CPU seconds of cell-eval2's `anndata` profile (after its import) on the same profiles, one
     thread, CPU, each label's target gene excluded through `target_gene_map`; in cell-eval2's own
     environment (`perturbcast envs build cell_eval2`), as the component runs it."""
-    import os
-
     import anndata as ad
     import yaml
 
@@ -174,13 +201,10 @@ def time_cell_eval2(paths) -> tuple[float, float, str]:
         labels = ad.read_h5ad(real, backed="r").obs["target"].astype(str)
         gene_map = {label: label.split("#")[0].split("+")[0] for label in labels if label != "non-targeting"}
         jobs.append((str(real), str(pred), gene_map))
-    single_thread = {key: "1" for key in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
-                                          "NUMBA_NUM_THREADS", "POLARS_MAX_THREADS")}
-    output = subprocess.run([str(environment.python), "-c", CELL_EVAL2_TIMER, json.dumps(jobs)], capture_output=True,
-                            text=True, env={**os.environ, **single_thread})
-    if output.returncode != 0:
-        return float("nan"), float("nan"), f"cell-eval2 failed: {output.stderr.strip().splitlines()[-1:]}"
-    wall, cpu, ce2_version = json.loads(output.stdout.strip().splitlines()[-1])
+    timing = run_timer(str(environment.python), CELL_EVAL2_TIMER, json.dumps(jobs))
+    if isinstance(timing, str):
+        return float("nan"), float("nan"), f"cell-eval2 failed: {timing}"
+    wall, cpu, ce2_version = timing
     return wall, cpu, f"cell-eval2 {ce2_version}"
 
 
@@ -315,6 +339,8 @@ def main() -> int:
     parser.add_argument("--n_genes", type=int, default=8000)
     parser.add_argument("--n_contexts", type=int, default=1)
     parser.add_argument("--skip_cell_eval", action="store_true")
+    parser.add_argument("--cell_eval_python", default=sys.executable,
+                        help="the Python interpreter that has cell-eval (default: this one), e.g. a venv of its own")
     parser.add_argument("--keep", type=Path, help="keep the generated files in this directory")
     parser.add_argument("--baseline", type=Path, help="a checkout of an earlier commit to time first (before)")
     parser.add_argument("--random_draws", type=int, default=0, help="also score a prediction with this many draws")
@@ -348,7 +374,7 @@ def main() -> int:
         # engine's worker scores one prediction (one process, the `after` line above)
         print(f"{'scorer':<34} {'wall s':>8} {'CPU s':>7}  perturbcast (one process) is faster by", flush=True)
         print(f"{'perturbcast, every metric id':<34} {after:8.1f} {after_cpu:7.1f}", flush=True)
-        for timer in (lambda: time_cell_eval(paths, directory / "cell-eval-out"), lambda: time_cell_eval2(paths)):
+        for timer in (lambda: time_cell_eval(paths, directory / "cell-eval-out", args.cell_eval_python), lambda: time_cell_eval2(paths)):
             seconds, cpu, label = timer()
             if not np.isfinite(seconds):
                 print(label, flush=True)

@@ -156,14 +156,19 @@ def test_r_helper_reads_sparse_and_categorical_and_writes_what_python_reads(tmp_
 REFERENCE = ROOT / "tests" / "fixtures" / "limma_de_lmfit.R"
 
 
-def run_reference(tmp_path, solution, prediction, fdr=0.05):
-    """The reference script with its VIASH block replaced by the inputs, through Rscript."""
-    text = REFERENCE.read_text()
+# The row-wise implementation before the genes x rows one (commit 7a1d21d: every p-value computed, BH per
+# row over all scored genes), kept verbatim: the current script must give exactly its numbers.
+ROWWISE = ROOT / "tests" / "fixtures" / "limma_de_rowwise.R"
+
+
+def run_reference(tmp_path, solution, prediction, fdr=0.05, reference=REFERENCE):
+    """A reference script with its VIASH block replaced by the inputs, through Rscript."""
+    text = reference.read_text()
     start, end = text.index("## VIASH START"), text.index("## VIASH END")
-    output = tmp_path / "reference_score.h5ad"
+    output = tmp_path / f"reference_score_{reference.stem}.h5ad"
     block = (f'par <- list(input_solution = "{solution}", input_prediction = "{prediction}", output = "{output}", '
              f'fdr = {fdr})\nmeta <- list(name = "limma_de", resources_dir = "{ROOT / "src" / "utils"}")\n')
-    script = tmp_path / "reference.R"
+    script = tmp_path / f"{reference.stem}.R"
     script.write_text(text[:start] + block + text[end:])
     subprocess.run(["Rscript", str(script)], check=True, capture_output=True, text=True)
     return ad.read_h5ad(output)
@@ -224,3 +229,92 @@ def test_same_values_as_lmfit_on_a_real_subset_with_single_replicates(tmp_path):
     prediction.write_h5ad(tmp_path / "prediction.h5ad")
     scored = assert_same_scores(tmp_path, tmp_path / "solution.h5ad", tmp_path / "prediction.h5ad")
     assert solution.n_obs >= 10 and sum(scored.uns["n_de_genes"]) > 0
+
+
+# ------------------------------------------------------- the genes x rows version against the row-wise one
+
+def mixed_split(tmp_path):
+    """60 conditions x 300 genes in three contexts, built to reach every branch of the fit and the scores:
+    context A has control halves that differ, and its last five rows another control (two fits); context B
+    has identical control halves (the control is one sample); context C has none. Every fourth condition
+    is a single replicate; genes 0-9 are constant in context B (not testable there); effects range from
+    none to very strong (p-values below fdr / n, between the cut-offs and above fdr); doubles, a target
+    that is not a measured gene; the prediction is rounded to 0.1 (ties, and exact zeros)."""
+    rng = np.random.default_rng(7)
+    n_genes, per_context = 300, 20
+    genes = [f"G{i}" for i in range(n_genes)]
+    rows, reps, controls, halves = [], [], [], []
+    for c, context in enumerate("ABC"):
+        base = rng.gamma(2.0, 1.0, size=n_genes)
+        other_base = base + rng.normal(0, 0.3, size=n_genes)
+        for i in range(per_context):
+            own_base = other_base if context == "A" and i >= per_context - 5 else base
+            first, second = rng.integers(n_genes), rng.integers(n_genes) if i % 3 == 0 else None
+            effect = np.zeros(n_genes)
+            strong = rng.choice(n_genes, size=30, replace=False)
+            effect[strong] = rng.normal(0, 1.5, size=30) * rng.choice([0.05, 0.3, 3.0], size=30)
+            mean = own_base + effect
+            noise = rng.normal(0, 0.1, size=(2, n_genes))
+            r1, r2 = mean + noise[0], mean + noise[1]
+            if i % 4 == 1:
+                r2 = r1.copy()  # a single replicate
+            if context == "B":
+                r1[:10] = r2[:10] = own_base[:10]  # constant over every sample of the context
+            perturbation = genes[first] if second is None else f"{genes[first]}+{genes[second]}"
+            if i == 7:
+                perturbation = f"{genes[first]}+NOT_MEASURED"
+            rows.append({"perturbation": perturbation, "cell_type": context, "n_targets": perturbation.count("+") + 1})
+            reps.append((r1, r2))
+            ctrl_noise = rng.normal(0, 0.05, size=n_genes) if context == "A" else np.zeros(n_genes)
+            halves.append((own_base - ctrl_noise, own_base + ctrl_noise) if context != "C" else None)
+            controls.append(own_base)
+    obs = pd.DataFrame(rows)
+    obs["perturbation_type"], obs["condition"], obs["n_cells"] = "knockdown", "none", 50
+    obs["stratum"] = np.where(obs["n_targets"] > 1, "combo", "single")
+    obs.index = pd.Index([f"{r.perturbation}|{r.cell_type}|{i}" for i, r in enumerate(obs.itertuples())], dtype=object)
+    r1 = np.array([r[0] for r in reps]); r2 = np.array([r[1] for r in reps])
+    control = np.array(controls)
+    # context C has no halves of its own: the layers hold its control twice, which counts as one sample
+    c1 = np.array([h[0] if h is not None else b for h, b in zip(halves, controls)])
+    c2 = np.array([h[1] if h is not None else b for h, b in zip(halves, controls)])
+    var = pd.DataFrame(index=pd.Index(genes, dtype=object))
+    uns = {"dataset_id": "mixed", "task_id": "unseen_perturbation", "split_seed": 0, "normalization_id": "log1p"}
+    solution = ad.AnnData(X=(r1 + r2) / 2, obs=obs, var=var, uns=uns, layers={
+        "replicate_1": r1, "replicate_2": r2, "control": control, "control_replicate_1": c1,
+        "control_replicate_2": c2})
+    guess = control + np.round(0.6 * (solution.X - control) + rng.normal(0, 0.2, size=control.shape), 1)
+    prediction = ad.AnnData(X=guess.astype(np.float32), obs=pd.DataFrame(index=obs.index.copy()), var=var.copy(),
+                            uns={"dataset_id": "mixed", "task_id": "unseen_perturbation", "method_id": "rounded"})
+    solution.write_h5ad(tmp_path / "solution.h5ad")
+    prediction.write_h5ad(tmp_path / "prediction.h5ad")
+    return tmp_path / "solution.h5ad", tmp_path / "prediction.h5ad"
+
+
+def assert_same_as_rowwise(tmp_path, solution, prediction, fdr):
+    result, current = score(tmp_path, solution, prediction, "--fdr", str(fdr))
+    assert result.exit_code == 0
+    reference = run_reference(tmp_path, solution, prediction, fdr=fdr, reference=ROWWISE)
+    assert list(current.uns["n_de_genes"]) == list(reference.uns["n_de_genes"])  # the same DE calls
+    for column in ("limma_de_auroc", "limma_de_recall"):
+        assert np.allclose(current.obs[column], reference.obs[column], rtol=0, atol=1e-9), column
+    assert np.allclose(current.uns["metric_values"], reference.uns["metric_values"], rtol=0, atol=1e-9)
+    assert current.uns["n_conditions_without_de"] == reference.uns["n_conditions_without_de"]
+    assert list(current.obs_names) == list(reference.obs_names)
+    assert list(current.obs["stratum"]) == list(reference.obs["stratum"])
+    return current, reference
+
+
+@pytest.mark.parametrize("fdr", [0.05, 0.3, 1e-4])
+def test_same_values_as_the_rowwise_version_on_a_mixed_split(tmp_path, fdr):
+    current, _ = assert_same_as_rowwise(tmp_path, *mixed_split(tmp_path), fdr)
+    n_de = np.asarray(current.uns["n_de_genes"])
+    assert (n_de > 0).sum() > 30 and n_de.max() < 300  # DE genes in most conditions, not everywhere
+    # ties in the prediction (rounded to 0.1): the tie share and average ranks are exercised
+    assert 0 < np.mean(current.obs["limma_de_recall"]) < 1
+
+
+def test_same_values_as_the_rowwise_version_on_the_test_resources(tmp_path):
+    folder = ROOT / "resources_test" / "simulated_grn" / "unseen_perturbation"
+    if not (folder / "solution.h5ad").exists():
+        pytest.skip("resources_test/ is missing: scripts/create_test_resources.py makes it")
+    assert_same_as_rowwise(tmp_path, folder / "solution.h5ad", folder / "prediction.h5ad", 0.05)

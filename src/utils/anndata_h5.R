@@ -8,6 +8,8 @@
 #
 #   adata <- read_h5ad(par$input_solution)   # list(X, layers, obs, var, uns, obs_names, var_names)
 #   adata$X                                  # n_obs x n_vars numeric matrix, as in Python
+#   read_h5ad(path, layers = c("a", "b"), X = FALSE, transposed = TRUE)
+#                                            # only these layers, no X, each n_vars x n_obs without dimnames
 #   write_h5ad(par$output, obs = data.frame(...), uns = list(metric_ids = I("m"), ...))
 #
 # Dense arrays, csr_matrix / csc_matrix (returned dense), dataframes (string-array, numeric and boolean
@@ -31,11 +33,12 @@ h5ad_stop <- function(path, message) {
   attribute$read()
 }
 
-.h5_matrix <- function(node, path, where) {
-  # hdf5r reverses dimensions: an (n_obs, n_vars) array comes back as n_vars x n_obs
+.h5_matrix <- function(node, path, where, transposed = FALSE) {
+  # hdf5r reverses dimensions: an (n_obs, n_vars) array comes back as n_vars x n_obs, which is what
+  # `transposed` asks for (no transposition of a large matrix)
   type <- .h5_attr(node, "encoding-type")
   if (inherits(node, "H5D")) {
-    return(t(node$read()))
+    return(if (transposed) node$read() else t(node$read()))
   }
   if (!is.null(type) && type %in% c("csr_matrix", "csc_matrix")) {
     shape <- as.integer(.h5_attr(node, "shape"))
@@ -48,7 +51,7 @@ h5ad_stop <- function(path, message) {
       positions <- if (type == "csr_matrix") cbind(outer, indices + 1L) else cbind(indices + 1L, outer)
       dense[positions] <- data
     }
-    return(dense)
+    return(if (transposed) t(dense) else dense)
   }
   h5ad_stop(path, sprintf("%s has encoding '%s', expected a dense array or a csr/csc matrix", where, type))
 }
@@ -93,7 +96,11 @@ h5ad_stop <- function(path, message) {
   out
 }
 
-read_h5ad <- function(path, layers = NULL) {
+# `layers`: the layers to read (NULL: all; absent ones are skipped); `X = FALSE` skips X. With
+# `transposed = TRUE` every matrix is n_vars x n_obs, as stored on disk (a profile is a contiguous column),
+# and without dimnames (the names are `obs_names` / `var_names`): what a script that works on a large
+# matrix column by column wants, without two copies of each matrix.
+read_h5ad <- function(path, layers = NULL, X = TRUE, transposed = FALSE) {
   if (!file.exists(path)) h5ad_stop(path, "file does not exist")
   file <- tryCatch(H5File$new(path, mode = "r"), error = function(e) {
     h5ad_stop(path, sprintf("cannot be read as HDF5 (%s)", conditionMessage(e)))
@@ -102,15 +109,17 @@ read_h5ad <- function(path, layers = NULL) {
   obs <- .h5_dataframe(file[["obs"]])
   var <- .h5_dataframe(file[["var"]])
   names_of <- list(rownames(obs), rownames(var))
-  X <- if (file$exists("X")) .h5_matrix(file[["X"]], path, "X") else NULL
-  if (!is.null(X)) dimnames(X) <- names_of
+  read_X <- X
+  X <- if (read_X && file$exists("X")) .h5_matrix(file[["X"]], path, "X", transposed) else NULL
+  if (!is.null(X) && !transposed) dimnames(X) <- names_of
   layer_list <- list()
   if (file$exists("layers")) {
     wanted <- if (is.null(layers)) names(file[["layers"]]) else layers
     for (layer in wanted) {
       if (!file$exists(file.path("layers", layer))) next
-      layer_list[[layer]] <- .h5_matrix(file[["layers"]][[layer]], path, sprintf("layers['%s']", layer))
-      dimnames(layer_list[[layer]]) <- names_of
+      value <- .h5_matrix(file[["layers"]][[layer]], path, sprintf("layers['%s']", layer), transposed)
+      if (!transposed) dimnames(value) <- names_of
+      layer_list[[layer]] <- value
     }
   }
   uns <- if (file$exists("uns")) .h5_uns(file[["uns"]]) else list()
@@ -120,9 +129,16 @@ read_h5ad <- function(path, layers = NULL) {
 
 # ------------------------------------------------------------------------------------------- writing
 
+# One variable-length UTF-8 string type, made once and reused: a new hdf5r type object per attribute and
+# string array took about a third of writing a score file.
+.h5ad_env <- new.env(parent = emptyenv())
 .utf8 <- function() {
-  type <- H5T_STRING$new(size = Inf)
-  type$set_cset("UTF-8")
+  type <- .h5ad_env$utf8
+  if (is.null(type) || !type$is_valid) {
+    type <- H5T_STRING$new(size = Inf)
+    type$set_cset("UTF-8")
+    .h5ad_env$utf8 <- type
+  }
   type
 }
 

@@ -24,8 +24,11 @@ def compute(data: mu.MetricData) -> mu.Result:
     observed_centroid, sizes = data.observed_leave_one_out()
     predicted_centroid, _ = mu.leave_one_out_means(data.guess, data.contexts, keep=keep)
     alone = sizes == 1
-    observed_specific = np.where(alone[:, None], 0.0, data.truth - observed_centroid)
-    predicted_specific = np.where(alone[:, None], 0.0, data.guess - predicted_centroid)
+    # (zeroed in place: np.where would allocate and fill a second conditions x genes matrix for each side)
+    observed_specific = data.truth - observed_centroid
+    observed_specific[alone] = 0.0
+    predicted_specific = data.guess - predicted_centroid
+    predicted_specific[alone] = 0.0
     pearson, undefined = deltas.masked_rowwise_pearson(predicted_specific, observed_specific, keep,
                                                        atol=data.resolution)
     pearson[alone] = 0.0
