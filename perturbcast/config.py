@@ -16,7 +16,8 @@ import yaml
 PACKAGE_FILE = "_viash.yaml"
 CONFIG_FILE = "config.vsh.yaml"
 NAME_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
-COMPONENT_TYPES = ("dataset_loader", "task", "method", "control_method", "metric")
+# `prior` (src/priors/) makes a file_prior for a dataset; the engine does not run priors yet (issue 25)
+COMPONENT_TYPES = ("dataset_loader", "task", "method", "control_method", "metric", "prior")
 # src/workflows/: viash workflows that wire the components for Nextflow (OpenProblems' entry), not components
 # of the benchmark
 WORKFLOWS_NAMESPACE = "workflows"

@@ -5,7 +5,7 @@ import sys
 
 from . import layout
 
-KINDS = ("datasets", "tasks", "methods", "control_methods", "metrics")
+KINDS = ("datasets", "tasks", "methods", "control_methods", "metrics", "priors")
 
 
 def add_command(commands):

@@ -11,6 +11,8 @@ resources_test/simulated_grn/
   unseen_perturbation/{train,solution}_cells.h5ad
   unseen_perturbation/prediction.h5ad     train_mean
   unseen_perturbation/score.h5ad          delta_error
+  prior_file.h5ad                         scripts/make_prior.py on the common dataset without fold 0's test
+                                          perturbations (the example input of src/priors/prior_file)
 Nothing is downloaded. Component tests (`perturbcast test`) read these files.
 """
 import argparse
@@ -34,6 +36,18 @@ def step(component: str, args: list[str]):
         sys.exit(f"[error] {component} failed with exit code {result.exit_code}")
 
 
+def make_prior_file(force: bool):
+    """prior_file.h5ad: a gene-embedding prior for the prior_file component's test. Not named prior.h5ad (the
+    example of every method's optional --input_prior): that would change what every method's test runs."""
+    if (OUT / "prior_file.h5ad").exists() and not force:
+        return
+    import subprocess
+    print("create_test_resources: scripts/make_prior.py", file=sys.stderr, flush=True)
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "make_prior.py"), "--input", str(OUT / "common_dataset.h5ad"),
+                    "--exclude_test", str(SPLIT / "test.h5ad"), "--output", str(OUT / "prior_file.h5ad"),
+                    "--n_components", "5"], check=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--force", action="store_true", help="remake files that already exist")
@@ -45,6 +59,7 @@ def main() -> int:
         subprocess.run([sys.executable, str(ROOT / "benchmarks" / "pseudobulk.py"), "test-sources",
                         "--output", str(loaders)], check=True)
     if (SPLIT / "score.h5ad").exists() and (SPLIT / "solution_cells.h5ad").exists() and not args.force:
+        make_prior_file(args.force)  # added later than the rest: made in a folder that is otherwise complete
         print(f"create_test_resources: {OUT} is complete (use --force to remake)", file=sys.stderr)
         return 0
     SPLIT.mkdir(parents=True, exist_ok=True)
@@ -71,6 +86,7 @@ def main() -> int:
                                                 "--input_train_cells", SPLIT / "train_cells.h5ad",
                                                 "--output", SPLIT / "prediction.h5ad",
                                                 "--output_cells", SPLIT / "prediction_cells.h5ad"])
+    make_prior_file(True)
     print(f"create_test_resources: wrote {OUT}", file=sys.stderr)
     return 0
 

@@ -281,7 +281,7 @@ def _uns_problems(uns, spec: dict) -> list[str]:
 def check_anndata(adata, file_format: dict) -> list[str]:
     """Problems of `adata` against `file_format` (the `info.format` mapping); empty when it conforms."""
     problems: list[str] = []
-    if adata.n_obs == 0:
+    if adata.n_obs == 0 and not file_format.get("obs_may_be_empty"):  # a prior's obs has no required meaning
         problems.append("has no rows (obs), expected at least one")
     if not adata.var_names.is_unique:
         dup = adata.var_names[adata.var_names.duplicated()].unique()[:3].tolist()

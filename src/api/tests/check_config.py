@@ -45,7 +45,7 @@ if "repository" not in links:
     problems.append("config.links.repository is missing")
 
 component_type = info.get("type")
-if component_type not in ("dataset_loader", "task", "method", "control_method", "metric"):
+if component_type not in ("dataset_loader", "task", "method", "control_method", "metric", "prior"):
     problems.append(f"info.type '{component_type}' is not a known component type (did the config __merge__ its API?)")
 if component_type == "metric":
     metrics = info.get("metrics") or []

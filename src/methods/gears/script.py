@@ -33,7 +33,7 @@ import baselines  # noqa: E402
 import go_annotation  # noqa: E402
 from component_io import ComponentIO, fail, log, not_applicable, settings_from_environment  # noqa: E402
 
-from vocabulary import GO_ANNOTATION_VARIABLE, NOT_INSTALLED_EXIT_CODE  # noqa: E402
+from vocabulary import NOT_INSTALLED_EXIT_CODE  # noqa: E402
 
 NAME = meta.get("name") or "gears"
 
@@ -80,26 +80,11 @@ if organism not in ("homo_sapiens", "human"):
     # cannot be represented, and there is no need to fetch the map to know it
     not_applicable(f"the dataset's organism is '{organism}'; GEARS' perturbation graph is built from human "
                    "GO annotation (Gene Ontology)")
-if not par.get("go_annotation") and os.environ.get(GO_ANNOTATION_VARIABLE):
-    # the benchmark engine passes no method arguments: a run without access to Dataverse names the table here
-    par["go_annotation"] = os.environ[GO_ANNOTATION_VARIABLE]
-    log(f"{NAME}: --go_annotation from $PERTURBCAST_GO_ANNOTATION")
-if par.get("go_annotation"):
-    try:
-        gene2go = go_annotation.from_table(par["go_annotation"])
-    except go_annotation.AnnotationError as error:
-        fail(f"--go_annotation file '{par['go_annotation']}': {error}")
-    log(f"{NAME}: GO map from {par['go_annotation']} ({len(gene2go)} genes)")
-else:
-    from download import DownloadError, dataverse_checksum, fetch
-
-    try:
-        path, _sha = fetch(go_annotation.GENE2GO_URL, published=dataverse_checksum(go_annotation.GENE2GO_FILE_ID),
-                           log=log)
-        gene2go = go_annotation.from_pickle(path)
-    except (DownloadError, go_annotation.AnnotationError) as error:
-        fail(f"GEARS' GO map (gene2go_all.pkl) could not be downloaded ({error}); pass --go_annotation with a "
-             "gene -> GO table (columns symbol, go_id) to build the graph offline")
+try:
+    # the table given, else $PERTURBCAST_GO_ANNOTATION's, else GEARS' published map (download, checked)
+    gene2go, _source = go_annotation.load(par.get("go_annotation"), NAME, "--go_annotation", log)
+except go_annotation.AnnotationError as error:
+    fail(str(error))
 
 cell_targets = [baselines.targets_of(p) if not c else () for p, c in
                 zip(cells.obs["perturbation"].astype(str), cells.obs["is_control"].astype(bool))]

@@ -1,7 +1,9 @@
 """GEARS' gene -> GO-terms map (`gene2go_all.pkl`: symbol -> set of GO ids), from GEARS' published file or
-from a gene -> GO table. Standard library + pandas; included as a resource of the gears component."""
+from a gene -> GO table. Standard library + pandas (+ download.py for the published file); a resource of the
+gears method and the go_embedding prior, which read the same annotation the same way (`load`)."""
 from __future__ import annotations
 
+import os
 import pickle
 
 # GEARS' published map on Harvard Dataverse (the file `PertData` downloads as gene2go_all.pkl)
@@ -44,3 +46,31 @@ def from_pickle(path: str) -> dict[str, set[str]]:
     if not isinstance(mapping, dict) or not mapping:
         raise AnnotationError("is not a non-empty gene -> GO mapping")
     return {str(gene): set(terms) for gene, terms in mapping.items()}
+
+
+def load(table: str | None, name: str, argument: str, log) -> tuple[dict[str, set[str]], str]:
+    """The gene -> GO map a component uses, and where it came from: the table `table` (its `argument`, e.g.
+    `--go_annotation`), else the table named by $PERTURBCAST_GO_ANNOTATION (the benchmark passes no component
+    arguments, so an offline run names the shared table there), else GEARS' published `gene2go_all.pkl`,
+    downloaded into the perturbcast cache and checked against Dataverse's md5. Raises AnnotationError with a
+    one-line message naming the file (or the download) that could not be used."""
+    from vocabulary import GO_ANNOTATION_VARIABLE
+
+    if not table and os.environ.get(GO_ANNOTATION_VARIABLE):
+        table = os.environ[GO_ANNOTATION_VARIABLE]
+        log(f"{name}: {argument} from ${GO_ANNOTATION_VARIABLE}")
+    if table:
+        try:
+            gene2go = from_table(table)
+        except AnnotationError as error:
+            raise AnnotationError(f"{argument} file '{table}': {error}") from None
+        log(f"{name}: GO map from {table} ({len(gene2go)} genes)")
+        return gene2go, str(table)
+    from download import DownloadError, dataverse_checksum, fetch
+
+    try:
+        path, _sha = fetch(GENE2GO_URL, published=dataverse_checksum(GENE2GO_FILE_ID), log=log)
+        return from_pickle(path), GENE2GO_URL
+    except (DownloadError, AnnotationError) as error:
+        raise AnnotationError(f"GEARS' GO map (gene2go_all.pkl) could not be downloaded ({error}); pass {argument} "
+                              "with a gene -> GO table (columns symbol, go_id) to work offline") from None
