@@ -321,6 +321,17 @@ def read_control_inputs(io):
     return train, test, solution
 
 
+def target_genes_of_dataset(par: dict, dataset) -> list[str]:
+    """Every target gene named in `--input`'s perturbation labels, sorted (a prior's gene universe adds them
+    to the measured genes); one-line error (exit 1) on a malformed label."""
+    from component_io import fail
+
+    try:
+        return sorted({t for p in dataset.obs["perturbation"].astype(str).unique() for t in targets_of(p)})
+    except InputError as error:
+        fail(f"--input file '{par['input']}': {error}")
+
+
 def check_genes_match(train, test):
     """Test genes must be the training genes in the same order (the format promises it)."""
     if len(train.var_names) != len(test.var_names) or not (train.var_names == test.var_names).all():

@@ -40,10 +40,7 @@ if organism not in ("homo_sapiens", "human"):
 # The gene universe: measured genes, then every target named in the perturbation labels (names only; the
 # test file shows a method these names anyway), in a fixed order so the output is reproducible.
 measured = [str(g) for g in dataset.var_names]
-try:
-    targets = sorted({t for p in dataset.obs["perturbation"].astype(str).unique() for t in baselines.targets_of(p)})
-except baselines.InputError as error:
-    fail(f"--input file '{par['input']}': {error}")
+targets = baselines.target_genes_of_dataset(par, dataset)
 known = set(measured)
 universe = measured + [t for t in targets if t not in known]
 

@@ -46,10 +46,7 @@ except FormatError as error:
     fail(f"--input_prior_file {error}")
 
 measured = [str(g) for g in dataset.var_names]
-try:
-    targets = sorted({t for p in dataset.obs["perturbation"].astype(str).unique() for t in baselines.targets_of(p)})
-except baselines.InputError as error:
-    fail(f"--input file '{par['input']}': {error}")
+targets = baselines.target_genes_of_dataset(par, dataset)
 known = set(prior.genes)
 n_measured, n_targets = sum(g in known for g in measured), sum(t in known for t in targets)
 if n_measured == 0 and n_targets == 0:
