@@ -110,6 +110,10 @@ def prior_features(prior, vocabulary):
 io = ComponentIO(par, meta)
 train = io.read("input_train")
 test = io.read("input_test")
+try:  # before PyTorch is needed: a mismatched pair of files is wrong wherever the method can run
+    baselines.check_same_split(train, test)
+except baselines.InputError as error:
+    fail(f"--input_train/--input_test: {error}")
 options = check_options()
 started = time.time()
 
@@ -136,7 +140,6 @@ else:
 rng = np.random.default_rng(options["seed"])
 
 try:
-    baselines.check_same_split(train, test)
     baselines.check_genes_match(train, test)
     genes = pd.Index(train.var_names.astype(str))
     position = {g: j for j, g in enumerate(genes)}
