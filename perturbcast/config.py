@@ -292,7 +292,9 @@ CONFIG_KEYS = {"argument_groups", "arguments", "authors", "build_info", "depende
 GROUP_KEYS = {"arguments", "description", "label", "name", "summary"}
 ARGUMENT_KEYS = {"alternatives", "choices", "create_parent", "default", "description", "direction", "example", "info",
                  "label", "max", "min", "multiple", "multiple_sep", "must_exist", "name", "required", "summary", "type"}
-INFO_KEYS = {"type", "type_info", "datasets", "test_arguments", "supported_tasks", "metrics", "control_type", "default"}
+INFO_KEYS = {"type", "type_info", "datasets", "test_arguments", "supported_tasks", "metrics", "control_type", "default",
+             # priors (issue 25): what a method reads of a prior, what a prior writes, where a prior finds its data
+             "uses_prior", "prior_provides", "reference_datasets"}
 
 
 def _check_keys(raw: dict, path: Path):
