@@ -31,7 +31,7 @@ nextflow.enable.dsl = 2
 include { validateParameters } from 'plugin/nf-schema'
 
 // the keys of the params that choose what runs: what `perturbcast plan --spec` reads (perturbcast/spec.py)
-SELECTION_KEYS = ['datasets', 'tasks', 'methods', 'metrics', 'exclude_datasets', 'exclude_tasks', 'exclude_methods',
+SELECTION_KEYS = ['datasets', 'tasks', 'methods', 'metrics', 'priors', 'exclude_datasets', 'exclude_tasks', 'exclude_methods',
                   'exclude_metrics', 'seeds', 'n_folds', 'folds', 'use_test_arguments']
 
 workflow {
@@ -91,9 +91,13 @@ workflow benchmark {
         .map { step, record -> [step.guards] }
     def checkedSplitFiles = withoutIds(splitFiles.combine(passed, by: 0))
 
-    // predictions: split x (control) method; scores: one task per score unit (the metrics of one prediction that
-    // share an image), each metric with its own step.json and status
-    PREDICTIONS(steps.filter { it.stage == 'predict' }, checkedSplitFiles, project.runner, project.shared)
+    // priors: from outside the data (per dataset) or learnt from a checked split's method-visible files
+    PRIORS(steps.filter { it.stage == 'prior' }, withoutIds(datasetFiles).mix(checkedSplitFiles), project.runner, project.shared)
+    def priorFiles = withoutIds(layoutFiles(PRIORS.out.files))
+
+    // predictions: split x (control) method (x prior); scores: one task per score unit (the metrics of one
+    // prediction that share an image), each metric with its own step.json and status
+    PREDICTIONS(steps.filter { it.stage == 'predict' }, checkedSplitFiles.mix(priorFiles), project.runner, project.shared)
     def predictionFiles = layoutFiles(PREDICTIONS.out.files)
     def units = plan.flatMap { it.score_units }.filter { !params.dry_run }
     SCORES(units, checkedSplitFiles.mix(withoutIds(predictionFiles)), project.runner, project.shared)
@@ -101,7 +105,8 @@ workflow benchmark {
     // results: every step record, log, dataset uns and score file in its layout path, aggregated once
     // (combine flattens one level: the list of items goes in wrapped)
     def collected = withoutIds(layoutFiles(
-            DATASETS.out.records.mix(SPLITS.out.records, PREDICTIONS.out.records, SCORES.out.records, CHECK.out.record)))
+            DATASETS.out.records.mix(SPLITS.out.records, PRIORS.out.records, PREDICTIONS.out.records, SCORES.out.records,
+                                     CHECK.out.record)))
         .mix(withoutIds(layoutFiles(SCORES.out.files)), preparedRecords)
     AGGREGATE(
         PLAN.out.plan
@@ -563,6 +568,63 @@ workflow SPLITS {
     emit:
     files = SPLIT_LOWCPU_LOWMEM_LOWTIME.out.files.mix(SPLIT_UNLABELLED.out.files)
     records = SPLIT_LOWCPU_LOWMEM_LOWTIME.out.records.mix(SPLIT_UNLABELLED.out.records)
+}
+
+process PRIOR_LOWCPU_LOWMEM_LOWTIME {
+    tag "${step.id}"
+    label 'lowcpu'
+    label 'lowmem'
+    label 'lowtime'
+    container "${step.image}"
+    publishDir params.publish_dir, mode: params.publish_mode
+
+    input:
+    tuple val(step), path(staged, stageAs: 'staged/in*/*'), path(component, stageAs: 'project/src/component/*')
+    path(project_files, stageAs: 'project/*')
+    path(shared_src, stageAs: 'project/src/*')
+
+    output:
+    tuple val(step), path("${step.directory}/*.h5ad"), emit: files, optional: true
+    tuple val(step), path("${step.directory}/{step.json,log.txt,dataset_uns.yaml,state.yaml}"), emit: records, optional: true
+
+    script:
+    stepScript(step, task.attempt, task.cpus, task.memory ? task.memory.toMega() : null, params, workflow.containerEngine)
+}
+
+process PRIOR_UNLABELLED {
+    tag "${step.id}"
+    container "${step.image}"
+    publishDir params.publish_dir, mode: params.publish_mode
+
+    input:
+    tuple val(step), path(staged, stageAs: 'staged/in*/*'), path(component, stageAs: 'project/src/component/*')
+    path(project_files, stageAs: 'project/*')
+    path(shared_src, stageAs: 'project/src/*')
+
+    output:
+    tuple val(step), path("${step.directory}/*.h5ad"), emit: files, optional: true
+    tuple val(step), path("${step.directory}/{step.json,log.txt,dataset_uns.yaml,state.yaml}"), emit: records, optional: true
+
+    script:
+    stepScript(step, task.attempt, task.cpus, task.memory ? task.memory.toMega() : null, params, workflow.containerEngine)
+}
+
+workflow PRIORS {
+    take:
+    steps
+    made
+    project_files
+    shared_src
+
+    main:
+    def ready = stepsWithInputs(steps, made)
+        .map { step, staged -> [step, staged, componentFolders(step)] }
+    PRIOR_LOWCPU_LOWMEM_LOWTIME(ready.filter { step, staged, component -> labelKey(step) == 'lowcpu,lowmem,lowtime' }, project_files, shared_src)
+    PRIOR_UNLABELLED(ready.filter { step, staged, component -> !(labelKey(step) in ['lowcpu,lowmem,lowtime']) }, project_files, shared_src)
+
+    emit:
+    files = PRIOR_LOWCPU_LOWMEM_LOWTIME.out.files.mix(PRIOR_UNLABELLED.out.files)
+    records = PRIOR_LOWCPU_LOWMEM_LOWTIME.out.records.mix(PRIOR_UNLABELLED.out.records)
 }
 
 process PREDICT_GPU_HIGHMEM_HIGHTIME_MIDCPU {

@@ -22,7 +22,8 @@ from pathlib import Path
 from . import config as _config
 from . import layout
 from .config import ComponentConfig
-from .layout import DATASET, PREDICT, SCORE, SPLIT, STAGE_OF_TYPE, STAGES, Status  # noqa: F401 (re-exported)
+from .layout import vocabulary
+from .layout import DATASET, PREDICT, PRIOR, SCORE, SPLIT, STAGE_OF_TYPE, STAGES, Status  # noqa: F401 (re-exported)
 from .leakage import check_partition
 from .steps import Selection, Step, StepRecord  # noqa: F401 (re-exported)
 from .engine_run import (  # noqa: F401 (re-exported: the engine's public names)
@@ -74,6 +75,35 @@ def declared(component: ComponentConfig, files: dict) -> dict:
     return {name: path for name, path in files.items() if path is not None and component.argument(name)}
 
 
+# What the engine gives a prior component: the dataset (its gene universe), another dataset (a prior learnt
+# elsewhere), or the method-visible files of a split (a prior learnt from the benchmarked data).
+PRIOR_INPUTS = {"input", "input_reference", "input_train", "input_test", "input_train_cells", "output"}
+
+
+def prior_learns_from_split(prior: ComponentConfig) -> bool:
+    """A prior that learns from the benchmarked data (src/api/comp_prior_from_training.yaml) is made per split
+    from what a method may read (train, test, training cells), so it cannot carry a held-out effect."""
+    return prior.argument("input_train") is not None
+
+
+def check_priors(priors: list[ComponentConfig]):
+    """A prior the benchmark cannot run (an argument it cannot give, no slot declared) as one ValueError."""
+    for prior in priors:
+        needs = [a.plain_name for a in prior.arguments if a.required and a.plain_name not in PRIOR_INPUTS]
+        if needs:
+            raise ValueError(f"prior {prior.name} needs --{', --'.join(needs)}, which a benchmark run cannot give; run it "
+                             f"with `perturbcast run src/priors/{prior.name}` and pass its output to a method as --input_prior")
+        if not prior.info.get("prior_provides"):
+            raise ValueError(f"prior {prior.name} declares no info.prior_provides (gene_embedding, is_regulator, network)")
+
+
+def prior_variants(method: ComponentConfig, priors: list[ComponentConfig]) -> list:
+    """(method id, prior or None) of every variant of `method`: alone, then with each prior that writes a slot it reads."""
+    reads = set(method.info.get("uses_prior") or [])
+    return [(method.name, None)] + [(vocabulary.method_variant(method.name, prior.name), prior) for prior in priors
+                                    if reads & set(prior.info.get("prior_provides") or [])]
+
+
 def plan(package_root: Path, output_dir: Path, selection: Selection) -> tuple[list[Step], list[StepRecord]]:
     """All steps of the benchmark for `selection`, in dependency order, and the pairs not applicable by declaration."""
     components = discover_components(package_root)
@@ -119,6 +149,8 @@ def plan(package_root: Path, output_dir: Path, selection: Selection) -> tuple[li
     predictors = chosen(by_type.get("control_method", []) + by_type.get("method", []), selection.methods)
     if selection.methods is None:  # deep models opt out of the default run and run when named
         predictors = [p for p in predictors if p.info.get("default", True) is not False]
+    priors = chosen(by_type.get("prior"), selection.priors) if selection.priors else []
+    check_priors(priors)
     metrics = chosen(by_type.get("metric"), selection.metrics)
     if selection.metrics is None:  # components that opt out of the default run only when named
         metrics = [m for m in metrics if m.info.get("default", True) is not False]
@@ -136,16 +168,57 @@ def plan(package_root: Path, output_dir: Path, selection: Selection) -> tuple[li
         extra = layout.output_paths(directory, stage, tuple(n for n, want in optional.items() if want))
         return {**layout.output_paths(directory, stage, names), **declared(component, extra)}
 
+    dataset_steps: dict[str, Step] = {}
+
+    def dataset_step_of(loader: ComponentConfig, instance: dict) -> Step:
+        """The dataset's step, planned once (a prior's reference dataset may be one the selection does not score)."""
+        dataset_id = instance["id"]
+        if dataset_id not in dataset_steps:
+            key = layout.dataset_key(dataset_id)
+            dataset_dir = layout.step_dir(output_dir, DATASET, key)
+            dataset_steps[dataset_id] = Step(
+                id=layout.step_id(DATASET, key), stage=DATASET, component=loader, directory=dataset_dir,
+                inputs={}, outputs=outputs(loader, dataset_dir, DATASET, ("output",), {"output_cells": cells_wanted}),
+                arguments=dict(instance["arguments"]),
+                labels={"dataset_id": dataset_id})
+            steps.append(dataset_steps[dataset_id])
+        return dataset_steps[dataset_id]
+
+    def prior_step(prior: ComponentConfig, scope_key: str, inputs: dict, depends: list, labels: dict) -> Step:
+        key = layout.prior_key(scope_key, prior.name)
+        directory = layout.step_dir(output_dir, PRIOR, key)
+        step = Step(id=layout.step_id(PRIOR, key), stage=PRIOR, component=prior, directory=directory, inputs=inputs,
+                    outputs=layout.output_paths(directory, PRIOR), arguments={}, depends=depends,
+                    labels={**labels, "prior_id": prior.name})
+        steps.append(step)
+        return step
+
+    for loader, instance in datasets:
+        dataset_step = dataset_step_of(loader, instance)
     for loader, instance in datasets:
         dataset_id = instance["id"]
-        key = layout.dataset_key(dataset_id)
-        dataset_dir = layout.step_dir(output_dir, DATASET, key)
-        dataset_step = Step(
-            id=layout.step_id(DATASET, key), stage=DATASET, component=loader, directory=dataset_dir,
-            inputs={}, outputs=outputs(loader, dataset_dir, DATASET, ("output",), {"output_cells": cells_wanted}),
-            arguments=dict(instance["arguments"]),
-            labels={"dataset_id": dataset_id})
-        steps.append(dataset_step)
+        dataset_step = dataset_steps[dataset_id]
+        # priors from outside the data: one per dataset (None: not applicable, with its record)
+        dataset_priors: dict[str, Step | None] = {}
+        for prior in (p for p in priors if not prior_learns_from_split(p)):
+            inputs, depends = {"input": dataset_step.outputs["output"]}, [dataset_step.id]
+            if prior.argument("input_reference"):
+                reference = next((d for d in prior.info.get("reference_datasets") or []
+                                  if d != dataset_id and d in known_datasets), None)
+                if reference is None:
+                    key = layout.prior_key(layout.dataset_key(dataset_id), prior.name)
+                    skipped.append(StepRecord(
+                        id=layout.step_id(PRIOR, key), stage=PRIOR, component=prior.name, status=Status.NOT_APPLICABLE,
+                        reason=f"{prior.name} learns from another dataset; none of its info.reference_datasets "
+                               f"{prior.info.get('reference_datasets') or []} is a known dataset other than {dataset_id}",
+                        labels={"dataset_id": dataset_id, "prior_id": prior.name}))
+                    dataset_priors[prior.name] = None
+                    continue
+                reference_step = dataset_step_of(*known_datasets[reference])
+                inputs["input_reference"] = reference_step.outputs["output"]
+                depends.append(reference_step.id)
+            dataset_priors[prior.name] = prior_step(prior, layout.dataset_key(dataset_id), inputs, depends,
+                                                    {"dataset_id": dataset_id})
         for task in tasks:
             # tasks that partition take --n_folds/--fold; one without them is run once per seed
             folds = selection.fold_list() if task.argument("fold") else [None]
@@ -164,13 +237,27 @@ def plan(package_root: Path, output_dir: Path, selection: Selection) -> tuple[li
                                     {"output_train_cells": bool(cells), "output_solution_cells": bool(cells)}),
                     arguments=split_arguments, depends=[dataset_step.id], labels=split_labels)
                 steps.append(split_step)
-                for method in predictors:
-                    labels = {**split_step.labels, "method_id": method.name, "method_type": method.component_type}
-                    predict = layout.predict_key(split, method.name)
+                # priors learnt from this split: from the files a method reads, never the solution
+                split_priors = {prior.name: prior_step(
+                    prior, split, {"input_train": split_step.outputs["output_train"],
+                                   "input_test": split_step.outputs["output_test"],
+                                   **declared(prior, {"input_train_cells": split_step.outputs.get("output_train_cells")})},
+                    [split_step.id], split_step.labels) for prior in priors if prior_learns_from_split(prior)}
+                for method, (method_id, prior) in ((m, v) for m in predictors for v in prior_variants(m, priors)):
+                    labels = {**split_step.labels, "method_id": method_id, "method_type": method.component_type,
+                              **({"prior_id": prior.name} if prior is not None else {})}
+                    predict = layout.predict_key(split, method_id)
                     if not supports_task(method, task.name):
                         skipped.append(StepRecord(
                             id=layout.step_id(PREDICT, predict), stage=PREDICT, component=method.name,
                             status=Status.NOT_APPLICABLE, reason=f"{method.name} does not support task {task.name}",
+                            labels=labels))
+                        continue
+                    made_by = None if prior is None else {**dataset_priors, **split_priors}[prior.name]
+                    if prior is not None and made_by is None:
+                        skipped.append(StepRecord(
+                            id=layout.step_id(PREDICT, predict), stage=PREDICT, component=method.name,
+                            status=Status.NOT_APPLICABLE, reason=f"the prior {prior.name} is not applicable to {dataset_id}",
                             labels=labels))
                         continue
                     predict_dir = layout.step_dir(output_dir, PREDICT, predict)
@@ -181,15 +268,17 @@ def plan(package_root: Path, output_dir: Path, selection: Selection) -> tuple[li
                     split_cells = {"input_train_cells": split_step.outputs.get("output_train_cells"),
                                    "input_solution_cells": split_step.outputs.get("output_solution_cells")}
                     inputs.update(declared(method, split_cells))
+                    if made_by is not None:
+                        inputs["input_prior"] = made_by.outputs["output"]
                     predict_step = Step(
                         id=layout.step_id(PREDICT, predict), stage=PREDICT, component=method, directory=predict_dir,
                         inputs=inputs,
                         outputs=outputs(method, predict_dir, PREDICT, ("output",), {"output_cells": prediction_cells_wanted}),
                         arguments={},
-                        depends=[split_step.id], labels=labels)
+                        depends=[split_step.id] + ([made_by.id] if made_by is not None else []), labels=labels)
                     steps.append(predict_step)
                     for metric in metrics:
-                        score = layout.score_key(split, method.name, metric.name)
+                        score = layout.score_key(split, method_id, metric.name)
                         score_dir = layout.step_dir(output_dir, SCORE, score)
                         steps.append(Step(
                             id=layout.step_id(SCORE, score), stage=SCORE, component=metric,

@@ -91,6 +91,10 @@ def add_selection_arguments(parser):
         parser.add_argument(f"--{kind}", nargs="+", metavar="ID",
                            help=f"only these {kind} (space or comma separated); default: all" +
                                 (" defaults" if kind == "datasets" else ""))
+    parser.add_argument("--priors", nargs="+", metavar="ID",
+                        help="prior components (src/priors, `perturbcast list --kind priors`): every method that reads "
+                             "what a prior writes (info.uses_prior) also runs with it, as `<method>+<prior>`, beside "
+                             "itself without one (default: no priors)")
     parser.add_argument("--dataset-file", metavar="PATH",
                         help="benchmark your own h5ad: a common dataset (src/api/file_common_dataset.yaml) or a "
                              "cell-level file read by the h5ad_file loader (see --dataset-arg)")
@@ -117,7 +121,7 @@ def add_selection_arguments(parser):
 
 def aggregate_results(root: Path, output: Path, only: set | None = None, n_resamples: int = 1000) -> str:
     """Tables from the published step folders (both engines write the same layout); returns the leaderboard text."""
-    from . import leaderboard, scoring
+    from . import leaderboard, prior_effects, scoring
     from .config import discover_components
     from .openproblems import write_openproblems_files
 
@@ -129,10 +133,13 @@ def aggregate_results(root: Path, output: Path, only: set | None = None, n_resam
     per_condition = scoring.mark_fallbacks(scoring.per_condition_table(output, method_types, only), output)
     results, summary = scoring.results_table(per_condition, n_resamples=n_resamples, maximize=maximize,
                                              evidence=scoring.dataset_evidence(output), no_outcome=no_outcome)
-    scoring.write_results(per_condition, results, summary, output)
+    effects = prior_effects.prior_effects(per_condition, maximize, n_resamples=n_resamples)
+    scoring.write_results(per_condition, results, summary, output, effects)
     paths = [path for path in scoring.score_files(output) if only is None or path.resolve() in only]
     write_openproblems_files(root, output, components, paths)
     text = leaderboard.text(summary, scoring.HEADLINE_PANEL)
+    if not effects.empty:
+        text += "\n\n" + prior_effects.text(effects, layout.LINE_WIDTH)
     with replaced_atomically(output / layout.LEADERBOARD) as temporary:
         temporary.write_text(text.lstrip("\n") + "\n")
     return text
@@ -226,7 +233,7 @@ def selection_folder(selection, added_controls=(), spec: str | None = None) -> P
     return layout.results_folder({
         "spec": [Path(spec).stem] if spec else None,
         "datasets": selection.datasets, "tasks": selection.tasks, "methods": methods, "metrics": selection.metrics,
-        "seeds": selection.seeds if list(selection.seeds) != default.seeds else None,
+        "priors": selection.priors, "seeds": selection.seeds if list(selection.seeds) != default.seeds else None,
         "n_folds": [selection.n_folds] if selection.n_folds != default.n_folds else None, "folds": selection.folds})
 
 
@@ -238,8 +245,8 @@ def _user_datasets(args, root: Path, selection) -> str | None:
     try:
         if args.spec:
             spec = load_spec(args.spec, root=root)
-            given = {key: getattr(args, key) for key in ("datasets", "tasks", "methods", "metrics")}
-            for key in ("tasks", "methods", "metrics"):
+            given = {key: getattr(args, key) for key in ("datasets", "tasks", "methods", "metrics", "priors")}
+            for key in ("tasks", "methods", "metrics", "priors"):
                 if given[key] is None and spec[key] is not None:
                     setattr(selection, key, spec[key])
             if given["datasets"] is None and spec["datasets"]:
@@ -277,7 +284,8 @@ def selection_from_args(args, command: str):
         return None, None, 1
     given = {key: getattr(args, key) for key in ("seeds", "n_folds", "folds") if getattr(args, key) is not None}
     selection = engine.Selection(datasets=_names(args.datasets), tasks=_names(args.tasks),
-                                 methods=_names(args.methods), metrics=_names(args.metrics), **given)
+                                 methods=_names(args.methods), metrics=_names(args.metrics), priors=_names(args.priors),
+                                 **given)
     problem = _user_datasets(args, root, selection)
     if problem:
         say(f"[error] {problem}")

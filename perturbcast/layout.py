@@ -9,10 +9,13 @@ A step id is `<stage>/<key>` and the step's folder is `<results>/<stage folder>/
 
   dataset    dataset/<d>                                   datasets/<d>/dataset.h5ad
   split      split/<d>/<t>/seed_<s>/fold_<f>               tasks/<d>/<t>/seed_<s>/fold_<f>/{train,test,solution}.h5ad
+  prior      prior/<d>/<p>                                 priors/<d>/<p>/prior.h5ad            (from outside the data)
+             prior/<d>/<t>/seed_<s>/fold_<f>/<p>           priors/<d>/<t>/seed_<s>/fold_<f>/<p>/prior.h5ad  (from a split)
   predict    predict/<d>/<t>/seed_<s>/fold_<f>/<m>         predictions/<d>/<t>/seed_<s>/fold_<f>/<m>/prediction.h5ad
   score      score/<d>/<t>/seed_<s>/fold_<f>/<m>/<metric>  scores/<d>/<t>/seed_<s>/fold_<f>/<m>/<metric>/score.h5ad
 
-(a task without folds has no `fold_<f>` level). Two kinds of record have an id but no folder: the
+(a task without folds has no `fold_<f>` level). A method given a prior is the variant `<m>+<p>`
+(vocabulary.method_variant): its prediction and score folders are named after the variant. Two kinds of record have an id but no folder: the
 check of a whole partition (`partition/<d>/<t>/seed_<s>`, stage `split`) and a config that could not be
 loaded (`config/<namespace>/<name>`, stage `config`). The plan of a Nextflow run adds leakage-check steps
 (`check/split/...`, `check/partition/...`) that write check.json / partition_check.json in the checked folder.
@@ -156,13 +159,13 @@ def blocked_reason(cause: dict) -> str:
 
 # -- stages, step ids and folders ------------------------------------------------------------------------
 
-DATASET, SPLIT, PREDICT, SCORE = "dataset", "split", "predict", "score"
-STAGES = (DATASET, SPLIT, PREDICT, SCORE)
+DATASET, SPLIT, PRIOR, PREDICT, SCORE = "dataset", "split", "prior", "predict", "score"
+STAGES = (DATASET, SPLIT, PRIOR, PREDICT, SCORE)
 # Records that are not a stage's step: a config that could not be loaded; the check of a partition.
 CONFIG, PARTITION = "config", "partition"
-STAGE_OF_TYPE = {"dataset_loader": DATASET, "task": SPLIT, "method": PREDICT, "control_method": PREDICT,
+STAGE_OF_TYPE = {"dataset_loader": DATASET, "task": SPLIT, "prior": PRIOR, "method": PREDICT, "control_method": PREDICT,
                  "metric": SCORE}
-STAGE_FOLDERS = {DATASET: "datasets", SPLIT: "tasks", PREDICT: "predictions", SCORE: "scores"}
+STAGE_FOLDERS = {DATASET: "datasets", SPLIT: "tasks", PRIOR: "priors", PREDICT: "predictions", SCORE: "scores"}
 
 # A step's own files, in its folder.
 STEP_RECORD = "step.json"
@@ -230,6 +233,7 @@ STAGE_OUTPUTS = {
     DATASET: {"output": "dataset.h5ad", "output_cells": "dataset_cells.h5ad"},
     SPLIT: {"output_train": "train.h5ad", "output_test": "test.h5ad", "output_solution": "solution.h5ad",
             "output_train_cells": "train_cells.h5ad", "output_solution_cells": "solution_cells.h5ad"},
+    PRIOR: {"output": "prior.h5ad"},
     PREDICT: {"output": "prediction.h5ad", "output_cells": "prediction_cells.h5ad"},
     SCORE: {"output": "score.h5ad"},
 }
@@ -242,6 +246,12 @@ def split_key(dataset_id: str, task_id: str, seed: int, fold: int | None = None)
 
 def dataset_key(dataset_id: str) -> str:
     return dataset_id
+
+
+def prior_key(scope: str, prior: str) -> str:
+    """`<d>/<p>` for a prior made from outside the data (scope: the dataset key), `<split>/<p>` for one learnt
+    from a split's training data (scope: the split key)."""
+    return f"{scope}/{prior}"
 
 
 def predict_key(split: str, method_id: str) -> str:
@@ -332,6 +342,7 @@ RESULTS = "results.parquet"
 PER_CONDITION = "results_per_condition.parquet"
 SUMMARY = "summary.parquet"
 HEADLINE = "headline.parquet"
+PRIOR_EFFECTS = "prior_effects.parquet"  # what each prior does to each method (perturbcast.prior_effects)
 LEADERBOARD = "leaderboard.txt"
 SELECTION_RECORD = "selection.json"  # what the folder's results were made with (perturbcast.compare)
 REPORT = "report.html"
@@ -409,7 +420,9 @@ def normalized_selection(selection) -> dict:
                                   for d, a in sorted(selection.dataset_arguments.items())},
             "extra_datasets": sorted(({"id": e["id"], "loader": e["loader"],
                                        "arguments": {k: str(v) for k, v in sorted(e["arguments"].items())}}
-                                      for e in selection.extra_datasets), key=lambda e: e["id"])}
+                                      for e in selection.extra_datasets), key=lambda e: e["id"]),
+            # only when given, so the marker of a folder made before priors existed still matches its selection
+            **({"priors": names(selection.priors)} if getattr(selection, "priors", None) else {})}
 
 
 def write_marker(folder: Path, selection: dict):

@@ -193,10 +193,12 @@ def format_leaderboard(board: pd.DataFrame) -> str:
     if board.empty:
         return "(no scores)"
     tasks = board.attrs.get("tasks", [])
-    fixed = 22 + 1 + 7 + 8 + 17 + 10
+    # a method run with a prior is `<method>+<prior>`: the column grows to show it whole (up to 40 characters)
+    name = min(40, max([22] + [len(str(m)) for m in board["method_id"]]))
+    fixed = name + 1 + 7 + 8 + 17 + 10
     fits = max(0, (WIDTH - fixed) // (CELL + 1))
     shown = tasks[:fits]
-    head = (f"{'method':<22} {'kind':<7}" + "".join(f" {TASK_SHORT.get(t, t)[:CELL]:>{CELL}}" for t in shown)
+    head = (f"{'method':<{name}} {'kind':<7}" + "".join(f" {TASK_SHORT.get(t, t)[:CELL]:>{CELL}}" for t in shown)
             + f" {'overall':>7} {'95% interval':>16} {'W/T/L':>9}")
     lines = [head]
     ranked_tasks = board.attrs.get("ranked_tasks", {})
@@ -205,7 +207,7 @@ def format_leaderboard(board: pd.DataFrame) -> str:
         cells = "".join(f" {_task_cell(row[f'task:{t}'], row[f'fallback:{t}'], row[f'status:{t}'], ranked_tasks.get(t, True)):>{CELL}}"
                         for t in shown)
         value = f"{row['calibrated']:.3f}" if _finite(row["calibrated"]) else "-"
-        lines.append(f"{str(row['method_id'])[:22]:<22} {kind:<7}{cells} {value:>7} {row['interval']:>16} "
+        lines.append(f"{str(row['method_id'])[:name]:<{name}} {kind:<7}{cells} {value:>7} {row['interval']:>16} "
                      f"{row['vs train_mean']:>9}")
     if len(shown) < len(tasks):
         lines.append(f"(tasks not shown for width: {', '.join(tasks[len(shown):])}; see report.html)")

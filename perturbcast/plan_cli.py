@@ -268,7 +268,7 @@ def build_plan(root: Path, output: Path, selection, stages: list | None = None) 
         "package": {key: package.get(key) for key in ("name", "organization", "version")}
                    | {"docker_registry": (package.get("links") or {}).get("docker_registry")},
         "selection": {"datasets": selection.datasets, "tasks": selection.tasks, "methods": selection.methods,
-                      "metrics": selection.metrics, "seeds": selection.seeds, "n_folds": selection.n_folds,
+                      "metrics": selection.metrics, "priors": selection.priors, "seeds": selection.seeds, "n_folds": selection.n_folds,
                       "folds": selection.fold_list()},
         "steps": documents,
         SCORE_UNITS: units,

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from . import layout
+from .layout import vocabulary
 
 from .headline import fallback_shares, headline_tables, pooled_outcomes, slice_verdicts
 from .panel import (ALL_STRATA, BASELINE_METHOD, CEILING_METHOD, FALLBACK_STATUS, FAMILY_ALPHA,  # noqa: F401
@@ -89,7 +90,7 @@ def per_condition_table(output_dir: Path, method_types: dict[str, str] | None = 
         parts["stratum"].append(np.tile(obs["stratum"].astype(str).to_numpy(dtype=object), len(present)))
         parts["metric_id"].append(np.repeat(np.array(present, dtype=object), len(obs)))
         parts["value"].append(obs[present].to_numpy(dtype=float).T.reshape(-1) if present else np.empty(0))
-        labels["method_type"] = (method_types or {}).get(labels["method_id"], "method")
+        labels["method_type"] = (method_types or {}).get(vocabulary.method_and_prior(labels["method_id"])[0], "method")
         for key in ("dataset_id", "task_id", "seed", "fold", "method_id", "method_type", "metric_component"):
             parts[key].append(np.full(n, labels[key], dtype=np.int64 if key in ("seed", "fold") else object))
     if not parts["value"]:
@@ -315,13 +316,28 @@ def _outcomes(results: pd.DataFrame, maximize: dict, no_outcome: set) -> tuple[n
     return adjusted, outcomes
 
 
-def write_results(per_condition: pd.DataFrame, results: pd.DataFrame, summary: pd.DataFrame, output_dir: Path):
-    """The four tables, each written under a partial name and renamed only when all four are written: a full
+def with_prior_id(table: pd.DataFrame) -> pd.DataFrame:
+    """`table` with a `prior_id` column beside `method_id` (`none` for a method run without a prior): a
+    variant's method_id is `<method>+<prior>` (vocabulary.method_variant), so it keeps its own rows everywhere."""
+    if "method_id" not in table.columns or "prior_id" in table.columns:
+        return table
+    table = table.copy()
+    table.insert(table.columns.get_loc("method_id") + 1, "prior_id",
+                 [vocabulary.method_and_prior(m)[1] for m in table["method_id"]])
+    return table
+
+
+def write_results(per_condition: pd.DataFrame, results: pd.DataFrame, summary: pd.DataFrame, output_dir: Path,
+                  effects: pd.DataFrame | None = None):
+    """The result tables, each written under a partial name and renamed only when all are written: a full
     disk or an interrupt leaves the previous tables (issue 22), never a truncated one."""
     by_slice = summary.attrs.get("by_slice", pd.DataFrame())
     plain = summary.copy()
     plain.attrs = {}
     tables = {layout.RESULTS: results, layout.PER_CONDITION: per_condition, layout.SUMMARY: plain, layout.HEADLINE: by_slice}
+    tables = {name: with_prior_id(table) for name, table in tables.items()}
+    if effects is not None:  # a run without priors has an empty table: an earlier run's effects never linger
+        tables[layout.PRIOR_EFFECTS] = effects
     written = {}
     try:
         for name, table in tables.items():

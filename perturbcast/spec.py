@@ -11,6 +11,7 @@ the same file, `nextflow run . -params-file FILE`.
     tasks: [unseen_perturbation]
     methods: [linear_baseline, train_mean]
     metrics: delta_error,delta_correlation   # lists or Nextflow's comma-separated strings
+    priors: [go_embedding]           # methods that read a prior also run with each of these
     seeds: [0, 1]
     n_folds: 5
     folds: [0]
@@ -26,7 +27,7 @@ from pathlib import Path
 
 import yaml
 
-LIST_KEYS = ("tasks", "methods", "metrics", "exclude_datasets", "exclude_tasks", "exclude_methods", "exclude_metrics")
+LIST_KEYS = ("tasks", "methods", "metrics", "priors", "exclude_datasets", "exclude_tasks", "exclude_methods", "exclude_metrics")
 ENGINE_KEYS = {"datasets", *LIST_KEYS, "seeds", "n_folds", "folds", "use_test_arguments", "dry_run", "publish_dir"}
 DATASET_KEYS = {"id", "arguments", "file"}
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")

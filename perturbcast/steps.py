@@ -60,6 +60,8 @@ class Selection:
     tasks: list[str] | None = None
     methods: list[str] | None = None
     metrics: list[str] | None = None
+    # prior components (src/priors) crossed with every method that reads what they write; None: no priors
+    priors: list[str] | None = None
     seeds: list[int] = field(default_factory=lambda: [0])
     n_folds: int = 5
     folds: list[int] | None = None   # None: every fold of each partition

@@ -66,9 +66,16 @@ def test_blocked_by_is_structured():
 
 def test_every_planned_step_lies_where_the_layout_says(tmp_path):
     steps, declared = engine.plan(ROOT, tmp_path, engine.Selection(
-        datasets=["simulated_grn_small"], methods=["train_mean", "ground_truth"], metrics=["delta_error"],
-        n_folds=2))
+        datasets=["simulated_grn_small"], methods=["train_mean", "ground_truth", "linear_baseline"],
+        metrics=["delta_error"], priors=["go_embedding"], n_folds=2))
     assert {s.stage for s in steps} == set(layout.STAGES)
+    # a method that reads a prior runs alone and as the variant `<method>+<prior>`, which reads the prior's file
+    variant = [s for s in steps if s.labels.get("method_id") == "linear_baseline+go_embedding" and s.stage == layout.PREDICT]
+    assert len(variant) == 6 and all(s.labels["prior_id"] == "go_embedding" for s in variant)  # 3 tasks x 2 folds
+    prior = next(s for s in steps if s.stage == layout.PRIOR)
+    assert prior.id == "prior/simulated_grn_small/go_embedding"
+    assert all(v.inputs["input_prior"] == prior.outputs["output"] and prior.id in v.depends for v in variant)
+    assert not any(s.labels.get("method_id") == "train_mean+go_embedding" for s in steps)
     for step in steps:
         stage, key = layout.split_step_id(step.id)
         assert stage == step.stage

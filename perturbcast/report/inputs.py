@@ -14,7 +14,7 @@ import pandas as pd
 import yaml
 
 from .. import layout
-from ..layout import Status
+from ..layout import Status, vocabulary
 # The scoring vocabulary the report shows (the headline panel, its clamp and test level, the baseline).
 from ..scoring import ALL_STRATA, BASELINE_METHOD, FAMILY_ALPHA, HEADLINE_CLAMP, HEADLINE_PANEL  # noqa: F401
 
@@ -130,6 +130,7 @@ class Inputs:
     # -- labels
 
     def kind(self, method_id: str, method_type: str | None = None) -> str:
+        method_id = vocabulary.method_and_prior(method_id)[0]
         config = self.methods.get(method_id, {})
         info = config.get("info") or {}
         control_type = info.get("control_type")
@@ -143,7 +144,10 @@ class Inputs:
         return "method"
 
     def method_label(self, method_id: str) -> str:
-        return str(self.methods.get(method_id, {}).get("label") or method_id)
+        """A method's label; a variant run with a prior reads `<label> + <prior>`."""
+        method, prior = vocabulary.method_and_prior(method_id)
+        label = str(self.methods.get(method, {}).get("label") or method)
+        return label if prior == vocabulary.NO_PRIOR else f"{label} + {prior}"
 
     def metric_label(self, metric_id: str) -> str:
         return str(self.metrics.get(metric_id, {}).get("label") or metric_id)

@@ -182,8 +182,11 @@ def fallback_conditions(test, fell_back) -> np.ndarray:
     return np.asarray([str(name) for name in test.obs_names[fell_back]], dtype=object)
 
 
-def prediction(train, test, X, method_id: str, fell_back=None):
+def prediction(train, test, X, method_id: str, fell_back=None, prior=None):
     """The prediction AnnData: test rows (same order), training genes (same order), ids in uns.
+
+    `prior` (the Prior the method used, if any): the prediction is the variant `<method>+<prior id>`
+    (vocabulary.method_variant), so that results keep the method with and without each prior apart.
 
     `fell_back` (methods: one bool per test row, required of every method, all False when it never falls
     back): the rows the method could not predict from their perturbation and gave its training-mean fallback;
@@ -198,7 +201,9 @@ def prediction(train, test, X, method_id: str, fell_back=None):
     var = pd.DataFrame(index=pd.Index(train.var_names.astype(str), dtype=object))
     uns = {"dataset_id": str(test.uns.get("dataset_id", train.uns.get("dataset_id", "unknown"))),
            "task_id": str(test.uns.get("task_id", train.uns.get("task_id", "unknown"))),
-           "method_id": str(method_id)}
+           "method_id": vocabulary.method_variant(str(method_id), prior.uns["prior_id"] if prior is not None else None)}
+    if prior is not None:
+        uns["prior_id"] = prior.uns["prior_id"]
     if fell_back is not None:
         uns[FALLBACK_CONDITIONS] = fallback_conditions(test, fell_back)
     return ad.AnnData(X=X.astype(np.float32), obs=obs, var=var, uns=uns)
@@ -470,7 +475,10 @@ def read_prior(path: str, need_embedding: bool = False) -> Prior:
     network = None
     if "network" in adata.varp:
         network = sp.csr_matrix(adata.varp["network"])
-    return Prior(genes, embedding, is_regulator, network, uns=adata.uns)
+    # the prior's id names the method variant that uses it (its file name when the file has none)
+    uns = dict(adata.uns)
+    uns["prior_id"] = vocabulary.prior_id_of(uns.get("prior_id") or os.path.splitext(os.path.basename(path))[0])
+    return Prior(genes, embedding, is_regulator, network, uns=uns)
 
 
 def check_prior_overlap(prior: Prior, train_targets, test_targets, train_genes):

@@ -16,6 +16,31 @@ CONTROL = "control"
 # Joins the targets of a combination perturbation.
 TARGET_SEPARATOR = "+"
 
+# Joins a method and the prior it was given into the id of that variant (`linear_baseline+go_embedding`): the
+# method_id its predictions carry and the results key it on, so every table keeps one row per variant. A
+# method run without a prior keeps its own name; a prior id never contains the separator (prior_id_of).
+PRIOR_SEPARATOR = "+"
+NO_PRIOR = "none"
+
+
+def method_variant(method: str, prior_id=None) -> str:
+    """The id of `method` given the prior `prior_id` (None or NO_PRIOR: the method alone)."""
+    return f"{method}{PRIOR_SEPARATOR}{prior_id}" if prior_id and prior_id != NO_PRIOR else str(method)
+
+
+def method_and_prior(method_id) -> tuple[str, str]:
+    """(method, prior id or NO_PRIOR) of a method id made by method_variant."""
+    method, _, prior = str(method_id).partition(PRIOR_SEPARATOR)
+    return method, prior or NO_PRIOR
+
+
+def prior_id_of(value) -> str:
+    """A prior's id as method ids and folders can carry it (the separator and path characters become `_`)."""
+    import re
+
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", str(value)) or "prior"
+
+
 # Exit codes a component answers with instead of a result (the engines record them as statuses of their
 # own, not as failures; perturbcast.layout maps them to `Status`).
 # The component cannot be applied to this input (e.g. a task on a dataset without combinations).

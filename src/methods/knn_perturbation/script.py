@@ -85,4 +85,4 @@ log(f"knn_perturbation: {test.n_obs} test conditions from up to {n_neighbors} ne
     f"{int(has_embedding.sum())} embedded training perturbations ({source}); {int(fell_back.sum())} without an "
     f"embedded target get the training mean" + (f"; {n_all_contexts} rows searched all contexts"
                                                   if n_all_contexts else ""))
-io.write("output", baselines.prediction(train, test, X, meta["name"], fell_back))
+io.write("output", baselines.prediction(train, test, X, meta["name"], fell_back, prior=prior))

@@ -390,7 +390,7 @@ if not np.isfinite(predicted).all():
 # map's bias: the model's generic perturbation, i.e. its training-mean effect (recorded as a fallback)
 without = set(unseen_without)
 fell_back = np.array([bool(ts) and all(t in without for t in ts) for ts in test_targets], dtype=bool)
-output = baselines.prediction(train, test, predicted, NAME, fell_back)
+output = baselines.prediction(train, test, predicted, NAME, fell_back, prior=prior)
 output.uns["epochs_trained"] = int(epochs_run)
 output.uns["best_epoch"] = int(best_epoch)
 io.write("output", output)

@@ -108,4 +108,4 @@ log(f"linear_baseline: predicted {test.n_obs} test conditions; {int(fell_back.su
     f"(b + baseline): {int(fell_back.sum()) - n_zero_model} have no target with an embedding"
     + (f", {n_zero_model} use a model with W = 0" if n_zero_model else "")
     + (f"; {n_partial} combinations use only their targets that have one" if n_partial else ""))
-io.write("output", baselines.prediction(train, test, X, meta["name"], fell_back))
+io.write("output", baselines.prediction(train, test, X, meta["name"], fell_back, prior=prior))

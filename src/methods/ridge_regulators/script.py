@@ -281,4 +281,4 @@ if not np.isfinite(prediction).all():
 
 # a condition with no target to set is predicted as its context's control profile: recorded as a fallback
 fell_back = np.array([not u for u in usable], dtype=bool)
-io.write("output", baselines.prediction(train, test, prediction, NAME, fell_back))
+io.write("output", baselines.prediction(train, test, prediction, NAME, fell_back, prior=prior))
