@@ -86,6 +86,7 @@ class Inputs:
         self.results = _read_parquet(self.dir / layout.RESULTS)
         self.summary = _read_parquet(self.dir / layout.SUMMARY)
         self.headline = _read_parquet(self.dir / layout.HEADLINE)
+        self.prior_effects = _read_parquet(self.dir / layout.PRIOR_EFFECTS)
         self.trace = read_trace(self.dir / layout.TRACE)
         self.task_info = _read_yaml(self.dir / layout.TASK_INFO, {})
         if not isinstance(self.task_info, dict):
@@ -104,6 +105,25 @@ class Inputs:
         self._folds = None
 
     # -- files beside the tables
+
+    def prior_coverage(self) -> list[dict]:
+        """Per prior file of the run (priors/.../prior.h5ad): its step key and the coverage counts in its uns."""
+        import h5py
+
+        keys = ("prior_id", "n_targets", "n_targets_covered", "n_genes", "n_genes_covered", "n_universe_genes")
+        rows = []
+        folder = self.dir / layout.STAGE_FOLDERS[layout.PRIOR]
+        for path in sorted(folder.glob(f"**/{layout.STAGE_OUTPUTS[layout.PRIOR]['output']}")):
+            try:
+                with h5py.File(path, "r") as handle:
+                    uns = handle.get("uns")
+                    values = {k: uns[k][()] for k in keys if uns is not None and k in uns}
+            except (OSError, KeyError):
+                continue
+            values = {k: v.decode() if isinstance(v, bytes) else (v.item() if hasattr(v, "item") else v)
+                      for k, v in values.items()}
+            rows.append({"step": path.parent.relative_to(folder).as_posix(), **values})
+        return rows
 
     def log_of(self, step: str, stage: str | None = None) -> Path | None:
         """The log of a step, relative to the results directory, if it is there (`stage` is implied by the id)."""

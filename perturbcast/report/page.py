@@ -12,12 +12,13 @@ from .inputs import Inputs
 from .markup import doi_links, esc, json_for_script, links
 from .sections_run import section_components, section_cost, section_datasets, section_failures
 from .sections_answer import banner, section_leaderboard, section_verdict
+from .sections_priors import section_priors
 from .sections_scores import section_calibration, section_details, section_header, section_heatmap, slices
 from .tables import cost_table
 
 REPORT_NAME = layout.REPORT
 NAVIGATION = [("verdict", "Verdict"), ("leaderboard", "Leaderboard"), ("heatmap", "Datasets × tasks"),
-              ("calibration", "How to read"),
+              ("priors", "Priors"), ("calibration", "How to read"),
               ("details", "Per stratum · raw · vs train_mean"), ("datasets", "Datasets"), ("cost", "Cost"),
               ("failures", "Failures"), ("components", "Components")]
 
@@ -72,6 +73,7 @@ def render(inputs: Inputs, output: Path) -> str:
         section_verdict(inputs),
         section_leaderboard(inputs, figures, cost),
         section_heatmap(inputs, figures),
+        section_priors(inputs),
         section_calibration(inputs),
         section_details(options),
         section_datasets(inputs),
