@@ -197,6 +197,9 @@ SELECTIONS = {
     "subset": (["--tasks", "unseen_perturbation,unseen_combination", "--methods", "linear_baseline", "--metrics",
                 "delta_error", "--seeds", "0", "1", "--n-folds", "3", "--folds", "0", "2"], None),
     "datasets": (["--datasets", "simulated_grn", "--tasks", "cell_type_transfer"], None),
+    # prior steps (per dataset) and the variants that read them, as any other stage
+    "priors": (["--datasets", "norman2019_devel", "--tasks", "unseen_perturbation", "--methods", "linear_baseline",
+                "--metrics", "delta_error", "--priors", "go_embedding", "--n-folds", "2"], None),
     "spec": (["--spec", "{spec}"], None),  # the selection of the emulated run below, as a spec file
 }
 SPEC = {"datasets": [{"id": "simulated_grn", "arguments": {"n_genes": 60}}], "tasks": ["unseen_perturbation"],
