@@ -78,6 +78,10 @@ def declared(component: ComponentConfig, files: dict) -> dict:
 # What the engine gives a prior component: the dataset (its gene universe), another dataset (a prior learnt
 # elsewhere), or the method-visible files of a split (a prior learnt from the benchmarked data).
 PRIOR_INPUTS = {"input", "input_reference", "input_train", "input_test", "input_train_cells", "output"}
+# The files of a split a method may read; what holds the held-out effects (the whole dataset, the solution),
+# which a prior learnt from a split must not declare.
+METHOD_VISIBLE = {"input_train", "input_test", "input_train_cells"}
+SCORING_FILES = {"input", "input_cells", "input_solution", "input_solution_cells"}
 
 
 def prior_learns_from_split(prior: ComponentConfig) -> bool:
@@ -93,6 +97,12 @@ def check_priors(priors: list[ComponentConfig]):
         if needs:
             raise ValueError(f"prior {prior.name} needs --{', --'.join(needs)}, which a benchmark run cannot give; run it "
                              f"with `perturbcast run src/priors/{prior.name}` and pass its output to a method as --input_prior")
+        if prior_learns_from_split(prior):
+            # it sees what a method sees, no more: the solution and the whole dataset hold the held-out effects
+            beyond = sorted({a.plain_name for a in prior.arguments} & SCORING_FILES)
+            if beyond:
+                raise ValueError(f"prior {prior.name} learns from a split (--input_train) and also reads --{', --'.join(beyond)}; "
+                                 f"a prior learnt from the benchmarked data may read only {', '.join(sorted(METHOD_VISIBLE))}")
         if not prior.info.get("prior_provides"):
             raise ValueError(f"prior {prior.name} declares no info.prior_provides (gene_embedding, is_regulator, network)")
 
