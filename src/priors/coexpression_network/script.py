@@ -99,7 +99,8 @@ if par.get("input_train_cells"):
 else:
     matrix, rows, contexts, source = training_profiles()
 context_names = sorted(set(contexts))
-codes = np.array([context_names.index(c) for c in contexts], dtype=np.int64) if len(contexts) else np.zeros(0, int)
+lookup = {c: i for i, c in enumerate(context_names)}
+codes = np.fromiter((lookup[c] for c in contexts), dtype=np.int64, count=len(contexts))
 dof = len(rows) - len(context_names)
 if dof < 2:
     fail(f"--input_train file '{par['input_train']}': {len(rows)} {source} in {len(context_names)} contexts leave "
