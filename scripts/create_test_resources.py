@@ -13,6 +13,8 @@ resources_test/simulated_grn/
   unseen_perturbation/score.h5ad          delta_error
   prior_file.h5ad                         scripts/make_prior.py on the common dataset without fold 0's test
                                           perturbations (the example input of src/priors/prior_file)
+  reference_dataset.h5ad                  simulated_grn with seed 1 and dataset_id simulated_grn_reference: another
+                                          dataset (the example --input_reference of src/priors/other_dataset_pca)
 Nothing is downloaded. Component tests (`perturbcast test`) read these files.
 """
 import argparse
@@ -48,6 +50,17 @@ def make_prior_file(force: bool):
                     "--n_components", "5"], check=True)
 
 
+def make_reference_dataset(force: bool):
+    """reference_dataset.h5ad: a second simulated screen (another seed, hence another network and other effects;
+    its own dataset_id), the "other dataset" that src/priors/other_dataset_pca's test decomposes."""
+    if (OUT / "reference_dataset.h5ad").exists() and not force:
+        return
+    loader = load_config(ROOT / "src/datasets/simulated_grn")
+    small = [x for key, value in (loader.info.get("test_arguments") or {}).items() for x in (f"--{key}", value)]
+    step("src/datasets/simulated_grn", ["--output", OUT / "reference_dataset.h5ad", *small, "--seed", 1,
+                                        "--dataset_id", "simulated_grn_reference"])
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--force", action="store_true", help="remake files that already exist")
@@ -60,6 +73,7 @@ def main() -> int:
                         "--output", str(loaders)], check=True)
     if (SPLIT / "score.h5ad").exists() and (SPLIT / "solution_cells.h5ad").exists() and not args.force:
         make_prior_file(args.force)  # added later than the rest: made in a folder that is otherwise complete
+        make_reference_dataset(args.force)
         print(f"create_test_resources: {OUT} is complete (use --force to remake)", file=sys.stderr)
         return 0
     SPLIT.mkdir(parents=True, exist_ok=True)
@@ -87,6 +101,7 @@ def main() -> int:
                                                 "--output", SPLIT / "prediction.h5ad",
                                                 "--output_cells", SPLIT / "prediction_cells.h5ad"])
     make_prior_file(True)
+    make_reference_dataset(True)
     print(f"create_test_resources: wrote {OUT}", file=sys.stderr)
     return 0
 

@@ -8,10 +8,11 @@ This is the "pretrained on another dataset" variant of the Ahlmann-Eltze linear 
 to a method as `--input_prior prior.h5ad` (e.g. `linear_baseline`, `knn_perturbation`), and the
 perturbation embedding P comes from this dataset instead of the training data.
 
-The embedding is computed exactly as `linear_baseline` computes its G: each perturbation's replicate
-profiles are averaged per cell_type x condition, the context's mean control profile is subtracted, each
-condition's delta is centred on the mean delta of its context, and the genes x conditions matrix is
-decomposed by PCA with genes as observations; `varm['gene_embedding']` holds the top `--n_components`
+The computation is src/utils/pca_prior.py (the prior component src/priors/other_dataset_pca runs the
+same code inside the benchmark), exactly as `linear_baseline` computes its G: each perturbation's
+replicate profiles are averaged per cell_type x condition, the context's mean control profile is
+subtracted, each condition's delta is centred on the mean delta of its context, and the genes x
+conditions matrix is decomposed by PCA with genes as observations; `varm['gene_embedding']` holds the top `--n_components`
 principal-component scores of every gene. `obs` has one row per component (`PC1`, ...) with `X` = the
 embedding transposed and the share of variance each component explains.
 
@@ -23,13 +24,11 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src" / "utils"))
 
 import baselines  # noqa: E402
+import pca_prior  # noqa: E402
 from formats import FormatError, read_h5ad  # noqa: E402
 
 
@@ -39,35 +38,9 @@ def fail(message: str):
 
 
 def make_prior(adata, n_components: int, regulators=None, exclude_perturbations=(), prior_id=None):
-    """The prior AnnData of `adata` (common dataset or train file); raises baselines.InputError."""
-    import anndata as ad
-
-    for column in ("perturbation", "is_control", "perturbation_type", "cell_type", "condition"):
-        if column not in adata.obs.columns:
-            raise baselines.InputError(f"obs['{column}'] is missing (expected a common dataset or train file)")
-    exclude_perturbations = set(exclude_perturbations) - {baselines.CONTROL}
-    if exclude_perturbations:
-        adata = adata[~adata.obs["perturbation"].astype(str).isin(exclude_perturbations).to_numpy()]
-    profiles = baselines.TrainingProfiles(adata)
-    deltas = profiles.deltas()
-    context_mean = {c: deltas[profiles.rows_in(c)].mean(axis=0) for c in profiles.contexts}
-    centred = deltas - np.vstack([context_mean[c] for c in profiles.obs["context"]])
-    embedding = baselines.gene_pca(centred.T, n_components)
-    k = embedding.shape[1]
-    total = float(((centred - centred.mean(axis=1, keepdims=True)) ** 2).sum())
-    explained = (embedding ** 2).sum(axis=0) / total if total > 0 else np.zeros(k)
-    var = pd.DataFrame(index=pd.Index(profiles.genes, dtype=object))
-    if regulators is not None:
-        var["is_regulator"] = np.array([g in regulators for g in profiles.genes], dtype=bool)
-    obs = pd.DataFrame({"explained_variance_ratio": explained.astype(np.float64)},
-                       index=pd.Index([f"PC{i + 1}" for i in range(k)], dtype=object))
-    dataset_id = str(adata.uns.get("dataset_id", "unknown"))
-    uns = {"prior_id": prior_id or f"pca_{dataset_id}_k{k}", "source_dataset_id": dataset_id,
-           "n_source_conditions": int(profiles.n_conditions),
-           "method": "PCA (genes as observations) of context-centred pseudobulk deltas to control"}
-    prior = ad.AnnData(X=embedding.T.astype(np.float32), obs=obs, var=var, uns=uns)
-    prior.varm["gene_embedding"] = embedding.astype(np.float32)
-    return prior, profiles.n_conditions
+    """The prior AnnData of `adata` (common dataset or train file); raises baselines.InputError. The
+    computation lives in src/utils/pca_prior.py, shared with the prior component src/priors/other_dataset_pca."""
+    return pca_prior.pca_prior(adata, n_components, regulators, exclude_perturbations, prior_id)
 
 
 def main(argv=None) -> int:

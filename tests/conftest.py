@@ -48,7 +48,8 @@ def file_lock(path: Path):
 
 def _test_resources_complete() -> bool:
     return (RESOURCES / "unseen_perturbation" / "score.h5ad").exists() and (ROOT / "resources_test" / "loaders").exists() \
-        and (RESOURCES / "unseen_perturbation" / "solution_cells.h5ad").exists() and (RESOURCES / "prior_file.h5ad").exists()
+        and (RESOURCES / "unseen_perturbation" / "solution_cells.h5ad").exists() and (RESOURCES / "prior_file.h5ad").exists() \
+        and (RESOURCES / "reference_dataset.h5ad").exists()
 
 
 @pytest.fixture(scope="session")

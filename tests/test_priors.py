@@ -96,7 +96,8 @@ def test_go_embedding_output_is_a_valid_prior_and_deterministic(hand_made_runs):
     first, second = ad.read_h5ad(out / "a.h5ad"), ad.read_h5ad(out / "b.h5ad")
     assert check_anndata(first, PRIOR_FORMAT) == []
     prior = baselines.read_prior(str(out / "a.h5ad"), need_embedding=True)  # what the methods read
-    assert np.isfinite(prior.embedding).all() and prior.uns["prior_id"] == "go_embedding_k3"
+    assert np.isfinite(prior.embedding).all() and prior.uns["prior_id"] == "go_embedding"
+    assert prior.uns["n_components"] == 3
     assert np.allclose(np.linalg.norm(prior.embedding, axis=1), 1.0)
     assert list(first.var_names) == list(second.var_names)
     assert np.array_equal(first.varm["gene_embedding"], second.varm["gene_embedding"])

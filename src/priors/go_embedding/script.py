@@ -85,7 +85,8 @@ import anndata as ad  # noqa: E402
 
 obs = pd.DataFrame({"eigenvalue": eigenvalues.astype(np.float64)},
                    index=pd.Index([f"SE{i + 1}" for i in range(k)], dtype=object))
-uns = {"prior_id": f"go_embedding_k{k}", "gene_universe_dataset_id": str(dataset.uns.get("dataset_id", "unknown")),
+# prior_id is the component name (the engine keys a method x prior pair on it); K has its own key
+uns = {"prior_id": NAME, "n_components": int(k), "gene_universe_dataset_id": str(dataset.uns.get("dataset_id", "unknown")),
        "go_source": str(source), "n_universe_genes": int(len(universe)), "n_without_go": int(len(universe) - len(annotated)),
        "n_without_neighbour": int(len(annotated) - len(kept)), "n_targets": int(len(targets)),
        "n_targets_covered": int(n_targets), "n_neighbors": int(n_neighbors), "min_similarity": float(min_similarity),
