@@ -161,3 +161,59 @@ def test_a_target_genes_change_reaches_only_the_revealed_target_level(runs, test
     before = ad.read_h5ad(original / "test.h5ad").obs["target_expression"]
     after = ad.read_h5ad(changed / "test.h5ad").obs["target_expression"]
     assert (before != after).tolist() == [True] + [False] * (len(before) - 1)
+
+
+def split_priors() -> list:
+    """The prior components that learn from a split (src/api/comp_prior_from_training.yaml)."""
+    from perturbcast.config import discover_components
+    from perturbcast.engine import prior_learns_from_split
+
+    return [c for c in discover_components(ROOT, errors=[]) if c.component_type == "prior" and prior_learns_from_split(c)]
+
+
+def test_there_is_a_prior_learnt_from_a_split():
+    assert "coexpression_network" in {c.name for c in split_priors()}
+
+
+@pytest.mark.parametrize("prior", [c.name for c in split_priors()])
+def test_a_prior_learnt_from_a_split_sees_no_test_condition(runs, prior, tmp_path):
+    """A prior learnt from the benchmarked data is made from what a method reads and nothing else (the planner
+    gives it train, test and training cells and refuses a prior declaring the dataset or solution files): so
+    after a test condition's expression changed, the prior is identical, byte for byte, to the one before."""
+    from perturbcast import engine
+
+    component = next(c for c in split_priors() if c.name == prior)
+    assert not {a.plain_name for a in component.arguments} & engine.SCORING_FILES
+    original, changed, _, _ = runs["unseen_perturbation"]
+    made = {}
+    for name, folder in (("original", original), ("changed", changed)):
+        inputs = {"input_train": folder / "train.h5ad", "input_test": folder / "test.h5ad", "output": tmp_path / f"{name}.h5ad"}
+        if component.argument("input_train_cells"):
+            inputs["input_train_cells"] = folder / "train_cells.h5ad"
+        code, err = run(f"src/priors/{prior}", inputs, tmp_path / f"{name}.log")
+        assert code == 0, err
+        made[name] = tmp_path / f"{name}.h5ad"
+    assert differences(made["original"], made["changed"]) == []
+    assert made["original"].read_bytes() == made["changed"].read_bytes()
+    # and the run on the changed split is not an empty answer: it holds a network
+    with h5py.File(made["original"], "r") as handle:
+        assert "network" in handle["varp"] and handle["varp"]["network"]["data"].shape[0] > 0
+
+
+def test_the_planner_gives_a_split_prior_only_what_a_method_reads(tmp_path):
+    from perturbcast import engine
+
+    steps, _ = engine.plan(ROOT, tmp_path, engine.Selection(datasets=["simulated_grn_small"], methods=["ridge_regulators"],
+                                                            metrics=["delta_error"], priors=["coexpression_network"],
+                                                            n_folds=2))
+    priors = [s for s in steps if s.stage == "prior"]
+    assert priors and all(set(s.inputs) <= engine.METHOD_VISIBLE for s in priors)
+    assert all({Path(p).name for p in s.inputs.values()} <= {"train.h5ad", "test.h5ad", "train_cells.h5ad"} for s in priors)
+    # a prior learnt from a split that declares the solution is refused before anything runs
+    component = next(c for c in split_priors() if c.name == "coexpression_network")
+    import copy
+    from perturbcast.config import Argument
+    leaky = copy.copy(component)
+    leaky.arguments = [*component.arguments, Argument(name="--input_solution", type="file")]
+    with pytest.raises(ValueError, match="may read only"):
+        engine.check_priors([leaky])
