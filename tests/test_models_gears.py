@@ -34,9 +34,27 @@ def norman(tmp_path_factory):
     directory = tmp_path_factory.mktemp("gears")
     split = make_split(directory / "split", "norman19", "unseen_combination")
     output = directory / "prediction.h5ad"
-    code, err = run_gears(split, output, go_annotation=shared_file(GO), **TINY)
+    code, err = run_gears(split, output, go_annotation=shared_file(GO), output_cells=directory / "cells.h5ad", **TINY)
     assert code == 0, err
     return split, output, err
+
+
+def test_gears_writes_the_cells_its_profiles_are_made_from(norman):
+    """--output_cells: per test condition the cells GEARS predicted (from its sampled control cells); the profile
+    prediction is their mean (Norman devel profiles are cell means), up to the clipping at 0."""
+    split, output, err = norman
+    prediction = ad.read_h5ad(output)
+    cells = ad.read_h5ad(output.parent / "cells.h5ad")
+    assert list(cells.var_names) == list(prediction.var_names)
+    assert set(cells.obs["condition_id"]) == set(prediction.obs_names)
+    assert cells.uns["method_id"] == "gears" and (np.asarray(cells.X) >= 0).all()
+    for name, row in zip(prediction.obs_names, np.asarray(prediction.X)):
+        mine = np.asarray(cells.X[(cells.obs["condition_id"] == name).to_numpy()])
+        assert len(mine) >= 20
+        assert np.corrcoef(mine.mean(axis=0), row)[0, 1] > 0.99
+        # equal but where clipping each cell at 0 (not only their mean) raised a gene's mean
+        gap = mine.mean(axis=0) - row
+        assert gap.min() > -1e-4 and np.mean(np.abs(gap) < 1e-4) > 0.9
 
 
 def test_gears_predicts_every_held_out_pair_from_its_go_graph(norman):

@@ -8,6 +8,7 @@ par = {
     "input_prior": None,
     "go_annotation": None,
     "output": "prediction.h5ad",
+    "output_cells": None,
     "epochs": 20,
     "hidden_size": 64,
     "batch_size": 32,
@@ -27,6 +28,7 @@ import tempfile  # noqa: E402
 import time  # noqa: E402
 
 import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
 import scipy.sparse as sp  # noqa: E402
 
 import baselines  # noqa: E402
@@ -189,6 +191,7 @@ fallback_model = trained[0]
 X = np.empty((test.n_obs, train.n_vars))
 n_without_go = 0
 fell_back = np.zeros(test.n_obs, dtype=bool)  # predicted as the context's control cells
+predicted_cells, predicted_ids = [], []  # kept for --output_cells
 for row, (context, targets) in enumerate(zip(test_contexts, test_targets)):
     controls = control_cells(context)
     if len(controls) == 0:
@@ -200,19 +203,30 @@ for row, (context, targets) in enumerate(zip(test_contexts, test_targets)):
         X[row] = baselines.profile_of_cells(cells.X[controls], normalization_id)
         log(f"{NAME}: {'+'.join(targets)} in {context}: a target is outside GEARS' GO graph (or more than two "
             "targets); predicted as the profile of the context's control cells")
+        if par.get("output_cells"):  # its cells: as many of the control cells as GEARS predicts from (300)
+            chosen = np.sort(np.random.default_rng(row).choice(controls, min(300, len(controls)), replace=False))
+            block = cells.X[chosen]
+            predicted_cells.append(np.asarray(block.toarray() if sp.issparse(block) else block, dtype=np.float32))
+            predicted_ids += [test.obs_names[row]] * len(chosen)
         continue
     own_adata = model.adata
     if models.get(context) is None:
         # a context with controls but no trained model (cell_type_transfer): GEARS' network adds the
         # perturbation's effect to each control cell it is given, so it gets this context's controls
         model.adata = gears_anndata(controls, "transfer")
-    X[row] = baselines.profile_of_cells(predict_cells(model, targets), normalization_id)
+    made = predict_cells(model, targets)
+    X[row] = baselines.profile_of_cells(made, normalization_id)
     model.adata = own_adata
+    if par.get("output_cells"):
+        predicted_cells.append(np.asarray(made, dtype=np.float32))
+        predicted_ids += [test.obs_names[row]] * len(made)
 
 log(f"{NAME}: {n_without_go} of {test.n_obs} test conditions have a target outside GEARS' GO graph")
 # GEARS adds an unbounded predicted change to each control cell: for lowly expressed genes the result can
 # go below 0, which log-normalised expression cannot be (Norman devel, 97% zeros, one epoch: the negatives
 # summed to 51% of the positives on one fold and the output failed its format check). Clipped at 0; logged.
+# The profiles are clipped after averaging (as baselines.profiles_from_predicted_cells does for CPA and
+# scGPT), the written cells each.
 share_clipped = float((X < 0).mean())
 if share_clipped:
     log(f"{NAME}: {100 * share_clipped:.1f}% of the predicted values were below 0 (most negative {float(X.min()):.3f}); "
@@ -223,4 +237,10 @@ output.uns["n_without_go"] = int(n_without_go)
 output.uns["share_clipped_at_zero"] = share_clipped
 if SETTINGS_FROM_ENVIRONMENT:
     output.uns["settings_from_environment"] = json.dumps(SETTINGS_FROM_ENVIRONMENT)
-io.write("output", output)
+outputs = {"output": output}
+if par.get("output_cells"):
+    cell_obs = pd.DataFrame({"condition_id": np.asarray(predicted_ids, dtype=object)},
+                            index=[f"pred{i}" for i in range(len(predicted_ids))])
+    outputs["output_cells"] = ad.AnnData(X=np.clip(np.vstack(predicted_cells), 0.0, None), obs=cell_obs,
+                                         var=pd.DataFrame(index=train.var_names.astype(str)), uns=dict(output.uns))
+io.write_all(outputs)
