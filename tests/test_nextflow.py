@@ -551,12 +551,15 @@ def emulate_nextflow(plan: dict, publish: Path, work: Path, scripts: dict | None
     scripts = scripts or {}
     ran = []
     passed = set()
-    order = {"dataset": 0, "split": 1, "check": 2, "predict": 3, "score": 4}
+    order = {"dataset": 0, "split": 1, "check": 2, "prior": 3, "predict": 4, "score": 5}
     for number, step in enumerate(sorted(emulated_tasks(plan), key=lambda s: order[s["stage"]])):
         inputs = [publish / p for p in step["inputs"].values()]
         if not all(p.exists() for p in inputs):
             continue  # an upstream step made nothing: this one never starts
         if step["stage"] in ("predict", "score") and not any(d in passed or d.startswith("predict/") for d in step["depends"]):
+            continue
+        # a prior learnt from a split takes the checked split's files (main.nf: checkedSplitFiles)
+        if step["stage"] == "prior" and any(d.startswith("split/") and d not in passed for d in step["depends"]):
             continue
         if step["stage"] == "score" and step["depends"][0].replace("predict/", "split/").rsplit("/", 1)[0] not in passed:
             continue
@@ -647,8 +650,11 @@ def test_nextflow_layout_aggregates_like_the_engine(tmp_path):
     loader = next(c for c in discover_components(ROOT, errors=[]) if c.name == "simulated_grn")
     spec = tmp_path / "spec.yaml"
     spec.write_text(yaml.safe_dump({"datasets": [{"id": "simulated_grn", "arguments": loader.info["test_arguments"]}],
-                                    "tasks": ["unseen_perturbation"], "methods": ["train_mean", "needs_argument"],
-                                    "metrics": ["delta_error", "delta_exit"], "n_folds": 2}))
+                                    "tasks": ["unseen_perturbation"], "methods": ["train_mean", "needs_argument",
+                                                                                  "ridge_regulators"],
+                                    "metrics": ["delta_error", "delta_exit"], "n_folds": 2,
+                                    # a prior learnt from each split, read by ridge_regulators' variant
+                                    "priors": ["coexpression_network"]}))
     engine_out = tmp_path / "engine"
     engine_run = perturbcast("benchmark", "--project", project, "--spec", spec, "--output", engine_out, "--jobs", "2",
                              "--n-resamples", "50", check=False)
@@ -661,6 +667,8 @@ def test_nextflow_layout_aggregates_like_the_engine(tmp_path):
     scripts = step_scripts([s for s in emulated_tasks(plan) if s["component"]], tmp_path) if _groovy_jar() else {}
     ran = emulate_nextflow(plan, publish, tmp_path / "work", scripts, project)
     assert any(s.startswith("check/partition/") for s in ran) and any(s.startswith("score_unit/") for s in ran)
+    assert sum(s.startswith("prior/") for s in ran) == 2 and any(s.endswith("/ridge_regulators+coexpression_network")
+                                                                for s in ran)
     # one unit of its 2 metrics per prediction (2 folds x the methods and the controls a selection always gets);
     # the units of needs_argument's failed predictions never start
     units = plan["score_units"]
