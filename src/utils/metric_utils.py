@@ -55,6 +55,8 @@ DRAW_LAYER = "draw_{}"
 DRAW_PROFILES, DRAW_ROWS = "draw_profiles", "draw_rows"
 # The k of the observed top-k gene sets used by the metric components (one partition finds them all).
 OBSERVED_KS = (20, 100, 200)
+# Values per block of rows in row-wise computations (64 rows of 8,000 genes: 4 MB of float64).
+BLOCK_VALUES = 1 << 19
 # Rows ranked at a time (a block of 8,000 genes stays within a few MB of cache).
 RANK_BLOCK_ROWS = 128
 # Split labels copied from the solution into the score, so that aggregation need not parse paths.
@@ -99,11 +101,21 @@ class Inputs:
 
     def draw(self, k: int) -> "MetricData":
         o = self.observed
-        guess = deltas.as_dense(self.matrices[k])
-        resolution = storage_resolution(guess, scale=o.scale)
+        # draw 0 (every script's first, and the only one of most predictions) is kept for the next script
+        cached = self.caches.get(("draw", k))
+        if cached is None:
+            guess = deltas.as_dense(self.matrices[k])
+            resolution = storage_resolution(guess, scale=o.scale)
+            predicted = guess - o.control
+            if k == 0:
+                for array in (guess, predicted, resolution):
+                    array.flags.writeable = False  # shared by the scripts of the session: nobody may change it
+                self.caches[("draw", k)] = (guess, predicted, resolution)
+        else:
+            guess, predicted, resolution = cached
         return MetricData(io=self.io, par=self.par, solution=o.solution, prediction=self.prediction,
                           control=o.control, reference=o.reference, truth=o.truth, guess=guess, observed=o.observed,
-                          predicted=guess - o.control, keep=o.keep, resolution=resolution, contexts=o.contexts,
+                          predicted=predicted, keep=o.keep, resolution=resolution, contexts=o.contexts,
                           draw=k, n_draws=self.n_draws, inputs=self, cache={})
 
 
@@ -147,8 +159,11 @@ class MetricData:
 
     def observed_top_k(self, k: int) -> np.ndarray:
         """`top_k_mask(|observed|, keep, k)`, computed once per solution."""
-        return self.shared(("top_k_mask", k), lambda: top_k_mask(np.abs(self.observed), self.keep, k,
-                                                                 self.observed_thresholds()))
+        def compute():
+            thresholds = self.observed_thresholds()
+            return np.vstack([top_k_mask(np.abs(self.observed[rows]), self.keep[rows], k, _rows_of(thresholds, rows))
+                              for rows in row_blocks(self.observed)])
+        return self.shared(("top_k_mask", k), compute)
 
     def observed_top_k_genes(self, k: int):
         """The genes of `observed_top_k(k)` compactly: (columns, valid), row i's genes left-aligned in
@@ -157,8 +172,7 @@ class MetricData:
 
     def observed_thresholds(self) -> dict:
         """`_kth_largest(|observed|, keep, OBSERVED_KS)` thresholds, one partition per solution."""
-        return self.shared("observed_thresholds", lambda: _kth_largest(np.abs(self.observed), self.keep,
-                                                                       OBSERVED_KS)[1])
+        return self.shared("observed_thresholds", lambda: kth_largest(np.abs, self.observed, self.keep, OBSERVED_KS))
 
     def observed_leave_one_out(self):
         """`leave_one_out_means(truth, contexts, keep)`, computed once per solution."""
@@ -172,6 +186,43 @@ class Result:
     counts: dict = field(default_factory=dict)   # uns key -> (per-condition flags, what they count)
     uns: dict = field(default_factory=dict)      # score uns extras that depend on the solution only
     log: str = ""                                # facts of the solution for the log line
+
+
+def row_blocks(matrix: np.ndarray):
+    """Slices of blocks of rows of `matrix` (BLOCK_VALUES values each): row-wise computations block by
+    block give the same values as on the whole matrix without its temporaries, each block in cache."""
+    step = max(1, BLOCK_VALUES // max(matrix.shape[1], 1))
+    return [slice(start, start + step) for start in range(0, matrix.shape[0], step)]
+
+
+def _rows_of(by_k: dict, rows: slice) -> dict:
+    return {k: (k_row[rows], threshold[rows]) for k, (k_row, threshold) in by_k.items()}
+
+
+def kth_largest(transform, values: np.ndarray, keep: np.ndarray, ks) -> dict:
+    """`_kth_largest(transform(values), keep, ks)[1]` ({k: (k_row, k_row-th largest value)}), by blocks of rows."""
+    parts = [_kth_largest(transform(values[rows]), keep[rows], ks)[1] for rows in row_blocks(values)]
+    return {k: tuple(np.concatenate([part[k][i] for part in parts]) for i in range(2)) for k in ks}
+
+
+def blocked_fractional_top_ks(transform, values: np.ndarray, keep: np.ndarray, ks, known: dict | None = None) -> dict:
+    """`fractional_top_ks(transform(values), keep, ks, known)` by blocks of rows (the same sparse matrices)."""
+    import scipy.sparse as sp
+
+    if not len(ks):
+        return {}
+    parts = [fractional_top_ks(transform(values[rows]), keep[rows], ks, None if known is None else _rows_of(known, rows))
+             for rows in row_blocks(values)]
+    return {k: (sp.vstack([part[k][0] for part in parts], format="csr"), np.concatenate([part[k][1] for part in parts]))
+            for k in ks}
+
+
+def same_signs(a: np.ndarray, b: np.ndarray, resolution: np.ndarray) -> np.ndarray:
+    """`signs(a, resolution) == signs(b, resolution)`, by blocks of rows."""
+    out = np.empty(a.shape, dtype=bool)
+    for rows in row_blocks(a):
+        np.equal(signs(a[rows], resolution[rows]), signs(b[rows], resolution[rows]), out=out[rows])
+    return out
 
 
 def storage_resolution(*arrays, factor: float = 4.0, scale=None) -> np.ndarray:
@@ -191,6 +242,41 @@ def context_codes(obs: pd.DataFrame) -> np.ndarray:
     return pd.factorize(labels, sort=False)[0].astype(np.int64)
 
 
+def _keep_freed_memory():
+    """Let this process reuse the memory it frees instead of handing it back to the system (glibc only).
+
+    Metric scripts allocate and free many rows x genes temporaries (128 MB each at 2,000 x 8,000). glibc
+    serves blocks that large with a fresh mmap and unmaps them on free, so every temporary is faulted in
+    page by page again: on the shared virtual machines this benchmark runs on, that was half of the CPU
+    time of a session's metric scripts (system time, ~2 ms per MB). Served from the heap and not trimmed,
+    freed blocks are reused, and the process grows only to its peak. `forget_inputs()` gives it back."""
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # not glibc
+        return
+    M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
+    mallopt(M_MMAP_MAX, 0)
+    mallopt(M_TRIM_THRESHOLD, 2 ** 31 - 1)
+
+
+def _release_freed_memory():
+    """Return the freed heap memory of this process to the system (glibc's malloc_trim)."""
+    import ctypes
+
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+_keep_freed_memory()
+
 # One entry each: the last solution and the last prediction read by this process, keyed by file identity
 # and the format they were checked against.
 _MEMO: dict = {}
@@ -199,6 +285,7 @@ _MEMO: dict = {}
 def forget_inputs():
     """Drop the kept solution and prediction (a long-lived worker calls this to free their memory)."""
     _MEMO.clear()
+    _release_freed_memory()
 
 
 def _file_key(path) -> tuple:
@@ -227,6 +314,11 @@ def _read_observed(io, par) -> Observed:
     reference = (deltas.as_dense(solution.layers[deltas.CONTROL_REFERENCE])
                  if deltas.CONTROL_REFERENCE in solution.layers else control)
     truth = deltas.as_dense(solution.X)
+    # the stored matrices are not needed again (the metrics use the float64 copies above; the replicate
+    # halves, if any, are unused): freed now, their memory holds the next arrays
+    for name in list(solution.layers.keys()):
+        del solution.layers[name]
+    solution.X = None
     keep = ~deltas.target_mask(solution.obs["perturbation"], solution.var_names)
     empty = np.flatnonzero(keep.sum(axis=1) == 0)
     if len(empty):
@@ -400,11 +492,15 @@ def _plain(value):
 # Row-wise statistics
 # ----------------------------------------------------------------------------------------------------
 
-def masked_average_ranks(values: np.ndarray, keep: np.ndarray, dtype=np.float64) -> np.ndarray:
+def masked_average_ranks(values: np.ndarray, keep: np.ndarray, dtype=np.float64, whole=False,
+                         snap_to=None) -> np.ndarray:
     """Per row, the 1-based rank of each kept value among the row's kept values, ties sharing their
     average rank (non-kept entries get ranks above every kept one; ignore them). `dtype` float32 halves
     the memory traffic of the ranks (exact for rows shorter than 2**23: ranks are multiples of 1/2).
-    Blocks of rows are ranked in parallel threads (numpy's sorts and indexing release the GIL)."""
+    Blocks of rows are ranked in parallel threads (numpy's sorts and indexing release the GIL).
+    `whole`: the caller knows the values to be whole numbers (snapped values), which are ranked by sorting
+    keys that hold both the value and its column (same ranks, without an argsort). `snap_to`: per row, a
+    resolution to snap the values to first (`snap`, block by block)."""
     from concurrent.futures import ThreadPoolExecutor
 
     n, g = values.shape
@@ -413,7 +509,8 @@ def masked_average_ranks(values: np.ndarray, keep: np.ndarray, dtype=np.float64)
     threads = min(available_cpus(), len(blocks))
 
     def fill(rows):
-        ranks[rows] = _average_ranks(values[rows], keep[rows], dtype)
+        block = values[rows] if snap_to is None else snap(values[rows], snap_to[rows])
+        ranks[rows] = (_whole_average_ranks if whole else _average_ranks)(block, keep[rows], dtype)
 
     if threads <= 1:
         for rows in blocks:
@@ -430,6 +527,42 @@ def _average_ranks(values: np.ndarray, keep: np.ndarray, dtype) -> np.ndarray:
     order = np.argsort(v, axis=1)  # the sort need not be stable: tied values share their average rank
     ordered = np.take_along_axis(v, order, axis=1)
     del v
+    start = np.empty((n, g), dtype=bool)  # first position of a run of equal values (each row starts one)
+    start[:, 0] = True
+    np.not_equal(ordered[:, 1:], ordered[:, :-1], out=start[:, 1:])
+    del ordered
+    flat = start.ravel()
+    run = np.cumsum(flat, dtype=np.int64) - 1  # run number of every sorted position, over all rows
+    first = np.flatnonzero(flat)
+    last = np.empty_like(first)
+    last[:-1], last[-1] = first[1:] - 1, n * g - 1
+    # average of the run's 1-based positions within its row
+    average = (first + last) * 0.5 - (first // g) * g + 1.0
+    ranks = np.empty((n, g), dtype=dtype)
+    np.put_along_axis(ranks, order, average[run].reshape(n, g).astype(dtype, copy=False), axis=1)
+    return ranks
+
+
+def _whole_average_ranks(values: np.ndarray, keep: np.ndarray, dtype) -> np.ndarray:
+    """`_average_ranks` of whole numbers: each kept value v of column c becomes the key v * 2**bits + c
+    (exact in float64 while |v| * 2**bits < 2**52), non-kept entries the key 2**52 + c; one plain sort of
+    the keys gives the order of the values and, from the low bits, their columns. Other values: `_average_ranks`."""
+    n, g = values.shape
+    bits = max(int(g - 1).bit_length(), 1)
+    scale = float(2 ** bits)
+    kept_values = np.where(keep, values, 0.0)
+    if g == 0 or np.abs(kept_values).max(initial=0.0) * scale >= 2.0 ** 52 or bits > 40:
+        return _average_ranks(values, keep, dtype)
+    columns = np.arange(g, dtype=np.float64)
+    keys = kept_values
+    keys *= scale
+    keys += columns
+    keys[~keep] = 2.0 ** 52 + np.broadcast_to(columns, (n, g))[~keep]
+    keys.sort(axis=1)
+    ordered = np.floor(keys * (1.0 / scale))  # the values in order (non-kept: 2**(52 - bits))
+    keys -= ordered * scale  # the columns
+    order = keys.astype(np.intp)
+    del keys
     start = np.empty((n, g), dtype=bool)  # first position of a run of equal values (each row starts one)
     start[:, 0] = True
     np.not_equal(ordered[:, 1:], ordered[:, :-1], out=start[:, 1:])
@@ -470,21 +603,25 @@ def masked_rowwise_spearman(a, b, keep, resolution, shared=None) -> tuple[np.nda
 
 def _snapped_ranks(values, keep, resolution) -> np.ndarray:
     """Average ranks of the values snapped to the row's resolution (float32 ranks where exact)."""
-    snapped = snap(values, resolution)
-    return masked_average_ranks(snapped, keep, dtype=np.float32 if snapped.shape[1] < 2 ** 22 else np.float64)
+    resolution = np.asarray(resolution, dtype=np.float64)
+    return masked_average_ranks(values, keep, dtype=np.float32 if values.shape[1] < 2 ** 22 else np.float64,
+                                whole=bool((resolution > 0).all()), snap_to=resolution)  # snapped: whole numbers
 
 
 def masked_rowwise_cosine(a, b, keep, atol=0.0) -> tuple[np.ndarray, np.ndarray]:
     """Cosine similarity of each row of `a` with the row of `b` over kept entries. Undefined (-> 0.0,
     flagged) when either vector is zero, i.e. its root mean square over kept entries is at most `atol`."""
-    a = np.where(keep, a, 0.0)
-    b = np.where(keep, b, 0.0)
+    a, b, keep = np.asarray(a), np.asarray(b), np.asarray(keep, dtype=bool)
     n = np.maximum(keep.sum(axis=1), 1).astype(np.float64)
-    ss_a, ss_b = (a * a).sum(axis=1), (b * b).sum(axis=1)
+    ss_a, ss_b, cross = np.empty(len(n)), np.empty(len(n)), np.empty(len(n))
+    for rows in row_blocks(keep):  # the same values as on the whole matrices, without their temporaries
+        a_kept, b_kept = np.where(keep[rows], a[rows], 0.0), np.where(keep[rows], b[rows], 0.0)
+        ss_a[rows], ss_b[rows], cross[rows] = (a_kept * a_kept).sum(axis=1), (b_kept * b_kept).sum(axis=1), \
+            (a_kept * b_kept).sum(axis=1)
     atol = np.broadcast_to(np.asarray(atol, dtype=np.float64), n.shape)
     undefined = (np.sqrt(ss_a / n) <= atol) | (np.sqrt(ss_b / n) <= atol) | (ss_a == 0) | (ss_b == 0)
     with np.errstate(invalid="ignore", divide="ignore"):
-        cosine = np.where(undefined, 0.0, (a * b).sum(axis=1) / np.sqrt(ss_a * ss_b))
+        cosine = np.where(undefined, 0.0, cross / np.sqrt(ss_a * ss_b))
     return np.clip(cosine, -1.0, 1.0), undefined
 
 

@@ -28,16 +28,17 @@ def compute(data: mu.MetricData) -> mu.Result:
     undefined = [f"overlap_top{k}_de" for k in OVERLAP_K if (kept_genes <= k).all()]
     ks = [k for k in OVERLAP_K if f"overlap_top{k}_de" not in undefined]
     # expected |top-k observed & top-k predicted| / k under random tie-breaking on both sides
-    observed_top = data.shared(("fractional_top_k", tuple(ks)), lambda: mu.fractional_top_ks(
-        np.abs(data.observed), keep, ks, data.observed_thresholds()))
-    predicted_top = mu.fractional_top_ks(np.abs(data.predicted), keep, ks)
+    # (by blocks of rows: the same values without conditions x genes temporaries)
+    observed_top = data.shared(("fractional_top_k", tuple(ks)), lambda: mu.blocked_fractional_top_ks(
+        np.abs, data.observed, keep, ks, data.observed_thresholds()))
+    predicted_top = mu.blocked_fractional_top_ks(np.abs, data.predicted, keep, ks)
     values = {}
     for k in ks:
         (o, k_row), (p, _) = observed_top[k], predicted_top[k]
         values[f"overlap_top{k}_de"] = mu.sparse_row_dot(o, p) / k_row
 
     # three-valued signs; |delta| at or below the row's storage resolution is 0 ("no change")
-    same_sign = mu.signs(data.predicted, data.resolution) == mu.signs(data.observed, data.resolution)
+    same_sign = mu.same_signs(data.predicted, data.observed, data.resolution)
     values["direction_accuracy"] = deltas.masked_mean(same_sign, keep)
     columns, valid = data.observed_top_k_genes(DIRECTION_K)
     values[f"direction_accuracy_top{DIRECTION_K}_de"] = deltas.masked_mean(

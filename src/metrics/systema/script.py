@@ -27,7 +27,7 @@ def compute(data: mu.MetricData) -> mu.Result:
     # (zeroed in place: np.where would allocate and fill a second conditions x genes matrix for each side)
     observed_specific = data.truth - observed_centroid
     observed_specific[alone] = 0.0
-    predicted_specific = data.guess - predicted_centroid
+    predicted_specific = np.subtract(data.guess, predicted_centroid, out=predicted_centroid)
     predicted_specific[alone] = 0.0
     pearson, undefined = deltas.masked_rowwise_pearson(predicted_specific, observed_specific, keep,
                                                        atol=data.resolution)

@@ -16,19 +16,27 @@ import numpy as np  # noqa: E402
 import metric_utils as mu  # noqa: E402
 
 
+BLOCK_VALUES = 1 << 19  # values per block of rows (64 rows of 8,000 genes)
+
+
 def compute(data: mu.MetricData) -> mu.Result:
     # reference: leave-one-out mean of the context's other observed test profiles (gene by gene over the
     # conditions that do not target the gene); the control for a condition alone in its context
-    reference, sizes = data.observed_leave_one_out()
+    leave_one_out, sizes = data.observed_leave_one_out()
     alone = sizes == 1
-    reference = np.where(alone[:, None], data.reference, reference)
-    effect = data.truth - reference              # observed perturbation-specific effect, Mejia's delta
-    weights = mu.deg_weights(effect, data.keep, data.resolution)
-
-    squared_error = (data.guess - data.truth) ** 2  # = squared error of the deltas to any common reference
-    wmse = mu.row_dot(weights, squared_error)
-    centred = effect - mu.row_dot(weights, effect)[:, None]
-    spread = mu.row_dot(weights, centred ** 2)  # weighted variance of the observed effect
+    wmse, spread = np.empty(data.n_rows), np.empty(data.n_rows)
+    # blocks of rows (every value is a row's own): the same values as on whole matrices, without a dozen
+    # conditions x genes temporaries
+    step = max(1, BLOCK_VALUES // max(data.truth.shape[1], 1))
+    for start in range(0, data.n_rows, step):
+        rows = slice(start, start + step)
+        reference = np.where(alone[rows, None], data.reference[rows], leave_one_out[rows])
+        effect = data.truth[rows] - reference    # observed perturbation-specific effect, Mejia's delta
+        weights = mu.deg_weights(effect, data.keep[rows], data.resolution[rows])
+        squared_error = (data.guess[rows] - data.truth[rows]) ** 2  # = that of the deltas to any common reference
+        wmse[rows] = mu.row_dot(weights, squared_error)
+        centred = effect - mu.row_dot(weights, effect)[:, None]
+        spread[rows] = mu.row_dot(weights, centred ** 2)  # weighted variance of the observed effect
     undefined = np.sqrt(spread) <= data.resolution
     with np.errstate(invalid="ignore", divide="ignore"):
         wr2 = np.where(undefined, np.where(np.sqrt(wmse) <= data.resolution, 1.0, 0.0), 1.0 - wmse / spread)
