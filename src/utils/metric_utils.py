@@ -527,10 +527,23 @@ def _average_ranks(values: np.ndarray, keep: np.ndarray, dtype) -> np.ndarray:
     order = np.argsort(v, axis=1)  # the sort need not be stable: tied values share their average rank
     ordered = np.take_along_axis(v, order, axis=1)
     del v
-    start = np.empty((n, g), dtype=bool)  # first position of a run of equal values (each row starts one)
+    start = _run_starts(ordered)
+    del ordered
+    return _ranks_of_runs(start, order, dtype)
+
+
+def _run_starts(ordered: np.ndarray) -> np.ndarray:
+    """Of each row's sorted values: True at the first position of a run of equal values (each row starts one)."""
+    start = np.empty(ordered.shape, dtype=bool)
     start[:, 0] = True
     np.not_equal(ordered[:, 1:], ordered[:, :-1], out=start[:, 1:])
-    del ordered
+    return start
+
+
+def _ranks_of_runs(start: np.ndarray, order: np.ndarray, dtype) -> np.ndarray:
+    """Average ranks from the run starts of each row's sorted values and their columns `order` (tied runs
+    share the average of their 1-based positions). The sorted values themselves are freed by the caller."""
+    n, g = start.shape
     flat = start.ravel()
     run = np.cumsum(flat, dtype=np.int64) - 1  # run number of every sorted position, over all rows
     first = np.flatnonzero(flat)
@@ -563,20 +576,9 @@ def _whole_average_ranks(values: np.ndarray, keep: np.ndarray, dtype) -> np.ndar
     keys -= ordered * scale  # the columns
     order = keys.astype(np.intp)
     del keys
-    start = np.empty((n, g), dtype=bool)  # first position of a run of equal values (each row starts one)
-    start[:, 0] = True
-    np.not_equal(ordered[:, 1:], ordered[:, :-1], out=start[:, 1:])
+    start = _run_starts(ordered)
     del ordered
-    flat = start.ravel()
-    run = np.cumsum(flat, dtype=np.int64) - 1  # run number of every sorted position, over all rows
-    first = np.flatnonzero(flat)
-    last = np.empty_like(first)
-    last[:-1], last[-1] = first[1:] - 1, n * g - 1
-    # average of the run's 1-based positions within its row
-    average = (first + last) * 0.5 - (first // g) * g + 1.0
-    ranks = np.empty((n, g), dtype=dtype)
-    np.put_along_axis(ranks, order, average[run].reshape(n, g).astype(dtype, copy=False), axis=1)
-    return ranks
+    return _ranks_of_runs(start, order, dtype)
 
 
 def snap(values: np.ndarray, resolution: np.ndarray) -> np.ndarray:
