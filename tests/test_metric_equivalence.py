@@ -23,6 +23,7 @@ from conftest import ROOT
 sys.path.insert(0, str(ROOT / "src" / "utils"))
 import deltas  # noqa: E402
 import metric_utils as mu  # noqa: E402
+import rowwise  # noqa: E402
 
 RTOL = 1e-10
 
@@ -111,9 +112,8 @@ def close(new, old):
 def block_values(request, monkeypatch):
     """Blocks of rows of a few values (several blocks per matrix), and the default."""
     if request.param is not None:
-        monkeypatch.setattr(mu, "BLOCK_VALUES", request.param)
         monkeypatch.setattr(deltas, "BLOCK_VALUES", request.param)
-    monkeypatch.setattr(mu, "RANK_BLOCK_ROWS", 7)
+    monkeypatch.setattr(rowwise, "RANK_BLOCK_ROWS", 7)
     return request.param
 
 
@@ -167,9 +167,8 @@ def test_every_metric_script_in_one_session_gives_the_previous_values(tmp_path, 
     spec.loader.exec_module(benchmark)
     benchmark.synthetic_split(tmp_path, 150, 500, 2, seed=3)
     benchmark.write_random_draws(tmp_path, 3, seed=4)
-    monkeypatch.setattr(mu, "BLOCK_VALUES", 2000)  # 4 rows of 500 genes per block
-    monkeypatch.setattr(deltas, "BLOCK_VALUES", 2000)
-    monkeypatch.setattr(mu, "RANK_BLOCK_ROWS", 16)
+    monkeypatch.setattr(deltas, "BLOCK_VALUES", 2000)  # 4 rows of 500 genes per block
+    monkeypatch.setattr(rowwise, "RANK_BLOCK_ROWS", 16)
     expected = np.load(ROOT / "tests" / "fixtures" / "metric_values_f0acb0b.npz")
     import anndata as ad
 

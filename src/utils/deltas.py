@@ -49,8 +49,9 @@ def target_mask(perturbations, var_names) -> np.ndarray:
     return mask
 
 
-def _row_blocks(matrix: np.ndarray) -> list:
-    """Slices of blocks of rows of `matrix` (about BLOCK_VALUES values each)."""
+def row_blocks(matrix: np.ndarray) -> list:
+    """Slices of blocks of rows of `matrix` (about BLOCK_VALUES values each): row-wise computations block by
+    block give the same values as on the whole matrix without its temporaries, each block in cache."""
     rows = matrix.shape[0] if matrix.ndim else 1
     step = max(1, BLOCK_VALUES // max(matrix.shape[1] if matrix.ndim > 1 else 1, 1))
     return [slice(start, start + step) for start in range(0, rows, step)] or [slice(0, 0)]
@@ -65,7 +66,7 @@ def masked_mean(values: np.ndarray, keep: np.ndarray) -> np.ndarray:
     values, keep = np.asarray(values), np.asarray(keep, dtype=bool)
     n = _row_counts(keep)
     total = np.empty(len(n))
-    for rows in _row_blocks(keep):  # the same sums as over the whole matrix, without its temporary
+    for rows in row_blocks(keep):  # the same sums as over the whole matrix, without its temporary
         total[rows] = np.where(keep[rows], values[rows], 0.0).sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
         return total / n
@@ -76,7 +77,7 @@ def masked_errors(predicted: np.ndarray, observed: np.ndarray, keep: np.ndarray)
     predicted, observed, keep = np.asarray(predicted), np.asarray(observed), np.asarray(keep, dtype=bool)
     n = _row_counts(keep)
     squares, absolute = np.empty(len(n)), np.empty(len(n))
-    for rows in _row_blocks(keep):  # the same sums as over the whole matrices, without their temporaries
+    for rows in row_blocks(keep):  # the same sums as over the whole matrices, without their temporaries
         difference = predicted[rows] - observed[rows]
         squares[rows] = np.where(keep[rows], difference ** 2, 0.0).sum(axis=1)
         absolute[rows] = np.where(keep[rows], np.abs(difference), 0.0).sum(axis=1)
@@ -109,7 +110,7 @@ def masked_rowwise_pearson(a: np.ndarray, b: np.ndarray, keep: np.ndarray, atol=
     ss_a, ss_b, cross, large_a, large_b = (np.empty(rows) for _ in range(5))
     # blocks of rows: the same operations on each row as on the whole matrix (the values do not depend on
     # the blocking), without matrix-sized temporaries, and with each block in cache for all its passes
-    for block in _row_blocks(keep):
+    for block in row_blocks(keep):
         centred = []
         for x, squares, largest in ((a, ss_a, large_a), (b, ss_b, large_b)):
             kept = np.where(keep[block], np.asarray(x[block], dtype=np.float64), 0.0)

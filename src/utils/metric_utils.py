@@ -44,6 +44,10 @@ import numpy as np
 import pandas as pd
 
 import deltas
+from deltas import row_blocks  # noqa: F401  (blocks of rows: the same values without whole-matrix temporaries)
+# the row-wise statistics the metric scripts call as metric_utils.<name> (src/utils/rowwise.py)
+from rowwise import (masked_average_ranks, masked_rowwise_cosine, masked_rowwise_spearman, signs,  # noqa: F401
+                     snap)
 from deltas import deg_weights  # noqa: F401  (Mejia et al. 2025; used by weighted_error)
 from selections import (_kth_largest, compact, fractional_top_k, fractional_top_ks,  # noqa: F401
                         row_dot, sparse_row_dot, top_k_mask)
@@ -55,10 +59,6 @@ DRAW_LAYER = "draw_{}"
 DRAW_PROFILES, DRAW_ROWS = "draw_profiles", "draw_rows"
 # The k of the observed top-k gene sets used by the metric components (one partition finds them all).
 OBSERVED_KS = (20, 100, 200)
-# Values per block of rows in row-wise computations (64 rows of 8,000 genes: 4 MB of float64).
-BLOCK_VALUES = 1 << 19
-# Rows ranked at a time (a block of 8,000 genes stays within a few MB of cache).
-RANK_BLOCK_ROWS = 128
 # Split labels copied from the solution into the score, so that aggregation need not parse paths.
 SPLIT_LABELS = ("split_seed", "fold", "n_folds")
 
@@ -186,13 +186,6 @@ class Result:
     counts: dict = field(default_factory=dict)   # uns key -> (per-condition flags, what they count)
     uns: dict = field(default_factory=dict)      # score uns extras that depend on the solution only
     log: str = ""                                # facts of the solution for the log line
-
-
-def row_blocks(matrix: np.ndarray):
-    """Slices of blocks of rows of `matrix` (BLOCK_VALUES values each): row-wise computations block by
-    block give the same values as on the whole matrix without its temporaries, each block in cache."""
-    step = max(1, BLOCK_VALUES // max(matrix.shape[1], 1))
-    return [slice(start, start + step) for start in range(0, matrix.shape[0], step)]
 
 
 def _rows_of(by_k: dict, rows: slice) -> dict:
@@ -486,147 +479,3 @@ def _plain(value):
     if isinstance(value, np.ndarray) and value.shape == ():
         value = value.item()
     return value.item() if isinstance(value, np.generic) else value
-
-
-# ----------------------------------------------------------------------------------------------------
-# Row-wise statistics
-# ----------------------------------------------------------------------------------------------------
-
-def masked_average_ranks(values: np.ndarray, keep: np.ndarray, dtype=np.float64, whole=False,
-                         snap_to=None) -> np.ndarray:
-    """Per row, the 1-based rank of each kept value among the row's kept values, ties sharing their
-    average rank (non-kept entries get ranks above every kept one; ignore them). `dtype` float32 halves
-    the memory traffic of the ranks (exact for rows shorter than 2**23: ranks are multiples of 1/2).
-    Blocks of rows are ranked in parallel threads (numpy's sorts and indexing release the GIL).
-    `whole`: the caller knows the values to be whole numbers (snapped values), which are ranked by sorting
-    keys that hold both the value and its column (same ranks, without an argsort). `snap_to`: per row, a
-    resolution to snap the values to first (`snap`, block by block)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    n, g = values.shape
-    ranks = np.empty((n, g), dtype=dtype)
-    blocks = [slice(start, start + RANK_BLOCK_ROWS) for start in range(0, n, RANK_BLOCK_ROWS)]
-    threads = min(available_cpus(), len(blocks))
-
-    def fill(rows):
-        block = values[rows] if snap_to is None else snap(values[rows], snap_to[rows])
-        ranks[rows] = (_whole_average_ranks if whole else _average_ranks)(block, keep[rows], dtype)
-
-    if threads <= 1:
-        for rows in blocks:
-            fill(rows)
-    else:
-        with ThreadPoolExecutor(threads) as pool:
-            list(pool.map(fill, blocks))
-    return ranks
-
-
-def _average_ranks(values: np.ndarray, keep: np.ndarray, dtype) -> np.ndarray:
-    n, g = values.shape
-    v = np.where(keep, values, np.inf)
-    order = np.argsort(v, axis=1)  # the sort need not be stable: tied values share their average rank
-    ordered = np.take_along_axis(v, order, axis=1)
-    del v
-    start = _run_starts(ordered)
-    del ordered
-    return _ranks_of_runs(start, order, dtype)
-
-
-def _run_starts(ordered: np.ndarray) -> np.ndarray:
-    """Of each row's sorted values: True at the first position of a run of equal values (each row starts one)."""
-    start = np.empty(ordered.shape, dtype=bool)
-    start[:, 0] = True
-    np.not_equal(ordered[:, 1:], ordered[:, :-1], out=start[:, 1:])
-    return start
-
-
-def _ranks_of_runs(start: np.ndarray, order: np.ndarray, dtype) -> np.ndarray:
-    """Average ranks from the run starts of each row's sorted values and their columns `order` (tied runs
-    share the average of their 1-based positions). The sorted values themselves are freed by the caller."""
-    n, g = start.shape
-    flat = start.ravel()
-    run = np.cumsum(flat, dtype=np.int64) - 1  # run number of every sorted position, over all rows
-    first = np.flatnonzero(flat)
-    last = np.empty_like(first)
-    last[:-1], last[-1] = first[1:] - 1, n * g - 1
-    # average of the run's 1-based positions within its row
-    average = (first + last) * 0.5 - (first // g) * g + 1.0
-    ranks = np.empty((n, g), dtype=dtype)
-    np.put_along_axis(ranks, order, average[run].reshape(n, g).astype(dtype, copy=False), axis=1)
-    return ranks
-
-
-def _whole_average_ranks(values: np.ndarray, keep: np.ndarray, dtype) -> np.ndarray:
-    """`_average_ranks` of whole numbers: each kept value v of column c becomes the key v * 2**bits + c
-    (exact in float64 while |v| * 2**bits < 2**52), non-kept entries the key 2**52 + c; one plain sort of
-    the keys gives the order of the values and, from the low bits, their columns. Other values: `_average_ranks`."""
-    n, g = values.shape
-    bits = max(int(g - 1).bit_length(), 1)
-    scale = float(2 ** bits)
-    kept_values = np.where(keep, values, 0.0)
-    if g == 0 or np.abs(kept_values).max(initial=0.0) * scale >= 2.0 ** 52 or bits > 40:
-        return _average_ranks(values, keep, dtype)
-    columns = np.arange(g, dtype=np.float64)
-    keys = kept_values
-    keys *= scale
-    keys += columns
-    keys[~keep] = 2.0 ** 52 + np.broadcast_to(columns, (n, g))[~keep]
-    keys.sort(axis=1)
-    ordered = np.floor(keys * (1.0 / scale))  # the values in order (non-kept: 2**(52 - bits))
-    keys -= ordered * scale  # the columns
-    order = keys.astype(np.intp)
-    del keys
-    start = _run_starts(ordered)
-    del ordered
-    return _ranks_of_runs(start, order, dtype)
-
-
-def snap(values: np.ndarray, resolution: np.ndarray) -> np.ndarray:
-    """Round each row to multiples of its resolution, so that differences below the storage resolution
-    become ties instead of an arbitrary order (rows with resolution 0 are returned unchanged)."""
-    step = np.where(resolution > 0, resolution, 1.0)[:, None]
-    out = np.divide(values, step)
-    np.round(out, out=out)
-    unchanged = np.flatnonzero(resolution <= 0)
-    out[unchanged] = values[unchanged]
-    return out
-
-
-def masked_rowwise_spearman(a, b, keep, resolution, shared=None) -> tuple[np.ndarray, np.ndarray]:
-    """Spearman correlation of each row of `a` with the row of `b` over kept entries: the Pearson
-    correlation of average ranks, after snapping values to the row's resolution. Undefined (-> 0.0,
-    flagged) when fewer than two entries are kept or either side is constant. With `shared` (a
-    MetricData's `shared`), b's ranks are kept for the next call with the same resolution."""
-    ranks_a = _snapped_ranks(a, keep, resolution)
-    rank_b = lambda: _snapped_ranks(b, keep, resolution)  # noqa: E731
-    ranks_b = rank_b() if shared is None else shared("spearman_ranks", rank_b, version=resolution.tobytes())
-    return deltas.masked_rowwise_pearson(ranks_a, ranks_b, keep)
-
-
-def _snapped_ranks(values, keep, resolution) -> np.ndarray:
-    """Average ranks of the values snapped to the row's resolution (float32 ranks where exact)."""
-    resolution = np.asarray(resolution, dtype=np.float64)
-    return masked_average_ranks(values, keep, dtype=np.float32 if values.shape[1] < 2 ** 22 else np.float64,
-                                whole=bool((resolution > 0).all()), snap_to=resolution)  # snapped: whole numbers
-
-
-def masked_rowwise_cosine(a, b, keep, atol=0.0) -> tuple[np.ndarray, np.ndarray]:
-    """Cosine similarity of each row of `a` with the row of `b` over kept entries. Undefined (-> 0.0,
-    flagged) when either vector is zero, i.e. its root mean square over kept entries is at most `atol`."""
-    a, b, keep = np.asarray(a), np.asarray(b), np.asarray(keep, dtype=bool)
-    n = np.maximum(keep.sum(axis=1), 1).astype(np.float64)
-    ss_a, ss_b, cross = np.empty(len(n)), np.empty(len(n)), np.empty(len(n))
-    for rows in row_blocks(keep):  # the same values as on the whole matrices, without their temporaries
-        a_kept, b_kept = np.where(keep[rows], a[rows], 0.0), np.where(keep[rows], b[rows], 0.0)
-        ss_a[rows], ss_b[rows], cross[rows] = (a_kept * a_kept).sum(axis=1), (b_kept * b_kept).sum(axis=1), \
-            (a_kept * b_kept).sum(axis=1)
-    atol = np.broadcast_to(np.asarray(atol, dtype=np.float64), n.shape)
-    undefined = (np.sqrt(ss_a / n) <= atol) | (np.sqrt(ss_b / n) <= atol) | (ss_a == 0) | (ss_b == 0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        cosine = np.where(undefined, 0.0, cross / np.sqrt(ss_a * ss_b))
-    return np.clip(cosine, -1.0, 1.0), undefined
-
-
-def signs(values: np.ndarray, resolution: np.ndarray) -> np.ndarray:
-    """-1, 0 or +1 per entry; |value| at or below the row's resolution counts as 0 (no change)."""
-    return np.where(np.abs(values) <= resolution[:, None], 0, np.sign(values)).astype(np.int8)

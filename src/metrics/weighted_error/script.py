@@ -16,9 +16,6 @@ import numpy as np  # noqa: E402
 import metric_utils as mu  # noqa: E402
 
 
-BLOCK_VALUES = 1 << 19  # values per block of rows (64 rows of 8,000 genes)
-
-
 def compute(data: mu.MetricData) -> mu.Result:
     # reference: leave-one-out mean of the context's other observed test profiles (gene by gene over the
     # conditions that do not target the gene); the control for a condition alone in its context
@@ -27,9 +24,7 @@ def compute(data: mu.MetricData) -> mu.Result:
     wmse, spread = np.empty(data.n_rows), np.empty(data.n_rows)
     # blocks of rows (every value is a row's own): the same values as on whole matrices, without a dozen
     # conditions x genes temporaries
-    step = max(1, BLOCK_VALUES // max(data.truth.shape[1], 1))
-    for start in range(0, data.n_rows, step):
-        rows = slice(start, start + step)
+    for rows in mu.row_blocks(data.truth):
         reference = np.where(alone[rows, None], data.reference[rows], leave_one_out[rows])
         effect = data.truth[rows] - reference    # observed perturbation-specific effect, Mejia's delta
         weights = mu.deg_weights(effect, data.keep[rows], data.resolution[rows])
