@@ -128,11 +128,23 @@ def available_cpus() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def in_threads(work, items, threads: int | None = None):
+    """`work(item)` for every item, in up to `threads` (default: the CPUs available) threads: numpy's and
+    scipy's kernels release the GIL, so blocks of a matrix are computed in parallel; one thread runs inline."""
+    threads = min(threads or available_cpus(), len(items))
+    if threads <= 1:
+        for item in items:
+            work(item)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(work, items))
+
+
 def _tiled_cityblock(a: np.ndarray, b: np.ndarray, block: int = 64, threads: int | None = None) -> np.ndarray:
     """scipy's cdist(a, b, "cityblock") computed on block x block tiles, in parallel threads (cdist
     releases the GIL). Tiles keep both operands in cache; each entry is computed exactly as cdist does."""
-    from concurrent.futures import ThreadPoolExecutor
-
     from scipy.spatial.distance import cdist
 
     out = np.empty((a.shape[0], b.shape[0]), dtype=np.float64)
@@ -142,13 +154,7 @@ def _tiled_cityblock(a: np.ndarray, b: np.ndarray, block: int = 64, threads: int
         i, j = tile
         out[i:i + block, j:j + block] = cdist(a[i:i + block], b[j:j + block], "cityblock")
 
-    threads = min(threads or available_cpus(), len(tiles))
-    if threads <= 1:
-        for tile in tiles:
-            fill(tile)
-    else:
-        with ThreadPoolExecutor(threads) as pool:
-            list(pool.map(fill, tiles))
+    in_threads(fill, tiles, threads)
     return out
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 import deltas
-from distances import available_cpus
+from distances import in_threads
 
 # Rows ranked at a time (a block of 8,000 genes stays within a few MB of cache).
 RANK_BLOCK_ROWS = 128
@@ -23,23 +23,15 @@ def masked_average_ranks(values: np.ndarray, keep: np.ndarray, dtype=np.float64,
     `whole`: the caller knows the values to be whole numbers (snapped values), which are ranked by sorting
     keys that hold both the value and its column (same ranks, without an argsort). `snap_to`: per row, a
     resolution to snap the values to first (`snap`, block by block)."""
-    from concurrent.futures import ThreadPoolExecutor
-
     n, g = values.shape
     ranks = np.empty((n, g), dtype=dtype)
     blocks = [slice(start, start + RANK_BLOCK_ROWS) for start in range(0, n, RANK_BLOCK_ROWS)]
-    threads = min(available_cpus(), len(blocks))
 
     def fill(rows):
         block = values[rows] if snap_to is None else snap(values[rows], snap_to[rows])
         ranks[rows] = (_whole_average_ranks if whole else _average_ranks)(block, keep[rows], dtype)
 
-    if threads <= 1:
-        for rows in blocks:
-            fill(rows)
-    else:
-        with ThreadPoolExecutor(threads) as pool:
-            list(pool.map(fill, blocks))
+    in_threads(fill, blocks)
     return ranks
 
 
