@@ -12,6 +12,7 @@ the prior (a prior that covers held-out targets lowers it; an effect measured on
 """
 from __future__ import annotations
 
+import textwrap
 import zlib
 
 import numpy as np
@@ -79,9 +80,9 @@ def text(effects: pd.DataFrame, width: int = 120) -> str:
     """The terminal block: per dataset x task and variant, each metric's difference with its interval."""
     if effects.empty:
         return ""
-    lines = ["Priors: <method>+<prior> minus <method> alone, paired over the same test conditions (> 0: the prior "
-             "helps; 95% bootstrap interval; fb: share of conditions that fell back to the training mean, alone -> "
-             "with the prior)"]
+    lines = textwrap.wrap("Priors: <method>+<prior> minus <method> alone, paired over the same test conditions (> 0: the "
+                          "prior helps; 95% bootstrap interval; fb: share of conditions that fell back to the training "
+                          "mean, alone -> with the prior)", width)
     for (dataset, task, variant), part in effects.groupby(["dataset_id", "task_id", "variant_id"], sort=True):
         first = part.iloc[0]
         fb = (f"fb {_share(first['method_fallback_share'])} -> {_share(first['variant_fallback_share'])}")

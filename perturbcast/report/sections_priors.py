@@ -2,6 +2,7 @@
 and how much of each dataset's targets each prior file covered."""
 from __future__ import annotations
 
+from ..prior_effects import UNCLEAR
 from .inputs import Inputs
 from .markup import esc, fmt
 
@@ -33,7 +34,7 @@ def section_priors(inputs: Inputs) -> str:
                     cells.append("<td>–</td>")
                     continue
                 r = row.iloc[0]
-                tag = "" if r["effect"] == "no clear effect" else f' <b>{esc(r["effect"])}</b>'
+                tag = "" if r["effect"] == UNCLEAR else f' <b>{esc(r["effect"])}</b>'
                 cells.append(f'<td>{fmt(r["difference"])} [{fmt(r["difference_low"])}, {fmt(r["difference_high"])}]{tag}</td>')
             rows.append(f'<tr><td>{esc(inputs.method_label(variant))} <span class="id">{esc(variant)}</span></td>'
                         f'<td>{int(mine["n_conditions"].max())}</td><td>{_share(first["method_fallback_share"])} → '
