@@ -9,8 +9,9 @@ import sys
 from pathlib import Path
 
 from . import compare, layout
+from .aggregation import aggregate_results
 from .config import NO_PROJECT, project_root
-from .disk_space import SPACE_MARGIN, replaced_atomically, shutil_disk_free
+from .disk_space import SPACE_MARGIN, shutil_disk_free
 from .engine_guard import format_bytes
 from .layout import Status
 from .report import write_report
@@ -117,32 +118,6 @@ def add_selection_arguments(parser):
                         help="run only these folds (0-based) of each partition, e.g. for a quick look; results then "
                              "cover only part of each dataset (default: all)")
     parser.add_argument("--project", default=".", help="project root (holding _viash.yaml); default: current directory")
-
-
-def aggregate_results(root: Path, output: Path, only: set | None = None, n_resamples: int = 1000) -> str:
-    """Tables from the published step folders (both engines write the same layout); returns the leaderboard text."""
-    from . import leaderboard, prior_effects, scoring
-    from .config import discover_components
-    from .openproblems import write_openproblems_files
-
-    components = discover_components(root, errors=[])  # a broken config was reported when the run was planned
-    method_types = {c.name: c.component_type for c in components}
-    declared = [m for c in components if c.component_type == "metric" for m in c.info.get("metrics") or [] if "name" in m]
-    maximize = {m["name"]: bool(m.get("maximize")) for m in declared}
-    no_outcome = {m["name"] for m in declared if m.get("outcome") is False}  # see the metric's outcome_reason
-    per_condition = scoring.mark_fallbacks(scoring.per_condition_table(output, method_types, only), output)
-    results, summary = scoring.results_table(per_condition, n_resamples=n_resamples, maximize=maximize,
-                                             evidence=scoring.dataset_evidence(output), no_outcome=no_outcome)
-    effects = prior_effects.prior_effects(per_condition, maximize, n_resamples=n_resamples)
-    scoring.write_results(per_condition, results, summary, output, effects)
-    paths = [path for path in scoring.score_files(output) if only is None or path.resolve() in only]
-    write_openproblems_files(root, output, components, paths)
-    text = leaderboard.text(summary, scoring.HEADLINE_PANEL)
-    if not effects.empty:
-        text += "\n\n" + prior_effects.text(effects, layout.LINE_WIDTH)
-    with replaced_atomically(output / layout.LEADERBOARD) as temporary:
-        temporary.write_text(text.lstrip("\n") + "\n")
-    return text
 
 
 def aggregate(args) -> int:
