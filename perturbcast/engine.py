@@ -161,6 +161,8 @@ def plan(package_root: Path, output_dir: Path, selection: Selection) -> tuple[li
         predictors = [p for p in predictors if p.info.get("default", True) is not False]
     priors = chosen(by_type.get("prior"), selection.priors) if selection.priors else []
     check_priors(priors)
+    # a prior no selected method reads is not made (its steps would have no use)
+    priors = [p for p in priors if any(len(prior_variants(m, [p])) > 1 for m in predictors)]
     metrics = chosen(by_type.get("metric"), selection.metrics)
     if selection.metrics is None:  # components that opt out of the default run only when named
         metrics = [m for m in metrics if m.info.get("default", True) is not False]
@@ -204,7 +206,7 @@ def plan(package_root: Path, output_dir: Path, selection: Selection) -> tuple[li
         return step
 
     for loader, instance in datasets:
-        dataset_step = dataset_step_of(loader, instance)
+        dataset_step_of(loader, instance)
     for loader, instance in datasets:
         dataset_id = instance["id"]
         dataset_step = dataset_steps[dataset_id]

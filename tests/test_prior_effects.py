@@ -98,6 +98,9 @@ def test_priors_are_chosen_by_option_or_spec_and_an_unknown_one_is_one_line(tmp_
     assert bad.returncode != 0
     errors = [line for line in bad.stderr.splitlines() if "[error]" in line or "Traceback" in line]
     assert len(errors) == 1 and "go_embeding" in errors[0] and "go_embedding" in errors[0], bad.stderr
+    # a prior no selected method reads is not made
+    plan = json.loads(_cli("plan", "--json", "--spec", spec, "--methods", "train_mean").stdout)
+    assert not any(s["stage"] == "prior" for s in plan["steps"])
     # a prior the benchmark cannot give its required file: refused before anything runs
     selection = engine.Selection(datasets=["simulated_grn_small"], methods=["linear_baseline"], priors=["prior_file"])
     with pytest.raises(ValueError, match="prior_file needs --input"):
