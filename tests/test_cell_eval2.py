@@ -244,3 +244,22 @@ def test_convention_differences_are_the_documented_ones(norman_profiles, capsys)
     with capsys.disabled():
         print(f"\ncell-eval2 convention differences on {n} Norman 2019 conditions x {len(p['genes'])} genes:\n  "
               + "\n  ".join(lines))
+
+
+def test_undefined_direction_members_follow_cell_eval2s_agreement_convention():
+    """Where neither side calls a gene, fidelity_yield (k / max(n_pred, N_conf)) is undefined and scores 1, as
+    cell-eval2's corrected form does; reach (k* / N_conf) without a reference gene scores 1 if the prediction
+    called nothing too, else 0; a defined value is kept, other members keep NaN for the component's fill."""
+    import pandas as pd
+
+    sys.path.insert(0, str(ROOT / "src" / "utils"))
+    from cell_eval2_fill import FIDELITY_YIELD, REACH, agreement_fill
+
+    nan = float("nan")
+    table = pd.DataFrame({FIDELITY_YIELD: [0.5, nan, 0.0], REACH: [0.25, nan, nan], "pds_cosine": [0.9, nan, 0.1]},
+                         index=["defined", "both silent", "prediction claims"])
+    filled = agreement_fill(table)
+    assert filled[FIDELITY_YIELD].tolist() == [0.5, 1.0, 0.0]
+    assert filled[REACH].tolist() == [0.25, 1.0, 0.0]
+    assert filled["pds_cosine"].isna().tolist() == [False, True, False]
+    assert table[FIDELITY_YIELD].isna().sum() == 1  # the input (cell-eval2's own values) is unchanged

@@ -24,20 +24,11 @@ import pandas as pd  # noqa: E402
 import scipy.sparse as sp  # noqa: E402
 
 from component_io import ComponentIO, fail, log, not_applicable  # noqa: E402
+from cell_eval2_fill import UNDEFINED_VALUE, agreement_fill  # noqa: E402
 from vocabulary import NOT_INSTALLED_EXIT_CODE  # noqa: E402
 
 CONTROL = "non-targeting"  # cell-eval2's control label; never a condition's obs name (those hold `|`)
 PREFIX = "cell_eval2_"
-# The value a condition gets where cell-eval2 leaves it without one (no metric value is ever NaN in a
-# perturbcast score): the value of a prediction of no change, where one is defined, else the worst value.
-UNDEFINED_VALUE = {
-    "pds_cosine": 0.5,  # a prediction equidistant from every condition: the mid-rank
-    "expr_mse_unbiased_capped_norm": 1.0,  # predicting the control
-    "de_wilcoxon_direction_fidelity_yield_raw": 0.0,
-    "de_wilcoxon_direction_reach_raw": 0.0,
-    "de_wilcoxon_sig_jaccard": 0.0,
-    "de_wilcoxon_lfc_nmae": 1.0,  # predicting no change: |0 - lfc| / |lfc|
-}
 PROFILES = ("vcc2026", "anndata", "de", "minimal", "full", "vcc", "pds")
 
 if sys.version_info < (3, 11):  # cell-eval2 requires Python >= 3.11 (the runner checks this first)
@@ -181,7 +172,10 @@ for context in pd.unique(solution_context):
         except Exception as error:  # cell-eval2 refuses the input: one line naming the context and why
             fail(f"cell-eval2 {cell_eval2.__version__} refused the cells of context "
                  f"{context.replace(chr(31), ' / ')!r}: {type(error).__name__}: {str(error).splitlines()[0]}")
-        table = frame.pivot_table(index="perturbation", columns="metric", values="value", aggfunc="first")
+        # dropna=False: a member undefined on every condition of the run keeps its (NaN) column for the fill
+        table = frame.pivot_table(index="perturbation", columns="metric", values="value", aggfunc="first",
+                                  dropna=False)
+        filled = agreement_fill(table)  # per condition; cell-eval2's own aggregates stay on `table`
         for member in members:
             if member in RATIO_PARTS and member not in table.columns:
                 # per condition: its numerator over the run's mean denominator, so that the mean over the
@@ -192,8 +186,9 @@ for context in pd.unique(solution_context):
                 per = table[numerator][both] / table[denominator][both].mean()
                 aggregates[member].append(table[numerator][both].sum() / table[denominator][both].sum())
             elif member in table.columns:
-                per = table[member]
-                aggregates[member].append(float(np.nanmean(per.to_numpy())) if per.notna().any() else np.nan)
+                own = table[member]
+                aggregates[member].append(float(np.nanmean(own.to_numpy())) if own.notna().any() else np.nan)
+                per = filled[member]
             else:  # cell-eval2 dropped the member for every perturbation (its reference gate admitted none)
                 per = pd.Series(dtype=np.float64)
                 aggregates[member].append(np.nan)
