@@ -21,7 +21,10 @@ def aggregate_results(root: Path, output: Path, only: set | None = None, n_resam
     per_condition = scoring.mark_fallbacks(scoring.per_condition_table(output, method_types, only), output)
     results, summary = scoring.results_table(per_condition, n_resamples=n_resamples, maximize=maximize,
                                              evidence=scoring.dataset_evidence(output), no_outcome=no_outcome)
-    effects = prior_effects.prior_effects(per_condition, maximize, n_resamples=n_resamples)
+    slices = summary.attrs.get("by_slice")
+    unranked = set() if slices is None or slices.empty else {
+        (r.dataset_id, r.task_id) for r in slices[["dataset_id", "task_id", "ranked"]].itertuples() if not r.ranked}
+    effects = prior_effects.prior_effects(per_condition, maximize, n_resamples=n_resamples, unranked=unranked)
     scoring.write_results(per_condition, results, summary, output, effects)
     paths = [path for path in scoring.score_files(output) if only is None or path.resolve() in only]
     write_openproblems_files(root, output, components, paths)

@@ -5,7 +5,8 @@ Both ran on the same test conditions of the same splits, so the difference is ta
 from resampling those conditions (percentile bootstrap; the same resamples for every metric and variant of a
 dataset x task that has the same conditions). Each difference is oriented so that > 0 means the prior helps (the metric's
 declared direction). The call is "helps" / "hurts" only where the 95% interval excludes 0, else "no clear
-effect": the slice's own verdict (ranked or not) does not enter, since the comparison needs no calibration.
+effect"; on a slice the verdicts leave unranked (no scale, or no reproducible effect: perturbcast.headline) the
+call is "not ranked", as for every other comparison there, while the difference and its interval are kept.
 
 Also per variant: the share of test conditions where the method returned the training mean, alone and with
 the prior (a prior that covers held-out targets lowers it; an effect measured only on fallbacks is no effect).
@@ -24,12 +25,13 @@ from .panel import HEADLINE_PANEL, finite_interval
 COLUMNS = ["dataset_id", "task_id", "method_id", "prior_id", "variant_id", "metric_id", "n_conditions",
            "method_value", "variant_value", "difference", "difference_low", "difference_high", "effect",
            "method_fallback_share", "variant_fallback_share"]
-HELPS, HURTS, UNCLEAR = "helps", "hurts", "no clear effect"
+HELPS, HURTS, UNCLEAR, NOT_RANKED = "helps", "hurts", "no clear effect", "not ranked"
 
 
 def prior_effects(per_condition: pd.DataFrame, maximize: dict, metrics=HEADLINE_PANEL,
-                  n_resamples: int = 1000) -> pd.DataFrame:
-    """One row per dataset x task x (method, prior) x metric of `metrics` with a declared direction."""
+                  n_resamples: int = 1000, unranked: set | None = None) -> pd.DataFrame:
+    """One row per dataset x task x (method, prior) x metric of `metrics` with a declared direction;
+    `unranked`: the (dataset, task) slices the verdicts do not rank (their calls are NOT_RANKED)."""
     if per_condition.empty:
         return pd.DataFrame(columns=COLUMNS)
     split = [vocabulary.method_and_prior(m) for m in per_condition["method_id"]]
@@ -64,7 +66,8 @@ def prior_effects(per_condition: pd.DataFrame, maximize: dict, metrics=HEADLINE_
                 paired_difference = difference[present]
                 draws = np.random.default_rng(seed).integers(0, present.sum(), size=(n_resamples, present.sum()))
                 low, high = finite_interval(paired_difference[draws].mean(axis=1))
-                effect = HELPS if low > 0 else HURTS if high < 0 else UNCLEAR
+                effect = (NOT_RANKED if (dataset, task) in (unranked or set())
+                          else HELPS if low > 0 else HURTS if high < 0 else UNCLEAR)
                 rows.append({"dataset_id": dataset, "task_id": task, "method_id": base, "prior_id": prior,
                              "variant_id": variant, "metric_id": metric, "n_conditions": int(present.sum()),
                              "method_value": float(np.nanmean(paired["method"].to_numpy(dtype=float)[present])),
@@ -86,9 +89,10 @@ def text(effects: pd.DataFrame, width: int = 120) -> str:
     for (dataset, task, variant), part in effects.groupby(["dataset_id", "task_id", "variant_id"], sort=True):
         first = part.iloc[0]
         fb = (f"fb {_share(first['method_fallback_share'])} -> {_share(first['variant_fallback_share'])}")
-        lines.append(f"  {dataset} / {task} / {variant} (n = {int(part['n_conditions'].max())}, {fb}):")
+        unranked = " not ranked," if (part["effect"] == NOT_RANKED).all() else ""
+        lines.append(f"  {dataset} / {task} / {variant} (n = {int(part['n_conditions'].max())},{unranked} {fb}):")
         cells = [f"{r.metric_id} {r.difference:+.3f} [{r.difference_low:+.3f}, {r.difference_high:+.3f}]"
-                 + ("" if r.effect == UNCLEAR else f" {r.effect}") for r in part.itertuples()]
+                 + ("" if r.effect in (UNCLEAR, NOT_RANKED) else f" {r.effect}") for r in part.itertuples()]
         line = "    "
         for cell in cells:
             if len(line) + len(cell) + 2 > width:

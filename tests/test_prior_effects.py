@@ -125,3 +125,16 @@ def test_a_prior_that_does_not_apply_leaves_its_variants_not_applicable(tmp_path
     assert set(results["prior_id"]) == {"none"}
     assert pd.read_parquet(out / "prior_effects.parquet").empty
     assert np.isfinite(results.loc[results["method_id"] == "linear_baseline", "value"]).all()
+
+
+def test_a_slice_the_verdicts_do_not_rank_gets_no_call():
+    """The same clear difference on an unranked slice (no scale, or no reproducible effect): the difference and
+    its interval are kept, the call is 'not ranked' (a null screen ranks nothing, priors included)."""
+    rows = (_rows("m", "mse_delta", {"A": 1.0, "B": 1.0, "C": 1.0})
+            + _rows("m+p", "mse_delta", {"A": 2.0, "B": 3.0, "C": 4.0}))
+    effects = prior_effects.prior_effects(pd.DataFrame(rows), {"mse_delta": False}, unranked={("d", "t")})
+    row = effects.iloc[0]
+    assert row["effect"] == prior_effects.NOT_RANKED and row["difference"] == pytest.approx(-2.0)
+    assert row["difference_high"] < 0
+    text = prior_effects.text(effects)
+    assert "(n = 3, not ranked, fb" in text and "hurts" not in text

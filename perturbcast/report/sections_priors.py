@@ -2,7 +2,7 @@
 and how much of each dataset's targets each prior file covered."""
 from __future__ import annotations
 
-from ..prior_effects import UNCLEAR
+from ..prior_effects import NOT_RANKED, UNCLEAR
 from .inputs import Inputs
 from .markup import esc, fmt
 
@@ -19,7 +19,7 @@ def section_priors(inputs: Inputs) -> str:
              '<code>&lt;method&gt;+&lt;prior&gt;</code> on the same splits. A cell is the variant minus the method '
              'alone, paired over the same test conditions (averaged over partitions), oriented so that &gt; 0 means '
              'the prior helps, with its 95% bootstrap interval over conditions; <b>helps</b> / <b>hurts</b> only '
-             'where the interval excludes 0. <i>fell back</i>: the share of test conditions where the method '
+             'where the interval excludes 0, and only on a slice the verdicts rank. <i>fell back</i>: the share of test conditions where the method '
              'returned the training mean (a target it could not place), alone → with the prior.</p>']
     for (dataset, task), part in effects.groupby(["dataset_id", "task_id"], sort=True):
         metrics = list(dict.fromkeys(part["metric_id"]))
@@ -34,7 +34,8 @@ def section_priors(inputs: Inputs) -> str:
                     cells.append("<td>–</td>")
                     continue
                 r = row.iloc[0]
-                tag = "" if r["effect"] == UNCLEAR else f' <b>{esc(r["effect"])}</b>'
+                tag = ("" if r["effect"] == UNCLEAR else " (not ranked)" if r["effect"] == NOT_RANKED
+                       else f' <b>{esc(r["effect"])}</b>')
                 cells.append(f'<td>{fmt(r["difference"])} [{fmt(r["difference_low"])}, {fmt(r["difference_high"])}]{tag}</td>')
             rows.append(f'<tr><td>{esc(inputs.method_label(variant))} <span class="id">{esc(variant)}</span></td>'
                         f'<td>{int(mine["n_conditions"].max())}</td><td>{_share(first["method_fallback_share"])} → '
