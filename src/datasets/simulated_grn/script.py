@@ -191,15 +191,29 @@ def context_network(rng, W, candidates_of, baseline, divergence: float, rewiring
     baselines shifted normally by `divergence`."""
     W = sp.coo_matrix(W)
     rows, cols, data = W.row.copy(), W.col.copy(), W.data * np.exp(rng.normal(0.0, divergence, size=W.nnz))
-    existing = set(zip(rows.tolist(), cols.tolist()))
+    # A moved edge goes to the j-th still free candidate (candidate order, j uniform), as a list of the free
+    # candidates would give it; the free ones are counted from the sorted occupied positions instead of
+    # listed, because listing them per moved edge is O(edges x genes) (500 s at 8,000 genes).
+    occupied, position_of = {}, {}
     for k in np.flatnonzero(rng.random(len(rows)) < rewiring):
         regulator = int(cols[k])
-        free = [int(t) for t in candidates_of[regulator] if (int(t), regulator) not in existing]
-        if not free:
+        candidates = candidates_of[regulator]
+        if regulator not in occupied:
+            position = np.full(W.shape[0], -1, dtype=np.int64)
+            position[candidates] = np.arange(len(candidates))
+            position_of[regulator] = position
+            occupied[regulator] = np.sort(position[rows[cols == regulator]])
+        taken = occupied[regulator]
+        n_free = len(candidates) - len(taken)
+        if n_free == 0:
             continue
-        target = free[int(rng.integers(len(free)))]
-        existing.discard((int(rows[k]), regulator))
-        existing.add((target, regulator))
+        j = int(rng.integers(n_free))
+        # the j-th free position p satisfies p = j + #(taken below p); taken[i] - i counts the free ones below it
+        slot = j + int(np.searchsorted(taken - np.arange(len(taken)), j, side="right"))
+        target = int(candidates[slot])
+        old = position_of[regulator][rows[k]]
+        taken = np.delete(taken, np.searchsorted(taken, old))
+        occupied[regulator] = np.insert(taken, np.searchsorted(taken, slot), slot)
         rows[k] = target
     W = sp.csr_matrix((data, (rows, cols)), shape=W.shape)
     return limit_input(W, max_input), baseline + rng.normal(0.0, divergence, size=len(baseline))
@@ -214,17 +228,24 @@ def steady_state_solver(W, model: str):
         return lambda production, activity: factor.solve(np.ascontiguousarray((production + activity @ W.T).T)).T
 
     WT = sp.csr_matrix(W.T)
+    # Only genes with outgoing edges (the regulators) feed the iteration; every other gene's state follows
+    # from theirs in one product. Iterating the regulators alone gives the same fixed point for a fraction of
+    # the work (at 8,000 genes and 1,000 regulators, 22 steps of 1,000 genes instead of 8,000).
+    sources = np.flatnonzero(np.diff(sp.csc_matrix(W).indptr))
+    from_sources = sp.csr_matrix(WT[sources])
+    among_sources = sp.csr_matrix(from_sources[:, sources])
 
     def solve(production, activity):
         # Fixed-point iteration: exact after (longest cascade + 1) steps because the graph is acyclic,
         # so the loop bound is only a guard.
-        x = production.copy()
-        for _ in range(W.shape[0] + 2):
-            updated = production + np.tanh(x + activity) @ WT
-            if np.max(np.abs(updated - x)) < 1e-12:
-                return updated
+        x, base, shift = production[:, sources], production[:, sources], activity[:, sources]
+        for _ in range(len(sources) + 2):
+            updated = base + np.tanh(x + shift) @ among_sources
+            if np.max(np.abs(updated - x), initial=0.0) < 1e-12:
+                x = updated
+                break
             x = updated
-        return x
+        return production + np.tanh(x + shift) @ from_sources
 
     return solve
 
