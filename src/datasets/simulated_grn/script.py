@@ -394,6 +394,24 @@ def simulate_condition(cell_rng, solve, baseline, abundance, targets, guide_of, 
     return sums, [int(n) for n in n_half], expected, log_sums / np.maximum(n_half.astype(np.float64), 1.0)[:, None]
 
 
+class Progress:
+    """A log line about every 10% of the conditions (or 30 s), with the time so far: a genome-scale screen
+    takes minutes."""
+
+    def __init__(self, total: int):
+        import time
+
+        self.clock, self.total, self.done = time.monotonic, total, 0
+        self.start = self.last = self.clock()
+
+    def step(self, cell_type: str):
+        now = self.clock()
+        if self.done and (self.done % max(1, self.total // 10) == 0 or now - self.last > 30):
+            log(f"{DATASET_ID}: {self.done} of {self.total} conditions simulated ({cell_type}; {now - self.start:.0f} s)")
+            self.last = now
+        self.done += 1
+
+
 def simulate(args: dict) -> ad.AnnData:
     # Separate streams per purpose: e.g. more cells per perturbation leaves the network unchanged.
     network_seed, design_seed, context_seed, cell_seed, guide_seed, batch_seed = \
@@ -423,9 +441,11 @@ def simulate(args: dict) -> ad.AnnData:
     genes = [f"G{i + 1:0{width}d}" for i in range(n_genes)]
     cell_rng = np.random.default_rng(cell_seed)
     profiles, cell_profiles, expected, rows = [], [], [], []
+    progress = Progress(len(cell_types) * (len(perturbations) + 1))
     for cell_type, (W_c, baseline_c) in zip(cell_types, contexts):
         solve = steady_state_solver(W_c, args["model"])
         for targets in [()] + perturbations:
+            progress.step(cell_type)
             sums, halves, means, cell_means = simulate_condition(cell_rng, solve, baseline_c, abundance, list(targets),
                                                                  guide_of, buffering, batches, args)
             name = vocabulary.label(genes[t] for t in targets)
