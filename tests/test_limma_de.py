@@ -82,6 +82,19 @@ def test_values_equal_the_hand_computed_case(tmp_path, control_halves):
     assert scored.uns["method_id"] == "hand_method" and scored.uns["n_conditions_without_de"] == 0
 
 
+def test_a_prediction_with_empty_string_lists_in_uns_is_read(tmp_path):
+    """A method without fallbacks writes an empty uns['fallback_conditions'] (a zero-length string dataset),
+    which hdf5r cannot read: limma_de failed on every such prediction (found by benchmarks/scale.py)."""
+    solution, prediction = split_files(tmp_path)
+    adata = ad.read_h5ad(prediction)
+    adata.uns["fallback_conditions"] = np.array([], dtype=object)
+    adata.uns["empty_numbers"] = np.array([], dtype=np.float64)
+    adata.write_h5ad(prediction)
+    result, scored = score(tmp_path, solution, prediction)
+    assert result.exit_code == 0
+    assert np.allclose(scored.obs["limma_de_auroc"], [0.95, 1.0])
+
+
 def test_no_change_prediction_scores_chance(tmp_path):
     solution, prediction = split_files(tmp_path)
     flat = ad.read_h5ad(prediction)

@@ -33,6 +33,15 @@ h5ad_stop <- function(path, message) {
   attribute$read()
 }
 
+# hdf5r cannot read a zero-length variable-length string dataset (H5Dvlen_reclaim fails), which anndata
+# writes for an empty string list such as a method's uns['fallback_conditions']
+.h5_read <- function(node) {
+  if (length(node$dims) && prod(node$dims) == 0) {
+    return(if (inherits(node$get_type(), "H5T_STRING")) character(0) else numeric(0))
+  }
+  node$read()
+}
+
 .h5_matrix <- function(node, path, where, transposed = FALSE) {
   # hdf5r reverses dimensions: an (n_obs, n_vars) array comes back as n_vars x n_obs, which is what
   # `transposed` asks for (no transposition of a large matrix)
@@ -69,7 +78,7 @@ h5ad_stop <- function(path, message) {
     values[node[["mask"]]$read()] <- NA
     return(values)
   }
-  node$read()
+  .h5_read(node)
 }
 
 .h5_dataframe <- function(node) {
@@ -84,7 +93,7 @@ h5ad_stop <- function(path, message) {
 
 .h5_uns <- function(node) {
   if (inherits(node, "H5D")) {
-    value <- node$read()
+    value <- .h5_read(node)
     if (is.array(value) && length(dim(value)) > 1) value <- t(value)
     return(value)
   }
