@@ -30,7 +30,7 @@ N_COMPONENTS = 50
 # Cap on the training cells whose pairwise distances give the median-heuristic bandwidth.
 MAX_BANDWIDTH_CELLS = 1000
 # Cap on the cells per set (per condition, per replicate-half part) the distances are computed on, and on
-# the cells a control writes per condition: pairwise matrices of at most 500 x 500.
+# the cells a control writes per condition (see shifted_control_cells): pairwise matrices of at most 500 x 500.
 MAX_CELLS = 500
 
 
@@ -213,10 +213,30 @@ def mean_cell_shifts(train_cells, contexts) -> tuple[dict, list]:
     return shifts, fallback
 
 
-def shifted_control_cells(train_cells, test, shifts: dict | None, seed: int = 0, cap: int = MAX_CELLS):
+def typical_condition_cells(train_cells) -> int:
+    """How many cells a measured condition has: the median over the training perturbation conditions
+    (perturbation x cell type x condition), at most MAX_CELLS; MAX_CELLS when there is none."""
+    obs = train_cells.obs
+    perturbed = ~obs["is_control"].to_numpy().astype(bool)
+    if not perturbed.any():
+        return MAX_CELLS
+    keys = obs.loc[perturbed, ["perturbation", "cell_type", "condition"]].astype(str)
+    sizes = keys.groupby(list(keys.columns), sort=False).size().to_numpy()
+    return int(min(MAX_CELLS, max(2, np.ceil(np.median(sizes)))))
+
+
+def shifted_control_cells(train_cells, test, shifts: dict | None, seed: int = 0, cap: int | None = None):
     """Per test row, (a seeded subsample of at most `cap` of) the training control cells of its context,
     plus `shifts[context]` (genes) when given. Returns (X, condition_ids, fallback contexts): X is sparse
-    when nothing is shifted (the control cells as they are), dense float32 otherwise."""
+    when nothing is shifted (the control cells as they are), dense float32 otherwise.
+
+    `cap` None: as many as a measured condition typically has (`typical_condition_cells`). A control's predicted
+    population is drawn from one pool of control cells, so cells beyond a measured condition's size add copies,
+    not information: the U-statistics of the distribution metrics keep their expectation with fewer cells, while
+    a copy of up to MAX_CELLS dense cells per condition made these controls' cells most of a genome-scale
+    run's results (benchmarks/SPEED.md, "Scale")."""
+    if cap is None:
+        cap = typical_condition_cells(train_cells)
     by_context, all_controls = context_control_cells(train_cells)
     contexts = list(zip(test.obs["cell_type"].astype(str), test.obs["condition"].astype(str)))
     X = sp.csr_matrix(train_cells.X) if sp.issparse(train_cells.X) else np.asarray(train_cells.X)
