@@ -41,11 +41,15 @@ def leave_one_out_means(values: np.ndarray, codes: np.ndarray, keep=None) -> tup
     With `keep`, gene g of row i averages only the other rows that keep g, i.e. that do not target g,
     so that another condition's knock-down of its own target does not leak into the reference (where
     every other row targets g, the plain mean of the other rows is used). Rows alone in their context
-    get NaN (callers handle them).
+    get NaN (callers handle them). float32 values (profiles as stored) give the means of their float64
+    copies, without making the copy.
     """
-    values = np.asarray(values, dtype=np.float64)
+    values = np.asarray(values)
+    if values.dtype not in (np.float32, np.float64):
+        values = values.astype(np.float64)
+    zero = np.float64(0.0)  # a float64 scalar: np.where then gives float64 for float32 values too
     sizes = np.bincount(codes)[codes]
-    means = np.empty_like(values)
+    means = np.empty(values.shape)
     for _, rows in groups(codes):
         whole = len(rows) == values.shape[0]  # one context: no row gathering (its rows are all, in order)
         block = values if whole else values[rows]
@@ -53,14 +57,14 @@ def leave_one_out_means(values: np.ndarray, codes: np.ndarray, keep=None) -> tup
             means[rows] = np.nan
             continue
         kept = np.ones(block.shape, dtype=bool) if keep is None else (keep if whole else keep[rows])
-        others = np.where(kept, block, 0.0)
+        others = np.where(kept, block, zero)
         np.subtract(others.sum(axis=0), others, out=others)  # sum of the other rows that keep the gene
         counts = np.subtract(kept.sum(axis=0, dtype=np.int32), kept, dtype=np.int32)
         with np.errstate(invalid="ignore", divide="ignore"):
             np.divide(others, counts, out=others)
         none = np.nonzero(counts == 0)  # every other row targets the gene: plain mean of the other rows
         if len(none[0]):
-            others[none] = (block.sum(axis=0)[none[1]] - block[none]) / (len(rows) - 1)
+            others[none] = (block.sum(axis=0, dtype=np.float64)[none[1]] - block[none]) / (len(rows) - 1)
         if whole:
             return others, sizes
         means[rows] = others
