@@ -241,11 +241,31 @@ def _cityblock_pairs(a: np.ndarray, b: np.ndarray, columns: list, threads: int |
     return out
 
 
+def _row_slices(matrix: np.ndarray) -> list:
+    """Blocks of about 2**19 values (4 MB of float64) of a matrix's rows: a row's sum is the same in any block."""
+    step = max(1, (1 << 19) // max(matrix.shape[1], 1))
+    return [slice(start, start + step) for start in range(0, matrix.shape[0], step)]
+
+
+def _column_medians(values: np.ndarray, block: int = 256) -> np.ndarray:
+    """`np.median(values, axis=0)`, the same values: each block of columns is transposed so that the
+    selection runs along contiguous memory (numpy's median along axis 0 partitions a strided copy)."""
+    out = np.empty(values.shape[1])
+    for start in range(0, values.shape[1], block):
+        columns = np.ascontiguousarray(values[:, start:start + block].T)
+        out[start:start + block] = np.median(columns, axis=1, overwrite_input=True)
+    return out
+
+
 def _l1_bound_terms(observed: np.ndarray):
     """Per gene median m of the observations, sign(o_j - m) (float32) and ||o_j - m||_1 (float64)."""
-    median = np.median(observed, axis=0)
-    centred = observed - median
-    return median, np.sign(centred).astype(np.float32), np.abs(centred).sum(axis=1)
+    median = _column_medians(observed)
+    signs, spread = np.empty(observed.shape, dtype=np.float32), np.empty(observed.shape[0])
+    for rows in _row_slices(observed):  # no matrix-sized temporaries
+        centred = observed[rows] - median
+        signs[rows] = np.sign(centred)
+        spread[rows] = np.abs(centred).sum(axis=1)
+    return median, signs, spread
 
 
 def l1_diagonal_ranks(predicted: np.ndarray, observed: np.ndarray, bound_terms=None) -> np.ndarray:
@@ -267,9 +287,12 @@ def l1_diagonal_ranks(predicted: np.ndarray, observed: np.ndarray, bound_terms=N
     observed = np.ascontiguousarray(observed, dtype=np.float64)
     median, signs, spread = bound_terms if bound_terms is not None else _l1_bound_terms(observed)
     own = np.array([cdist(predicted[i:i + 1], observed[i:i + 1], "cityblock")[0, 0] for i in range(n)])
-    centred = predicted - median
-    size = np.abs(centred).sum(axis=1)
-    bound = spread[None, :] - (centred.astype(np.float32) @ signs.T).astype(np.float64)
+    centred, size = np.empty(predicted.shape, dtype=np.float32), np.empty(n)
+    for rows in _row_slices(predicted):  # no float64 matrix-sized temporaries
+        block = predicted[rows] - median
+        centred[rows] = block
+        size[rows] = np.abs(block).sum(axis=1)
+    bound = np.subtract(spread[None, :], centred @ signs.T, dtype=np.float64)
     bound -= ((n_genes + 2) * float(np.finfo(np.float32).eps) * size)[:, None]
     tol = TIE_RTOL * np.maximum(size + spread.max(), np.finfo(np.float64).tiny)
     undecided = bound <= (own + tol)[:, None]
