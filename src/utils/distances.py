@@ -49,22 +49,27 @@ def leave_one_out_means(values: np.ndarray, codes: np.ndarray, keep=None) -> tup
         values = values.astype(np.float64)
     zero = np.float64(0.0)  # a float64 scalar: np.where then gives float64 for float32 values too
     sizes = np.bincount(codes)[codes]
-    means = np.empty(values.shape)
+    means = None
     for _, rows in groups(codes):
         whole = len(rows) == values.shape[0]  # one context: no row gathering (its rows are all, in order)
+        if not whole and means is None:
+            means = np.empty(values.shape)
         block = values if whole else values[rows]
         if len(rows) == 1:
             means[rows] = np.nan
             continue
         kept = np.ones(block.shape, dtype=bool) if keep is None else (keep if whole else keep[rows])
         others = np.where(kept, block, zero)
-        np.subtract(others.sum(axis=0), others, out=others)  # sum of the other rows that keep the gene
-        counts = np.subtract(kept.sum(axis=0, dtype=np.int32), kept, dtype=np.int32)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            np.divide(others, counts, out=others)
-        none = np.nonzero(counts == 0)  # every other row targets the gene: plain mean of the other rows
-        if len(none[0]):
-            others[none] = (block.sum(axis=0, dtype=np.float64)[none[1]] - block[none]) / (len(rows) - 1)
+        total, kept_rows, plain = others.sum(axis=0), kept.sum(axis=0, dtype=np.int32), None
+        for part in _row_slices(others):  # the same element-wise operations, without matrix-sized temporaries
+            mine = np.subtract(total, others[part], out=others[part])  # sum of the other rows that keep the gene
+            counts = np.subtract(kept_rows, kept[part], dtype=np.int32)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                np.divide(mine, counts, out=mine)
+            none = np.nonzero(counts == 0)  # every other row targets the gene: plain mean of the other rows
+            if len(none[0]):
+                plain = block.sum(axis=0, dtype=np.float64) if plain is None else plain
+                mine[none] = (plain[none[1]] - block[part][none]) / (len(rows) - 1)
         if whole:
             return others, sizes
         means[rows] = others
@@ -333,7 +338,8 @@ def context_ranks(data, context: int, rows: np.ndarray, genes: np.ndarray, kinds
     out = {}
     if "l1" in kinds:
         key = ("l1", context)
-        if len(distinct) == len(rows) and inputs.n_draws == 1:  # distinct rows: bounded, exact where needed
+        n_distinct = int(index.max()) + 1  # (the block itself may be dropped once every kind is cached)
+        if n_distinct == len(rows) and inputs.n_draws == 1:  # distinct rows: bounded, exact where needed
             if key not in inputs.caches:
                 terms = data.shared(("l1_bound_terms", context), lambda: _l1_bound_terms(observed))
                 inputs.caches[key] = l1_diagonal_ranks(distinct[row_of], observed, terms)
@@ -347,7 +353,10 @@ def context_ranks(data, context: int, rows: np.ndarray, genes: np.ndarray, kinds
         if key not in inputs.caches:
             inputs.caches[key] = (distinct @ observed.T, (distinct * distinct).sum(axis=1))
         dot_all, squares = inputs.caches[key]
-        dot, sq_a = dot_all[row_of], squares[row_of][:, None]
+        if len(row_of) == len(dot_all) and (row_of == np.arange(len(row_of))).all():  # no copy of the products
+            dot, sq_a = dot_all, squares[:, None]
+        else:
+            dot, sq_a = dot_all[row_of], squares[row_of][:, None]
         sq_b = data.shared(("context_squares", context), lambda: (observed * observed).sum(axis=1))[None, :]
         if "euclidean" in kinds:
             out["euclidean"] = diagonal_ranks(np.sqrt(np.maximum(sq_a + sq_b - 2.0 * dot, 0.0) / n_used))
@@ -360,4 +369,7 @@ def context_ranks(data, context: int, rows: np.ndarray, genes: np.ndarray, kinds
             distances = 1.0 - np.clip(similarity, -1.0, 1.0)
             out["cosine"] = diagonal_ranks(distances)
             out["cosine_observed"] = diagonal_ranks(distances.T)
+    if ("l1", context) in inputs.caches and ("products", context) in inputs.caches:
+        # every kind is now computed from these caches: the prediction's block is not needed again
+        inputs.caches[("distinct", context)] = (None, index)
     return out
