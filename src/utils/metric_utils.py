@@ -54,8 +54,8 @@ from rowwise import (masked_average_ranks, masked_rowwise_cosine, masked_rowwise
 from deltas import deg_weights  # noqa: F401  (Mejia et al. 2025; used by weighted_error)
 from selections import (_kth_largest, compact, fractional_top_k, fractional_top_ks,  # noqa: F401
                         row_dot, sparse_row_dot, top_k_mask)
-from distances import (TIE_RTOL, available_cpus, context_genes, context_ranks, diagonal_ranks,  # noqa: F401
-                       groups, leave_one_out_means, pairwise_distances)
+from distances import (TIE_RTOL, LeaveOneOut, available_cpus, context_genes, context_ranks,  # noqa: F401
+                       diagonal_ranks, groups, leave_one_out_means, pairwise_distances)
 
 DRAW_LAYER = "draw_{}"
 # draws stored as the rows of a few profiles (IndexedDraws)
