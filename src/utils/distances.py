@@ -329,12 +329,15 @@ def l1_diagonal_ranks(predicted: np.ndarray, observed: np.ndarray, bound_terms=N
         block = predicted[rows] - median
         centred[rows] = block
         size[rows] = np.abs(block).sum(axis=1)
-    bound = np.subtract(spread[None, :], centred @ signs.T, dtype=np.float64)
+    product = centred @ signs.T
+    del centred  # (freed before the bound is made: one matrix less at the session's peak)
+    bound = np.subtract(spread[None, :], product, dtype=np.float64)
+    del product
     bound -= ((n_genes + 2) * float(np.finfo(np.float32).eps) * size)[:, None]
     tol = TIE_RTOL * np.maximum(size + spread.max(), np.finfo(np.float64).tiny)
     undecided = bound <= (own + tol)[:, None]
     np.fill_diagonal(undecided, False)
-    del bound, centred
+    del bound
     ranks = np.empty(n)
     full = np.flatnonzero(undecided.sum(axis=1) > FULL_ROW_SHARE * n)
     if len(full):

@@ -162,16 +162,22 @@ class MetricData:
 
     def observed_top_k(self, k: int) -> np.ndarray:
         """`top_k_mask(|observed|, keep, k)`, computed once per solution."""
-        def compute():
-            thresholds = self.observed_thresholds()
-            return np.vstack([top_k_mask(np.abs(self.observed[rows]), self.keep[rows], k, _rows_of(thresholds, rows))
-                              for rows in row_blocks(self.observed)])
-        return self.shared(("top_k_mask", k), compute)
+        return self.shared(("top_k_mask", k), lambda: self._observed_top_k(k))
+
+    def _observed_top_k(self, k: int) -> np.ndarray:
+        thresholds = self.observed_thresholds()
+        return np.vstack([top_k_mask(np.abs(self.observed[rows]), self.keep[rows], k, _rows_of(thresholds, rows))
+                          for rows in row_blocks(self.observed)])
 
     def observed_top_k_genes(self, k: int):
         """The genes of `observed_top_k(k)` compactly: (columns, valid), row i's genes left-aligned in
         `columns[i]` and padding marked False in `valid` (statistics over k genes cost k, not all genes)."""
-        return self.shared(("top_k_genes", k), lambda: compact(self.observed_top_k(k)))
+        def compute():
+            store = self.inputs.observed.shared if self.inputs is not None else self.cache
+            kept = store.get(("top_k_mask", k))
+            # the conditions x genes mask is not kept for this (only its compact genes are)
+            return compact(kept[1] if kept is not None else self._observed_top_k(k))
+        return self.shared(("top_k_genes", k), compute)
 
     def observed_thresholds(self) -> dict:
         """`_kth_largest(|observed|, keep, OBSERVED_KS)` thresholds, one partition per solution."""
