@@ -34,6 +34,15 @@ def as_dense(matrix) -> np.ndarray:
     return np.array(matrix, dtype=np.float64)
 
 
+def as_stored(matrix) -> np.ndarray:
+    """A dense ndarray of a dense, sparse or backed matrix in its stored dtype where that is float32 or float64
+    (a dense ndarray is returned as is, not copied), else a float64 copy."""
+    if hasattr(matrix, "toarray"):
+        matrix = matrix.toarray()
+    matrix = np.asarray(matrix)
+    return matrix if matrix.dtype in (np.float32, np.float64) else matrix.astype(np.float64)
+
+
 def target_mask(perturbations, var_names) -> np.ndarray:
     """Boolean (rows x genes) matrix, True where the gene is a target of the row's perturbation.
 
@@ -78,7 +87,7 @@ def masked_errors(predicted: np.ndarray, observed: np.ndarray, keep: np.ndarray)
     n = _row_counts(keep)
     squares, absolute = np.empty(len(n)), np.empty(len(n))
     for rows in row_blocks(keep):  # the same sums as over the whole matrices, without their temporaries
-        difference = predicted[rows] - observed[rows]
+        difference = np.subtract(predicted[rows], observed[rows], dtype=np.float64)  # float64 for stored profiles too
         squares[rows] = np.where(keep[rows], difference ** 2, 0.0).sum(axis=1)
         absolute[rows] = np.where(keep[rows], np.abs(difference), 0.0).sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):

@@ -41,30 +41,73 @@ def leave_one_out_means(values: np.ndarray, codes: np.ndarray, keep=None) -> tup
     With `keep`, gene g of row i averages only the other rows that keep g, i.e. that do not target g,
     so that another condition's knock-down of its own target does not leak into the reference (where
     every other row targets g, the plain mean of the other rows is used). Rows alone in their context
-    get NaN (callers handle them).
+    get NaN (callers handle them). float32 values (profiles as stored) give the means of their float64
+    copies, without making the copy. `LeaveOneOut(...).rows(part)` gives the same means a block of rows at a time.
     """
-    values = np.asarray(values, dtype=np.float64)
-    sizes = np.bincount(codes)[codes]
-    means = np.empty_like(values)
-    for _, rows in groups(codes):
-        whole = len(rows) == values.shape[0]  # one context: no row gathering (its rows are all, in order)
-        block = values if whole else values[rows]
-        if len(rows) == 1:
-            means[rows] = np.nan
-            continue
-        kept = np.ones(block.shape, dtype=bool) if keep is None else (keep if whole else keep[rows])
-        others = np.where(kept, block, 0.0)
-        np.subtract(others.sum(axis=0), others, out=others)  # sum of the other rows that keep the gene
-        counts = np.subtract(kept.sum(axis=0, dtype=np.int32), kept, dtype=np.int32)
+    means = LeaveOneOut(values, codes, keep)
+    out = np.empty(means.values.shape)
+    for part in _row_slices(out):
+        out[part] = means.rows(part)
+    return out, means.sizes
+
+
+class LeaveOneOut:
+    """`leave_one_out_means` by blocks of rows: the per-context column sums of the kept values (added row
+    after row, in row order, as numpy's sum over axis 0 adds them) and kept counts are computed once, and
+    `rows(part)` gives the means of a block of rows with the same operations, so a caller that uses them
+    block by block never holds a rows x genes matrix of means."""
+
+    def __init__(self, values: np.ndarray, codes: np.ndarray, keep=None):
+        values = np.asarray(values)
+        self.values = values if values.dtype in (np.float32, np.float64) else values.astype(np.float64)
+        self.codes, self.keep = np.asarray(codes), keep
+        counts = np.bincount(self.codes)
+        self.sizes = counts[self.codes]
+        self.totals = np.zeros((len(counts), values.shape[1]))
+        self.kept_rows = np.zeros((len(counts), values.shape[1]), dtype=np.int32)
+        started, self.plain = np.zeros(len(counts), dtype=bool), {}
+        for part in _row_slices(self.values):
+            kept, rows = self._kept(part), range(*part.indices(len(self.codes)))
+            masked = np.where(kept, self.values[part], np.float64(0.0))  # float64 for float32 values too
+            for row, code in zip(masked, self.codes[rows.start:rows.stop]):
+                if started[code]:
+                    self.totals[code] += row
+                else:
+                    self.totals[code], started[code] = row, True  # the first row as is (as numpy's sum)
+            block_codes = self.codes[rows.start:rows.stop]
+            for code in np.unique(block_codes):  # (integer counts: any order gives the same)
+                self.kept_rows[code] += kept[block_codes == code].sum(axis=0, dtype=np.int32)
+
+    def _kept(self, part: slice) -> np.ndarray:
+        if self.keep is None:
+            return np.ones(self.values[part].shape, dtype=bool)
+        return self.keep[part]
+
+    def _plain(self, code: int) -> np.ndarray:
+        """Column sums of all the context's rows (where every other row targets the gene)."""
+        if code not in self.plain:
+            rows = np.flatnonzero(self.codes == code)
+            whole = len(rows) == len(self.codes)
+            self.plain[code] = (self.values if whole else self.values[rows]).sum(axis=0, dtype=np.float64)
+        return self.plain[code]
+
+    def rows(self, part: slice) -> np.ndarray:
+        """The means of the rows of `part` (a slice), float64."""
+        kept, values = self._kept(part), self.values[part]
+        codes = self.codes[part]
+        one = len(self.totals) == 1  # one context: its sums apply to every row (no gathering)
+        mine = np.where(kept, values, np.float64(0.0))
+        np.subtract(self.totals[0] if one else self.totals[codes], mine, out=mine)  # the other rows keeping the gene
+        counts = np.subtract(self.kept_rows[0] if one else self.kept_rows[codes], kept, dtype=np.int32)
         with np.errstate(invalid="ignore", divide="ignore"):
-            np.divide(others, counts, out=others)
-        none = np.nonzero(counts == 0)  # every other row targets the gene: plain mean of the other rows
-        if len(none[0]):
-            others[none] = (block.sum(axis=0)[none[1]] - block[none]) / (len(rows) - 1)
-        if whole:
-            return others, sizes
-        means[rows] = others
-    return means, sizes
+            np.divide(mine, counts, out=mine)
+        # every other row targets the gene: plain mean of the other rows (1-d nonzero: numpy's 2-d one is slow)
+        none = np.divmod(np.flatnonzero(counts == 0), max(counts.shape[1], 1))
+        for i, g in zip(*none):
+            if self.sizes[part][i] > 1:
+                mine[i, g] = (self._plain(int(codes[i]))[g] - values[i, g]) / (int(self.sizes[part][i]) - 1)
+        mine[self.sizes[part] == 1] = np.nan
+        return mine
 
 
 def pairwise_distances(a: np.ndarray, b: np.ndarray, excluded=None, metric: str = "l1",
@@ -169,11 +212,7 @@ def diagonal_ranks(distances: np.ndarray) -> np.ndarray:
     """For each row i of a square matrix: the number of j != i with D[i, j] < D[i, i], where entries
     within `TIE_RTOL` (relative to the row's largest absolute entry) of D[i, i] count one half each, i.e.
     the expected rank of the diagonal under uniformly random tie-breaking (0 = nothing is closer)."""
-    own = np.diag(distances)[:, None]
-    tol = TIE_RTOL * np.maximum(np.abs(distances).max(axis=1, keepdims=True), np.finfo(np.float64).tiny)
-    smaller = (distances < own - tol).sum(axis=1)
-    ties = (np.abs(distances - own) <= tol).sum(axis=1) - 1
-    return smaller + 0.5 * ties
+    return diagonal_ranks_of_rows(distances, np.arange(distances.shape[0]))
 
 
 
@@ -216,19 +255,22 @@ def _distinct_rows(data, context: int, rows: np.ndarray, genes: np.ndarray):
     return inputs.caches[key]
 
 
-def _cityblock_pairs(a: np.ndarray, b: np.ndarray, columns: list, threads: int | None = None) -> list:
-    """For each row i of `a`: cdist(a[i], b[columns[i]], "cityblock") (the same sums as cdist's)."""
+def _cityblock_pairs(a: np.ndarray, b: np.ndarray, columns: list, threads: int | None = None, rows=None) -> list:
+    """For each row i of `a` (or of `rows`, rows[r] the r-th, so that `a` need not be gathered):
+    cdist(a[i], b[columns[i]], "cityblock") (the same sums as cdist's)."""
     from concurrent.futures import ThreadPoolExecutor
 
     from scipy.spatial.distance import cdist
 
-    out = [None] * a.shape[0]
+    rows = np.arange(a.shape[0]) if rows is None else np.asarray(rows)
+    out = [None] * len(rows)
 
     def fill(chunk):
-        for i in chunk:
-            out[i] = cdist(a[i:i + 1], b[columns[i]], "cityblock")[0] if len(columns[i]) else np.empty(0)
+        for r in chunk:
+            i = rows[r]
+            out[r] = cdist(a[i:i + 1], b[columns[r]], "cityblock")[0] if len(columns[r]) else np.empty(0)
 
-    chunks = np.array_split(np.arange(a.shape[0]), max(1, min(threads or available_cpus(), a.shape[0])))
+    chunks = np.array_split(np.arange(len(rows)), max(1, min(threads or available_cpus(), len(rows))))
     if len(chunks) <= 1:
         fill(chunks[0])
     else:
@@ -237,11 +279,31 @@ def _cityblock_pairs(a: np.ndarray, b: np.ndarray, columns: list, threads: int |
     return out
 
 
+def _row_slices(matrix: np.ndarray) -> list:
+    """Blocks of about 2**19 values (4 MB of float64) of a matrix's rows: a row's sum is the same in any block."""
+    step = max(1, (1 << 19) // max(matrix.shape[1], 1))
+    return [slice(start, start + step) for start in range(0, matrix.shape[0], step)]
+
+
+def _column_medians(values: np.ndarray, block: int = 256) -> np.ndarray:
+    """`np.median(values, axis=0)`, the same values: each block of columns is transposed so that the
+    selection runs along contiguous memory (numpy's median along axis 0 partitions a strided copy)."""
+    out = np.empty(values.shape[1])
+    for start in range(0, values.shape[1], block):
+        columns = np.ascontiguousarray(values[:, start:start + block].T)
+        out[start:start + block] = np.median(columns, axis=1, overwrite_input=True)
+    return out
+
+
 def _l1_bound_terms(observed: np.ndarray):
     """Per gene median m of the observations, sign(o_j - m) (float32) and ||o_j - m||_1 (float64)."""
-    median = np.median(observed, axis=0)
-    centred = observed - median
-    return median, np.sign(centred).astype(np.float32), np.abs(centred).sum(axis=1)
+    median = _column_medians(observed)
+    signs, spread = np.empty(observed.shape, dtype=np.float32), np.empty(observed.shape[0])
+    for rows in _row_slices(observed):  # no matrix-sized temporaries
+        centred = observed[rows] - median
+        signs[rows] = np.sign(centred)
+        spread[rows] = np.abs(centred).sum(axis=1)
+    return median, signs, spread
 
 
 def l1_diagonal_ranks(predicted: np.ndarray, observed: np.ndarray, bound_terms=None) -> np.ndarray:
@@ -263,21 +325,27 @@ def l1_diagonal_ranks(predicted: np.ndarray, observed: np.ndarray, bound_terms=N
     observed = np.ascontiguousarray(observed, dtype=np.float64)
     median, signs, spread = bound_terms if bound_terms is not None else _l1_bound_terms(observed)
     own = np.array([cdist(predicted[i:i + 1], observed[i:i + 1], "cityblock")[0, 0] for i in range(n)])
-    centred = predicted - median
-    size = np.abs(centred).sum(axis=1)
-    bound = spread[None, :] - (centred.astype(np.float32) @ signs.T).astype(np.float64)
+    centred, size = np.empty(predicted.shape, dtype=np.float32), np.empty(n)
+    for rows in _row_slices(predicted):  # no float64 matrix-sized temporaries
+        block = predicted[rows] - median
+        centred[rows] = block
+        size[rows] = np.abs(block).sum(axis=1)
+    product = centred @ signs.T
+    del centred  # (freed before the bound is made: one matrix less at the session's peak)
+    bound = np.subtract(spread[None, :], product, dtype=np.float64)
+    del product
     bound -= ((n_genes + 2) * float(np.finfo(np.float32).eps) * size)[:, None]
     tol = TIE_RTOL * np.maximum(size + spread.max(), np.finfo(np.float64).tiny)
     undecided = bound <= (own + tol)[:, None]
     np.fill_diagonal(undecided, False)
-    del bound, centred
+    del bound
     ranks = np.empty(n)
     full = np.flatnonzero(undecided.sum(axis=1) > FULL_ROW_SHARE * n)
     if len(full):
         ranks[full] = diagonal_ranks_of_rows(_tiled_cityblock(predicted[full], observed), full)
     partial = np.setdiff1d(np.arange(n), full)
     columns = [np.flatnonzero(undecided[i]) for i in partial]
-    for i, cols, distances in zip(partial, columns, _cityblock_pairs(predicted[partial], observed, columns)):
+    for i, cols, distances in zip(partial, columns, _cityblock_pairs(predicted, observed, columns, rows=partial)):
         smaller = (distances < own[i] - tol[i]).sum()
         ties = (np.abs(distances - own[i]) <= tol[i]).sum()
         ranks[i] = smaller + 0.5 * ties
@@ -286,11 +354,15 @@ def l1_diagonal_ranks(predicted: np.ndarray, observed: np.ndarray, bound_terms=N
 
 def diagonal_ranks_of_rows(distances: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """`diagonal_ranks` for some rows of a square distance matrix: row r of `distances` is row rows[r]."""
-    own = distances[np.arange(len(rows)), rows][:, None]
-    tol = TIE_RTOL * np.maximum(np.abs(distances).max(axis=1, keepdims=True), np.finfo(np.float64).tiny)
-    smaller = (distances < own - tol).sum(axis=1)
-    ties = (np.abs(distances - own) <= tol).sum(axis=1) - 1
-    return smaller + 0.5 * ties
+    ranks = np.empty(len(rows))
+    for part in _row_slices(distances):  # each row's own operations, without matrix-sized temporaries
+        block = distances[part]
+        own = block[np.arange(len(block)), rows[part]][:, None]
+        tol = TIE_RTOL * np.maximum(np.abs(block).max(axis=1, keepdims=True), np.finfo(np.float64).tiny)
+        smaller = (block < own - tol).sum(axis=1)
+        ties = (np.abs(block - own) <= tol).sum(axis=1) - 1
+        ranks[part] = smaller + 0.5 * ties
+    return ranks
 
 
 def context_ranks(data, context: int, rows: np.ndarray, genes: np.ndarray, kinds=("l1", "cosine", "euclidean")):
@@ -306,10 +378,12 @@ def context_ranks(data, context: int, rows: np.ndarray, genes: np.ndarray, kinds
     out = {}
     if "l1" in kinds:
         key = ("l1", context)
-        if len(distinct) == len(rows) and inputs.n_draws == 1:  # distinct rows: bounded, exact where needed
+        n_distinct = int(index.max()) + 1  # (the block itself may be dropped once every kind is cached)
+        if n_distinct == len(rows) and inputs.n_draws == 1:  # distinct rows: bounded, exact where needed
             if key not in inputs.caches:
                 terms = data.shared(("l1_bound_terms", context), lambda: _l1_bound_terms(observed))
-                inputs.caches[key] = l1_diagonal_ranks(distinct[row_of], observed, terms)
+                identity = (row_of == np.arange(len(row_of))).all()  # (then no copy of the block)
+                inputs.caches[key] = l1_diagonal_ranks(distinct if identity else distinct[row_of], observed, terms)
             out["l1"] = inputs.caches[key]
         else:
             if key not in inputs.caches:
@@ -320,17 +394,32 @@ def context_ranks(data, context: int, rows: np.ndarray, genes: np.ndarray, kinds
         if key not in inputs.caches:
             inputs.caches[key] = (distinct @ observed.T, (distinct * distinct).sum(axis=1))
         dot_all, squares = inputs.caches[key]
-        dot, sq_a = dot_all[row_of], squares[row_of][:, None]
+        if len(row_of) == len(dot_all) and (row_of == np.arange(len(row_of))).all():  # no copy of the products
+            dot, sq_a = dot_all, squares[:, None]
+        else:
+            dot, sq_a = dot_all[row_of], squares[row_of][:, None]
         sq_b = data.shared(("context_squares", context), lambda: (observed * observed).sum(axis=1))[None, :]
+        # (the element-wise steps in place: one pairs x pairs matrix instead of one per step)
         if "euclidean" in kinds:
-            out["euclidean"] = diagonal_ranks(np.sqrt(np.maximum(sq_a + sq_b - 2.0 * dot, 0.0) / n_used))
+            squared = np.add(sq_a, sq_b)
+            squared -= 2.0 * dot
+            np.maximum(squared, 0.0, out=squared)
+            squared /= n_used
+            out["euclidean"] = diagonal_ranks(np.sqrt(squared, out=squared))
+            del squared
         if "cosine" in kinds:
             tol = data.resolution[rows]
             null = (np.sqrt(sq_a / n_used) <= tol[:, None]) | (np.sqrt(sq_b / n_used) <= tol[None, :]) \
                 | (sq_a == 0) | (sq_b == 0)
+            similarity = np.multiply(sq_a, sq_b)
             with np.errstate(invalid="ignore", divide="ignore"):
-                similarity = np.where(null, 0.0, dot / np.sqrt(sq_a * sq_b))
-            distances = 1.0 - np.clip(similarity, -1.0, 1.0)
+                np.divide(dot, np.sqrt(similarity, out=similarity), out=similarity)
+            similarity[null] = 0.0
+            np.clip(similarity, -1.0, 1.0, out=similarity)
+            distances = np.subtract(1.0, similarity, out=similarity)
             out["cosine"] = diagonal_ranks(distances)
             out["cosine_observed"] = diagonal_ranks(distances.T)
+    if ("l1", context) in inputs.caches and ("products", context) in inputs.caches:
+        # every kind is now computed from these caches: the prediction's block is not needed again
+        inputs.caches[("distinct", context)] = (None, index)
     return out

@@ -18,6 +18,8 @@ SLOTS = ("obs", "var", "uns", "layers", "obsm")
 ABSURD_VALUE = 1e15
 # Rows per block when scanning a matrix for non-finite values: bounds memory on backed files.
 _ROW_BLOCK = 2048
+# Values per statistic pass within a block (1 MB of float64: in cache for the passes that follow).
+_SCAN_VALUES = 1 << 17
 
 
 class FormatError(ValueError):
@@ -220,21 +222,13 @@ def _matrix_problems(matrix, where: str, spec: dict) -> list[str]:
     for start in range(0, matrix.shape[0], _ROW_BLOCK):
         block = matrix[start:start + _ROW_BLOCK]
         values = block.data if hasattr(block, "data") and not isinstance(block, np.ndarray) else np.asarray(block)
-        if not integer:
-            finite = np.isfinite(values)
-            if not finite.all():
-                n_nan += int(np.isnan(values).sum())
-                n_inf += int(np.isinf(values).sum())
-                values = values[finite]
-            del finite
-        if values.size and not integer:
-            n_absurd += int(np.count_nonzero(np.abs(values) > ABSURD_VALUE))
-        if values.size and extremes:
-            largest, smallest = max(largest, float(values.max())), min(smallest, float(values.min()))
-        if values.size and mass:
-            values = values.astype(np.float64, copy=False)
-            negative_mass -= float(values[values < 0].sum())
-            positive_mass += float(values[values > 0].sum())
+        values = values.reshape(-1) if values.flags.c_contiguous else values.ravel()
+        # sub-blocks that stay in cache: every statistic is one pass of it, with no matrix-sized temporary
+        for part in range(0, values.size, _SCAN_VALUES):
+            counts = _scan(values[part:part + _SCAN_VALUES], integer, extremes, mass)
+            n_nan, n_inf, n_absurd = n_nan + counts[0], n_inf + counts[1], n_absurd + counts[2]
+            largest, smallest = max(largest, counts[3]), min(smallest, counts[4])
+            negative_mass, positive_mass = negative_mass + counts[5], positive_mass + counts[6]
     if "max_value" in spec and largest > float(spec["max_value"]):
         problems.append(f"{where} reaches {largest:.4g}, above {spec['max_value']}: this looks like raw counts, "
                         f"expected log-normalized expression")
@@ -254,6 +248,34 @@ def _matrix_problems(matrix, where: str, spec: dict) -> list[str]:
     if n_inf and not spec.get("allow_nonfinite", False):
         problems.append(f"{where} has {n_inf} infinite values, expected finite numbers")
     return problems
+
+
+def _scan(values: np.ndarray, integer: bool, extremes: bool, mass: bool) -> tuple:
+    """(NaN, infinite, absurd counts, largest, smallest, negative mass, positive mass) of a flat block of
+    values, the non-finite ones left out of the other statistics. The minimum and maximum are NaN or
+    infinite exactly when some value is, so a finite block (the usual case) costs these two passes, plus
+    one for the mass; the element-wise masks are built only for a block that needs them."""
+    n_nan = n_inf = n_absurd = 0
+    if not values.size:
+        return 0, 0, 0, -np.inf, np.inf, 0.0, 0.0
+    low, high = values.min(), values.max()
+    if not integer and not (np.isfinite(low) and np.isfinite(high)):
+        finite = np.isfinite(values)
+        n_nan, n_inf = int(np.isnan(values).sum()), int(np.isinf(values).sum())
+        values = values[finite]
+        if not values.size:
+            return n_nan, n_inf, 0, -np.inf, np.inf, 0.0, 0.0
+        low, high = values.min(), values.max()
+    low, high = float(low), float(high)
+    if not integer and max(high, -low) > ABSURD_VALUE:
+        n_absurd = int(np.count_nonzero(np.abs(values) > ABSURD_VALUE))
+    negative = positive = 0.0
+    if mass:
+        # the negative and positive sums from the sum and the sum of magnitudes (float64)
+        magnitudes = np.abs(values, dtype=np.float64) if integer else np.abs(values)  # (no integer overflow)
+        total, size = float(values.sum(dtype=np.float64)), float(magnitudes.sum(dtype=np.float64))
+        negative, positive = max((size - total) / 2, 0.0), max((size + total) / 2, 0.0)
+    return n_nan, n_inf, n_absurd, (high if extremes else -np.inf), (low if extremes else np.inf), negative, positive
 
 
 def _uns_problems(uns, spec: dict) -> list[str]:

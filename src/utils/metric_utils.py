@@ -4,8 +4,11 @@ a stochastic prediction, gene selections, row-wise statistics, writing the score
 Included as a viash resource together with `selections.py`, `distances.py`, `deltas.py`,
 `component_io.py` and `formats.py`; needs numpy, pandas, scipy and anndata. Every function works on
 (rows x genes) float64 arrays, one row per test condition, and a boolean `keep` matrix of the same shape
-(True = the gene is scored for that row; the row's target genes are False), as in `deltas.py`. A metric
-script is
+(True = the gene is scored for that row; the row's target genes are False), as in `deltas.py`. The
+profiles as stored (`truth`, `guess`, `control`, `reference`) keep their stored dtype, float32 in the API
+files (a quarter of a session's memory, which costs time to fault in): compute with them in float64
+(`np.subtract(a, b, dtype=np.float64)`, or with a float64 operand), which gives the values float64 copies
+would. The deltas (`observed`, `predicted`) are float64. A metric script is
 
     def compute(data: MetricData) -> Result:     # one draw of the prediction
         top = data.observed_top_k(20)             # observed-side quantities are computed once per solution
@@ -51,8 +54,8 @@ from rowwise import (masked_average_ranks, masked_rowwise_cosine, masked_rowwise
 from deltas import deg_weights  # noqa: F401  (Mejia et al. 2025; used by weighted_error)
 from selections import (_kth_largest, compact, fractional_top_k, fractional_top_ks,  # noqa: F401
                         row_dot, sparse_row_dot, top_k_mask)
-from distances import (TIE_RTOL, available_cpus, context_genes, context_ranks, diagonal_ranks,  # noqa: F401
-                       groups, leave_one_out_means, pairwise_distances)
+from distances import (TIE_RTOL, LeaveOneOut, available_cpus, context_genes, context_ranks,  # noqa: F401
+                       diagonal_ranks, groups, leave_one_out_means, pairwise_distances)
 
 DRAW_LAYER = "draw_{}"
 # draws stored as the rows of a few profiles (IndexedDraws)
@@ -71,10 +74,10 @@ SPLIT_LABELS = ("split_seed", "fold", "n_folds")
 class Observed:
     """The solution side, identical for every draw and every prediction scored against the solution."""
     solution: object
-    control: np.ndarray      # rows x genes, the solution's control layer (training controls)
-    reference: np.ndarray    # rows x genes, the control the observation is compared with (control_reference)
-    truth: np.ndarray        # rows x genes, observed profile (solution X)
-    observed: np.ndarray     # truth - reference
+    control: np.ndarray      # rows x genes, the solution's control layer (training controls), as stored
+    reference: np.ndarray    # rows x genes, the control the observation is compared with (control_reference), as stored
+    truth: np.ndarray        # rows x genes, observed profile (solution X), as stored
+    observed: np.ndarray     # truth - reference (float64)
     keep: np.ndarray         # True = gene scored for the row (not one of its targets)
     contexts: np.ndarray     # per row, integer code of its cell_type x condition
     scale: np.ndarray        # per row, largest |value| of truth and both controls
@@ -97,16 +100,16 @@ class Inputs:
 
     def predicted(self, k: int) -> np.ndarray:
         """Draw k's predicted delta (float64)."""
-        return deltas.as_dense(self.matrices[k]) - self.observed.control
+        return np.subtract(deltas.as_stored(self.matrices[k]), self.observed.control, dtype=np.float64)
 
     def draw(self, k: int) -> "MetricData":
         o = self.observed
         # draw 0 (every script's first, and the only one of most predictions) is kept for the next script
         cached = self.caches.get(("draw", k))
         if cached is None:
-            guess = deltas.as_dense(self.matrices[k])
+            guess = deltas.as_stored(self.matrices[k])  # draw 0: the prediction's X itself, not a copy
             resolution = storage_resolution(guess, scale=o.scale)
-            predicted = guess - o.control
+            predicted = np.subtract(guess, o.control, dtype=np.float64)
             if k == 0:
                 for array in (guess, predicted, resolution):
                     array.flags.writeable = False  # shared by the scripts of the session: nobody may change it
@@ -126,12 +129,12 @@ class MetricData:
     par: dict
     solution: object
     prediction: object
-    control: np.ndarray      # rows x genes, the solution's control layer (training controls)
-    reference: np.ndarray    # rows x genes, the observation's control (control_reference)
-    truth: np.ndarray        # rows x genes, observed profile (solution X)
-    guess: np.ndarray        # rows x genes, predicted profile (this draw)
-    observed: np.ndarray     # truth - reference
-    predicted: np.ndarray    # guess - control
+    control: np.ndarray      # rows x genes, the solution's control layer (training controls), as stored
+    reference: np.ndarray    # rows x genes, the observation's control (control_reference), as stored
+    truth: np.ndarray        # rows x genes, observed profile (solution X), as stored
+    guess: np.ndarray        # rows x genes, predicted profile (this draw), as stored
+    observed: np.ndarray     # truth - reference (float64)
+    predicted: np.ndarray    # guess - control (float64)
     keep: np.ndarray         # True = gene scored for the row (not one of its targets)
     resolution: np.ndarray   # per row, the storage resolution (see module docstring)
     contexts: np.ndarray     # per row, integer code of its cell_type x condition
@@ -159,16 +162,22 @@ class MetricData:
 
     def observed_top_k(self, k: int) -> np.ndarray:
         """`top_k_mask(|observed|, keep, k)`, computed once per solution."""
-        def compute():
-            thresholds = self.observed_thresholds()
-            return np.vstack([top_k_mask(np.abs(self.observed[rows]), self.keep[rows], k, _rows_of(thresholds, rows))
-                              for rows in row_blocks(self.observed)])
-        return self.shared(("top_k_mask", k), compute)
+        return self.shared(("top_k_mask", k), lambda: self._observed_top_k(k))
+
+    def _observed_top_k(self, k: int) -> np.ndarray:
+        thresholds = self.observed_thresholds()
+        return np.vstack([top_k_mask(np.abs(self.observed[rows]), self.keep[rows], k, _rows_of(thresholds, rows))
+                          for rows in row_blocks(self.observed)])
 
     def observed_top_k_genes(self, k: int):
         """The genes of `observed_top_k(k)` compactly: (columns, valid), row i's genes left-aligned in
         `columns[i]` and padding marked False in `valid` (statistics over k genes cost k, not all genes)."""
-        return self.shared(("top_k_genes", k), lambda: compact(self.observed_top_k(k)))
+        def compute():
+            store = self.inputs.observed.shared if self.inputs is not None else self.cache
+            kept = store.get(("top_k_mask", k))
+            # the conditions x genes mask is not kept for this (only its compact genes are)
+            return compact(kept[1] if kept is not None else self._observed_top_k(k))
+        return self.shared(("top_k_genes", k), compute)
 
     def observed_thresholds(self) -> dict:
         """`_kth_largest(|observed|, keep, OBSERVED_KS)` thresholds, one partition per solution."""
@@ -226,7 +235,8 @@ def storage_resolution(*arrays, factor: float = 4.0, scale=None) -> np.ndarray:
 
 
 def _row_abs_max(a: np.ndarray) -> np.ndarray:
-    return np.maximum(a.max(axis=1, initial=0.0), -a.min(axis=1, initial=0.0))
+    # float64 whatever the stored dtype, so that the resolution computed from it is float64 arithmetic
+    return np.maximum(a.max(axis=1, initial=0.0), -a.min(axis=1, initial=0.0)).astype(np.float64)
 
 
 def context_codes(obs: pd.DataFrame) -> np.ndarray:
@@ -242,7 +252,10 @@ def _keep_freed_memory():
     serves blocks that large with a fresh mmap and unmaps them on free, so every temporary is faulted in
     page by page again: on the shared virtual machines this benchmark runs on, that was half of the CPU
     time of a session's metric scripts (system time, ~2 ms per MB). Served from the heap and not trimmed,
-    freed blocks are reused, and the process grows only to its peak. `forget_inputs()` gives it back."""
+    freed blocks are reused, and the process grows only to its peak. `forget_inputs()` gives it back.
+    One arena for all threads: the blocks the row-wise statistics allocate in worker threads (ranks, tiles)
+    otherwise grow arenas of their own, which the main thread's arrays cannot reuse (~150 MB more to fault
+    in at 2,000 x 8,000)."""
     import ctypes
     import sys
 
@@ -253,7 +266,8 @@ def _keep_freed_memory():
         mallopt = libc.mallopt
     except (OSError, AttributeError):  # not glibc
         return
-    M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
+    M_TRIM_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -4, -8
+    mallopt(M_ARENA_MAX, 1)
     mallopt(M_MMAP_MAX, 0)
     mallopt(M_TRIM_THRESHOLD, 2 ** 31 - 1)
 
@@ -303,12 +317,12 @@ def _read_observed(io, par) -> Observed:
     _MEMO.pop("solution", None)
     _MEMO.pop("prediction", None)
     solution = io.read("input_solution")
-    control = deltas.as_dense(solution.layers[deltas.CONTROL])
-    reference = (deltas.as_dense(solution.layers[deltas.CONTROL_REFERENCE])
+    control = deltas.as_stored(solution.layers[deltas.CONTROL])
+    reference = (deltas.as_stored(solution.layers[deltas.CONTROL_REFERENCE])
                  if deltas.CONTROL_REFERENCE in solution.layers else control)
-    truth = deltas.as_dense(solution.X)
-    # the stored matrices are not needed again (the metrics use the float64 copies above; the replicate
-    # halves, if any, are unused): freed now, their memory holds the next arrays
+    truth = deltas.as_stored(solution.X)
+    # the other stored matrices are not needed (the replicate halves are unused): freed now, their memory
+    # holds the next arrays
     for name in list(solution.layers.keys()):
         del solution.layers[name]
     solution.X = None
@@ -317,7 +331,7 @@ def _read_observed(io, par) -> Observed:
     if len(empty):
         fail(f"--input_solution file '{par['input_solution']}': row {solution.obs_names[empty[0]]!r} has no gene "
              "left once its target genes are excluded")
-    observed = truth - reference
+    observed = np.subtract(truth, reference, dtype=np.float64)
     for array in (control, reference, truth, observed, keep):
         array.flags.writeable = False  # kept for the next metric: no script may change them
     result = Observed(solution=solution, control=control, reference=reference, truth=truth, observed=observed,

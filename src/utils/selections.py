@@ -9,6 +9,12 @@ from __future__ import annotations
 import numpy as np
 
 
+def nonzero_2d(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`np.nonzero` of a 2-d array (the same indices, in the same order), ~10x faster: numpy's 2-d nonzero
+    is far slower than its 1-d one."""
+    return np.divmod(np.flatnonzero(mask), mask.shape[1]) if mask.shape[1] else np.nonzero(mask)
+
+
 def _kth_largest(values: np.ndarray, keep: np.ndarray, ks, known: dict | None = None):
     """Per row: the masked values (non-kept = -inf) and, for each k of `ks`, k_row = min(k, kept genes)
     and the k_row-th largest value (one partition for all k; none where `known` has them already)."""
@@ -46,7 +52,7 @@ def compact(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     padded to the longest row; `valid` is False on padding. Gather with np.take_along_axis(a, columns, 1)."""
     counts = mask.sum(axis=1)
     width = max(int(counts.max(initial=0)), 1)
-    rows, cols = np.nonzero(mask)
+    rows, cols = nonzero_2d(mask)
     position = np.arange(len(rows)) - np.repeat(np.cumsum(counts) - counts, counts)
     columns = np.zeros((mask.shape[0], width), dtype=np.int64)
     valid = np.zeros((mask.shape[0], width), dtype=bool)
@@ -82,7 +88,7 @@ def fractional_top_ks(values: np.ndarray, keep: np.ndarray, ks, known: dict | No
         greater = v > threshold[:, None]
         ties = (v == threshold[:, None]) & keep
         share = (k_row - greater.sum(axis=1)) / np.maximum(ties.sum(axis=1), 1)
-        rows, cols = np.nonzero(greater | ties)
+        rows, cols = nonzero_2d(greater | ties)
         weight = np.where(greater[rows, cols], 1.0, share[rows])
         out[k] = (sp.csr_matrix((weight, (rows, cols)), shape=v.shape), k_row)
     return out

@@ -22,15 +22,17 @@ def compute(data: mu.MetricData) -> mu.Result:
     # perturbation-specific parts: each side minus its own leave-one-out centroid of the context (the mean
     # of the context's other test conditions, gene by gene over the conditions that do not target the gene)
     observed_centroid, sizes = data.observed_leave_one_out()
-    predicted_centroid, _ = mu.leave_one_out_means(data.guess, data.contexts, keep=keep)
+    predicted_centroid = mu.LeaveOneOut(data.guess, data.contexts, keep=keep)  # its means by blocks of rows
     alone = sizes == 1
-    # (zeroed in place: np.where would allocate and fill a second conditions x genes matrix for each side)
-    observed_specific = data.truth - observed_centroid
-    observed_specific[alone] = 0.0
-    predicted_specific = np.subtract(data.guess, predicted_centroid, out=predicted_centroid)
-    predicted_specific[alone] = 0.0
-    pearson, undefined = deltas.masked_rowwise_pearson(predicted_specific, observed_specific, keep,
-                                                       atol=data.resolution)
+    pearson, undefined = np.empty(data.n_rows), np.empty(data.n_rows, dtype=bool)
+    # by blocks of rows (each row's values are its own): no conditions x genes matrix of specific parts
+    for rows in mu.row_blocks(keep):
+        observed_specific = np.subtract(data.truth[rows], observed_centroid[rows])
+        observed_specific[alone[rows]] = 0.0
+        predicted_specific = np.subtract(data.guess[rows], predicted_centroid.rows(rows))
+        predicted_specific[alone[rows]] = 0.0
+        pearson[rows], undefined[rows] = deltas.masked_rowwise_pearson(
+            predicted_specific, observed_specific, keep[rows], atol=data.resolution[rows])
     pearson[alone] = 0.0
 
     accuracy = np.full(data.n_rows, 0.5)

@@ -28,7 +28,8 @@ def compute(data: mu.MetricData) -> mu.Result:
         reference = np.where(alone[rows, None], data.reference[rows], leave_one_out[rows])
         effect = data.truth[rows] - reference    # observed perturbation-specific effect, Mejia's delta
         weights = mu.deg_weights(effect, data.keep[rows], data.resolution[rows])
-        squared_error = (data.guess[rows] - data.truth[rows]) ** 2  # = that of the deltas to any common reference
+        # = that of the deltas to any common reference (the profiles as stored: float64 arithmetic)
+        squared_error = np.subtract(data.guess[rows], data.truth[rows], dtype=np.float64) ** 2
         wmse[rows] = mu.row_dot(weights, squared_error)
         centred = effect - mu.row_dot(weights, effect)[:, None]
         spread[rows] = mu.row_dot(weights, centred ** 2)  # weighted variance of the observed effect
