@@ -182,6 +182,12 @@ def plan(package_root: Path, output_dir: Path, selection: Selection) -> tuple[li
 
     dataset_steps: dict[str, Step] = {}
 
+    def profiles_only(instance: dict) -> bool:
+        # a file already in the common format (h5ad_file's `input_format: common`, as `--dataset-file` sets it
+        # for one) holds profiles, no cells: asking its loader for cells would fail the dataset, not just the
+        # cell-level steps, which are then not applicable
+        return instance["arguments"].get("input_format") == "common"
+
     def dataset_step_of(loader: ComponentConfig, instance: dict) -> Step:
         """The dataset's step, planned once (a prior's reference dataset may be one the selection does not score)."""
         dataset_id = instance["id"]
@@ -190,7 +196,8 @@ def plan(package_root: Path, output_dir: Path, selection: Selection) -> tuple[li
             dataset_dir = layout.step_dir(output_dir, DATASET, key)
             dataset_steps[dataset_id] = Step(
                 id=layout.step_id(DATASET, key), stage=DATASET, component=loader, directory=dataset_dir,
-                inputs={}, outputs=outputs(loader, dataset_dir, DATASET, ("output",), {"output_cells": cells_wanted}),
+                inputs={}, outputs=outputs(loader, dataset_dir, DATASET, ("output",),
+                                           {"output_cells": cells_wanted and not profiles_only(instance)}),
                 arguments=dict(instance["arguments"]),
                 labels={"dataset_id": dataset_id})
             steps.append(dataset_steps[dataset_id])
@@ -285,7 +292,10 @@ def plan(package_root: Path, output_dir: Path, selection: Selection) -> tuple[li
                     predict_step = Step(
                         id=layout.step_id(PREDICT, predict), stage=PREDICT, component=method, directory=predict_dir,
                         inputs=inputs,
-                        outputs=outputs(method, predict_dir, PREDICT, ("output",), {"output_cells": prediction_cells_wanted}),
+                        # predicted cells need the split's cells (a split without them would leave a metric a
+                        # missing file, not a "not applicable")
+                        outputs=outputs(method, predict_dir, PREDICT, ("output",),
+                                        {"output_cells": prediction_cells_wanted and any(split_cells.values())}),
                         arguments={},
                         depends=[split_step.id] + ([made_by.id] if made_by is not None else []), labels=labels)
                     steps.append(predict_step)

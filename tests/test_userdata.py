@@ -200,3 +200,25 @@ def test_benchmark_refuses_a_dataset_arg_without_a_file(tmp_path, capsys):
     assert main(["benchmark", "--project", str(ROOT), "--output", str(tmp_path / "b"),
                  "--dataset-arg", "perturbation_column=x"]) == 2
     assert "--dataset-file" in capsys.readouterr().err
+
+
+def test_a_common_dataset_file_with_cell_level_metrics_runs_them_as_not_applicable(tmp_path):
+    """A `--dataset-file` already in the common format has profiles and no cells: its loader is not asked for
+    cells (asking failed the dataset step and with it every step: found by benchmarks/scale.py --profiles-only),
+    and the cell-level metric is not applicable while the others score."""
+    import pandas as pd
+
+    from perturbcast.cli import main
+
+    output = tmp_path / "bench"
+    code = main(["benchmark", "--project", str(ROOT), "--output", str(output), "--dataset-file",
+                 str(ROOT / "resources_test" / "simulated_grn" / "common_dataset.h5ad"), "--dataset-id", "profiles",
+                 "--tasks", "unseen_perturbation", "--methods", "train_mean", "--metrics", "delta_error",
+                 "distribution_distance", "--folds", "0", "--n-resamples", "50", "--jobs", "2"])
+    assert code == 0
+    trace = pd.read_csv(output / "trace.tsv", sep="\t")
+    assert trace.set_index("step").loc["dataset/profiles", "status"] == "ok"
+    assert not (output / "datasets" / "profiles" / "dataset_cells.h5ad").exists()
+    scores = trace[trace.stage == "score"]
+    assert set(scores[scores.component == "distribution_distance"].status) == {"not_applicable"}
+    assert "ok" in set(scores[scores.component == "delta_error"].status)
