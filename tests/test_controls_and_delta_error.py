@@ -107,7 +107,11 @@ def test_positive_controls_copy_the_solution(split, predictions):
     # the ceiling draws true profiles around X (tests/test_ceiling.py checks it against an oracle); it no
     # longer copies replicate half 1, which X contains
     ceiling = predictions["replicate_ceiling"]
-    assert ceiling.uns["n_draws"] == 20 and all(f"draw_{k}" in ceiling.layers for k in range(1, 20))
+    # 20 draws stored as distinct rows and the row each condition takes in each draw; X is draw 0
+    profiles, rows = ceiling.uns["draw_profiles"], ceiling.uns["draw_rows"]
+    assert ceiling.uns["n_draws"] == 20 and rows.shape == (20, ceiling.n_obs) and not ceiling.layers
+    np.testing.assert_array_equal(profiles[rows[0]], ceiling.X)
+    assert len(np.unique(profiles, axis=0)) == len(profiles) >= ceiling.n_obs  # distinct rows only
     assert not np.allclose(ceiling.X, solution.layers["replicate_1"])
     assert not np.allclose(ceiling.X, solution.X)
 
