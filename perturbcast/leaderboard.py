@@ -21,6 +21,8 @@ BASELINE_METHOD = "train_mean"
 WIDTH = layout.LINE_WIDTH
 NOT_RANKED = "not ranked"
 NO_WINNER = "no method beats the training mean"
+# Where no slice is ranked nothing was compared: "no method beats" would read as a finding about the methods.
+NOTHING_RANKED = "nothing is ranked: no dataset x task here has the signal to tell methods apart"
 # Defaults of the verdict columns where a per-slice table lacks them (tables written before they existed).
 VERDICT_DEFAULTS = {"ranked": True, "not_ranked_reason": "", "n_reproducible": np.nan, "n_evaluated": np.nan,
                     "fallback_share": np.nan, "status": ""}
@@ -231,7 +233,10 @@ def text(summary: pd.DataFrame, panel) -> str:
     top = [] if best is None else [f"Best method: {best['method_id']} {best['calibrated']:.3f} "
                                    f"[{best['calibrated_low']:.2f}, {best['calibrated_high']:.2f}] overall"]
     if best is None and summary is not None and not summary.empty:
-        top = [f"Overall: {NO_WINNER} (no method's headline interval lies above 0)."]
+        if verdicts(by_slice) and not any(v["ranked"] for v in verdicts(by_slice)):
+            top = [f"Overall: {NOTHING_RANKED} (reasons above)."]
+        else:
+            top = [f"Overall: {NO_WINNER} (no method's headline interval lies above 0)."]
     legend = textwrap.wrap(LEGEND.format(panel=", ".join(panel)), WIDTH, break_on_hyphens=False)
     board = format_leaderboard(leaderboard(summary, by_slice))
     return "\n".join(["", "Verdict", *verdict, *top, "", "Leaderboard", board, "", *legend])

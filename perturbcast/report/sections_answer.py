@@ -32,6 +32,8 @@ def banner(inputs: Inputs) -> str:
                 f'{esc(best["method_id"])}</span> with a headline score of <b>{fmt(best["calibrated"], 2)}</b> '
                 f'[{fmt(best["calibrated_low"], 2)}, {fmt(best["calibrated_high"], 2)}]. {beat} of {len(methods)} '
                 f'methods beat the training mean on average (interval above 0).')
+    elif verdicts and len(unranked) == len(verdicts):
+        text = f"<b>{answer.NOTHING_RANKED[0].upper() + answer.NOTHING_RANKED[1:]}</b>."
     else:
         text = (f"<b>{answer.NO_WINNER[0].upper() + answer.NO_WINNER[1:]}</b>"
                 + (" on the slices that are ranked" if unranked and len(unranked) < len(verdicts) else "") + ".")
