@@ -276,9 +276,18 @@ def run_fixture(project: Path, name: str, folder: Path, **popen) -> subprocess.P
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen)
 
 
+def _as_a_terminal_foreground_process():
+    # A shell starts a background job with SIGINT ignored, and Python then never installs its Ctrl-C handler:
+    # a suite started with `nohup ... &` handed that to `perturbcast run`, which ignored the SIGINT below
+    # (a rehearsal of CI hung here twice). Ctrl-C is what this test is about, so the run starts as a terminal's
+    # foreground command does, whatever started the suite.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_on_run_leaves_the_users_earlier_file(project, tmp_path):
     (tmp_path / "existing.h5ad").write_bytes(b"the user's earlier prediction")
-    process = run_fixture(project, "slow_writer", tmp_path, start_new_session=True)
+    process = run_fixture(project, "slow_writer", tmp_path, start_new_session=True,
+                          preexec_fn=_as_a_terminal_foreground_process)
     deadline = time.monotonic() + 120
     while not ((tmp_path / "writer.pid").exists() and (tmp_path / "writer.pid").read_text()):
         assert process.poll() is None and time.monotonic() < deadline, process.communicate()
