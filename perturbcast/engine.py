@@ -26,6 +26,7 @@ from .layout import vocabulary
 from .layout import DATASET, PREDICT, PRIOR, SCORE, SPLIT, STAGE_OF_TYPE, STAGES, Status  # noqa: F401 (re-exported)
 from .leakage import check_partition
 from .steps import Selection, Step, StepRecord  # noqa: F401 (re-exported)
+from .userdata import writes_no_cells
 from .engine_run import (  # noqa: F401 (re-exported: the engine's public names)
     DISK, INTERRUPT, PRELOADED_MODULES, STOP_GRACE_SECONDS, Progress, ResultsLocked, _spawner, component_digest,
     execute, results_lock, run_step, trace_rows, write_trace)
@@ -182,14 +183,11 @@ def plan(package_root: Path, output_dir: Path, selection: Selection) -> tuple[li
 
     dataset_steps: dict[str, Step] = {}
 
-    def profiles_only(instance: dict) -> bool:
-        # a file already in the common format (h5ad_file's `input_format: common`, as `--dataset-file` sets it
-        # for one) holds profiles, no cells: asking its loader for cells would fail the dataset, not just the
-        # cell-level steps, which are then not applicable
-        return instance["arguments"].get("input_format") == "common"
 
     def dataset_step_of(loader: ComponentConfig, instance: dict) -> Step:
-        """The dataset's step, planned once (a prior's reference dataset may be one the selection does not score)."""
+        """The dataset's step, planned once (a prior's reference dataset may be one the selection does not score).
+        A file in the common format has no cells: asking its loader for them would fail the dataset, not just the
+        cell-level steps, which are then not applicable."""
         dataset_id = instance["id"]
         if dataset_id not in dataset_steps:
             key = layout.dataset_key(dataset_id)
@@ -197,7 +195,7 @@ def plan(package_root: Path, output_dir: Path, selection: Selection) -> tuple[li
             dataset_steps[dataset_id] = Step(
                 id=layout.step_id(DATASET, key), stage=DATASET, component=loader, directory=dataset_dir,
                 inputs={}, outputs=outputs(loader, dataset_dir, DATASET, ("output",),
-                                           {"output_cells": cells_wanted and not profiles_only(instance)}),
+                                           {"output_cells": cells_wanted and not writes_no_cells(instance["arguments"])}),
                 arguments=dict(instance["arguments"]),
                 labels={"dataset_id": dataset_id})
             steps.append(dataset_steps[dataset_id])

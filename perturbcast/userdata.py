@@ -20,6 +20,13 @@ COMMON_OBS = ("perturbation", "is_control", "replicate", "n_cells")
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 # Set by dataset_step_arguments itself, never by --dataset-arg
 RESERVED = ("input", "output", "input_format", "dataset_id")
+# h5ad_file's `input_format` of a file already in the common format: profiles, and no cells to write
+COMMON_FORMAT = "common"
+
+
+def writes_no_cells(arguments: dict) -> bool:
+    """Whether a dataset step with these loader arguments has no cells to write (a common-format file)."""
+    return arguments.get("input_format") == COMMON_FORMAT
 
 
 class UserDataError(ValueError):
@@ -146,6 +153,6 @@ def dataset_step_arguments(path: str | os.PathLike, dataset_id: str | None = Non
                 raise UserDataError(f"file '{path}': obs has no column '{column}' ({key}); its columns: "
                                     f"{', '.join(sorted(columns)[:15])}")
         dataset_id = dataset_id or default_dataset_id(file)
-    arguments = {"input": str(file.resolve()), "input_format": "common" if common else "cells", "dataset_id": dataset_id}
+    arguments = {"input": str(file.resolve()), "input_format": COMMON_FORMAT if common else "cells", "dataset_id": dataset_id}
     arguments.update(values)
     return LOADER, dataset_id, arguments
