@@ -183,7 +183,6 @@ def plan(package_root: Path, output_dir: Path, selection: Selection) -> tuple[li
 
     dataset_steps: dict[str, Step] = {}
 
-
     def dataset_step_of(loader: ComponentConfig, instance: dict) -> Step:
         """The dataset's step, planned once (a prior's reference dataset may be one the selection does not score).
         A file in the common format has no cells: asking its loader for them would fail the dataset, not just the
