@@ -13,6 +13,7 @@ import textwrap
 from pathlib import Path
 
 import anndata as ad
+import h5py
 import numpy as np
 import pandas as pd
 import pytest
@@ -197,6 +198,9 @@ def test_task_component_writes_cells_and_refuses_half_the_arguments(datlinger, t
     assert check_split(files["train"], files["test"], files["solution"], train_cells_path=files["train_cells"],
                        solution_cells_path=files["solution_cells"], cells_path=datlinger["cells"]) == []
     assert "counts" in ad.read_h5ad(files["solution_cells"]).layers
+    with h5py.File(files["train_cells"]) as handle:  # cells files are stored compressed (component_io.COMPRESSION)
+        assert {handle[f"{matrix}/{part}"].compression for matrix in ("X", "layers/counts")
+                for part in ("data", "indices")} == {"gzip"}
     for name in files.values():
         name.unlink()
     code, log = run("src/tasks/unseen_perturbation", base + ["--output_train_cells", files["train_cells"]],

@@ -23,6 +23,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from component_io import COMPRESSION
+
 COUNTS_PER = 1e4
 BLOCK_NNZ = 1_000_000     # stored values read per block (about 40 MB of work arrays)
 BLOCK_ROWS = 50_000
@@ -71,9 +73,10 @@ class StreamingCellWriter:
     def _matrix(parent, name):
         group = parent.create_group(name)
         group.attrs.update({"encoding-type": "csr_matrix", "encoding-version": "0.1.0"})
-        group.create_dataset("data", shape=(0,), maxshape=(None,), dtype=np.float32, chunks=(1 << 16,))
-        group.create_dataset("indices", shape=(0,), maxshape=(None,), dtype=np.int32, chunks=(1 << 16,))
-        group.create_dataset("indptr", shape=(1,), maxshape=(None,), dtype=np.int64, chunks=(1 << 14,))
+        # cells files are the largest files of a run: stored compressed (component_io.COMPRESSION says why)
+        group.create_dataset("data", shape=(0,), maxshape=(None,), dtype=np.float32, chunks=(1 << 16,), **COMPRESSION)
+        group.create_dataset("indices", shape=(0,), maxshape=(None,), dtype=np.int32, chunks=(1 << 16,), **COMPRESSION)
+        group.create_dataset("indptr", shape=(1,), maxshape=(None,), dtype=np.int64, chunks=(1 << 14,), **COMPRESSION)
         return group
 
     def append(self, X: sp.csr_matrix, **layers):
