@@ -26,7 +26,7 @@ Printed:
 - per stage: steps, the sum and the largest of the step walls, the largest peak memory; per step kind
   (component): steps, sum of walls, largest peak memory;
 - the engine's own time per step: (wall - sum of step walls / jobs) / steps;
-- the input's size (dataset.h5ad + dataset_cells.h5ad), the results folder's size and its largest parts;
+- the input's size (the file given to `--dataset-file`), the results folder's size and its largest parts;
 - report.html's size and the time to render it again (`perturbcast report`).
 
 Per-stage CPU time is not recorded by the engine (its step records hold wall time and peak memory), so only the
@@ -175,11 +175,11 @@ def main() -> int:
             print(f"{name:<24} {kind['stage']:<8} {kind['steps']:>6} {kind['wall']:>11.1f} {kind['peak']:>9.0f}")
         print(f"\nsteps {steps}; engine time beyond the steps: {wall - total / args.jobs:.1f} s "
               f"= {(wall - total / args.jobs) / max(1, steps) * 1000:.0f} ms per step (wall - sum of step walls / {args.jobs} jobs)")
-        dataset = output / "datasets" / "simulated_screen"
-        inputs = sum((dataset / name).stat().st_size for name in ("dataset.h5ad", "dataset_cells.h5ad")
-                     if (dataset / name).exists())
+        # the input is the file given to --dataset-file; the loader's copy of it (results/datasets, stored
+        # compressed where that pays) is part of the results
+        inputs = screen.stat().st_size
         results = folder_size(output)
-        print(f"input (dataset.h5ad + dataset_cells.h5ad) {mib(inputs)}; results folder {mib(results)} "
+        print(f"input ({screen.name}, as given) {mib(inputs)}; results folder {mib(results)} "
               f"({results / max(1, inputs):.2f} x the input)")
         parts = defaultdict(int)
         for path in output.rglob("*.h5ad"):

@@ -168,3 +168,21 @@ def test_large_sparse_and_count_matrices_are_stored_compressed_and_read_back_equ
         assert np.array_equal(back.layers[name], expected.layers[name])
     pd.testing.assert_frame_equal(back.obs, expected.obs)
     assert dict(back.uns) == dict(expected.uns)
+
+
+def test_a_lazy_read_checks_the_matrices_as_a_full_read_does(tmp_path):
+    """formats.LazyAnnData: matrices stay on disk, scanned block by block; the same problems, the same words."""
+    import anndata as ad
+    import numpy as np
+    import scipy.sparse as sp
+    from formats import check_anndata, read_h5ad, read_h5ad_lazy
+
+    X = sp.random(5000, 30, density=0.2, random_state=0, format="csr", dtype=np.float32)
+    X.data[-1] = np.nan  # in the last block of rows
+    ad.AnnData(X=X, layers={"counts": X.copy()}).write_h5ad(tmp_path / "cells.h5ad")
+    spec = {"X": {"type": "double", "required": True}, "layers": [{"name": "counts", "type": "double"}]}
+    lazy, full = read_h5ad_lazy(str(tmp_path / "cells.h5ad")), read_h5ad(str(tmp_path / "cells.h5ad"))
+    problems = check_anndata(lazy, spec)
+    assert problems == check_anndata(full, spec) and len(problems) == 2 and "NaN" in problems[0]
+    assert lazy.n_obs == 5000 and np.array_equal(lazy.rows([4999, 0], "counts").toarray(),
+                                                 full.layers["counts"][[4999, 0]].toarray(), equal_nan=True)

@@ -118,6 +118,21 @@ def test_subsample_is_seeded_by_key_and_capped():
     assert np.array_equal(cd.subsample(7, 10, 0, "x"), np.arange(7))
 
 
+
+def test_the_pca_of_the_sampled_rows_read_from_disk_is_the_pca_of_all_cells(tmp_path):
+    """The script reads only the rows fit_pca would draw (formats.LazyAnnData): given just them, fit_pca keeps
+    all of them, so the axes are bitwise those of the PCA of every training cell."""
+    from formats import read_h5ad_lazy
+
+    A = sp.random(300, 40, density=0.3, random_state=2, format="csr", dtype=np.float32)
+    ad.AnnData(X=A).write_h5ad(tmp_path / "cells.h5ad")
+    lazy = read_h5ad_lazy(str(tmp_path / "cells.h5ad"))
+    rows = cd.subsample(lazy.n_obs, 50, 3, "pca")
+    full, sampled = cd.fit_pca(A, seed=3, max_cells=50), cd.fit_pca(lazy.rows(rows), seed=3, max_cells=50)
+    assert np.array_equal(full.components, sampled.components) and np.array_equal(full.mean, sampled.mean)
+    shuffled = np.array([250, 3, 120, 4])  # any order, as in memory
+    assert (lazy.rows(shuffled) != A[shuffled]).nnz == 0
+
 # --------------------------------------------------------------------------------------------------
 # Cell files of a real subset, built per notes/CELLS_CONTRACT.md from the cells behind realdata's profiles
 # --------------------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ import os
 import sys
 import tempfile
 
-from formats import FormatError, alignment_problems, check_anndata, read_h5ad
+from formats import FormatError, alignment_problems, check_anndata, read_h5ad, read_h5ad_lazy
 
 # Exit code of a task (or method) that cannot be applied to a dataset. The engine records the pair
 # as "not applicable" instead of as a failure.
@@ -165,13 +165,14 @@ class ComponentIO:
                     "genes (var_names)" if axis == "var" else "rows (obs_names)", f"--{reference}")
         return problems
 
-    def read(self, name: str, required_obs: tuple = ()):
-        """Read the file given as `--name` and check it; stop with a clear message if it does not conform."""
+    def read(self, name: str, required_obs: tuple = (), lazy: bool = False):
+        """Read the file given as `--name` and check it; stop with a clear message if it does not conform.
+        `lazy`: its matrices stay on disk (`formats.LazyAnnData`: rows read on demand), checked block by block."""
         path = self.par.get(name)
         if path is None:
             fail(f"--{name} was not given")
         try:
-            adata = read_h5ad(path)
+            adata = read_h5ad_lazy(path) if lazy else read_h5ad(path)
             problems = check_anndata(adata, self._format(name)) + self._alignment(name, adata)
             problems += [f"obs['{column}'] is missing (this component needs it)"
                          for column in required_obs if column not in adata.obs.columns]
@@ -282,7 +283,7 @@ def storage_options(matrix) -> dict:
 
     if sp.issparse(matrix):
         return dict(COMPRESSION) if matrix.data.nbytes >= MIN_COMPRESSED_BYTES else {}
-    if type(matrix) is np.ndarray and matrix.ndim == 2 and matrix.dtype.kind in "biuf" and \
+    if isinstance(matrix, np.ndarray) and matrix.ndim == 2 and matrix.dtype.kind in "biuf" and \
             matrix.nbytes >= MIN_COMPRESSED_BYTES and _compresses_well(matrix):
         return dict(COMPRESSION)
     return {}

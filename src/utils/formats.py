@@ -133,6 +133,65 @@ def read_h5ad(path: str, backed: bool = False):
         raise FormatError(path, [f"cannot be read as AnnData ({detail})"]) from None
 
 
+
+class LazyAnnData:
+    """A file's obs, var and uns in memory, its X and layers left on disk: `rows` reads the rows a component
+    asks for, and `check_anndata` scans the matrices block by block. For cells files: tens of GB at genome
+    scale, where a component needs a few thousand training cells (a PCA, the control cells)."""
+
+    def __init__(self, path: str):
+        import h5py
+
+        self.filename = path
+        self._handle = h5py.File(path, "r")
+        handle = self._handle
+        if handle.attrs.get("encoding-type") != "anndata":
+            raise ValueError("no AnnData encoding on its root group")
+        self.obs, self.var = read_element(handle["obs"]), read_element(handle["var"])
+        self.uns = read_element(handle["uns"]) if "uns" in handle else {}
+        self.X = self._on_disk(handle["X"]) if "X" in handle else None
+        self.layers = {name: self._on_disk(node) for name, node in handle["layers"].items()} \
+            if "layers" in handle else {}
+        for name, matrix in {"X": self.X, **self.layers}.items():
+            if matrix is not None and tuple(matrix.shape) != (len(self.obs), len(self.var)):
+                raise ValueError(f"{name} has shape {tuple(matrix.shape)}, obs and var "
+                                 f"{len(self.obs)} x {len(self.var)}")
+
+    @staticmethod
+    def _on_disk(node):
+        import h5py
+
+        if isinstance(node, h5py.Dataset):
+            return node
+        try:
+            from anndata.io import sparse_dataset
+        except ImportError:  # anndata < 0.11
+            from anndata.experimental import sparse_dataset
+        return sparse_dataset(node)
+
+    obs_names = property(lambda self: self.obs.index)
+    var_names = property(lambda self: self.var.index)
+    n_obs = property(lambda self: len(self.obs))
+    n_vars = property(lambda self: len(self.var))
+
+    def rows(self, rows, layer: str | None = None):
+        """Rows `rows` (indices) of X or of `layers[layer]`, in the order given, as in memory (CSR or array)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        order = np.argsort(rows, kind="stable")
+        matrix = self.X if layer is None else self.layers[layer]
+        block = matrix[rows[order]] if len(rows) else matrix[0:0]  # on-disk readers take increasing indices
+        return block[np.argsort(order, kind="stable")] if len(rows) and (np.diff(rows) < 0).any() else block
+
+
+def read_h5ad_lazy(path: str) -> LazyAnnData:
+    """`LazyAnnData` of `path`, every low-level failure a FormatError naming the file."""
+    h5ad_file_problems(path)
+    try:
+        return LazyAnnData(path)
+    except Exception as error:
+        detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise FormatError(path, [f"cannot be read as AnnData ({detail})"]) from None
+
 def _is_string_column(series: pd.Series) -> bool:
     if isinstance(series.dtype, pd.CategoricalDtype):
         return all(isinstance(v, str) for v in series.cat.categories)

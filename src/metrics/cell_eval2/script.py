@@ -47,7 +47,7 @@ solution = io.read("input_solution")
 prediction = io.read("input_prediction")
 predicted = io.read("input_prediction_cells")
 observed = io.read("input_solution_cells")
-train_cells = io.read("input_train_cells")
+train_cells = io.read("input_train_cells", lazy=True)  # only the control cells below are read
 if predicted.n_obs == 0:
     not_applicable(f"the prediction has no cells ('{par['input_prediction_cells']}' holds 0 cells)")
 genes = solution.var_names.astype(str)
@@ -134,7 +134,6 @@ predicted_labels = predicted.obs["condition_id"].astype(str).to_numpy()
 observed_labels = observed.obs["condition_id"].astype(str).to_numpy()
 predicted_halves, observed_halves = halves_of(predicted), halves_of(observed)
 observed_matrix = observed.layers["counts"] if counts_available else observed.X
-control_matrix = train_cells.layers["counts"] if counts_available else train_cells.X
 
 
 def cells(matrix, labels) -> ad.AnnData:
@@ -154,6 +153,9 @@ for context in pd.unique(solution_context):
     if len(controls) == 0:
         fail(f"--input_train_cells file '{par['input_train_cells']}': no control cell (is_control) for the context "
              f"{context.replace(chr(31), ' / ')!r}; cell-eval2 needs the control cells of every context")
+    observed_controls = cells(train_cells.rows(controls, "counts" if counts_available else None),
+                              [CONTROL] * len(controls))
+    predicted_controls = cells(train_cells.rows(controls), [CONTROL] * len(controls))
     # a prediction from one replicate half is scored against the other half's cells
     pairs = [(0, 0)] if not predicted_halves.any() else [(1, 2), (2, 1)]
     for predicted_half, observed_half in pairs:
@@ -162,10 +164,10 @@ for context in pd.unique(solution_context):
             (observed_halves == observed_half) if observed_half else True)
         if not chosen_predicted.any() or not chosen_observed.any():
             continue
-        real = ad.concat([cells(observed_matrix[chosen_observed], observed_labels[chosen_observed]),
-                          cells(control_matrix[controls], [CONTROL] * len(controls))], index_unique="-")
-        pred = ad.concat([cells(predicted_X[chosen_predicted], predicted_labels[chosen_predicted]),
-                          cells(train_cells.X[controls], [CONTROL] * len(controls))], index_unique="-")
+        real = ad.concat([cells(observed_matrix[chosen_observed], observed_labels[chosen_observed]), observed_controls],
+                         index_unique="-")
+        pred = ad.concat([cells(predicted_X[chosen_predicted], predicted_labels[chosen_predicted]), predicted_controls],
+                         index_unique="-")
         gene_map = {c: next((t for t in targets[c] if t in gene_set), None) for c in members_of_context}
         try:
             frame = compute_metrics(pred, real, config=replace(config, target_gene_map=gene_map)).to_pandas()

@@ -37,7 +37,7 @@ predicted = io.read("input_prediction_cells")
 if predicted.n_obs == 0:
     not_applicable(f"the prediction has no cells ('{par['input_prediction_cells']}' holds 0 cells)")
 observed = io.read("input_solution_cells")
-train_cells = io.read("input_train_cells")
+train_cells = io.read("input_train_cells", lazy=True)  # only the sampled rows below are read
 solution = data.solution
 for argument, adata in (("input_prediction_cells", predicted), ("input_solution_cells", observed),
                         ("input_train_cells", train_cells)):
@@ -92,9 +92,10 @@ if not finite.all():
 O = sp.csr_matrix(observed.X) if sp.issparse(observed.X) else np.asarray(observed.X)
 
 try:
-    pca = cd.fit_pca(train_cells.X, seed=seed)
+    # fit_pca and median_bandwidth draw these very rows from all training cells; given only them, they keep all
+    pca = cd.fit_pca(train_cells.rows(cd.subsample(train_cells.n_obs, cd.MAX_PCA_CELLS, seed, "pca")), seed=seed)
     bandwidth_rows = cd.subsample(train_cells.n_obs, cd.MAX_BANDWIDTH_CELLS, seed, "bandwidth")
-    bandwidth = cd.median_bandwidth(pca.project(train_cells[bandwidth_rows].X), seed=seed)
+    bandwidth = cd.median_bandwidth(pca.project(train_cells.rows(bandwidth_rows)), seed=seed)
 except ValueError as error:
     fail(f"--input_train_cells file '{par['input_train_cells']}': {error}")
 
