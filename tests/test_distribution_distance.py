@@ -153,6 +153,27 @@ def synthetic_cells(seed: int = 0):
     return sp.csr_matrix(X, dtype=np.float32), obs, common
 
 
+def test_controls_read_the_training_cells_from_disk_as_from_memory(tmp_path, monkeypatch):
+    """train_mean's shifts summed block by block (cells on disk, formats.LazyAnnData) are the in-memory sums, and
+    the drawn control cells are the same cells, shifted the same way."""
+    from formats import read_h5ad_lazy
+
+    X, obs, common = synthetic_cells()
+    obs = obs.assign(is_control=obs["perturbation"] == "control")
+    obs.index = [f"c{i}" for i in range(len(obs))]
+    cells = ad.AnnData(X=X, obs=obs)
+    cells.write_h5ad(tmp_path / "cells.h5ad")
+    monkeypatch.setattr(cd, "SUM_BLOCK_ROWS", 37)  # 320 cells in 9 blocks
+    lazy = read_h5ad_lazy(str(tmp_path / "cells.h5ad"))
+    contexts = [("T", "none")]
+    (in_memory, _), (on_disk, _) = cd.mean_cell_shifts(cells, contexts), cd.mean_cell_shifts(lazy, contexts)
+    assert np.allclose(in_memory[contexts[0]], on_disk[contexts[0]], rtol=0, atol=1e-12)
+    test = ad.AnnData(obs=pd.DataFrame({"cell_type": "T", "condition": "none"}, index=["G7", "G8"]))
+    for shifts in (None, in_memory):
+        (a, ids_a, _), (b, ids_b, _) = (cd.shifted_control_cells(c, test, shifts, cap=30) for c in (cells, lazy))
+        assert ids_a == ids_b and len(ids_a) == 60
+        assert np.array_equal(a.toarray() if sp.issparse(a) else a, b.toarray() if sp.issparse(b) else b)
+
 def cell_table(name: str):
     """(log-normalised cells CSR, obs with the contract's labels and the replicate of realdata's halves)."""
     if name == "synthetic":

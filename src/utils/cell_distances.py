@@ -106,6 +106,16 @@ def _rows(matrix, rows: np.ndarray):
     return matrix[rows] if not sp.issparse(matrix) else sp.csr_matrix(matrix)[rows]
 
 
+def cell_rows(cells, rows: np.ndarray):
+    """Rows of a cells file's X, whether it is in memory (AnnData) or on disk (formats.LazyAnnData)."""
+    return cells.rows(rows) if hasattr(cells, "rows") else _rows(cells.X, rows)
+
+
+# rows summed at once when the cells are on disk: ~20k cells x 8,000 genes at ~25% non-zero is ~0.5 GB of
+# work arrays; a smaller file is one block, whose sums are those of the in-memory product bit for bit
+SUM_BLOCK_ROWS = 20_000
+
+
 @dataclass
 class PCA:
     mean: np.ndarray        # genes, centre of the training cells
@@ -194,8 +204,18 @@ def mean_cell_shifts(train_cells, contexts) -> tuple[dict, list]:
     codes, groups = pd.factorize(pd.MultiIndex.from_arrays([context, condition]))
     indicator = sp.csr_matrix((np.ones(len(codes)), (codes, np.arange(len(codes)))), shape=(len(groups), len(codes)))
     X = train_cells.X
-    sums = indicator @ (sp.csr_matrix(X, dtype=np.float64) if sp.issparse(X) else np.asarray(X, dtype=np.float64))
-    means = np.asarray(sums.toarray() if sp.issparse(sums) else sums) / np.bincount(codes)[:, None]
+
+    def product(part, block):
+        sums = part @ (sp.csr_matrix(block, dtype=np.float64) if sp.issparse(block) else np.asarray(block, dtype=np.float64))
+        return np.asarray(sums.toarray() if sp.issparse(sums) else sums)
+
+    if hasattr(train_cells, "rows"):  # on disk: block by block
+        total = np.zeros((len(groups), train_cells.n_vars))
+        for start in range(0, len(codes), SUM_BLOCK_ROWS):
+            total += product(indicator[:, start:start + SUM_BLOCK_ROWS], X[start:start + SUM_BLOCK_ROWS])
+    else:
+        total = product(indicator, X)
+    means = total / np.bincount(codes)[:, None]
     control_mean = {ctx: means[i] for i, (ctx, cond) in enumerate(groups) if cond == ""}
     deltas: dict = {}
     for i, (ctx, cond) in enumerate(groups):
@@ -239,22 +259,30 @@ def shifted_control_cells(train_cells, test, shifts: dict | None, seed: int = 0,
         cap = typical_condition_cells(train_cells)
     by_context, all_controls = context_control_cells(train_cells)
     contexts = list(zip(test.obs["cell_type"].astype(str), test.obs["condition"].astype(str)))
-    X = sp.csr_matrix(train_cells.X) if sp.issparse(train_cells.X) else np.asarray(train_cells.X)
-    blocks, ids, fallback = [], [], set()
+    drawn, ids, fallback = [], [], set()
     for name, context in zip(test.obs_names.astype(str), contexts):
         pool = by_context.get(context)
         if pool is None:
             pool = all_controls
             fallback.add(context)
-        rows = pool[subsample(len(pool), cap, seed, name)]
-        block = X[rows]
+        drawn.append(pool[subsample(len(pool), cap, seed, name)])
+        ids += [name] * len(drawn[-1])
+    # the drawn control cells, read once (from disk when the cells are there), then placed per test row
+    needed = np.unique(np.concatenate(drawn))
+    X = cell_rows(train_cells, needed)
+    X = sp.csr_matrix(X) if sp.issparse(X) else np.asarray(X)
+    positions = [np.searchsorted(needed, rows) for rows in drawn]
+    if shifts is None and sp.issparse(X):
+        return sp.vstack([X[p] for p in positions], format="csr").astype(np.float32), ids, sorted(fallback)
+    stacked = np.empty((len(ids), X.shape[1]), dtype=np.float32)  # filled in place: one copy of the output
+    start = 0
+    for p, context in zip(positions, contexts):
+        block = X[p]
+        block = block.toarray() if sp.issparse(block) else np.asarray(block)
         if shifts is not None:
-            block = (block.toarray() if sp.issparse(block) else np.asarray(block, dtype=np.float64)) + shifts[context]
-            block = block.astype(np.float32)
-        blocks.append(block)
-        ids += [name] * len(rows)
-    stacked = sp.vstack(blocks, format="csr").astype(np.float32) if shifts is None and sp.issparse(X) \
-        else np.vstack([b.toarray() if sp.issparse(b) else b for b in blocks]).astype(np.float32)
+            block = (block.astype(np.float64) + shifts[context]).astype(np.float32)
+        stacked[start:start + len(p)] = block
+        start += len(p)
     return stacked, ids, sorted(fallback)
 
 

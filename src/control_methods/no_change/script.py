@@ -30,5 +30,5 @@ if fallback:
 prediction = baselines.prediction(train, test, X, meta["name"])
 # predicted cells: (at most cd.MAX_CELLS of) the training control cells of each test row's context, unshifted
 cd.write_prediction(io, par, prediction, lambda: cd.prediction_cells(
-    *cd.shifted_control_cells(io.read("input_train_cells"), test, None)[:2], prediction),
+    *cd.shifted_control_cells(io.read("input_train_cells", lazy=True), test, None)[:2], prediction),
     needs=("input_train_cells",))

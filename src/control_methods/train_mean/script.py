@@ -39,7 +39,7 @@ prediction = baselines.prediction(train, test, X, meta["name"])
 def shifted_cells():
     """The context's training control cells shifted by its mean training delta, taken from the cells (their
     log space) rather than from the profiles, which may be on another scale (log of summed counts)."""
-    train_cells = io.read("input_train_cells")
+    train_cells = io.read("input_train_cells", lazy=True)
     try:
         shifts, shift_fallback = cd.mean_cell_shifts(train_cells, sorted(set(contexts)))
     except ValueError as error:
