@@ -17,7 +17,6 @@ meta = {"name": "distribution_distance", "resources_dir": "src/utils", "config":
 sys.path.append(meta["resources_dir"])
 
 import numpy as np  # noqa: E402
-import scipy.sparse as sp  # noqa: E402
 
 import cell_distances as cd  # noqa: E402
 import metric_utils as mu  # noqa: E402
@@ -33,11 +32,13 @@ missing = [f"--{name}" for name in ("input_solution_cells", "input_train_cells")
 if missing:
     not_applicable(f"the split has no cells ({' and '.join(missing)} not given)")
 
-predicted = io.read("input_prediction_cells")
+# every cells file stays on disk (formats.LazyAnnData, checked block by block): a condition's cells are read
+# when it is scored, so memory holds one condition's cells, not a genome-scale screen's
+predicted = io.read("input_prediction_cells", lazy=True)
 if predicted.n_obs == 0:
     not_applicable(f"the prediction has no cells ('{par['input_prediction_cells']}' holds 0 cells)")
-observed = io.read("input_solution_cells")
-train_cells = io.read("input_train_cells", lazy=True)  # only the sampled rows below are read
+observed = io.read("input_solution_cells", lazy=True)
+train_cells = io.read("input_train_cells", lazy=True)
 solution = data.solution
 for argument, adata in (("input_prediction_cells", predicted), ("input_solution_cells", observed),
                         ("input_train_cells", train_cells)):
@@ -84,12 +85,6 @@ predicted_groups = groups_of(predicted, "input_prediction_cells")
 observed_groups = groups_of(observed, "input_solution_cells")
 predicted_halves = halves_of(predicted, "input_prediction_cells", required=False)
 observed_halves = halves_of(observed, "input_solution_cells", required=True)
-P = sp.csr_matrix(predicted.X) if sp.issparse(predicted.X) else np.asarray(predicted.X)
-finite = np.isfinite(P.data if sp.issparse(P) else P)
-if not finite.all():
-    fail(f"--input_prediction_cells file '{par['input_prediction_cells']}': X has {int((~finite).sum())} non-finite "
-         "values; expected finite predicted expression")
-O = sp.csr_matrix(observed.X) if sp.issparse(observed.X) else np.asarray(observed.X)
 
 try:
     # fit_pca and median_bandwidth draw these very rows from all training cells; given only them, they keep all
@@ -118,8 +113,8 @@ for i, name in enumerate(conditions):
         # one key for both sides: a prediction that is the observed set itself draws the very same cells
         rows = rows[cd.subsample(len(rows), max_cells, seed, f"{name}|{half}")]
         reference = reference[cd.subsample(len(reference), max_cells, seed, f"{name}|{half}")]
-        Zp = pca.project(P[rows], drop)
-        Zo = pca.project(O[reference], drop)
+        Zp = pca.project(predicted.rows(rows), drop)
+        Zo = pca.project(observed.rows(reference), drop)
         parts_e.append(cd.energy_distance(Zp, Zo))
         parts_m.append(cd.mmd2(Zp, Zo, bandwidth))
         weights.append(float((predicted_halves[predicted_groups[name]] == half).sum()))
