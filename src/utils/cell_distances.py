@@ -309,7 +309,7 @@ def observed_cells(solution_cells, test, half: int | None = None, seed: int = 0,
         ids += [name] * len(rows)
         marks += [mark] * len(rows)
     rows = np.concatenate(picked)
-    X = solution_cells.X[rows]
+    X = cell_rows(solution_cells, rows)
     X = sp.csr_matrix(X, dtype=np.float32) if sp.issparse(X) else np.asarray(X, dtype=np.float32)
     return X, ids, (np.array(marks, dtype=np.int64) if half is not None else None), lacking
 

@@ -24,5 +24,5 @@ log(f"ground_truth: predicting the observed profiles of {test.n_obs} test condit
 prediction = baselines.prediction(train, test, deltas.as_dense(solution.X), meta["name"])
 # predicted cells: every observed cell of each test condition (scored against themselves: the floor)
 cd.write_prediction(io, par, prediction, lambda: cd.prediction_cells(
-    *cd.observed_cells(io.read("input_solution_cells"), test, cap=None)[:2], prediction),
+    *cd.observed_cells(io.read("input_solution_cells", lazy=True), test, cap=None)[:2], prediction),
     needs=("input_solution_cells",))

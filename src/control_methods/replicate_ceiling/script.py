@@ -221,7 +221,7 @@ prediction.uns["n_draws"] = n_draws
 
 def half_cells():
     """Observed cells of replicate half 1, marked so that they are scored against half 2 only."""
-    X_cells, ids, halves, lacking = cd.observed_cells(io.read("input_solution_cells"), test, half=1, seed=seed)
+    X_cells, ids, halves, lacking = cd.observed_cells(io.read("input_solution_cells", lazy=True), test, half=1, seed=seed)
     if lacking:
         log(f"replicate_ceiling: {len(lacking)} test conditions have no cell in half 1; their cells are written "
             f"unmarked and are scored against themselves (e.g. {lacking[0]!r})")
