@@ -161,10 +161,28 @@ def pairwise_distances(a: np.ndarray, b: np.ndarray, excluded=None, metric: str 
     return 1.0 - np.clip(similarity, -1.0, 1.0)
 
 
+# The threads a step may use, as its runner grants them (`meta['cpus']`, set by `use_cpus`); None: every CPU
+# available. The engine runs `--jobs` steps at once with `meta['cpus']` = CPUs // jobs each: threads beyond
+# that share only compete for the same cores, and spend CPU time waiting for each other.
+GRANTED_CPUS = None
+
+
+def use_cpus(cpus) -> None:
+    """Limit the threads of the row-wise statistics and distances to `cpus` (None or 0: no limit)."""
+    global GRANTED_CPUS
+    GRANTED_CPUS = int(cpus) if cpus else None
+
+
 def available_cpus() -> int:
-    """CPUs this process may use (respects taskset / cgroup affinity where the platform reports it)."""
+    """CPUs this process may use: those granted (`use_cpus`), at most those its affinity allows
+    (taskset / cgroup, where the platform reports it)."""
     import os
 
+    if GRANTED_CPUS:
+        try:
+            return max(1, min(GRANTED_CPUS, len(os.sched_getaffinity(0))))
+        except AttributeError:
+            return max(1, GRANTED_CPUS)
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:
@@ -226,7 +244,12 @@ def _block(matrix: np.ndarray, rows: np.ndarray, genes: np.ndarray) -> np.ndarra
     if len(rows) == matrix.shape[0] and len(genes) == matrix.shape[1] \
             and (rows == np.arange(len(rows))).all() and (genes == np.arange(len(genes))).all():
         return np.ascontiguousarray(matrix)
-    return np.ascontiguousarray(matrix[np.ix_(rows, genes)])
+    out = np.empty((len(rows), len(genes)), dtype=matrix.dtype)
+    whole = len(rows) == matrix.shape[0] and (rows == np.arange(len(rows))).all()
+    # np.take along the genes of contiguous rows: ~10x faster than the 2-d fancy index np.ix_ (same values)
+    for part in _row_slices(out):
+        np.take(matrix[part] if whole else matrix[rows[part]], genes, axis=1, out=out[part])
+    return out
 
 
 def _distinct_rows(data, context: int, rows: np.ndarray, genes: np.ndarray):

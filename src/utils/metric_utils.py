@@ -47,6 +47,7 @@ import numpy as np
 import pandas as pd
 
 import deltas
+import distances
 from deltas import row_blocks  # noqa: F401  (blocks of rows: the same values without whole-matrix temporaries)
 # the row-wise statistics the metric scripts call as metric_utils.<name> (src/utils/rowwise.py)
 from rowwise import (masked_average_ranks, masked_rowwise_cosine, masked_rowwise_spearman, signs,  # noqa: F401
@@ -416,6 +417,7 @@ def read_inputs(par: dict, meta: dict) -> Inputs:
     previous call of this process are not read again while they are unchanged."""
     from component_io import ComponentIO, fail
 
+    distances.use_cpus(meta.get("cpus"))  # the step's share of the machine (the engine: CPUs // --jobs)
     io = ComponentIO(par, meta)
     observed = _read_observed(io, par)
     # the output's rows are checked against the solution's (comp_metric.yaml: same_obs_names_as)
