@@ -24,6 +24,8 @@ TIE_RTOL = 1e-9
 # A row whose share of undecided pairs exceeds this is computed in full (tiled), which is cheaper per
 # distance than gathering its undecided observations.
 FULL_ROW_SHARE = 0.25
+# Rows of a matrix product computed at a time: enough for the BLAS kernels' full speed, a few MB each.
+PRODUCT_ROWS = 256
 
 
 def groups(codes: np.ndarray):
@@ -318,6 +320,15 @@ def _row_slices(matrix: np.ndarray) -> list:
     return [slice(start, start + step) for start in range(0, matrix.shape[0], step)]
 
 
+def _row_squares(matrix: np.ndarray) -> np.ndarray:
+    """`(matrix * matrix).sum(axis=1)`, the same values, by blocks of rows (no matrix-sized temporary)."""
+    out = np.empty(matrix.shape[0])
+    for rows in _row_slices(matrix):
+        block = matrix[rows]
+        out[rows] = (block * block).sum(axis=1)
+    return out
+
+
 def _column_medians(values: np.ndarray, block: int = 256) -> np.ndarray:
     """`np.median(values, axis=0)`, the same values: each block of columns is transposed so that the
     selection runs along contiguous memory (numpy's median along axis 0 partitions a strided copy)."""
@@ -358,20 +369,20 @@ def l1_diagonal_ranks(predicted: np.ndarray, observed: np.ndarray, bound_terms=N
     observed = np.ascontiguousarray(observed, dtype=np.float64)
     median, signs, spread = bound_terms if bound_terms is not None else _l1_bound_terms(observed)
     own = np.array([cdist(predicted[i:i + 1], observed[i:i + 1], "cityblock")[0, 0] for i in range(n)])
-    centred, size = np.empty(predicted.shape, dtype=np.float32), np.empty(n)
-    for rows in _row_slices(predicted):  # no float64 matrix-sized temporaries
+    size, tol = np.empty(n), np.empty(n)
+    undecided = np.empty((n, n), dtype=bool)
+    # by blocks of rows: no conditions x genes or pairs x pairs temporaries (pages a session touches for the
+    # first time cost system time). A block's float32 product may round otherwise than the whole matrix's:
+    # the bound covers any summation order, so only which pairs get an exact sum could change, not a rank.
+    for start in range(0, n, PRODUCT_ROWS):
+        rows = slice(start, start + PRODUCT_ROWS)
         block = predicted[rows] - median
-        centred[rows] = block
         size[rows] = np.abs(block).sum(axis=1)
-    product = centred @ signs.T
-    del centred  # (freed before the bound is made: one matrix less at the session's peak)
-    bound = np.subtract(spread[None, :], product, dtype=np.float64)
-    del product
-    bound -= ((n_genes + 2) * float(np.finfo(np.float32).eps) * size)[:, None]
-    tol = TIE_RTOL * np.maximum(size + spread.max(), np.finfo(np.float64).tiny)
-    undecided = bound <= (own + tol)[:, None]
+        bound = np.subtract(spread[None, :], block.astype(np.float32) @ signs.T, dtype=np.float64)
+        bound -= ((n_genes + 2) * float(np.finfo(np.float32).eps) * size[rows])[:, None]
+        tol[rows] = TIE_RTOL * np.maximum(size[rows] + spread.max(), np.finfo(np.float64).tiny)
+        np.less_equal(bound, (own[rows] + tol[rows])[:, None], out=undecided[rows])
     np.fill_diagonal(undecided, False)
-    del bound
     ranks = np.empty(n)
     full = np.flatnonzero(undecided.sum(axis=1) > FULL_ROW_SHARE * n)
     if len(full):
@@ -425,13 +436,13 @@ def context_ranks(data, context: int, rows: np.ndarray, genes: np.ndarray, kinds
     if "cosine" in kinds or "euclidean" in kinds:
         key = ("products", context)
         if key not in inputs.caches:
-            inputs.caches[key] = (distinct @ observed.T, (distinct * distinct).sum(axis=1))
+            inputs.caches[key] = (distinct @ observed.T, _row_squares(distinct))
         dot_all, squares = inputs.caches[key]
         if len(row_of) == len(dot_all) and (row_of == np.arange(len(row_of))).all():  # no copy of the products
             dot, sq_a = dot_all, squares[:, None]
         else:
             dot, sq_a = dot_all[row_of], squares[row_of][:, None]
-        sq_b = data.shared(("context_squares", context), lambda: (observed * observed).sum(axis=1))[None, :]
+        sq_b = data.shared(("context_squares", context), lambda: _row_squares(observed))[None, :]
         # (the element-wise steps in place: one pairs x pairs matrix instead of one per step)
         if "euclidean" in kinds:
             squared = np.add(sq_a, sq_b)

@@ -184,9 +184,10 @@ class MetricData:
         """`_kth_largest(|observed|, keep, OBSERVED_KS)` thresholds, one partition per solution."""
         return self.shared("observed_thresholds", lambda: kth_largest(np.abs, self.observed, self.keep, OBSERVED_KS))
 
-    def observed_leave_one_out(self):
-        """`leave_one_out_means(truth, contexts, keep)`, computed once per solution."""
-        return self.shared("leave_one_out", lambda: leave_one_out_means(self.truth, self.contexts, keep=self.keep))
+    def observed_leave_one_out(self) -> LeaveOneOut:
+        """`LeaveOneOut(truth, contexts, keep)` (its `rows(part)`: the rows `leave_one_out_means` gives, its
+        `sizes`: the context sizes), made once per solution: its column sums are kept, not a matrix of means."""
+        return self.shared("leave_one_out", lambda: LeaveOneOut(self.truth, self.contexts, keep=self.keep))
 
 
 @dataclass
