@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import shutil
 import subprocess
@@ -141,7 +142,6 @@ SINGLE_THREAD = {key: "1" for key in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
 
 def run_timer(python: str, code: str, *arguments: str) -> tuple[float, float, str] | str:
     """Run a timer script with `python` (one thread); its (wall, CPU, version) or the last error line."""
-    import os
 
     output = subprocess.run([python, "-c", code, *arguments], capture_output=True, text=True,
                             env={**os.environ, **SINGLE_THREAD})
@@ -233,8 +233,9 @@ def write_random_draws(directory: Path, n_draws: int, seed: int = 1) -> int:
     return n_draws
 
 
-def one_process_worker(tree: Path, directory: Path, prediction: str) -> int:
-    """Run every metric script of `tree` in this process, one after the other; print JSON timings."""
+def one_process_worker(tree: Path, directory: Path, prediction: str, cpus: int | None = None) -> int:
+    """Run every metric script of `tree` in this process, one after the other, as the engine's session
+    process runs them (`meta['cpus']` = `cpus`; the thread variables are set by the caller); print JSON timings."""
     import tempfile as _tempfile
 
     import yaml
@@ -254,15 +255,20 @@ def one_process_worker(tree: Path, directory: Path, prediction: str) -> int:
 
     for module in PRELOADED_MODULES:
         importlib.import_module(module)
-    start_all, cpu_all = time.perf_counter(), time.process_time()
+    # the merged configs, as viash writes them beside the scripts: the engine writes them in its own process
+    # (runner.build), not in the session process, so before the clock
+    scripts = []
     for path in configs:
         config = load_config(path)
         with _tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as handle:
-            yaml.safe_dump(config.raw, handle)  # the merged config, as viash writes it beside the script
+            yaml.safe_dump(config.raw, handle)
+        scripts.append((path, config.name, handle.name))
+    start_all, cpu_all = time.perf_counter(), time.process_time()
+    for path, name, config_path in scripts:
         source = (path.parent / "script.py").read_text().split("## VIASH END", 1)[1]
         par = {"input_solution": str(directory / "solution.h5ad"), "input_prediction": str(directory / prediction),
-               "output": str(directory / f"one_{tree.name}_{config.name}.h5ad")}
-        meta = {"name": config.name, "resources_dir": str(utils), "config": handle.name}
+               "output": str(directory / f"one_{tree.name}_{name}.h5ad")}
+        meta = {"name": name, "resources_dir": str(utils), "config": config_path, "cpus": cpus}
         start, cpu = time.perf_counter(), time.process_time()
         import contextlib
         import io
@@ -277,8 +283,8 @@ def one_process_worker(tree: Path, directory: Path, prediction: str) -> int:
                 sys.stderr.write(captured.getvalue())
                 raise
             status = "not applicable"
-        results.append((config.name, time.perf_counter() - start, time.process_time() - cpu, status))
-        Path(handle.name).unlink()
+        results.append((name, time.perf_counter() - start, time.process_time() - cpu, status))
+        Path(config_path).unlink()
     print(json.dumps({"components": results, "total": time.perf_counter() - start_all,
                       "cpu": time.process_time() - cpu_all,
                       "peak_mib": _peak_mib()}))
@@ -297,10 +303,14 @@ def _peak_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def time_one_process(tree: Path, directory: Path, prediction: str, label: str) -> tuple[float, float]:
-    """Print the one-process timings of `tree`'s metric scripts on `prediction`; returns the total wall and CPU."""
-    output = subprocess.run([sys.executable, __file__, "--worker", str(tree), str(directory), prediction],
-                            capture_output=True, text=True)
+def time_one_process(tree: Path, directory: Path, prediction: str, label: str, cpus: int) -> tuple[float, float]:
+    """Print the one-process timings of `tree`'s metric scripts on `prediction`, run as a session process of
+    the engine whose steps get `cpus` CPUs each (`meta['cpus']`, and as many threads for the numerical
+    libraries, unless set in the environment); returns the total wall and CPU."""
+    from perturbcast.spawner import thread_environment
+
+    output = subprocess.run([sys.executable, __file__, "--worker", str(tree), str(directory), prediction, str(cpus)],
+                            capture_output=True, text=True, env=thread_environment(cpus))
     if output.returncode != 0:
         print(f"{label}: failed\n{output.stderr[-2000:]}")
         return float("nan"), float("nan")
@@ -344,8 +354,8 @@ def time_separately(directory: Path) -> None:
 
 
 def main() -> int:
-    if len(sys.argv) == 5 and sys.argv[1] == "--worker":
-        return one_process_worker(Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4])
+    if len(sys.argv) == 6 and sys.argv[1] == "--worker":
+        return one_process_worker(Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4], int(sys.argv[5]))
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n_conditions", type=int, default=2000)
     parser.add_argument("--n_genes", type=int, default=8000)
@@ -357,7 +367,14 @@ def main() -> int:
     parser.add_argument("--baseline", type=Path, help="a checkout of an earlier commit to time first (before)")
     parser.add_argument("--random_draws", type=int, default=0, help="also score a prediction with this many draws")
     parser.add_argument("--skip_separate", action="store_true", help="skip the one-process-per-component timing")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
+                        help="the one-process timing runs as the session of an engine run with this many jobs "
+                             "(default: as `perturbcast bench`, one per CPU)")
     args = parser.parse_args()
+    from perturbcast.engine_guard import cpu_share
+    from perturbcast.spawner import THREAD_VARIABLES
+
+    cpus = cpu_share(args.jobs)
 
     directory = args.keep or Path(tempfile.mkdtemp(prefix="perturbcast-metrics-"))
     directory.mkdir(parents=True, exist_ok=True)
@@ -366,9 +383,13 @@ def main() -> int:
         paths = synthetic_split(directory, args.n_conditions, args.n_genes, args.n_contexts)
         print(f"generated {args.n_conditions} conditions x {args.n_genes} genes in {args.n_contexts} context(s) "
               f"in {time.perf_counter() - start:.1f} s", flush=True)
-        print(f"every metric script in one process ({'component':<20} {'wall s':>8} {'CPU s':>7})", flush=True)
-        before = time_one_process(args.baseline, directory, "prediction.h5ad", "before")[0] if args.baseline else None
-        after, after_cpu = time_one_process(ROOT, directory, "prediction.h5ad", "after")
+        threads = ", ".join(f"{name}={os.environ.get(name, cpus)}" for name in THREAD_VARIABLES)
+        print(f"every metric script in one process, as the engine's session with --jobs {args.jobs} on "
+              f"{cpu_share(1)} CPUs runs them: meta['cpus'] = {cpus}, {threads}", flush=True)
+        print(f"({'component':<20} {'wall s':>8} {'CPU s':>7})", flush=True)
+        before = time_one_process(args.baseline, directory, "prediction.h5ad", "before", cpus)[0] \
+            if args.baseline else None
+        after, after_cpu = time_one_process(ROOT, directory, "prediction.h5ad", "after", cpus)
         if before is not None:
             print(f"one process, all metric ids: before {before:.1f} s, after {after:.1f} s "
                   f"({before / after:.1f}x)", flush=True)
@@ -377,7 +398,7 @@ def main() -> int:
             n_draws = write_random_draws(directory, args.random_draws)
             print(f"random draws: {n_draws} draws written in {time.perf_counter() - start:.1f} s "
                   f"(requested {args.random_draws}, cap {MAX_DRAW_BYTES / 1e6:.0f} MB of float32)", flush=True)
-            time_one_process(ROOT, directory, "random.h5ad", f"{n_draws} draws")
+            time_one_process(ROOT, directory, "random.h5ad", f"{n_draws} draws", cpus)
         if not args.skip_separate:
             time_separately(directory)
         if args.skip_cell_eval:

@@ -91,11 +91,14 @@ DISK = disk_space.DiskSpace()  # a full disk stops the run like an interrupt, bu
 PRELOADED_MODULES = ("numpy", "scipy.sparse", "pandas", "h5py", "anndata", "scipy.spatial.distance")
 
 
-def _spawner() -> Spawner:
-    """This worker thread's fork server (so each step's peak memory is its own, not the engine's)."""
+def _spawner(cpus: int | None = None) -> Spawner:
+    """This worker thread's fork server (so each step's peak memory is its own, not the engine's), whose
+    steps' numerical libraries use `cpus` threads (the step's share, CPUs // --jobs, unless the user set
+    OPENBLAS_NUM_THREADS / OMP_NUM_THREADS / MKL_NUM_THREADS): with a thread per core in each of the steps
+    running at once, their threads compete for the cores and spin waiting for each other."""
     spawner = getattr(_worker, "spawner", None)
     if spawner is None or spawner.process.poll() is not None:  # none yet, or it died (killed, out of memory)
-        _worker.spawner = Spawner(preload=PRELOADED_MODULES)
+        _worker.spawner = Spawner(preload=PRELOADED_MODULES, threads=cpus)
         INTERRUPT.register(_worker.spawner)
     return _worker.spawner
 
@@ -156,7 +159,7 @@ def run_step(step: Step, cache_key: str, limits: guard.Limits | None = None, ses
         try:
             # R and Bash steps are handed by this server to a small sibling with the same limits
             # (Spawner.run), so their peak memory is their own
-            spawner = _spawner()
+            spawner = _spawner(limits.cpus)
             spawner.options = {"timeout": limits.timeout, "memory": limits.memory, "session": session}
             spawner.last_reply = {}
             result = run_component(step.component.path, step.argv(), stdout=log, stderr=log, spawner=spawner,

@@ -12,21 +12,35 @@ import sys
 SERVER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fork_server.py")
 
 
+# The thread pools of the numerical libraries, sized from these when they load (numpy's OpenBLAS, OpenMP, MKL).
+THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def thread_environment(threads: int | None, environ=os.environ) -> dict:
+    """`environ` with each of THREAD_VARIABLES set to `threads`, unless the user set it (or `threads` is None)."""
+    if not threads:
+        return dict(environ)
+    return {**{name: str(int(threads)) for name in THREAD_VARIABLES}, **environ}
+
+
 class Spawner:
     """Client of one fork server process (not thread-safe: use one per worker thread).
 
     `preload`: modules the server imports once, so that Python scripts start without importing them.
+    `threads`: the numerical libraries' threads of every program it starts (`thread_environment`): set before
+    the server imports numpy, which sizes OpenBLAS's pool once, at import, for every step forked from it.
     `options`: merged into every request ({timeout, memory, session}); the engine sets them per step."""
 
-    def __init__(self, preload: tuple[str, ...] = ()):
+    def __init__(self, preload: tuple[str, ...] = (), threads: int | None = None):
         import subprocess
 
         # without preloading the server needs nothing but the standard library: -S -E keep it small
         flags = [] if preload else ["-S", "-E"]
         self.options, self.last_reply, self.preload, self.plain = {}, {}, tuple(preload), None
+        self.threads = threads
         self.process = subprocess.Popen(
             [sys.executable, *flags, SERVER, ",".join(preload), str(os.getpid())],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=thread_environment(threads))
 
     def _request(self, request: dict) -> dict:
         request = {**request, **{k: v for k, v in self.options.items() if v is not None}}
@@ -46,7 +60,7 @@ class Spawner:
         if not self.preload:
             return self._request({"argv": argv, "cwd": cwd, "log": log_path})
         if self.plain is None or self.plain.process.poll() is not None:
-            self.plain = Spawner()
+            self.plain = Spawner(threads=self.threads)
         self.plain.options = {k: v for k, v in self.options.items() if k != "session"}
         self.last_reply = self.plain.run(argv, cwd, log_path)
         return self.last_reply

@@ -189,3 +189,20 @@ def test_every_metric_script_in_one_session_gives_the_previous_values(tmp_path, 
     finally:
         mu.forget_inputs()
     assert seen == set(expected.files)
+
+
+def test_largest_values_from_sampled_candidates_match_a_full_partition():
+    from selections import _largest
+
+    rng = np.random.default_rng(7)
+    for trial in range(300):
+        n, g = int(rng.integers(1, 12)), int(rng.choice([50, 1700, 4000]))
+        kind = trial % 4
+        x = (rng.normal(size=(n, g)) if kind == 0 else rng.integers(0, 4, size=(n, g)).astype(float) if kind == 1
+             else np.sort(rng.exponential(size=(n, g)), axis=1) if kind == 2 else rng.normal(size=(n, g)).astype(np.float32))
+        keep = rng.random((n, g)) < rng.choice([1.0, 0.9, 0.05])  # few kept genes: whole rows selected
+        v = np.where(keep, np.abs(x), -np.inf)
+        kk = int(min(rng.choice([1, 20, 100, 200]), g))
+        expected = np.sort(np.partition(v, g - kk, axis=1)[:, g - kk:], axis=1)
+        got = _largest(v, kk)
+        assert got.dtype == expected.dtype and np.array_equal(got, expected), (trial, n, g, kk)

@@ -129,3 +129,20 @@ def test_a_session_waits_through_steps_outside_it_and_ends_at_another_key(spawne
     assert fields(text_second)["pid"] == fields(text_first)["pid"] and fields(text_second)["cache"] == 2
     assert fields(text_third)["pid"] == fields(text_first)["pid"] and fields(text_third)["cache"] == 3
     assert fields(text_other)["pid"] != fields(text_first)["pid"] and fields(text_other)["cache"] == 1
+
+
+def test_steps_get_the_thread_share_unless_the_user_set_it(tmp_path, monkeypatch):
+    from perturbcast.spawner import THREAD_VARIABLES, thread_environment
+
+    monkeypatch.setenv("MKL_NUM_THREADS", "3")
+    monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert thread_environment(None) == dict(os.environ)
+    server = Spawner(preload=("numpy",), threads=1)
+    try:
+        show = "import os\nprint(' '.join(os.environ.get(name, '-') for name in %r))\n" % (THREAD_VARIABLES,)
+        for name, options in (("forked", {}), ("session", {"session": "s"})):
+            reply, text = run(server, tmp_path, name, show, **options)
+            assert reply["exit_code"] == 0 and text.split() == ["1", "1", "3"], text
+    finally:
+        server.close()

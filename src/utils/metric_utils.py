@@ -47,6 +47,7 @@ import numpy as np
 import pandas as pd
 
 import deltas
+import distances
 from deltas import row_blocks  # noqa: F401  (blocks of rows: the same values without whole-matrix temporaries)
 # the row-wise statistics the metric scripts call as metric_utils.<name> (src/utils/rowwise.py)
 from rowwise import (masked_average_ranks, masked_rowwise_cosine, masked_rowwise_spearman, signs,  # noqa: F401
@@ -183,9 +184,10 @@ class MetricData:
         """`_kth_largest(|observed|, keep, OBSERVED_KS)` thresholds, one partition per solution."""
         return self.shared("observed_thresholds", lambda: kth_largest(np.abs, self.observed, self.keep, OBSERVED_KS))
 
-    def observed_leave_one_out(self):
-        """`leave_one_out_means(truth, contexts, keep)`, computed once per solution."""
-        return self.shared("leave_one_out", lambda: leave_one_out_means(self.truth, self.contexts, keep=self.keep))
+    def observed_leave_one_out(self) -> LeaveOneOut:
+        """`LeaveOneOut(truth, contexts, keep)` (its `rows(part)`: the rows `leave_one_out_means` gives, its
+        `sizes`: the context sizes), made once per solution: its column sums are kept, not a matrix of means."""
+        return self.shared("leave_one_out", lambda: LeaveOneOut(self.truth, self.contexts, keep=self.keep))
 
 
 @dataclass
@@ -416,6 +418,7 @@ def read_inputs(par: dict, meta: dict) -> Inputs:
     previous call of this process are not read again while they are unchanged."""
     from component_io import ComponentIO, fail
 
+    distances.use_cpus(meta.get("cpus"))  # the step's share of the machine (the engine: CPUs // --jobs)
     io = ComponentIO(par, meta)
     observed = _read_observed(io, par)
     # the output's rows are checked against the solution's (comp_metric.yaml: same_obs_names_as)

@@ -13,6 +13,8 @@ from distances import in_threads
 
 # Rows ranked at a time (a block of 8,000 genes stays within a few MB of cache).
 RANK_BLOCK_ROWS = 128
+# Rows of the first matrix ranked and correlated at a time by masked_rowwise_spearman.
+SPEARMAN_BLOCK_ROWS = 4 * RANK_BLOCK_ROWS
 
 def masked_average_ranks(values: np.ndarray, keep: np.ndarray, dtype=np.float64, whole=False,
                          snap_to=None) -> np.ndarray:
@@ -111,10 +113,16 @@ def masked_rowwise_spearman(a, b, keep, resolution, shared=None) -> tuple[np.nda
     correlation of average ranks, after snapping values to the row's resolution. Undefined (-> 0.0,
     flagged) when fewer than two entries are kept or either side is constant. With `shared` (a
     MetricData's `shared`), b's ranks are kept for the next call with the same resolution."""
-    ranks_a = _snapped_ranks(a, keep, resolution)
     rank_b = lambda: _snapped_ranks(b, keep, resolution)  # noqa: E731
     ranks_b = rank_b() if shared is None else shared("spearman_ranks", rank_b, version=resolution.tobytes())
-    return deltas.masked_rowwise_pearson(ranks_a, ranks_b, keep)
+    resolution = np.asarray(resolution)
+    r, undefined = np.empty(len(keep)), np.empty(len(keep), dtype=bool)
+    # a's ranks by blocks of rows (each row's correlation is its own): no matrix of them to fault in
+    step = SPEARMAN_BLOCK_ROWS
+    for rows in (slice(start, start + step) for start in range(0, len(keep), step)):
+        ranks_a = _snapped_ranks(a[rows], keep[rows], resolution[rows])
+        r[rows], undefined[rows] = deltas.masked_rowwise_pearson(ranks_a, ranks_b[rows], keep[rows])
+    return r, undefined
 
 
 def _snapped_ranks(values, keep, resolution) -> np.ndarray:

@@ -21,13 +21,13 @@ def compute(data: mu.MetricData) -> mu.Result:
     keep = data.keep
     # perturbation-specific parts: each side minus its own leave-one-out centroid of the context (the mean
     # of the context's other test conditions, gene by gene over the conditions that do not target the gene)
-    observed_centroid, sizes = data.observed_leave_one_out()
-    predicted_centroid = mu.LeaveOneOut(data.guess, data.contexts, keep=keep)  # its means by blocks of rows
-    alone = sizes == 1
+    observed_centroid = data.observed_leave_one_out()  # means by blocks of rows, as the prediction's
+    predicted_centroid = mu.LeaveOneOut(data.guess, data.contexts, keep=keep)
+    alone = observed_centroid.sizes == 1
     pearson, undefined = np.empty(data.n_rows), np.empty(data.n_rows, dtype=bool)
     # by blocks of rows (each row's values are its own): no conditions x genes matrix of specific parts
     for rows in mu.row_blocks(keep):
-        observed_specific = np.subtract(data.truth[rows], observed_centroid[rows])
+        observed_specific = np.subtract(data.truth[rows], observed_centroid.rows(rows))
         observed_specific[alone[rows]] = 0.0
         predicted_specific = np.subtract(data.guess[rows], predicted_centroid.rows(rows))
         predicted_specific[alone[rows]] = 0.0

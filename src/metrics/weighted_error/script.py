@@ -19,13 +19,13 @@ import metric_utils as mu  # noqa: E402
 def compute(data: mu.MetricData) -> mu.Result:
     # reference: leave-one-out mean of the context's other observed test profiles (gene by gene over the
     # conditions that do not target the gene); the control for a condition alone in its context
-    leave_one_out, sizes = data.observed_leave_one_out()
-    alone = sizes == 1
+    leave_one_out = data.observed_leave_one_out()  # its means by blocks of rows (.rows)
+    alone = leave_one_out.sizes == 1
     wmse, spread = np.empty(data.n_rows), np.empty(data.n_rows)
     # blocks of rows (every value is a row's own): the same values as on whole matrices, without a dozen
     # conditions x genes temporaries
     for rows in mu.row_blocks(data.truth):
-        reference = np.where(alone[rows, None], data.reference[rows], leave_one_out[rows])
+        reference = np.where(alone[rows, None], data.reference[rows], leave_one_out.rows(rows))
         effect = data.truth[rows] - reference    # observed perturbation-specific effect, Mejia's delta
         weights = mu.deg_weights(effect, data.keep[rows], data.resolution[rows])
         # = that of the deltas to any common reference (the profiles as stored: float64 arithmetic)
