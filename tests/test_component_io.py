@@ -186,3 +186,28 @@ def test_a_lazy_read_checks_the_matrices_as_a_full_read_does(tmp_path):
     assert problems == check_anndata(full, spec) and len(problems) == 2 and "NaN" in problems[0]
     assert lazy.n_obs == 5000 and np.array_equal(lazy.rows([4999, 0], "counts").toarray(),
                                                  full.layers["counts"][[4999, 0]].toarray(), equal_nan=True)
+
+
+def test_a_lazy_file_found_conforming_is_not_scanned_again_until_it_changes(tmp_path, monkeypatch):
+    """The scripts of a worker session read the same training cells once per prediction: one scan per file."""
+    import anndata as ad
+    import numpy as np
+    import scipy.sparse as sp
+
+    import component_io
+
+    path = tmp_path / "cells.h5ad"
+    ad.AnnData(X=sp.random(50, 8, density=0.5, random_state=0, format="csr", dtype=np.float32)).write_h5ad(path)
+    scans = []
+    monkeypatch.setattr(component_io, "check_anndata", lambda adata, spec: scans.append(spec) or [])
+    io = component_io.ComponentIO({"input_cells": str(path)})
+    for _ in range(3):
+        io.read("input_cells", lazy=True)
+    assert len(scans) == 1
+    # replaced as the engine's writers replace a file (the open handle keeps the old one)
+    ad.AnnData(X=sp.random(60, 8, density=0.5, random_state=1, format="csr", dtype=np.float32)).write_h5ad(
+        tmp_path / "new.h5ad")
+    os.replace(tmp_path / "new.h5ad", path)
+    io.read("input_cells", lazy=True)
+    io.read("input_cells")  # a full read is always checked
+    assert len(scans) == 3
