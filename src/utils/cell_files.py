@@ -23,21 +23,13 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from component_io import COMPRESSION
+from component_io import COMPRESSION, write_element
 
 COUNTS_PER = 1e4
 BLOCK_NNZ = 1_000_000     # stored values read per block (about 40 MB of work arrays)
 BLOCK_ROWS = 50_000
 OBS_COLUMNS = ("perturbation", "is_control", "perturbation_type", "n_targets", "cell_type", "condition",
                "replicate")
-
-
-def _write_elem(group, key, value):
-    try:
-        from anndata.io import write_elem
-    except ImportError:  # anndata < 0.11
-        from anndata.experimental import write_elem
-    write_elem(group, key, value)
 
 
 def _read_elem(node):
@@ -109,11 +101,11 @@ class StreamingCellWriter:
             for column in obs.columns:  # strings as categoricals: small files, fast reads
                 if obs[column].dtype == object:
                     obs[column] = pd.Categorical(obs[column].astype(str))
-            _write_elem(self.file, "obs", obs)
-            _write_elem(self.file, "var", var)
-            _write_elem(self.file, "uns", uns)
+            write_element(self.file, "obs", obs)
+            write_element(self.file, "var", var)
+            write_element(self.file, "uns", uns)
             for key in ("obsm", "varm", "obsp", "varp") + (() if "layers" in self.file else ("layers",)):
-                _write_elem(self.file, key, {})
+                write_element(self.file, key, {})
             self.file.close()
             umask = os.umask(0)
             os.umask(umask)

@@ -305,7 +305,8 @@ def storage_options(matrix) -> dict:
     return {}
 
 
-def _write_elem(group, key, value, **options):
+def write_element(group, key, value, **options):
+    """anndata's `write_elem` (its import moved in anndata 0.11), `options` for the h5py datasets."""
     try:
         from anndata.io import write_elem
     except ImportError:  # anndata < 0.11
@@ -325,15 +326,15 @@ def write_h5ad_compressed(adata, path: str):
     with h5py.File(path, "w") as handle:
         handle.attrs.update({"encoding-type": "anndata", "encoding-version": "0.1.0"})
         if adata.X is not None:
-            _write_elem(handle, "X", adata.X, **storage_options(adata.X))
-        _write_elem(handle, "obs", adata.obs)
-        _write_elem(handle, "var", adata.var)
+            write_element(handle, "X", adata.X, **storage_options(adata.X))
+        write_element(handle, "obs", adata.obs)
+        write_element(handle, "var", adata.var)
         for slot in ("obsm", "varm", "obsp", "varp"):
-            _write_elem(handle, slot, dict(getattr(adata, slot)))
-        _write_elem(handle, "layers", {})
+            write_element(handle, slot, dict(getattr(adata, slot)))
+        write_element(handle, "layers", {})
         for name, layer in adata.layers.items():
-            _write_elem(handle["layers"], name, layer, **storage_options(layer))
-        _write_elem(handle, "uns", dict(adata.uns))
+            write_element(handle["layers"], name, layer, **storage_options(layer))
+        write_element(handle, "uns", dict(adata.uns))
 
 # ----------------------------------------------------------------------------------------------------
 # A small AnnData (a score file: obs, uns, no X) written with h5py in anndata's on-disk format. anndata's
