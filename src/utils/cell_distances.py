@@ -89,6 +89,31 @@ def median_bandwidth(Z: np.ndarray, seed: int = 0, max_cells: int = MAX_BANDWIDT
     return float(np.median(positive))
 
 
+# The PCA space of a fold's training cells, per process: a worker scores every prediction of a fold in one
+# session (perturbcast/engine_run.py), and the axes and bandwidth depend only on the training cells and the
+# seed; at genome scale reading and fitting them costs more than scoring a prediction.
+_AXES: dict = {}
+
+
+def training_axes(train_cells, seed: int) -> tuple:
+    """(PCA, RBF bandwidth) of a cells file's training cells (read from disk once per file and seed in a
+    process): the PCA fitted on at most MAX_PCA_CELLS of them, the bandwidth from MAX_BANDWIDTH_CELLS."""
+    import os
+
+    stat = os.stat(train_cells.filename) if getattr(train_cells, "filename", None) else None
+    key = (os.path.realpath(train_cells.filename), stat.st_size, stat.st_mtime_ns, int(seed)) if stat else None
+    if key is None or key not in _AXES:
+        # fit_pca and median_bandwidth draw these very rows from all training cells; given only them, they keep all
+        pca = fit_pca(cell_rows(train_cells, subsample(train_cells.n_obs, MAX_PCA_CELLS, seed, "pca")), seed=seed)
+        rows = subsample(train_cells.n_obs, MAX_BANDWIDTH_CELLS, seed, "bandwidth")
+        axes = (pca, median_bandwidth(pca.project(cell_rows(train_cells, rows)), seed=seed))
+        if key is None:
+            return axes
+        _AXES.clear()  # one fold's axes at a time: a session scores one fold
+        _AXES[key] = axes
+    return _AXES[key]
+
+
 # --------------------------------------------------------------------------------------------------
 # Subsampling and the PCA space
 # --------------------------------------------------------------------------------------------------

@@ -9,8 +9,8 @@ Included as a viash resource by the dataset loaders (beside `pseudobulk.py`) and
 - `write_source_cells`: those cells of a cell-level source (CSR, CSC or dense `X`/layer of an h5ad) as a
   dataset cells file: kept genes only, `X` log-normalised as the profiles are, `layers['counts']` for count
   sources.
-- `copy_cells`: rows of a cells file (CSR, as written here) into another, with new obs (the tasks' train and
-  solution cells).
+- `copy_cells`: rows of a cells file (CSR, as written here) into others, with new obs, in one pass (the
+  tasks' train and solution cells).
 
 Memory: the output is appended block by block to resizable HDF5 datasets (`StreamingCellWriter`), so peak
 memory is one block of the source plus the obs table, whatever the number of cells.
@@ -23,7 +23,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from component_io import COMPRESSION, write_element
+import deflate_chunks
+from component_io import write_element
 
 COUNTS_PER = 1e4
 BLOCK_NNZ = 1_000_000     # stored values read per block (about 40 MB of work arrays)
@@ -65,36 +66,35 @@ class StreamingCellWriter:
     def _matrix(parent, name):
         group = parent.create_group(name)
         group.attrs.update({"encoding-type": "csr_matrix", "encoding-version": "0.1.0"})
-        # cells files are the largest files of a run: stored compressed (component_io.COMPRESSION says why)
-        group.create_dataset("data", shape=(0,), maxshape=(None,), dtype=np.float32, chunks=(1 << 16,), **COMPRESSION)
-        group.create_dataset("indices", shape=(0,), maxshape=(None,), dtype=np.int32, chunks=(1 << 16,), **COMPRESSION)
-        group.create_dataset("indptr", shape=(1,), maxshape=(None,), dtype=np.int64, chunks=(1 << 14,), **COMPRESSION)
-        return group
+        # cells files are the largest files of a run: stored compressed, chunk by chunk (deflate_chunks says why)
+        fields = {"group": group, **{field: deflate_chunks.Appender(deflate_chunks.create(group, field, dtype))
+                                     for field, dtype in (("data", np.float32), ("indices", np.int32),
+                                                          ("indptr", np.int64))}}
+        fields["indptr"].append([0])
+        return fields
 
     def append(self, X: sp.csr_matrix, **layers):
         """Add rows: `X` and each layer (CSR, n_genes columns, the same rows)."""
         for name, matrix in {"X": X, **layers}.items():
             if matrix.shape[1] != self.n_genes:
                 raise ValueError(f"{name} block has {matrix.shape[1]} columns, expected {self.n_genes}")
-            group = self.groups[name]
+            fields = self.groups[name]
             matrix = matrix.tocsr()
             matrix.sort_indices()
-            offset = int(group["indptr"][-1])
-            n_values, n_indptr = group["data"].shape[0], group["indptr"].shape[0]
-            group["data"].resize((n_values + matrix.nnz,))
-            group["indices"].resize((n_values + matrix.nnz,))
-            group["indptr"].resize((n_indptr + matrix.shape[0],))
-            group["data"][n_values:] = matrix.data.astype(np.float32, copy=False)
-            group["indices"][n_values:] = matrix.indices.astype(np.int32, copy=False)
-            group["indptr"][n_indptr:] = matrix.indptr[1:].astype(np.int64) + offset
+            offset = fields["data"].size
+            fields["data"].append(matrix.data)
+            fields["indices"].append(matrix.indices)
+            fields["indptr"].append(matrix.indptr[1:].astype(np.int64) + offset)
         self.n_rows += X.shape[0]
 
     def finish(self, obs: pd.DataFrame, var: pd.DataFrame, uns: dict):
         if len(obs) != self.n_rows:
             raise ValueError(f"obs has {len(obs)} rows, the matrix {self.n_rows}")
         try:
-            for group in self.groups.values():
-                group.attrs["shape"] = np.array([self.n_rows, self.n_genes], dtype=np.int64)
+            for fields in self.groups.values():
+                for field in ("data", "indices", "indptr"):
+                    fields[field].close()
+                fields["group"].attrs["shape"] = np.array([self.n_rows, self.n_genes], dtype=np.int64)
             self.file.attrs.update({"encoding-type": "anndata", "encoding-version": "0.1.0"})
             obs = obs.copy()
             obs.index = obs.index.astype(str)
@@ -189,9 +189,10 @@ def _source_blocks(handle, path, layer, rows: np.ndarray):
     kind, (n_cells, n_genes), node = matrix_layout(handle, path, layer)
     if kind == "csr":
         indptr = node["indptr"][:].astype(np.int64)
+        data, indices = deflate_chunks.Reader(node["data"]), deflate_chunks.Reader(node["indices"])
         for block_rows in _csr_row_blocks(indptr, rows):
             low, high = int(indptr[block_rows[0]]), int(indptr[block_rows[-1] + 1])
-            span = sp.csr_matrix((node["data"][low:high], node["indices"][low:high],
+            span = sp.csr_matrix((data.range(low, high), indices.range(low, high),
                                   indptr[block_rows[0]:block_rows[-1] + 2] - low),
                                  shape=(int(block_rows[-1] - block_rows[0] + 1), n_genes))
             yield span[block_rows - block_rows[0]]
@@ -270,13 +271,19 @@ def read_cells_obs(path) -> tuple[pd.DataFrame, pd.Index, list[str]]:
     return obs, var.index, layers
 
 
-def copy_cells(source, output, rows: np.ndarray, obs: pd.DataFrame, uns: dict):
-    """Write rows `rows` (increasing) of the cells file `source` (CSR X and layers) to `output` with `obs`."""
+def copy_cells(source, parts: list):
+    """Write rows of the cells file `source` (CSR X and layers) to several files in one pass over it.
+
+    parts: (output, rows, obs, uns) per file, `rows` increasing. The source is read once, span by span, and
+    every part takes its rows from each span: a task's training and test cells are interleaved in the
+    dataset's file, so a pass per part would decompress the whole file once per part (at genome scale, a
+    split's largest cost after the compression of what it writes)."""
     import h5py
 
-    rows = np.asarray(rows, dtype=np.int64)
-    if len(rows) > 1 and (np.diff(rows) <= 0).any():
-        raise ValueError("copy_cells needs increasing rows")
+    parts = [(output, np.asarray(rows, dtype=np.int64), obs, uns) for output, rows, obs, uns in parts]
+    for _, rows, _, _ in parts:
+        if len(rows) > 1 and (np.diff(rows) <= 0).any():
+            raise ValueError("copy_cells needs increasing rows")
     with h5py.File(source, "r") as handle:
         names = ["X"] + (sorted(handle["layers"].keys()) if "layers" in handle else [])
         nodes = {name: handle[name] if name == "X" else handle["layers"][name] for name in names}
@@ -287,21 +294,32 @@ def copy_cells(source, output, rows: np.ndarray, obs: pd.DataFrame, uns: dict):
         n_genes = int(nodes["X"].attrs["shape"][1])
         var = _read_elem(handle["var"])
         indptrs = {name: node["indptr"][:].astype(np.int64) for name, node in nodes.items()}
-        writer = StreamingCellWriter(output, n_genes, layers=names[1:])
+        readers = {name: (deflate_chunks.Reader(node["data"]), deflate_chunks.Reader(node["indices"]))
+                   for name, node in nodes.items()}
+        writers = []
         try:
-            for block in _csr_row_blocks(indptrs["X"], rows) if len(rows) else []:
-                pieces = {}
+            for output, *_ in parts:
+                writers.append(StreamingCellWriter(output, n_genes, layers=names[1:]))
+            wanted = np.unique(np.concatenate([rows for _, rows, _, _ in parts]))
+            for block in _csr_row_blocks(indptrs["X"], wanted) if len(wanted) else []:
+                spans = {}
                 for name, node in nodes.items():
                     indptr = indptrs[name]
                     low, high = int(indptr[block[0]]), int(indptr[block[-1] + 1])
-                    span = sp.csr_matrix((node["data"][low:high], node["indices"][low:high],
-                                          indptr[block[0]:block[-1] + 2] - low),
-                                         shape=(int(block[-1] - block[0] + 1), n_genes))
-                    pieces[name] = span[block - block[0]]
-                writer.append(pieces.pop("X"), **pieces)
-            writer.finish(obs, var, uns)
+                    spans[name] = sp.csr_matrix((readers[name][0].range(low, high), readers[name][1].range(low, high),
+                                                 indptr[block[0]:block[-1] + 2] - low),
+                                                shape=(int(block[-1] - block[0] + 1), n_genes))
+                for writer, (_, rows, _, _) in zip(writers, parts):
+                    first, last = np.searchsorted(rows, (block[0], block[-1] + 1))
+                    if last > first:
+                        take = rows[first:last] - block[0]
+                        pieces = {name: span[take] for name, span in spans.items()}
+                        writer.append(pieces.pop("X"), **pieces)
+            for writer, (_, _, obs, uns) in zip(writers, parts):
+                writer.finish(obs, var, uns)
         except BaseException:
-            writer.abort()
+            for writer in writers:
+                writer.abort()
             raise
 
 
@@ -370,8 +388,8 @@ def write_split_cells(path, common, assignment: dict, train_output, solution_out
     solution_obs.insert(0, "condition_id", condition[test_rows].astype(str))
     if len(test_rows) == 0:
         raise ValueError(f"file '{path}': no cell of any test condition (every condition needs cells)")
-    copy_cells(path, train_output, train_rows, base.iloc[train_rows], train_uns)
-    copy_cells(path, solution_output, test_rows, solution_obs, solution_uns)
+    copy_cells(path, [(train_output, train_rows, base.iloc[train_rows], train_uns),
+                      (solution_output, test_rows, solution_obs, solution_uns)])
     log(f"cells: train {len(train_rows)}, solution {len(test_rows)} of {len(obs)} dataset cells")
     return len(train_rows), len(test_rows)
 

@@ -161,8 +161,14 @@ class LazyAnnData:
     def _on_disk(node):
         import h5py
 
+        try:
+            import deflate_chunks
+        except ImportError:  # a component that does not ship it (docs/components.md): h5py and anndata read
+            deflate_chunks = None
         if isinstance(node, h5py.Dataset):
-            return node
+            return deflate_chunks.DenseOnDisk(node) if deflate_chunks and node.ndim == 2 else node
+        if deflate_chunks and node.attrs.get("encoding-type") == "csr_matrix":  # a condition's rows: one read
+            return deflate_chunks.CsrOnDisk(node)
         try:
             from anndata.io import sparse_dataset
         except ImportError:  # anndata < 0.11
@@ -278,8 +284,10 @@ def _matrix_problems(matrix, where: str, spec: dict) -> list[str]:
     # statistics the spec bounds are computed, and non-finite values are counted only where there are some
     extremes = "max_value" in spec or "min_value" in spec
     mass = "max_negative_mass" in spec
-    for start in range(0, matrix.shape[0], _ROW_BLOCK):
-        block = matrix[start:start + _ROW_BLOCK]
+    # a CSR matrix on disk gives its stored values without the indices (the scan needs no more)
+    blocks = matrix.value_blocks(_ROW_BLOCK) if hasattr(matrix, "value_blocks") else \
+        (matrix[start:start + _ROW_BLOCK] for start in range(0, matrix.shape[0], _ROW_BLOCK))
+    for block in blocks:
         values = block.data if hasattr(block, "data") and not isinstance(block, np.ndarray) else np.asarray(block)
         values = values.reshape(-1) if values.flags.c_contiguous else values.ravel()
         # sub-blocks that stay in cache: every statistic is one pass of it, with no matrix-sized temporary

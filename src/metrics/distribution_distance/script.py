@@ -87,10 +87,7 @@ predicted_halves = halves_of(predicted, "input_prediction_cells", required=False
 observed_halves = halves_of(observed, "input_solution_cells", required=True)
 
 try:
-    # fit_pca and median_bandwidth draw these very rows from all training cells; given only them, they keep all
-    pca = cd.fit_pca(train_cells.rows(cd.subsample(train_cells.n_obs, cd.MAX_PCA_CELLS, seed, "pca")), seed=seed)
-    bandwidth_rows = cd.subsample(train_cells.n_obs, cd.MAX_BANDWIDTH_CELLS, seed, "bandwidth")
-    bandwidth = cd.median_bandwidth(pca.project(train_cells.rows(bandwidth_rows)), seed=seed)
+    pca, bandwidth = cd.training_axes(train_cells, seed)  # the same for every prediction of the fold
 except ValueError as error:
     fail(f"--input_train_cells file '{par['input_train_cells']}': {error}")
 
