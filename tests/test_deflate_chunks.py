@@ -132,3 +132,42 @@ def test_r_reads_what_was_written_here(tmp_path):
     # hdf5r gives the matrix transposed (genes x rows): R is column-major
     assert result.stdout.split() == [str(len(values)), f"{values.sum():.0f}", f"{values[149998]:.0f}", "50", "600",
                                      f"{matrix.sum():.0f}", f"{matrix[2, 6]:.0f}"]
+
+
+@pytest.mark.parametrize("breaks_at", [None, 0, 2])
+def test_a_layer_with_xs_structure_shares_it_and_one_that_breaks_it_gets_its_own(tmp_path, breaks_at):
+    """cell_files.StreamingCellWriter: counts with X's non-zeros store only their values (hard links to X's
+    indices and indptr); a block whose non-zeros differ (here: a count of 0 stored explicitly) gives the layer
+    its own copy of X's structure so far. Read back, every matrix equals what was appended."""
+    import anndata as ad
+    import h5py
+    import pandas as pd
+    import scipy.sparse as sp
+    from cell_files import StreamingCellWriter
+
+    rng = np.random.default_rng(5)
+    blocks = [sp.random(n, 300, density=0.2, random_state=i, format="csr", dtype=np.float32) * 20
+              for i, n in enumerate((1500, 1, 900, 400))]  # 90k values: chunks written before a break
+    counts = [sp.csr_matrix(np.ceil(block.toarray())) for block in blocks]
+    logs = [block.copy() for block in counts]
+    for block in logs:
+        block.data = np.log1p(block.data)
+    if breaks_at is not None:  # an explicit zero in the counts: same values, another structure
+        counts[breaks_at] = counts[breaks_at].tocoo()
+        counts[breaks_at] = sp.csr_matrix((np.append(counts[breaks_at].data, 0.0), (np.append(counts[breaks_at].row, 0),
+                                           np.append(counts[breaks_at].col, 299))), shape=counts[breaks_at].shape)
+        counts[breaks_at].sum_duplicates()
+    writer = StreamingCellWriter(tmp_path / "cells.h5ad", 300, layers=("counts",))
+    for X, raw in zip(logs, counts):
+        writer.append(X, counts=raw)
+    n = sum(block.shape[0] for block in blocks)
+    writer.finish(pd.DataFrame(index=[f"c{i}" for i in range(n)]), pd.DataFrame(index=[f"g{j}" for j in range(300)]), {})
+    with h5py.File(tmp_path / "cells.h5ad") as handle:
+        linked = handle["X/indices"] == handle["layers/counts/indices"]
+    assert linked == (breaks_at is None)
+    back = ad.read_h5ad(tmp_path / "cells.h5ad")
+    expected_counts = sp.vstack(counts, format="csr")
+    assert (back.X != sp.vstack(logs, format="csr")).nnz == 0
+    assert (back.layers["counts"] != expected_counts).nnz == 0
+    assert np.array_equal(back.layers["counts"].indptr, expected_counts.indptr)
+    assert np.array_equal(back.layers["counts"].indices, expected_counts.indices)
