@@ -275,7 +275,8 @@ def write_h5ad_atomic(adata, path: str):
 # solution's control layers (one profile repeated per test row) 26x, each read back at 0.4-0.9 s per 140 MB;
 # dense log-normalised profiles shrink only 1.2x for 5x the read time, so they are stored as they are. Which
 # dense matrix is which is measured, not assumed: its first rows are compressed as the filter would.
-# Every HDF5 reader (h5py, anndata, R's hdf5r) decodes both filters.
+# Every HDF5 reader (h5py, anndata, R's hdf5r) decodes both filters. Compressed X and layers are written
+# chunk by chunk by deflate_chunks (the same chunks, ISA-L's faster deflate) where a component ships it.
 COMPRESSION = {"compression": "gzip", "compression_opts": 1, "shuffle": True}
 MIN_COMPRESSED_BYTES = 1 << 20   # below this the filter's overhead outweighs the saving
 MIN_COMPRESSION_RATIO = 2.0      # a dense matrix is compressed only if its sample shrinks at least this much
