@@ -383,3 +383,16 @@ def test_train_mean_cells_are_the_control_cells_shifted_by_the_mean_training_del
         assert rows.sum() == typical
         delta = np.asarray(shifted.X[rows]) - plain.X[(plain.obs["condition_id"].astype(str) == name).to_numpy()].toarray()
         assert np.allclose(delta, expected, atol=1e-5)  # one shift for every cell
+
+
+def test_it_shares_the_python_metrics_image_and_so_their_session():
+    """Its PCA and bandwidth are fitted once per fold and worker session (cell_distances.training_axes): a
+    metric with another image is scored in a unit of its own (steps.score_units), outside that session, and
+    refits them for every prediction (at genome scale, most of its time)."""
+    from perturbcast.config import load_config
+    from perturbcast.steps import image_key
+
+    root = Path(__file__).resolve().parent.parent / "src" / "metrics"
+    keys = {name: image_key(load_config(root / name / "config.vsh.yaml"))
+            for name in ("distribution_distance", "delta_error", "delta_correlation", "discrimination")}
+    assert len(set(keys.values())) == 1, keys
