@@ -4,9 +4,10 @@ by chunk here instead of through HDF5's filter pipeline.
 Why: at genome scale compressing and decompressing cells files is most of a split's and a cell-level step's
 time, and HDF5 runs its filters with zlib. The chunks written here are exactly what HDF5's filters write
 (the bytes of a chunk shuffled, then a zlib stream), so every HDF5 reader (h5py, anndata, R's hdf5r) reads
-them as before; only the deflate implementation differs: ISA-L's (`isal`, when it is installed), measured on
-64 chunks of a simulated cells file (one core): log-normalised values 63 -> 274 MB/s (ratio 2.21 -> 1.96),
-column indices 130 -> 960 MB/s, counts 95 -> 714 MB/s, and inflating 2-2.4x faster than zlib. Without isal
+them as before; only the deflate implementation differs: ISA-L's (`isal`, when it is installed). Measured by
+`benchmarks/deflate.py` on 64 chunks of each matrix of the genome-scale simulated cells file (one core, load ~4):
+log-normalised values compressed at 87 -> 378 MB/s (ratio 3.31 -> 3.24), column indices 112 -> 1,098 MB/s (4.76
+-> 3.97), counts 105 -> 764 MB/s (7.46 -> 8.01); inflated 1.8-2.5x faster. Without isal
 the same code runs with Python's zlib (the speed of HDF5's own filter).
 
 - `create`: a resizable 1-d dataset (or a fixed 2-d one) with HDF5's filters declared.
@@ -14,6 +15,7 @@ the same code runs with Python's zlib (the speed of HDF5's own filter).
 - `write_rows`: a dense 2-d matrix into a dataset chunked by whole rows.
 - `Reader`: a range of a 1-d dataset, or rows of a 2-d one, decoding each chunk once (the last one kept).
   Datasets with other filters or layouts are read through h5py as before.
+- `CsrOnDisk`, `DenseOnDisk`: a matrix of an h5ad file left on disk (formats.LazyAnnData), rows read by spans.
 """
 from __future__ import annotations
 
