@@ -124,11 +124,12 @@ def fractional_top_ks(values: np.ndarray, keep: np.ndarray, ks, known: dict | No
     lowest = np.min([threshold for _, threshold in by_k.values()], axis=0)
     columns, valid = compact(v >= lowest[:, None])
     candidates = np.take_along_axis(v, columns, axis=1)
-    candidates[~valid] = -np.inf  # padding: equal to no threshold (thresholds are kept, finite values)
+    candidates[~valid] = -np.inf  # padding: above no threshold
+    kept = np.take_along_axis(keep, columns, axis=1) & valid
     out = {}
     for k, (k_row, threshold) in by_k.items():
         greater = candidates > threshold[:, None]
-        ties = (candidates == threshold[:, None]) & valid
+        ties = (candidates == threshold[:, None]) & kept
         share = (k_row - greater.sum(axis=1)) / np.maximum(ties.sum(axis=1), 1)
         rows, positions = nonzero_2d(greater | ties)
         weight = np.where(greater[rows, positions], 1.0, share[rows])
