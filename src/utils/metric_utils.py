@@ -260,7 +260,7 @@ def _keep_freed_memory():
     in at 2,000 x 8,000).
     No transparent huge pages for numpy's arrays (numpy asks for them on Linux): on these VMs (free page
     reporting hands free 2 MB blocks back to the host) a huge page is a block the host must back afresh, and
-    a session's system time was 1.3-2.6 s with them against 0.4-1.2 s without, for ~0.1 s more user time."""
+    a session's system time was 0.9-2.6 s with them against 0.4-1.2 s without, for ~0.1-0.15 s more user time."""
     import ctypes
     import sys
 
