@@ -331,11 +331,21 @@ def _row_squares(matrix: np.ndarray) -> np.ndarray:
 
 def _column_medians(values: np.ndarray, block: int = 256) -> np.ndarray:
     """`np.median(values, axis=0)`, the same values: each block of columns is transposed so that the
-    selection runs along contiguous memory (numpy's median along axis 0 partitions a strided copy)."""
+    selection runs along contiguous memory (numpy's median along axis 0 partitions a strided copy), and
+    partitioned at the middle only (np.median also selects the next-lower value and the last, for NaN, in
+    one multi-kth introselect: 3x slower); the next-lower value is the largest of the lower part, and the two
+    are averaged as np.median's mean does, (a + b) / 2. Blocks with NaN go to np.median."""
     out = np.empty(values.shape[1])
+    n = values.shape[0]
+    half = n // 2
     for start in range(0, values.shape[1], block):
         columns = np.ascontiguousarray(values[:, start:start + block].T)
-        out[start:start + block] = np.median(columns, axis=1, overwrite_input=True)
+        if n == 0 or np.isnan(columns).any():
+            out[start:start + block] = np.median(columns, axis=1, overwrite_input=True)
+            continue
+        columns.partition(half, axis=1)
+        upper = columns[:, half]
+        out[start:start + block] = upper if n % 2 else (columns[:, :half].max(axis=1) + upper) / 2.0
     return out
 
 

@@ -58,17 +58,25 @@ def _run_starts(ordered: np.ndarray) -> np.ndarray:
 
 def _ranks_of_runs(start: np.ndarray, order: np.ndarray, dtype) -> np.ndarray:
     """Average ranks from the run starts of each row's sorted values and their columns `order` (tied runs
-    share the average of their 1-based positions). The sorted values themselves are freed by the caller."""
+    share the average of their 1-based positions). The sorted values themselves are freed by the caller.
+    Most values are alone in their run (rank = position + 1, exact in float32 below 2**24): those are written
+    in one scatter, then the few tied runs get the average, computed as for every run before (the same values)."""
     n, g = start.shape
-    flat = start.ravel()
-    run = np.cumsum(flat, dtype=np.int64) - 1  # run number of every sorted position, over all rows
-    first = np.flatnonzero(flat)
-    last = np.empty_like(first)
-    last[:-1], last[-1] = first[1:] - 1, n * g - 1
-    # average of the run's 1-based positions within its row
-    average = (first + last) * 0.5 - (first // g) * g + 1.0
     ranks = np.empty((n, g), dtype=dtype)
-    np.put_along_axis(ranks, order, average[run].reshape(n, g).astype(dtype, copy=False), axis=1)
+    # 1-d scatter: numpy's 2-d one (put_along_axis) builds index arrays for both axes
+    flat_order = order + (np.arange(n, dtype=order.dtype) * g)[:, None]
+    flat_order = flat_order.ravel()
+    ranks.ravel()[flat_order] = np.broadcast_to(np.arange(1, g + 1, dtype=dtype), (n, g)).ravel()
+    tied = np.flatnonzero(~start.ravel())  # sorted positions that continue a run (runs never cross rows)
+    if len(tied):
+        breaks = np.flatnonzero(np.diff(tied) != 1) + 1  # each run's continuations are consecutive
+        first = tied[np.concatenate(([0], breaks))] - 1
+        last = tied[np.concatenate((breaks - 1, [len(tied) - 1]))]
+        # average of the run's 1-based positions within its row
+        average = (first + last) * 0.5 - (first // g) * g + 1.0
+        lengths = last - first + 1
+        positions = np.arange(lengths.sum()) + np.repeat(first - (np.cumsum(lengths) - lengths), lengths)
+        ranks.ravel()[flat_order[positions]] = np.repeat(average, lengths).astype(dtype, copy=False)
     return ranks
 
 

@@ -118,14 +118,22 @@ def fractional_top_ks(values: np.ndarray, keep: np.ndarray, ks, known: dict | No
     if not len(ks):
         return {}
     v, by_k = _kth_largest(values, keep, ks, known)
+    # every gene at or above a k's threshold is at or above the lowest one: the genes of the largest k (about
+    # k per row) are gathered once and each k works on them, not on every gene (the same memberships, in the
+    # same row-major order: `compact` keeps each row's genes in column order)
+    lowest = np.min([threshold for _, threshold in by_k.values()], axis=0)
+    columns, valid = compact(v >= lowest[:, None])
+    candidates = np.take_along_axis(v, columns, axis=1)
+    candidates[~valid] = -np.inf  # padding: above no threshold
+    kept = np.take_along_axis(keep, columns, axis=1) & valid
     out = {}
     for k, (k_row, threshold) in by_k.items():
-        greater = v > threshold[:, None]
-        ties = (v == threshold[:, None]) & keep
+        greater = candidates > threshold[:, None]
+        ties = (candidates == threshold[:, None]) & kept
         share = (k_row - greater.sum(axis=1)) / np.maximum(ties.sum(axis=1), 1)
-        rows, cols = nonzero_2d(greater | ties)
-        weight = np.where(greater[rows, cols], 1.0, share[rows])
-        out[k] = (sp.csr_matrix((weight, (rows, cols)), shape=v.shape), k_row)
+        rows, positions = nonzero_2d(greater | ties)
+        weight = np.where(greater[rows, positions], 1.0, share[rows])
+        out[k] = (sp.csr_matrix((weight, (rows, columns[rows, positions])), shape=v.shape), k_row)
     return out
 
 
