@@ -282,7 +282,7 @@ def simulate_condition(cell_rng, solve, baseline, abundance, targets, guide_of, 
         efficiencies = np.column_stack([cell_efficiencies(cell_rng, guide_of[t], stop - start) for t in targets]) \
             if targets else np.zeros((stop - start, 0))
         share = shares(solve, baseline, abundance, targets, efficiencies, guide_of, buffering, kind)
-        for half in range(n_profiles):  # `half`: the profile's index within the condition (cell_files.CellRecorder)
+        for half in range(n_profiles):  # `half`: the profile's index within the condition (cell_recorder.CellRecorder)
             selected = profile_of_cell[start:stop] == half
             if selected.any():
                 counts = sample_counts(cell_rng, with_batch(share[selected], batches[half * 2 // n_profiles]),
@@ -423,8 +423,9 @@ args = simulation_arguments(par)
 if not par.get("output"):
     fail("--output was not given")
 cell_recorder = None
-if par.get("output_cells"):  # the cells behind the profiles, recorded as they are sampled (cell_files.py)
-    from cell_files import CellRecorder, loader_options
+if par.get("output_cells"):  # the cells behind the profiles, recorded as they are sampled (cell_recorder.py)
+    from cell_files import loader_options
+    from cell_recorder import CellRecorder
     try:
         cell_options = loader_options(par)
     except ValueError as error:
