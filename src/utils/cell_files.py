@@ -223,14 +223,9 @@ def _source_blocks(handle, path, layer, rows: np.ndarray):
 
     kind, (n_cells, n_genes), node = matrix_layout(handle, path, layer)
     if kind == "csr":
-        indptr = node["indptr"][:].astype(np.int64)
-        data, indices = deflate_chunks.Reader(node["data"]), deflate_chunks.Reader(node["indices"])
-        for block_rows in _csr_row_blocks(indptr, rows):
-            low, high = int(indptr[block_rows[0]]), int(indptr[block_rows[-1] + 1])
-            span = sp.csr_matrix((data.range(low, high), indices.range(low, high),
-                                  indptr[block_rows[0]:block_rows[-1] + 2] - low),
-                                 shape=(int(block_rows[-1] - block_rows[0] + 1), n_genes))
-            yield span[block_rows - block_rows[0]]
+        matrix = deflate_chunks.CsrOnDisk(node, shape=(n_cells, n_genes))
+        for block_rows in _csr_row_blocks(matrix.indptr, rows):
+            yield matrix.span(int(block_rows[0]), int(block_rows[-1]) + 1)[block_rows - block_rows[0]]
     elif kind == "dense":
         step = max(1, min(BLOCK_ROWS, BLOCK_NNZ // max(1, n_genes)))
         for start in range(0, len(rows), step):
@@ -328,32 +323,22 @@ def copy_cells(source, parts: list):
                                  "a loader")
         n_genes = int(nodes["X"].attrs["shape"][1])
         var = _read_elem(handle["var"])
-        indptrs = {name: node["indptr"][:].astype(np.int64) for name, node in nodes.items()}
-        readers = {name: (deflate_chunks.Reader(node["data"]), deflate_chunks.Reader(node["indices"]))
-                   for name, node in nodes.items()}
-        shared = {name for name, node in nodes.items() if name != "X" and node["indices"] == nodes["X"]["indices"]
-                  and node["indptr"] == nodes["X"]["indptr"]}
+        matrices = {name: deflate_chunks.CsrOnDisk(node) for name, node in nodes.items()}
+        shared = {name for name in names[1:] if matrices[name].shares_structure_with(matrices["X"])}
         writers = []
         try:
             for output, *_ in parts:
                 writers.append(StreamingCellWriter(output, n_genes, layers=names[1:]))
             wanted = np.unique(np.concatenate([rows for _, rows, _, _ in parts]))
-            for block in _csr_row_blocks(indptrs["X"], wanted) if len(wanted) else []:
-                spans = {}
-                for name, node in nodes.items():
-                    indptr = indptrs[name]
-                    low, high = int(indptr[block[0]]), int(indptr[block[-1] + 1])
-                    if name in shared:  # X's indices and indptr (hard links): read once
-                        spans[name] = sp.csr_matrix((readers[name][0].range(low, high), spans["X"].indices,
-                                                     spans["X"].indptr), shape=spans["X"].shape)
-                        continue
-                    spans[name] = sp.csr_matrix((readers[name][0].range(low, high), readers[name][1].range(low, high),
-                                                 indptr[block[0]:block[-1] + 2] - low),
-                                                shape=(int(block[-1] - block[0] + 1), n_genes))
+            for block in _csr_row_blocks(matrices["X"].indptr, wanted) if len(wanted) else []:
+                first, last = int(block[0]), int(block[-1]) + 1
+                spans = {"X": matrices["X"].span(first, last)}
+                for name in names[1:]:  # a layer sharing X's indices and indptr (hard links) reads its values only
+                    spans[name] = matrices[name].span(first, last, spans["X"] if name in shared else None)
                 for writer, (_, rows, _, _) in zip(writers, parts):
-                    first, last = np.searchsorted(rows, (block[0], block[-1] + 1))
-                    if last > first:
-                        take = rows[first:last] - block[0]
+                    start, stop = np.searchsorted(rows, (first, last))
+                    if stop > start:
+                        take = rows[start:stop] - first
                         pieces = {name: span[take] for name, span in spans.items()}
                         writer.append(pieces.pop("X"), **pieces)
             for writer, (_, _, obs, uns) in zip(writers, parts):

@@ -207,25 +207,33 @@ class CsrOnDisk:
     is decoded once per request however many of its rows are wanted (anndata's backed matrices read each
     requested row with its own h5py call, which decodes the row's chunk again)."""
 
-    def __init__(self, group):
+    def __init__(self, group, shape=None):
         self.group = group
-        self.shape = tuple(int(n) for n in group.attrs["shape"])
+        self.shape = tuple(int(n) for n in (group.attrs["shape"] if shape is None else shape))
         self.dtype = group["data"].dtype
         self.indptr = group["indptr"][:].astype(np.int64)
         self.data, self.indices = Reader(group["data"]), Reader(group["indices"])
 
-    def _span(self, first: int, last: int):
-        """Rows [first, last) as a CSR matrix."""
+    def span(self, first: int, last: int, structure=None):
+        """Rows [first, last) as a CSR matrix; `structure`: the span of a matrix whose indices and indptr
+        this one shares (hard links, cell_files.StreamingCellWriter), so that only the values are read."""
         import scipy.sparse as sp
 
         low, high = int(self.indptr[first]), int(self.indptr[last])
+        if structure is not None:
+            return sp.csr_matrix((self.data.range(low, high), structure.indices, structure.indptr),
+                                 shape=structure.shape)
         return sp.csr_matrix((self.data.range(low, high), self.indices.range(low, high),
                               self.indptr[first:last + 1] - low), shape=(last - first, self.shape[1]))
+
+    def shares_structure_with(self, other: "CsrOnDisk") -> bool:
+        """Whether both are stored with the same indices and indptr datasets (hard links)."""
+        return self.group["indices"] == other.group["indices"] and self.group["indptr"] == other.group["indptr"]
 
     def __getitem__(self, index):
         if isinstance(index, slice) and index.step in (None, 1):
             first, last, _ = index.indices(self.shape[0])
-            return self._span(first, max(first, last))
+            return self.span(first, max(first, last))
         return self.rows(np.asarray(index))
 
     def value_blocks(self, n_rows: int):
@@ -246,7 +254,7 @@ class CsrOnDisk:
         breaks = np.flatnonzero(gap > self.data.chunk) + 1
         pieces = []
         for group in np.split(rows, breaks):
-            span = self._span(int(group[0]), int(group[-1]) + 1)
+            span = self.span(int(group[0]), int(group[-1]) + 1)
             pieces.append(span[group - group[0]] if len(group) < span.shape[0] else span)
         return pieces[0] if len(pieces) == 1 else sp.vstack(pieces, format="csr")
 
