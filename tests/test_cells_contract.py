@@ -403,3 +403,21 @@ def test_engine_passes_cells_only_where_declared(cell_project, tmp_path):
     assert check_anndata(predicted, FORMATS["prediction_cells"]) == []
     log = (output / "scores" / split / "control_cells" / "delta_error" / "log.txt").read_text()
     assert "--input_prediction_cells" in log.splitlines()[0]
+
+
+def test_row_hashes_match_cells_equal_to_four_decimals_whatever_the_file_layout(tmp_path):
+    """The content check's hashes (perturbcast.leakage_cells.row_hashes): a cell equal to another to 4 decimals
+    hashes alike, in a plain or a compressed file; a value that differs in the 4th decimal, a value on another
+    gene, an empty cell: all different."""
+    import scipy.sparse as sp
+
+    from perturbcast.leakage_cells import row_hashes
+
+    rows = sp.csr_matrix(np.array([[0.0, 1.23456, 2.0], [0.0, 1.23436, 2.0], [0.0, 1.2347, 2.0],
+                                   [1.23456, 0.0, 2.0], [0.0, 0.0, 0.0], [0.0, 1.234561, 2.0]], dtype=np.float32))
+    ad.AnnData(X=rows).write_h5ad(tmp_path / "plain.h5ad")
+    ad.AnnData(X=rows).write_h5ad(tmp_path / "gzip.h5ad", compression="gzip")
+    plain, packed = row_hashes(tmp_path / "plain.h5ad"), row_hashes(tmp_path / "gzip.h5ad")
+    assert np.array_equal(plain, packed)
+    assert plain[0] == plain[5]  # 1.23456 and 1.234561: 1.2346 both
+    assert len(set(plain[[0, 1, 2, 3, 4]])) == 5  # 1.2346, 1.2344, 1.2347, another gene, none

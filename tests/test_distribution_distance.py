@@ -92,6 +92,42 @@ def test_estimators_separate_shifted_from_equal_distributions():
     assert abs(cd.mmd2(a, b, h)) < 0.01 < cd.mmd2(a, c, h)
 
 
+def test_set_distances_give_both_statistics_bit_for_bit_with_or_without_the_observed_terms():
+    rng = np.random.default_rng(4)
+    X, Y, h = rng.normal(0, 1, (40, 5)), rng.normal(0.3, 1, (25, 5)), 1.7
+    both = cd.set_distances(X, Y, h)
+    assert both == (cd.energy_distance(X, Y), cd.mmd2(X, Y, h))
+    assert cd.set_distances(X, Y, h, cd.within_terms(Y, h)) == both
+    single = cd.set_distances(X[:1], Y, h)  # a one-cell set is a point mass (its own terms 0 and 1)
+    assert single == (cd.energy_distance(X[:1], Y), cd.mmd2(X[:1], Y, h))
+
+
+def test_observed_sets_are_projected_once_per_axes_and_file(tmp_path, monkeypatch):
+    """A fold's observed cells meet every prediction: within the current training axes they are read and
+    projected once per process; other axes (another fold) project them again."""
+    from formats import read_h5ad_lazy
+
+    A = sp.random(120, 30, density=0.4, random_state=5, format="csr", dtype=np.float32)
+    ad.AnnData(X=A).write_h5ad(tmp_path / "train.h5ad")
+    ad.AnnData(X=A[:60]).write_h5ad(tmp_path / "observed.h5ad")
+    train, observed = read_h5ad_lazy(str(tmp_path / "train.h5ad")), read_h5ad_lazy(str(tmp_path / "observed.h5ad"))
+    pca, h = cd.training_axes(train, seed=0)
+    reads = []
+    original = cd.cell_rows
+    monkeypatch.setattr(cd, "cell_rows", lambda cells, rows: reads.append(len(rows)) or original(cells, rows))
+    rows, drop = np.arange(5, 25), np.array([3])
+    first = cd.projected_set(pca, observed, rows, drop, h)
+    again = cd.projected_set(pca, observed, rows, drop, h)
+    assert reads == [20] and again is first
+    Z = pca.project(A[5:25], drop)
+    assert np.array_equal(first[0], Z) and first[1] == cd.within_terms(Z, h)
+    cd.projected_set(pca, observed, rows, np.array([4]), h)  # other genes left out: projected anew
+    other = cd.fit_pca(A, seed=1, n_components=3)  # not the current axes: not kept
+    cd.projected_set(other, observed, rows, drop, h)
+    cd.projected_set(other, observed, rows, drop, h)
+    assert reads == [20, 20, 20, 20]
+
+
 def test_median_bandwidth_by_hand():
     Z = np.array([[0.0, 0.0], [3.0, 4.0], [0.0, 4.0]])  # distances 5, 4, 3
     assert cd.median_bandwidth(Z) == pytest.approx(4.0)

@@ -77,6 +77,29 @@ def mmd2(X: np.ndarray, Y: np.ndarray, bandwidth: float) -> float:
     return float(_within_mean(kxx, 1.0) + _within_mean(kyy, 1.0) - 2.0 * kxy.mean())
 
 
+def set_distances(X: np.ndarray, Y: np.ndarray, bandwidth: float, within_y: tuple | None = None) -> tuple:
+    """(energy_distance(X, Y), mmd2(X, Y, bandwidth)), each pairwise matrix computed once for both (the same
+    values as the two functions give). `within_y`: Y's own terms, `within_terms(Y, bandwidth)`, when known."""
+    if len(X) == 0 or len(Y) == 0:
+        raise ValueError("set_distances needs at least one cell in each set")
+    scale = -0.5 / float(bandwidth) ** 2
+    distance_xx, kernel_xx = within_terms(X, bandwidth)
+    distance_yy, kernel_yy = within_y if within_y is not None else within_terms(Y, bandwidth)
+    squared = pairwise_sq_distances(X, Y)
+    energy = 2.0 * np.sqrt(squared).mean() - distance_xx - distance_yy
+    mmd = kernel_xx + kernel_yy - 2.0 * np.exp(scale * squared).mean()
+    return float(energy), float(mmd)
+
+
+def within_terms(Z: np.ndarray, bandwidth: float) -> tuple[float, float]:
+    """A set's own terms of the two U-statistics: E|Z-Z'| and E k(Z,Z') over pairs of distinct cells."""
+    if not bandwidth > 0:
+        raise ValueError(f"bandwidth must be positive, got {bandwidth}")
+    squared = pairwise_sq_distances(Z, Z)
+    return (_within_mean(np.sqrt(squared), 0.0),
+            _within_mean(np.exp((-0.5 / float(bandwidth) ** 2) * squared), 1.0))
+
+
 def median_bandwidth(Z: np.ndarray, seed: int = 0, max_cells: int = MAX_BANDWIDTH_CELLS) -> float:
     """Median heuristic: the median Euclidean distance between distinct cells of (a seeded subsample of)
     Z. Computed once from training cells, so it is the same for every condition and every method."""
@@ -93,15 +116,26 @@ def median_bandwidth(Z: np.ndarray, seed: int = 0, max_cells: int = MAX_BANDWIDT
 # session (perturbcast/engine_run.py), and the axes and bandwidth depend only on the training cells and the
 # seed; at genome scale reading and fitting them costs more than scoring a prediction.
 _AXES: dict = {}
+# The observed cells of each condition in those axes: every prediction of the fold is scored against the same
+# subsample of them, so a session projects them once (cleared with the axes).
+_PROJECTED: dict = {}
+
+
+def _file_identity(cells) -> tuple | None:
+    """(path, size, mtime) of a cells file on disk; None for cells in memory."""
+    import os
+
+    if not getattr(cells, "filename", None):
+        return None
+    stat = os.stat(cells.filename)
+    return os.path.realpath(cells.filename), stat.st_size, stat.st_mtime_ns
 
 
 def training_axes(train_cells, seed: int) -> tuple:
     """(PCA, RBF bandwidth) of a cells file's training cells (read from disk once per file and seed in a
     process): the PCA fitted on at most MAX_PCA_CELLS of them, the bandwidth from MAX_BANDWIDTH_CELLS."""
-    import os
-
-    stat = os.stat(train_cells.filename) if getattr(train_cells, "filename", None) else None
-    key = (os.path.realpath(train_cells.filename), stat.st_size, stat.st_mtime_ns, int(seed)) if stat else None
+    identity = _file_identity(train_cells)
+    key = identity + (int(seed),) if identity else None
     if key is None or key not in _AXES:
         # fit_pca and median_bandwidth draw these very rows from all training cells; given only them, they keep all
         pca = fit_pca(cell_rows(train_cells, subsample(train_cells.n_obs, MAX_PCA_CELLS, seed, "pca")), seed=seed)
@@ -110,8 +144,25 @@ def training_axes(train_cells, seed: int) -> tuple:
         if key is None:
             return axes
         _AXES.clear()  # one fold's axes at a time: a session scores one fold
+        _PROJECTED.clear()
         _AXES[key] = axes
     return _AXES[key]
+
+
+def projected_set(pca: "PCA", cells, rows: np.ndarray, drop, bandwidth: float) -> tuple:
+    """(Z, within_terms(Z, bandwidth)) for Z = pca.project(rows of `cells`, drop); kept for the process when the
+    cells are a file on disk and `pca` the current training axes (a fold's observed cells, met again by every
+    prediction of the fold)."""
+    identity = _file_identity(cells)
+    if identity is None or not any(axes[0] is pca and axes[1] == bandwidth for axes in _AXES.values()):
+        Z = pca.project(cell_rows(cells, rows), drop)
+        return Z, within_terms(Z, bandwidth)
+    drop = np.zeros(0, dtype=np.int64) if drop is None else np.asarray(drop, dtype=np.int64)
+    key = (identity, np.asarray(rows, dtype=np.int64).tobytes(), drop.tobytes())
+    if key not in _PROJECTED:
+        Z = pca.project(cell_rows(cells, rows), drop)
+        _PROJECTED[key] = (Z, within_terms(Z, bandwidth))
+    return _PROJECTED[key]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -155,7 +206,9 @@ class PCA:
         if drop is not None and len(drop):
             V = V.copy()
             V[np.asarray(drop, dtype=np.int64)] = 0.0
-        Z = X @ V if sp.issparse(X) else np.asarray(X, dtype=np.float64) @ V
+        # dense rows through BLAS: scipy's sparse-times-dense loop ran at ~1 GFLOP/s and was most of scoring a
+        # prediction's cells; a condition's cells (at most MAX_CELLS) are small dense, the sums' order differs
+        Z = (X.toarray() if sp.issparse(X) else np.asarray(X)).astype(np.float64, copy=False) @ V
         return np.asarray(Z, dtype=np.float64) - self.mean @ V
 
 

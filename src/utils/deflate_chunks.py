@@ -56,8 +56,12 @@ def _decode(stored: bytes, dtype: np.dtype, count: int, shuffled: bool, out: np.
     raw = np.frombuffer(_deflate.decompress(stored), dtype=np.uint8)
     if out is None:
         out = np.empty(count, dtype=dtype)
-    if shuffled and dtype.itemsize > 1:  # one strided copy, straight into place
-        out.view(np.uint8).reshape(count, dtype.itemsize)[...] = raw.reshape(dtype.itemsize, count).T
+    if shuffled and dtype.itemsize > 1:
+        # a byte plane at a time, straight into place: one 2-d strided copy of the planes' transpose is ~5x
+        # slower (numpy walks it byte by byte) and was a third of reading a cells file's chunks
+        planes, place = raw.reshape(dtype.itemsize, count), out.view(np.uint8).reshape(count, dtype.itemsize)
+        for byte in range(dtype.itemsize):
+            place[:, byte] = planes[byte]
     else:
         out.view(np.uint8)[...] = raw
     return out

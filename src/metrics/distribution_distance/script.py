@@ -111,9 +111,10 @@ for i, name in enumerate(conditions):
         rows = rows[cd.subsample(len(rows), max_cells, seed, f"{name}|{half}")]
         reference = reference[cd.subsample(len(reference), max_cells, seed, f"{name}|{half}")]
         Zp = pca.project(predicted.rows(rows), drop)
-        Zo = pca.project(observed.rows(reference), drop)
-        parts_e.append(cd.energy_distance(Zp, Zo))
-        parts_m.append(cd.mmd2(Zp, Zo, bandwidth))
+        Zo, within_observed = cd.projected_set(pca, observed, reference, drop, bandwidth)
+        energy_part, mmd_part = cd.set_distances(Zp, Zo, bandwidth, within_observed)
+        parts_e.append(energy_part)
+        parts_m.append(mmd_part)
         weights.append(float((predicted_halves[predicted_groups[name]] == half).sum()))
     energy[i] = np.average(parts_e, weights=weights)
     mmd[i] = np.average(parts_m, weights=weights)
