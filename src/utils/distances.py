@@ -248,9 +248,11 @@ def _block(matrix: np.ndarray, rows: np.ndarray, genes: np.ndarray) -> np.ndarra
         return np.ascontiguousarray(matrix)
     out = np.empty((len(rows), len(genes)), dtype=matrix.dtype)
     whole = len(rows) == matrix.shape[0] and (rows == np.arange(len(rows))).all()
-    # np.take along the genes of contiguous rows: ~10x faster than the 2-d fancy index np.ix_ (same values)
+    # np.take along the genes of contiguous rows: ~10x faster than the 2-d fancy index np.ix_ (same values);
+    # mode "clip" (the genes are valid indices): with "raise" numpy writes into a fresh buffer and copies it into
+    # `out`, so every block faulted in new pages (twice the block's memory)
     for part in _row_slices(out):
-        np.take(matrix[part] if whole else matrix[rows[part]], genes, axis=1, out=out[part])
+        np.take(matrix[part] if whole else matrix[rows[part]], genes, axis=1, out=out[part], mode="clip")
     return out
 
 
@@ -444,36 +446,285 @@ def context_ranks(data, context: int, rows: np.ndarray, genes: np.ndarray, kinds
                 inputs.caches[key] = _tiled_cityblock(distinct, observed)
             out["l1"] = diagonal_ranks(inputs.caches[key][row_of] / n_used)
     if "cosine" in kinds or "euclidean" in kinds:
-        key = ("products", context)
+        key = ("screen", context)
         if key not in inputs.caches:
-            inputs.caches[key] = (distinct @ observed.T, _row_squares(distinct))
-        dot_all, squares = inputs.caches[key]
-        if len(row_of) == len(dot_all) and (row_of == np.arange(len(row_of))).all():  # no copy of the products
-            dot, sq_a = dot_all, squares[:, None]
-        else:
-            dot, sq_a = dot_all[row_of], squares[row_of][:, None]
-        sq_b = data.shared(("context_squares", context), lambda: _row_squares(observed))[None, :]
-        # (the element-wise steps in place: one pairs x pairs matrix instead of one per step)
-        if "euclidean" in kinds:
-            squared = np.add(sq_a, sq_b)
-            squared -= 2.0 * dot
-            np.maximum(squared, 0.0, out=squared)
-            squared /= n_used
-            out["euclidean"] = diagonal_ranks(np.sqrt(squared, out=squared))
-            del squared
-        if "cosine" in kinds:
-            tol = data.resolution[rows]
-            null = (np.sqrt(sq_a / n_used) <= tol[:, None]) | (np.sqrt(sq_b / n_used) <= tol[None, :]) \
-                | (sq_a == 0) | (sq_b == 0)
-            similarity = np.multiply(sq_a, sq_b)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                np.divide(dot, np.sqrt(similarity, out=similarity), out=similarity)
-            similarity[null] = 0.0
-            np.clip(similarity, -1.0, 1.0, out=similarity)
-            distances = np.subtract(1.0, similarity, out=similarity)
-            out["cosine"] = diagonal_ranks(distances)
-            out["cosine_observed"] = diagonal_ranks(distances.T)
-    if ("l1", context) in inputs.caches and ("products", context) in inputs.caches:
-        # every kind is now computed from these caches: the prediction's block is not needed again
+            squares = data.shared(("context_squares", context), lambda: _row_squares(observed))
+            inputs.caches[key] = _screen(_distinct_block(data, context, rows, genes), observed, squares, index) or None
+        screened = None
+        if inputs.caches[key] is not None and ("products", context) not in inputs.caches:
+            screened = _screened_ranks(data, context, rows, genes, kinds, observed, inputs.caches[key], row_of)
+        out.update(screened if screened is not None else _product_ranks(data, context, rows, genes, kinds, observed))
+    if ("l1", context) in inputs.caches and ("screen", context) in inputs.caches:
+        # every kind is now computed from these caches (the few rows a refinement needs are fetched again)
         inputs.caches[("distinct", context)] = (None, index)
     return out
+
+
+def _distinct_block(data, context, rows, genes) -> np.ndarray:
+    """The context's distinct predicted rows, rebuilt if `context_ranks` dropped them."""
+    distinct, index = _distinct_rows(data, context, rows, genes)
+    if distinct is None:
+        data.inputs.caches.pop(("distinct", context))
+        distinct, index = _distinct_rows(data, context, rows, genes)
+    return distinct
+
+
+def _product_ranks(data, context, rows, genes, kinds, observed) -> dict:
+    """Cosine and Euclidean ranks from the float64 product (where the screen cannot decide)."""
+    inputs = data.inputs
+    row_of = _distinct_rows(data, context, rows, genes)[1][data.draw]
+    n_used, out = float(len(genes)), {}
+    key = ("products", context)
+    if key not in inputs.caches:
+        distinct = _distinct_block(data, context, rows, genes)
+        inputs.caches[key] = (distinct @ observed.T, _row_squares(distinct))
+    dot_all, squares = inputs.caches[key]
+    if len(row_of) == len(dot_all) and (row_of == np.arange(len(row_of))).all():  # no copy of the products
+        dot, sq_a = dot_all, squares[:, None]
+    else:
+        dot, sq_a = dot_all[row_of], squares[row_of][:, None]
+    sq_b = data.shared(("context_squares", context), lambda: _row_squares(observed))[None, :]
+    # (the element-wise steps in place: one pairs x pairs matrix instead of one per step)
+    if "euclidean" in kinds:
+        squared = np.add(sq_a, sq_b)
+        squared -= 2.0 * dot
+        np.maximum(squared, 0.0, out=squared)
+        squared /= n_used
+        out["euclidean"] = diagonal_ranks(np.sqrt(squared, out=squared))
+        del squared
+    if "cosine" in kinds:
+        tol = data.resolution[rows]
+        null = (np.sqrt(sq_a / n_used) <= tol[:, None]) | (np.sqrt(sq_b / n_used) <= tol[None, :]) \
+            | (sq_a == 0) | (sq_b == 0)
+        similarity = np.multiply(sq_a, sq_b)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            np.divide(dot, np.sqrt(similarity, out=similarity), out=similarity)
+        similarity[null] = 0.0
+        np.clip(similarity, -1.0, 1.0, out=similarity)
+        distances = np.subtract(1.0, similarity, out=similarity)
+        out["cosine"] = diagonal_ranks(distances)
+        out["cosine_observed"] = diagonal_ranks(distances.T)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------
+# Cosine and Euclidean ranks from a float32 product, refined where it cannot decide
+# ----------------------------------------------------------------------------------------------------
+# The ranks count comparisons of each distance with the diagonal's, at TIE_RTOL of the row's largest: the float64
+# product (BLAS's summation order) decides them only where a distance is within its round-off of such an edge. A
+# float32 product with a rigorous bound on its distance from that product decides every other pair; the few pairs
+# near an edge get a float64 dot (another order, so an interval of the same width as the round-off), and a context
+# where even that cannot decide some comparison gets the float64 product itself, so every rank is the product's.
+# Genes per float32 product, whose partial sums are added in float64: the float32 round-off bound grows with the terms
+# one product sums (6e-5 of |p| |o| here against 3.5e-4 for 5,827 genes at once).
+SCREEN_GENES = 1024
+# Beyond this share of pairs near an edge (and this many), the float64 product is cheaper than their dots.
+SCREEN_REFINE_SHARE, SCREEN_REFINE_PAIRS = 0.005, 256
+_U32, _U64 = 2.0 ** -24, 2.0 ** -53
+_ETA = 2.0 ** -150  # absolute round-off of one float32 operation in the subnormal range (float64's is far smaller)
+
+
+def _gamma(n: int, u: float) -> float:
+    return n * u / (1.0 - n * u)
+
+
+def _down(x):
+    return np.nextafter(np.nextafter(x, -np.inf), -np.inf)
+
+
+def _up(x):
+    return np.nextafter(np.nextafter(x, np.inf), np.inf)
+
+
+def _screen(distinct: np.ndarray, observed: np.ndarray, observed_squares: np.ndarray, index: np.ndarray):
+    """The float32 product of `distinct @ observed.T` (float64 sums of SCREEN_GENES-gene float32 products), its bound
+    |screen - D| <= coef |p| |o| + a1 (|p| + |o|) + a0 against the float64 product D in any summation order (|.| the
+    Euclidean norm; float32 conversion, float32 and float64 sums, underflow), the squares, and the float64 dot of
+    every diagonal pair of every draw (index[k, i] = row of `distinct` of draw k's row i). None where the float32
+    copies could overflow or a value is not finite (the float64 product is used)."""
+    n, n_genes = observed.shape
+    squares = _row_squares(distinct)
+    top = max(squares.max(initial=0.0), observed_squares.max(initial=0.0))
+    if n_genes == 0 or not np.isfinite(top) or top > 1e70:
+        return None
+    acc = np.zeros((len(distinct), n))
+    part = np.empty((min(PRODUCT_ROWS, len(distinct)), n), dtype=np.float32)
+    # by blocks of genes, each converted once (no float32 copy of either matrix)
+    for g in range(0, n_genes, SCREEN_GENES):
+        genes = slice(g, g + SCREEN_GENES)
+        columns = observed[:, genes].astype(np.float32)
+        for start in range(0, len(distinct), PRODUCT_ROWS):
+            block = distinct[start:start + PRODUCT_ROWS, genes].astype(np.float32)
+            np.matmul(block, columns.T, out=part[:len(block)])
+            acc[start:start + len(block)] += part[:len(block)]
+    g32 = _gamma(min(SCREEN_GENES, n_genes), _U32)
+    coef = 1.01 * ((2 * _U32 + _U32 ** 2) + g32 * (1 + _U32) ** 2
+                   + _gamma(-(-n_genes // SCREEN_GENES), _U64) * (1 + g32) * (1 + _U32) ** 2 + _gamma(n_genes, _U64))
+    bound = (coef, 1.1 * _ETA * np.sqrt(n_genes), 4.0 * n_genes * _ETA)
+    if index.shape == (1, n) and len(distinct) == n and (index[0] == np.arange(n)).all():
+        own = np.einsum("ij,ij->i", distinct, observed)[None, :]
+    else:
+        pairs, inverse = np.unique(index * n + np.arange(n), return_inverse=True)
+        which, column = np.divmod(pairs, n)
+        dots = np.empty(len(pairs))
+        for start in range(0, len(pairs), 128):
+            part = slice(start, start + 128)
+            dots[part] = np.einsum("ij,ij->i", distinct[which[part]], observed[column[part]])
+        own = dots[inverse.reshape(index.shape)]
+    return {"acc": acc, "squares": squares, "bound": bound, "own": own}
+
+
+def _cosine_of(dot, sq_a, sq_b, null):
+    """The cosine distance as `context_ranks`' float64 path computes it from a dot product, element-wise."""
+    similarity = np.sqrt(np.multiply(sq_a, sq_b))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        np.divide(dot, similarity, out=similarity)
+    similarity[null] = 0.0
+    np.clip(similarity, -1.0, 1.0, out=similarity)
+    return np.subtract(1.0, similarity, out=similarity)
+
+
+def _euclidean_of(dot, sq_a, sq_b, n_used):
+    """The Euclidean distance as `context_ranks`' float64 path computes it from a dot product, element-wise."""
+    squared = np.add(sq_a, sq_b)
+    squared -= 2.0 * dot
+    np.maximum(squared, 0.0, out=squared)
+    squared /= n_used
+    return np.sqrt(squared, out=squared)
+
+
+def _decide(low, high, own_low, own_high, tol_low, tol_high):
+    """For distances known to lie in [low, high] (diagonal in [own_low, own_high], tolerance in [tol_low, tol_high]):
+    (smaller, tie) as `diagonal_ranks_of_rows` decides them, or None where the interval cannot tell. Rounded
+    operations are monotone, so the bounds of each rounded quantity come from the bounds of its operands."""
+    smaller = high < own_low - tol_high
+    if not (smaller | (low >= own_high - tol_low)).all():
+        return None
+    below, above = low - own_high, high - own_low
+    largest = np.maximum(np.abs(below), np.abs(above))
+    least = np.where(below > 0, below, np.where(above < 0, -above, 0.0))
+    tie = largest <= tol_low
+    if not (tie | (least > tol_high)).all():
+        return None
+    return smaller, tie
+
+
+def _screened_ranks(data, context, rows, genes, kinds, observed, screen, row_of):
+    """`context_ranks`' cosine ("cosine", "cosine_observed") and Euclidean ranks from the screen, the float64
+    product's ranks; None where some comparison needs that product itself."""
+    n, n_used = len(rows), float(len(genes))
+    identity = len(row_of) == len(screen["acc"]) and (row_of == np.arange(n)).all()
+    acc = screen["acc"] if identity else screen["acc"][row_of]
+    sq_a = screen["squares"][row_of]
+    sq_b = data.shared(("context_squares", context), lambda: _row_squares(observed))
+    coef, a1, a0 = screen["bound"]
+    grow = 1 + 2 * _gamma(len(genes), _U64)  # the computed squares' round-off, for norms that bound |p| and |o|
+    norm_a, norm_b = np.sqrt(sq_a) * grow, np.sqrt(sq_b) * grow
+    own_dot = screen["own"][data.draw]
+    own_error = 2.1 * _gamma(len(genes), _U64) * norm_a * norm_b + 4 * _U64 * np.abs(own_dot) + 2 * a0
+    refine, out, ends = [], {}, {}
+    if "cosine" in kinds:
+        res = data.resolution[rows]
+        null_a = (np.sqrt(sq_a / n_used) <= res) | (sq_a == 0)
+        null_b = (np.sqrt(sq_b / n_used) <= res) | (sq_b == 0)
+        distances = np.multiply(sq_a[:, None], sq_b[None, :])
+        with np.errstate(invalid="ignore", divide="ignore"):
+            np.divide(acc, np.sqrt(distances, out=distances), out=distances)
+        distances[null_a] = 0.0
+        distances[:, null_b] = 0.0
+        np.clip(distances, -1.0, 1.0, out=distances)
+        np.subtract(1.0, distances, out=distances)
+        # |screen - product| / (|p| |o|) bounds the similarity's error on non-null pairs (null ones are exact)
+        least_a = norm_a[~null_a].min(initial=np.inf) / grow ** 2
+        least_b = norm_b[~null_b].min(initial=np.inf) / grow ** 2
+        width = 1.001 * (coef + a1 * (1 / least_a + 1 / least_b) + a0 / (least_a * least_b)) + 64 * _U64
+        null_own = null_a | null_b
+        own = (_cosine_of(own_dot + own_error, sq_a, sq_b, null_own), _cosine_of(own_dot - own_error, sq_a, sq_b, null_own))
+        for name, axis in (("cosine", 1), ("cosine_observed", 0)):
+            if name == "cosine_observed" and "cosine" not in kinds:
+                continue
+            largest = distances.max(axis=axis)
+            tol = (TIE_RTOL * np.maximum(_down(largest - width), np.finfo(np.float64).tiny),
+                   TIE_RTOL * np.maximum(_up(largest + width), np.finfo(np.float64).tiny))
+            slack = 64 * _U64 * (np.abs(own[1]) + tol[1] + width)
+            low = _down(own[0] - tol[1] - width - slack)
+            high = _up(own[1] + tol[1] + width + slack)
+            ends[name] = (distances, axis, low, high, own, tol, width, None)
+    if "euclidean" in kinds:
+        squared = np.add(sq_a[:, None], sq_b[None, :])
+        squared -= 2.0 * acc
+        np.maximum(squared, 0.0, out=squared)
+        squared /= n_used
+        most_b = norm_b.max(initial=0.0)
+        error = coef * norm_a * most_b + a1 * (norm_a + most_b) + a0
+        width = (2.01 * error + 9 * _U64 * (sq_a + sq_b.max(initial=0.0))) / n_used  # on squared distances
+        own = (_euclidean_of(own_dot + own_error, sq_a, sq_b, n_used), _euclidean_of(own_dot - own_error, sq_a, sq_b, n_used))
+        largest = squared.max(axis=1)
+        tol = (TIE_RTOL * np.maximum(np.sqrt(np.maximum(_down(largest - width), 0.0)), np.finfo(np.float64).tiny),
+               TIE_RTOL * np.maximum(_up(np.sqrt(_up(largest + width))), np.finfo(np.float64).tiny))
+        slack = 64 * _U64 * (np.abs(own[1]) + tol[1])
+        closer, farther = _down(own[0] - tol[1] - slack), _up(own[1] + tol[1] + slack)
+        low = np.where(closer > 0, _down(closer * closer * (1 - 8 * _U64) - width), -np.inf)
+        high = _up(farther * farther * (1 + 8 * _U64) + width)
+        ends["euclidean"] = (squared, 1, low, high, own, tol, width, None)
+    counts = {}
+    for name, (matrix, axis, low, high, own, tol, width, _) in ends.items():
+        edge = low[None, :] if axis == 0 else low[:, None]
+        smaller = (matrix < edge).sum(axis=axis)
+        within = (matrix <= (high[None, :] if axis == 0 else high[:, None])).sum(axis=axis)
+        diagonal = matrix[np.arange(n), np.arange(n)]
+        if not ((diagonal >= low) & (diagonal <= high)).all():
+            return None  # (cannot happen with these bounds: the diagonal is always near itself)
+        counts[name] = (smaller, within - smaller - 1)
+    if sum(int(band.sum()) for _, band in counts.values()) > SCREEN_REFINE_SHARE * n * n + SCREEN_REFINE_PAIRS:
+        return None
+    for name, (matrix, axis, low, high, own, tol, width, _) in ends.items():
+        smaller, band = counts[name]
+        ties = np.zeros(n, dtype=np.int64)
+        lines = np.flatnonzero(band)
+        pairs_i, pairs_j = [], []
+        for line in lines:
+            values = matrix[line] if axis == 1 else matrix[:, line]
+            others = np.flatnonzero((values >= low[line]) & (values <= high[line]))
+            others = others[others != line]
+            pairs_i.append(np.full(len(others), line) if axis == 1 else others)
+            pairs_j.append(others if axis == 1 else np.full(len(others), line))
+        if lines.size:
+            i, j = np.concatenate(pairs_i), np.concatenate(pairs_j)
+            dot = _pair_dots(data, context, rows, genes, row_of[i], observed, j)
+            error = 2.1 * _gamma(len(genes), _U64) * norm_a[i] * norm_b[j] + 4 * _U64 * np.abs(dot) + 2 * a0
+            if name == "euclidean":
+                interval = (_euclidean_of(dot + error, sq_a[i], sq_b[j], n_used), _euclidean_of(dot - error, sq_a[i], sq_b[j], n_used))
+            else:
+                null = null_a[i] | null_b[j]
+                interval = (_cosine_of(dot + error, sq_a[i], sq_b[j], null), _cosine_of(dot - error, sq_a[i], sq_b[j], null))
+            line_of = i if axis == 1 else j
+            decided = _decide(*interval, own[0][line_of], own[1][line_of], tol[0][line_of], tol[1][line_of])
+            if decided is None:
+                return None
+            smaller = smaller + np.bincount(line_of, weights=decided[0], minlength=n).astype(np.int64)
+            ties += np.bincount(line_of, weights=decided[1], minlength=n).astype(np.int64)
+        out[name] = smaller + 0.5 * ties
+    return out
+
+
+def _pair_dots(data, context, rows, genes, which, observed, columns) -> np.ndarray:
+    """float64 dots of rows `which` of the context's distinct predicted rows with observed rows `columns`."""
+    dots = np.empty(len(which))
+    for start in range(0, len(which), 128):
+        part = slice(start, start + 128)
+        dots[part] = np.einsum("ij,ij->i", _prediction_rows(data, context, rows, genes, which[part]), observed[columns[part]])
+    return dots
+
+
+def _prediction_rows(data, context, rows, genes, which) -> np.ndarray:
+    """Rows `which` of the context's distinct predicted rows, also once `context_ranks` dropped the block: a single
+    draw's come from the session's predicted deltas, others rebuild the block."""
+    distinct, index = _distinct_rows(data, context, rows, genes)
+    if distinct is None and data.inputs.n_draws == 1:
+        first = np.unique(index[0], return_index=True)[1]
+        return np.take(data.predicted[rows[first[which]]], genes, axis=1)
+    if distinct is None:
+        data.inputs.caches.pop(("distinct", context))
+        distinct, index = _distinct_rows(data, context, rows, genes)
+    return distinct[which]
