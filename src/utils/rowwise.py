@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 import deltas
-from distances import in_threads
+from deltas import in_threads
 
 # Rows ranked at a time (a block of 8,000 genes stays within a few MB of cache).
 RANK_BLOCK_ROWS = 128
