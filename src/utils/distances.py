@@ -267,8 +267,8 @@ def _product_ranks(data, context, rows, genes, kinds, observed) -> dict:
 # float32 product with a rigorous bound on its distance from that product decides every other pair; the few pairs
 # near an edge get a float64 dot (another order, so an interval of the same width as the round-off), and a context
 # where even that cannot decide some comparison gets the float64 product itself, so every rank is the product's.
-# Genes per float32 product, whose partial sums are added in float64: the float32 round-off bound grows with the terms
-# one product sums (6e-5 of |p| |o| here against 3.5e-4 for 5,827 genes at once).
+# Genes per float32 product, whose partial sums are then added: the float32 round-off bound grows with the terms one
+# product sums (6e-5 of |p| |o| here against 3.5e-4 for 5,827 genes at once).
 SCREEN_GENES = 1024
 # Beyond this share of pairs near an edge (and this many), the float64 product is cheaper than their dots.
 SCREEN_REFINE_SHARE, SCREEN_REFINE_PAIRS = 0.005, 256
@@ -289,7 +289,7 @@ def _up(x):
 
 
 def _screen(distinct: np.ndarray, observed: np.ndarray, observed_squares: np.ndarray, index: np.ndarray):
-    """The float32 product of `distinct @ observed.T` (float64 sums of SCREEN_GENES-gene float32 products), its bound
+    """The float32 product of `distinct @ observed.T` (sums of SCREEN_GENES-gene float32 products), its bound
     |screen - D| <= coef |p| |o| + a1 (|p| + |o|) + a0 against the float64 product D in any summation order (|.| the
     Euclidean norm; float32 conversion, float32 and float64 sums, underflow), the squares, and the float64 dot of
     every diagonal pair of every draw (index[k, i] = row of `distinct` of draw k's row i). None where the float32
@@ -299,7 +299,8 @@ def _screen(distinct: np.ndarray, observed: np.ndarray, observed_squares: np.nda
     top = max(squares.max(initial=0.0), observed_squares.max(initial=0.0))
     if n_genes == 0 or not np.isfinite(top) or top > 1e70:
         return None
-    acc = np.zeros((len(distinct), n))
+    # float32 sums of the blocks' products too: their round-off (a few float32 epsilons) is far below a block's
+    acc = np.empty((len(distinct), n), dtype=np.float32)
     part = np.empty((min(PRODUCT_ROWS, len(distinct)), n), dtype=np.float32)
     # by blocks of genes, each converted once (no float32 copy of either matrix)
     for g in range(0, n_genes, SCREEN_GENES):
@@ -307,11 +308,14 @@ def _screen(distinct: np.ndarray, observed: np.ndarray, observed_squares: np.nda
         columns = observed[:, genes].astype(np.float32)
         for start in range(0, len(distinct), PRODUCT_ROWS):
             block = distinct[start:start + PRODUCT_ROWS, genes].astype(np.float32)
+            if g == 0:
+                np.matmul(block, columns.T, out=acc[start:start + len(block)])
+                continue
             np.matmul(block, columns.T, out=part[:len(block)])
             acc[start:start + len(block)] += part[:len(block)]
     g32 = _gamma(min(SCREEN_GENES, n_genes), _U32)
     coef = 1.01 * ((2 * _U32 + _U32 ** 2) + g32 * (1 + _U32) ** 2
-                   + _gamma(-(-n_genes // SCREEN_GENES), _U64) * (1 + g32) * (1 + _U32) ** 2 + _gamma(n_genes, _U64))
+                   + _gamma(-(-n_genes // SCREEN_GENES), _U32) * (1 + g32) * (1 + _U32) ** 2 + _gamma(n_genes, _U64))
     bound = (coef, 1.1 * _ETA * np.sqrt(n_genes), 4.0 * n_genes * _ETA)
     if index.shape == (1, n) and len(distinct) == n and (index[0] == np.arange(n)).all():
         own = np.einsum("ij,ij->i", distinct, observed)[None, :]
