@@ -1,7 +1,7 @@
 """Cosine and Euclidean ranks from the float32 screen (distances._screened_ranks) against the float64 product's
 (distances._product_ranks, the path every rank had before): equal on random contexts with exact ties, identical
 rows, zero rows, rows below their resolution, many scales, several draws, and non-finite values, and the screen is
-what decides them where it can."""
+what decides them where it can; null pairs (distance exactly 1) near an edge are decided without a dot."""
 from __future__ import annotations
 
 import sys
@@ -13,6 +13,12 @@ from conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "src" / "utils"))
 import distances  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def screen_small_contexts(monkeypatch):
+    """The screen on every context here (in use it skips contexts whose float64 product is cheaper)."""
+    monkeypatch.setattr(distances, "SCREEN_MIN_PAIRS", 0)
 
 
 class Inputs:
@@ -137,3 +143,31 @@ def test_screen_leaves_non_finite_and_extreme_values_to_the_product(value):
     for a, b in zip(got, want):
         for key in a:
             np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+def test_null_rows_and_columns_do_not_send_a_context_to_the_product():
+    """Zero predictions and observations (cosine distance exactly 1 on both paths) are decided without dots."""
+    rng = np.random.default_rng(9)
+    for sign in (1.0, -1.0):  # -1: most diagonal distances above 1, so the null pairs count as closer
+        observed, predicted, resolution = random_case(rng, 120, 300, "decent")
+        predicted *= sign
+        predicted[10:30] = 0.0  # twenty conditions predicted as no change
+        observed[40:45] = 0.0
+        for i in range(50, 60):  # diagonal distances just above 1: null pairs within the screen's band, closer
+            q = rng.normal(size=300)
+            q -= (q @ observed[i]) / (observed[i] @ observed[i]) * observed[i]
+            predicted[i] = q - 5e-6 * np.linalg.norm(q) / np.linalg.norm(observed[i]) * observed[i]
+        want, _ = ranks(observed, [predicted], resolution, np.arange(300), screen=False)
+        got, fell_back = ranks(observed, [predicted], resolution, np.arange(300), screen=True)
+        assert_same(got, want)
+        assert not fell_back
+
+
+def test_small_contexts_use_the_float64_product(monkeypatch):
+    monkeypatch.setattr(distances, "SCREEN_MIN_PAIRS", 4096)
+    rng = np.random.default_rng(2)
+    observed, predicted, resolution = random_case(rng, 20, 300, "decent")
+    got, fell_back = ranks(observed, [predicted], resolution, np.arange(300), screen=True)
+    want, _ = ranks(observed, [predicted], resolution, np.arange(300), screen=False)
+    assert_same(got, want)
+    assert fell_back

@@ -201,7 +201,10 @@ def context_ranks(data, context: int, rows: np.ndarray, genes: np.ndarray, kinds
         key = ("screen", context)
         if key not in inputs.caches:
             squares = data.shared(("context_squares", context), lambda: _row_squares(observed))
-            inputs.caches[key] = _screen(_distinct_block(data, context, rows, genes), observed, squares, index) or None
+            distinct = _distinct_block(data, context, rows, genes)
+            # (a small context's float64 product costs less than the screen's bookkeeping)
+            inputs.caches[key] = _screen(distinct, observed, squares, index) \
+                if len(distinct) * len(rows) >= SCREEN_MIN_PAIRS else None
         screened = None
         if inputs.caches[key] is not None and ("products", context) not in inputs.caches:
             screened = _screened_ranks(data, context, rows, genes, kinds, observed, inputs.caches[key], row_of)
@@ -270,8 +273,9 @@ def _product_ranks(data, context, rows, genes, kinds, observed) -> dict:
 # Genes per float32 product, whose partial sums are then added: the float32 round-off bound grows with the terms one
 # product sums (6e-5 of |p| |o| here against 3.5e-4 for 5,827 genes at once).
 SCREEN_GENES = 1024
-# Beyond this share of pairs near an edge (and this many), the float64 product is cheaper than their dots.
-SCREEN_REFINE_SHARE, SCREEN_REFINE_PAIRS = 0.005, 256
+# Beyond this share of pairs near an edge (and this many), the float64 product is cheaper than their dots; below
+# this many pairs in a context, the float64 product is cheaper than the screen.
+SCREEN_REFINE_SHARE, SCREEN_REFINE_PAIRS, SCREEN_MIN_PAIRS = 0.005, 256, 4096
 _U32, _U64 = 2.0 ** -24, 2.0 ** -53
 _ETA = 2.0 ** -150  # absolute round-off of one float32 operation in the subnormal range (float64's is far smaller)
 
@@ -429,22 +433,33 @@ def _screened_ranks(data, context, rows, genes, kinds, observed, screen, row_of)
         diagonal = matrix[np.arange(n), np.arange(n)]
         if not ((diagonal >= low) & (diagonal <= high)).all():
             return None  # (cannot happen with these bounds: the diagonal is always near itself)
-        counts[name] = (smaller, within - smaller - 1)
-    if sum(int(band.sum()) for _, band in counts.values()) > SCREEN_REFINE_SHARE * n * n + SCREEN_REFINE_PAIRS:
+        # a null pair's distance is exactly 1 on both paths: those near the edges are decided below without a dot
+        null = np.zeros(n, dtype=np.int64)
+        if name != "euclidean":
+            mine, others = (null_a, null_b) if axis == 1 else (null_b, null_a)
+            null = np.where(mine, n - 1, others.sum() - others) * ((low <= 1.0) & (high >= 1.0))
+        counts[name] = (smaller, within - smaller - 1 - null, null)
+    if sum(int(live.sum()) for _, live, _ in counts.values()) > SCREEN_REFINE_SHARE * n * n + SCREEN_REFINE_PAIRS:
         return None
     for name, (matrix, axis, low, high, own, tol) in ends.items():
-        smaller, band = counts[name]
+        smaller, live, null = counts[name]
         ties = np.zeros(n, dtype=np.int64)
-        lines = np.flatnonzero(band)
-        pairs_i, pairs_j = [], []
-        for line in lines:
-            values = matrix[line] if axis == 1 else matrix[:, line]
-            others = np.flatnonzero((values >= low[line]) & (values <= high[line]))
-            others = others[others != line]
-            pairs_i.append(np.full(len(others), line) if axis == 1 else others)
-            pairs_j.append(others if axis == 1 else np.full(len(others), line))
+        lines = np.flatnonzero(null)
         if lines.size:
-            i, j = np.concatenate(pairs_i), np.concatenate(pairs_j)
+            one = np.ones(len(lines))
+            decided = _decide(one, one, own[0][lines], own[1][lines], tol[0][lines], tol[1][lines])
+            if decided is None:
+                return None
+            smaller = smaller + np.bincount(lines, weights=null[lines] * decided[0], minlength=n).astype(np.int64)
+            ties += np.bincount(lines, weights=null[lines] * decided[1], minlength=n).astype(np.int64)
+        lines = np.flatnonzero(live)
+        if lines.size:
+            part = np.take(matrix, lines, axis=1 - axis)
+            near = (part >= np.expand_dims(low[lines], axis)) & (part <= np.expand_dims(high[lines], axis))
+            i, j = np.nonzero(near)
+            i, j = (lines[i], j) if axis == 1 else (i, lines[j])
+            chosen = (i != j) & (~(null_a[i] | null_b[j]) if name != "euclidean" else True)
+            i, j = i[chosen], j[chosen]
             dot = _pair_dots(data, context, rows, genes, row_of[i], observed, j)
             error = 2.1 * _gamma(len(genes), _U64) * norm_a[i] * norm_b[j] + 4 * _U64 * np.abs(dot) + 2 * a0
             interval = [_euclidean_of(dot + e, sq_a[i], sq_b[j], n_used) if name == "euclidean"
