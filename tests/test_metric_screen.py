@@ -29,8 +29,8 @@ class Inputs:
     def n_draws(self):
         return len(self.draws)
 
-    def predicted(self, k):
-        return self.draws[k]
+    def predicted(self, k, rows=slice(None)):
+        return self.draws[k][rows]
 
 
 class Data:
@@ -51,8 +51,9 @@ def ranks(observed, draws, resolution, genes, screen: bool):
     rows = np.arange(observed.shape[0])
     if not screen:
         inputs.caches[("screen", 0)] = None  # the float64 product, as before the screen
+    # with L1 too: the prediction's block is then dropped, and a refinement fetches its rows from the draws
     out = [distances.context_ranks(Data(inputs, k, observed, resolution), 0, rows, genes,
-                                   kinds=("cosine", "euclidean")) for k in range(len(draws))]
+                                   kinds=("l1", "cosine", "euclidean")) for k in range(len(draws))]
     return out, ("products", 0) in inputs.caches
 
 
@@ -171,3 +172,19 @@ def test_small_contexts_use_the_float64_product(monkeypatch):
     want, _ = ranks(observed, [predicted], resolution, np.arange(300), screen=False)
     assert_same(got, want)
     assert fell_back
+
+
+def test_rows_of_a_dropped_block_are_the_blocks_rows():
+    rng = np.random.default_rng(12)
+    observed, predicted, resolution = random_case(rng, 30, 50, "decent")
+    draws = [predicted, observed[rng.integers(0, 30, size=30)], predicted[::-1].copy()]
+    rows, genes = np.arange(30), np.sort(rng.choice(50, size=40, replace=False))
+    fresh = Inputs(draws)
+    block = distances._distinct_rows(Data(fresh, 0, observed, resolution), 0, rows, genes)[0].copy()
+    inputs = Inputs(draws)
+    for k in range(3):
+        data = Data(inputs, k, observed, resolution)
+        distances.context_ranks(data, 0, rows, genes, kinds=("l1", "cosine"))
+        assert inputs.caches[("distinct", 0)][0] is None  # dropped
+        which = np.arange(len(block))
+        np.testing.assert_array_equal(distances._prediction_rows(data, 0, rows, genes, which), block)

@@ -205,14 +205,19 @@ def context_ranks(data, context: int, rows: np.ndarray, genes: np.ndarray, kinds
             # (a small context's float64 product costs less than the screen's bookkeeping)
             inputs.caches[key] = _screen(distinct, observed, squares, index) \
                 if len(distinct) * len(rows) >= SCREEN_MIN_PAIRS else None
-        screened = None
-        if inputs.caches[key] is not None and ("products", context) not in inputs.caches:
-            screened = _screened_ranks(data, context, rows, genes, kinds, observed, inputs.caches[key], row_of)
+        _drop_block(inputs, context, index)
+        distinct, screen = None, inputs.caches[key]  # (the block's memory holds the distances below)
+        screened = None if screen is None or ("products", context) in inputs.caches else \
+            _screened_ranks(data, context, rows, genes, kinds, observed, screen, row_of)
         out.update(screened if screened is not None else _product_ranks(data, context, rows, genes, kinds, observed))
-    if ("l1", context) in inputs.caches and ("screen", context) in inputs.caches:
-        # every kind is now computed from these caches (the few rows a refinement needs are fetched again)
-        inputs.caches[("distinct", context)] = (None, index)
+    _drop_block(inputs, context, index)
     return out
+
+
+def _drop_block(inputs, context, index):
+    """Once L1 and the screen are cached, the prediction's block is not needed (a refinement fetches its rows)."""
+    if ("l1", context) in inputs.caches and ("screen", context) in inputs.caches:
+        inputs.caches[("distinct", context)] = (None, index)
 
 
 def _distinct_block(data, context, rows, genes) -> np.ndarray:
@@ -280,16 +285,12 @@ _U32, _U64 = 2.0 ** -24, 2.0 ** -53
 _ETA = 2.0 ** -150  # absolute round-off of one float32 operation in the subnormal range (float64's is far smaller)
 
 
-def _gamma(n: int, u: float) -> float:
+def _gamma(n: int, u: float) -> float:  # the round-off bound of n-term sums (Higham)
     return n * u / (1.0 - n * u)
 
 
-def _down(x):
-    return np.nextafter(np.nextafter(x, -np.inf), -np.inf)
-
-
-def _up(x):
-    return np.nextafter(np.nextafter(x, np.inf), np.inf)
+_down = lambda x: np.nextafter(np.nextafter(x, -np.inf), -np.inf)  # noqa: E731 (below a rounded result's exact value)
+_up = lambda x: np.nextafter(np.nextafter(x, np.inf), np.inf)  # noqa: E731
 
 
 def _screen(distinct: np.ndarray, observed: np.ndarray, observed_squares: np.ndarray, index: np.ndarray):
@@ -485,13 +486,15 @@ def _pair_dots(data, context, rows, genes, which, observed, columns) -> np.ndarr
 
 
 def _prediction_rows(data, context, rows, genes, which) -> np.ndarray:
-    """Rows `which` of the context's distinct predicted rows, also once `context_ranks` dropped the block: a single
-    draw's come from the session's predicted deltas, others rebuild the block."""
+    """Rows `which` of the context's distinct predicted rows, also once `context_ranks` dropped the block: each
+    from the draw and row that first had it (the same values)."""
     distinct, index = _distinct_rows(data, context, rows, genes)
-    if distinct is None and data.inputs.n_draws == 1:
-        first = np.unique(index[0], return_index=True)[1]
-        return np.take(data.predicted[rows[first[which]]], genes, axis=1)
-    if distinct is None:
-        data.inputs.caches.pop(("distinct", context))
-        distinct, index = _distinct_rows(data, context, rows, genes)
-    return distinct[which]
+    if distinct is not None:
+        return distinct[which]
+    draw, row = np.divmod(np.unique(index.ravel(), return_index=True)[1][which], index.shape[1])
+    out = np.empty((len(which), len(genes)))
+    for k in np.unique(draw):
+        mine = draw == k
+        source = data.predicted[rows[row[mine]]] if k == data.draw else data.inputs.predicted(k, rows[row[mine]])
+        out[mine] = np.take(source, genes, axis=1)
+    return out
