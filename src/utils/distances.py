@@ -302,7 +302,7 @@ def _screen(distinct: np.ndarray, observed: np.ndarray, observed_squares: np.nda
     n, n_genes = observed.shape
     squares = _row_squares(distinct)
     top = max(squares.max(initial=0.0), observed_squares.max(initial=0.0))
-    if n_genes == 0 or not np.isfinite(top) or top > 1e70:
+    if n_genes == 0 or not np.isfinite(top) or top > 1e36:  # (sums of float32 products stay below 3.4e38)
         return None
     # float32 sums of the blocks' products too: their round-off (a few float32 epsilons) is far below a block's
     acc = np.empty((len(distinct), n), dtype=np.float32)
