@@ -226,3 +226,18 @@ def test_whole_number_ranks_equal_the_argsort_path_bit_for_bit():
             got = rowwise._whole_average_ranks(values, keep, dtype)
             want = rowwise._average_ranks(values, keep, dtype)
             assert got.dtype == want.dtype and np.array_equal(got.view(np.uint8), want.view(np.uint8)), trial
+
+
+def test_three_valued_signs_equal_the_masked_sign():
+    rng = np.random.default_rng(6)
+    for trial in range(200):
+        n, g = int(rng.integers(1, 30)), int(rng.integers(1, 200))
+        values = np.round(rng.normal(size=(n, g)), 1)  # values exactly at +-resolution
+        values[rng.random((n, g)) < 0.1] = -0.0
+        resolution = np.abs(np.round(rng.normal(size=n), 1))
+        resolution[rng.random(n) < 0.3] = 0.0
+        for dtype in (np.float64, np.float32):
+            v = values.astype(dtype)
+            want = np.where(np.abs(v) <= resolution[:, None], 0, np.sign(v)).astype(np.int8)
+            got = mu.signs(v, resolution)
+            assert got.dtype == want.dtype and np.array_equal(got, want), trial
