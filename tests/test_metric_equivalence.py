@@ -206,3 +206,38 @@ def test_largest_values_from_sampled_candidates_match_a_full_partition():
         expected = np.sort(np.partition(v, g - kk, axis=1)[:, g - kk:], axis=1)
         got = _largest(v, kk)
         assert got.dtype == expected.dtype and np.array_equal(got, expected), (trial, n, g, kk)
+
+
+def test_whole_number_ranks_equal_the_argsort_path_bit_for_bit():
+    """Ranks from sorted integer keys (`_whole_average_ranks`) against the argsort path on whole numbers: many
+    ties, negative values, values near the largest a key can hold, rows with nothing kept; every entry (the
+    non-kept ones share the rank after the kept ones) and both rank dtypes."""
+    import rowwise
+
+    rng = np.random.default_rng(4)
+    for trial in range(300):
+        n, g = int(rng.integers(1, 40)), int(rng.integers(1, 300))
+        values = rng.integers(-6, int(rng.integers(-5, 40)), size=(n, g)).astype(np.float64)
+        if trial % 4 == 0:
+            bits = max(int(g - 1).bit_length(), 1)
+            values = np.round(rng.uniform(-1, 1, size=(n, g)) * 2.0 ** (51 - bits))  # keys up to 2**51
+        keep = rng.random((n, g)) < rng.uniform(0, 1)
+        for dtype in (np.float32, np.float64):
+            got = rowwise._whole_average_ranks(values, keep, dtype)
+            want = rowwise._average_ranks(values, keep, dtype)
+            assert got.dtype == want.dtype and np.array_equal(got.view(np.uint8), want.view(np.uint8)), trial
+
+
+def test_three_valued_signs_equal_the_masked_sign():
+    rng = np.random.default_rng(6)
+    for trial in range(200):
+        n, g = int(rng.integers(1, 30)), int(rng.integers(1, 200))
+        values = np.round(rng.normal(size=(n, g)), 1)  # values exactly at +-resolution
+        values[rng.random((n, g)) < 0.1] = -0.0
+        resolution = np.abs(np.round(rng.normal(size=n), 1))
+        resolution[rng.random(n) < 0.3] = 0.0
+        for dtype in (np.float64, np.float32):
+            v = values.astype(dtype)
+            want = np.where(np.abs(v) <= resolution[:, None], 0, np.sign(v)).astype(np.int8)
+            got = mu.signs(v, resolution)
+            assert got.dtype == want.dtype and np.array_equal(got, want), trial

@@ -8,14 +8,18 @@ and scipy.
 
 `context_ranks` gives what `diagonal_ranks(pairwise_distances(...))` gives, faster: the rows of the
 prediction that are identical (within a draw, e.g. a mean predicted everywhere, or across the draws of
-a stochastic prediction) are compared with the observations once; the products for cosine and
-Euclidean distances are shared; and the L1 distances of a prediction with distinct rows are computed
-exactly only where a lower bound (one float32 matrix product) cannot show that the observation is
-farther than the true match.
+a stochastic prediction) are compared with the observations once; cosine and Euclidean distances are
+ranked from one float32 product where its bound decides (`_screened_ranks`); and the L1 distances of a
+prediction with distinct rows are computed exactly only where a lower bound (one float32 matrix product)
+cannot show that the observation is farther than the true match. Leave-one-out means, `pairwise_distances`
+and the thread helpers live in deltas.py (re-exported here).
 """
 from __future__ import annotations
 
 import numpy as np
+
+from deltas import (LeaveOneOut, _cityblock_pairs, _column_medians, _row_squares, _tiled_cityblock,  # noqa: F401
+                    available_cpus, groups, in_threads, leave_one_out_means, pairwise_distances, row_blocks, use_cpus)
 
 # Two distances (or similarities) closer than this, relative to the largest one of the row, are a tie:
 # far above float64 round-off of sums over thousands of genes, far below any difference of profiles
@@ -26,199 +30,6 @@ TIE_RTOL = 1e-9
 FULL_ROW_SHARE = 0.25
 # Rows of a matrix product computed at a time: enough for the BLAS kernels' full speed, a few MB each.
 PRODUCT_ROWS = 256
-
-
-def groups(codes: np.ndarray):
-    """(code, row indices) for every context, in order of first appearance."""
-    order = np.argsort(codes, kind="stable")
-    bounds = np.flatnonzero(np.diff(codes[order])) + 1
-    for rows in np.split(order, bounds):
-        if len(rows):
-            yield int(codes[rows[0]]), rows
-
-
-def leave_one_out_means(values: np.ndarray, codes: np.ndarray, keep=None) -> tuple[np.ndarray, np.ndarray]:
-    """Per row, the mean of the *other* rows of its context, and the context sizes.
-
-    With `keep`, gene g of row i averages only the other rows that keep g, i.e. that do not target g,
-    so that another condition's knock-down of its own target does not leak into the reference (where
-    every other row targets g, the plain mean of the other rows is used). Rows alone in their context
-    get NaN (callers handle them). float32 values (profiles as stored) give the means of their float64
-    copies, without making the copy. `LeaveOneOut(...).rows(part)` gives the same means a block of rows at a time.
-    """
-    means = LeaveOneOut(values, codes, keep)
-    out = np.empty(means.values.shape)
-    for part in _row_slices(out):
-        out[part] = means.rows(part)
-    return out, means.sizes
-
-
-class LeaveOneOut:
-    """`leave_one_out_means` by blocks of rows: the per-context column sums of the kept values (added row
-    after row, in row order, as numpy's sum over axis 0 adds them) and kept counts are computed once, and
-    `rows(part)` gives the means of a block of rows with the same operations, so a caller that uses them
-    block by block never holds a rows x genes matrix of means."""
-
-    def __init__(self, values: np.ndarray, codes: np.ndarray, keep=None):
-        values = np.asarray(values)
-        self.values = values if values.dtype in (np.float32, np.float64) else values.astype(np.float64)
-        self.codes, self.keep = np.asarray(codes), keep
-        counts = np.bincount(self.codes)
-        self.sizes = counts[self.codes]
-        self.totals = np.zeros((len(counts), values.shape[1]))
-        self.kept_rows = np.zeros((len(counts), values.shape[1]), dtype=np.int32)
-        started, self.plain = np.zeros(len(counts), dtype=bool), {}
-        for part in _row_slices(self.values):
-            kept, rows = self._kept(part), range(*part.indices(len(self.codes)))
-            masked = np.where(kept, self.values[part], np.float64(0.0))  # float64 for float32 values too
-            for row, code in zip(masked, self.codes[rows.start:rows.stop]):
-                if started[code]:
-                    self.totals[code] += row
-                else:
-                    self.totals[code], started[code] = row, True  # the first row as is (as numpy's sum)
-            block_codes = self.codes[rows.start:rows.stop]
-            for code in np.unique(block_codes):  # (integer counts: any order gives the same)
-                self.kept_rows[code] += kept[block_codes == code].sum(axis=0, dtype=np.int32)
-
-    def _kept(self, part: slice) -> np.ndarray:
-        if self.keep is None:
-            return np.ones(self.values[part].shape, dtype=bool)
-        return self.keep[part]
-
-    def _plain(self, code: int) -> np.ndarray:
-        """Column sums of all the context's rows (where every other row targets the gene)."""
-        if code not in self.plain:
-            rows = np.flatnonzero(self.codes == code)
-            whole = len(rows) == len(self.codes)
-            self.plain[code] = (self.values if whole else self.values[rows]).sum(axis=0, dtype=np.float64)
-        return self.plain[code]
-
-    def rows(self, part: slice) -> np.ndarray:
-        """The means of the rows of `part` (a slice), float64."""
-        kept, values = self._kept(part), self.values[part]
-        codes = self.codes[part]
-        one = len(self.totals) == 1  # one context: its sums apply to every row (no gathering)
-        mine = np.where(kept, values, np.float64(0.0))
-        np.subtract(self.totals[0] if one else self.totals[codes], mine, out=mine)  # the other rows keeping the gene
-        counts = np.subtract(self.kept_rows[0] if one else self.kept_rows[codes], kept, dtype=np.int32)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            np.divide(mine, counts, out=mine)
-        # every other row targets the gene: plain mean of the other rows (1-d nonzero: numpy's 2-d one is slow)
-        none = np.divmod(np.flatnonzero(counts == 0), max(counts.shape[1], 1))
-        for i, g in zip(*none):
-            if self.sizes[part][i] > 1:
-                mine[i, g] = (self._plain(int(codes[i]))[g] - values[i, g]) / (int(self.sizes[part][i]) - 1)
-        mine[self.sizes[part] == 1] = np.nan
-        return mine
-
-
-def pairwise_distances(a: np.ndarray, b: np.ndarray, excluded=None, metric: str = "l1",
-                       zero_a=None, zero_b=None) -> np.ndarray:
-    """D[i, j] = distance between row i of `a` and row j of `b`, per used gene.
-
-    `excluded` (optional, boolean, shape of `a`): genes left out for row i, against every j (cell-eval's
-    convention: all distances of a row use the same genes). The metric components pass `a` and `b`
-    already restricted to the genes they compare and no `excluded`.
-
-    metric: `l1` = mean absolute difference over the used genes (cell-eval's L1, a sum, divided by the
-    number of used genes, which is the same for every distance of a row, so ranks are unchanged);
-    `euclidean` = root mean squared difference; `cosine` = 1 - cosine similarity, where a vector whose
-    root mean square over the used genes is at most its `zero_*` tolerance (one per row) counts as zero
-    and has similarity 0 with everything, as in scikit-learn. Excluded genes are handled by subtracting
-    their contributions from full-gene results (exact up to float64 round-off).
-    """
-    import scipy.sparse as sp
-
-    a = np.ascontiguousarray(a, dtype=np.float64)
-    b = np.ascontiguousarray(b, dtype=np.float64)
-    n_a, n_b, n_genes = a.shape[0], b.shape[0], a.shape[1]
-    excluded = np.zeros(a.shape, dtype=bool) if excluded is None else np.asarray(excluded, dtype=bool)
-    rows, cols = np.nonzero(excluded)
-    # select[r, k] = 1 when the k-th excluded entry belongs to row r
-    select = sp.csr_matrix((np.ones(len(rows)), (rows, np.arange(len(rows)))), shape=(n_a, len(rows)))
-    n_used = np.maximum(n_genes - excluded.sum(axis=1), 1).astype(np.float64)[:, None]
-
-    if metric == "l1":
-        total = _tiled_cityblock(a, b)
-        if len(rows):
-            total -= np.asarray(select @ np.abs(a[rows, cols][:, None] - b[:, cols].T))
-        return np.maximum(total, 0.0) / n_used
-
-    a_used = np.where(excluded, 0.0, a)
-    dot = a_used @ b.T
-    sq_a = (a_used * a_used).sum(axis=1)[:, None]
-    sq_b = np.broadcast_to((b * b).sum(axis=1)[None, :], (n_a, n_b)).copy()
-    if len(rows):
-        sq_b = np.maximum(sq_b - np.asarray(select @ (b[:, cols].T ** 2)), 0.0)
-    if metric == "euclidean":
-        return np.sqrt(np.maximum(sq_a + sq_b - 2.0 * dot, 0.0) / n_used)
-    if metric != "cosine":
-        raise ValueError(f"unknown metric {metric!r}")
-    zero_a = np.zeros(n_a) if zero_a is None else np.asarray(zero_a, dtype=np.float64)
-    zero_b = np.zeros(n_b) if zero_b is None else np.asarray(zero_b, dtype=np.float64)
-    null = (np.sqrt(sq_a / n_used) <= zero_a[:, None]) | (np.sqrt(sq_b / n_used) <= zero_b[None, :]) \
-        | (sq_a == 0) | (sq_b == 0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        similarity = np.where(null, 0.0, dot / np.sqrt(sq_a * sq_b))
-    return 1.0 - np.clip(similarity, -1.0, 1.0)
-
-
-# The threads a step may use, as its runner grants them (`meta['cpus']`, set by `use_cpus`); None: every CPU
-# available. The engine runs `--jobs` steps at once with `meta['cpus']` = CPUs // jobs each: threads beyond
-# that share only compete for the same cores, and spend CPU time waiting for each other.
-GRANTED_CPUS = None
-
-
-def use_cpus(cpus) -> None:
-    """Limit the threads of the row-wise statistics and distances to `cpus` (None or 0: no limit)."""
-    global GRANTED_CPUS
-    GRANTED_CPUS = int(cpus) if cpus else None
-
-
-def available_cpus() -> int:
-    """CPUs this process may use: those granted (`use_cpus`), at most those its affinity allows
-    (taskset / cgroup, where the platform reports it)."""
-    import os
-
-    if GRANTED_CPUS:
-        try:
-            return max(1, min(GRANTED_CPUS, len(os.sched_getaffinity(0))))
-        except AttributeError:
-            return max(1, GRANTED_CPUS)
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:
-        return max(1, os.cpu_count() or 1)
-
-
-def in_threads(work, items, threads: int | None = None):
-    """`work(item)` for every item, in up to `threads` (default: the CPUs available) threads: numpy's and
-    scipy's kernels release the GIL, so blocks of a matrix are computed in parallel; one thread runs inline."""
-    threads = min(threads or available_cpus(), len(items))
-    if threads <= 1:
-        for item in items:
-            work(item)
-        return
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(threads) as pool:
-        list(pool.map(work, items))
-
-
-def _tiled_cityblock(a: np.ndarray, b: np.ndarray, block: int = 64, threads: int | None = None) -> np.ndarray:
-    """scipy's cdist(a, b, "cityblock") computed on block x block tiles, in parallel threads (cdist
-    releases the GIL). Tiles keep both operands in cache; each entry is computed exactly as cdist does."""
-    from scipy.spatial.distance import cdist
-
-    out = np.empty((a.shape[0], b.shape[0]), dtype=np.float64)
-    tiles = [(i, j) for i in range(0, a.shape[0], block) for j in range(0, b.shape[0], block)]
-
-    def fill(tile):
-        i, j = tile
-        out[i:i + block, j:j + block] = cdist(a[i:i + block], b[j:j + block], "cityblock")
-
-    in_threads(fill, tiles, threads)
-    return out
 
 
 def context_genes(keep: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -248,9 +59,11 @@ def _block(matrix: np.ndarray, rows: np.ndarray, genes: np.ndarray) -> np.ndarra
         return np.ascontiguousarray(matrix)
     out = np.empty((len(rows), len(genes)), dtype=matrix.dtype)
     whole = len(rows) == matrix.shape[0] and (rows == np.arange(len(rows))).all()
-    # np.take along the genes of contiguous rows: ~10x faster than the 2-d fancy index np.ix_ (same values)
-    for part in _row_slices(out):
-        np.take(matrix[part] if whole else matrix[rows[part]], genes, axis=1, out=out[part])
+    # np.take along the genes of contiguous rows: ~10x faster than the 2-d fancy index np.ix_ (same values);
+    # mode "clip" (the genes are valid indices): with "raise" numpy writes into a fresh buffer and copies it into
+    # `out`, so every block faulted in new pages (twice the block's memory)
+    for part in row_blocks(out):
+        np.take(matrix[part] if whole else matrix[rows[part]], genes, axis=1, out=out[part], mode="clip")
     return out
 
 
@@ -290,70 +103,11 @@ def _distinct_rows(data, context: int, rows: np.ndarray, genes: np.ndarray):
     return inputs.caches[key]
 
 
-def _cityblock_pairs(a: np.ndarray, b: np.ndarray, columns: list, threads: int | None = None, rows=None) -> list:
-    """For each row i of `a` (or of `rows`, rows[r] the r-th, so that `a` need not be gathered):
-    cdist(a[i], b[columns[i]], "cityblock") (the same sums as cdist's)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from scipy.spatial.distance import cdist
-
-    rows = np.arange(a.shape[0]) if rows is None else np.asarray(rows)
-    out = [None] * len(rows)
-
-    def fill(chunk):
-        for r in chunk:
-            i = rows[r]
-            out[r] = cdist(a[i:i + 1], b[columns[r]], "cityblock")[0] if len(columns[r]) else np.empty(0)
-
-    chunks = np.array_split(np.arange(len(rows)), max(1, min(threads or available_cpus(), len(rows))))
-    if len(chunks) <= 1:
-        fill(chunks[0])
-    else:
-        with ThreadPoolExecutor(len(chunks)) as pool:
-            list(pool.map(fill, chunks))
-    return out
-
-
-def _row_slices(matrix: np.ndarray) -> list:
-    """Blocks of about 2**19 values (4 MB of float64) of a matrix's rows: a row's sum is the same in any block."""
-    step = max(1, (1 << 19) // max(matrix.shape[1], 1))
-    return [slice(start, start + step) for start in range(0, matrix.shape[0], step)]
-
-
-def _row_squares(matrix: np.ndarray) -> np.ndarray:
-    """`(matrix * matrix).sum(axis=1)`, the same values, by blocks of rows (no matrix-sized temporary)."""
-    out = np.empty(matrix.shape[0])
-    for rows in _row_slices(matrix):
-        block = matrix[rows]
-        out[rows] = (block * block).sum(axis=1)
-    return out
-
-
-def _column_medians(values: np.ndarray, block: int = 256) -> np.ndarray:
-    """`np.median(values, axis=0)`, the same values: each block of columns is transposed so that the
-    selection runs along contiguous memory (numpy's median along axis 0 partitions a strided copy), and
-    partitioned at the middle only (np.median also selects the next-lower value and the last, for NaN, in
-    one multi-kth introselect: 3x slower); the next-lower value is the largest of the lower part, and the two
-    are averaged as np.median's mean does, (a + b) / 2. Blocks with NaN go to np.median."""
-    out = np.empty(values.shape[1])
-    n = values.shape[0]
-    half = n // 2
-    for start in range(0, values.shape[1], block):
-        columns = np.ascontiguousarray(values[:, start:start + block].T)
-        if n == 0 or np.isnan(columns).any():
-            out[start:start + block] = np.median(columns, axis=1, overwrite_input=True)
-            continue
-        columns.partition(half, axis=1)
-        upper = columns[:, half]
-        out[start:start + block] = upper if n % 2 else (columns[:, :half].max(axis=1) + upper) / 2.0
-    return out
-
-
 def _l1_bound_terms(observed: np.ndarray):
     """Per gene median m of the observations, sign(o_j - m) (float32) and ||o_j - m||_1 (float64)."""
     median = _column_medians(observed)
     signs, spread = np.empty(observed.shape, dtype=np.float32), np.empty(observed.shape[0])
-    for rows in _row_slices(observed):  # no matrix-sized temporaries
+    for rows in row_blocks(observed):  # no matrix-sized temporaries
         centred = observed[rows] - median
         signs[rows] = np.sign(centred)
         spread[rows] = np.abs(centred).sum(axis=1)
@@ -409,7 +163,7 @@ def l1_diagonal_ranks(predicted: np.ndarray, observed: np.ndarray, bound_terms=N
 def diagonal_ranks_of_rows(distances: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """`diagonal_ranks` for some rows of a square distance matrix: row r of `distances` is row rows[r]."""
     ranks = np.empty(len(rows))
-    for part in _row_slices(distances):  # each row's own operations, without matrix-sized temporaries
+    for part in row_blocks(distances):  # each row's own operations, without matrix-sized temporaries
         block = distances[part]
         own = block[np.arange(len(block)), rows[part]][:, None]
         tol = TIE_RTOL * np.maximum(np.abs(block).max(axis=1, keepdims=True), np.finfo(np.float64).tiny)
@@ -444,36 +198,303 @@ def context_ranks(data, context: int, rows: np.ndarray, genes: np.ndarray, kinds
                 inputs.caches[key] = _tiled_cityblock(distinct, observed)
             out["l1"] = diagonal_ranks(inputs.caches[key][row_of] / n_used)
     if "cosine" in kinds or "euclidean" in kinds:
-        key = ("products", context)
+        key = ("screen", context)
         if key not in inputs.caches:
-            inputs.caches[key] = (distinct @ observed.T, _row_squares(distinct))
-        dot_all, squares = inputs.caches[key]
-        if len(row_of) == len(dot_all) and (row_of == np.arange(len(row_of))).all():  # no copy of the products
-            dot, sq_a = dot_all, squares[:, None]
-        else:
-            dot, sq_a = dot_all[row_of], squares[row_of][:, None]
-        sq_b = data.shared(("context_squares", context), lambda: _row_squares(observed))[None, :]
-        # (the element-wise steps in place: one pairs x pairs matrix instead of one per step)
-        if "euclidean" in kinds:
-            squared = np.add(sq_a, sq_b)
-            squared -= 2.0 * dot
-            np.maximum(squared, 0.0, out=squared)
-            squared /= n_used
-            out["euclidean"] = diagonal_ranks(np.sqrt(squared, out=squared))
-            del squared
-        if "cosine" in kinds:
-            tol = data.resolution[rows]
-            null = (np.sqrt(sq_a / n_used) <= tol[:, None]) | (np.sqrt(sq_b / n_used) <= tol[None, :]) \
-                | (sq_a == 0) | (sq_b == 0)
-            similarity = np.multiply(sq_a, sq_b)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                np.divide(dot, np.sqrt(similarity, out=similarity), out=similarity)
-            similarity[null] = 0.0
-            np.clip(similarity, -1.0, 1.0, out=similarity)
-            distances = np.subtract(1.0, similarity, out=similarity)
-            out["cosine"] = diagonal_ranks(distances)
-            out["cosine_observed"] = diagonal_ranks(distances.T)
-    if ("l1", context) in inputs.caches and ("products", context) in inputs.caches:
-        # every kind is now computed from these caches: the prediction's block is not needed again
+            squares = data.shared(("context_squares", context), lambda: _row_squares(observed))
+            distinct = _distinct_block(data, context, rows, genes)
+            # (a small context's float64 product costs less than the screen's bookkeeping)
+            inputs.caches[key] = _screen(distinct, observed, squares, index) \
+                if len(distinct) * len(rows) >= SCREEN_MIN_PAIRS else None
+        _drop_block(inputs, context, index)
+        distinct, screen = None, inputs.caches[key]  # (the block's memory holds the distances below)
+        screened = None if screen is None or ("products", context) in inputs.caches else \
+            _screened_ranks(data, context, rows, genes, kinds, observed, screen, row_of)
+        out.update(screened if screened is not None else _product_ranks(data, context, rows, genes, kinds, observed))
+    _drop_block(inputs, context, index)
+    return out
+
+
+def _drop_block(inputs, context, index):
+    """Once L1 and the screen are cached, the prediction's block is not needed (a refinement fetches its rows)."""
+    if ("l1", context) in inputs.caches and ("screen", context) in inputs.caches:
         inputs.caches[("distinct", context)] = (None, index)
+
+
+def _distinct_block(data, context, rows, genes) -> np.ndarray:
+    """The context's distinct predicted rows, rebuilt if `context_ranks` dropped them."""
+    distinct, index = _distinct_rows(data, context, rows, genes)
+    if distinct is None:
+        data.inputs.caches.pop(("distinct", context))
+        distinct, index = _distinct_rows(data, context, rows, genes)
+    return distinct
+
+
+def _product_ranks(data, context, rows, genes, kinds, observed) -> dict:
+    """Cosine and Euclidean ranks from the float64 product (where the screen cannot decide)."""
+    inputs = data.inputs
+    row_of = _distinct_rows(data, context, rows, genes)[1][data.draw]
+    n_used, out = float(len(genes)), {}
+    key = ("products", context)
+    if key not in inputs.caches:
+        distinct = _distinct_block(data, context, rows, genes)
+        inputs.caches[key] = (distinct @ observed.T, _row_squares(distinct))
+    dot_all, squares = inputs.caches[key]
+    if len(row_of) == len(dot_all) and (row_of == np.arange(len(row_of))).all():  # no copy of the products
+        dot, sq_a = dot_all, squares[:, None]
+    else:
+        dot, sq_a = dot_all[row_of], squares[row_of][:, None]
+    sq_b = data.shared(("context_squares", context), lambda: _row_squares(observed))[None, :]
+    # (the element-wise steps in place: one pairs x pairs matrix instead of one per step)
+    if "euclidean" in kinds:
+        squared = np.add(sq_a, sq_b)
+        squared -= 2.0 * dot
+        np.maximum(squared, 0.0, out=squared)
+        squared /= n_used
+        out["euclidean"] = diagonal_ranks(np.sqrt(squared, out=squared))
+        del squared
+    if "cosine" in kinds:
+        tol = data.resolution[rows]
+        null = (np.sqrt(sq_a / n_used) <= tol[:, None]) | (np.sqrt(sq_b / n_used) <= tol[None, :]) \
+            | (sq_a == 0) | (sq_b == 0)
+        similarity = np.multiply(sq_a, sq_b)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            np.divide(dot, np.sqrt(similarity, out=similarity), out=similarity)
+        similarity[null] = 0.0
+        np.clip(similarity, -1.0, 1.0, out=similarity)
+        distances = np.subtract(1.0, similarity, out=similarity)
+        out["cosine"] = diagonal_ranks(distances)
+        out["cosine_observed"] = diagonal_ranks(distances.T)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------
+# Cosine and Euclidean ranks from a float32 product, refined where it cannot decide
+# ----------------------------------------------------------------------------------------------------
+# The ranks count comparisons of each distance with the diagonal's, at TIE_RTOL of the row's largest: the float64
+# product (BLAS's summation order) decides them only where a distance is within its round-off of such an edge. A
+# float32 product with a rigorous bound on its distance from that product decides every other pair; the few pairs
+# near an edge get a float64 dot (another order, so an interval of the same width as the round-off), and a context
+# where even that cannot decide some comparison gets the float64 product itself, so every rank is the product's.
+# Genes and rows per float32 product, whose partial sums are then added: the float32 round-off bound grows with the
+# terms one product sums (1.2e-4 of |p| |o| here, 3.5e-4 for 5,827 genes at once); ~7% less time than 256 x 1,024.
+SCREEN_GENES, SCREEN_ROWS = 2048, 1024
+# Beyond this share of pairs near an edge (and this many), the float64 product is cheaper than their dots; below
+# this many pairs in a context, the float64 product is cheaper than the screen.
+SCREEN_REFINE_SHARE, SCREEN_REFINE_PAIRS, SCREEN_MIN_PAIRS = 0.005, 256, 4096
+_U32, _U64 = 2.0 ** -24, 2.0 ** -53
+_ETA = 2.0 ** -150  # absolute round-off of one float32 operation in the subnormal range (float64's is far smaller)
+
+
+def _gamma(n: int, u: float) -> float:  # the round-off bound of n-term sums (Higham)
+    return n * u / (1.0 - n * u)
+
+
+_down = lambda x: np.nextafter(np.nextafter(x, -np.inf), -np.inf)  # noqa: E731 (below a rounded result's exact value)
+_up = lambda x: np.nextafter(np.nextafter(x, np.inf), np.inf)  # noqa: E731
+
+
+def _screen(distinct: np.ndarray, observed: np.ndarray, observed_squares: np.ndarray, index: np.ndarray):
+    """The float32 product of `distinct @ observed.T` (sums of SCREEN_GENES-gene float32 products), its bound
+    |screen - D| <= coef |p| |o| + a1 (|p| + |o|) + a0 against the float64 product D in any summation order (|.| the
+    Euclidean norm; float32 conversion, float32 and float64 sums, underflow), the squares, and the float64 dot of
+    every diagonal pair of every draw (index[k, i] = row of `distinct` of draw k's row i). None where the float32
+    copies could overflow or a value is not finite (the float64 product is used)."""
+    n, n_genes = observed.shape
+    squares = _row_squares(distinct)
+    top = max(squares.max(initial=0.0), observed_squares.max(initial=0.0))
+    if n_genes == 0 or not np.isfinite(top) or top > 1e36:  # (sums of float32 products stay below 3.4e38)
+        return None
+    # float32 sums of the blocks' products too: their round-off (a few float32 epsilons) is far below a block's
+    acc = np.empty((len(distinct), n), dtype=np.float32)
+    part = np.empty((min(SCREEN_ROWS, len(distinct)), n), dtype=np.float32)
+    # by blocks of genes, each converted once (no float32 copy of either matrix)
+    for g in range(0, n_genes, SCREEN_GENES):
+        genes = slice(g, g + SCREEN_GENES)
+        columns = observed[:, genes].astype(np.float32)
+        for start in range(0, len(distinct), SCREEN_ROWS):
+            block = distinct[start:start + SCREEN_ROWS, genes].astype(np.float32)
+            if g == 0:
+                np.matmul(block, columns.T, out=acc[start:start + len(block)])
+                continue
+            np.matmul(block, columns.T, out=part[:len(block)])
+            acc[start:start + len(block)] += part[:len(block)]
+    g32 = _gamma(min(SCREEN_GENES, n_genes), _U32)
+    coef = 1.01 * ((2 * _U32 + _U32 ** 2) + g32 * (1 + _U32) ** 2
+                   + _gamma(-(-n_genes // SCREEN_GENES), _U32) * (1 + g32) * (1 + _U32) ** 2 + _gamma(n_genes, _U64))
+    bound = (coef, 1.1 * _ETA * np.sqrt(n_genes), 4.0 * n_genes * _ETA)
+    if index.shape == (1, n) and len(distinct) == n and (index[0] == np.arange(n)).all():
+        own = np.einsum("ij,ij->i", distinct, observed)[None, :]
+    else:
+        pairs, inverse = np.unique(index * n + np.arange(n), return_inverse=True)
+        which, column = np.divmod(pairs, n)
+        dots = np.empty(len(pairs))
+        for start in range(0, len(pairs), 128):
+            part = slice(start, start + 128)
+            dots[part] = np.einsum("ij,ij->i", distinct[which[part]], observed[column[part]])
+        own = dots[inverse.reshape(index.shape)]
+    return {"acc": acc, "squares": squares, "bound": bound, "own": own}
+
+
+def _cosine_of(dot, sq_a, sq_b, null):
+    """The cosine distance as `context_ranks`' float64 path computes it from a dot product, element-wise."""
+    similarity = np.sqrt(np.multiply(sq_a, sq_b))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        np.divide(dot, similarity, out=similarity)
+    similarity[null] = 0.0
+    np.clip(similarity, -1.0, 1.0, out=similarity)
+    return np.subtract(1.0, similarity, out=similarity)
+
+
+def _euclidean_of(dot, sq_a, sq_b, n_used):
+    """The Euclidean distance as `context_ranks`' float64 path computes it from a dot product, element-wise."""
+    squared = np.add(sq_a, sq_b)
+    squared -= 2.0 * dot
+    np.maximum(squared, 0.0, out=squared)
+    squared /= n_used
+    return np.sqrt(squared, out=squared)
+
+
+def _decide(low, high, own_low, own_high, tol_low, tol_high):
+    """For distances known to lie in [low, high] (diagonal in [own_low, own_high], tolerance in [tol_low, tol_high]):
+    (smaller, tie) as `diagonal_ranks_of_rows` decides them, or None where the interval cannot tell. Rounded
+    operations are monotone, so the bounds of each rounded quantity come from the bounds of its operands."""
+    smaller = high < own_low - tol_high
+    if not (smaller | (low >= own_high - tol_low)).all():
+        return None
+    below, above = low - own_high, high - own_low
+    largest = np.maximum(np.abs(below), np.abs(above))
+    least = np.where(below > 0, below, np.where(above < 0, -above, 0.0))
+    tie = largest <= tol_low
+    if not (tie | (least > tol_high)).all():
+        return None
+    return smaller, tie
+
+
+def _screened_ranks(data, context, rows, genes, kinds, observed, screen, row_of):
+    """`context_ranks`' cosine ("cosine", "cosine_observed") and Euclidean ranks from the screen, the float64
+    product's ranks; None where some comparison needs that product itself."""
+    n, n_used = len(rows), float(len(genes))
+    identity = len(row_of) == len(screen["acc"]) and (row_of == np.arange(n)).all()
+    acc = screen["acc"] if identity else screen["acc"][row_of]
+    sq_a = screen["squares"][row_of]
+    sq_b = data.shared(("context_squares", context), lambda: _row_squares(observed))
+    coef, a1, a0 = screen["bound"]
+    grow = 1 + 2 * _gamma(len(genes), _U64)  # the computed squares' round-off, for norms that bound |p| and |o|
+    norm_a, norm_b = np.sqrt(sq_a) * grow, np.sqrt(sq_b) * grow
+    own_dot = screen["own"][data.draw]
+    own_error = 2.1 * _gamma(len(genes), _U64) * norm_a * norm_b + 4 * _U64 * np.abs(own_dot) + 2 * a0
+    out, ends, tiny = {}, {}, np.finfo(np.float64).tiny
+    if "cosine" in kinds:
+        res = data.resolution[rows]
+        null_a = (np.sqrt(sq_a / n_used) <= res) | (sq_a == 0)
+        null_b = (np.sqrt(sq_b / n_used) <= res) | (sq_b == 0)
+        distances = np.multiply(sq_a[:, None], sq_b[None, :])
+        with np.errstate(invalid="ignore", divide="ignore"):
+            np.divide(acc, np.sqrt(distances, out=distances), out=distances)
+        distances[null_a] = 0.0
+        distances[:, null_b] = 0.0
+        np.clip(distances, -1.0, 1.0, out=distances)
+        np.subtract(1.0, distances, out=distances)
+        # |screen - product| / (|p| |o|) bounds the similarity's error on non-null pairs (null ones are exact)
+        least_a = norm_a[~null_a].min(initial=np.inf) / grow ** 2
+        least_b = norm_b[~null_b].min(initial=np.inf) / grow ** 2
+        width = 1.001 * (coef + a1 * (1 / least_a + 1 / least_b) + a0 / (least_a * least_b)) + 64 * _U64
+        null_own = null_a | null_b
+        own = tuple(_cosine_of(own_dot + e, sq_a, sq_b, null_own) for e in (own_error, -own_error))
+        for name, axis in (("cosine", 1), ("cosine_observed", 0)):
+            if name == "cosine_observed" and "cosine" not in kinds:
+                continue
+            largest = distances.max(axis=axis)
+            tol = (TIE_RTOL * np.maximum(_down(largest - width), tiny), TIE_RTOL * np.maximum(_up(largest + width), tiny))
+            slack = 64 * _U64 * (np.abs(own[1]) + tol[1] + width)
+            low = _down(own[0] - tol[1] - width - slack)
+            high = _up(own[1] + tol[1] + width + slack)
+            ends[name] = (distances, axis, low, high, own, tol)
+    if "euclidean" in kinds:
+        squared = np.add(sq_a[:, None], sq_b[None, :])
+        squared -= 2.0 * acc
+        np.maximum(squared, 0.0, out=squared)
+        squared /= n_used
+        most_b = norm_b.max(initial=0.0)
+        error = coef * norm_a * most_b + a1 * (norm_a + most_b) + a0
+        width = (2.01 * error + 9 * _U64 * (sq_a + sq_b.max(initial=0.0))) / n_used  # on squared distances
+        own = tuple(_euclidean_of(own_dot + e, sq_a, sq_b, n_used) for e in (own_error, -own_error))
+        largest = squared.max(axis=1)
+        tol = (TIE_RTOL * np.maximum(np.sqrt(np.maximum(_down(largest - width), 0.0)), tiny),
+               TIE_RTOL * np.maximum(np.sqrt(_up(largest + width)), tiny))
+        slack = 64 * _U64 * (np.abs(own[1]) + tol[1])
+        closer, farther = _down(own[0] - tol[1] - slack), _up(own[1] + tol[1] + slack)
+        low = np.where(closer > 0, _down(closer * closer * (1 - 8 * _U64) - width), -np.inf)
+        high = _up(farther * farther * (1 + 8 * _U64) + width)
+        ends["euclidean"] = (squared, 1, low, high, own, tol)
+    counts = {}
+    for name, (matrix, axis, low, high, own, tol) in ends.items():
+        smaller = (matrix < np.expand_dims(low, axis)).sum(axis=axis)
+        within = (matrix <= np.expand_dims(high, axis)).sum(axis=axis)
+        diagonal = matrix[np.arange(n), np.arange(n)]
+        if not ((diagonal >= low) & (diagonal <= high)).all():
+            return None  # (cannot happen with these bounds: the diagonal is always near itself)
+        # a null pair's distance is exactly 1 on both paths: those near the edges are decided below without a dot
+        null = np.zeros(n, dtype=np.int64)
+        if name != "euclidean":
+            mine, others = (null_a, null_b) if axis == 1 else (null_b, null_a)
+            null = np.where(mine, n - 1, others.sum() - others) * ((low <= 1.0) & (high >= 1.0))
+        counts[name] = (smaller, within - smaller - 1 - null, null)
+    if sum(int(live.sum()) for _, live, _ in counts.values()) > SCREEN_REFINE_SHARE * n * n + SCREEN_REFINE_PAIRS:
+        return None
+    for name, (matrix, axis, low, high, own, tol) in ends.items():
+        smaller, live, null = counts[name]
+        ties = np.zeros(n, dtype=np.int64)
+        lines = np.flatnonzero(null)
+        if lines.size:
+            one = np.ones(len(lines))
+            decided = _decide(one, one, own[0][lines], own[1][lines], tol[0][lines], tol[1][lines])
+            if decided is None:
+                return None
+            smaller = smaller + np.bincount(lines, weights=null[lines] * decided[0], minlength=n).astype(np.int64)
+            ties += np.bincount(lines, weights=null[lines] * decided[1], minlength=n).astype(np.int64)
+        lines = np.flatnonzero(live)
+        if lines.size:
+            part = np.take(matrix, lines, axis=1 - axis)
+            near = (part >= np.expand_dims(low[lines], axis)) & (part <= np.expand_dims(high[lines], axis))
+            i, j = np.nonzero(near)
+            i, j = (lines[i], j) if axis == 1 else (i, lines[j])
+            chosen = (i != j) & (~(null_a[i] | null_b[j]) if name != "euclidean" else True)
+            i, j = i[chosen], j[chosen]
+            dot = _pair_dots(data, context, rows, genes, row_of[i], observed, j)
+            error = 2.1 * _gamma(len(genes), _U64) * norm_a[i] * norm_b[j] + 4 * _U64 * np.abs(dot) + 2 * a0
+            interval = [_euclidean_of(dot + e, sq_a[i], sq_b[j], n_used) if name == "euclidean"
+                        else _cosine_of(dot + e, sq_a[i], sq_b[j], null_a[i] | null_b[j]) for e in (error, -error)]
+            line_of = i if axis == 1 else j
+            decided = _decide(*interval, own[0][line_of], own[1][line_of], tol[0][line_of], tol[1][line_of])
+            if decided is None:
+                return None
+            smaller = smaller + np.bincount(line_of, weights=decided[0], minlength=n).astype(np.int64)
+            ties += np.bincount(line_of, weights=decided[1], minlength=n).astype(np.int64)
+        out[name] = smaller + 0.5 * ties
+    return out
+
+
+def _pair_dots(data, context, rows, genes, which, observed, columns) -> np.ndarray:
+    """float64 dots of rows `which` of the context's distinct predicted rows with observed rows `columns`."""
+    dots = np.empty(len(which))
+    for start in range(0, len(which), 128):
+        part = slice(start, start + 128)
+        predicted = _prediction_rows(data, context, rows, genes, which[part])
+        dots[part] = np.einsum("ij,ij->i", predicted, observed[columns[part]])
+    return dots
+
+
+def _prediction_rows(data, context, rows, genes, which) -> np.ndarray:
+    """Rows `which` of the context's distinct predicted rows, also once `context_ranks` dropped the block: each
+    from the draw and row that first had it (the same values)."""
+    distinct, index = _distinct_rows(data, context, rows, genes)
+    if distinct is not None:
+        return distinct[which]
+    draw, row = np.divmod(np.unique(index.ravel(), return_index=True)[1][which], index.shape[1])
+    out = np.empty((len(which), len(genes)))
+    for k in np.unique(draw):
+        mine = draw == k
+        source = data.predicted[rows[row[mine]]] if k == data.draw else data.inputs.predicted(k, rows[row[mine]])
+        out[mine] = np.take(source, genes, axis=1)
     return out

