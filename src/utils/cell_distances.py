@@ -56,32 +56,20 @@ def _within_mean(K: np.ndarray, diagonal_value: float) -> float:
 
 def energy_distance(X: np.ndarray, Y: np.ndarray) -> float:
     """E-distance 2 E|X-Y| - E|X-X'| - E|Y-Y'| with Euclidean distances (U-statistic)."""
-    if len(X) == 0 or len(Y) == 0:
-        raise ValueError("energy_distance needs at least one cell in each set")
-    cross = np.sqrt(pairwise_sq_distances(X, Y)).mean()
-    return float(2.0 * cross - _within_mean(np.sqrt(pairwise_sq_distances(X, X)), 0.0)
-                 - _within_mean(np.sqrt(pairwise_sq_distances(Y, Y)), 0.0))
+    return set_distances(X, Y, bandwidth=1.0)[0]  # (the energy part does not depend on the bandwidth)
 
 
 def mmd2(X: np.ndarray, Y: np.ndarray, bandwidth: float) -> float:
     """Squared MMD with the RBF kernel exp(-|x-y|^2 / (2 bandwidth^2)), unbiased (Gretton et al. 2012,
     MMD^2_u): E k(X,X') + E k(Y,Y') - 2 E k(X,Y)."""
-    if len(X) == 0 or len(Y) == 0:
-        raise ValueError("mmd2 needs at least one cell in each set")
-    if not bandwidth > 0:
-        raise ValueError(f"bandwidth must be positive, got {bandwidth}")
-    scale = -0.5 / float(bandwidth) ** 2
-    kxx = np.exp(scale * pairwise_sq_distances(X, X))
-    kyy = np.exp(scale * pairwise_sq_distances(Y, Y))
-    kxy = np.exp(scale * pairwise_sq_distances(X, Y))
-    return float(_within_mean(kxx, 1.0) + _within_mean(kyy, 1.0) - 2.0 * kxy.mean())
+    return set_distances(X, Y, bandwidth)[1]
 
 
 def set_distances(X: np.ndarray, Y: np.ndarray, bandwidth: float, within_y: tuple | None = None) -> tuple:
     """(energy_distance(X, Y), mmd2(X, Y, bandwidth)), each pairwise matrix computed once for both (the same
     values as the two functions give). `within_y`: Y's own terms, `within_terms(Y, bandwidth)`, when known."""
     if len(X) == 0 or len(Y) == 0:
-        raise ValueError("set_distances needs at least one cell in each set")
+        raise ValueError("a distance between sets of cells needs at least one cell in each set")
     scale = -0.5 / float(bandwidth) ** 2
     distance_xx, kernel_xx = within_terms(X, bandwidth)
     distance_yy, kernel_yy = within_y if within_y is not None else within_terms(Y, bandwidth)

@@ -138,6 +138,7 @@ class _Buffers:
 
     def __init__(self):
         self.arrays = {}
+        self.readers = {}
 
     def get(self, name: str, size: int, dtype) -> np.ndarray:
         array = self.arrays.get(name)
@@ -147,11 +148,10 @@ class _Buffers:
 
     def reader(self, dataset):
         """A deflate_chunks.Reader of the dataset when it can decode its chunks, else None (one per dataset)."""
-        key = ("reader", dataset.name)
-        if key not in self.arrays:
+        if dataset.name not in self.readers:
             reader = deflate_chunks.Reader(dataset) if deflate_chunks is not None and dataset.ndim == 1 else None
-            self.arrays[key] = reader if reader is not None and reader.filters is not None else None
-        return self.arrays[key]
+            self.readers[dataset.name] = reader if reader is not None and reader.filters is not None else None
+        return self.readers[dataset.name]
 
 
 def _read(dataset, low: int, high: int, out: np.ndarray, buffers: _Buffers | None = None) -> np.ndarray:
